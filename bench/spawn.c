@@ -1,0 +1,101 @@
+/* Starting and stopping the broker the bench measures, and finding the pid of
+ * one it did not start (for its CPU time). */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define SPAWN_TIMEOUT_NS 10000000000ull
+#define STOP_TIMEOUT_NS 5000000000ull
+
+/* Connect to the socket; the peer's pid (SO_PEERCRED) or -1. The broker sees a
+ * client that hangs up before attaching, which it must tolerate anyway. */
+pid_t bench_socket_peer(const char *socket_path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(socket_path) >= sizeof a.sun_path) return -1;
+    strcpy(a.sun_path, socket_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    pid_t pid = -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+        struct ucred cr;
+        socklen_t len = sizeof cr;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) pid = cr.pid;
+    }
+    close(fd);
+    return pid;
+}
+
+int bench_spawn_broker(const struct bench_opts *o, const char *socket_path, pid_t *out)
+{
+    if (bench_socket_peer(socket_path) > 0) {
+        fprintf(stderr, "bb-bench: a broker already listens on %s\n", socket_path);
+        return -1;
+    }
+    char log[128];
+    snprintf(log, sizeof log, "/tmp/bb-bench-broker-%d.log", (int)getpid());
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        if (o->nserver_cpus > 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            for (int i = 0; i < o->nserver_cpus; i++) CPU_SET(o->server_cpus[i], &set);
+            sched_setaffinity(0, sizeof set, &set);
+        }
+        execl(o->broker_bin, o->broker_bin, "--config", o->config, (char *)NULL);
+        fprintf(stderr, "exec %s: %s\n", o->broker_bin, strerror(errno));
+        _exit(127);
+    }
+    uint64_t give_up = bench_now_ns() + SPAWN_TIMEOUT_NS;
+    for (;;) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "bb-bench: the broker exited at start-up; see %s\n", log);
+            return -1;
+        }
+        if (bench_socket_peer(socket_path) == pid) break;
+        if (bench_now_ns() > give_up) {
+            fprintf(stderr, "bb-bench: the broker does not listen on %s; see %s\n", socket_path,
+                    log);
+            bench_stop_process(pid);
+            return -1;
+        }
+        usleep(10000);
+    }
+    *out = pid;
+    return 0;
+}
+
+/* SIGTERM, then SIGKILL if it does not exit in time. */
+void bench_stop_process(pid_t pid)
+{
+    if (pid <= 0) return;
+    kill(pid, SIGTERM);
+    uint64_t give_up = bench_now_ns() + STOP_TIMEOUT_NS;
+    int st;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (bench_now_ns() > give_up) {
+            fprintf(stderr, "bb-bench: pid %d ignores SIGTERM; killing it\n", (int)pid);
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return;
+        }
+        usleep(5000);
+    }
+}

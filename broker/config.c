@@ -1,0 +1,902 @@
+/* Broker configuration. Every key lives in one table (bb__keys) that drives
+ * parsing, range checks, defaults, --help, the markdown in
+ * docs/configuration.md and the INI dump, so the five cannot drift apart
+ * (the shape of Redis' static_configs[]).
+ *
+ * inih does the key = value lexing, but this file feeds it lines through its
+ * own reader because inih alone gets three things wrong for us: it gives the
+ * handler no line number, it truncates section names to 49 bytes (a
+ * [model.NAME] header may need 69), and it never tells the handler about a
+ * section that has no keys (which we must reject when it lacks a backend). */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ini.h>
+
+#include "batchbroker/client.h"
+#include "log.h"
+
+enum bb__ctype {
+    BB__CT_UINT,    /* decimal, stored in a 4- or 8-byte unsigned member */
+    BB__CT_BYTES,   /* like UINT, with an optional K, M or G (x1024) suffix */
+    BB__CT_STRING,  /* min..max is the length in bytes */
+    BB__CT_ENUM,    /* one of names[], or its number min..max */
+    BB__CT_UIDS,    /* comma-separated uids or user names */
+    BB__CT_GIDS,    /* comma-separated gids or group names */
+    BB__CT_PARAM,   /* "param.*": any key, kept for the backend */
+};
+
+enum bb__csect { BB__SEC_NONE, BB__SEC_BROKER, BB__SEC_MODEL };
+
+struct bb__config_key {
+    enum bb__csect section;
+    const char *name;
+    enum bb__ctype type;
+    size_t offset, size;        /* the member inside the section's struct */
+    uint64_t min, max;
+    const char *def;            /* parsed like a file value; NULL = none or computed */
+    const char *def_help;       /* how --help shows a computed default */
+    const char *const *names;   /* BB__CT_ENUM: names of min, min+1, ... */
+    int reloadable;
+    const char *desc;
+};
+
+/* Where a key's value lives: offset and size of the member. */
+#define BB__BROKER(f) offsetof(struct bb__broker_config, f), sizeof(((struct bb__broker_config *)0)->f)
+#define BB__MODEL(f) offsetof(struct bb__model_config, f), sizeof(((struct bb__model_config *)0)->f)
+#define BB__STR(s) #s
+#define BB__XSTR(s) BB__STR(s)
+
+static const char *const bb__log_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const bb__prio_names[] = {"critical", "high", "normal", "low", NULL};
+
+/* Rows: section, name, type, member, min, max, default, default shown by
+ * --help when it is computed, enum names, reloadable, description. */
+static const struct bb__config_key bb__keys[] = {
+    {BB__SEC_BROKER, "socket", BB__CT_STRING, BB__BROKER(socket_path), 1, 107,
+     BB_DEFAULT_SOCKET, NULL, NULL, 0,
+     "Path of the Unix control socket that clients connect to."},
+    {BB__SEC_BROKER, "plugin_dir", BB__CT_STRING, BB__BROKER(plugin_dir), 0, 255, "", NULL, NULL, 0,
+     "Directory of the backend plugins named without a path; empty means "
+     "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
+    {BB__SEC_BROKER, "spin_us", BB__CT_UINT, BB__BROKER(spin_us), 0, 1000000, "50", NULL, NULL, 1,
+     "How long a worker busy-polls its rings before it sleeps; 0 = never spin."},
+    {BB__SEC_BROKER, "max_clients", BB__CT_UINT, BB__BROKER(max_clients), 1, 4096, "256", NULL,
+     NULL, 0, "Most clients attached at once; further connections are refused."},
+    {BB__SEC_BROKER, "default_segment_mb", BB__CT_UINT, BB__BROKER(default_segment_mb), 1, 4096,
+     "64", NULL, NULL, 0,
+     "Shared-memory segment size (MiB) of a client that does not ask for one; "
+     "at most max_segment_mb."},
+    {BB__SEC_BROKER, "max_segment_mb", BB__CT_UINT, BB__BROKER(max_segment_mb), 1, 65536, "1024",
+     NULL, NULL, 0, "Largest segment (MiB) a client may ask for."},
+    {BB__SEC_BROKER, "default_max_inflight", BB__CT_UINT, BB__BROKER(default_max_inflight), 1,
+     1048576, "1024", NULL, NULL, 0,
+     "Request slots of a client that does not ask for a number; at most max_inflight."},
+    {BB__SEC_BROKER, "max_inflight", BB__CT_UINT, BB__BROKER(max_inflight), 1, 1048576, "65536",
+     NULL, NULL, 0, "Most request slots a client may ask for."},
+    {BB__SEC_BROKER, "log_level", BB__CT_ENUM, BB__BROKER(log_level), 0, 3, "info", NULL,
+     bb__log_names, 1, "Least severe message that is logged."},
+    {BB__SEC_BROKER, "allowed_uids", BB__CT_UIDS, BB__BROKER(allowed_uids), 0, BB_MAX_IDS, NULL,
+     "broker's uid,0", NULL, 1,
+     "Users allowed to attach: uids or user names, comma-separated."},
+    {BB__SEC_BROKER, "allowed_gids", BB__CT_GIDS, BB__BROKER(allowed_gids), 0, BB_MAX_IDS, "",
+     NULL, NULL, 1,
+     "Groups whose members (by the gid SO_PEERCRED reports) may also attach: gids or "
+     "group names, comma-separated; empty = no group-based admission."},
+
+    {BB__SEC_MODEL, "backend", BB__CT_STRING, BB__MODEL(backend), 1, 255, NULL, "required", NULL,
+     0, "Backend plugin: a built-in name (echo, synthetic, mlp, cuda) or a path to a .so."},
+    {BB__SEC_MODEL, "max_batch_size", BB__CT_UINT, BB__MODEL(max_batch_size), 1, 65536, "32", NULL,
+     NULL, 1, "Most requests in one batch."},
+    {BB__SEC_MODEL, "max_wait_us", BB__CT_UINT, BB__MODEL(max_wait_us), 0, 10000000, "1000", NULL,
+     NULL, 1, "Longest the oldest queued request waits for its batch to fill."},
+    {BB__SEC_MODEL, "instances", BB__CT_UINT, BB__MODEL(instances), 0, 64, "1", NULL, NULL, 0,
+     "Backend executor threads; 0 = the backend runs in the dispatcher thread."},
+    {BB__SEC_MODEL, "max_queue", BB__CT_UINT, BB__MODEL(max_queue), 1, 1048576, "4096", NULL, NULL,
+     1, "Queued requests beyond which submissions fail at once with BB_EBUSY."},
+    {BB__SEC_MODEL, "default_priority", BB__CT_ENUM, BB__MODEL(default_priority),
+     BB_PRIORITY_CRITICAL, BB_PRIORITY_LOW, "normal", NULL, bb__prio_names, 1,
+     "Priority of requests submitted with BB_PRIORITY_DEFAULT."},
+    {BB__SEC_MODEL, "default_timeout_us", BB__CT_UINT, BB__MODEL(default_timeout_us), 0,
+     3600000000u, "0", NULL, NULL, 1,
+     "Deadline of requests submitted without a timeout; 0 = none."},
+    {BB__SEC_MODEL, "max_request_bytes", BB__CT_BYTES, BB__MODEL(max_request_bytes), 0, 4ull << 30,
+     "0", NULL, NULL, 1, "Largest input + output of one request; 0 = no limit."},
+    {BB__SEC_MODEL, "param.*", BB__CT_PARAM, 0, 0, 0, 255, NULL, "none", NULL, 0,
+     "Handed to the backend's init without the \"param.\" prefix, uninterpreted "
+     "(name 1..63 bytes, at most " BB__XSTR(BB_MAX_PARAMS) " per model)."},
+};
+
+#define BB__NKEYS (sizeof bb__keys / sizeof bb__keys[0])
+#define BB__PARAM_PREFIX "param."
+
+static const struct bb__config_key *bb__key_find(enum bb__csect section, const char *name)
+{
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        if (k->section != section)
+            continue;
+        if (k->type == BB__CT_PARAM ? strncmp(name, BB__PARAM_PREFIX, strlen(BB__PARAM_PREFIX)) == 0
+                                    : strcmp(name, k->name) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+/* ---- values ---------------------------------------------------------------- */
+
+/* Decimal only, and nothing strtoull would quietly accept: no sign, no
+ * leading blanks, no trailing junk, no wrap-around. */
+static int bb__parse_u64(const char *key, const char *s, uint64_t *out, int bytes, char *msg,
+                         size_t msglen)
+{
+    if (*s == '-') {
+        snprintf(msg, msglen, "%s: '%s' must not be negative", key, s);
+        return -1;
+    }
+    if (!isdigit((unsigned char)*s)) {
+        snprintf(msg, msglen, "%s: '%s' is not a number", key, s);
+        return -1;
+    }
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE) {
+        snprintf(msg, msglen, "%s: '%s' is too large", key, s);
+        return -1;
+    }
+    static const char units[] = "KMG";
+    unsigned shift = 0;
+    if (bytes && *end) {
+        const char *unit = strchr(units, toupper((unsigned char)*end));
+        if (unit && end[1] == '\0') {
+            shift = 10u * (unsigned)(unit - units + 1);
+            end++;
+        }
+    }
+    if (*end) {
+        snprintf(msg, msglen, "%s: '%s' is not a number (junk after the digits: '%s')", key, s,
+                 end);
+        return -1;
+    }
+    if (shift && v > (UINT64_MAX >> shift)) {
+        snprintf(msg, msglen, "%s: '%s' is too large", key, s);
+        return -1;
+    }
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static void bb__store_uint(void *p, size_t size, uint64_t v)
+{
+    if (size == sizeof(uint64_t)) {
+        memcpy(p, &v, sizeof v);
+    } else {
+        bb_assert(size == sizeof(uint32_t), "config table: numeric members are 4 or 8 bytes");
+        uint32_t v32 = (uint32_t)v;
+        memcpy(p, &v32, sizeof v32);
+    }
+}
+
+static uint64_t bb__load_uint(const void *p, size_t size)
+{
+    if (size == sizeof(uint64_t)) {
+        uint64_t v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    uint32_t v32;
+    memcpy(&v32, p, sizeof v32);
+    return v32;
+}
+
+/* A name can look like a number ("123" as a user name); like chown, digits
+ * win. */
+static int bb__parse_ids(const struct bb__config_key *k, const char *s, uint32_t *ids, size_t *n,
+                         char *msg, size_t msglen)
+{
+    int is_uid = k->type == BB__CT_UIDS;
+    char item[256];
+    *n = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        const char *next = s[len] ? s + len + 1 : s + len;
+        while (len && isspace((unsigned char)*s)) {
+            s++;
+            len--;
+        }
+        while (len && isspace((unsigned char)s[len - 1]))
+            len--;
+        if (len == 0 || len >= sizeof item) {
+            snprintf(msg, msglen, "%s: %s entry in '%s'", k->name, len ? "overlong" : "empty", s);
+            return -1;
+        }
+        memcpy(item, s, len);
+        item[len] = '\0';
+        if (*n == BB_MAX_IDS) {
+            snprintf(msg, msglen, "%s: more than %d entries", k->name, BB_MAX_IDS);
+            return -1;
+        }
+        uint64_t v;
+        if (isdigit((unsigned char)item[0])) {
+            if (bb__parse_u64(k->name, item, &v, 0, msg, msglen) < 0)
+                return -1;
+            /* (uid_t)-1 means "no change" to the kernel, never a peer. */
+            if (v >= UINT32_MAX) {
+                snprintf(msg, msglen, "%s: '%s' is out of range (0..%" PRIu32 ")", k->name, item,
+                         UINT32_MAX - 1);
+                return -1;
+            }
+        } else if (is_uid) {
+            const struct passwd *pw = getpwnam(item);
+            if (!pw) {
+                snprintf(msg, msglen, "%s: unknown user '%s'", k->name, item);
+                return -1;
+            }
+            v = pw->pw_uid;
+        } else {
+            const struct group *gr = getgrnam(item);
+            if (!gr) {
+                snprintf(msg, msglen, "%s: unknown group '%s'", k->name, item);
+                return -1;
+            }
+            v = gr->gr_gid;
+        }
+        ids[(*n)++] = (uint32_t)v;
+        s = next;
+    }
+    return 0;
+}
+
+static int bb__set_param(struct bb__model_config *m, const char *key, const char *value, char *msg,
+                         size_t msglen)
+{
+    const char *name = key + strlen(BB__PARAM_PREFIX);
+    size_t klen = strlen(name), vlen = strlen(value);
+    if (klen == 0 || klen >= sizeof m->params[0].key) {
+        snprintf(msg, msglen, "%s: parameter name must be 1..%zu bytes", key,
+                 sizeof m->params[0].key - 1);
+        return -1;
+    }
+    if (vlen >= sizeof m->params[0].value) {
+        snprintf(msg, msglen, "%s: value longer than %zu bytes", key,
+                 sizeof m->params[0].value - 1);
+        return -1;
+    }
+    size_t i = 0;
+    while (i < m->nparams && strcmp(m->params[i].key, name) != 0)
+        i++;
+    if (i == BB_MAX_PARAMS) {
+        snprintf(msg, msglen, "%s: more than %d parameters", key, BB_MAX_PARAMS);
+        return -1;
+    }
+    memset(&m->params[i], 0, sizeof m->params[i]);
+    memcpy(m->params[i].key, name, klen);
+    memcpy(m->params[i].value, value, vlen);
+    if (i == m->nparams)
+        m->nparams++;
+    return 0;
+}
+
+/* Validate value for key k and store it in base (the broker or model
+ * struct). Nothing is written unless the whole value is valid. msg gets
+ * "KEY: problem". */
+static int bb__set_value(const struct bb__config_key *k, void *base, const char *key,
+                         const char *value, char *msg, size_t msglen)
+{
+    unsigned char *p = (unsigned char *)base + k->offset;
+    uint64_t v;
+    switch (k->type) {
+    case BB__CT_UINT:
+    case BB__CT_BYTES:
+        if (bb__parse_u64(k->name, value, &v, k->type == BB__CT_BYTES, msg, msglen) < 0)
+            return -1;
+        if (v < k->min || v > k->max) {
+            snprintf(msg, msglen, "%s: %s is out of range (%" PRIu64 "..%" PRIu64 ")", k->name,
+                     value, k->min, k->max);
+            return -1;
+        }
+        bb__store_uint(p, k->size, v);
+        return 0;
+    case BB__CT_STRING: {
+        size_t len = strlen(value);
+        if (len < k->min || len > k->max) {
+            snprintf(msg, msglen, "%s: must be %" PRIu64 "..%" PRIu64 " bytes long, not %zu",
+                     k->name, k->min, k->max, len);
+            return -1;
+        }
+        memset(p, 0, k->size);
+        memcpy(p, value, len);
+        return 0;
+    }
+    case BB__CT_ENUM:
+        for (uint64_t i = 0; k->names[i]; i++) {
+            if (strcasecmp(value, k->names[i]) == 0) {
+                bb__store_uint(p, k->size, k->min + i);
+                return 0;
+            }
+        }
+        if (isdigit((unsigned char)*value) &&
+            bb__parse_u64(k->name, value, &v, 0, msg, msglen) == 0 && v >= k->min && v <= k->max) {
+            bb__store_uint(p, k->size, v);
+            return 0;
+        }
+        snprintf(msg, msglen, "%s: '%s' is not one of ", k->name, value);
+        for (size_t i = 0; k->names[i]; i++) {
+            size_t used = strlen(msg);
+            snprintf(msg + used, msglen - used, "%s%s", i ? "|" : "", k->names[i]);
+        }
+        size_t used = strlen(msg);
+        snprintf(msg + used, msglen - used, " or %" PRIu64 "..%" PRIu64, k->min, k->max);
+        return -1;
+    case BB__CT_UIDS:
+    case BB__CT_GIDS: {
+        uint32_t ids[BB_MAX_IDS];
+        size_t n;
+        if (bb__parse_ids(k, value, ids, &n, msg, msglen) < 0)
+            return -1;
+        struct bb__broker_config *cfg = base;
+        _Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t),
+                       "ids are stored as 32-bit words");
+        memset(p, 0, k->size);
+        memcpy(p, ids, n * sizeof ids[0]);
+        *(k->type == BB__CT_UIDS ? &cfg->nuids : &cfg->ngids) = n;
+        return 0;
+    }
+    case BB__CT_PARAM:
+        return bb__set_param(base, key, value, msg, msglen);
+    }
+    bb_assert(0, "config table: every type is handled");
+    return -1;
+}
+
+/* The text a value has in a dump: re-parsing it gives the same value. */
+static void bb__format_value(const struct bb__config_key *k, const void *base, char *buf,
+                             size_t len)
+{
+    const unsigned char *p = (const unsigned char *)base + k->offset;
+    switch (k->type) {
+    case BB__CT_UINT:
+    case BB__CT_BYTES:
+        snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
+        return;
+    case BB__CT_STRING:
+        snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);
+        return;
+    case BB__CT_ENUM: {
+        uint64_t v = bb__load_uint(p, k->size);
+        if (v >= k->min && v <= k->max)
+            snprintf(buf, len, "%s", k->names[v - k->min]);
+        else
+            snprintf(buf, len, "%" PRIu64, v);
+        return;
+    }
+    case BB__CT_UIDS:
+    case BB__CT_GIDS: {
+        const struct bb__broker_config *cfg = base;
+        size_t n = k->type == BB__CT_UIDS ? cfg->nuids : cfg->ngids;
+        buf[0] = '\0';
+        for (size_t i = 0; i < n; i++) {
+            uint32_t id;
+            memcpy(&id, p + i * sizeof id, sizeof id);
+            size_t used = strlen(buf);
+            snprintf(buf + used, len - used, "%s%" PRIu32, i ? "," : "", id);
+        }
+        return;
+    }
+    case BB__CT_PARAM:
+        break;
+    }
+    buf[0] = '\0';
+}
+
+/* ---- sections and models --------------------------------------------------- */
+
+static int bb__model_name_ok(const char *name)
+{
+    size_t len = strlen(name);
+    return len >= 1 && len <= 63 &&
+           strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == len;
+}
+
+static void bb__apply_defaults(enum bb__csect section, void *base)
+{
+    char msg[256];
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        if (k->section != section || !k->def)
+            continue;
+        int rc = bb__set_value(k, base, k->name, k->def, msg, sizeof msg);
+        bb_assert(rc == 0, "config table: every default passes its own validation");
+    }
+}
+
+struct bb__model_config *bb__config_model(struct bb__broker_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nmodels; i++)
+        if (strcmp(cfg->models[i].name, name) == 0)
+            return &cfg->models[i];
+    return NULL;
+}
+
+/* A new model with every default but no backend (which has none). */
+static struct bb__model_config *bb__model_add(struct bb__broker_config *cfg, const char *name)
+{
+    if (cfg->nmodels == BB_MAX_MODELS)
+        return NULL;
+    struct bb__model_config *m = &cfg->models[cfg->nmodels++];
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    bb__apply_defaults(BB__SEC_MODEL, m);
+    return m;
+}
+
+void bb__config_defaults(struct bb__broker_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    bb__apply_defaults(BB__SEC_BROKER, cfg);
+    /* Root is allowed because it can read any segment anyway. */
+    cfg->allowed_uids[cfg->nuids++] = geteuid();
+    if (geteuid() != 0)
+        cfg->allowed_uids[cfg->nuids++] = 0;
+    struct bb__model_config *m = bb__model_add(cfg, "echo");
+    snprintf(m->backend, sizeof m->backend, "echo");
+}
+
+int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        if (cfg->models[i].backend[0] == '\0') {
+            snprintf(err, errlen, "[model.%s] has no backend", cfg->models[i].name);
+            return -1;
+        }
+    }
+    if (cfg->default_segment_mb > cfg->max_segment_mb) {
+        snprintf(err, errlen, "default_segment_mb (%" PRIu32 ") exceeds max_segment_mb (%" PRIu32 ")",
+                 cfg->default_segment_mb, cfg->max_segment_mb);
+        return -1;
+    }
+    if (cfg->default_max_inflight > cfg->max_inflight) {
+        snprintf(err, errlen,
+                 "default_max_inflight (%" PRIu32 ") exceeds max_inflight (%" PRIu32 ")",
+                 cfg->default_max_inflight, cfg->max_inflight);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- loading a file ---------------------------------------------------------- */
+
+struct bb__parse {
+    struct bb__broker_config *cfg;
+    FILE *file;
+    const char *path;
+    int lineno;          /* of the line inih is working on: we count reader calls */
+    int err_line;        /* 0 until the first error */
+    char err[512];
+    enum bb__csect section;
+    struct bb__model_config *model;
+    int section_line;
+    int file_models;     /* [model.*] sections seen */
+    int model_lines[BB_MAX_MODELS]; /* header line of each model, for duplicates */
+};
+
+static void bb__fail(struct bb__parse *ps, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Only the first error counts: later ones are often its consequences. */
+static void bb__fail(struct bb__parse *ps, int line, const char *fmt, ...)
+{
+    if (ps->err_line)
+        return;
+    char msg[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    ps->err_line = line;
+    snprintf(ps->err, sizeof ps->err, "%s:%d: %s", ps->path, line, msg);
+}
+
+static void bb__end_section(struct bb__parse *ps)
+{
+    if (ps->section == BB__SEC_MODEL && ps->model->backend[0] == '\0')
+        bb__fail(ps, ps->section_line, "[model.%s] has no backend (the key is required)",
+                 ps->model->name);
+    ps->section = BB__SEC_NONE;
+}
+
+static void bb__begin_section(struct bb__parse *ps, const char *name)
+{
+    bb__end_section(ps);
+    if (ps->err_line)
+        return;
+    ps->section_line = ps->lineno;
+    if (strcmp(name, "broker") == 0) {
+        ps->section = BB__SEC_BROKER;
+        return;
+    }
+    if (strncmp(name, "model.", 6) != 0) {
+        bb__fail(ps, ps->lineno, "unknown section [%s] (expected [broker] or [model.NAME])", name);
+        return;
+    }
+    const char *mname = name + 6;
+    if (!bb__model_name_ok(mname)) {
+        bb__fail(ps, ps->lineno,
+                 "bad model name '%s' (1..63 characters from A-Z a-z 0-9 _ . -)", mname);
+        return;
+    }
+    /* The file's models replace the default ones rather than add to them. */
+    if (ps->file_models++ == 0)
+        ps->cfg->nmodels = 0;
+    struct bb__model_config *m = bb__config_model(ps->cfg, mname);
+    if (m) {
+        bb__fail(ps, ps->lineno, "duplicate section [model.%s] (first at line %d)", mname,
+                 ps->model_lines[m - ps->cfg->models]);
+        return;
+    }
+    m = bb__model_add(ps->cfg, mname);
+    if (!m) {
+        bb__fail(ps, ps->lineno, "too many models (at most %d)", BB_MAX_MODELS);
+        return;
+    }
+    ps->model_lines[m - ps->cfg->models] = ps->lineno;
+    ps->section = BB__SEC_MODEL;
+    ps->model = m;
+}
+
+/* Handles "[...]" itself (see the top of the file) and hands inih an empty
+ * line instead. Strips leading blanks too, so that an indented key is a key
+ * and not, as inih would take it, a continuation of the previous value. */
+static char *bb__read_line(char *str, int num, void *user)
+{
+    struct bb__parse *ps = user;
+    if (ps->err_line || !fgets(str, num, ps->file))
+        return NULL;
+    ps->lineno++;
+    size_t len = strlen(str);
+    if (len && str[len - 1] != '\n' && !feof(ps->file)) {
+        bb__fail(ps, ps->lineno, "line too long (at most %d characters)", num - 2);
+        return NULL;
+    }
+    char *s = str;
+    if (ps->lineno == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+        s += 3;
+    while (isspace((unsigned char)*s))
+        s++;
+    memmove(str, s, strlen(s) + 1);
+    if (str[0] != '[')
+        return str;
+
+    char *close = strchr(str, ']');
+    if (!close) {
+        bb__fail(ps, ps->lineno, "section header without ']'");
+        return NULL;
+    }
+    char *rest = close + 1;
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (*rest && *rest != ';' && *rest != '#') {
+        bb__fail(ps, ps->lineno, "unexpected text after section header: '%s'", rest);
+        return NULL;
+    }
+    char *name = str + 1;
+    while (isspace((unsigned char)*name))
+        name++;
+    while (close > name && isspace((unsigned char)close[-1]))
+        close--;
+    *close = '\0';
+    bb__begin_section(ps, name);
+    str[0] = '\0';
+    return ps->err_line ? NULL : str;
+}
+
+static int bb__on_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct bb__parse *ps = user;
+    (void)section; /* always "": the reader keeps the headers from inih */
+    if (ps->err_line)
+        return 0;
+    if (ps->section == BB__SEC_NONE) {
+        bb__fail(ps, ps->lineno, "key '%s' before any section", name);
+        return 0;
+    }
+    const struct bb__config_key *k = bb__key_find(ps->section, name);
+    if (!k) {
+        if (ps->section == BB__SEC_BROKER)
+            bb__fail(ps, ps->lineno, "unknown key '%s' in [broker]", name);
+        else
+            bb__fail(ps, ps->lineno, "unknown key '%s' in [model.%s]", name, ps->model->name);
+        return 0;
+    }
+    char msg[384];
+    void *base = ps->section == BB__SEC_BROKER ? (void *)ps->cfg : (void *)ps->model;
+    if (bb__set_value(k, base, name, value, msg, sizeof msg) < 0) {
+        bb__fail(ps, ps->lineno, "%s", msg);
+        return 0;
+    }
+    return 1;
+}
+
+int bb__config_load(struct bb__broker_config *cfg, const char *path, char *err, size_t errlen)
+{
+    /* Parse into a copy so that a bad file leaves cfg as it was. */
+    struct bb__parse ps = {.path = path};
+    ps.cfg = malloc(sizeof *ps.cfg);
+    if (!ps.cfg) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    memcpy(ps.cfg, cfg, sizeof *cfg);
+    ps.file = fopen(path, "r");
+    if (!ps.file) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        free(ps.cfg);
+        return -1;
+    }
+    int rc = ini_parse_stream(bb__read_line, &ps, bb__on_key, &ps);
+    if (ferror(ps.file))
+        bb__fail(&ps, ps.lineno + 1, "read error");
+    fclose(ps.file);
+    bb__end_section(&ps);
+    /* inih reports lines it could not make sense of only through rc. */
+    if (rc > 0 && (!ps.err_line || rc < ps.err_line)) {
+        ps.err_line = 0;
+        bb__fail(&ps, rc, "syntax error (expected [section], key = value or a comment)");
+    }
+    char msg[384];
+    if (!ps.err_line && bb__config_check(ps.cfg, msg, sizeof msg) < 0)
+        snprintf(ps.err, sizeof ps.err, "%s: %s", path, msg);
+    int ok = !ps.err[0];
+    if (ok)
+        memcpy(cfg, ps.cfg, sizeof *cfg);
+    else
+        snprintf(err, errlen, "%s", ps.err);
+    free(ps.cfg);
+    return ok ? 0 : -1;
+}
+
+/* ---- command-line overrides -------------------------------------------------- */
+
+int bb__config_set(struct bb__broker_config *cfg, const char *section, const char *key,
+                   const char *value, char *err, size_t errlen)
+{
+    char msg[384];
+    if (strcmp(section, "broker") == 0) {
+        const struct bb__config_key *k = bb__key_find(BB__SEC_BROKER, key);
+        if (!k) {
+            snprintf(err, errlen, "broker.%s: unknown key", key);
+            return -1;
+        }
+        if (bb__set_value(k, cfg, key, value, msg, sizeof msg) < 0) {
+            snprintf(err, errlen, "broker.%s", msg);
+            return -1;
+        }
+        return 0;
+    }
+    const char *name = strncmp(section, "model.", 6) == 0 ? section + 6 : NULL;
+    if (!name) {
+        snprintf(err, errlen, "%s.%s: unknown section (expected broker or model.NAME)", section,
+                 key);
+        return -1;
+    }
+    if (!bb__model_name_ok(name)) {
+        snprintf(err, errlen,
+                 "%s.%s: bad model name '%s' (1..63 characters from A-Z a-z 0-9 _ . -)", section,
+                 key, name);
+        return -1;
+    }
+    const struct bb__config_key *k = bb__key_find(BB__SEC_MODEL, key);
+    if (!k) {
+        snprintf(err, errlen, "%s.%s: unknown key", section, key);
+        return -1;
+    }
+    struct bb__model_config *m = bb__config_model(cfg, name);
+    if (!m) {
+        m = bb__model_add(cfg, name);
+        if (!m) {
+            snprintf(err, errlen, "%s.%s: too many models (at most %d)", section, key,
+                     BB_MAX_MODELS);
+            return -1;
+        }
+        if (bb__set_value(k, m, key, value, msg, sizeof msg) < 0) {
+            cfg->nmodels--; /* a failed override must not leave a half-made model */
+            snprintf(err, errlen, "%s.%s", section, msg);
+            return -1;
+        }
+        return 0;
+    }
+    if (bb__set_value(k, m, key, value, msg, sizeof msg) < 0) {
+        snprintf(err, errlen, "%s.%s", section, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Model names may contain '.', and so may keys (param.x): take the first
+ * split after "model." whose right-hand side is a model key. */
+int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err, size_t errlen)
+{
+    char buf[512];
+    const char *eq = strchr(arg, '=');
+    if (!eq || (size_t)(eq - arg) >= sizeof buf) {
+        snprintf(err, errlen, "'%s': expected SECTION.KEY=VALUE", arg);
+        return -1;
+    }
+    memcpy(buf, arg, (size_t)(eq - arg));
+    buf[eq - arg] = '\0';
+    const char *value = eq + 1;
+    char *dot = NULL;
+    if (strncmp(buf, "broker.", 7) == 0) {
+        dot = buf + 6;
+    } else if (strncmp(buf, "model.", 6) == 0) {
+        for (char *d = strchr(buf + 6, '.'); d; d = strchr(d + 1, '.')) {
+            if (bb__key_find(BB__SEC_MODEL, d + 1)) {
+                dot = d;
+                break;
+            }
+        }
+    }
+    if (!dot) {
+        snprintf(err, errlen, "'%s': expected broker.KEY=VALUE or model.NAME.KEY=VALUE", arg);
+        return -1;
+    }
+    *dot = '\0';
+    return bb__config_set(cfg, buf, dot + 1, value, err, errlen);
+}
+
+/* ---- dump and help ------------------------------------------------------------ */
+
+static void bb__dump_section(FILE *out, enum bb__csect section, const void *base)
+{
+    char buf[BB_MAX_IDS * 12 + 300];
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        if (k->section != section || k->type == BB__CT_PARAM)
+            continue;
+        bb__format_value(k, base, buf, sizeof buf);
+        fprintf(out, "%s =%s%s\n", k->name, *buf ? " " : "", buf);
+    }
+}
+
+void bb__config_dump(const struct bb__broker_config *cfg, FILE *out)
+{
+    fprintf(out, "[broker]\n");
+    bb__dump_section(out, BB__SEC_BROKER, cfg);
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        const struct bb__model_config *m = &cfg->models[i];
+        fprintf(out, "\n[model.%s]\n", m->name);
+        bb__dump_section(out, BB__SEC_MODEL, m);
+        for (size_t j = 0; j < m->nparams; j++)
+            fprintf(out, BB__PARAM_PREFIX "%s = %s\n", m->params[j].key, m->params[j].value);
+    }
+}
+
+static const char *bb__type_name(enum bb__ctype t)
+{
+    static const char *const names[] = {
+        [BB__CT_UINT] = "integer", [BB__CT_BYTES] = "bytes",    [BB__CT_STRING] = "string",
+        [BB__CT_ENUM] = "enum",    [BB__CT_UIDS] = "uid list", [BB__CT_GIDS] = "gid list",
+        [BB__CT_PARAM] = "string",
+    };
+    return names[t];
+}
+
+/* A byte count the way a person would write it: 4G, not 4294967296. */
+static void bb__format_bytes(uint64_t v, char *buf, size_t len)
+{
+    const char *sfx = "KMG";
+    int i = -1;
+    while (i < 2 && v && v % 1024 == 0) {
+        v /= 1024;
+        i++;
+    }
+    if (i < 0)
+        snprintf(buf, len, "%" PRIu64, v);
+    else
+        snprintf(buf, len, "%" PRIu64 "%c", v, sfx[i]);
+}
+
+static void bb__format_range(const struct bb__config_key *k, char *buf, size_t len)
+{
+    char lo[32], hi[32];
+    switch (k->type) {
+    case BB__CT_UINT:
+        snprintf(buf, len, "%" PRIu64 "..%" PRIu64, k->min, k->max);
+        return;
+    case BB__CT_BYTES:
+        bb__format_bytes(k->min, lo, sizeof lo);
+        bb__format_bytes(k->max, hi, sizeof hi);
+        snprintf(buf, len, "%s..%s (suffix K, M or G)", lo, hi);
+        return;
+    case BB__CT_STRING:
+    case BB__CT_PARAM:
+        snprintf(buf, len, "%" PRIu64 "..%" PRIu64 " bytes", k->min, k->max);
+        return;
+    case BB__CT_ENUM:
+        buf[0] = '\0';
+        for (size_t i = 0; k->names[i]; i++) {
+            size_t used = strlen(buf);
+            snprintf(buf + used, len - used, "%s%s", i ? "\\|" : "", k->names[i]);
+        }
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, " or %" PRIu64 "..%" PRIu64, k->min, k->max);
+        return;
+    case BB__CT_UIDS:
+    case BB__CT_GIDS:
+        snprintf(buf, len, "0..%" PRIu64 " entries", k->max);
+        return;
+    }
+    buf[0] = '\0';
+}
+
+/* "\|" keeps a '|' inside a markdown table cell; plain text wants a bare one. */
+static void bb__unescape_bars(char *s)
+{
+    char *w = s;
+    for (const char *r = s; *r; r++)
+        if (!(r[0] == '\\' && r[1] == '|'))
+            *w++ = *r;
+    *w = '\0';
+}
+
+/* --help goes to a terminal: break text at spaces to fit width columns. */
+static void bb__print_wrapped(FILE *out, const char *text, int indent, int width)
+{
+    while (*text) {
+        int room = width - indent, len = (int)strlen(text);
+        if (len > room) {
+            len = room;
+            while (len > 0 && text[len] != ' ')
+                len--;
+            if (len == 0)
+                len = (int)strcspn(text, " ");
+        }
+        fprintf(out, "%*s%.*s\n", indent, "", len, text);
+        text += len;
+        while (*text == ' ')
+            text++;
+    }
+}
+
+void bb__config_help(FILE *out, int markdown)
+{
+    char range[256];
+    if (markdown) {
+        fprintf(out, "| section | key | type | range | default | reloadable | description |\n"
+                     "|---|---|---|---|---|---|---|\n");
+    } else {
+        fprintf(out, "Configuration keys (in the file, or as -o SECTION.KEY=VALUE):\n");
+    }
+    enum bb__csect last = BB__SEC_NONE;
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        const char *section = k->section == BB__SEC_BROKER ? "broker" : "model.NAME";
+        bb__format_range(k, range, sizeof range);
+        const char *def = k->def ? k->def : k->def_help;
+        if (markdown) {
+            /* Backticks mark a literal value; a computed default is prose. */
+            const char *tick = k->def && *def ? "`" : "";
+            fprintf(out, "| `[%s]` | `%s` | %s | %s | %s%s%s | %s | %s |\n", section, k->name,
+                    bb__type_name(k->type), range, tick, *def ? def : "(empty)", tick,
+                    k->reloadable ? "yes" : "no", k->desc);
+            continue;
+        }
+        if (k->section != last)
+            fprintf(out, "\n[%s]\n", section);
+        last = k->section;
+        bb__unescape_bars(range);
+        fprintf(out, "  %s = %s\n      %s, %s%s.\n", k->name, *def ? def : "(empty)",
+                bb__type_name(k->type), range, k->reloadable ? ", reloadable" : "");
+        bb__print_wrapped(out, k->desc, 6, 78);
+    }
+}

@@ -1,0 +1,81 @@
+/* Broker configuration: one table of keys drives parsing, validation, --help,
+ * the docs and the config dump (see config.c). */
+#ifndef BB_BROKER_CONFIG_H
+#define BB_BROKER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define BB_MAX_MODELS 64
+#define BB_MAX_PARAMS 32
+#define BB_MAX_IDS 32
+
+struct bb__model_config {
+    char name[64];
+    char backend[256];          /* built-in plugin name or path to a .so */
+    uint32_t max_batch_size;
+    uint32_t max_wait_us;
+    uint32_t instances;         /* executor threads; 0 = run in the dispatcher */
+    uint32_t max_queue;
+    uint32_t default_priority;  /* BB_PRIORITY_CRITICAL..LOW */
+    uint32_t default_timeout_us;/* 0 = none */
+    uint64_t max_request_bytes; /* input + output of one request; 0 = no limit */
+    size_t nparams;
+    struct { char key[64]; char value[256]; } params[BB_MAX_PARAMS];
+};
+
+struct bb__broker_config {
+    char socket_path[108];
+    char plugin_dir[256];
+    uint32_t spin_us;
+    uint32_t max_clients;
+    uint32_t default_segment_mb;
+    uint32_t max_segment_mb;
+    uint32_t default_max_inflight;
+    uint32_t max_inflight;      /* upper bound on slots a client may ask for */
+    int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
+    size_t nuids, ngids;
+    uid_t allowed_uids[BB_MAX_IDS];
+    gid_t allowed_gids[BB_MAX_IDS];
+    size_t nmodels;
+    struct bb__model_config models[BB_MAX_MODELS];
+};
+
+/* Fill cfg with the defaults: the broker's own uid plus root allowed, and one
+ * model "echo" served by the echo backend (used when no file is given). */
+void bb__config_defaults(struct bb__broker_config *cfg);
+
+/* Parse an INI file over the defaults (the default echo model is dropped as
+ * soon as the file defines a model). On error returns -1 and writes
+ * "FILE:LINE: message" to err. */
+int bb__config_load(struct bb__broker_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Apply "section.key=value" overrides from the command line (same validation). */
+int bb__config_set(struct bb__broker_config *cfg, const char *section, const char *key,
+                   const char *value, char *err, size_t errlen);
+
+/* Write the effective configuration as INI. */
+void bb__config_dump(const struct bb__broker_config *cfg, FILE *out);
+
+/* Write every key with type, range, default and description (for --help);
+ * markdown != 0 writes the table used in docs/configuration.md. */
+void bb__config_help(FILE *out, int markdown);
+
+/* Cross-key checks that no single key can make: every model has a backend,
+ * default_segment_mb <= max_segment_mb, default_max_inflight <= max_inflight.
+ * bb__config_load runs it on the file's result; run it again after the
+ * command-line overrides. Returns 0, or -1 with a message in err. */
+int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errlen);
+
+/* bb__config_set for one "-o" argument: "broker.KEY=VALUE" or
+ * "model.NAME.KEY=VALUE" (NAME may contain '.'; the first split whose KEY
+ * is a model key wins). A new model needs a backend before
+ * bb__config_check passes. Returns 0, or -1 with "SECTION.KEY: message". */
+int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err, size_t errlen);
+
+/* The model called name, or NULL. Valid until cfg changes. */
+struct bb__model_config *bb__config_model(struct bb__broker_config *cfg, const char *name);
+
+#endif

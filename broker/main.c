@@ -1,0 +1,148 @@
+/* batchbroker: command line, configuration, signals, one dispatcher worker. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker_internal.h"
+
+static volatile sig_atomic_t stop_requested;
+static int wake_fd_for_signals = -1;
+
+/* Set a flag and wake the loop; the loop does the work. */
+static void on_signal(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    stop_requested = 1;
+    if (wake_fd_for_signals >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(wake_fd_for_signals, &one, sizeof one);
+        (void)n;
+    }
+    errno = saved;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: batchbroker [--config FILE] [-o SECTION.KEY=VALUE]... [--socket PATH]\n"
+            "                   [--check] [--dump-config] [--help] [--version]\n"
+            "\n"
+            "  -c, --config FILE   INI configuration (default: serve model 'echo')\n"
+            "  -o SECTION.KEY=V    override one key, e.g. -o broker.spin_us=0 or\n"
+            "                      -o model.echo.max_batch_size=64\n"
+            "  -s, --socket PATH   same as -o broker.socket=PATH\n"
+            "      --check         validate the configuration and exit\n"
+            "      --dump-config   print the effective configuration and exit\n"
+            "\n"
+            "Exit status: 0 clean shutdown, 1 runtime failure, 2 bad configuration.\n"
+            "\nConfiguration keys:\n");
+    bb__config_help(out, 0);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
+        {"check", no_argument, NULL, 'C'},       {"dump-config", no_argument, NULL, 'D'},
+        {"help", no_argument, NULL, 'h'},        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+    static struct bb__broker_config cfg;
+    bb__config_defaults(&cfg);
+    const char *config_path = NULL;
+    const char *overrides[64];
+    int noverrides = 0;
+    bool check = false, dump = false;
+    char err[1024];
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:s:o:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 's':
+        case 'o':
+            if (noverrides == 64) {
+                fprintf(stderr, "batchbroker: too many overrides\n");
+                return 2;
+            }
+            if (ch == 's') {
+                static char buf[256];
+                snprintf(buf, sizeof buf, "broker.socket=%s", optarg);
+                overrides[noverrides++] = buf;
+            } else {
+                overrides[noverrides++] = optarg;
+            }
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'D':
+            dump = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("batchbroker %d.%d (protocol %u.%u, backend ABI %u)\n", 0, 1, BB_ABI_MAJOR,
+                   BB_ABI_MINOR, BB_BACKEND_ABI_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "batchbroker: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (config_path && bb__config_load(&cfg, config_path, err, sizeof err) < 0) {
+        fprintf(stderr, "batchbroker: %s\n", err);
+        return 2;
+    }
+    for (int i = 0; i < noverrides; i++)
+        if (bb__config_set_arg(&cfg, overrides[i], err, sizeof err) < 0) {
+            fprintf(stderr, "batchbroker: %s\n", err);
+            return 2;
+        }
+    if (bb__config_check(&cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "batchbroker: %s\n", err);
+        return 2;
+    }
+    if (dump) {
+        bb__config_dump(&cfg, stdout);
+        return 0;
+    }
+    bb__log_level = cfg.log_level;
+
+    struct sigaction sa = {.sa_handler = SIG_IGN};
+    sigaction(SIGPIPE, &sa, NULL);
+
+    static struct bb__worker w;
+    int rc = bb__worker_init(&w, &cfg, 0, &stop_requested);
+    if (rc == 0 && check) {
+        printf("configuration OK: %zu model(s)\n", cfg.nmodels);
+        bb__worker_fini(&w);
+        return 0;
+    }
+    if (rc < 0) {
+        bb__worker_fini(&w);
+        /* A backend that refuses its parameters is a configuration error. */
+        return 2;
+    }
+    wake_fd_for_signals = w.wake_fd;
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    bb_info("listening on %s (pid %d)", cfg.socket_path, (int)getpid());
+    rc = bb__worker_run(&w);
+    wake_fd_for_signals = -1;
+    bb__worker_fini(&w);
+    bb_info("stopped");
+    return rc < 0 ? 1 : 0;
+}

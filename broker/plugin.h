@@ -1,0 +1,26 @@
+/* Backend plugins: dlopen, ABI checks, one loaded table per model. */
+#ifndef BB_BROKER_PLUGIN_H
+#define BB_BROKER_PLUGIN_H
+
+#include <stddef.h>
+
+#include "batchbroker/backend.h"
+
+struct bb__plugin {
+    void *dl;
+    const struct bb_backend_ops *ops;
+    char path[512];
+};
+
+/* Load a backend. name_or_path with a '/' is a path; otherwise it names a
+ * built-in plugin, found as "<plugin_dir>/bb_backend_<name>.so". Refuses a
+ * missing entry symbol, a wrong abi_version, a short struct_size, non-zero
+ * reserved fields or a missing required function: returns -1 with a message
+ * naming the file and the problem in err. */
+int bb__plugin_load(const char *name_or_path, const char *plugin_dir, struct bb__plugin *out,
+                    char *err, size_t errlen);
+
+/* dlclose. Accepts a zeroed struct. */
+void bb__plugin_unload(struct bb__plugin *p);
+
+#endif

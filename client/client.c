@@ -1,0 +1,685 @@
+/*
+ * libbatchbroker: the client side of the shared-memory protocol described in
+ * include/batchbroker/protocol.h.
+ *
+ * Hot path (bb_submit, bb_wait, bb_request_output, resubmit): stores into the
+ * segment, one release store of the submission tail, and acquire loads of
+ * the slot's shm_done_gen. A system call happens only to wake a sleeping
+ * broker (doorbell) or to sleep ourselves after the spin budget.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+#include "util_internal.h"
+
+#define DEFAULT_SEGMENT_BYTES (64u << 20)
+#define DEFAULT_MAX_INFLIGHT 1024u
+#define DEFAULT_SPIN_NS 50000
+/* A sleeping waiter re-checks that the broker is alive this often. */
+#define LIVENESS_SLICE_NS 100000000ll
+
+/* ---- Control socket ---- */
+
+static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *rep,
+                         size_t rep_len, uint32_t want_type)
+{
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
+    pthread_mutex_lock(&c->ctl_lock);
+    int rc = 0;
+    ssize_t n;
+    do
+        n = send(c->sock, req, req_len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)req_len) {
+        rc = BB_EDISCONNECTED;
+        goto out;
+    }
+    do
+        n = recv(c->sock, rep, rep_len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        rc = BB_EDISCONNECTED;
+        goto out;
+    }
+    const struct bb_msg_hdr *h = rep;
+    if ((size_t)n < sizeof *h || h->type != want_type)
+        rc = BB_EPROTO;
+    else if (h->status < 0)
+        rc = h->status;
+    else if ((size_t)n != rep_len)
+        rc = BB_EPROTO;
+out:
+    if (rc == BB_EDISCONNECTED)
+        atomic_store(&c->dead, 1);
+    pthread_mutex_unlock(&c->ctl_lock);
+    return rc;
+}
+
+/* The broker is gone once its end of the control socket hangs up. */
+static bool broker_gone(bb_client *c)
+{
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return true;
+    struct pollfd p = {.fd = c->sock, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
+        atomic_store(&c->dead, 1);
+        return true;
+    }
+    return false;
+}
+
+static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[3])
+{
+    char cbuf[CMSG_SPACE(3 * sizeof(int))];
+    struct iovec iov = {.iov_base = rep, .iov_len = sizeof *rep};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof cbuf};
+    ssize_t n;
+    do
+        n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return BB_EDISCONNECTED;
+    if ((size_t)n < sizeof(struct bb_msg_hdr) || rep->h.type != BB_MSG_HELLO_REPLY)
+        return BB_EPROTO;
+    int nfds = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
+        }
+    }
+    if (rep->h.status < 0 || nfds != 3 || (size_t)n != sizeof *rep) {
+        for (int i = 0; i < nfds && i < 3; i++)
+            close(fds[i]);
+        return rep->h.status < 0 ? rep->h.status : BB_EPROTO;
+    }
+    return 0;
+}
+
+/* The broker wrote the header; we trust it, but a layout that does not fit
+ * the mapping would crash us, so check it anyway. */
+static int check_layout(const struct bb_shm_header *h, size_t size)
+{
+    if (h->magic != BB_SHM_MAGIC)
+        return BB_EPROTO;
+    uint32_t v = atomic_load_explicit(&((struct bb_shm_header *)h)->shm_version,
+                                      memory_order_acquire);
+    if ((v >> 16) != BB_ABI_MAJOR)
+        return BB_EPROTO;
+    uint32_t n = h->nslots;
+    if (h->header_size != BB_SHM_HEADER_SIZE || h->slot_size != BB_SHM_SLOT_SIZE ||
+        h->segment_size != size || n == 0 || (n & (n - 1)) || n > BB_MAX_SLOTS ||
+        h->sq_entries != 4 * n || h->cq_entries != n)
+        return BB_EPROTO;
+    if (h->sq_off + BB_SHM_RING_HDR_SIZE + 4ull * h->sq_entries > h->cq_off ||
+        h->cq_off + BB_SHM_RING_HDR_SIZE + 4ull * h->cq_entries > h->slots_off ||
+        h->slots_off + (uint64_t)n * BB_SHM_SLOT_SIZE > h->heap_off ||
+        h->heap_off + h->heap_size > size)
+        return BB_EPROTO;
+    return 0;
+}
+
+static const char *default_socket(void)
+{
+    const char *env = getenv("BATCHBROKER_SOCKET");
+    return env && *env ? env : BB_DEFAULT_SOCKET;
+}
+
+int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_client **out)
+{
+    if (!out)
+        return BB_EINVAL;
+    *out = NULL;
+    const char *path = socket_path ? socket_path : default_socket();
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return BB_EINVAL;
+    strcpy(sa.sun_path, path);
+
+    bb_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return BB_ENOMEM;
+    c->sock = c->doorbell_fd = c->notify_fd = -1;
+    atomic_init(&c->spin_ns, DEFAULT_SPIN_NS);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->cq_lock, NULL);
+    pthread_mutex_init(&c->ctl_lock, NULL);
+    int rc;
+
+    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (c->sock < 0) {
+        rc = BB_ESYS;
+        goto fail;
+    }
+    if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_EDISCONNECTED : BB_ESYS;
+        goto fail;
+    }
+    /* Only a broker run by root or by our own user may get our data. */
+    struct ucred cred;
+    socklen_t cl = sizeof cred;
+    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
+        (cred.uid != 0 && cred.uid != getuid())) {
+        rc = BB_EPERM;
+        goto fail;
+    }
+
+    struct bb_msg_hello hello = {
+        .h = {.type = BB_MSG_HELLO},
+        .magic = BB_SHM_MAGIC,
+        .version = BB_SHM_VERSION,
+        .segment_bytes = opts && opts->segment_bytes ? opts->segment_bytes : DEFAULT_SEGMENT_BYTES,
+        .max_inflight = opts && opts->max_inflight ? opts->max_inflight : DEFAULT_MAX_INFLIGHT,
+    };
+    if (send(c->sock, &hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello) {
+        rc = BB_EDISCONNECTED;
+        goto fail;
+    }
+    struct bb_msg_hello_reply rep;
+    int fds[3] = {-1, -1, -1};
+    rc = recv_hello(c->sock, &rep, fds);
+    if (rc < 0)
+        goto fail;
+    int memfd = fds[0];
+    c->doorbell_fd = fds[1];
+    c->notify_fd = fds[2];
+    c->size = rep.segment_size;
+    c->base = mmap(NULL, c->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    close(memfd);
+    if (c->base == MAP_FAILED) {
+        c->base = NULL;
+        rc = BB_ESYS;
+        goto fail;
+    }
+    c->hdr = (struct bb_shm_header *)c->base;
+    rc = check_layout(c->hdr, c->size);
+    if (rc < 0)
+        goto fail;
+
+    struct bb_shm_header *h = c->hdr;
+    c->nslots = h->nslots;
+    c->slots = (struct bb_shm_slot *)(c->base + h->slots_off);
+    c->sq = (struct bb_shm_ring *)(c->base + h->sq_off);
+    c->sq_entries = (uint32_t *)(c->base + h->sq_off + BB_SHM_RING_HDR_SIZE);
+    c->sq_mask = h->sq_entries - 1;
+    atomic_init(&c->sq_reserve, atomic_load(&c->sq->shm_tail));
+    bb__ring_attach(&c->cq, c->base + h->cq_off, h->cq_entries, 0);
+    if (bb__buddy_init(&c->heap, c->base + h->heap_off, h->heap_size) < 0) {
+        rc = BB_ENOMEM;
+        goto fail;
+    }
+    c->reqs = calloc(c->nslots, sizeof *c->reqs);
+    if (!c->reqs) {
+        rc = BB_ENOMEM;
+        goto fail;
+    }
+    for (uint32_t i = c->nslots; i-- > 0;) {
+        struct bb_request *r = &c->reqs[i];
+        r->c = c;
+        r->index = i;
+        r->slot = &c->slots[i];
+        r->next_free = c->free_reqs;
+        c->free_reqs = r;
+    }
+    *out = c;
+    return 0;
+fail:
+    bb_disconnect(c);
+    return rc;
+}
+
+void bb_disconnect(bb_client *c)
+{
+    if (!c)
+        return;
+    for (bb_model *m = c->models, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    free(c->reqs);
+    bb__buddy_fini(&c->heap);
+    if (c->base)
+        munmap(c->base, c->size);
+    if (c->sock >= 0)
+        close(c->sock);
+    if (c->doorbell_fd >= 0)
+        close(c->doorbell_fd);
+    if (c->notify_fd >= 0)
+        close(c->notify_fd);
+    pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->cq_lock);
+    pthread_mutex_destroy(&c->ctl_lock);
+    free(c);
+}
+
+int bb_model_open(bb_client *c, const char *name, bb_model **out)
+{
+    if (!c || !name || !out || strlen(name) >= BB_MAX_MODEL_NAME || !*name)
+        return BB_EINVAL;
+    struct bb_msg_model_open req = {.h = {.type = BB_MSG_MODEL_OPEN}};
+    strcpy(req.name, name);
+    struct bb_msg_model_open_reply rep;
+    int rc = ctl_roundtrip(c, &req, sizeof req, &rep, sizeof rep, BB_MSG_MODEL_OPEN_REPLY);
+    if (rc < 0)
+        return rc;
+    bb_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return BB_ENOMEM;
+    m->c = c;
+    m->id = rep.model_id;
+    m->max_batch_size = rep.max_batch_size;
+    m->max_request_bytes = rep.max_request_bytes;
+    strcpy(m->name, name);
+    pthread_mutex_lock(&c->lock);
+    m->next = c->models;
+    c->models = m;
+    pthread_mutex_unlock(&c->lock);
+    *out = m;
+    return 0;
+}
+
+int bb_model_stats(bb_model *m, struct bb_model_stats *out)
+{
+    if (!m || !out)
+        return BB_EINVAL;
+    struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
+    struct bb_msg_stats_reply rep;
+    int rc = ctl_roundtrip(m->c, &req, sizeof req, &rep, sizeof rep, BB_MSG_STATS_REPLY);
+    if (rc < 0)
+        return rc;
+    const struct bb_wire_stats *s = &rep.s;
+    out->submitted = s->submitted;
+    out->completed = s->completed;
+    out->failed = s->failed;
+    out->timed_out = s->timed_out;
+    out->rejected = s->rejected;
+    out->deduplicated = s->deduplicated;
+    out->batches = s->batches;
+    memcpy(out->completed_by_priority, s->completed_by_priority, sizeof s->completed_by_priority);
+    out->avg_batch_size = s->avg_batch_size;
+    out->avg_queue_wait_us = s->avg_queue_wait_us;
+    out->throughput_rps = s->throughput_rps;
+    out->latency_p50_us = s->latency_p50_us;
+    out->latency_p95_us = s->latency_p95_us;
+    out->latency_p99_us = s->latency_p99_us;
+    out->queued = s->queued;
+    out->batch_target = s->batch_target;
+    return 0;
+}
+
+/* ---- Requests ---- */
+
+static inline uint32_t done_gen(const bb_request *r)
+{
+    return atomic_load_explicit(&r->slot->shm_done_gen, memory_order_acquire);
+}
+
+static inline bool is_pending(const bb_request *r)
+{
+    return r->gen != 0 && done_gen(r) != r->gen;
+}
+
+static void release_locked(bb_client *c, bb_request *r)
+{
+    bb__buddy_free(&c->heap, r->off);
+    r->kind = BB__REQ_FREE;
+    r->m = NULL;
+    r->next_free = c->free_reqs;
+    c->free_reqs = r;
+}
+
+/* Requests freed while pending come back once the broker has completed them. */
+static void reap_orphans_locked(bb_client *c)
+{
+    if (c->norphans == 0)
+        return;
+    for (uint32_t i = 0; i < c->nslots && c->norphans; i++) {
+        bb_request *r = &c->reqs[i];
+        if (r->kind == BB__REQ_ORPHAN && (!is_pending(r) || atomic_load(&c->dead))) {
+            c->norphans--;
+            release_locked(c, r);
+        }
+    }
+}
+
+int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_request **out)
+{
+    if (!m || !out || input_bytes > UINT32_MAX || output_capacity > UINT32_MAX)
+        return BB_EINVAL;
+    *out = NULL;
+    bb_client *c = m->c;
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
+    if (m->max_request_bytes && input_bytes + output_capacity > m->max_request_bytes)
+        return BB_ETOOBIG;
+    /* Output starts on its own cache line, so a backend writing it does not
+     * share a line with the input another core may still be reading. */
+    size_t in_round = (input_bytes + 63) & ~(size_t)63;
+    size_t total = in_round + output_capacity;
+    if (total == 0)
+        total = 1;
+    pthread_mutex_lock(&c->lock);
+    if (!c->free_reqs)
+        reap_orphans_locked(c);
+    bb_request *r = c->free_reqs;
+    int64_t off = r ? bb__buddy_alloc(&c->heap, total) : -1;
+    if (off < 0 && c->norphans) {
+        reap_orphans_locked(c);
+        r = c->free_reqs;
+        off = r ? bb__buddy_alloc(&c->heap, total) : -1;
+    }
+    if (!r || off < 0) {
+        pthread_mutex_unlock(&c->lock);
+        return BB_ENOMEM;
+    }
+    c->free_reqs = r->next_free;
+    r->kind = BB__REQ_LIVE;
+    pthread_mutex_unlock(&c->lock);
+
+    r->m = m;
+    r->off = (uint64_t)off;
+    r->in_off = c->hdr->heap_off + (uint64_t)off;
+    r->out_off = r->in_off + in_round;
+    r->in_cap = r->in_len = (uint32_t)input_bytes;
+    r->out_cap = (uint32_t)output_capacity;
+    r->cancel_gen = 0;
+    r->tag = 0;
+    *out = r;
+    return 0;
+}
+
+void *bb_request_input(bb_request *r)
+{
+    return r ? r->c->base + r->in_off : NULL;
+}
+
+size_t bb_request_input_capacity(const bb_request *r)
+{
+    return r ? r->in_cap : 0;
+}
+
+int bb_request_set_input_len(bb_request *r, size_t len)
+{
+    if (!r || len > r->in_cap)
+        return BB_EINVAL;
+    if (is_pending(r))
+        return BB_ESTATE;
+    r->in_len = (uint32_t)len;
+    return 0;
+}
+
+/* Multi-producer push of one entry, then the wake-up handshake of
+ * protocol.h: publish, seq_cst fence, and ring only a sleeping broker. */
+static void sq_push(bb_client *c, uint32_t entry)
+{
+    uint32_t pos = atomic_fetch_add_explicit(&c->sq_reserve, 1, memory_order_relaxed);
+    /* The ring holds 4 entries per slot, more than can be outstanding (see
+     * protocol.md), so it never overflows; wait anyway if a broker stalls. */
+    while (pos - atomic_load_explicit(&c->sq->shm_head, memory_order_acquire) > c->sq_mask) {
+        if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+            return;
+        sched_yield();
+    }
+    c->sq_entries[pos & c->sq_mask] = entry;
+    /* Publish in reservation order: wait for the threads that reserved before us. */
+    unsigned spins = 0;
+    while (atomic_load_explicit(&c->sq->shm_tail, memory_order_relaxed) != pos) {
+        if (++spins > 128)
+            sched_yield();
+        else
+            bb__cpu_relax();
+    }
+    atomic_store_explicit(&c->sq->shm_tail, pos + 1, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->hdr->shm_need_wake, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(c->doorbell_fd, &one, sizeof one);
+        (void)n; /* EAGAIN means the counter is already non-zero: awake enough */
+    }
+}
+
+int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
+{
+    if (!r || r->kind != BB__REQ_LIVE)
+        return BB_EINVAL;
+    bb_client *c = r->c;
+    if (opts && (opts->priority < 0 || opts->priority > BB_PRIORITY_LOW))
+        return BB_EINVAL;
+    if (is_pending(r))
+        return BB_ESTATE;
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
+    if (atomic_load_explicit(&c->hdr->shm_broker_state, memory_order_relaxed) != BB_BROKER_RUNNING)
+        return BB_ESHUTDOWN;
+    struct bb_shm_slot *s = r->slot;
+    uint32_t gen = r->gen + 1;
+    if (gen == 0 || gen == done_gen(r))
+        gen++; /* never reuse the value the broker last completed */
+    r->gen = gen;
+    r->tag = opts ? opts->tag : 0;
+    s->gen = gen;
+    s->model_id = r->m->id;
+    s->in_off = r->in_off;
+    s->out_off = r->out_off;
+    s->in_len = r->in_len;
+    s->out_cap = r->out_cap;
+    s->tag = r->tag;
+    s->submit_ns = bb__now_ns();
+    s->timeout_us = opts ? opts->timeout_us : 0;
+    s->flags = opts ? opts->flags : 0;
+    s->priority = (uint8_t)(opts ? opts->priority : 0);
+    sq_push(c, r->index);
+    return 0;
+}
+
+int bb_cancel(bb_request *r)
+{
+    if (!r || r->kind == BB__REQ_FREE)
+        return BB_EINVAL;
+    if (!is_pending(r) || r->cancel_gen == r->gen)
+        return BB_ESTATE;
+    if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
+    r->cancel_gen = r->gen;
+    sq_push(r->c, r->index | BB_SQE_CANCEL);
+    return 0;
+}
+
+int bb_wait(bb_request *r, int64_t timeout_ns)
+{
+    if (!r || r->kind == BB__REQ_FREE)
+        return BB_EINVAL;
+    if (r->gen == 0)
+        return BB_ESTATE;
+    if (!is_pending(r))
+        return 0;
+    if (timeout_ns == 0)
+        return atomic_load_explicit(&r->c->dead, memory_order_relaxed) ? BB_EDISCONNECTED
+                                                                       : BB_ETIMEDOUT;
+    bb_client *c = r->c;
+    uint64_t start = bb__now_ns();
+    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
+    int64_t spin = atomic_load_explicit(&c->spin_ns, memory_order_relaxed);
+    uint64_t spin_end = start + (uint64_t)(spin > 0 ? spin : 0);
+    uint64_t next_check = start + LIVENESS_SLICE_NS;
+
+    /* Spin: the broker answers in microseconds when it is awake. */
+    for (unsigned i = 1;; i++) {
+        if (!is_pending(r))
+            return 0;
+        if ((i & 63) == 0) {
+            uint64_t now = bb__now_ns();
+            if (now >= deadline)
+                return BB_ETIMEDOUT;
+            if (now >= spin_end)
+                break;
+            if (now >= next_check) {
+                if (broker_gone(c))
+                    return BB_EDISCONNECTED;
+                next_check = now + LIVENESS_SLICE_NS;
+            }
+        }
+        bb__cpu_relax();
+    }
+    /* Sleep on the slot's futex in slices, checking the broker is alive. */
+    for (;;) {
+        uint32_t seen = done_gen(r);
+        if (seen == r->gen)
+            return 0;
+        atomic_store_explicit(&r->slot->shm_waiters, 1, memory_order_seq_cst);
+        seen = atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst);
+        if (seen == r->gen)
+            return 0;
+        uint64_t now = bb__now_ns();
+        if (now >= deadline)
+            return BB_ETIMEDOUT;
+        if (broker_gone(c))
+            return BB_EDISCONNECTED;
+        uint64_t slice = deadline - now;
+        if (slice > LIVENESS_SLICE_NS)
+            slice = LIVENESS_SLICE_NS;
+        bb__futex_wait(&r->slot->shm_done_gen, seen, (int64_t)slice);
+    }
+}
+
+int bb_request_status(const bb_request *r)
+{
+    if (!r || r->kind == BB__REQ_FREE)
+        return BB_EINVAL;
+    if (r->gen == 0)
+        return BB_ESTATE;
+    if (is_pending(r))
+        return atomic_load_explicit(&r->c->dead, memory_order_relaxed) ? BB_EDISCONNECTED
+                                                                       : BB_EPENDING;
+    int st = r->slot->status;
+    return st > 0 ? BB_EPROTO : st;
+}
+
+const void *bb_request_output(const bb_request *r, size_t *len)
+{
+    if (len)
+        *len = 0;
+    if (bb_request_status(r) != 0)
+        return NULL;
+    uint32_t n = r->slot->out_len;
+    if (n > r->out_cap)
+        n = r->out_cap;
+    if (len)
+        *len = n;
+    return r->c->base + r->out_off;
+}
+
+uint64_t bb_request_tag(const bb_request *r)
+{
+    return r ? r->tag : 0;
+}
+
+void bb_request_free(bb_request *r)
+{
+    if (!r || r->kind != BB__REQ_LIVE)
+        return;
+    bb_client *c = r->c;
+    bool pending = is_pending(r) && !atomic_load(&c->dead);
+    if (pending && r->cancel_gen != r->gen) {
+        r->cancel_gen = r->gen;
+        sq_push(c, r->index | BB_SQE_CANCEL);
+    }
+    pthread_mutex_lock(&c->lock);
+    if (pending) {
+        r->kind = BB__REQ_ORPHAN;
+        c->norphans++;
+    } else {
+        release_locked(c, r);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+int bb_infer(bb_model *m, const void *in, size_t in_len, void *out, size_t out_cap,
+             size_t *out_len, const struct bb_submit_opts *opts, int64_t timeout_ns)
+{
+    if (!m || (!in && in_len) || (!out && out_cap))
+        return BB_EINVAL;
+    bb_request *r;
+    int rc = bb_request_new(m, in_len, out_cap, &r);
+    if (rc < 0)
+        return rc;
+    if (in_len)
+        memcpy(bb_request_input(r), in, in_len);
+    rc = bb_submit(r, opts);
+    if (rc == 0)
+        rc = bb_wait(r, timeout_ns);
+    if (rc == 0)
+        rc = bb_request_status(r);
+    if (rc == 0) {
+        size_t n;
+        const void *p = bb_request_output(r, &n);
+        if (n > out_cap)
+            rc = BB_ETOOBIG;
+        else {
+            if (n)
+                memcpy(out, p, n);
+            if (out_len)
+                *out_len = n;
+        }
+    }
+    bb_request_free(r);
+    return rc;
+}
+
+/* ---- Event-loop integration ---- */
+
+int bb_client_fd(const bb_client *c)
+{
+    if (!c)
+        return BB_EINVAL;
+    atomic_store_explicit(&c->hdr->shm_notify, 1, memory_order_seq_cst);
+    return c->notify_fd;
+}
+
+int bb_client_poll(bb_client *c, bb_request **out, int max)
+{
+    if (!c || (!out && max > 0) || max < 0)
+        return BB_EINVAL;
+    uint64_t cnt;
+    ssize_t rd = read(c->notify_fd, &cnt, sizeof cnt); /* clear readiness first */
+    (void)rd;
+    pthread_mutex_lock(&c->cq_lock);
+    int got = 0;
+    int64_t avail = bb__ring_available(&c->cq);
+    uint32_t used = 0;
+    while (avail > 0 && got < max) {
+        uint32_t idx = bb__ring_peek(&c->cq, used++);
+        avail--;
+        if (idx >= c->nslots)
+            continue;
+        bb_request *r = &c->reqs[idx];
+        if (r->kind == BB__REQ_LIVE && r->gen && !is_pending(r))
+            out[got++] = r;
+    }
+    if (used)
+        bb__ring_consume(&c->cq, used);
+    pthread_mutex_unlock(&c->cq_lock);
+    if (got == max && avail > 0) {
+        uint64_t one = 1; /* more to collect: stay readable */
+        ssize_t wr = write(c->notify_fd, &one, sizeof one);
+        (void)wr;
+    }
+    return got;
+}
+
+void bb_client_set_spin_ns(bb_client *c, int64_t spin_ns)
+{
+    if (c)
+        atomic_store(&c->spin_ns, spin_ns < 0 ? 0 : spin_ns);
+}

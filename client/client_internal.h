@@ -1,0 +1,73 @@
+/* Client library internals shared by client.c and the tests. */
+#ifndef BB_CLIENT_INTERNAL_H
+#define BB_CLIENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "alloc.h"
+#include "batchbroker/client.h"
+#include "batchbroker/protocol.h"
+#include "ring_internal.h"
+
+struct bb_model {
+    bb_client *c;
+    uint32_t id;
+    uint32_t max_batch_size;
+    uint64_t max_request_bytes;
+    char name[BB_MAX_MODEL_NAME];
+    struct bb_model *next;
+};
+
+enum { BB__REQ_FREE = 0, BB__REQ_LIVE, BB__REQ_ORPHAN };
+
+struct bb_request {
+    bb_client *c;
+    bb_model *m;
+    struct bb_shm_slot *slot;
+    uint32_t index;          /* slot index */
+    uint32_t gen;            /* generation of the last submission; 0 = never */
+    uint32_t cancel_gen;     /* generation a cancel was sent for */
+    int kind;                /* BB__REQ_*; guarded by c->lock when it changes */
+    uint64_t off;            /* heap block (offset into the heap) */
+    uint64_t in_off, out_off;/* segment offsets */
+    uint32_t in_cap, in_len, out_cap;
+    uint64_t tag;
+    struct bb_request *next_free;
+};
+
+struct bb_client {
+    int sock;                /* control socket; hang-up = broker gone */
+    int doorbell_fd;         /* eventfd the broker sleeps on */
+    int notify_fd;           /* eventfd the broker signals on completions */
+    char *base;              /* segment mapping */
+    size_t size;
+    struct bb_shm_header *hdr;
+    struct bb_shm_slot *slots;
+    uint32_t nslots;
+
+    /* Submission ring: threads reserve entries by CAS on sq_reserve, then
+     * publish shm_tail in reservation order (DPDK's multi-producer scheme);
+     * only this process writes shm_tail, so the wait is on our own threads. */
+    struct bb_shm_ring *sq;
+    uint32_t *sq_entries;
+    uint32_t sq_mask;
+    _Atomic uint32_t sq_reserve;
+
+    pthread_mutex_t cq_lock; /* single consumer of the completion ring */
+    struct bb__ring cq;
+
+    pthread_mutex_t lock;    /* allocator, free slots, models */
+    struct bb__buddy heap;
+    struct bb_request *reqs; /* nslots, indexed by slot */
+    struct bb_request *free_reqs;
+    uint32_t norphans;
+    struct bb_model *models;
+
+    pthread_mutex_t ctl_lock;/* one control round trip at a time */
+    _Atomic int dead;        /* broker gone */
+    _Atomic int64_t spin_ns;
+};
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * batchbroker client API.
+ *
+ * A process links libbatchbroker, connects to the broker's Unix socket and gets
+ * its own shared-memory segment. Requests live in that segment: the caller writes
+ * its input straight into it (bb_request_input), submits, waits, and reads the
+ * output in place (bb_request_output). Nothing is copied and, while the broker
+ * is awake, the submit/wait/read/resubmit cycle makes no system call and no
+ * allocation.
+ *
+ * Every function that returns int returns 0 (or a count) on success and a
+ * negative BB_E* code on failure; errno is never the error channel.
+ *
+ * Thread safety: one bb_client (and its models) may be shared by any number of
+ * threads. One bb_request must be used by one thread at a time, except that any
+ * thread may bb_wait on it.
+ *
+ * Caveats: do not fork() with a live client and use it in the child; do not
+ * unmap or close the client's descriptors behind its back.
+ */
+#ifndef BATCHBROKER_CLIENT_H
+#define BATCHBROKER_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define BB_API __attribute__((visibility("default")))
+#else
+#define BB_API
+#endif
+
+/* Error codes: one list generates the enum, bb_strerror and bb_errname. */
+#define BB_ERRNO_MAP(X)                                                         \
+    X(EINVAL, -1, "invalid argument")                                           \
+    X(ENOMEM, -2, "out of memory (segment space or request slots exhausted)")   \
+    X(EBUSY, -3, "model queue full: request rejected")                          \
+    X(ETIMEDOUT, -4, "timed out")                                               \
+    X(EPENDING, -5, "request still pending")                                    \
+    X(EBACKEND, -6, "backend failed to process the batch")                      \
+    X(ENOMODEL, -7, "no such model")                                            \
+    X(EDISCONNECTED, -8, "broker disconnected")                                 \
+    X(ECANCELED, -9, "request canceled")                                        \
+    X(ESHUTDOWN, -10, "broker is shutting down")                                \
+    X(ETOOBIG, -11, "request too large")                                        \
+    X(EPROTO, -12, "protocol or ABI version mismatch")                          \
+    X(EPERM, -13, "credentials refused by the broker")                          \
+    X(ESYS, -14, "system call failed")                                          \
+    X(ESTATE, -15, "request is in the wrong state for this call")
+
+enum bb_error {
+#define BB__ERR_ENUM(name, code, msg) BB_##name = (code),
+    BB_ERRNO_MAP(BB__ERR_ENUM)
+#undef BB__ERR_ENUM
+};
+
+/* Priority levels. DEFAULT means the model's configured default_priority. */
+enum { BB_PRIORITY_DEFAULT = 0, BB_PRIORITY_CRITICAL = 1, BB_PRIORITY_HIGH = 2,
+       BB_PRIORITY_NORMAL = 3, BB_PRIORITY_LOW = 4 };
+#define BB_PRIORITY_LEVELS 5
+
+/* Submit flags. */
+enum { BB_SUBMIT_DEDUP = 1u << 0 };
+
+/* Default socket when neither the argument nor $BATCHBROKER_SOCKET is set. */
+#define BB_DEFAULT_SOCKET "/tmp/batchbroker.sock"
+
+typedef struct bb_client bb_client;
+typedef struct bb_model bb_model;
+typedef struct bb_request bb_request;
+
+/* 0 in any field means the default (64 MiB segment, 1024 requests in flight). */
+struct bb_client_opts {
+    size_t segment_bytes;
+    uint32_t max_inflight;
+};
+
+/* priority: BB_PRIORITY_*; timeout_us: 0 = the model's default; flags: BB_SUBMIT_*;
+ * tag: returned untouched, for the caller's bookkeeping. */
+struct bb_submit_opts {
+    int priority;
+    uint32_t timeout_us;
+    uint32_t flags;
+    uint64_t tag;
+};
+
+/* Broker-side figures for one model. */
+struct bb_model_stats {
+    uint64_t submitted, completed, failed, timed_out, rejected, deduplicated, batches;
+    uint64_t completed_by_priority[5]; /* index = BB_PRIORITY_* */
+    double avg_batch_size, avg_queue_wait_us, throughput_rps;
+    double latency_p50_us, latency_p95_us, latency_p99_us; /* submit -> completion */
+    uint32_t queued, batch_target;
+};
+
+/* Connect to the broker at socket_path (NULL: $BATCHBROKER_SOCKET, else
+ * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL.
+ * Returns 0, BB_EINVAL, BB_ENOMEM, BB_EDISCONNECTED (no broker there),
+ * BB_EPERM (credentials refused), BB_EPROTO (ABI mismatch), BB_ESYS. */
+BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts,
+                      bb_client **out);
+
+/* Close the connection, free every request and model. Accepts NULL. Requests
+ * still pending are abandoned (the broker reclaims them). */
+BB_API void bb_disconnect(bb_client *c);
+
+/* Look a model up by name. The handle lives until bb_disconnect.
+ * Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EDISCONNECTED, BB_ENOMEM. */
+BB_API int bb_model_open(bb_client *c, const char *name, bb_model **out);
+
+/* Allocate a request slot with an input buffer of input_bytes and an output
+ * buffer of output_capacity bytes, both inside the shared segment.
+ * Returns 0, BB_EINVAL, BB_ENOMEM (segment or slots exhausted), BB_ETOOBIG
+ * (over the model's limits), BB_EDISCONNECTED. */
+BB_API int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity,
+                          bb_request **out);
+
+/* Where to write the input. Valid until bb_request_free; do not write to it
+ * while the request is pending. */
+BB_API void *bb_request_input(bb_request *r);
+
+/* Capacity of the input buffer (the input_bytes given to bb_request_new). */
+BB_API size_t bb_request_input_capacity(const bb_request *r);
+
+/* Set how many bytes of the input buffer the next submission sends (default:
+ * the whole buffer). Returns 0, BB_EINVAL (larger than the buffer), BB_ESTATE. */
+BB_API int bb_request_set_input_len(bb_request *r, size_t len);
+
+/* Submit (or resubmit, once complete) the request. opts may be NULL.
+ * Returns 0, BB_EINVAL, BB_ESTATE (already pending), BB_EDISCONNECTED,
+ * BB_ESHUTDOWN. A full model queue is reported as the request's status
+ * BB_EBUSY, at once, without running it. */
+BB_API int bb_submit(bb_request *r, const struct bb_submit_opts *opts);
+
+/* Wait for completion: timeout_ns 0 polls, < 0 waits forever. Spins for the
+ * client's spin budget (bb_client_set_spin_ns, default 50 us), then sleeps.
+ * Returns 0 once complete (read the outcome with bb_request_status),
+ * BB_ETIMEDOUT, BB_EDISCONNECTED, BB_ESTATE (never submitted). */
+BB_API int bb_wait(bb_request *r, int64_t timeout_ns);
+
+/* Cancel a pending request: if the broker has not dispatched it yet it
+ * completes with BB_ECANCELED; if it is running it finishes normally.
+ * Returns 0 (cancel sent), BB_ESTATE (not pending), BB_EDISCONNECTED. */
+BB_API int bb_cancel(bb_request *r);
+
+/* BB_EPENDING while pending, else the outcome: 0 or a negative BB_E* code. */
+BB_API int bb_request_status(const bb_request *r);
+
+/* Zero-copy view of the output; *len (may be NULL) gets its length. Valid until
+ * the request is submitted again or freed. NULL unless complete and 0. */
+BB_API const void *bb_request_output(const bb_request *r, size_t *len);
+
+/* The tag given at submission. */
+BB_API uint64_t bb_request_tag(const bb_request *r);
+
+/* Free the request. A pending request is canceled first; its memory is reused
+ * only after the broker lets go of it. Accepts NULL. */
+BB_API void bb_request_free(bb_request *r);
+
+/* One-shot helper: copies in, submits, waits, copies the output out.
+ * Returns 0 with *out_len set (may be NULL), or the request's error code,
+ * BB_ETOOBIG if the output does not fit out_cap, BB_ETIMEDOUT (the request is
+ * canceled), or any code of bb_request_new/bb_submit/bb_wait. */
+BB_API int bb_infer(bb_model *m, const void *in, size_t in_len, void *out, size_t out_cap,
+                    size_t *out_len, const struct bb_submit_opts *opts, int64_t timeout_ns);
+
+/* A descriptor that becomes readable when any request of this client completes;
+ * then call bb_client_poll. Valid until bb_disconnect. */
+BB_API int bb_client_fd(const bb_client *c);
+
+/* Collect up to max requests that completed since the last call (in completion
+ * order) and clear the readiness of bb_client_fd. Each completion is reported
+ * once; requests completed while nobody polls may be coalesced away only if
+ * the completion ring overflowed, in which case BB_ENOMEM is never returned but
+ * callers should bb_wait(r, 0) the requests they track. Returns the count. */
+BB_API int bb_client_poll(bb_client *c, bb_request **out, int max);
+
+/* Broker-side statistics of the model. Returns 0, BB_EDISCONNECTED. */
+BB_API int bb_model_stats(bb_model *m, struct bb_model_stats *out);
+
+/* How long bb_wait spins before sleeping (default 50000 ns; 0 = sleep at once). */
+BB_API void bb_client_set_spin_ns(bb_client *c, int64_t spin_ns);
+
+/* Text for a code; never NULL. */
+BB_API const char *bb_strerror(int code);
+
+/* "BB_EINVAL"-style name for a code; never NULL. */
+BB_API const char *bb_errname(int code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

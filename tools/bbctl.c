@@ -1,0 +1,138 @@
+/* bbctl: operator view of a running broker (stats, top, health). It speaks the
+ * control protocol as an operator session: no segment, statistics only. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batchbroker/client.h"
+#include "batchbroker/protocol.h"
+
+static int roundtrip(int fd, const void *req, size_t len, void *rep, size_t cap)
+{
+    if (send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len)
+        return BB_EDISCONNECTED;
+    ssize_t n = recv(fd, rep, cap, 0);
+    if (n <= 0)
+        return BB_EDISCONNECTED;
+    const struct bb_msg_hdr *h = rep;
+    if ((size_t)n < sizeof *h)
+        return BB_EPROTO;
+    return h->status;
+}
+
+static int connect_operator(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return BB_EINVAL;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return BB_EDISCONNECTED;
+    }
+    struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                 .version = BB_SHM_VERSION, .flags = BB_HELLO_OPERATOR};
+    struct bb_msg_hello_reply rep;
+    int rc = roundtrip(fd, &hello, sizeof hello, &rep, sizeof rep);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+static int print_stats(int fd, int header)
+{
+    if (header)
+        printf("%-16s %10s %10s %8s %8s %8s %8s %7s %9s %9s %9s %9s %6s\n", "model", "submitted",
+               "completed", "failed", "timeout", "rejected", "batches", "avg_bs", "rps",
+               "p50_us", "p95_us", "p99_us", "queued");
+    for (uint32_t id = 0;; id++) {
+        struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = id};
+        struct bb_msg_stats_reply rep;
+        int rc = roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
+        if (rc == BB_ENOMODEL)
+            return 0;
+        if (rc < 0)
+            return rc;
+        const struct bb_wire_stats *s = &rep.s;
+        printf("%-16s %10llu %10llu %8llu %8llu %8llu %8llu %7.2f %9.0f %9.1f %9.1f %9.1f %6u\n",
+               rep.name, (unsigned long long)s->submitted, (unsigned long long)s->completed,
+               (unsigned long long)s->failed, (unsigned long long)s->timed_out,
+               (unsigned long long)s->rejected, (unsigned long long)s->batches, s->avg_batch_size,
+               s->throughput_rps, s->latency_p50_us, s->latency_p95_us, s->latency_p99_us,
+               s->queued);
+    }
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: bbctl [--socket PATH] stats | top [INTERVAL_S] | health\n"
+                 "  stats   one table of every model's figures\n"
+                 "  top     the table again every INTERVAL_S seconds (default 1)\n"
+                 "  health  exit 0 if the broker answers, 1 otherwise\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"socket", required_argument, NULL, 's'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *path = getenv("BATCHBROKER_SOCKET");
+    if (!path || !*path)
+        path = BB_DEFAULT_SOCKET;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+        if (ch == 's')
+            path = optarg;
+        else {
+            usage(ch == 'h' ? stdout : stderr);
+            return ch == 'h' ? 0 : 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    int fd = connect_operator(path);
+    if (fd < 0) {
+        fprintf(stderr, "bbctl: %s: %s\n", path, bb_strerror(fd));
+        return 1;
+    }
+    int rc = 0;
+    if (strcmp(cmd, "health") == 0) {
+        rc = print_stats(fd, 0) < 0;
+        if (!rc)
+            printf("ok\n");
+    } else if (strcmp(cmd, "stats") == 0) {
+        rc = print_stats(fd, 1) < 0;
+    } else if (strcmp(cmd, "top") == 0) {
+        double interval = optind + 1 < argc ? atof(argv[optind + 1]) : 1.0;
+        if (interval <= 0)
+            interval = 1.0;
+        for (;;) {
+            printf("\033[H\033[J");
+            if (print_stats(fd, 1) < 0) {
+                rc = 1;
+                break;
+            }
+            fflush(stdout);
+            struct timespec ts = {(time_t)interval, (long)((interval - (time_t)interval) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        usage(stderr);
+        rc = 2;
+    }
+    close(fd);
+    return rc;
+}
