@@ -1,72 +1,182 @@
 /* When to cut a batch and what goes in it.
  *
- * Expired requests leave first: within a level the heap is ordered by
- * deadline, so the expired ones are always at the top. Then, while an
- * executor is free, a batch is cut once max_batch_size requests wait or the
- * oldest has waited max_wait_us (or the broker is draining for shutdown),
- * and it is filled from the highest level down, earliest deadline first. */
+ * Every pass: requests whose deadline has passed (or, with drop_late, cannot
+ * be met given the expected batch time) leave first, from the top of the
+ * deadline heap. Then, while an executor is free, the model's strategy is
+ * asked whether to cut a batch; if so, requests that waited longer than
+ * max_starvation_us go in first (oldest first, as if critical), and the
+ * strategy's select() fills the rest through peek/take on the levels. */
 #include "broker_internal.h"
 #include "util_internal.h"
 
+void bb__request_unlink(struct bb__worker *w, struct bb__req *r)
+{
+    struct bb__model *m = &w->models[r->model];
+    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    bb__deadline_remove(m, r);
+    if (st == BB__REQ_QUEUED)
+        bb__queue_remove(m, r);
+    if (r->group)
+        bb__dedup_leave(w, m, r);
+}
+
 static uint32_t expire(struct bb__worker *w, struct bb__model *m, uint64_t now)
 {
+    uint64_t horizon = now + (m->cfg.drop_late ? m->expected_batch_ns : 0);
     uint32_t n = 0;
-    for (int l = 0; l < 4; l++) {
-        struct bb__req *r;
-        while ((r = bb__queue_top(m, l)) && r->deadline_ns <= now) {
-            bb__queue_remove(m, r);
-            bb__complete_one(w, r, BB_ETIMEDOUT);
-            n++;
-        }
+    struct bb__req *r;
+    while ((r = bb__deadline_top(m)) && r->deadline_ns <= horizon) {
+        bb__request_unlink(w, r);
+        bb__complete_one(w, r, BB_ETIMEDOUT);
+        n++;
     }
     return n;
 }
 
-static struct bb__batch *cut(struct bb__model *m, uint64_t now)
+/* The batch being filled, behind the strategy's peek/take. */
+struct cut {
+    struct bb__model *m;
+    struct bb__batch *b;
+    uint32_t max;
+    uint64_t bytes_left;
+    struct bb_candidate cand;
+};
+
+static bool fits(struct cut *c, const struct bb__req *r)
 {
-    struct bb__batch *b = m->free_batches;
-    bb_assert(b, "a free batch exists whenever an executor is free");
-    m->free_batches = b->next;
-    b->next = NULL;
-    b->n = 0;
-    b->rc = 0;
-    b->errmsg[0] = 0;
-    b->dispatch_ns = now;
-    uint32_t max = m->cfg.max_batch_size;
-    for (int l = 0; l < 4 && b->n < max; l++) {
-        struct bb__req *r;
-        while (b->n < max && (r = bb__queue_top(m, l))) {
-            bb__queue_remove(m, r);
-            atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
-            uint32_t i = b->n++;
-            b->ents[i] = (struct bb__entry){.cl = r->cl, .slot = r->slot, .gen = r->gen,
-                                            .prio = r->prio, .submit_ns = r->submit_ns,
-                                            .enq_ns = r->enq_ns};
-            b->inputs[i] = (struct bb_view){.ptr = r->in, .len = r->in_len};
-            b->outputs[i] = (struct bb_outbuf){.ptr = r->out, .cap = r->out_cap};
-            b->prios[i] = r->prio;
+    return c->b->n < c->max && (uint64_t)r->in_len + r->out_cap <= c->bytes_left;
+}
+
+static void add(struct cut *c, struct bb__req *r)
+{
+    struct bb__model *m = c->m;
+    struct bb__batch *b = c->b;
+    bb__queue_remove(m, r);
+    bb__deadline_remove(m, r);
+    if (r->fstart > m->vtime[r->level])
+        m->vtime[r->level] = r->fstart;
+    uint64_t bytes = (uint64_t)r->in_len + r->out_cap;
+    c->bytes_left -= bytes;
+    atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
+    uint32_t i = b->n++;
+    b->ents[i] = (struct bb__entry){.cl = r->cl, .slot = r->slot, .gen = r->gen, .prio = r->prio,
+                                    .submit_ns = r->submit_ns, .enq_ns = r->enq_ns,
+                                    .bytes = bytes, .group = r->group};
+    b->inputs[i] = (struct bb_view){.ptr = r->in, .len = r->in_len};
+    b->outputs[i] = (struct bb_outbuf){.ptr = r->out, .cap = r->out_cap};
+    b->prios[i] = r->prio;
+    if (r->group)
+        bb__dedup_dispatched(m, r->group);
+}
+
+static const struct bb_candidate *peek(void *q, int level)
+{
+    struct cut *c = q;
+    if (level < 0 || level > 3)
+        return NULL;
+    struct bb__req *r = bb__queue_top(c->m, level);
+    if (!r || !fits(c, r))
+        return NULL;
+    c->cand = (struct bb_candidate){.deadline_ns = r->deadline_ns, .enq_ns = r->enq_ns,
+                                    .in_len = r->in_len, .out_cap = r->out_cap,
+                                    .client_id = r->cl->id, .level = (uint32_t)level};
+    return &c->cand;
+}
+
+static int take(void *q, int level)
+{
+    struct cut *c = q;
+    if (level < 0 || level > 3)
+        return -1;
+    struct bb__req *r = bb__queue_top(c->m, level);
+    if (!r || !fits(c, r))
+        return -1;
+    add(c, r);
+    return 0;
+}
+
+/* Requests that waited past max_starvation_us behind higher levels. */
+static void take_starved(struct cut *c, uint64_t now)
+{
+    uint64_t starve = (uint64_t)c->m->cfg.max_starvation_us * 1000;
+    if (!starve || !c->m->cfg.priorities)
+        return;
+    for (;;) {
+        struct bb__req *oldest = NULL;
+        for (int l = 1; l < 4; l++) {
+            struct bb__req *r = bb__level_oldest(c->m, l);
+            if (r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
+                oldest = r;
         }
+        if (!oldest || !fits(c, oldest))
+            return;
+        add(c, oldest);
     }
-    return b;
+}
+
+static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state *qs)
+{
+    *qs = (struct bb_queue_state){.now_ns = now, .queued = m->queued,
+                                  .batch_target = m->cfg.max_batch_size,
+                                  .max_batch_size = m->cfg.max_batch_size,
+                                  .max_wait_us = m->cfg.max_wait_us,
+                                  .earliest_deadline_ns = UINT64_MAX,
+                                  .expected_batch_ns = m->expected_batch_ns,
+                                  .running = m->running,
+                                  .instances = m->ninstances,
+                                  .backend_idle = m->running == 0};
+    uint64_t oldest = UINT64_MAX;
+    for (int l = 0; l < 4; l++) {
+        qs->counts[l] = m->levels[l].n;
+        struct bb__req *r = bb__level_oldest(m, l);
+        if (r && r->enq_ns < oldest)
+            oldest = r->enq_ns;
+    }
+    qs->oldest_wait_ns = oldest == UINT64_MAX ? 0 : now - oldest;
+    struct bb__req *d = bb__deadline_top(m);
+    if (d)
+        qs->earliest_deadline_ns = d->deadline_ns;
 }
 
 int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
-    if (m->queued == 0)
+    if (m->queued == 0 && m->grouped == 0)
         return 0;
     progress += (int)expire(w, m, now);
     while (m->queued > 0) {
         bool free_exec = m->ninstances == 0 || m->running < m->ninstances;
         if (!free_exec)
             break;
-        uint64_t cut_at = m->fifo_head->enq_ns + (uint64_t)m->cfg.max_wait_us * 1000;
-        if (m->queued < m->cfg.max_batch_size && now < cut_at && !w->stopping) {
-            if (cut_at < *next_ns)
-                *next_ns = cut_at;
+        struct bb_queue_state qs;
+        queue_state(m, now, &qs);
+        uint64_t recheck = UINT64_MAX;
+        if (!m->strategy->should_dispatch(m->strategy_state, &qs, &recheck)) {
+            if (recheck < *next_ns)
+                *next_ns = recheck > now ? recheck : now + 1000;
             break;
         }
-        struct bb__batch *b = cut(m, now);
+        struct bb__batch *b = m->free_batches;
+        bb_assert(b, "a free batch exists whenever an executor is free");
+        m->free_batches = b->next;
+        b->next = NULL;
+        b->n = 0;
+        b->rc = 0;
+        b->errmsg[0] = 0;
+        b->dispatch_ns = now;
+        struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
+                        .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
+        take_starved(&c, now);
+        if (b->n < c.max) {
+            struct bb_queue_ops qo = {.q = &c, .peek = peek, .take = take};
+            m->strategy->select(m->strategy_state, &qs, &qo, c.max - b->n);
+        }
+        if (b->n == 0) {
+            /* The strategy asked for a batch and then took nothing. */
+            b->next = m->free_batches;
+            m->free_batches = b;
+            break;
+        }
         progress += (int)b->n;
         if (m->ninstances == 0) {
             bb__batch_run(m, &m->inst[0], b);
@@ -77,8 +187,11 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
             bb__executor_submit(m, b);
         }
     }
-    uint64_t d = bb__queue_earliest_deadline(m);
-    if (d < *next_ns)
-        *next_ns = d;
+    struct bb__req *d = bb__deadline_top(m);
+    if (d) {
+        uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);
+        if (at < *next_ns)
+            *next_ns = at;
+    }
     return progress;
 }

@@ -12,6 +12,7 @@
 #include "batchbroker/backend.h"
 #include "batchbroker/client.h"
 #include "batchbroker/protocol.h"
+#include "batchbroker/strategy.h"
 #include "config.h"
 #include "metrics.h"
 #include "plugin.h"
@@ -25,21 +26,31 @@ struct bb__worker;
 /* Broker-side record of one request slot. Indexed by slot, so the broker
  * allocates nothing per request. `state` is written by the dispatcher, and by
  * an executor when it completes the request (before the client can see the
- * completion, so the client's next submission finds it IDLE). */
-enum { BB__REQ_IDLE = 0, BB__REQ_QUEUED, BB__REQ_RUNNING };
+ * completion, so the client's next submission finds it IDLE). GROUPED: a
+ * deduplicated request riding on another's computation (dedup.c). */
+enum { BB__REQ_IDLE = 0, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
+
+struct bb__group;
 
 struct bb__req {
     struct bb__client *cl;
     _Atomic uint8_t state;
-    uint8_t prio;             /* 1..4 */
-    uint8_t canceled;
+    uint8_t prio;             /* 1..4, as reported */
+    uint8_t level;            /* queue level 0..3 */
+    uint8_t own_deadline;     /* the client gave timeout_us: orders by deadline */
     uint32_t slot, gen, model;
     uint32_t in_len, out_cap;
-    void *in, *out;           /* views into the client's segment */
+    void *in, *out;           /* what the backend sees: the client's segment, or a dedup group's buffers */
+    void *cl_out;             /* the client's own output buffer and capacity */
+    uint32_t cl_out_cap;
+    uint64_t bytes;           /* in_len + cl_out_cap: what the memory limits count */
     uint64_t deadline_ns;     /* UINT64_MAX: none */
     uint64_t enq_ns, submit_ns, seq;
-    uint32_t heap_pos;        /* index in its level's heap */
-    struct bb__req *fifo_prev, *fifo_next; /* arrival order, for max_wait */
+    uint64_t ftag, fstart;    /* fair-queueing finish and start tags */
+    uint32_t pos, dl_pos;     /* indices in the level heap and the deadline heap */
+    struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
+    struct bb__group *group;  /* dedup group, or NULL */
+    struct bb__req *group_next;
 };
 
 /* One request of a running batch: a copy of what completion needs, because
@@ -48,7 +59,8 @@ struct bb__entry {
     struct bb__client *cl;
     uint32_t slot, gen;
     uint8_t prio;
-    uint64_t submit_ns, enq_ns;
+    uint64_t submit_ns, enq_ns, bytes;
+    struct bb__group *group;  /* completed by the dispatcher for every member */
 };
 
 struct bb__batch {
@@ -64,10 +76,13 @@ struct bb__batch {
     struct bb__batch *next;   /* free list, executor queue, done stack */
 };
 
-/* Requests of one priority level, earliest deadline first, then arrival. */
+/* A binary heap of requests; `which` selects the order and the index field
+ * (0: a level's dispatch order, pos; 1: deadline order, dl_pos). */
 struct bb__heap {
     struct bb__req **v;
     uint32_t n, cap;
+    int which;
+    bool edf;                 /* level order: own deadlines first */
 };
 
 struct bb__instance {
@@ -84,11 +99,26 @@ struct bb__model {
     struct bb__plugin plugin;
     struct bb__worker *w;
 
-    /* Queues: dispatcher-only. */
+    /* Queues: dispatcher-only (queue.c). */
     struct bb__heap levels[4];     /* CRITICAL..LOW */
-    struct bb__req *fifo_head, *fifo_tail;
-    uint32_t queued;
+    struct bb__heap deadlines;     /* every queued or grouped request with a deadline */
+    struct bb__req *fifo_head[4], *fifo_tail[4];
+    uint32_t queued;               /* in the level heaps */
+    uint32_t grouped;              /* dedup members riding on a queued twin */
     uint64_t seq;
+    uint64_t vtime[4];             /* fair-queueing virtual time per level */
+    uint64_t bytes;                /* input + output bytes queued and running */
+    uint64_t memory_limit;         /* bytes, 0 = none */
+    uint32_t nweights;
+    struct { uint32_t uid, weight; } weights[32];
+
+    /* Strategy (strategy.c). */
+    const struct bb_strategy_ops *strategy;
+    void *strategy_state;
+    void *strategy_dl;
+    uint64_t expected_batch_ns;    /* EWMA of batch service time */
+
+    struct bb__dedup *dedup;       /* dedup.c; NULL when never enabled */
 
     /* Executors. */
     uint32_t ninstances;           /* threads; 0 = inline in the dispatcher */
@@ -102,6 +132,13 @@ struct bb__model {
 
     struct bb__metrics metrics;
 };
+
+struct bb__client_model {
+    uint32_t inflight;             /* queued + running on the model */
+    uint32_t ftag_inc;             /* fair-queueing tag step: BB__FAIR_SCALE / weight */
+    uint64_t last_ftag[4];
+};
+#define BB__FAIR_SCALE 1000u
 
 struct bb__client {
     uint32_t idx, gen;             /* table position; generation tags CQEs */
@@ -123,6 +160,7 @@ struct bb__client {
     bool notify_due;
     struct bb__req *reqs;
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
+    struct bb__client_model *cm;   /* per model: fairness and in-flight counts */
     struct bb__worker *w;
 };
 
@@ -173,15 +211,42 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *cl);
 void bb__client_destroy(struct bb__worker *w, struct bb__client *cl);
 
 /* queue.c */
-int bb__heap_init(struct bb__heap *h, uint32_t cap);
+int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf);
 void bb__heap_fini(struct bb__heap *h);
 void bb__queue_push(struct bb__model *m, struct bb__req *r);
 struct bb__req *bb__queue_top(struct bb__model *m, int level);
 void bb__queue_remove(struct bb__model *m, struct bb__req *r);
-uint64_t bb__queue_earliest_deadline(struct bb__model *m);
+void bb__deadline_push(struct bb__model *m, struct bb__req *r);
+void bb__deadline_remove(struct bb__model *m, struct bb__req *r);
+struct bb__req *bb__deadline_top(struct bb__model *m);
+struct bb__req *bb__level_oldest(struct bb__model *m, int level);
 
 /* batcher.c */
 int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, uint64_t *next_ns);
+/* Remove a queued or grouped request from everything that holds it (queue,
+ * deadline heap, dedup group) without completing it. */
+void bb__request_unlink(struct bb__worker *w, struct bb__req *r);
+
+/* strategy.c */
+int bb__strategy_load(struct bb__model *m, char *err, size_t errlen);
+void bb__strategy_unload(struct bb__model *m);
+
+/* dedup.c */
+struct bb__dedup;
+int bb__dedup_init(struct bb__model *m);
+void bb__dedup_fini(struct bb__model *m);
+/* Returns 1 when r was answered from the cache or joined an in-flight twin
+ * (nothing more to do), 0 when r goes on as a new group leader (its views now
+ * point at the group's private buffers), or a negative BB_E* code. */
+int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *r, uint64_t now);
+/* Detach r from its group; promotes another member if r represented it. */
+void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *r);
+/* The group's batch finished: answer every member, fill the cache. */
+void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__group *g, int status,
+                        size_t out_len, uint64_t end_ns);
+/* The group's representative was taken into a batch. */
+void bb__dedup_dispatched(struct bb__model *m, struct bb__group *g);
+void bb__dedup_expire_cache(struct bb__model *m, uint64_t now);
 
 /* executor.c */
 int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t errlen);

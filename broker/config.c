@@ -17,6 +17,7 @@
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -58,6 +59,7 @@ struct bb__config_key {
 
 static const char *const bb__log_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const bb__prio_names[] = {"critical", "high", "normal", "low", NULL};
+static const char *const bb__onoff_names[] = {"off", "on", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
@@ -111,6 +113,53 @@ static const struct bb__config_key bb__keys[] = {
      "Deadline of requests submitted without a timeout; 0 = none."},
     {BB__SEC_MODEL, "max_request_bytes", BB__CT_BYTES, BB__MODEL(max_request_bytes), 0, 4ull << 30,
      "0", NULL, NULL, 1, "Largest input + output of one request; 0 = no limit."},
+    {BB__SEC_MODEL, "priorities", BB__CT_ENUM, BB__MODEL(priorities), 0, 1, "on", NULL,
+     bb__onoff_names, 1,
+     "Four priority levels (critical > high > normal > low); off = one FIFO queue."},
+    {BB__SEC_MODEL, "max_starvation_us", BB__CT_UINT, BB__MODEL(max_starvation_us), 0,
+     3600000000u, "100000", NULL, NULL, 1,
+     "Longest a request waits behind higher levels before it is served as critical; "
+     "0 = no limit."},
+    {BB__SEC_MODEL, "drop_late", BB__CT_ENUM, BB__MODEL(drop_late), 0, 1, "off", NULL,
+     bb__onoff_names, 1,
+     "Fail with BB_ETIMEDOUT, before it runs, a request that cannot finish by its deadline "
+     "given the expected batch latency."},
+    {BB__SEC_MODEL, "max_queue_critical", BB__CT_UINT, BB__MODEL(max_queue_level[0]), 0, 1048576,
+     "0", NULL, NULL, 1, "Queued critical requests beyond which BB_EBUSY; 0 = only max_queue."},
+    {BB__SEC_MODEL, "max_queue_high", BB__CT_UINT, BB__MODEL(max_queue_level[1]), 0, 1048576,
+     "0", NULL, NULL, 1, "Same for high."},
+    {BB__SEC_MODEL, "max_queue_normal", BB__CT_UINT, BB__MODEL(max_queue_level[2]), 0, 1048576,
+     "0", NULL, NULL, 1, "Same for normal."},
+    {BB__SEC_MODEL, "max_queue_low", BB__CT_UINT, BB__MODEL(max_queue_level[3]), 0, 1048576,
+     "0", NULL, NULL, 1, "Same for low."},
+    {BB__SEC_MODEL, "max_inflight_per_client", BB__CT_UINT, BB__MODEL(max_inflight_per_client),
+     0, 1048576, "0", NULL, NULL, 1,
+     "Queued + running requests one client may have on this model before BB_EBUSY; "
+     "0 = unlimited."},
+    {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
+     bb__onoff_names, 1,
+     "Within a level, requests without a deadline are taken round-robin across clients."},
+    {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
+     NULL, 0,
+     "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
+    {BB__SEC_MODEL, "dedup", BB__CT_ENUM, BB__MODEL(dedup), 0, 1, "off", NULL, bb__onoff_names, 1,
+     "Deduplicate identical inputs for every request (else only with BB_SUBMIT_DEDUP)."},
+    {BB__SEC_MODEL, "dedup_cache_entries", BB__CT_UINT, BB__MODEL(dedup_cache_entries), 0,
+     1048576, "1024", NULL, NULL, 0, "Completed results kept for reuse; 0 = no cache."},
+    {BB__SEC_MODEL, "dedup_ttl_ms", BB__CT_UINT, BB__MODEL(dedup_ttl_ms), 0, 86400000, "1000",
+     NULL, NULL, 1, "How long a cached result is served."},
+    {BB__SEC_MODEL, "max_batch_bytes", BB__CT_BYTES, BB__MODEL(max_batch_bytes), 0, 1ull << 40,
+     "0", NULL, NULL, 1,
+     "Most input + output bytes in one batch (a larger request fails with BB_ETOOBIG); "
+     "0 = no limit."},
+    {BB__SEC_MODEL, "memory_limit_mb", BB__CT_UINT, BB__MODEL(memory_limit_mb), 0, 1048576, "0",
+     NULL, NULL, 1,
+     "Most input + output bytes (MiB) queued and running on the model; beyond it BB_EBUSY, "
+     "a single larger request BB_ETOOBIG; 0 = no limit."},
+    {BB__SEC_MODEL, "strategy", BB__CT_STRING, BB__MODEL(strategy), 1, 255, "throughput", NULL,
+     NULL, 0, "Batching strategy: throughput, latency, deadline, or a path to a strategy .so."},
+    {BB__SEC_MODEL, "strategy.*", BB__CT_PARAM, 0, 0, 0, 255, NULL, "none", NULL, 0,
+     "Handed to a custom strategy's init without the \"strategy.\" prefix (at most 8)."},
     {BB__SEC_MODEL, "param.*", BB__CT_PARAM, 0, 0, 0, 255, NULL, "none", NULL, 0,
      "Handed to the backend's init without the \"param.\" prefix, uninterpreted "
      "(name 1..63 bytes, at most " BB__XSTR(BB_MAX_PARAMS) " per model)."},
@@ -125,7 +174,8 @@ static const struct bb__config_key *bb__key_find(enum bb__csect section, const c
         const struct bb__config_key *k = &bb__keys[i];
         if (k->section != section)
             continue;
-        if (k->type == BB__CT_PARAM ? strncmp(name, BB__PARAM_PREFIX, strlen(BB__PARAM_PREFIX)) == 0
+        /* A PARAM row "prefix.*" matches every key that starts with "prefix.". */
+        if (k->type == BB__CT_PARAM ? strncmp(name, k->name, strlen(k->name) - 1) == 0
                                     : strcmp(name, k->name) == 0)
             return k;
     }
@@ -260,30 +310,33 @@ static int bb__parse_ids(const struct bb__config_key *k, const char *s, uint32_t
 static int bb__set_param(struct bb__model_config *m, const char *key, const char *value, char *msg,
                          size_t msglen)
 {
-    const char *name = key + strlen(BB__PARAM_PREFIX);
+    bool strategy = strncmp(key, "strategy.", 9) == 0;
+    const char *name = key + (strategy ? 9 : strlen(BB__PARAM_PREFIX));
+    size_t max = strategy ? sizeof m->sparams / sizeof m->sparams[0] : BB_MAX_PARAMS;
+    size_t *np = strategy ? &m->nsparams : &m->nparams;
+    struct bb__kv *kv = strategy ? m->sparams : m->params;
     size_t klen = strlen(name), vlen = strlen(value);
-    if (klen == 0 || klen >= sizeof m->params[0].key) {
+    if (klen == 0 || klen >= sizeof kv[0].key) {
         snprintf(msg, msglen, "%s: parameter name must be 1..%zu bytes", key,
-                 sizeof m->params[0].key - 1);
+                 sizeof kv[0].key - 1);
         return -1;
     }
-    if (vlen >= sizeof m->params[0].value) {
-        snprintf(msg, msglen, "%s: value longer than %zu bytes", key,
-                 sizeof m->params[0].value - 1);
+    if (vlen >= sizeof kv[0].value) {
+        snprintf(msg, msglen, "%s: value longer than %zu bytes", key, sizeof kv[0].value - 1);
         return -1;
     }
     size_t i = 0;
-    while (i < m->nparams && strcmp(m->params[i].key, name) != 0)
+    while (i < *np && strcmp(kv[i].key, name) != 0)
         i++;
-    if (i == BB_MAX_PARAMS) {
-        snprintf(msg, msglen, "%s: more than %d parameters", key, BB_MAX_PARAMS);
+    if (i == max) {
+        snprintf(msg, msglen, "%s: more than %zu parameters", key, max);
         return -1;
     }
-    memset(&m->params[i], 0, sizeof m->params[i]);
-    memcpy(m->params[i].key, name, klen);
-    memcpy(m->params[i].value, value, vlen);
-    if (i == m->nparams)
-        m->nparams++;
+    memset(&kv[i], 0, sizeof kv[i]);
+    memcpy(kv[i].key, name, klen);
+    memcpy(kv[i].value, value, vlen);
+    if (i == *np)
+        (*np)++;
     return 0;
 }
 
@@ -778,6 +831,8 @@ void bb__config_dump(const struct bb__broker_config *cfg, FILE *out)
         bb__dump_section(out, BB__SEC_MODEL, m);
         for (size_t j = 0; j < m->nparams; j++)
             fprintf(out, BB__PARAM_PREFIX "%s = %s\n", m->params[j].key, m->params[j].value);
+        for (size_t j = 0; j < m->nsparams; j++)
+            fprintf(out, "strategy.%s = %s\n", m->sparams[j].key, m->sparams[j].value);
     }
 }
 

@@ -12,6 +12,11 @@
 #define BB_MAX_PARAMS 32
 #define BB_MAX_IDS 32
 
+struct bb__kv {
+    char key[64];
+    char value[256];
+};
+
 struct bb__model_config {
     char name[64];
     char backend[256];          /* built-in plugin name or path to a .so */
@@ -22,8 +27,24 @@ struct bb__model_config {
     uint32_t default_priority;  /* BB_PRIORITY_CRITICAL..LOW */
     uint32_t default_timeout_us;/* 0 = none */
     uint64_t max_request_bytes; /* input + output of one request; 0 = no limit */
+    /* Scheduling (docs/scheduling.md). */
+    uint32_t priorities;        /* 0 = one FIFO queue, 1 = four levels */
+    uint32_t max_starvation_us; /* 0 = lower levels may wait forever */
+    uint32_t drop_late;
+    uint32_t max_queue_level[4];/* per level, 0 = only max_queue */
+    uint32_t max_inflight_per_client; /* 0 = unlimited */
+    uint32_t fairness;          /* round-robin across clients within a level */
+    char client_weights[256];   /* "uid:weight,..." */
+    uint32_t dedup;
+    uint32_t dedup_cache_entries;
+    uint32_t dedup_ttl_ms;
+    uint64_t max_batch_bytes;   /* 0 = no limit */
+    uint32_t memory_limit_mb;   /* 0 = no limit */
+    char strategy[256];         /* throughput | latency | deadline | path to .so */
+    size_t nsparams;            /* strategy.* keys, for a custom strategy's init */
+    struct bb__kv sparams[8];
     size_t nparams;
-    struct { char key[64]; char value[256]; } params[BB_MAX_PARAMS];
+    struct bb__kv params[BB_MAX_PARAMS];
 };
 
 struct bb__broker_config {

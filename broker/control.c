@@ -218,7 +218,8 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     int memfd = -1;
-    int rc = create_segment(w, c, h, &memfd);
+    c->cm = calloc(w->nmodels, sizeof *c->cm);
+    int rc = c->cm ? create_segment(w, c, h, &memfd) : BB_ENOMEM;
     if (rc == 0) {
         /* Blocking: io_uring reads it; a non-blocking read would not wait. */
         c->doorbell = eventfd(0, EFD_CLOEXEC);
@@ -253,6 +254,14 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     c->attached = true;
+    for (uint32_t i = 0; i < w->nmodels; i++) {
+        struct bb__model *m = &w->models[i];
+        uint32_t weight = 1;
+        for (uint32_t k = 0; k < m->nweights; k++)
+            if (m->weights[k].uid == c->uid)
+                weight = m->weights[k].weight;
+        c->cm[i].ftag_inc = BB__FAIR_SCALE / weight;
+    }
     for (uint32_t i = 0; i < w->nmodels; i++) {
         struct bb__model *m = &w->models[i];
         if (!m->plugin.ops->register_memory)
@@ -387,6 +396,7 @@ void bb__client_destroy(struct bb__worker *w, struct bb__client *c)
         munmap(c->base, c->size);
     }
     free(c->reqs);
+    free(c->cm);
     w->clients[c->idx] = NULL;
     w->client_gen[c->idx]++;
     w->nclients--;

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "broker_internal.h"
@@ -54,6 +55,8 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
         o->status = st;
         size_t len = st == 0 ? o->len : 0;
         struct bb__entry *e = &b->ents[i];
+        if (e->group)
+            continue; /* shared result: the dispatcher answers every member */
         /* The slot becomes resubmittable the moment the client sees the
          * completion, so mark it idle first (release pairs with the
          * dispatcher's acquire when it validates the next submission). */
@@ -72,13 +75,22 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];
-        uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
         wait_sum += b->dispatch_ns - e->enq_ns;
+        if (e->group) {
+            bb__dedup_complete(w, m, e->group, b->outputs[i].status, b->outputs[i].len, b->end_ns);
+            continue;
+        }
+        uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
         bb__metrics_done(&m->metrics, b->end_ns, b->outputs[i].status, e->prio, lat);
         bb__cq_add(e->cl, e->slot);
+        e->cl->cm[m->id].inflight--;
+        m->bytes -= e->bytes;
         bb__client_put(w, e->cl);
     }
     bb__metrics_batch(&m->metrics, b->n, wait_sum);
+    /* Expected batch time for drop_late and the strategies: an EWMA. */
+    uint64_t took = b->end_ns - b->dispatch_ns;
+    m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
     if (m->ninstances)
         m->running--;
     b->next = m->free_batches;
@@ -153,17 +165,57 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
     return 0;
 }
 
+/* client_weights = "uid:weight,uid:weight" */
+static int parse_weights(struct bb__model *m, char *err, size_t errlen)
+{
+    const char *p = m->cfg.client_weights;
+    while (*p) {
+        char *end;
+        unsigned long uid = strtoul(p, &end, 10);
+        unsigned long wt = 0;
+        bool ok = end != p && *end == ':';
+        if (ok) {
+            const char *q = end + 1;
+            wt = strtoul(q, &end, 10);
+            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
+                 uid <= UINT32_MAX && m->nweights < 32;
+        }
+        if (!ok) {
+            snprintf(err, errlen, "model %s: client_weights: expected uid:weight pairs (weight "
+                     "1..1000, at most 32) near '%s'", m->cfg.name, p);
+            return -1;
+        }
+        m->weights[m->nweights].uid = (uint32_t)uid;
+        m->weights[m->nweights].weight = (uint32_t)wt;
+        m->nweights++;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
 int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t errlen)
 {
     m->w = w;
     pthread_mutex_init(&m->q_mu, NULL);
     pthread_cond_init(&m->q_cv, NULL);
     bb__metrics_init(&m->metrics, bb__now_ns());
+    if (parse_weights(m, err, errlen) < 0)
+        return -1;
+    if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {
+        snprintf(err, errlen, "model %s: strategy.* keys apply to a custom strategy only",
+                 m->cfg.name);
+        return -1;
+    }
+    if (bb__strategy_load(m, err, errlen) < 0)
+        return -1;
     if (bb__plugin_load(m->cfg.backend, w->cfg->plugin_dir, &m->plugin, err, errlen) < 0)
         return -1;
+    m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
     for (int l = 0; l < 4; l++)
-        if (bb__heap_init(&m->levels[l], m->cfg.max_queue) < 0)
+        if (bb__heap_init(&m->levels[l], m->cfg.max_queue, 0, m->cfg.priorities) < 0)
             goto nomem;
+    if (bb__heap_init(&m->deadlines, m->cfg.max_queue, 1, false) < 0 || bb__dedup_init(m) < 0)
+        goto nomem;
     m->ninstances = m->cfg.instances;
     uint32_t ninst = m->ninstances ? m->ninstances : 1;
     m->inst = calloc(ninst, sizeof *m->inst);
@@ -225,5 +277,8 @@ void bb__model_stop(struct bb__model *m)
     }
     for (int l = 0; l < 4; l++)
         bb__heap_fini(&m->levels[l]);
+    bb__heap_fini(&m->deadlines);
+    bb__dedup_fini(m);
+    bb__strategy_unload(m);
     bb__plugin_unload(&m->plugin);
 }

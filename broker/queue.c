@@ -1,21 +1,41 @@
-/* A model's queues: one binary heap per priority level, earliest deadline
- * first and arrival order among equal deadlines (requests without a deadline
- * carry UINT64_MAX, so they stay FIFO), plus one intrusive list of every
- * queued request in arrival order for the max_wait cut. Dispatcher-only. */
+/* A model's queues, dispatcher-only.
+ *
+ * Per priority level, a binary heap in dispatch order: with priorities on,
+ * requests that carry their own timeout first, earliest deadline first; then
+ * by fair-queueing tag (round-robin across clients, weighted; the arrival
+ * sequence when fairness is off); arrival breaks ties. Per level, an
+ * intrusive list in arrival order finds the oldest request (max_wait,
+ * starvation). One more heap orders every request that has a deadline, so
+ * expiry looks only at its top. */
 #include <stdlib.h>
 
 #include "broker_internal.h"
 
-static inline bool before(const struct bb__req *a, const struct bb__req *b)
+static inline bool before(const struct bb__heap *h, const struct bb__req *a, const struct bb__req *b)
 {
-    return a->deadline_ns != b->deadline_ns ? a->deadline_ns < b->deadline_ns : a->seq < b->seq;
+    if (h->which == 1)
+        return a->deadline_ns != b->deadline_ns ? a->deadline_ns < b->deadline_ns : a->seq < b->seq;
+    if (h->edf) {
+        uint64_t da = a->own_deadline ? a->deadline_ns : UINT64_MAX;
+        uint64_t db = b->own_deadline ? b->deadline_ns : UINT64_MAX;
+        if (da != db)
+            return da < db;
+    }
+    return a->ftag != b->ftag ? a->ftag < b->ftag : a->seq < b->seq;
 }
 
-int bb__heap_init(struct bb__heap *h, uint32_t cap)
+static inline uint32_t *posp(const struct bb__heap *h, struct bb__req *r)
+{
+    return h->which ? &r->dl_pos : &r->pos;
+}
+
+int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
 {
     h->v = calloc(cap ? cap : 1, sizeof *h->v);
     h->n = 0;
     h->cap = cap;
+    h->which = which;
+    h->edf = edf;
     return h->v ? 0 : -1;
 }
 
@@ -28,7 +48,7 @@ void bb__heap_fini(struct bb__heap *h)
 static void place(struct bb__heap *h, uint32_t i, struct bb__req *r)
 {
     h->v[i] = r;
-    r->heap_pos = i;
+    *posp(h, r) = i;
 }
 
 static void sift_up(struct bb__heap *h, uint32_t i)
@@ -36,7 +56,7 @@ static void sift_up(struct bb__heap *h, uint32_t i)
     struct bb__req *r = h->v[i];
     while (i > 0) {
         uint32_t p = (i - 1) / 2;
-        if (!before(r, h->v[p]))
+        if (!before(h, r, h->v[p]))
             break;
         place(h, i, h->v[p]);
         i = p;
@@ -51,9 +71,9 @@ static void sift_down(struct bb__heap *h, uint32_t i)
         uint32_t c = 2 * i + 1;
         if (c >= h->n)
             break;
-        if (c + 1 < h->n && before(h->v[c + 1], h->v[c]))
+        if (c + 1 < h->n && before(h, h->v[c + 1], h->v[c]))
             c++;
-        if (!before(h->v[c], r))
+        if (!before(h, h->v[c], r))
             break;
         place(h, i, h->v[c]);
         i = c;
@@ -61,21 +81,43 @@ static void sift_down(struct bb__heap *h, uint32_t i)
     place(h, i, r);
 }
 
+static void heap_push(struct bb__heap *h, struct bb__req *r)
+{
+    bb_assert(h->n < h->cap, "a heap holds at most max_queue requests");
+    h->v[h->n] = r;
+    *posp(h, r) = h->n++;
+    sift_up(h, h->n - 1);
+}
+
+static void heap_remove(struct bb__heap *h, struct bb__req *r)
+{
+    uint32_t i = *posp(h, r);
+    bb_assert(i < h->n && h->v[i] == r, "a request sits in its heap where its index says");
+    struct bb__req *last = h->v[--h->n];
+    if (last != r) {
+        place(h, i, last);
+        if (i > 0 && before(h, last, h->v[(i - 1) / 2]))
+            sift_up(h, i);
+        else
+            sift_down(h, i);
+    }
+    *posp(h, r) = UINT32_MAX;
+}
+
 void bb__queue_push(struct bb__model *m, struct bb__req *r)
 {
-    struct bb__heap *h = &m->levels[r->prio - 1];
-    bb_assert(h->n < h->cap, "a level heap holds at most max_queue requests");
+    int l = r->level;
     r->seq = m->seq++;
-    h->v[h->n] = r;
-    r->heap_pos = h->n++;
-    sift_up(h, r->heap_pos);
+    if (!m->cfg.fairness)
+        r->ftag = r->fstart = r->seq;
+    heap_push(&m->levels[l], r);
     r->fifo_next = NULL;
-    r->fifo_prev = m->fifo_tail;
-    if (m->fifo_tail)
-        m->fifo_tail->fifo_next = r;
+    r->fifo_prev = m->fifo_tail[l];
+    if (m->fifo_tail[l])
+        m->fifo_tail[l]->fifo_next = r;
     else
-        m->fifo_head = r;
-    m->fifo_tail = r;
+        m->fifo_head[l] = r;
+    m->fifo_tail[l] = r;
     m->queued++;
 }
 
@@ -85,38 +127,42 @@ struct bb__req *bb__queue_top(struct bb__model *m, int level)
     return h->n ? h->v[0] : NULL;
 }
 
+struct bb__req *bb__level_oldest(struct bb__model *m, int level)
+{
+    return m->fifo_head[level];
+}
+
 void bb__queue_remove(struct bb__model *m, struct bb__req *r)
 {
-    struct bb__heap *h = &m->levels[r->prio - 1];
-    uint32_t i = r->heap_pos;
-    bb_assert(i < h->n && h->v[i] == r, "a queued request sits where heap_pos says");
-    struct bb__req *last = h->v[--h->n];
-    if (last != r) {
-        place(h, i, last);
-        if (i > 0 && before(last, h->v[(i - 1) / 2]))
-            sift_up(h, i);
-        else
-            sift_down(h, i);
-    }
+    int l = r->level;
+    heap_remove(&m->levels[l], r);
     if (r->fifo_prev)
         r->fifo_prev->fifo_next = r->fifo_next;
     else
-        m->fifo_head = r->fifo_next;
+        m->fifo_head[l] = r->fifo_next;
     if (r->fifo_next)
         r->fifo_next->fifo_prev = r->fifo_prev;
     else
-        m->fifo_tail = r->fifo_prev;
+        m->fifo_tail[l] = r->fifo_prev;
     r->fifo_prev = r->fifo_next = NULL;
     m->queued--;
 }
 
-uint64_t bb__queue_earliest_deadline(struct bb__model *m)
+void bb__deadline_push(struct bb__model *m, struct bb__req *r)
 {
-    uint64_t d = UINT64_MAX;
-    for (int l = 0; l < 4; l++) {
-        struct bb__req *t = bb__queue_top(m, l);
-        if (t && t->deadline_ns < d)
-            d = t->deadline_ns;
-    }
-    return d;
+    if (r->deadline_ns != UINT64_MAX)
+        heap_push(&m->deadlines, r);
+    else
+        r->dl_pos = UINT32_MAX;
+}
+
+void bb__deadline_remove(struct bb__model *m, struct bb__req *r)
+{
+    if (r->dl_pos != UINT32_MAX)
+        heap_remove(&m->deadlines, r);
+}
+
+struct bb__req *bb__deadline_top(struct bb__model *m)
+{
+    return m->deadlines.n ? m->deadlines.v[0] : NULL;
 }

@@ -121,9 +121,13 @@ void bb__client_kill(struct bb__worker *w, struct bb__client *c, const char *why
     /* Its queued requests go; running ones finish and hold the segment. */
     for (uint32_t i = 0; c->reqs && i < c->nslots; i++) {
         struct bb__req *r = &c->reqs[i];
-        if (atomic_load_explicit(&r->state, memory_order_relaxed) == BB__REQ_QUEUED) {
-            bb__queue_remove(&w->models[r->model], r);
+        int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+        if (st == BB__REQ_QUEUED || st == BB__REQ_GROUPED) {
+            struct bb__model *m = &w->models[r->model];
+            bb__request_unlink(w, r);
             atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+            c->cm[m->id].inflight--;
+            m->bytes -= r->bytes;
             bb__client_put(w, c);
         }
     }
@@ -168,15 +172,18 @@ void bb__flush_client(struct bb__client *c)
     }
 }
 
+/* r has been unlinked from every queue (bb__request_unlink). */
 void bb__complete_one(struct bb__worker *w, struct bb__req *r, int status)
 {
     struct bb__client *c = r->cl;
+    struct bb__model *m = &w->models[r->model];
     uint64_t now = bb__now_ns();
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
     bb__publish(c, r->slot, r->gen, status, 0);
     bb__cq_add(c, r->slot);
-    bb__metrics_done(&w->models[r->model].metrics, now, status, r->prio,
-                     now > r->submit_ns ? now - r->submit_ns : 0);
+    bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
+    c->cm[m->id].inflight--;
+    m->bytes -= r->bytes;
     bb__client_put(w, c);
 }
 
@@ -196,11 +203,22 @@ static int validate(struct bb__worker *w, struct bb__client *c, const struct bb_
         d->out_off < c->heap_lo || d->out_off > c->heap_hi ||
         d->out_cap > c->heap_hi - d->out_off)
         return BB_EINVAL;
-    if (m->cfg.max_request_bytes && (uint64_t)d->in_len + d->out_cap > m->cfg.max_request_bytes)
+    uint64_t bytes = (uint64_t)d->in_len + d->out_cap;
+    if ((m->cfg.max_request_bytes && bytes > m->cfg.max_request_bytes) ||
+        (m->cfg.max_batch_bytes && bytes > m->cfg.max_batch_bytes) ||
+        (m->memory_limit && bytes > m->memory_limit))
         return BB_ETOOBIG;
     if (w->stopping)
         return BB_ESHUTDOWN;
-    if (m->queued >= m->cfg.max_queue)
+    /* Backpressure: refuse now rather than queue what cannot be served. */
+    int prio = d->priority ? d->priority : (int)m->cfg.default_priority;
+    int level = m->cfg.priorities ? prio - 1 : 0;
+    uint32_t level_max = m->cfg.priorities ? m->cfg.max_queue_level[level] : 0;
+    if (m->queued + m->grouped >= m->cfg.max_queue ||
+        (level_max && m->levels[level].n >= level_max) ||
+        (m->cfg.max_inflight_per_client &&
+         c->cm[m->id].inflight >= m->cfg.max_inflight_per_client) ||
+        (m->memory_limit && m->bytes + bytes > m->memory_limit))
         return BB_EBUSY;
     return 0;
 }
@@ -232,26 +250,58 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     r->gen = d.gen;
     r->model = m->id;
     r->prio = d.priority ? d.priority : (uint8_t)m->cfg.default_priority;
+    r->level = m->cfg.priorities ? (uint8_t)(r->prio - 1) : 0;
     r->in = c->base + d.in_off;
     r->in_len = d.in_len;
-    r->out = c->base + d.out_off;
-    r->out_cap = d.out_cap;
+    r->out = r->cl_out = c->base + d.out_off;
+    r->out_cap = r->cl_out_cap = d.out_cap;
+    r->bytes = (uint64_t)d.in_len + d.out_cap;
     /* The client's clock stamp serves latency figures only, and only if sane. */
     r->submit_ns = (d.submit_ns <= now && now - d.submit_ns < SUBMIT_CLOCK_SKEW_NS) ? d.submit_ns : now;
     r->enq_ns = now;
     uint64_t t_us = d.timeout_us ? d.timeout_us : m->cfg.default_timeout_us;
     r->deadline_ns = t_us ? now + t_us * 1000ull : UINT64_MAX;
+    r->own_deadline = d.timeout_us != 0;
+    r->group = NULL;
+    /* Start-time fair queueing: a client's tags advance by 1/weight per
+     * request, from the level's virtual time, so clients interleave. */
+    struct bb__client_model *cm = &c->cm[m->id];
+    uint64_t start = m->vtime[r->level] > cm->last_ftag[r->level] ? m->vtime[r->level]
+                                                                   : cm->last_ftag[r->level];
+    r->fstart = start;
+    r->ftag = cm->last_ftag[r->level] = start + cm->ftag_inc;
+    if (m->dedup && (m->cfg.dedup || (d.flags & BB_SUBMIT_DEDUP))) {
+        int rc = bb__dedup_submit(w, m, r, now);
+        if (rc == 2)
+            return; /* answered from the cache */
+        if (rc < 0) {
+            bb__publish(c, slot, d.gen, rc, 0);
+            bb__cq_add(c, slot);
+            bb__metrics_done(&m->metrics, now, rc, r->prio, 0);
+            return;
+        }
+        if (rc == 1) { /* rides on an identical request */
+            c->refs++;
+            cm->inflight++;
+            m->bytes += r->bytes;
+            return;
+        }
+    }
     atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
     c->refs++;
+    cm->inflight++;
+    m->bytes += r->bytes;
     bb__queue_push(m, r);
+    bb__deadline_push(m, r);
 }
 
 static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot)
 {
     struct bb__req *r = &c->reqs[slot];
-    if (atomic_load_explicit(&r->state, memory_order_relaxed) != BB__REQ_QUEUED)
+    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
-    bb__queue_remove(&w->models[r->model], r);
+    bb__request_unlink(w, r);
     bb__complete_one(w, r, BB_ECANCELED);
 }
 
@@ -478,12 +528,15 @@ static void begin_shutdown(struct bb__worker *w)
     }
     for (uint32_t i = 0; i < w->nmodels; i++) {
         struct bb__model *m = &w->models[i];
-        for (int l = 0; l < 4; l++) {
-            struct bb__req *r;
+        struct bb__req *r;
+        for (int l = 0; l < 4; l++)
             while ((r = bb__queue_top(m, l))) {
-                bb__queue_remove(m, r);
+                bb__request_unlink(w, r);
                 bb__complete_one(w, r, BB_ESHUTDOWN);
             }
+        while ((r = bb__deadline_top(m))) { /* dedup members left without a representative */
+            bb__request_unlink(w, r);
+            bb__complete_one(w, r, BB_ESHUTDOWN);
         }
     }
 }
@@ -491,7 +544,7 @@ static void begin_shutdown(struct bb__worker *w)
 static bool all_idle(struct bb__worker *w)
 {
     for (uint32_t i = 0; i < w->nmodels; i++)
-        if (w->models[i].running || w->models[i].queued)
+        if (w->models[i].running || w->models[i].queued || w->models[i].grouped)
             return false;
     return true;
 }

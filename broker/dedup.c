@@ -1,0 +1,299 @@
+/* Deduplication of identical inputs (same model, same bytes).
+ *
+ * The first request with a given input becomes a group's representative: the
+ * broker copies its input into private memory and the backend reads that copy
+ * and writes a private output buffer. Copies, because the group's result goes
+ * to other clients: a client must not be able to change the input or the
+ * output of a computation it shares by scribbling on its own segment. Later
+ * identical requests join the group while it is queued or running, and when
+ * the batch finishes the dispatcher copies the output to every member. The
+ * result then stays in a small LRU cache until dedup_ttl_ms passes.
+ *
+ * Identity is the xxh3 hash *and* a byte-for-byte comparison; the test hook
+ * BATCHBROKER_TEST_DEDUP_COLLIDE=1 makes every hash collide to prove that. */
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "broker_internal.h"
+#include "util_internal.h"
+
+#define GROUP_BUCKETS 1024u
+
+struct bb__group {
+    uint64_t hash;
+    uint32_t in_len, out_cap;
+    void *in, *out;
+    struct bb__req *rep;        /* the member in the queue; NULL once running */
+    struct bb__req *members;    /* via group_next, rep included */
+    uint32_t nmembers;
+    bool running;
+    struct bb__group *hnext;
+};
+
+struct bb__cache_ent {
+    uint64_t hash, expires_ns;
+    uint32_t in_len, out_len;
+    void *in, *out;
+    struct bb__cache_ent *hnext, *prev, *next; /* hash chain; LRU list */
+};
+
+struct bb__dedup {
+    struct bb__group *groups[GROUP_BUCKETS];
+    struct bb__cache_ent **cache;
+    uint32_t cmask, ncache;
+    struct bb__cache_ent *mru, *lru;
+    bool collide;
+};
+
+int bb__dedup_init(struct bb__model *m)
+{
+    struct bb__dedup *d = calloc(1, sizeof *d);
+    if (!d)
+        return -1;
+    uint32_t n = 16;
+    while (n < m->cfg.dedup_cache_entries && n < (1u << 20))
+        n <<= 1;
+    d->cache = calloc(n, sizeof *d->cache);
+    if (!d->cache) {
+        free(d);
+        return -1;
+    }
+    d->cmask = n - 1;
+    const char *hook = getenv("BATCHBROKER_TEST_DEDUP_COLLIDE");
+    d->collide = hook && strcmp(hook, "1") == 0;
+    if (d->collide)
+        bb_warn("model %s: test hook BATCHBROKER_TEST_DEDUP_COLLIDE: every input hashes alike",
+                m->cfg.name);
+    m->dedup = d;
+    return 0;
+}
+
+static void cache_unlink(struct bb__dedup *d, struct bb__cache_ent *e)
+{
+    struct bb__cache_ent **pp = &d->cache[e->hash & d->cmask];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        d->mru = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        d->lru = e->prev;
+    d->ncache--;
+    free(e->in);
+    free(e->out);
+    free(e);
+}
+
+void bb__dedup_fini(struct bb__model *m)
+{
+    struct bb__dedup *d = m->dedup;
+    if (!d)
+        return;
+    while (d->mru)
+        cache_unlink(d, d->mru);
+    for (uint32_t i = 0; i < GROUP_BUCKETS; i++)
+        for (struct bb__group *g = d->groups[i], *next; g; g = next) {
+            next = g->hnext;
+            free(g->in);
+            free(g->out);
+            free(g);
+        }
+    free(d->cache);
+    free(d);
+    m->dedup = NULL;
+}
+
+void bb__dedup_expire_cache(struct bb__model *m, uint64_t now)
+{
+    struct bb__dedup *d = m->dedup;
+    /* Entries are inserted with one TTL, so the oldest expire first. */
+    while (d && d->lru && d->lru->expires_ns <= now)
+        cache_unlink(d, d->lru);
+}
+
+static void answer(struct bb__worker *w, struct bb__model *m, struct bb__req *r, int st,
+                   const void *out, uint32_t len, uint64_t now)
+{
+    if (st == 0 && len > r->cl_out_cap)
+        st = BB_ETOOBIG;
+    if (st == 0 && len)
+        memcpy(r->cl_out, out, len);
+    bb__publish(r->cl, r->slot, r->gen, st, st == 0 ? len : 0);
+    bb__cq_add(r->cl, r->slot);
+    bb__metrics_done(&m->metrics, now, st, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
+}
+
+int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *r, uint64_t now)
+{
+    struct bb__dedup *d = m->dedup;
+    uint64_t h = d->collide ? 0 : XXH3_64bits(r->in, r->in_len);
+
+    if (m->cfg.dedup_cache_entries) {
+        bb__dedup_expire_cache(m, now);
+        for (struct bb__cache_ent *e = d->cache[h & d->cmask]; e; e = e->hnext) {
+            if (e->hash != h || e->in_len != r->in_len || memcmp(e->in, r->in, r->in_len) != 0)
+                continue;
+            m->metrics.deduplicated++;
+            answer(w, m, r, 0, e->out, e->out_len, now);
+            return 2;
+        }
+    }
+
+    for (struct bb__group *g = d->groups[h & (GROUP_BUCKETS - 1)]; g; g = g->hnext) {
+        if (g->hash != h || g->in_len != r->in_len || memcmp(g->in, r->in, r->in_len) != 0)
+            continue;
+        if (!g->running && r->cl_out_cap > g->out_cap) {
+            void *bigger = realloc(g->out, r->cl_out_cap);
+            if (!bigger)
+                return BB_ENOMEM;
+            g->out = bigger;
+            g->out_cap = r->cl_out_cap;
+            g->rep->out = g->out;
+            g->rep->out_cap = g->out_cap;
+        }
+        r->group = g;
+        r->group_next = g->members;
+        g->members = r;
+        g->nmembers++;
+        m->metrics.deduplicated++;
+        if (g->running) {
+            atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
+        } else {
+            atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
+            m->grouped++;
+            bb__deadline_push(m, r);
+        }
+        return 1;
+    }
+
+    struct bb__group *g = calloc(1, sizeof *g);
+    if (!g)
+        return BB_ENOMEM;
+    g->in = malloc(r->in_len ? r->in_len : 1);
+    g->out = malloc(r->cl_out_cap ? r->cl_out_cap : 1);
+    if (!g->in || !g->out) {
+        free(g->in);
+        free(g->out);
+        free(g);
+        return BB_ENOMEM;
+    }
+    memcpy(g->in, r->in, r->in_len);
+    g->hash = h;
+    g->in_len = r->in_len;
+    g->out_cap = r->cl_out_cap;
+    g->rep = g->members = r;
+    g->nmembers = 1;
+    g->hnext = d->groups[h & (GROUP_BUCKETS - 1)];
+    d->groups[h & (GROUP_BUCKETS - 1)] = g;
+    r->group = g;
+    r->group_next = NULL;
+    r->in = g->in;
+    r->out = g->out;
+    r->out_cap = g->out_cap;
+    return 0;
+}
+
+static void group_free(struct bb__dedup *d, struct bb__group *g)
+{
+    struct bb__group **pp = &d->groups[g->hash & (GROUP_BUCKETS - 1)];
+    while (*pp != g)
+        pp = &(*pp)->hnext;
+    *pp = g->hnext;
+    free(g->in);
+    free(g->out);
+    free(g);
+}
+
+void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *r)
+{
+    (void)w;
+    struct bb__group *g = r->group;
+    struct bb__req **pp = &g->members;
+    while (*pp != r)
+        pp = &(*pp)->group_next;
+    *pp = r->group_next;
+    g->nmembers--;
+    r->group = NULL;
+    r->group_next = NULL;
+    if (atomic_load_explicit(&r->state, memory_order_relaxed) == BB__REQ_GROUPED)
+        m->grouped--;
+    if (g->rep == r) {
+        g->rep = NULL;
+        struct bb__req *nr = g->members;
+        if (nr) {
+            /* Promote a member: it takes the representative's place in its
+             * own level, with its own deadline (it is in the deadline heap). */
+            m->grouped--;
+            nr->in = g->in;
+            nr->out = g->out;
+            nr->out_cap = g->out_cap;
+            atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_relaxed);
+            bb__queue_push(m, nr);
+            g->rep = nr;
+        }
+    }
+    if (g->nmembers == 0 && !g->running)
+        group_free(m->dedup, g);
+}
+
+void bb__dedup_dispatched(struct bb__model *m, struct bb__group *g)
+{
+    g->running = true;
+    g->rep = NULL;
+    for (struct bb__req *r = g->members; r; r = r->group_next) {
+        if (atomic_load_explicit(&r->state, memory_order_relaxed) != BB__REQ_GROUPED)
+            continue;
+        bb__deadline_remove(m, r);
+        m->grouped--;
+        atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
+    }
+}
+
+void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__group *g, int status,
+                        size_t out_len, uint64_t end_ns)
+{
+    struct bb__dedup *d = m->dedup;
+    for (struct bb__req *r = g->members, *next; r; r = next) {
+        next = r->group_next;
+        r->group = NULL;
+        r->group_next = NULL;
+        struct bb__client *c = r->cl;
+        atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
+        answer(w, m, r, status, g->out, (uint32_t)out_len, end_ns);
+        c->cm[m->id].inflight--;
+        m->bytes -= r->bytes;
+        bb__client_put(w, c);
+    }
+    g->members = NULL;
+    g->nmembers = 0;
+    uint64_t ttl = (uint64_t)m->cfg.dedup_ttl_ms * 1000000ull;
+    if (status == 0 && m->cfg.dedup_cache_entries && ttl) {
+        struct bb__cache_ent *e = calloc(1, sizeof *e);
+        if (e) {
+            e->hash = g->hash;
+            e->in_len = g->in_len;
+            e->out_len = (uint32_t)out_len;
+            e->in = g->in;
+            e->out = g->out;
+            e->expires_ns = end_ns + ttl;
+            g->in = g->out = NULL; /* the cache owns them now */
+            struct bb__cache_ent **b = &d->cache[e->hash & d->cmask];
+            e->hnext = *b;
+            *b = e;
+            e->next = d->mru;
+            if (d->mru)
+                d->mru->prev = e;
+            d->mru = e;
+            if (!d->lru)
+                d->lru = e;
+            if (++d->ncache > m->cfg.dedup_cache_entries)
+                cache_unlink(d, d->lru);
+        }
+    }
+    group_free(d, g);
+}
