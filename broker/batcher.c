@@ -116,12 +116,22 @@ static void take_starved(struct cut *c, uint64_t now)
 
 static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state *qs)
 {
+    uint32_t target = m->cfg.max_batch_size, wait = m->cfg.max_wait_us;
+    if (m->pinned)
+        target = m->pinned < target ? m->pinned : target;
+    else if (m->cfg.adaptive) {
+        target = m->adapt.target;
+        wait = m->adapt.wait_us;
+    }
+    uint64_t expected = m->expected_batch_ns;
+    if (m->adapt.fit.valid)
+        expected = (uint64_t)(m->adapt.fit.a_ns + m->adapt.fit.b_ns * target);
     *qs = (struct bb_queue_state){.now_ns = now, .queued = m->queued,
-                                  .batch_target = m->cfg.max_batch_size,
+                                  .batch_target = target,
                                   .max_batch_size = m->cfg.max_batch_size,
-                                  .max_wait_us = m->cfg.max_wait_us,
+                                  .max_wait_us = wait,
                                   .earliest_deadline_ns = UINT64_MAX,
-                                  .expected_batch_ns = m->expected_batch_ns,
+                                  .expected_batch_ns = expected,
                                   .running = m->running,
                                   .instances = m->ninstances,
                                   .backend_idle = m->running == 0};
@@ -141,6 +151,13 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
 int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
+    if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {
+        const struct bb__hist *hs[2] = {&m->metrics.lat[0], &m->metrics.lat[1]};
+        double p99 = (double)bb__hist_quantile(hs, 2, 0.99) / 1e3;
+        bb__adaptive_tick(&m->adapt, now, p99, false);
+        if (m->dedup)
+            bb__dedup_expire_cache(m, now);
+    }
     if (m->queued == 0 && m->grouped == 0)
         return 0;
     progress += (int)expire(w, m, now);

@@ -13,6 +13,7 @@
 #include "batchbroker/client.h"
 #include "batchbroker/protocol.h"
 #include "batchbroker/strategy.h"
+#include "adaptive.h"
 #include "config.h"
 #include "metrics.h"
 #include "plugin.h"
@@ -117,6 +118,8 @@ struct bb__model {
     void *strategy_state;
     void *strategy_dl;
     uint64_t expected_batch_ns;    /* EWMA of batch service time */
+    struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
+    uint32_t pinned;               /* operator pin of the batch target; 0 = none */
 
     struct bb__dedup *dedup;       /* dedup.c; NULL when never enabled */
 

@@ -60,6 +60,8 @@ struct bb__config_key {
 static const char *const bb__log_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const bb__prio_names[] = {"critical", "high", "normal", "low", NULL};
 static const char *const bb__onoff_names[] = {"off", "on", NULL};
+static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
+static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
@@ -158,6 +160,27 @@ static const struct bb__config_key bb__keys[] = {
      "a single larger request BB_ETOOBIG; 0 = no limit."},
     {BB__SEC_MODEL, "strategy", BB__CT_STRING, BB__MODEL(strategy), 1, 255, "throughput", NULL,
      NULL, 0, "Batching strategy: throughput, latency, deadline, or a path to a strategy .so."},
+    {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "off", NULL,
+     bb__onoff_names, 1,
+     "Let the broker pick the batch target and wait from a fitted model of the backend "
+     "(bounded by max_batch_size and max_wait_us)."},
+    {BB__SEC_MODEL, "optimize", BB__CT_ENUM, BB__MODEL(optimize), 0, 1, "throughput", NULL,
+     bb__optimize_names, 1,
+     "Adaptive goal: throughput grows batches while latency_slo_us holds; latency keeps "
+     "them as small as the load allows."},
+    {BB__SEC_MODEL, "latency_slo_us", BB__CT_UINT, BB__MODEL(latency_slo_us), 0, 3600000000u, "0",
+     NULL, NULL, 1, "Target p99 from submit to completion for the adaptive controller; 0 = none."},
+    {BB__SEC_MODEL, "adaptation_interval_ms", BB__CT_UINT, BB__MODEL(adaptation_interval_ms), 1,
+     60000, "100", NULL, NULL, 1, "How often the adaptive controller re-decides."},
+    {BB__SEC_MODEL, "hardware", BB__CT_ENUM, BB__MODEL(hardware), 0, 2, "auto", NULL,
+     bb__hardware_names, 0,
+     "Adaptive starting batch target: cpu 32, gpu 128, auto asks the backend."},
+    {BB__SEC_MODEL, "auto_tune", BB__CT_ENUM, BB__MODEL(auto_tune), 0, 1, "off", NULL,
+     bb__onoff_names, 0,
+     "Sweep batch sizes 1, 2, 4, ... in the first tune_duration_s of traffic to learn "
+     "the backend fast."},
+    {BB__SEC_MODEL, "tune_duration_s", BB__CT_UINT, BB__MODEL(tune_duration_s), 1, 3600, "5", NULL,
+     NULL, 0, "Length of the auto_tune sweep."},
     {BB__SEC_MODEL, "strategy.*", BB__CT_PARAM, 0, 0, 0, 255, NULL, "none", NULL, 0,
      "Handed to a custom strategy's init without the \"strategy.\" prefix (at most 8)."},
     {BB__SEC_MODEL, "param.*", BB__CT_PARAM, 0, 0, 0, 255, NULL, "none", NULL, 0,

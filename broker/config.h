@@ -41,6 +41,14 @@ struct bb__model_config {
     uint64_t max_batch_bytes;   /* 0 = no limit */
     uint32_t memory_limit_mb;   /* 0 = no limit */
     char strategy[256];         /* throughput | latency | deadline | path to .so */
+    /* Adaptive batch sizing (docs/adaptive.md). */
+    uint32_t adaptive;
+    uint32_t optimize;          /* 0 throughput, 1 latency */
+    uint32_t latency_slo_us;    /* 0 = none */
+    uint32_t adaptation_interval_ms;
+    uint32_t hardware;          /* 0 auto, 1 cpu, 2 gpu */
+    uint32_t auto_tune;
+    uint32_t tune_duration_s;
     size_t nsparams;            /* strategy.* keys, for a custom strategy's init */
     struct bb__kv sparams[8];
     size_t nparams;

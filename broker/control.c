@@ -344,10 +344,50 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         struct bb__model *m = &w->models[req.model_id];
         snprintf(rep.name, sizeof rep.name, "%s", m->cfg.name);
         bb__metrics_fill(&m->metrics, bb__now_ns(), &rep.s);
-        rep.s.queued = m->queued;
-        rep.s.batch_target = m->cfg.max_batch_size;
+        rep.s.queued = m->queued + m->grouped;
+        const struct bb__adaptive *a = &m->adapt;
+        rep.s.batch_target = m->pinned ? (m->pinned < m->cfg.max_batch_size ? m->pinned : m->cfg.max_batch_size)
+                             : m->cfg.adaptive ? a->target : m->cfg.max_batch_size;
         rep.s.max_batch_size = m->cfg.max_batch_size;
         rep.s.instances = m->cfg.instances;
+        rep.s.adaptive = m->cfg.adaptive;
+        rep.s.pinned = m->pinned;
+        rep.s.wait_us = m->cfg.adaptive && !m->pinned ? a->wait_us : m->cfg.max_wait_us;
+        rep.s.changes = a->changes;
+        rep.s.fit_a_us = a->fit.a_ns / 1e3;
+        rep.s.fit_b_us = a->fit.b_ns / 1e3;
+        rep.s.fit_r2 = a->fit.r2;
+        rep.s.best_size = a->best_size;
+        rep.s.arrival_rps = a->rate_rps;
+        rep.s.score = a->score;
+        rep.s.slo_violations = a->slo_violations;
+        reply(w, c, &rep, sizeof rep);
+        return;
+    }
+    case BB_MSG_PIN: {
+        struct bb_msg_pin req;
+        struct bb_msg_hdr rep = {.type = BB_MSG_PIN_REPLY, .status = BB_ENOMODEL};
+        if (len != sizeof req) {
+            bb__client_kill(w, c, "bad PIN");
+            return;
+        }
+        memcpy(&req, buf, sizeof req);
+        req.name[sizeof req.name - 1] = 0;
+        for (uint32_t i = 0; i < w->nmodels; i++) {
+            struct bb__model *m = &w->models[i];
+            if (strcmp(m->cfg.name, req.name) != 0)
+                continue;
+            if (req.target > m->cfg.max_batch_size) {
+                rep.status = BB_EINVAL;
+                break;
+            }
+            bb_info("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
+                    req.target ? "pinned to " : "released, was ", req.target ? req.target : m->pinned,
+                    c->id, (int)c->pid);
+            m->pinned = req.target;
+            rep.status = 0;
+            break;
+        }
         reply(w, c, &rep, sizeof rep);
         return;
     }
@@ -363,6 +403,7 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         struct bb_msg_hello hello;
         struct bb_msg_model_open open;
         struct bb_msg_stats stats;
+        struct bb_msg_pin pin;
         char raw[512];
     } buf;
     while (!c->dead) {

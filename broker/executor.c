@@ -82,6 +82,7 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
         }
         uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
         bb__metrics_done(&m->metrics, b->end_ns, b->outputs[i].status, e->prio, lat);
+        bb__adaptive_done(&m->adapt, lat);
         bb__cq_add(e->cl, e->slot);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
@@ -91,6 +92,8 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
     /* Expected batch time for drop_late and the strategies: an EWMA. */
     uint64_t took = b->end_ns - b->dispatch_ns;
     m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
+    if (bb__adaptive_batch(&m->adapt, b->n, took))
+        bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->ninstances)
         m->running--;
     b->next = m->free_batches;
@@ -211,6 +214,19 @@ int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t
     if (bb__plugin_load(m->cfg.backend, w->cfg->plugin_dir, &m->plugin, err, errlen) < 0)
         return -1;
     m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
+    /* Adaptive starting point: the hardware the config or the backend names. */
+    uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;
+    struct bb__adaptive_cfg acfg = {
+        .max_batch_size = m->cfg.max_batch_size,
+        .max_wait_us = m->cfg.max_wait_us,
+        .instances = m->cfg.instances ? m->cfg.instances : 1,
+        .optimize = m->cfg.optimize,
+        .slo_us = m->cfg.latency_slo_us,
+        .start_target = hw == BB_BACKEND_HW_GPU ? 128 : 32,
+        .interval_ns = (uint64_t)m->cfg.adaptation_interval_ms * 1000000ull,
+        .tune_ns = m->cfg.auto_tune ? (uint64_t)m->cfg.tune_duration_s * 1000000000ull : 0,
+    };
+    bb__adaptive_init(&m->adapt, &acfg);
     for (int l = 0; l < 4; l++)
         if (bb__heap_init(&m->levels[l], m->cfg.max_queue, 0, m->cfg.priorities) < 0)
             goto nomem;

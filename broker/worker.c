@@ -247,6 +247,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
             bb__metrics_done(&m->metrics, now, st, d.priority, 0);
         return;
     }
+    bb__adaptive_arrival(&m->adapt, 1);
     r->gen = d.gen;
     r->model = m->id;
     r->prio = d.priority ? d.priority : (uint8_t)m->cfg.default_priority;

@@ -318,6 +318,36 @@ int bb_model_stats(bb_model *m, struct bb_model_stats *out)
     return 0;
 }
 
+int bb_model_tuning(bb_model *m, struct bb_model_tuning *out)
+{
+    if (!m || !out)
+        return BB_EINVAL;
+    struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
+    struct bb_msg_stats_reply rep;
+    int rc = ctl_roundtrip(m->c, &req, sizeof req, &rep, sizeof rep, BB_MSG_STATS_REPLY);
+    if (rc < 0)
+        return rc;
+    const struct bb_wire_stats *s = &rep.s;
+    *out = (struct bb_model_tuning){
+        .adaptive = (int)s->adaptive, .pinned = s->pinned, .batch_target = s->batch_target,
+        .wait_us = s->wait_us, .max_batch_size = s->max_batch_size, .fit_a_us = s->fit_a_us,
+        .fit_b_us = s->fit_b_us, .fit_r2 = s->fit_r2, .best_size = s->best_size,
+        .arrival_rps = s->arrival_rps, .throughput_rps = s->throughput_rps,
+        .latency_p99_us = s->latency_p99_us, .score = s->score,
+        .slo_violations = s->slo_violations, .changes = s->changes};
+    return 0;
+}
+
+int bb_model_pin(bb_model *m, uint32_t target)
+{
+    if (!m)
+        return BB_EINVAL;
+    struct bb_msg_pin req = {.h = {.type = BB_MSG_PIN}, .target = target};
+    strcpy(req.name, m->name);
+    struct bb_msg_hdr rep;
+    return ctl_roundtrip(m->c, &req, sizeof req, &rep, sizeof rep, BB_MSG_PIN_REPLY);
+}
+
 /* ---- Requests ---- */
 
 static inline uint32_t done_gen(const bb_request *r)

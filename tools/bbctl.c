@@ -73,12 +73,47 @@ static int print_stats(int fd, int header)
     }
 }
 
+static int print_tuning(int fd)
+{
+    printf("%-16s %8s %6s %6s %7s %9s %9s %6s %9s %9s %6s %7s\n", "model", "adaptive", "target",
+           "pinned", "wait_us", "fit_a_us", "fit_b_us", "r2", "best", "arr_rps", "score", "changes");
+    for (uint32_t id = 0;; id++) {
+        struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = id};
+        struct bb_msg_stats_reply rep;
+        int rc = roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
+        if (rc == BB_ENOMODEL)
+            return 0;
+        if (rc < 0)
+            return rc;
+        const struct bb_wire_stats *s = &rep.s;
+        printf("%-16s %8s %6u %6u %7u %9.1f %9.2f %6.2f %9.1f %9.0f %6.2f %7u\n", rep.name,
+               s->adaptive ? "on" : "off", s->batch_target, s->pinned, s->wait_us, s->fit_a_us,
+               s->fit_b_us, s->fit_r2, s->best_size, s->arrival_rps, s->score, s->changes);
+    }
+}
+
+static int pin(int fd, const char *model, const char *target)
+{
+    struct bb_msg_pin req = {.h = {.type = BB_MSG_PIN}};
+    char *end;
+    unsigned long t = strtoul(target, &end, 10);
+    if (strlen(model) >= sizeof req.name || *end || end == target || t > UINT32_MAX)
+        return BB_EINVAL;
+    strcpy(req.name, model);
+    req.target = (uint32_t)t;
+    struct bb_msg_hdr rep;
+    return roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
+}
+
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: bbctl [--socket PATH] stats | top [INTERVAL_S] | health\n"
-                 "  stats   one table of every model's figures\n"
-                 "  top     the table again every INTERVAL_S seconds (default 1)\n"
-                 "  health  exit 0 if the broker answers, 1 otherwise\n");
+    fprintf(out, "usage: bbctl [--socket PATH] COMMAND\n"
+                 "  stats               one table of every model's figures\n"
+                 "  top [INTERVAL_S]    the table again every INTERVAL_S seconds (default 1)\n"
+                 "  health              exit 0 if the broker answers, 1 otherwise\n"
+                 "  tuning              adaptive batch sizing state of every model\n"
+                 "  pin MODEL TARGET    fix a model's batch target (1..max_batch_size)\n"
+                 "  unpin MODEL         give the batch target back to the configuration\n");
 }
 
 int main(int argc, char **argv)
@@ -113,6 +148,14 @@ int main(int argc, char **argv)
         rc = print_stats(fd, 0) < 0;
         if (!rc)
             printf("ok\n");
+    } else if (strcmp(cmd, "tuning") == 0) {
+        rc = print_tuning(fd) < 0;
+    } else if ((strcmp(cmd, "pin") == 0 && optind + 2 < argc) ||
+               (strcmp(cmd, "unpin") == 0 && optind + 1 < argc)) {
+        int r = pin(fd, argv[optind + 1], cmd[0] == 'p' ? argv[optind + 2] : "0");
+        if (r < 0)
+            fprintf(stderr, "bbctl: %s: %s\n", cmd, bb_strerror(r));
+        rc = r < 0;
     } else if (strcmp(cmd, "stats") == 0) {
         rc = print_stats(fd, 1) < 0;
     } else if (strcmp(cmd, "top") == 0) {

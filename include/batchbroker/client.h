@@ -182,6 +182,27 @@ BB_API int bb_client_poll(bb_client *c, bb_request **out, int max);
 /* Broker-side statistics of the model. Returns 0, BB_EDISCONNECTED. */
 BB_API int bb_model_stats(bb_model *m, struct bb_model_stats *out);
 
+/* The adaptive batch sizing state of a model (docs/adaptive.md). */
+struct bb_model_tuning {
+    int adaptive;                 /* adaptive = on */
+    uint32_t pinned;              /* operator pin, 0 = none */
+    uint32_t batch_target, wait_us, max_batch_size;
+    double fit_a_us, fit_b_us;    /* batch service time = a + b * size */
+    double fit_r2;
+    double best_size;             /* the controller's unclamped optimum */
+    double arrival_rps, throughput_rps, latency_p99_us;
+    double score;                 /* served share x SLO attainment, 0..1 */
+    uint64_t slo_violations;
+    uint32_t changes;             /* backend speed changes detected */
+};
+
+/* Read the adaptive state. Returns 0, BB_EINVAL, BB_EDISCONNECTED. */
+BB_API int bb_model_tuning(bb_model *m, struct bb_model_tuning *out);
+
+/* Pin the model's batch target (1..max_batch_size) for every client, or
+ * release the pin with 0. Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EDISCONNECTED. */
+BB_API int bb_model_pin(bb_model *m, uint32_t target);
+
 /* How long bb_wait spins before sleeping (default 50000 ns; 0 = sleep at once). */
 BB_API void bb_client_set_spin_ns(bb_client *c, int64_t spin_ns);
 

@@ -163,6 +163,8 @@ enum bb_msg_type {
     BB_MSG_MODEL_OPEN_REPLY,
     BB_MSG_STATS,
     BB_MSG_STATS_REPLY,
+    BB_MSG_PIN,             /* pin (target > 0) or release (0) a model's batch target */
+    BB_MSG_PIN_REPLY,
 };
 
 /* bb_msg_hello.flags */
@@ -214,12 +216,23 @@ struct bb_wire_stats {
     double latency_p50_us, latency_p95_us, latency_p99_us;
     uint32_t queued, batch_target;
     uint32_t max_batch_size, instances;
+    /* Adaptive sizing (docs/adaptive.md). */
+    uint32_t adaptive, pinned, wait_us, changes;
+    double fit_a_us, fit_b_us, fit_r2, best_size, arrival_rps, score;
+    uint64_t slo_violations;
 };
 
 struct bb_msg_stats_reply {
     struct bb_msg_hdr h;
     char name[BB_MAX_MODEL_NAME]; /* the model's name: tools walk ids 0.. until BB_ENOMODEL */
     struct bb_wire_stats s;
+};
+
+struct bb_msg_pin {
+    struct bb_msg_hdr h;
+    char name[BB_MAX_MODEL_NAME];
+    uint32_t target;        /* 0 releases the pin */
+    uint32_t pad;
 };
 
 #endif

@@ -1,0 +1,234 @@
+/*
+ * Adaptive batch sizing.
+ *
+ * Model: a batch of n requests takes S(n) = a + b*n, fitted by least squares
+ * over the last BB_ADAPT_WINDOW batches. With k executors the backend can
+ * serve k*n/S(n) requests per second at size n, so the smallest size that
+ * keeps up with an arrival rate L (with 20% headroom h) is
+ *
+ *     n_min = h*L*a / (k - h*L*b)          (saturated when k <= h*L*b)
+ *
+ * latency: aim for n_min: at low load that is 1, and a request never waits
+ *          for company that will not come.
+ * throughput: grow the batch beyond n_min while the expected p99 latency,
+ *          fill time (n-1)/L plus two batch times (one running ahead of it,
+ *          its own), stays within latency_slo_us, and the fill time within
+ *          max_wait_us.
+ * The wait is the time the target takes to fill at rate L, with 50% slack,
+ * capped at max_wait_us.
+ *
+ * A change detector watches the last BB_ADAPT_RECENT batches: when their
+ * mean relative residual against the fit passes 30%, the backend has sped
+ * up or slowed down, and the window restarts from those batches.
+ */
+#include "adaptive.h"
+
+#include <math.h>
+#include <string.h>
+
+#define HEADROOM 1.2
+#define CHANGE_THRESHOLD 0.30
+#define MIN_R2 0.30
+
+void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cfg)
+{
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    if (a->cfg.instances == 0)
+        a->cfg.instances = 1;
+    a->target = cfg->start_target ? cfg->start_target : cfg->max_batch_size;
+    if (a->target > cfg->max_batch_size)
+        a->target = cfg->max_batch_size;
+    a->wait_us = cfg->max_wait_us;
+    a->best_size = a->target;
+    a->score = 1.0;
+}
+
+struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
+{
+    struct bb__fit f = {0};
+    uint32_t n = a->count;
+    if (n == 0)
+        return f;
+    double sx = 0, sy = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        sx += a->xs[i];
+        sy += a->ys[i];
+    }
+    double mx = sx / n, my = sy / n, sxx = 0, sxy = 0, syy = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        double dx = a->xs[i] - mx, dy = a->ys[i] - my;
+        sxx += dx * dx;
+        sxy += dx * dy;
+        syy += dy * dy;
+    }
+    if (n < 4 || sxx < 1e-9) {
+        /* One batch size only: the split between a and b is unknown; the
+         * conservative reading is that all of it is per-batch cost. */
+        f.a_ns = my;
+        f.b_ns = 0;
+        f.r2 = 0;
+        return f;
+    }
+    f.b_ns = sxy / sxx;
+    f.a_ns = my - f.b_ns * mx;
+    if (f.b_ns < 0) { /* noise: time does not fall with size */
+        f.b_ns = 0;
+        f.a_ns = my;
+    }
+    if (f.a_ns < 0) {
+        f.a_ns = 0;
+        f.b_ns = my / mx;
+    }
+    f.r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 1.0;
+    f.valid = f.r2 >= MIN_R2 || syy <= 1e-9 * my * my * n;
+    return f;
+}
+
+bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns)
+{
+    if (n == 0)
+        return false;
+    a->xs[a->head] = n;
+    a->ys[a->head] = (double)service_ns;
+    a->head = (a->head + 1) % BB_ADAPT_WINDOW;
+    if (a->count < BB_ADAPT_WINDOW)
+        a->count++;
+    if (!a->fit.valid || a->count < 2 * BB_ADAPT_RECENT)
+        return false;
+    double rel = 0;
+    for (uint32_t i = 1; i <= BB_ADAPT_RECENT; i++) {
+        uint32_t j = (a->head + BB_ADAPT_WINDOW - i) % BB_ADAPT_WINDOW;
+        double pred = a->fit.a_ns + a->fit.b_ns * a->xs[j];
+        rel += (a->ys[j] - pred) / (pred > 1 ? pred : 1);
+    }
+    rel /= BB_ADAPT_RECENT;
+    if (fabs(rel) <= CHANGE_THRESHOLD)
+        return false;
+    /* The backend changed speed: keep only the recent batches. */
+    double xs[BB_ADAPT_RECENT], ys[BB_ADAPT_RECENT];
+    for (uint32_t i = 0; i < BB_ADAPT_RECENT; i++) {
+        uint32_t j = (a->head + BB_ADAPT_WINDOW - BB_ADAPT_RECENT + i) % BB_ADAPT_WINDOW;
+        xs[i] = a->xs[j];
+        ys[i] = a->ys[j];
+    }
+    memcpy(a->xs, xs, sizeof xs);
+    memcpy(a->ys, ys, sizeof ys);
+    a->count = BB_ADAPT_RECENT;
+    a->head = BB_ADAPT_RECENT % BB_ADAPT_WINDOW;
+    a->fit = bb__adaptive_fit(a);
+    a->changes++;
+    return true;
+}
+
+void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n)
+{
+    a->arrivals += n;
+}
+
+void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns)
+{
+    a->completed++;
+    if (a->cfg.slo_us && lat_ns > (uint64_t)a->cfg.slo_us * 1000)
+        a->slo_violations++;
+}
+
+static uint32_t clampu(double v, uint32_t lo, uint32_t hi)
+{
+    if (!(v >= lo))
+        return lo;
+    if (v >= hi)
+        return hi;
+    return (uint32_t)v;
+}
+
+void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fit *fit,
+                         double rate_rps, uint32_t *target, uint32_t *wait_us, double *best)
+{
+    uint32_t max = cfg->max_batch_size;
+    double k = cfg->instances ? cfg->instances : 1;
+    double lam = rate_rps / 1e9; /* requests per ns */
+    double a = fit->a_ns, b = fit->b_ns;
+    double n_min;
+    if (lam <= 0)
+        n_min = 1;
+    else if (k > HEADROOM * lam * b)
+        n_min = ceil(HEADROOM * lam * a / (k - HEADROOM * lam * b));
+    else
+        n_min = INFINITY; /* no size keeps up: everything we can */
+    if (n_min < 1)
+        n_min = 1;
+    double n = n_min;
+    if (cfg->optimize == BB_OPTIMIZE_THROUGHPUT && isfinite(n_min) && lam > 0) {
+        /* Largest n whose fill time fits max_wait and whose expected p99
+         * fits the SLO: walk up from n_min (sizes are small integers). */
+        double max_fill = (double)cfg->max_wait_us * 1000;
+        double slo = cfg->slo_us ? (double)cfg->slo_us * 1000 : INFINITY;
+        for (double c = n_min + 1; c <= max; c++) {
+            double fill = (c - 1) / lam;
+            if (fill > max_fill || fill + 2 * (a + b * c) > slo)
+                break;
+            n = c;
+        }
+    }
+    *best = isfinite(n) ? n : max;
+    *target = clampu(n, 1, max);
+    double fill_ns = lam > 0 ? 1.5 * (*target - 1) / lam : INFINITY;
+    double wait = *target <= 1 ? 0 : fill_ns / 1000;
+    *wait_us = clampu(wait, 0, cfg->max_wait_us);
+}
+
+bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool force)
+{
+    if (a->interval_start_ns == 0) {
+        a->interval_start_ns = now;
+        return false;
+    }
+    uint64_t dt = now - a->interval_start_ns;
+    if (!force && dt < a->cfg.interval_ns)
+        return false;
+    double secs = dt > 0 ? (double)dt / 1e9 : 1e-9;
+    double rate = (double)a->arrivals / secs;
+    a->rate_rps = a->rate_rps > 0 ? 0.5 * a->rate_rps + 0.5 * rate : rate;
+    a->throughput_rps = (double)a->completed / secs;
+    a->p99_us = p99_us;
+    struct bb__fit f = bb__adaptive_fit(a);
+    if (f.valid || !a->fit.valid)
+        a->fit = f; /* a poor fit does not replace a good one */
+
+    /* Adaptation score: the share of the offered load served, times how well
+     * latency kept to the SLO; 1 = all load served within the SLO. */
+    double served = a->arrivals ? fmin(1.0, (double)a->completed / (double)a->arrivals) : 1.0;
+    double slo = a->cfg.slo_us && p99_us > a->cfg.slo_us ? a->cfg.slo_us / p99_us : 1.0;
+    a->score = served * slo;
+
+    if (a->cfg.tune_ns && a->arrivals && a->tune_start_ns == 0) {
+        a->tune_start_ns = now;
+        a->tuning = true;
+    }
+    if (a->tuning && now - a->tune_start_ns >= a->cfg.tune_ns)
+        a->tuning = false;
+    if (a->tuning) {
+        /* Sweep 1, 2, 4, ... max over tune_duration_s so the fit sees sizes. */
+        uint32_t steps = 1;
+        while ((1u << steps) < a->cfg.max_batch_size)
+            steps++;
+        uint64_t i = (now - a->tune_start_ns) * (steps + 1) / a->cfg.tune_ns;
+        a->target = i >= 31 ? a->cfg.max_batch_size : clampu((double)(1u << i), 1, a->cfg.max_batch_size);
+        a->wait_us = a->cfg.max_wait_us;
+    } else if (a->count > 0) {
+        uint32_t target, wait;
+        double best;
+        bb__adaptive_decide(&a->cfg, &a->fit, a->rate_rps, &target, &wait, &best);
+        /* With one size in the window the fit cannot split a from b: every
+         * other interval, try three quarters of the target. */
+        if (!a->fit.valid && target >= 4 && (a->dither++ & 1))
+            target = target * 3 / 4;
+        a->target = target;
+        a->wait_us = wait;
+        a->best_size = best;
+    }
+    a->interval_start_ns = now;
+    a->arrivals = a->completed = 0;
+    return true;
+}
