@@ -457,7 +457,7 @@ static void sq_push(bb_client *c, uint32_t entry)
     /* The ring holds 4 entries per slot, more than can be outstanding (see
      * protocol.md), so it never overflows; wait anyway if a broker stalls. */
     while (pos - atomic_load_explicit(&c->sq->shm_head, memory_order_acquire) > c->sq_mask) {
-        if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        if (broker_gone(c))
             return;
         sched_yield();
     }
@@ -465,10 +465,13 @@ static void sq_push(bb_client *c, uint32_t entry)
     /* Publish in reservation order: wait for the threads that reserved before us. */
     unsigned spins = 0;
     while (atomic_load_explicit(&c->sq->shm_tail, memory_order_relaxed) != pos) {
-        if (++spins > 128)
+        if (++spins > 128) {
+            if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+                return; /* an earlier reservation was abandoned: nobody reads this ring */
             sched_yield();
-        else
+        } else {
             bb__cpu_relax();
+        }
     }
     atomic_store_explicit(&c->sq->shm_tail, pos + 1, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
