@@ -2,9 +2,11 @@
  * the model's batching policy and nothing else: no broker, no shared memory,
  * no other thread. The floor for the broker's latency and CPU cost.
  *
- * Policy, per thread: a batch runs when max_batch_size requests wait, when the
- * oldest has waited max_wait_us, or when the caller blocks on a request and
- * will submit nothing until it completes (no further request could join). */
+ * Policy, per thread, the broker's own (broker/batcher.c): a batch is cut when
+ * max_batch_size requests wait or when the oldest has waited max_wait_us, and
+ * takes the oldest requests (FIFO: the broker also orders by priority). The
+ * wait is kept even when the thread itself could add nothing to the batch, so
+ * that the difference to the broker is the transport and the broker's work. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -175,7 +177,7 @@ static int i_wait(void *th, uint32_t slot, uint64_t deadline, int *status)
         }
         uint64_t now = bench_now_ns();
         uint64_t due = t->t_sub[t->queue[t->qhead]] + t->max_wait_ns;
-        if (t->qcount >= t->max_batch || deadline == BENCH_FOREVER || now >= due) {
+        if (t->qcount >= t->max_batch || now >= due) {
             run_batch(t);
             continue;
         }

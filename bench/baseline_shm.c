@@ -1,10 +1,10 @@
 /* Baseline "shm": the transport floor. Client threads and one server process
  * share a MAP_SHARED region (created before fork); each client thread has a
  * channel: a submission ring of slot indices and per-slot descriptors and
- * buffers. The server drains each channel and hands what it found (up to
- * max_batch_size, never waiting for more) to the same backend. No queues,
- * priorities, validation, deadlines or adaptive sizing: the broker's work
- * minus its logic.
+ * buffers. The server sweeps the channels round robin and hands whatever it
+ * found (up to max_batch_size, never waiting for more) to the same backend in
+ * one call. No queues, priorities, validation, deadlines or batching policy:
+ * the broker's data path minus its logic.
  *
  * Who writes what:
  *   sq[], sq_tail, slot descriptors (len, prio, gen): the client; the server's
@@ -118,50 +118,56 @@ static void serve(const struct bench_opts *o, struct bench_shared *sh)
     struct bb_view *views = calloc(max_batch, sizeof *views);
     struct bb_outbuf *outs = calloc(max_batch, sizeof *outs);
     uint8_t *prios = calloc(max_batch, 1);
-    uint32_t *head = calloc(R.nchan, sizeof *head), *batch = calloc(max_batch, sizeof *batch);
+    uint32_t *head = calloc(R.nchan, sizeof *head);
+    uint32_t *bchan = calloc(max_batch, sizeof *bchan), *bslot = calloc(max_batch, sizeof *bslot);
+    uint32_t *touched = calloc(R.nchan, sizeof *touched), *tlist = calloc(R.nchan, sizeof *tlist);
     struct sthread *chans = calloc(R.nchan, sizeof *chans);
-    if (!views || !outs || !prios || !head || !batch || !chans) _exit(1);
+    if (!views || !outs || !prios || !head || !bchan || !bslot || !touched || !tlist || !chans)
+        _exit(1);
     for (uint32_t c = 0; c < R.nchan; c++) chans[c] = chan_view(c);
     int sleep_mode = o->wait == BENCH_WAIT_SLEEP;
     uint64_t idle = 0;
+    uint32_t rr = 0;
     char errmsg[128];
 
     while (!atomic_load_explicit(&ctl()->stop, memory_order_relaxed)) {
-        uint32_t did = 0;
-        for (uint32_t c = 0; c < R.nchan; c++) {
+        uint32_t k = 0, nt = 0;
+        for (uint32_t n = 0; n < R.nchan && k < max_batch; n++) {
+            uint32_t c = (rr + n) % R.nchan;
             struct sthread *v = &chans[c];
             uint32_t tail = atomic_load_explicit(&v->ch->sq_tail, memory_order_acquire);
-            while (head[c] != tail) {
-                uint32_t k = tail - head[c] < max_batch ? tail - head[c] : max_batch;
-                for (uint32_t i = 0; i < k; i++) {
-                    uint32_t s = v->sq[(head[c] + i) & R.mask] % R.nslots;
-                    struct shm_slot *d = &v->slot[s];
-                    batch[i] = s;
-                    views[i] = (struct bb_view){slot_in(v, s), d->len < R.in_cap ? d->len : R.in_cap};
-                    outs[i] = (struct bb_outbuf){.ptr = slot_out(v, s), .cap = R.out_cap};
-                    prios[i] = (uint8_t)d->prio;
-                }
-                struct bb_batch b = {.n = k, .inputs = views, .outputs = outs, .priorities = prios,
-                                     .errmsg = errmsg, .errmsg_cap = sizeof errmsg};
-                bench_backend_run(&be, state, &b);
-                for (uint32_t i = 0; i < k; i++) {
-                    struct shm_slot *d = &v->slot[batch[i]];
-                    d->status = outs[i].status;
-                    d->out_len = (uint32_t)outs[i].len;
-                    atomic_store_explicit(&d->done_gen, d->gen, memory_order_release);
-                }
-                bench_count_batch(sh, sh->server_batch_count, k);
-                head[c] += k;
-                did += k;
-            }
-            if (sleep_mode && did) {
-                atomic_fetch_add_explicit(&v->ch->cq_seq, 1, memory_order_release);
-                atomic_thread_fence(memory_order_seq_cst);
-                if (atomic_load_explicit(&v->ch->waiting, memory_order_relaxed))
-                    futex(&v->ch->cq_seq, FUTEX_WAKE, INT_MAX, NULL);
+            for (; head[c] != tail && k < max_batch; head[c]++, k++) {
+                uint32_t s = v->sq[head[c] & R.mask] % R.nslots;
+                struct shm_slot *d = &v->slot[s];
+                bchan[k] = c;
+                bslot[k] = s;
+                views[k] = (struct bb_view){slot_in(v, s), d->len < R.in_cap ? d->len : R.in_cap};
+                outs[k] = (struct bb_outbuf){.ptr = slot_out(v, s), .cap = R.out_cap};
+                prios[k] = (uint8_t)d->prio;
             }
         }
-        if (did) {
+        rr = R.nchan > 1 ? (rr + 1) % R.nchan : 0;
+        if (k) {
+            struct bb_batch b = {.n = k, .inputs = views, .outputs = outs, .priorities = prios,
+                                 .errmsg = errmsg, .errmsg_cap = sizeof errmsg};
+            bench_backend_run(&be, state, &b);
+            for (uint32_t i = 0; i < k; i++) {
+                struct shm_slot *d = &chans[bchan[i]].slot[bslot[i]];
+                d->status = outs[i].status;
+                d->out_len = (uint32_t)outs[i].len;
+                atomic_store_explicit(&d->done_gen, d->gen, memory_order_release);
+                if (!touched[bchan[i]]++) tlist[nt++] = bchan[i];
+            }
+            bench_count_batch(sh, sh->server_batch_count, k);
+            for (uint32_t i = 0; i < nt; i++) {
+                struct shm_chan *ch = chans[tlist[i]].ch;
+                touched[tlist[i]] = 0;
+                if (!sleep_mode) continue;
+                atomic_fetch_add_explicit(&ch->cq_seq, 1, memory_order_release);
+                atomic_thread_fence(memory_order_seq_cst);
+                if (atomic_load_explicit(&ch->waiting, memory_order_relaxed))
+                    futex(&ch->cq_seq, FUTEX_WAKE, INT_MAX, NULL);
+            }
             idle = 0;
             continue;
         }

@@ -20,6 +20,35 @@
 
 enum bench_wait { BENCH_WAIT_SPIN, BENCH_WAIT_SLEEP };
 
+struct bench_shared;
+
+/* One phase of a phased open loop (scenarios): `rate` requests/s in total for
+ * `seconds`. */
+struct bench_phase {
+    const char *name;
+    double seconds;
+    double rate;
+};
+
+/* One request sent inside the measured window, logged by a phased open loop. */
+struct bench_req_rec {
+    uint64_t sent;              /* intended send time, CLOCK_MONOTONIC ns */
+    uint64_t done;              /* completion time; 0 = never completed */
+    int32_t status;             /* request status; BENCH_BAD_OUTPUT if the echo was wrong */
+    uint32_t pad;
+};
+#define BENCH_BAD_OUTPUT (-100000)
+
+/* A client thread's request log, in a MAP_SHARED mapping made before the
+ * clients fork; written by that thread only, read by the parent after
+ * waitpid. */
+struct bench_reqlog {
+    struct bench_req_rec *rec;
+    uint64_t cap;
+    uint64_t n;                 /* records written */
+    uint64_t dropped;           /* requests that did not fit */
+};
+
 /* What the model section of the broker config says; the baselines copy it so
  * that they run the same backend with the same batching policy. */
 struct bench_model {
@@ -59,6 +88,16 @@ struct bench_opts {
     pid_t broker_pid;           /* --broker-pid, for CPU accounting */
     uint64_t seed;
     struct bench_model model;
+    /* Scenarios only (all zero otherwise). Phased open loop: the warm-up runs
+     * at phases[0].rate, then each phase in turn; duration_s must be the sum
+     * of their lengths. */
+    const struct bench_phase *phases;
+    uint32_t nphases;
+    struct bench_reqlog *reqlog;    /* [clients*threads]: log every request */
+    /* Called in the parent every tick_ns from t0 until the clients exited. */
+    void (*tick)(void *arg, const struct bench_shared *sh, uint64_t now);
+    void *tick_arg;
+    uint64_t tick_ns;
 };
 
 enum { BENCH_BASE_INPROC, BENCH_BASE_SHM, BENCH_BASE_UDS, BENCH_NBASE };

@@ -36,7 +36,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
         } else if (!strcmp(name, "plugin_dir")) {
             snprintf(m->plugin_dir, sizeof m->plugin_dir, "%s", value);
         } else if (!strcmp(name, "spin_us")) {
-            uint32_t v;
+            uint32_t v = 0;
             bad = parse_u32(value, &v);
             m->spin_us = v;
         }

@@ -43,6 +43,8 @@ struct loop {
     double prio_cum[4], prio_total;
     unsigned char *pattern;         /* the payload template */
     int broken;
+    struct bench_reqlog *log;       /* phased runs only */
+    uint64_t t0;                    /* start of the warm-up */
 };
 
 static uint64_t rnd(struct loop *l)
@@ -113,22 +115,40 @@ static int submit_one(struct loop *l, uint32_t i, uint64_t intended)
     return 0;
 }
 
+static int output_ok(struct loop *l, uint32_t i)
+{
+    struct slot_info *e = &l->s[i];
+    size_t olen = 0;
+    const void *out = l->x->output(l->th, i, &olen);
+    return out && olen == e->len && !memcmp(out, &e->seq, e->len < 8 ? e->len : 8);
+}
+
+/* Phased runs: every request sent in the measured window, whenever it ends. */
+static void log_request(struct loop *l, uint32_t i, uint64_t t, int status)
+{
+    struct bench_reqlog *g = l->log;
+    if (l->s[i].sent < l->t_meas) return;
+    if (g->n == g->cap) {
+        g->dropped++;
+        return;
+    }
+    if (status == 0 && l->o->verify && !output_ok(l, i)) status = BENCH_BAD_OUTPUT;
+    g->rec[g->n++] = (struct bench_req_rec){.sent = l->s[i].sent, .done = t, .status = status};
+}
+
 static void record(struct loop *l, uint32_t i, uint64_t t, int status)
 {
     struct slot_info *e = &l->s[i];
+    if (l->log) log_request(l, i, t, status);
     if (t < l->t_meas || t >= l->t_end) return;
     if (status != 0) {
         l->res->failed++;
         if (!l->res->first_error) l->res->first_error = status;
         return;
     }
-    if (l->o->verify) {
-        size_t olen = 0;
-        const void *out = l->x->output(l->th, i, &olen);
-        if (!out || olen != e->len || memcmp(out, &e->seq, e->len < 8 ? e->len : 8)) {
-            l->res->bad_output++;
-            return;
-        }
+    if (l->o->verify && !output_ok(l, i)) {
+        l->res->bad_output++;
+        return;
     }
     l->res->completed++;
     bench_hist_record(&l->res->lat[e->prio], t - e->sent);
@@ -182,15 +202,44 @@ static void closed_loop(struct loop *l)
     }
 }
 
+/* Phased open loop: the next arrival after t of a Poisson process whose rate
+ * is piecewise constant (the warm-up at phases[0].rate, then each phase), by
+ * time rescaling: a unit-rate exponential is spent across the segments.
+ * UINT64_MAX when it falls after the last phase. The same seed gives the
+ * same trace whatever the transport does. */
+static uint64_t next_phased(struct loop *l, uint64_t t)
+{
+    const struct bench_opts *o = l->o;
+    double per_thread = 1.0 / (double)(o->clients * o->threads);
+    double x = -log(rnd_unit(l));
+    uint64_t seg_start = l->t0, seg_end = l->t_meas;
+    double rate = o->phases[0].rate * per_thread;
+    for (uint32_t p = 0;;) {
+        if (t < seg_end) {
+            double room = (double)(seg_end - t) / 1e9 * rate; /* expected arrivals left */
+            if (rate > 0 && x < room) return t + (uint64_t)(x / rate * 1e9) + 1;
+            if (rate > 0) x -= room;
+            t = seg_end;
+        }
+        if (p == o->nphases) return UINT64_MAX;
+        seg_start = seg_end;
+        seg_end = p + 1 == o->nphases ? l->t_end
+                                      : seg_start + (uint64_t)(o->phases[p].seconds * 1e9);
+        rate = o->phases[p].rate * per_thread;
+        p++;
+    }
+}
+
 static void open_loop(struct loop *l, uint64_t t0, double gap_ns)
 {
-    uint64_t next = t0 + (uint64_t)(-log(rnd_unit(l)) * gap_ns);
+    int phased = l->o->nphases > 0;
+    uint64_t next = phased ? next_phased(l, t0) : t0 + (uint64_t)(-log(rnd_unit(l)) * gap_ns);
     while (!l->broken) {
         uint64_t now = bench_now_ns();
         int arriving = next < l->t_end;
         if (arriving && next <= now && l->nfree) {
             submit_one(l, l->free_stack[--l->nfree], next);
-            next += (uint64_t)(-log(rnd_unit(l)) * gap_ns) + 1;
+            next = phased ? next_phased(l, next) : next + (uint64_t)(-log(rnd_unit(l)) * gap_ns) + 1;
             continue;
         }
         if (l->head != NIL) {
@@ -226,8 +275,10 @@ void bench_load_thread(const struct bench_env *env, const struct bench_xport *x,
 
     uint64_t t0;
     while (!(t0 = atomic_load_explicit(&env->sh->t0, memory_order_acquire))) usleep(100);
+    l.t0 = t0;
     l.t_meas = env->sh->t_meas;
     l.t_end = env->sh->t_end;
+    if (o->reqlog) l.log = &o->reqlog[thread];
     bench_wait_until(t0, o->wait);
     if (o->rate > 0)
         open_loop(&l, t0, 1e9 * (double)(o->clients * o->threads) / o->rate);

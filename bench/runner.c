@@ -110,6 +110,36 @@ static int client_main(struct bench_env *env, const struct bench_xport *x, uint3
     return 0;
 }
 
+/* Wait until t; with a tick hook, call it on its cadence meanwhile. */
+static void park_until(const struct bench_opts *o, const struct bench_shared *sh, uint64_t t,
+                       uint64_t *next_tick)
+{
+    while (o->tick && *next_tick < t) {
+        bench_wait_until(*next_tick, BENCH_WAIT_SLEEP);
+        o->tick(o->tick_arg, sh, bench_now_ns());
+        *next_tick += o->tick_ns;
+    }
+    bench_wait_until(t, BENCH_WAIT_SLEEP);
+}
+
+/* With a tick hook: keep ticking until every client process has exited
+ * (without reaping them; the caller does). */
+static void tick_until_exit(const struct bench_opts *o, const struct bench_shared *sh,
+                            const pid_t *pids, uint64_t *next_tick)
+{
+    for (uint32_t p = 0; o->tick && p < o->clients;) {
+        siginfo_t si = {0};
+        if (pids[p] <= 0 || waitid(P_PID, (id_t)pids[p], &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+            si.si_pid == pids[p]) {
+            p++;
+            continue;
+        }
+        bench_wait_until(*next_tick, BENCH_WAIT_SLEEP);
+        o->tick(o->tick_arg, sh, bench_now_ns());
+        *next_tick += o->tick_ns;
+    }
+}
+
 static void kill_all(pid_t *pids, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
@@ -207,13 +237,15 @@ int bench_run(const struct bench_opts *o, const struct bench_xport *x, struct be
     sh->t_end = sh->t_meas + (uint64_t)(o->duration_s * 1e9);
     atomic_store_explicit(&sh->t0, t0, memory_order_release);
 
-    bench_wait_until(sh->t_meas, BENCH_WAIT_SLEEP);
+    uint64_t next_tick = t0;
+    park_until(o, sh, sh->t_meas, &next_tick);
     double s0 = server > 0 ? bench_proc_cpu_s(server) : -1;
     if (x->window) x->window(&env, 1);
-    bench_wait_until(sh->t_end, BENCH_WAIT_SLEEP);
+    park_until(o, sh, sh->t_end, &next_tick);
     double s1 = server > 0 ? bench_proc_cpu_s(server) : -1;
     if (x->window) x->window(&env, 2);
     if (s0 >= 0 && s1 >= 0) r->cpu_server = s1 - s0;
+    tick_until_exit(o, sh, pids, &next_tick);
     rc = 0;
 reap:
     for (uint32_t p = 0; p < o->clients; p++) {

@@ -23,16 +23,23 @@ pid_t bench_socket_peer(const char *socket_path)
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof a.sun_path) return -1;
     strcpy(a.sun_path, socket_path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    pid_t pid = -1;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
-        struct ucred cr;
-        socklen_t len = sizeof cr;
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) pid = cr.pid;
+    /* The broker listens on SOCK_SEQPACKET; try stream too, in case it changes. */
+    static const int types[] = {SOCK_SEQPACKET, SOCK_STREAM};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        int fd = socket(AF_UNIX, types[i] | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -1;
+        pid_t pid = -1;
+        int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+        int err = errno;
+        if (rc == 0) {
+            struct ucred cr;
+            socklen_t len = sizeof cr;
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) pid = cr.pid;
+        }
+        close(fd);
+        if (rc == 0 || err != EPROTOTYPE) return pid;
     }
-    close(fd);
-    return pid;
+    return -1;
 }
 
 int bench_spawn_broker(const struct bench_opts *o, const char *socket_path, pid_t *out)

@@ -198,8 +198,9 @@ struct bb__worker {
 };
 
 /* worker.c */
+/* Returns 0, -1 on a system failure, -2 when a configured model cannot start. */
 int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, int node,
-                    volatile sig_atomic_t *stop_flag);
+                    volatile sig_atomic_t *stop_flag, bool listen);
 int bb__worker_run(struct bb__worker *w);
 void bb__worker_fini(struct bb__worker *w);
 void bb__worker_wake(struct bb__worker *w);

@@ -32,13 +32,22 @@ int bb__control_listen(const char *path)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live broker is not. */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-        bb_error("another broker is already listening on %s", path);
-        close(fd);
-        return -1;
+    /* A stale socket file from a dead broker is replaced; a live broker, or
+     * anything that is not a socket, is left alone. */
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            bb_error("%s exists and is not a socket; not replacing it", path);
+            close(fd);
+            return -1;
+        }
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            bb_error("another broker is already listening on %s", path);
+            close(fd);
+            return -1;
+        }
+        unlink(path);
     }
-    unlink(path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
         bb_error("cannot listen on %s: %s", path, strerror(errno));
         close(fd);

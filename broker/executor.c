@@ -8,6 +8,7 @@
  * lock-free stack for bookkeeping: statistics, completion-ring entries and
  * the release of client references. */
 #include <errno.h>
+#include <numa.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdbool.h>
@@ -130,6 +131,9 @@ static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
+    /* Run on the dispatcher's node, next to the memory it hands us. */
+    if (numa_available() >= 0 && m->w->node >= 0 && numa_run_on_node(m->w->node) < 0)
+        bb_warn("model %s: cannot pin an executor to NUMA node %d", m->cfg.name, m->w->node);
     for (;;) {
         pthread_mutex_lock(&m->q_mu);
         while (!m->q_head && !m->q_stop)

@@ -38,6 +38,7 @@ static void usage(FILE *out)
             "  -s, --socket PATH   same as -o broker.socket=PATH\n"
             "      --check         validate the configuration and exit\n"
             "      --dump-config   print the effective configuration and exit\n"
+            "      --config-reference  print the key table as markdown (docs/configuration.md)\n"
             "\n"
             "Exit status: 0 clean shutdown, 1 runtime failure, 2 bad configuration.\n"
             "\nConfiguration keys:\n");
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
         {"check", no_argument, NULL, 'C'},       {"dump-config", no_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},        {"version", no_argument, NULL, 'V'},
+        {"config-reference", no_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     static struct bb__broker_config cfg;
     bb__config_defaults(&cfg);
@@ -87,6 +89,9 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
+        case 'R':
+            bb__config_help(stdout, 1); /* the table in docs/configuration.md */
+            return 0;
         case 'V':
             printf("batchbroker %d.%d (protocol %u.%u, backend ABI %u)\n", 0, 1, BB_ABI_MAJOR,
                    BB_ABI_MINOR, BB_BACKEND_ABI_VERSION);
@@ -123,7 +128,8 @@ int main(int argc, char **argv)
     sigaction(SIGPIPE, &sa, NULL);
 
     static struct bb__worker w;
-    int rc = bb__worker_init(&w, &cfg, 0, &stop_requested);
+    /* --check loads every backend and strategy but does not take the socket. */
+    int rc = bb__worker_init(&w, &cfg, 0, &stop_requested, !check);
     if (rc == 0 && check) {
         printf("configuration OK: %zu model(s)\n", cfg.nmodels);
         bb__worker_fini(&w);
@@ -131,14 +137,18 @@ int main(int argc, char **argv)
     }
     if (rc < 0) {
         bb__worker_fini(&w);
-        /* A backend that refuses its parameters is a configuration error. */
-        return 2;
+        /* A backend or strategy that refuses the configuration: 2; no
+         * socket, io_uring or memory: 1. */
+        return rc == -2 ? 2 : 1;
     }
     wake_fd_for_signals = w.wake_fd;
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* No reload yet: a SIGHUP from a closing terminal must not kill us. */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGHUP, &sa, NULL);
     bb_info("listening on %s (pid %d)", cfg.socket_path, (int)getpid());
     rc = bb__worker_run(&w);
     wake_fd_for_signals = -1;

@@ -126,6 +126,7 @@ void bb__client_kill(struct bb__worker *w, struct bb__client *c, const char *why
             struct bb__model *m = &w->models[r->model];
             bb__request_unlink(w, r);
             atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+            m->metrics.failed++; /* nobody is left to answer */
             c->cm[m->id].inflight--;
             m->bytes -= r->bytes;
             bb__client_put(w, c);
@@ -429,7 +430,7 @@ static int reap_done(struct bb__worker *w)
 /* ---- Lifecycle ---- */
 
 int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, int node,
-                    volatile sig_atomic_t *stop_flag)
+                    volatile sig_atomic_t *stop_flag, bool listen)
 {
     memset(w, 0, sizeof *w);
     w->cfg = cfg;
@@ -466,13 +467,15 @@ int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, i
         if (bb__model_start(w, m, err, sizeof err) < 0) {
             bb_error("%s", err);
             w->nmodels = (uint32_t)i + 1;
-            return -1;
+            return -2; /* a model the configuration describes cannot start */
         }
         w->nmodels = (uint32_t)i + 1;
         bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u",
                 m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size, m->cfg.max_wait_us,
                 m->cfg.instances);
     }
+    if (!listen)
+        return 0;
     w->listen_fd = bb__control_listen(cfg->socket_path);
     if (w->listen_fd < 0)
         return -1;

@@ -21,8 +21,6 @@
 #include "client_internal.h"
 #include "util_internal.h"
 
-#define DEFAULT_SEGMENT_BYTES (64u << 20)
-#define DEFAULT_MAX_INFLIGHT 1024u
 #define DEFAULT_SPIN_NS 50000
 /* A sleeping waiter re-checks that the broker is alive this often. */
 #define LIVENESS_SLICE_NS 100000000ll
@@ -85,9 +83,15 @@ static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[3])
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
                         .msg_controllen = sizeof cbuf};
     ssize_t n;
-    do
+    int resets = 0;
+    for (;;) {
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == ECONNRESET && resets++ == 0)
+            continue; /* a refusal raced our HELLO: its reply is still queued */
+        break;
+    }
     if (n <= 0)
         return BB_EDISCONNECTED;
     if ((size_t)n < sizeof(struct bb_msg_hdr) || rep->h.type != BB_MSG_HELLO_REPLY)
@@ -130,6 +134,25 @@ static int check_layout(const struct bb_shm_header *h, size_t size)
     return 0;
 }
 
+static bool trusted_broker(uid_t uid)
+{
+    if (uid == 0 || uid == getuid())
+        return true;
+    const char *list = getenv("BATCHBROKER_TRUSTED_UIDS");
+    while (list && *list) {
+        char *end;
+        unsigned long v = strtoul(list, &end, 10);
+        if (end == list)
+            return false;
+        if (v == uid)
+            return true;
+        list = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return false;
+    }
+    return false;
+}
+
 static const char *default_socket(void)
 {
     const char *env = getenv("BATCHBROKER_SOCKET");
@@ -166,26 +189,27 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_EDISCONNECTED : BB_ESYS;
         goto fail;
     }
-    /* Only a broker run by root or by our own user may get our data. */
+    /* Only a broker we trust may get our data: one run by root, by our own
+     * user, or by a uid listed in $BATCHBROKER_TRUSTED_UIDS. */
     struct ucred cred;
     socklen_t cl = sizeof cred;
-    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
-        (cred.uid != 0 && cred.uid != getuid())) {
+    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || !trusted_broker(cred.uid)) {
         rc = BB_EPERM;
         goto fail;
     }
 
+    /* 0 asks for the broker's defaults (default_segment_mb, default_max_inflight). */
     struct bb_msg_hello hello = {
         .h = {.type = BB_MSG_HELLO},
         .magic = BB_SHM_MAGIC,
         .version = BB_SHM_VERSION,
-        .segment_bytes = opts && opts->segment_bytes ? opts->segment_bytes : DEFAULT_SEGMENT_BYTES,
-        .max_inflight = opts && opts->max_inflight ? opts->max_inflight : DEFAULT_MAX_INFLIGHT,
+        .segment_bytes = opts ? opts->segment_bytes : 0,
+        .max_inflight = opts ? opts->max_inflight : 0,
     };
-    if (send(c->sock, &hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello) {
-        rc = BB_EDISCONNECTED;
-        goto fail;
-    }
+    /* A broker that refuses us replies at once and closes, so the send may
+     * fail: the reply, if any, is still waiting to be read. */
+    ssize_t sent = send(c->sock, &hello, sizeof hello, MSG_NOSIGNAL);
+    (void)sent;
     struct bb_msg_hello_reply rep;
     int fds[3] = {-1, -1, -1};
     rc = recv_hello(c->sock, &rep, fds);
@@ -572,8 +596,11 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
             return 0;
         atomic_store_explicit(&r->slot->shm_waiters, 1, memory_order_seq_cst);
         seen = atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst);
-        if (seen == r->gen)
+        if (seen == r->gen) {
+            /* Completed before we slept: spare the broker a futex wake later. */
+            atomic_store_explicit(&r->slot->shm_waiters, 0, memory_order_relaxed);
             return 0;
+        }
         uint64_t now = bb__now_ns();
         if (now >= deadline)
             return BB_ETIMEDOUT;

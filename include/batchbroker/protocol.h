@@ -134,7 +134,8 @@ struct bb_shm_slot {
     _Atomic uint32_t shm_done_gen;
     int32_t status;
     uint32_t out_len;
-    _Atomic uint32_t shm_waiters; /* client-written: a thread sleeps on shm_done_gen */
+    _Atomic uint32_t shm_waiters; /* set by a client thread about to sleep on shm_done_gen;
+                                   * cleared by the broker when it wakes it */
     uint8_t pad1[48];
 };
 

@@ -1,0 +1,331 @@
+/* bb-bench: load generator for batchbroker, with its baselines in the same
+ * run so that results on a shared or noisy machine come as ratios. See
+ * docs/performance.md for what it measures and how. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchbroker/client.h"
+#include "bench.h"
+#include "report.h"
+
+#ifndef BB_BROKER_BIN
+#define BB_BROKER_BIN "batchbroker"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: bb-bench [options]\n"
+"broker:\n"
+"  --socket PATH          broker socket (default: [broker] socket of the config,\n"
+"                         $BATCHBROKER_SOCKET, " BB_DEFAULT_SOCKET ")\n"
+"  --model NAME           model to load (default echo)\n"
+"  --spawn-broker CONFIG  start `batchbroker --config CONFIG` for the run, stop it after\n"
+"  --config CONFIG        read the model's backend and batching from CONFIG (the broker\n"
+"                         is already running); implied by --spawn-broker\n"
+"  --broker-bin PATH      broker binary (default " BB_BROKER_BIN ")\n"
+"  --broker-pid PID       broker pid for CPU accounting (default: SO_PEERCRED)\n"
+"  --no-broker            run only the baselines\n"
+"load:\n"
+"  --clients N            client processes (default 1)\n"
+"  --threads T            threads per process (default 1)\n"
+"  --concurrency C        requests in flight per thread (closed loop), or the most\n"
+"                         in flight per thread (open loop; default 1, 256 with --rate)\n"
+"  --rate RPS             open loop: Poisson arrivals, RPS in total over all threads;\n"
+"                         latency counts from the intended send time\n"
+"  --duration S           measured seconds (default 5)\n"
+"  --warmup S             seconds before measuring (default 1)\n"
+"  --payload B | MIN-MAX  request size in bytes, uniform in MIN-MAX (default 64)\n"
+"  --out-bytes B          output capacity per request (default: the largest payload)\n"
+"  --priority-mix C:H:N:L weights of critical:high:normal:low (default: all at the\n"
+"                         model's default priority)\n"
+"  --wait spin|sleep      how clients (and the shm/uds servers) wait (default spin)\n"
+"  --spin-ns NS           client spin budget in spin mode (default 1000000000)\n"
+"  --cpus LIST            pin client threads round robin to LIST, e.g. 1 or 0-3,6\n"
+"  --server-cpus LIST     pin the spawned broker and the baseline servers to LIST\n"
+"  --seed N               random seed (default 1)\n"
+"  --no-verify            do not check that outputs echo inputs\n"
+"baselines (same workload, same backend and batching policy):\n"
+"  --baseline LIST        comma-separated: inproc, shm, uds, all, none (default none)\n"
+"  --backend NAME|PATH    backend for the baselines when there is no config (default:\n"
+"                         the model name); --param KEY=VALUE (repeatable),\n"
+"  --max-batch N, --max-wait-us US   batching policy when there is no config\n"
+"                         (default: the broker's, 32 and 1000); they override the config\n"
+"output:\n"
+"  --json FILE            write the results as JSON\n"
+"  --label TEXT           label stored in the JSON\n");
+}
+
+static int parse_u32(const char *s, uint32_t min, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > UINT32_MAX) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_pos(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v >= 0)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_payload(const char *s, size_t *lo, size_t *hi)
+{
+    char *end;
+    unsigned long long a = strtoull(s, &end, 10), b = a;
+    if (end == s) return -1;
+    if (*end == '-') {
+        const char *s2 = end + 1;
+        b = strtoull(s2, &end, 10);
+        if (end == s2) return -1;
+    }
+    if (*end || b < a || b > (1ull << 30)) return -1;
+    *lo = (size_t)a;
+    *hi = (size_t)b;
+    return 0;
+}
+
+static int parse_baselines(const char *s, unsigned *out)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", s);
+    *out = 0;
+    for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "inproc")) *out |= 1u << BENCH_BASE_INPROC;
+        else if (!strcmp(t, "shm")) *out |= 1u << BENCH_BASE_SHM;
+        else if (!strcmp(t, "uds")) *out |= 1u << BENCH_BASE_UDS;
+        else if (!strcmp(t, "all")) *out = (1u << BENCH_NBASE) - 1;
+        else if (strcmp(t, "none")) return -1;
+    }
+    return 0;
+}
+
+static int is_echo_like(const char *backend)
+{
+    const char *b = strrchr(backend, '/');
+    b = b ? b + 1 : backend;
+    return !strcmp(b, "echo") || !strcmp(b, "synthetic") || !strcmp(b, "bb_backend_echo.so") ||
+           !strcmp(b, "bb_backend_synthetic.so");
+}
+
+enum {
+    OPT_SOCKET = 256, OPT_MODEL, OPT_SPAWN, OPT_CONFIG, OPT_BROKER_BIN, OPT_BROKER_PID,
+    OPT_NO_BROKER, OPT_CLIENTS, OPT_THREADS, OPT_CONC, OPT_RATE, OPT_DURATION, OPT_WARMUP,
+    OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
+    OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
+    OPT_LABEL, OPT_HELP,
+};
+
+static const struct option long_opts[] = {
+    {"socket", 1, 0, OPT_SOCKET}, {"model", 1, 0, OPT_MODEL}, {"spawn-broker", 1, 0, OPT_SPAWN},
+    {"config", 1, 0, OPT_CONFIG}, {"broker-bin", 1, 0, OPT_BROKER_BIN},
+    {"broker-pid", 1, 0, OPT_BROKER_PID}, {"no-broker", 0, 0, OPT_NO_BROKER},
+    {"clients", 1, 0, OPT_CLIENTS}, {"threads", 1, 0, OPT_THREADS},
+    {"concurrency", 1, 0, OPT_CONC}, {"rate", 1, 0, OPT_RATE}, {"duration", 1, 0, OPT_DURATION},
+    {"warmup", 1, 0, OPT_WARMUP}, {"payload", 1, 0, OPT_PAYLOAD}, {"out-bytes", 1, 0, OPT_OUT},
+    {"priority-mix", 1, 0, OPT_PRIO}, {"wait", 1, 0, OPT_WAIT}, {"spin-ns", 1, 0, OPT_SPIN},
+    {"cpus", 1, 0, OPT_CPUS}, {"server-cpus", 1, 0, OPT_SCPUS}, {"seed", 1, 0, OPT_SEED},
+    {"no-verify", 0, 0, OPT_NO_VERIFY}, {"baseline", 1, 0, OPT_BASELINE},
+    {"backend", 1, 0, OPT_BACKEND}, {"param", 1, 0, OPT_PARAM},
+    {"max-batch", 1, 0, OPT_MAX_BATCH}, {"max-wait-us", 1, 0, OPT_MAX_WAIT},
+    {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"help", 0, 0, OPT_HELP},
+    {0, 0, 0, 0},
+};
+
+/* Overrides given on the command line, applied over the config. */
+struct model_flags {
+    const char *backend;
+    const char *params[32];
+    size_t nparams;
+    uint32_t max_batch, max_wait_us;
+    int has_max_batch, has_max_wait;
+};
+
+static int bad(const char *opt, const char *arg)
+{
+    fprintf(stderr, "bb-bench: --%s %s: invalid value (see --help)\n", opt, arg);
+    return 2;
+}
+
+static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_flags *mf)
+{
+    const char *model = "echo";
+    int conc_given = 0, c, idx;
+    unsigned long long ull;
+    char *end;
+    while ((c = getopt_long(argc, argv, "", long_opts, &idx)) != -1) {
+        const char *name = c >= 256 ? long_opts[idx].name : "";
+        switch (c) {
+        case OPT_SOCKET: o->socket = optarg; break;
+        case OPT_MODEL: model = optarg; break;
+        case OPT_SPAWN: o->config = optarg; o->spawn = 1; break;
+        case OPT_CONFIG: o->config = optarg; break;
+        case OPT_BROKER_BIN: o->broker_bin = optarg; break;
+        case OPT_BROKER_PID:
+            ull = strtoull(optarg, &end, 10);
+            if (*end || !ull) return bad(name, optarg);
+            o->broker_pid = (pid_t)ull;
+            break;
+        case OPT_NO_BROKER: o->no_broker = 1; break;
+        case OPT_CLIENTS: if (parse_u32(optarg, 1, &o->clients)) return bad(name, optarg); break;
+        case OPT_THREADS: if (parse_u32(optarg, 1, &o->threads)) return bad(name, optarg); break;
+        case OPT_CONC:
+            if (parse_u32(optarg, 1, &o->concurrency)) return bad(name, optarg);
+            conc_given = 1;
+            break;
+        case OPT_RATE: if (parse_pos(optarg, &o->rate)) return bad(name, optarg); break;
+        case OPT_DURATION:
+            if (parse_pos(optarg, &o->duration_s) || o->duration_s <= 0) return bad(name, optarg);
+            break;
+        case OPT_WARMUP: if (parse_pos(optarg, &o->warmup_s)) return bad(name, optarg); break;
+        case OPT_PAYLOAD: if (parse_payload(optarg, &o->pmin, &o->pmax)) return bad(name, optarg); break;
+        case OPT_OUT:
+            ull = strtoull(optarg, &end, 10);
+            if (*end || end == optarg) return bad(name, optarg);
+            o->out_cap = (size_t)ull;
+            break;
+        case OPT_PRIO:
+            if (sscanf(optarg, "%lf:%lf:%lf:%lf", &o->prio_weight[0], &o->prio_weight[1],
+                       &o->prio_weight[2], &o->prio_weight[3]) != 4)
+                return bad(name, optarg);
+            for (int i = 0; i < 4; i++)
+                if (!(o->prio_weight[i] >= 0)) return bad(name, optarg);
+            break;
+        case OPT_WAIT:
+            if (!strcmp(optarg, "spin")) o->wait = BENCH_WAIT_SPIN;
+            else if (!strcmp(optarg, "sleep")) o->wait = BENCH_WAIT_SLEEP;
+            else return bad(name, optarg);
+            break;
+        case OPT_SPIN:
+            o->spin_ns = strtoll(optarg, &end, 10);
+            if (*end || o->spin_ns < 0) return bad(name, optarg);
+            break;
+        case OPT_CPUS:
+            if ((o->ncpus = bench_parse_cpus(optarg, o->cpus, BENCH_MAX_CPUS)) <= 0)
+                return bad(name, optarg);
+            break;
+        case OPT_SCPUS:
+            if ((o->nserver_cpus = bench_parse_cpus(optarg, o->server_cpus, BENCH_MAX_CPUS)) <= 0)
+                return bad(name, optarg);
+            break;
+        case OPT_SEED: o->seed = strtoull(optarg, NULL, 0); break;
+        case OPT_NO_VERIFY: o->verify = 0; break;
+        case OPT_BASELINE: if (parse_baselines(optarg, &o->baselines)) return bad(name, optarg); break;
+        case OPT_BACKEND: mf->backend = optarg; break;
+        case OPT_PARAM:
+            if (!strchr(optarg, '=') || mf->nparams == 32) return bad(name, optarg);
+            mf->params[mf->nparams++] = optarg;
+            break;
+        case OPT_MAX_BATCH:
+            if (parse_u32(optarg, 1, &mf->max_batch)) return bad(name, optarg);
+            mf->has_max_batch = 1;
+            break;
+        case OPT_MAX_WAIT:
+            if (parse_u32(optarg, 0, &mf->max_wait_us)) return bad(name, optarg);
+            mf->has_max_wait = 1;
+            break;
+        case OPT_JSON: o->json = optarg; break;
+        case OPT_LABEL: o->label = optarg; break;
+        case OPT_HELP: usage(stdout); exit(0);
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "bb-bench: unexpected argument %s\n", argv[optind]);
+        return 2;
+    }
+    snprintf(o->model.name, sizeof o->model.name, "%s", model);
+    if (!conc_given && o->rate > 0) o->concurrency = 256;
+    if (!o->pmax && !o->pmin && o->out_cap == 0) o->out_cap = 1;
+    if (!o->out_cap) o->out_cap = o->pmax;
+    return 0;
+}
+
+static int resolve_model(struct bench_opts *o, const struct model_flags *mf)
+{
+    struct bench_model *m = &o->model;
+    /* The broker's defaults (broker/config.c), for keys the config leaves out. */
+    m->max_batch_size = 32;
+    m->max_wait_us = 1000;
+    m->instances = 1;
+    m->spin_us = 50;
+    if (o->config) {
+        char err[512];
+        if (bench_model_load(o->config, m->name, m, err, sizeof err) < 0) {
+            fprintf(stderr, "bb-bench: %s\n", err);
+            return -1;
+        }
+    }
+    if (mf->backend) snprintf(m->backend, sizeof m->backend, "%s", mf->backend);
+    if (!m->backend[0]) snprintf(m->backend, sizeof m->backend, "%s", m->name);
+    if (mf->nparams) m->nparams = 0;
+    for (size_t i = 0; i < mf->nparams; i++) {
+        const char *eq = strchr(mf->params[i], '=');
+        snprintf(m->params[i].key, sizeof m->params[i].key, "%.*s", (int)(eq - mf->params[i]),
+                 mf->params[i]);
+        snprintf(m->params[i].value, sizeof m->params[i].value, "%s", eq + 1);
+        m->nparams++;
+    }
+    if (mf->has_max_batch) m->max_batch_size = mf->max_batch;
+    if (mf->has_max_wait) m->max_wait_us = mf->max_wait_us;
+    if (o->verify < 0) o->verify = is_echo_like(m->backend);
+    if (!o->socket) {
+        const char *env = getenv("BATCHBROKER_SOCKET");
+        o->socket = m->socket[0] ? m->socket : env && env[0] ? env : BB_DEFAULT_SOCKET;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static struct bench_opts o = {
+        .broker_bin = BB_BROKER_BIN, .clients = 1, .threads = 1, .concurrency = 1,
+        .duration_s = 5, .warmup_s = 1, .pmin = 64, .pmax = 64, .wait = BENCH_WAIT_SPIN,
+        .spin_ns = 1000000000, .verify = -1, .seed = 1,
+    };
+    struct model_flags mf = {0};
+    int rc = parse_args(argc, argv, &o, &mf);
+    if (rc) return rc;
+    if (resolve_model(&o, &mf) < 0) return 2;
+    signal(SIGPIPE, SIG_IGN);
+
+    const struct bench_xport *plan[1 + BENCH_NBASE];
+    const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_shm,
+                                                   &bench_xport_uds};
+    int n = 0;
+    if (!o.no_broker) plan[n++] = &bench_xport_broker;
+    for (int b = 0; b < BENCH_NBASE; b++)
+        if (o.baselines & (1u << b)) plan[n++] = base[b];
+    if (!n) {
+        fprintf(stderr, "bb-bench: nothing to run (--no-broker without --baseline)\n");
+        return 2;
+    }
+    struct bench_run_result *runs[1 + BENCH_NBASE];
+    int failures = 0;
+    for (int i = 0; i < n; i++) {
+        runs[i] = calloc(1, sizeof *runs[i]);
+        if (!runs[i]) {
+            fprintf(stderr, "bb-bench: out of memory\n");
+            return 1;
+        }
+        fprintf(stderr, "bb-bench: running %s ...\n", plan[i]->name);
+        if (bench_run(&o, plan[i], runs[i]) < 0) failures++;
+    }
+    bench_print_table(stdout, &o, runs, n);
+    if (o.json && bench_write_json(o.json, &o, runs, n) < 0) {
+        fprintf(stderr, "bb-bench: cannot write %s\n", o.json);
+        failures++;
+    }
+    for (int i = 0; i < n; i++) free(runs[i]);
+    return failures ? 1 : 0;
+}

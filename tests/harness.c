@@ -1,0 +1,323 @@
+/* Test harness: see harness.h. */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BBT_MAX_BROKERS 16
+
+/* Copies, not pointers: a test's struct may be gone when atexit runs. */
+struct reg_entry {
+    pid_t pid;
+    char sock[108];
+    char cfg[108];
+};
+static struct reg_entry registry[BBT_MAX_BROKERS];
+static pid_t registry_owner;
+static unsigned path_counter;
+
+uint64_t bbt_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+void bbt_unique_path(char *buf, size_t len, const char *suffix)
+{
+    snprintf(buf, len, "/tmp/bbt-%d-%u%s", (int)getpid(), path_counter++, suffix ? suffix : "");
+}
+
+int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text)
+{
+    bbt_unique_path(buf, len, suffix);
+    FILE *f = fopen(buf, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int bbt_waitpid_bounded(pid_t pid, int timeout_ms)
+{
+    int st = 0;
+    uint64_t end = bbt_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (bbt_now_ns() >= end)
+            break;
+        sleep_ms(2);
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return -1;
+}
+
+static void reg_add(struct bbt_broker *b)
+{
+    if (registry_owner != getpid()) {
+        /* A forked child inherits the registry but owns none of it. */
+        memset(registry, 0, sizeof registry);
+        registry_owner = getpid();
+        atexit(bbt_cleanup_all);
+    }
+    for (int i = 0; i < BBT_MAX_BROKERS; i++)
+        if (registry[i].pid == 0 && (!registry[i].sock[0] || !strcmp(registry[i].sock, b->sock))) {
+            registry[i].pid = b->pid;
+            memcpy(registry[i].sock, b->sock, sizeof b->sock);
+            memcpy(registry[i].cfg, b->cfg, sizeof b->cfg);
+            return;
+        }
+}
+
+static void reg_forget(pid_t pid)
+{
+    if (registry_owner != getpid())
+        return;
+    for (int i = 0; i < BBT_MAX_BROKERS; i++)
+        if (registry[i].pid == pid)
+            registry[i].pid = 0;
+}
+
+static void reap(struct bbt_broker *b, int st)
+{
+    reg_forget(b->pid);
+    b->pid = 0;
+    b->reaped = true;
+    b->exit_status = st;
+}
+
+int bbt_broker_kill(struct bbt_broker *b, int sig)
+{
+    if (!b || b->pid <= 0)
+        return -1;
+    kill(b->pid, sig);
+    int st = bbt_waitpid_bounded(b->pid, 10000);
+    reap(b, st);
+    return st;
+}
+
+int bbt_broker_wait(struct bbt_broker *b, int timeout_ms)
+{
+    if (!b || b->pid <= 0)
+        return -1;
+    int st = bbt_waitpid_bounded(b->pid, timeout_ms);
+    reap(b, st);
+    return st;
+}
+
+int bbt_broker_stop(struct bbt_broker *b)
+{
+    int st = -1;
+    if (b && b->pid > 0)
+        st = bbt_broker_kill(b, SIGTERM);
+    if (b) {
+        if (b->sock[0])
+            unlink(b->sock);
+        if (b->cfg[0]) {
+            unlink(b->cfg);
+            b->cfg[0] = '\0';
+        }
+    }
+    return st;
+}
+
+void bbt_cleanup_all(void)
+{
+    if (registry_owner != getpid())
+        return;
+    for (int i = 0; i < BBT_MAX_BROKERS; i++) {
+        struct reg_entry *e = &registry[i];
+        if (e->pid > 0) {
+            kill(e->pid, SIGTERM);
+            bbt_waitpid_bounded(e->pid, 5000);
+            e->pid = 0;
+        }
+        if (e->sock[0])
+            unlink(e->sock);
+        if (e->cfg[0])
+            unlink(e->cfg);
+        e->sock[0] = e->cfg[0] = '\0';
+    }
+}
+
+int bbt_connect(const struct bbt_broker *b, bb_client **out)
+{
+    int rc = BB_EDISCONNECTED;
+    for (int i = 0; i < 500; i++) {
+        rc = bb_connect(b->sock, NULL, out);
+        if (rc != BB_EDISCONNECTED)
+            return rc;
+        sleep_ms(10);
+    }
+    return rc;
+}
+
+static int spawn(struct bbt_broker *b, const char *const *overrides)
+{
+    const char *argv[BBT_MAX_ARGS];
+    int n = 0;
+    static char plugin_arg[300];
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", BB_PLUGIN_DIR);
+    argv[n++] = BB_BROKER_BIN;
+    if (b->cfg[0]) {
+        argv[n++] = "--config";
+        argv[n++] = b->cfg;
+    }
+    argv[n++] = "-s";
+    argv[n++] = b->sock;
+    argv[n++] = "-o";
+    argv[n++] = "broker.log_level=warn";
+    argv[n++] = "-o";
+    argv[n++] = plugin_arg;
+    for (int i = 0; overrides && overrides[i] && n < BBT_MAX_ARGS - 3; i++) {
+        argv[n++] = "-o";
+        argv[n++] = overrides[i];
+    }
+    argv[n] = NULL;
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    b->pid = pid;
+    b->reaped = false;
+    reg_add(b);
+    return 0;
+}
+
+int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *config_text,
+                        const char *const *overrides)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->sock, sizeof b->sock, "%s", sock);
+    if (config_text && bbt_write_file(b->cfg, sizeof b->cfg, ".ini", config_text) < 0)
+        return -1;
+    /* No unlink here: a stale socket file left by a killed broker is the
+     * broker's to replace (tests rely on that). */
+    if (spawn(b, overrides) < 0)
+        return -1;
+    uint64_t end = bbt_now_ns() + 10000000000ull;
+    while (bbt_now_ns() < end) {
+        int st;
+        pid_t r = waitpid(b->pid, &st, WNOHANG);
+        if (r == b->pid) {
+            reap(b, st);
+            return -1;
+        }
+        bb_client *c;
+        int rc = bb_connect(b->sock, NULL, &c);
+        if (rc == 0) {
+            bb_disconnect(c);
+            return 0;
+        }
+        if (rc != BB_EDISCONNECTED)
+            return 0; /* it answers (e.g. BB_EPERM): it is up */
+        sleep_ms(5);
+    }
+    return -1;
+}
+
+int bbt_broker_start(struct bbt_broker *b, const char *config_text, const char *const *overrides)
+{
+    char sock[108];
+    bbt_unique_path(sock, sizeof sock, ".sock");
+    return bbt_broker_start_at(b, sock, config_text, overrides);
+}
+
+/* Read what is there without blocking; returns false on EOF. */
+static bool drain_fd(int fd, char *buf, size_t cap, size_t *used)
+{
+    char tmp[4096];
+    for (;;) {
+        ssize_t n = read(fd, tmp, sizeof tmp);
+        if (n == 0)
+            return false;
+        if (n < 0)
+            return !(errno != EAGAIN && errno != EINTR);
+        if (buf && cap > 1) {
+            size_t room = cap - 1 - *used;
+            size_t k = (size_t)n < room ? (size_t)n : room;
+            memcpy(buf + *used, tmp, k);
+            *used += k;
+            buf[*used] = '\0';
+        }
+    }
+}
+
+int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t errlen,
+            int timeout_ms)
+{
+    int po[2], pe[2];
+    if (out && outlen)
+        out[0] = '\0';
+    if (err && errlen)
+        err[0] = '\0';
+    if (pipe2(po, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(pe, O_CLOEXEC) < 0) {
+        close(po[0]);
+        close(po[1]);
+        return -1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    fcntl(po[0], F_SETFL, O_NONBLOCK);
+    fcntl(pe[0], F_SETFL, O_NONBLOCK);
+    size_t ou = 0, eu = 0;
+    bool oopen = true, eopen = true;
+    uint64_t end = bbt_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    while ((oopen || eopen) && bbt_now_ns() < end) {
+        struct pollfd p[2] = {{.fd = oopen ? po[0] : -1, .events = POLLIN},
+                              {.fd = eopen ? pe[0] : -1, .events = POLLIN}};
+        poll(p, 2, 50);
+        if (oopen && p[0].revents)
+            oopen = drain_fd(po[0], out, outlen, &ou);
+        if (eopen && p[1].revents)
+            eopen = drain_fd(pe[0], err, errlen, &eu);
+    }
+    close(po[0]);
+    close(pe[0]);
+    uint64_t now = bbt_now_ns();
+    int left = now < end ? (int)((end - now) / 1000000ull) : 0;
+    return bbt_waitpid_bounded(pid, left + 100);
+}

@@ -1,0 +1,94 @@
+/* Test harness: brokers as child processes, one unique socket per test.
+ *
+ * Criterion forks every test and runs two at once, so every socket, config
+ * file and shm name carries the test process's pid and a counter. Every
+ * broker started here is registered; bbt_cleanup_all() (installed with
+ * atexit by bbt_broker_start, and called from the suites' .fini) stops it and
+ * unlinks its socket and config file, even when an assertion failed. A broker
+ * also gets PR_SET_PDEATHSIG(SIGKILL), so a test process that crashes does not
+ * leave it running. */
+#ifndef BB_TEST_HARNESS_H
+#define BB_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "batchbroker/client.h"
+
+#ifndef BB_BROKER_BIN
+#define BB_BROKER_BIN "batchbroker"
+#endif
+#ifndef BB_PLUGIN_DIR
+#define BB_PLUGIN_DIR "."
+#endif
+
+#define BBT_MAX_ARGS 48
+
+struct bbt_broker {
+    pid_t pid;           /* 0 once stopped or reaped */
+    char sock[108];      /* unique socket path */
+    char cfg[108];       /* generated config file, "" if none */
+    int exit_status;     /* waitpid status once reaped */
+    bool reaped;
+};
+
+/* A unique path "/tmp/bbt-<pid>-<n><suffix>". */
+void bbt_unique_path(char *buf, size_t len, const char *suffix);
+
+/* Monotonic clock, nanoseconds. */
+uint64_t bbt_now_ns(void);
+
+/* Write text to a fresh unique file; returns 0 and the path in buf. */
+int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text);
+
+/* Start a broker: `BB_BROKER_BIN -s SOCK [--config FILE] -o broker.log_level=warn
+ * -o broker.plugin_dir=BB_PLUGIN_DIR overrides...`. config_text may be NULL (no
+ * --config); overrides is a NULL-terminated list or NULL. Waits (bounded, 10 s)
+ * until bb_connect succeeds. Returns 0, or -1 (broker exited or never became
+ * ready; b->exit_status says how it ended). */
+int bbt_broker_start(struct bbt_broker *b, const char *config_text, const char *const *overrides);
+
+/* Same, on a socket path chosen by the caller (to restart on the same path). */
+int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *config_text,
+                        const char *const *overrides);
+
+/* SIGTERM, wait up to 10 s, then SIGKILL. Returns the waitpid status, or -1. */
+int bbt_broker_stop(struct bbt_broker *b);
+
+/* Send sig and reap (bounded, SIGKILL fallback). Returns the waitpid status. */
+int bbt_broker_kill(struct bbt_broker *b, int sig);
+
+/* Wait for the broker to exit by itself (SIGKILL after timeout_ms). Returns
+ * the waitpid status, or -1 if it had to be killed. */
+int bbt_broker_wait(struct bbt_broker *b, int timeout_ms);
+
+/* Stop every broker this process started and remove its files. */
+void bbt_cleanup_all(void);
+
+/* Connect with a bounded retry (the broker may be starting). */
+int bbt_connect(const struct bbt_broker *b, bb_client **out);
+
+/* Run a program to completion with a timeout, capturing stdout and stderr
+ * (each truncated to its buffer, NUL-terminated; buffers may be NULL).
+ * Returns the waitpid status, or -1 on a timeout (the child is killed). */
+int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t errlen,
+            int timeout_ms);
+
+/* Wait for a child with a bound; SIGKILL after timeout_ms. Returns the waitpid
+ * status, or -1 if it had to be killed. */
+int bbt_waitpid_bounded(pid_t pid, int timeout_ms);
+
+/* xorshift64* PRNG. */
+static inline uint64_t bbt_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+#endif

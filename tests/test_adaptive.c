@@ -1,0 +1,215 @@
+/* Unit tests of the adaptive estimator and controller on simulated traces:
+ * no broker, no wall clock; the tests feed batches and advance time. */
+#include <criterion/criterion.h>
+#include <math.h>
+
+#include "adaptive.h"
+
+#define MS 1000000ull
+
+static struct bb__adaptive_cfg cfg_default(void)
+{
+    return (struct bb__adaptive_cfg){.max_batch_size = 64, .max_wait_us = 5000, .instances = 1,
+                                     .optimize = BB_OPTIMIZE_THROUGHPUT, .slo_us = 20000,
+                                     .start_target = 32, .interval_ns = 100 * MS};
+}
+
+/* A backend of a + b*n with a deterministic +-noise pattern. */
+static void feed(struct bb__adaptive *a, double a_ns, double b_ns, int count, double noise)
+{
+    for (int i = 0; i < count; i++) {
+        uint32_t n = 1 + (uint32_t)(i * 7 % 48);
+        double t = a_ns + b_ns * n;
+        t *= 1.0 + noise * ((i % 3) - 1);
+        bb__adaptive_batch(a, n, (uint64_t)t);
+    }
+}
+
+Test(adaptive, fit_recovers_linear_cost)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    feed(&a, 1e6, 5e4, 100, 0.02);
+    struct bb__fit f = bb__adaptive_fit(&a);
+    cr_assert(f.valid);
+    cr_assert(fabs(f.a_ns - 1e6) < 0.1e6, "a = %f", f.a_ns);
+    cr_assert(fabs(f.b_ns - 5e4) < 0.5e4, "b = %f", f.b_ns);
+    cr_assert(f.r2 > 0.9, "r2 = %f", f.r2);
+}
+
+Test(adaptive, fit_with_one_size_is_not_valid)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    for (int i = 0; i < 20; i++)
+        bb__adaptive_batch(&a, 8, 1400000);
+    struct bb__fit f = bb__adaptive_fit(&a);
+    cr_assert_not(f.valid);
+    cr_assert_float_eq(f.a_ns, 1400000, 1, "all of it counted as per-batch cost");
+    cr_assert_float_eq(f.b_ns, 0, 1e-9);
+}
+
+Test(adaptive, low_load_does_not_wait_for_company)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+    uint32_t target, wait;
+    double best;
+    bb__adaptive_decide(&c, &f, 100, &target, &wait, &best); /* 100 req/s */
+    cr_assert_eq(target, 1);
+    cr_assert_eq(wait, 0);
+    c.optimize = BB_OPTIMIZE_LATENCY;
+    bb__adaptive_decide(&c, &f, 100, &target, &wait, &best);
+    cr_assert_eq(target, 1);
+    cr_assert_eq(wait, 0);
+}
+
+Test(adaptive, high_load_grows_the_batch_to_keep_up)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    c.optimize = BB_OPTIMIZE_LATENCY;
+    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+    uint32_t target, wait;
+    double best;
+    /* 8000 req/s: unbatched capacity is ~950 req/s. */
+    bb__adaptive_decide(&c, &f, 8000, &target, &wait, &best);
+    /* n/(a+bn) must be >= 8000/s with headroom: n >= 1.2*8000*1ms/(1-1.2*8000*50us) */
+    double need = 1.2 * 8000 * 1e-3 / (1 - 1.2 * 8000 * 50e-6);
+    cr_assert_geq(target, (uint32_t)ceil(need));
+    cr_assert_leq(target, (uint32_t)ceil(need) + 1, "latency mode stays at the minimum");
+    cr_assert_gt(wait, 0);
+    cr_assert_leq(wait, c.max_wait_us);
+}
+
+Test(adaptive, throughput_mode_grows_until_the_slo_binds)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    c.max_wait_us = 100000;
+    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+    uint32_t t_lo, t_hi, wait;
+    double best;
+    c.slo_us = 10000;
+    bb__adaptive_decide(&c, &f, 4000, &t_lo, &wait, &best);
+    c.slo_us = 40000;
+    bb__adaptive_decide(&c, &f, 4000, &t_hi, &wait, &best);
+    cr_assert_gt(t_hi, t_lo, "a looser SLO allows bigger batches (%u vs %u)", t_hi, t_lo);
+    /* Expected p99 of the chosen size stays inside the SLO. */
+    double lam = 4000 / 1e9;
+    double p99 = (t_lo - 1) / lam + 2 * (1e6 + 5e4 * t_lo);
+    cr_assert_leq(p99, 10000e3);
+}
+
+Test(adaptive, saturation_takes_the_largest_batch)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+    uint32_t target, wait;
+    double best;
+    bb__adaptive_decide(&c, &f, 50000, &target, &wait, &best); /* beyond 1/b = 20000/s */
+    cr_assert_eq(target, c.max_batch_size);
+}
+
+Test(adaptive, more_instances_need_smaller_batches)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    c.optimize = BB_OPTIMIZE_LATENCY;
+    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+    uint32_t t1, t4, wait;
+    double best;
+    bb__adaptive_decide(&c, &f, 8000, &t1, &wait, &best);
+    c.instances = 4;
+    bb__adaptive_decide(&c, &f, 8000, &t4, &wait, &best);
+    cr_assert_lt(t4, t1);
+}
+
+Test(adaptive, detects_a_slower_backend)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    feed(&a, 1e6, 5e4, 128, 0.01);
+    bb__adaptive_tick(&a, 1, 0, true);
+    bb__adaptive_tick(&a, 1 + 200 * MS, 0, false);
+    cr_assert(a.fit.valid);
+    cr_assert_eq(a.changes, 0);
+    /* The backend becomes three times slower. */
+    bool changed = false;
+    for (int i = 0; i < 40 && !changed; i++)
+        changed = bb__adaptive_batch(&a, 1 + (uint32_t)(i * 5 % 40), (uint64_t)(3 * (1e6 + 5e4 * (1 + i * 5 % 40))));
+    cr_assert(changed, "a 3x slowdown is detected");
+    cr_assert_eq(a.changes, 1);
+    cr_assert_eq(a.count, BB_ADAPT_RECENT, "the window restarts from the recent batches");
+    struct bb__fit f = bb__adaptive_fit(&a);
+    cr_assert(f.a_ns > 2e6, "the new fit sees the slower backend (a = %f)", f.a_ns);
+}
+
+Test(adaptive, tick_follows_the_arrival_rate)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    c.optimize = BB_OPTIMIZE_LATENCY;
+    bb__adaptive_init(&a, &c);
+    feed(&a, 1e6, 5e4, 100, 0.0);
+    uint64_t t = 1;
+    bb__adaptive_tick(&a, t, 0, true);
+    /* Phase 1: 100 req/s for 1 s. */
+    for (int i = 0; i < 10; i++) {
+        bb__adaptive_arrival(&a, 10);
+        t += 100 * MS;
+        bb__adaptive_tick(&a, t, 0, false);
+    }
+    cr_assert_eq(a.target, 1);
+    cr_assert_eq(a.wait_us, 0);
+    /* Phase 2: a burst of 8000 req/s. */
+    for (int i = 0; i < 10; i++) {
+        bb__adaptive_arrival(&a, 800);
+        t += 100 * MS;
+        bb__adaptive_tick(&a, t, 0, false);
+    }
+    cr_assert_gt(a.target, 8, "target %u", a.target);
+    cr_assert_float_eq(a.rate_rps, 8000, 100);
+}
+
+Test(adaptive, auto_tune_sweeps_sizes)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    c.tune_ns = 1000 * MS;
+    bb__adaptive_init(&a, &c);
+    uint64_t t = 1;
+    bb__adaptive_tick(&a, t, 0, true);
+    uint32_t seen_min = UINT32_MAX, seen_max = 0;
+    for (int i = 0; i < 12; i++) {
+        bb__adaptive_arrival(&a, 5);
+        t += 100 * MS;
+        bb__adaptive_tick(&a, t, 0, false);
+        if (a.tuning) {
+            seen_min = a.target < seen_min ? a.target : seen_min;
+            seen_max = a.target > seen_max ? a.target : seen_max;
+        }
+    }
+    cr_assert_eq(seen_min, 1);
+    cr_assert_geq(seen_max, 32);
+    cr_assert_not(a.tuning, "the sweep ends after tune_duration");
+}
+
+Test(adaptive, score_reflects_slo_attainment)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    bb__adaptive_tick(&a, 1, 0, true);
+    bb__adaptive_arrival(&a, 100);
+    for (int i = 0; i < 100; i++)
+        bb__adaptive_done(&a, 1 * MS);
+    bb__adaptive_tick(&a, 1 + 100 * MS, 5000, false);
+    cr_assert_float_eq(a.score, 1.0, 1e-9);
+    bb__adaptive_arrival(&a, 100);
+    for (int i = 0; i < 50; i++)
+        bb__adaptive_done(&a, 40 * MS);
+    bb__adaptive_tick(&a, 1 + 200 * MS, 40000, false);
+    cr_assert_float_eq(a.score, 0.5 * 0.5, 1e-9, "half served, p99 twice the SLO");
+    cr_assert_eq(a.slo_violations, 50);
+}

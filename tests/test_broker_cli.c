@@ -1,0 +1,263 @@
+/* The batchbroker binary: malformed configurations exit with status 2 and a
+ * "FILE:LINE: message" on stderr, an incompatible plugin is refused, --check
+ * validates, the default configuration serves "echo", a second broker does
+ * not steal a live socket, and SIGTERM shuts down gracefully. */
+#include <criterion/criterion.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static struct bbt_broker B;
+
+TestSuite(cli, .fini = bbt_cleanup_all, .timeout = 60);
+
+static char out_buf[16384], err_buf[16384];
+
+static void msleep(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Run the broker on a config text with extra args; returns the wait status. */
+static int run_broker(const char *config_text, char *cfg_path, size_t cfg_len,
+                      const char *const *extra)
+{
+    char sock[108];
+    static char plugin_arg[300];
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", BB_PLUGIN_DIR);
+    bbt_unique_path(sock, sizeof sock, ".sock");
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = BB_BROKER_BIN;
+    if (config_text) {
+        cr_assert_eq(bbt_write_file(cfg_path, cfg_len, ".ini", config_text), 0);
+        argv[n++] = "--config";
+        argv[n++] = cfg_path;
+    }
+    argv[n++] = "-s";
+    argv[n++] = sock;
+    argv[n++] = "-o";
+    argv[n++] = plugin_arg;
+    for (int i = 0; extra && extra[i] && n < 30; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    int st = bbt_run(argv, out_buf, sizeof out_buf, err_buf, sizeof err_buf, 10000);
+    if (config_text)
+        unlink(cfg_path);
+    unlink(sock);
+    cr_assert(st != -1, "the broker did not exit within 10 s");
+    return st;
+}
+
+/* The config must be refused with exit status 2 and "PATH:LINE:" + what. */
+static void expect_config_error(const char *text, int line, const char *what)
+{
+    char path[108], where[160];
+    const char *extra[] = {"--check", NULL};
+    int st = run_broker(text, path, sizeof path, extra);
+    cr_assert(WIFEXITED(st), "status %#x", st);
+    cr_assert_eq(WEXITSTATUS(st), 2, "exit status %d for:\n%s\nstderr: %s", WEXITSTATUS(st),
+                 text, err_buf);
+    snprintf(where, sizeof where, "%s:%d:", path, line);
+    cr_assert(strstr(err_buf, where), "stderr does not name '%s': %s", where, err_buf);
+    cr_assert(strstr(err_buf, what), "stderr does not mention '%s': %s", what, err_buf);
+    cr_assert(!strstr(out_buf, "configuration OK"), "stdout says OK: %s", out_buf);
+}
+
+/* The same config without --check: the broker itself refuses to start. */
+static void expect_start_refused(const char *text, int line)
+{
+    char path[108], where[160];
+    int st = run_broker(text, path, sizeof path, NULL);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x, stderr: %s", st, err_buf);
+    snprintf(where, sizeof where, "%s:%d:", path, line);
+    cr_assert(strstr(err_buf, where), "stderr does not name '%s': %s", where, err_buf);
+}
+
+Test(cli, unknown_key)
+{
+    const char *cfg = "[broker]\n"
+                      "spin_us = 10\n"
+                      "no_such_key = 1\n";
+    expect_config_error(cfg, 3, "no_such_key");
+    expect_start_refused(cfg, 3);
+    expect_config_error("# comment\n[model.m]\nbackend = echo\n\nfrobnicate = yes\n", 5,
+                        "frobnicate");
+}
+
+Test(cli, bad_number)
+{
+    expect_config_error("[model.m]\nbackend = echo\nmax_batch_size = lots\n", 3, "max_batch_size");
+    expect_config_error("[model.m]\nbackend = echo\nmax_batch_size = 12x\n", 3, "max_batch_size");
+    expect_config_error("[model.m]\nbackend = echo\nmax_batch_size = 0\n", 3, "max_batch_size");
+    expect_config_error("[broker]\nspin_us = -5\n", 2, "spin_us");
+    expect_config_error("[broker]\n\n\nmax_clients = 99999999999999999999\n", 4, "max_clients");
+    expect_start_refused("[model.m]\nbackend = echo\nmax_wait_us = soon\n", 3);
+}
+
+Test(cli, missing_backend)
+{
+    /* Named at the section that lacks it. */
+    expect_config_error("[broker]\nspin_us = 1\n\n[model.m]\nmax_batch_size = 4\n", 4, "backend");
+    expect_start_refused("[model.a]\nbackend = echo\n[model.b]\nmax_wait_us = 5\n", 3);
+}
+
+Test(cli, unknown_section)
+{
+    expect_config_error("[broker]\nspin_us = 1\n[brokr]\nspin_us = 2\n", 3, "brokr");
+}
+
+Test(cli, bad_override_exits_2)
+{
+    const char *extra[] = {"-o", "model.echo.max_batch_size=many", "--check", NULL};
+    int st = run_broker(NULL, NULL, 0, extra);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x, stderr: %s", st, err_buf);
+    cr_assert(strstr(err_buf, "max_batch_size"), "stderr: %s", err_buf);
+    const char *extra2[] = {"-o", "broker.nope=1", NULL};
+    st = run_broker(NULL, NULL, 0, extra2);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x, stderr: %s", st, err_buf);
+}
+
+/* A backend plugin built for another ABI (backends/ builds it with
+ * abi_version 999) is refused with a message about the ABI. */
+Test(cli, plugin_with_wrong_abi_refused)
+{
+    char text[512], path[108];
+    snprintf(text, sizeof text, "[model.bad]\nbackend = %s/bb_backend_badabi.so\n", BB_PLUGIN_DIR);
+    cr_assert_eq(access(BB_PLUGIN_DIR "/bb_backend_badabi.so", R_OK), 0,
+                 "the bad-ABI plugin was not built");
+    const char *check[] = {"--check", NULL};
+    int st = run_broker(text, path, sizeof path, check);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "--check accepted it: status %#x", st);
+    cr_assert(strstr(err_buf, "ABI"), "the message does not mention the ABI: %s", err_buf);
+    cr_assert(strstr(err_buf, "bb_backend_badabi.so"), "the message does not name the plugin: %s",
+              err_buf);
+    /* And the broker does not start with it. */
+    st = run_broker(text, path, sizeof path, NULL);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "the broker ran: status %#x", st);
+    cr_assert(strstr(err_buf, "ABI"), "stderr: %s", err_buf);
+}
+
+/* A backend that refuses its parameters is a configuration error too. */
+Test(cli, backend_rejects_params)
+{
+    char path[108];
+    const char *check[] = {"--check", NULL};
+    int st = run_broker("[model.s]\nbackend = synthetic\nparam.mode = warp\n", path, sizeof path,
+                        check);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x, stderr: %s", st, err_buf);
+    cr_assert(strstr(err_buf, "warp"), "stderr: %s", err_buf);
+}
+
+Test(cli, check_good_config_exits_0)
+{
+    char path[108];
+    const char *check[] = {"--check", NULL};
+    int st = run_broker("[broker]\nspin_us = 20\nlog_level = warn\n\n"
+                        "[model.a]\nbackend = echo\nmax_batch_size = 8\n\n"
+                        "[model.b]\nbackend = synthetic\nparam.batch_us = 10\n"
+                        "param.mode = sleep\ninstances = 2\n",
+                        path, sizeof path, check);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x, stderr: %s", st, err_buf);
+    cr_assert(strstr(out_buf, "OK"), "stdout: %s", out_buf);
+    /* --check did not leave a listening socket behind: nothing to connect to. */
+}
+
+/* No --config at all: a model "echo" is served. */
+Test(cli, default_config_serves_echo)
+{
+    cr_assert_eq(bbt_broker_start(&B, NULL, NULL), 0, "status %#x", B.exit_status);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "echo", &m), 0);
+    char out[16];
+    size_t n = 0;
+    cr_assert_eq(bb_infer(m, "default", 7, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    cr_assert(n == 7 && memcmp(out, "default", 7) == 0);
+    bb_model *none;
+    cr_assert_eq(bb_model_open(c, "synthetic", &none), BB_ENOMODEL);
+    bb_disconnect(c);
+    int st = bbt_broker_stop(&B);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+}
+
+/* A config file's models replace the default echo. */
+Test(cli, config_models_replace_default)
+{
+    cr_assert_eq(bbt_broker_start(&B, "[model.other]\nbackend = echo\n", NULL), 0);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "other", &m), 0);
+    cr_assert_eq(bb_model_open(c, "echo", &m), BB_ENOMODEL);
+    bb_disconnect(c);
+}
+
+/* A second broker on a live socket refuses to start; the first keeps serving. */
+Test(cli, second_broker_on_live_socket_refused)
+{
+    cr_assert_eq(bbt_broker_start(&B, NULL, NULL), 0);
+    const char *argv[] = {BB_BROKER_BIN, "-s", B.sock, NULL};
+    int st = bbt_run(argv, out_buf, sizeof out_buf, err_buf, sizeof err_buf, 10000);
+    cr_assert(st != -1, "the second broker kept running");
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0, "the first broker lost its socket");
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "echo", &m), 0);
+    char out[4];
+    cr_assert_eq(bb_infer(m, "hi", 2, out, sizeof out, NULL, NULL, 5000000000ll), 0);
+    bb_disconnect(c);
+}
+
+/* SIGTERM: stop intake, finish what runs, fail what is queued with
+ * BB_ESHUTDOWN, remove the socket, exit 0. */
+Test(cli, sigterm_graceful_shutdown)
+{
+    const char *ov[] = {"model.slow.backend=synthetic", "model.slow.param.batch_us=400000",
+                        "model.slow.param.mode=sleep", "model.slow.instances=1",
+                        "model.slow.max_batch_size=1", "model.slow.max_wait_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "slow", &m), 0);
+    bb_request *r[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(bb_request_new(m, 8, 8, &r[i]), 0);
+        memset(bb_request_input(r[i]), 'a' + i, 8);
+        cr_assert_eq(bb_submit(r[i], NULL), 0);
+    }
+    struct bb_model_stats st;
+    for (int i = 0; i < 200; i++) {
+        cr_assert_eq(bb_model_stats(m, &st), 0);
+        if (st.submitted == 3 && st.queued == 2)
+            break;
+        msleep(5);
+    }
+    cr_assert(st.submitted == 3 && st.queued == 2, "one runs, two wait (queued %u)", st.queued);
+    pid_t pid = B.pid;
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(bb_wait(r[i], 10000000000ll), 0, "request %d has no outcome", i);
+    cr_assert_eq(bb_request_status(r[0]), 0, "the running request finishes: %s",
+                 bb_errname(bb_request_status(r[0])));
+    size_t n;
+    const char *out = bb_request_output(r[0], &n);
+    cr_assert(out && n == 8 && out[0] == 'a' && out[7] == 'a');
+    cr_assert_eq(bb_request_status(r[1]), BB_ESHUTDOWN, "got %s", bb_errname(bb_request_status(r[1])));
+    cr_assert_eq(bb_request_status(r[2]), BB_ESHUTDOWN, "got %s", bb_errname(bb_request_status(r[2])));
+    int ws = bbt_broker_wait(&B, 10000);
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %#x", ws);
+    cr_assert_neq(access(B.sock, F_OK), 0, "the socket file is still there");
+    bb_disconnect(c);
+}

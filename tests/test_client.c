@@ -1,0 +1,807 @@
+/* Client library against a real broker: bb_infer, request reuse, bb_wait
+ * timeouts, cancel (by bb_cancel and by bb_request_free), bb_client_fd and
+ * bb_client_poll, backpressure (BB_EBUSY), and many processes x threads with
+ * distinct payloads, each of which must get exactly its own answer.
+ *
+ * Each test starts its own broker on a socket of its own (harness.h). */
+#include <criterion/criterion.h>
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+#include "harness.h"
+
+static struct bbt_broker B;
+
+TestSuite(client, .fini = bbt_cleanup_all, .timeout = 180);
+
+static void msleep(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+#define START(...)                                                                   \
+    do {                                                                             \
+        const char *ov_[] = {__VA_ARGS__, NULL};                                     \
+        cr_assert_eq(bbt_broker_start(&B, NULL, ov_), 0, "broker did not start (status %#x)", \
+                     B.exit_status);                                                 \
+    } while (0)
+
+/* A slow model: one request per batch, `us` per batch, sleeping. */
+#define SLOW_MODEL(us)                                                                    \
+    "model.slow.backend=synthetic", "model.slow.param.batch_us=" #us,                     \
+        "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=1", \
+        "model.slow.max_wait_us=0"
+
+static bb_client *connect_ok(const struct bb_client_opts *opts)
+{
+    bb_client *c = NULL;
+    int rc = bb_connect(B.sock, opts, &c);
+    cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
+    return c;
+}
+
+static bb_model *open_ok(bb_client *c, const char *name)
+{
+    bb_model *m = NULL;
+    int rc = bb_model_open(c, name, &m);
+    cr_assert_eq(rc, 0, "bb_model_open(%s): %s", name, bb_strerror(rc));
+    return m;
+}
+
+/* Deterministic content for a request identified by `id`. */
+static void fill(void *p, size_t len, uint64_t id)
+{
+    uint64_t s = id * 0x9E3779B97F4A7C15ull + 1;
+    unsigned char *b = p;
+    for (size_t i = 0; i < len; i++) {
+        if ((i & 7) == 0)
+            s = bbt_rand(&s) | 1;
+        b[i] = (unsigned char)(s >> ((i & 7) * 8));
+    }
+    if (len >= 8)
+        memcpy(b, &id, 8); /* the identity, readable in a failure dump */
+}
+
+static bool check(const void *p, size_t len, uint64_t id)
+{
+    unsigned char want[65536];
+    if (len > sizeof want)
+        return false;
+    fill(want, len, id);
+    return memcmp(p, want, len) == 0;
+}
+
+/* Poll the model's stats until pred holds (bounded). */
+static struct bb_model_stats stats_of(bb_model *m)
+{
+    struct bb_model_stats st;
+    int rc = bb_model_stats(m, &st);
+    cr_assert_eq(rc, 0, "bb_model_stats: %s", bb_strerror(rc));
+    return st;
+}
+
+/* Statistics once every submission is accounted for. The broker updates its
+ * figures when it reaps a batch, just after the clients can see the
+ * completions, so a read right after the last bb_wait may lag by a batch. */
+static struct bb_model_stats settled_stats(bb_model *m)
+{
+    struct bb_model_stats st = stats_of(m);
+    for (int i = 0; i < 1000; i++) {
+        if (st.queued == 0 &&
+            st.completed + st.failed + st.rejected + st.timed_out >= st.submitted)
+            break;
+        msleep(2);
+        st = stats_of(m);
+    }
+    return st;
+}
+
+/* Wait until the model has nothing queued and `submitted` reached n. */
+static void wait_dispatched(bb_model *m, uint64_t submitted)
+{
+    for (int i = 0; i < 500; i++) {
+        struct bb_model_stats st = stats_of(m);
+        if (st.submitted >= submitted && st.queued == 0)
+            return;
+        msleep(5);
+    }
+    cr_assert_fail("the broker never dispatched request %llu", (unsigned long long)submitted);
+}
+
+/* ---- bb_infer ---- */
+
+Test(client, infer_roundtrip)
+{
+    START("model.echo.max_wait_us=0");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    for (uint64_t id = 1; id <= 64; id++) {
+        unsigned char in[700], out[700];
+        size_t len = (size_t)(id * 37 % 700);
+        fill(in, len, id);
+        size_t out_len = 12345;
+        int rc = bb_infer(m, in, len, out, sizeof out, &out_len, NULL, 5000000000ll);
+        cr_assert_eq(rc, 0, "bb_infer %llu: %s", (unsigned long long)id, bb_strerror(rc));
+        cr_assert_eq(out_len, len);
+        cr_assert(check(out, len, id), "output %llu differs from its input", (unsigned long long)id);
+    }
+    /* Output larger than out_cap: BB_ETOOBIG, not a truncated copy. */
+    unsigned char in[64] = {1, 2, 3}, out[16];
+    int rc = bb_infer(m, in, sizeof in, out, sizeof out, NULL, NULL, 5000000000ll);
+    cr_assert(rc == BB_ETOOBIG, "small out_cap: got %s", bb_errname(rc));
+    /* Bad arguments and unknown models. */
+    bb_model *nope = NULL;
+    cr_assert_eq(bb_model_open(c, "no-such-model", &nope), BB_ENOMODEL);
+    struct bb_submit_opts bad = {.priority = 9};
+    cr_assert_eq(bb_infer(m, in, 8, out, sizeof out, NULL, &bad, 1000000000ll), BB_EINVAL);
+    /* Still serving after the errors. */
+    size_t n = 0;
+    cr_assert_eq(bb_infer(m, "abc", 3, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    cr_assert_eq(n, 3);
+    cr_assert(memcmp(out, "abc", 3) == 0);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* bb_infer with a timeout on a slow model: BB_ETIMEDOUT, the request is
+ * canceled, and the client and the broker carry on. */
+Test(client, infer_timeout)
+{
+    START(SLOW_MODEL(300000));
+    bb_client *c = connect_ok(NULL);
+    bb_model *slow = open_ok(c, "slow");
+    bb_model *echo = open_ok(c, "echo");
+    char out[16];
+    int rc = bb_infer(slow, "x", 1, out, sizeof out, NULL, NULL, 1000000ll);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "got %s", bb_errname(rc));
+    size_t n = 0;
+    rc = bb_infer(echo, "ok", 2, out, sizeof out, &n, NULL, 5000000000ll);
+    cr_assert_eq(rc, 0, "%s", bb_strerror(rc));
+    cr_assert_eq(n, 2);
+    rc = bb_infer(slow, "yz", 2, out, sizeof out, &n, NULL, 10000000000ll);
+    cr_assert_eq(rc, 0, "%s", bb_strerror(rc));
+    cr_assert(n == 2 && memcmp(out, "yz", 2) == 0);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Request reuse ---- */
+
+Test(client, request_reuse)
+{
+    START("model.echo.max_wait_us=0");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    bb_request *r = NULL;
+    cr_assert_eq(bb_request_new(m, 1024, 1024, &r), 0);
+    void *in = bb_request_input(r);
+    cr_assert(in);
+    cr_assert_eq(bb_request_input_capacity(r), 1024);
+    cr_assert_eq(bb_request_status(r), BB_ESTATE, "never submitted");
+    cr_assert_eq(bb_wait(r, 0), BB_ESTATE);
+    for (uint64_t i = 1; i <= 300; i++) {
+        size_t len = (size_t)(i * 131 % 1025);
+        cr_assert_eq(bb_request_input(r), in, "the input buffer stays where it is");
+        fill(in, len, 1000 + i);
+        cr_assert_eq(bb_request_set_input_len(r, len), 0);
+        struct bb_submit_opts o = {.tag = i};
+        cr_assert_eq(bb_submit(r, &o), 0);
+        cr_assert_eq(bb_wait(r, 5000000000ll), 0, "submission %llu", (unsigned long long)i);
+        cr_assert_eq(bb_request_status(r), 0);
+        cr_assert_eq(bb_request_tag(r), i);
+        size_t out_len = 0;
+        const void *out = bb_request_output(r, &out_len);
+        cr_assert(out);
+        cr_assert_eq(out_len, len, "submission %llu: length", (unsigned long long)i);
+        cr_assert(check(out, len, 1000 + i), "submission %llu: stale or wrong output",
+                  (unsigned long long)i);
+    }
+    cr_assert_eq(bb_request_set_input_len(r, 1025), BB_EINVAL);
+    bb_request_free(r);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- bb_wait timeout ---- */
+
+Test(client, wait_timeout_then_completes)
+{
+    START(SLOW_MODEL(300000));
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "slow");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 100, 100, &r), 0);
+    fill(bb_request_input(r), 100, 7);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    cr_assert_eq(bb_submit(r, NULL), BB_ESTATE, "resubmitting a pending request");
+    cr_assert_eq(bb_wait(r, 0), BB_ETIMEDOUT, "poll");
+    cr_assert_eq(bb_wait(r, 1000000ll), BB_ETIMEDOUT, "1 ms wait on a 300 ms batch");
+    cr_assert_eq(bb_request_status(r), BB_EPENDING);
+    cr_assert_null(bb_request_output(r, NULL));
+    cr_assert_eq(bb_wait(r, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(r), 0);
+    size_t n;
+    const void *out = bb_request_output(r, &n);
+    cr_assert(out && n == 100 && check(out, 100, 7));
+    bb_request_free(r);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Cancel ---- */
+
+/* instances=1 and one request per batch: A occupies the executor, B waits in
+ * the queue. Canceling B completes it with BB_ECANCELED without running. */
+Test(client, cancel_before_dispatch)
+{
+    START(SLOW_MODEL(400000));
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "slow");
+    bb_request *a, *b;
+    cr_assert_eq(bb_request_new(m, 32, 32, &a), 0);
+    cr_assert_eq(bb_request_new(m, 32, 32, &b), 0);
+    fill(bb_request_input(a), 32, 1);
+    fill(bb_request_input(b), 32, 2);
+    cr_assert_eq(bb_submit(a, NULL), 0);
+    wait_dispatched(m, 1);
+    cr_assert_eq(bb_submit(b, NULL), 0);
+    /* B is queued behind A's 400 ms batch. */
+    for (int i = 0; i < 200 && stats_of(m).queued != 1; i++)
+        msleep(2);
+    cr_assert_eq(stats_of(m).queued, 1, "B waits in the queue");
+    cr_assert_eq(bb_cancel(b), 0);
+    cr_assert_eq(bb_cancel(b), BB_ESTATE, "a second cancel of the same submission");
+    cr_assert_eq(bb_wait(b, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(b), BB_ECANCELED);
+    cr_assert_null(bb_request_output(b, NULL));
+    /* A was not affected. */
+    cr_assert_eq(bb_wait(a, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(a), 0);
+    size_t n;
+    const void *out = bb_request_output(a, &n);
+    cr_assert(out && n == 32 && check(out, 32, 1));
+    cr_assert_eq(bb_cancel(a), BB_ESTATE, "cancel of a completed request");
+    /* B can be submitted again after a cancel. */
+    cr_assert_eq(bb_submit(b, NULL), 0);
+    cr_assert_eq(bb_wait(b, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(b), 0);
+    out = bb_request_output(b, &n);
+    cr_assert(out && n == 32 && check(out, 32, 2));
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* A request already running finishes normally when canceled. */
+Test(client, cancel_after_dispatch)
+{
+    START(SLOW_MODEL(300000));
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "slow");
+    bb_request *a;
+    cr_assert_eq(bb_request_new(m, 64, 64, &a), 0);
+    fill(bb_request_input(a), 64, 11);
+    cr_assert_eq(bb_submit(a, NULL), 0);
+    wait_dispatched(m, 1);
+    cr_assert_eq(bb_request_status(a), BB_EPENDING, "still running");
+    cr_assert_eq(bb_cancel(a), 0);
+    cr_assert_eq(bb_wait(a, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(a), 0, "a running request finishes normally, got %s",
+                 bb_errname(bb_request_status(a)));
+    size_t n;
+    const void *out = bb_request_output(a, &n);
+    cr_assert(out && n == 64 && check(out, 64, 11));
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* bb_request_free on pending requests: their slots and buffers come back only
+ * once the broker is done with them, so later requests never share memory
+ * with a batch still running, and nothing leaks. */
+Test(client, cancel_by_free)
+{
+    START("model.slow.backend=synthetic", "model.slow.param.batch_us=200000",
+          "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=4",
+          "model.slow.max_wait_us=0", "model.echo.max_wait_us=0");
+    struct bb_client_opts opts = {.max_inflight = 16};
+    bb_client *c = connect_ok(&opts);
+    cr_assert_eq(c->nslots, 16, "max_inflight 16 gives 16 slots");
+    bb_model *slow = open_ok(c, "slow");
+    bb_model *echo = open_ok(c, "echo");
+    enum { SZ = 4096 };
+
+    /* 8 slow requests: 4 run at once, 4 wait; free them all while pending. */
+    bb_request *orphans[8];
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(bb_request_new(slow, SZ, SZ, &orphans[i]), 0);
+        fill(bb_request_input(orphans[i]), SZ, 100 + i);
+        cr_assert_eq(bb_submit(orphans[i], NULL), 0);
+    }
+    for (int i = 0; i < 200 && stats_of(slow).batches == 0 && stats_of(slow).queued < 4; i++)
+        msleep(2);
+    for (int i = 0; i < 8; i++)
+        bb_request_free(orphans[i]);
+
+    /* The 8 free slots serve new requests at once, while the orphans run. */
+    bb_request *fresh[16];
+    for (int i = 0; i < 8; i++) {
+        int rc = bb_request_new(echo, SZ, SZ, &fresh[i]);
+        cr_assert_eq(rc, 0, "slot %d: %s", i, bb_strerror(rc));
+        fill(bb_request_input(fresh[i]), SZ, 200 + i);
+        cr_assert_eq(bb_submit(fresh[i], NULL), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(bb_wait(fresh[i], 10000000000ll), 0);
+        cr_assert_eq(bb_request_status(fresh[i]), 0);
+    }
+    /* 8 more need the orphans' slots: BB_ENOMEM until the broker lets go. */
+    for (int i = 8; i < 16; i++) {
+        int rc = BB_ENOMEM;
+        for (int t = 0; t < 1000 && rc == BB_ENOMEM; t++) {
+            rc = bb_request_new(echo, SZ, SZ, &fresh[i]);
+            if (rc == BB_ENOMEM)
+                msleep(5);
+        }
+        cr_assert_eq(rc, 0, "slot %d never came back: %s", i, bb_strerror(rc));
+        fill(bb_request_input(fresh[i]), SZ, 200 + i);
+        cr_assert_eq(bb_submit(fresh[i], NULL), 0);
+    }
+    for (int i = 8; i < 16; i++) {
+        cr_assert_eq(bb_wait(fresh[i], 10000000000ll), 0);
+        cr_assert_eq(bb_request_status(fresh[i]), 0);
+    }
+    /* Let every orphan batch end, then look again: nothing the broker wrote
+     * for an orphan may have landed in a fresh request's buffers. */
+    for (int i = 0; i < 500 && (stats_of(slow).queued != 0); i++)
+        msleep(5);
+    msleep(500);
+    for (int i = 0; i < 16; i++) {
+        size_t n;
+        const void *out = bb_request_output(fresh[i], &n);
+        cr_assert(out && n == SZ, "request %d: output length %zu", i, n);
+        cr_assert(check(out, SZ, 200 + (uint64_t)i), "request %d: output clobbered", i);
+        cr_assert(check(bb_request_input(fresh[i]), SZ, 200 + (uint64_t)i),
+                  "request %d: input clobbered", i);
+    }
+    for (int i = 0; i < 16; i++)
+        bb_request_free(fresh[i]);
+
+    /* Churn: many allocations, some freed while pending; no leak, no mix-up. */
+    uint64_t s = 42;
+    for (uint64_t k = 0; k < 2000; k++) {
+        size_t len = 1 + bbt_rand(&s) % 8000;
+        bb_request *r;
+        int rc = BB_ENOMEM;
+        for (int t = 0; t < 1000 && rc == BB_ENOMEM; t++) {
+            rc = bb_request_new(echo, len, len, &r);
+            if (rc == BB_ENOMEM)
+                msleep(1);
+        }
+        cr_assert_eq(rc, 0, "allocation %llu: %s", (unsigned long long)k, bb_strerror(rc));
+        fill(bb_request_input(r), len, 5000 + k);
+        cr_assert_eq(bb_submit(r, NULL), 0);
+        if (k % 3 == 0) {
+            bb_request_free(r); /* pending, or already done: either way fine */
+            continue;
+        }
+        cr_assert_eq(bb_wait(r, 10000000000ll), 0);
+        size_t n;
+        const void *out = bb_request_output(r, &n);
+        cr_assert(out && n == len && check(out, len, 5000 + k), "allocation %llu: wrong output",
+                  (unsigned long long)k);
+        bb_request_free(r);
+    }
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Event-loop integration ---- */
+
+Test(client, client_fd_and_poll)
+{
+    START("model.echo.max_wait_us=100");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    int fd = bb_client_fd(c);
+    cr_assert(fd >= 0);
+    enum { N = 40 };
+    bb_request *reqs[N];
+    int seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(bb_request_new(m, 48, 48, &reqs[i]), 0);
+        fill(bb_request_input(reqs[i]), 48, 300 + i);
+    }
+    for (int round = 0; round < 2; round++) {
+        memset(seen, 0, sizeof seen);
+        for (int i = 0; i < N; i++)
+            cr_assert_eq(bb_submit(reqs[i], NULL), 0);
+        int got = 0;
+        uint64_t end = bbt_now_ns() + 10000000000ull;
+        while (got < N && bbt_now_ns() < end) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            int pr = poll(&p, 1, 1000);
+            if (pr <= 0)
+                continue;
+            cr_assert(p.revents & POLLIN);
+            bb_request *done[7];
+            int k;
+            /* Small batches: bb_client_poll must keep the fd readable while
+             * completions are left. */
+            k = bb_client_poll(c, done, 7);
+            cr_assert(k >= 0 && k <= 7, "bb_client_poll: %d", k);
+            for (int j = 0; j < k; j++) {
+                int idx = -1;
+                for (int i = 0; i < N; i++)
+                    if (reqs[i] == done[j])
+                        idx = i;
+                cr_assert(idx >= 0, "bb_client_poll returned a request that is not ours");
+                cr_assert_eq(seen[idx], 0, "request %d reported twice", idx);
+                seen[idx] = 1;
+                got++;
+                cr_assert_eq(bb_request_status(done[j]), 0);
+                size_t n;
+                const void *out = bb_request_output(done[j], &n);
+                cr_assert(out && n == 48 && check(out, 48, 300 + (uint64_t)idx));
+            }
+        }
+        cr_assert_eq(got, N, "round %d: %d of %d completions reported through the fd", round, got,
+                     N);
+        bb_request *extra[4];
+        cr_assert_eq(bb_client_poll(c, extra, 4), 0, "nothing left to report");
+    }
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Backpressure ---- */
+
+/* max_queue 4 and a slow backend: a burst is partly rejected with BB_EBUSY at
+ * once (before the first batch even ends); every request gets exactly one
+ * outcome, every accepted one its right answer. */
+Test(client, full_queue_rejects_with_ebusy)
+{
+    START("model.slow.backend=synthetic", "model.slow.param.batch_us=500000",
+          "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=4",
+          "model.slow.max_wait_us=0", "model.slow.max_queue=4");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "slow");
+    enum { N = 48 };
+    bb_request *r[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(bb_request_new(m, 256, 256, &r[i]), 0);
+        fill(bb_request_input(r[i]), 256, 900 + i);
+    }
+    /* The first one occupies the executor for 500 ms. */
+    cr_assert_eq(bb_submit(r[0], NULL), 0);
+    wait_dispatched(m, 1);
+    for (int i = 1; i < N; i++)
+        cr_assert_eq(bb_submit(r[i], NULL), 0, "bb_submit never fails for a full queue");
+    /* Rejections arrive while the first batch still runs. */
+    int early_busy = 0;
+    for (int i = 1; i < N; i++)
+        if (bb_wait(r[i], 0) == 0 && bb_request_status(r[i]) == BB_EBUSY)
+            early_busy++;
+    for (int i = N - 1; i >= 1 && !early_busy; i--)
+        if (bb_wait(r[i], 200000000ll) == 0 && bb_request_status(r[i]) == BB_EBUSY)
+            early_busy++;
+    cr_assert(early_busy > 0, "no BB_EBUSY while the executor was busy");
+    cr_assert_eq(bb_request_status(r[0]), BB_EPENDING,
+                 "the rejections came before the running batch ended");
+    int ok = 0, busy = 0;
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(bb_wait(r[i], 20000000000ll), 0, "request %d has no outcome", i);
+        int st = bb_request_status(r[i]);
+        if (st == BB_EBUSY) {
+            busy++;
+            cr_assert_null(bb_request_output(r[i], NULL));
+            continue;
+        }
+        cr_assert_eq(st, 0, "request %d: unexpected status %s", i, bb_errname(st));
+        ok++;
+        size_t n;
+        const void *out = bb_request_output(r[i], &n);
+        cr_assert(out && n == 256 && check(out, 256, 900 + (uint64_t)i), "request %d: wrong output",
+                  i);
+    }
+    cr_assert_eq(ok + busy, N);
+    cr_assert(busy > 0 && ok >= 5, "ok %d busy %d", ok, busy);
+    struct bb_model_stats st = settled_stats(m);
+    cr_assert_eq(st.submitted, (uint64_t)N);
+    cr_assert_eq(st.rejected, (uint64_t)busy, "rejected %llu, saw %d",
+                 (unsigned long long)st.rejected, busy);
+    cr_assert_eq(st.completed, (uint64_t)ok, "completed %llu, saw %d",
+                 (unsigned long long)st.completed, ok);
+    cr_assert_eq(st.queued, 0);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Many processes x threads ---- */
+
+#define MP_PROCS 8
+#define MP_THREADS 4
+#define MP_REQS 5000
+#define MP_DEPTH 8
+#define MP_MAXLEN 512
+
+struct mp_thread {
+    bb_model *m;
+    int proc, thr;
+    int bad;
+    char msg[256];
+};
+
+static uint64_t mp_id(int proc, int thr, uint32_t seq)
+{
+    return ((uint64_t)(proc + 1) << 40) | ((uint64_t)(thr + 1) << 32) | seq;
+}
+
+static size_t mp_len(uint64_t id)
+{
+    uint64_t s = id ^ 0xabcdef;
+    return 1 + bbt_rand(&s) % MP_MAXLEN;
+}
+
+static void *mp_worker(void *arg)
+{
+    struct mp_thread *t = arg;
+    bb_request *r[MP_DEPTH];
+    uint32_t seq[MP_DEPTH];
+    uint32_t next = 0, done = 0;
+    for (int i = 0; i < MP_DEPTH; i++) {
+        int rc = bb_request_new(t->m, MP_MAXLEN, MP_MAXLEN, &r[i]);
+        if (rc < 0) {
+            snprintf(t->msg, sizeof t->msg, "bb_request_new: %s", bb_strerror(rc));
+            t->bad++;
+            return NULL;
+        }
+    }
+    for (int i = 0; i < MP_DEPTH; i++) {
+        seq[i] = next++;
+        uint64_t id = mp_id(t->proc, t->thr, seq[i]);
+        size_t len = mp_len(id);
+        fill(bb_request_input(r[i]), len, id);
+        bb_request_set_input_len(r[i], len);
+        int rc = bb_submit(r[i], NULL);
+        if (rc < 0) {
+            snprintf(t->msg, sizeof t->msg, "bb_submit: %s", bb_strerror(rc));
+            t->bad++;
+            return NULL;
+        }
+    }
+    while (done < MP_REQS) {
+        for (int i = 0; i < MP_DEPTH && done < MP_REQS; i++) {
+            if (seq[i] == UINT32_MAX)
+                continue;
+            int rc = bb_wait(r[i], 30000000000ll);
+            if (rc < 0) {
+                snprintf(t->msg, sizeof t->msg, "bb_wait seq %u: %s", seq[i], bb_strerror(rc));
+                t->bad++;
+                return NULL;
+            }
+            uint64_t id = mp_id(t->proc, t->thr, seq[i]);
+            size_t want = mp_len(id), n = 0;
+            int st = bb_request_status(r[i]);
+            const void *out = bb_request_output(r[i], &n);
+            if (st != 0 || !out || n != want || !check(out, n, id)) {
+                if (!t->bad)
+                    snprintf(t->msg, sizeof t->msg,
+                             "p%d t%d seq %u: status %s, len %zu (want %zu), content %s", t->proc,
+                             t->thr, seq[i], bb_errname(st), n, want,
+                             out && n == want ? "WRONG" : "-");
+                t->bad++;
+            }
+            done++;
+            if (next < MP_REQS) {
+                seq[i] = next++;
+                id = mp_id(t->proc, t->thr, seq[i]);
+                size_t len = mp_len(id);
+                fill(bb_request_input(r[i]), len, id);
+                bb_request_set_input_len(r[i], len);
+                rc = bb_submit(r[i], NULL);
+                if (rc < 0) {
+                    snprintf(t->msg, sizeof t->msg, "bb_submit: %s", bb_strerror(rc));
+                    t->bad++;
+                    return NULL;
+                }
+            } else {
+                seq[i] = UINT32_MAX;
+            }
+        }
+    }
+    for (int i = 0; i < MP_DEPTH; i++)
+        bb_request_free(r[i]);
+    return NULL;
+}
+
+/* One client process: its own connection (never inherited across fork). */
+static int mp_process(const char *sock, int proc)
+{
+    bb_client *c;
+    int rc = bb_connect(sock, NULL, &c);
+    if (rc < 0) {
+        fprintf(stderr, "proc %d: bb_connect: %s\n", proc, bb_strerror(rc));
+        return 2;
+    }
+    bb_model *m;
+    rc = bb_model_open(c, "echo", &m);
+    if (rc < 0) {
+        fprintf(stderr, "proc %d: bb_model_open: %s\n", proc, bb_strerror(rc));
+        return 3;
+    }
+    pthread_t th[MP_THREADS];
+    struct mp_thread t[MP_THREADS];
+    for (int i = 0; i < MP_THREADS; i++) {
+        t[i] = (struct mp_thread){.m = m, .proc = proc, .thr = i};
+        pthread_create(&th[i], NULL, mp_worker, &t[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < MP_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        if (t[i].bad) {
+            fprintf(stderr, "proc %d thread %d: %d bad answers; first: %s\n", proc, i, t[i].bad,
+                    t[i].msg);
+            bad = 1;
+        }
+    }
+    bb_disconnect(c);
+    return bad ? 1 : 0;
+}
+
+Test(client, many_processes_threads_distinct_payloads, .timeout = 240)
+{
+    START("model.echo.max_batch_size=32", "model.echo.max_wait_us=200");
+    pid_t pids[MP_PROCS];
+    for (int p = 0; p < MP_PROCS; p++) {
+        fflush(NULL);
+        pids[p] = fork();
+        cr_assert(pids[p] >= 0, "fork");
+        if (pids[p] == 0)
+            _exit(mp_process(B.sock, p));
+    }
+    int failed = 0;
+    for (int p = 0; p < MP_PROCS; p++) {
+        int st = bbt_waitpid_bounded(pids[p], 200000);
+        if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "client process %d: status %#x\n", p, st);
+            failed++;
+        }
+    }
+    cr_assert_eq(failed, 0, "%d client processes saw wrong or missing answers", failed);
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    struct bb_model_stats st = settled_stats(m);
+    const uint64_t total = (uint64_t)MP_PROCS * MP_THREADS * MP_REQS;
+    cr_assert_eq(st.completed, total, "completed %llu of %llu", (unsigned long long)st.completed,
+                 (unsigned long long)total);
+    cr_assert_eq(st.failed + st.rejected + st.timed_out, 0);
+    cr_assert(st.batches > 0 && st.batches < total, "batches %llu", (unsigned long long)st.batches);
+    cr_assert(st.avg_batch_size > 1.0, "avg_batch_size %.2f: no batching across requests",
+              st.avg_batch_size);
+    fprintf(stderr, "many_processes: %llu requests in %llu batches, avg batch %.2f\n",
+            (unsigned long long)st.completed, (unsigned long long)st.batches, st.avg_batch_size);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- Sizes ---- */
+
+/* Large payloads cross intact; the output may be shorter than its capacity. */
+Test(client, large_payloads)
+{
+    START("model.echo.max_wait_us=0");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    static const size_t sizes[] = {0, 1, 63, 64, 65, 4095, 65536, 1u << 20, 8u << 20};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t len = sizes[k];
+        bb_request *r;
+        int rc = bb_request_new(m, len, len + 100, &r);
+        cr_assert_eq(rc, 0, "%zu bytes: %s", len, bb_strerror(rc));
+        unsigned char *in = bb_request_input(r);
+        for (size_t i = 0; i < len; i++)
+            in[i] = (unsigned char)(i * 31 + k);
+        cr_assert_eq(bb_submit(r, NULL), 0);
+        cr_assert_eq(bb_wait(r, 10000000000ll), 0);
+        cr_assert_eq(bb_request_status(r), 0, "%zu bytes: %s", len,
+                     bb_errname(bb_request_status(r)));
+        size_t n = 12345;
+        const unsigned char *out = bb_request_output(r, &n);
+        cr_assert(out, "%zu bytes: no output", len);
+        cr_assert_eq(n, len);
+        size_t bad = 0;
+        for (size_t i = 0; i < len; i++)
+            bad += out[i] != (unsigned char)(i * 31 + k);
+        cr_assert_eq(bad, 0, "%zu bytes: %zu differ", len, bad);
+        bb_request_free(r);
+    }
+    /* More than the segment holds: BB_ENOMEM, not a crash. */
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 200u << 20, 16, &r), BB_ENOMEM);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* max_request_bytes: the client refuses at bb_request_new with BB_ETOOBIG. */
+Test(client, request_too_big)
+{
+    START("model.echo.max_request_bytes=1K");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "echo");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 600, 600, &r), BB_ETOOBIG);
+    cr_assert_eq(bb_request_new(m, 500, 524, &r), 0, "exactly the limit is allowed");
+    memset(bb_request_input(r), 'q', 500);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    cr_assert_eq(bb_wait(r, 5000000000ll), 0);
+    cr_assert_eq(bb_request_status(r), 0);
+    bb_request_free(r);
+    bb_disconnect(c);
+}
+
+/* ---- Deadlines and backend failures ---- */
+
+/* A request whose deadline passes while it waits in the queue completes with
+ * BB_ETIMEDOUT without running; the one running is unaffected. */
+Test(client, queued_request_deadline_expires)
+{
+    START(SLOW_MODEL(400000));
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "slow");
+    bb_request *a, *b;
+    cr_assert_eq(bb_request_new(m, 16, 16, &a), 0);
+    cr_assert_eq(bb_request_new(m, 16, 16, &b), 0);
+    fill(bb_request_input(a), 16, 1);
+    fill(bb_request_input(b), 16, 2);
+    cr_assert_eq(bb_submit(a, NULL), 0);
+    wait_dispatched(m, 1);
+    struct bb_submit_opts o = {.timeout_us = 20000};
+    cr_assert_eq(bb_submit(b, &o), 0);
+    cr_assert_eq(bb_wait(b, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(b), BB_ETIMEDOUT, "got %s", bb_errname(bb_request_status(b)));
+    cr_assert_eq(bb_request_status(a), BB_EPENDING, "expired before the running batch ended");
+    cr_assert_eq(bb_wait(a, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(a), 0);
+    struct bb_model_stats st = settled_stats(m);
+    cr_assert_eq(st.timed_out, 1);
+    bb_disconnect(c);
+}
+
+/* fail_every=2: every second batch fails with BB_EBACKEND; the broker keeps
+ * serving and the other batches are right. */
+Test(client, backend_failure_fails_only_its_batch)
+{
+    START("model.flaky.backend=synthetic", "model.flaky.param.fail_every=2",
+          "model.flaky.max_batch_size=1", "model.flaky.max_wait_us=0");
+    bb_client *c = connect_ok(NULL);
+    bb_model *m = open_ok(c, "flaky");
+    int ok = 0, failed = 0;
+    for (uint64_t i = 0; i < 20; i++) {
+        unsigned char in[40], out[40];
+        fill(in, sizeof in, 50 + i);
+        size_t n = 0;
+        int rc = bb_infer(m, in, sizeof in, out, sizeof out, &n, NULL, 5000000000ll);
+        if (rc == BB_EBACKEND) {
+            failed++;
+            continue;
+        }
+        cr_assert_eq(rc, 0, "request %llu: %s", (unsigned long long)i, bb_errname(rc));
+        cr_assert(n == sizeof in && check(out, n, 50 + i));
+        ok++;
+    }
+    cr_assert_eq(ok, 10, "ok %d failed %d", ok, failed);
+    cr_assert_eq(failed, 10);
+    struct bb_model_stats st = settled_stats(m);
+    cr_assert_eq(st.failed, 10);
+    cr_assert_eq(st.completed, 10);
+    bb_disconnect(c);
+}
