@@ -47,11 +47,11 @@ static bool fits(struct cut *c, const struct bb__req *r)
     return c->b->n < c->max && (uint64_t)r->in_len + r->out_cap <= c->bytes_left;
 }
 
-static void add(struct cut *c, struct bb__req *r)
+/* r has left its level (one way or another): put it in the batch. */
+static void add_taken(struct cut *c, struct bb__req *r)
 {
     struct bb__model *m = c->m;
     struct bb__batch *b = c->b;
-    bb__queue_remove(m, r);
     bb__deadline_remove(m, r);
     if (r->fstart > m->vtime[r->level])
         m->vtime[r->level] = r->fstart;
@@ -67,6 +67,12 @@ static void add(struct cut *c, struct bb__req *r)
     b->prios[i] = r->prio;
     if (r->group)
         bb__dedup_dispatched(m, r->group);
+}
+
+static void add(struct cut *c, struct bb__req *r)
+{
+    bb__queue_remove(c->m, r);
+    add_taken(c, r);
 }
 
 static const struct bb_candidate *peek(void *q, int level)
@@ -93,6 +99,29 @@ static int take(void *q, int level)
         return -1;
     add(c, r);
     return 0;
+}
+
+static uint32_t take_many(void *q, int level, uint32_t max)
+{
+    struct cut *c = q;
+    if (level < 0 || level > 3)
+        return 0;
+    struct bb__model *m = c->m;
+    uint32_t room = c->max - c->b->n;
+    if (max > room)
+        max = room;
+    uint32_t n = m->levels[level].n;
+    if (n && n <= max && m->level_bytes[level] <= c->bytes_left) {
+        /* The whole level goes: no need to keep its heap in order. */
+        bb__queue_take_level(m, level, m->scratch);
+        for (uint32_t i = 0; i < n; i++)
+            add_taken(c, m->scratch[i]);
+        return n;
+    }
+    uint32_t taken = 0;
+    while (taken < max && take(q, level) == 0)
+        taken++;
+    return taken;
 }
 
 /* Requests that waited past max_starvation_us behind higher levels. */
@@ -158,6 +187,7 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
         if (m->dedup)
             bb__dedup_expire_cache(m, now);
     }
+    m->filling = false;
     if (m->queued == 0 && m->grouped == 0)
         return 0;
     progress += (int)expire(w, m, now);
@@ -169,6 +199,8 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
         queue_state(m, now, &qs);
         uint64_t recheck = UINT64_MAX;
         if (!m->strategy->should_dispatch(m->strategy_state, &qs, &recheck)) {
+            m->filling = true;
+            m->fill_wait_us = qs.max_wait_us;
             if (recheck < *next_ns)
                 *next_ns = recheck > now ? recheck : now + 1000;
             break;
@@ -185,7 +217,7 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
         take_starved(&c, now);
         if (b->n < c.max) {
-            struct bb_queue_ops qo = {.q = &c, .peek = peek, .take = take};
+            struct bb_queue_ops qo = {.q = &c, .peek = peek, .take = take, .take_many = take_many};
             m->strategy->select(m->strategy_state, &qs, &qo, c.max - b->n);
         }
         if (b->n == 0) {

@@ -48,6 +48,7 @@ struct bb__req {
     uint64_t deadline_ns;     /* UINT64_MAX: none */
     uint64_t enq_ns, submit_ns, seq;
     uint64_t ftag, fstart;    /* fair-queueing finish and start tags */
+    uint64_t okey;            /* level order: own deadline, else UINT64_MAX */
     uint32_t pos, dl_pos;     /* indices in the level heap and the deadline heap */
     struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
     struct bb__group *group;  /* dedup group, or NULL */
@@ -109,6 +110,8 @@ struct bb__model {
     uint64_t seq;
     uint64_t vtime[4];             /* fair-queueing virtual time per level */
     uint64_t bytes;                /* input + output bytes queued and running */
+    uint64_t level_bytes[4];       /* input + output bytes queued per level */
+    struct bb__req **scratch;      /* max_batch_size entries, for take_many */
     uint64_t memory_limit;         /* bytes, 0 = none */
     uint32_t nweights;
     struct { uint32_t uid, weight; } weights[32];
@@ -120,6 +123,8 @@ struct bb__model {
     uint64_t expected_batch_ns;    /* EWMA of batch service time */
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
     uint32_t pinned;               /* operator pin of the batch target; 0 = none */
+    bool filling;                  /* last pass: requests wait for the batch to fill */
+    uint32_t fill_wait_us;         /* the wait the strategy was given then */
 
     struct bb__dedup *dedup;       /* dedup.c; NULL when never enabled */
 
@@ -165,6 +170,9 @@ struct bb__client {
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
     struct bb__client_model *cm;   /* per model: fairness and in-flight counts */
     struct bb__worker *w;
+    uint32_t live_idx;             /* position in w->live while attached and alive */
+    bool dirty;                    /* has completion-ring entries or a wake-up to send */
+    bool wake_due;                 /* the dispatcher published completions this pass */
 };
 
 /* io_uring user_data: type, client table index and the index's generation,
@@ -189,6 +197,10 @@ struct bb__worker {
     uint32_t next_client_id;
     uint32_t *client_gen;
     uint64_t *db_bufs;             /* per table index: doorbell read targets */
+    struct bb__client **live;      /* attached, alive clients with a segment: the hot loops */
+    uint32_t nlive;
+    struct bb__client **dirty;     /* clients with unpublished completion entries */
+    uint32_t ndirty;
     bool need_sweep;               /* a dead client may have dropped to 0 refs */
 
     uint64_t spin_ns;
@@ -207,6 +219,7 @@ void bb__worker_wake(struct bb__worker *w);
 void bb__worker_arm(struct bb__worker *w, struct bb__client *cl, int type);
 void bb__client_kill(struct bb__worker *w, struct bb__client *cl, const char *why);
 void bb__client_put(struct bb__worker *w, struct bb__client *cl);
+void bb__client_live(struct bb__worker *w, struct bb__client *cl);
 
 /* control.c */
 int bb__control_listen(const char *path);
@@ -224,6 +237,9 @@ void bb__deadline_push(struct bb__model *m, struct bb__req *r);
 void bb__deadline_remove(struct bb__model *m, struct bb__req *r);
 struct bb__req *bb__deadline_top(struct bb__model *m);
 struct bb__req *bb__level_oldest(struct bb__model *m, int level);
+/* Empty a level at once (heap order, not sorted): out gets its requests,
+ * still in the deadline heap. Returns how many. */
+uint32_t bb__queue_take_level(struct bb__model *m, int level, struct bb__req **out);
 
 /* batcher.c */
 int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, uint64_t *next_ns);
@@ -261,8 +277,13 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b);
 
 /* Complete one request outside a batch (rejected, expired, canceled, shut down). */
 void bb__complete_one(struct bb__worker *w, struct bb__req *r, int status);
-/* Publish a completion to the client's slot and wake a sleeping waiter. */
+/* Publish a completion to the client's slot (no wake-up). */
 void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
+/* Wake the client's sleeping waiters, if any, after publishing. */
+void bb__wake_client(struct bb__client *cl);
+/* Dispatcher: publish, queue a completion-ring entry and a wake-up; both go
+ * out in bb__flush_client at the end of the pass. */
+void bb__answer(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
 /* Queue a completion-ring entry (published by bb__flush_client). */
 void bb__cq_add(struct bb__client *cl, uint32_t slot);
 void bb__flush_client(struct bb__client *cl);

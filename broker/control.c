@@ -286,6 +286,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         }
     }
     bb__worker_arm(w, c, BB__UD_DOORBELL);
+    bb__client_live(w, c);
     bb_info("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
             c->nslots, c->size >> 20);
 }

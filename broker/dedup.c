@@ -123,8 +123,7 @@ static void answer(struct bb__worker *w, struct bb__model *m, struct bb__req *r,
         st = BB_ETOOBIG;
     if (st == 0 && len)
         memcpy(r->cl_out, out, len);
-    bb__publish(r->cl, r->slot, r->gen, st, st == 0 ? len : 0);
-    bb__cq_add(r->cl, r->slot);
+    bb__answer(r->cl, r->slot, r->gen, st, st == 0 ? len : 0);
     bb__metrics_done(&m->metrics, now, st, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
 }
 

@@ -24,11 +24,17 @@ void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status,
     s->out_len = out_len;
     /* Pairs with the client's acquire load of shm_done_gen. */
     atomic_store_explicit(&s->shm_done_gen, gen, memory_order_release);
-    /* Orders the publish before the waiter-flag check (protocol.h). */
+}
+
+void bb__wake_client(struct bb__client *cl)
+{
+    /* Orders the publishes before the sleeper check (protocol.h). */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&s->shm_waiters, memory_order_relaxed) &&
-        atomic_exchange_explicit(&s->shm_waiters, 0, memory_order_relaxed))
-        bb__futex_wake(&s->shm_done_gen);
+    struct bb_shm_header *h = cl->hdr;
+    if (atomic_load_explicit(&h->shm_sleepers, memory_order_relaxed) == 0)
+        return;
+    atomic_fetch_add_explicit(&h->shm_wake_seq, 1, memory_order_release);
+    bb__futex_wake(&h->shm_wake_seq);
 }
 
 void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
@@ -63,6 +69,22 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
          * dispatcher's acquire when it validates the next submission). */
         atomic_store_explicit(&e->cl->reqs[e->slot].state, BB__REQ_IDLE, memory_order_release);
         bb__publish(e->cl, e->slot, e->gen, st, (uint32_t)len);
+    }
+    /* One wake-up per client of the batch, not one per request. */
+    struct bb__client *woken[64];
+    uint32_t nwoken = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct bb__client *cl = b->ents[i].cl;
+        if (b->ents[i].group)
+            continue;
+        uint32_t k = 0;
+        while (k < nwoken && woken[k] != cl)
+            k++;
+        if (k < nwoken)
+            continue;
+        if (nwoken < 64)
+            woken[nwoken++] = cl;
+        bb__wake_client(cl);
     }
 }
 
@@ -236,6 +258,9 @@ int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t
             goto nomem;
     if (bb__heap_init(&m->deadlines, m->cfg.max_queue, 1, false) < 0 || bb__dedup_init(m) < 0)
         goto nomem;
+    m->scratch = calloc(m->cfg.max_batch_size, sizeof *m->scratch);
+    if (!m->scratch)
+        goto nomem;
     m->ninstances = m->cfg.instances;
     uint32_t ninst = m->ninstances ? m->ninstances : 1;
     m->inst = calloc(ninst, sizeof *m->inst);
@@ -298,6 +323,7 @@ void bb__model_stop(struct bb__model *m)
     for (int l = 0; l < 4; l++)
         bb__heap_fini(&m->levels[l]);
     bb__heap_fini(&m->deadlines);
+    free(m->scratch);
     bb__dedup_fini(m);
     bb__strategy_unload(m);
     bb__plugin_unload(&m->plugin);

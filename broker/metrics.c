@@ -78,7 +78,8 @@ static void rotate(struct bb__metrics *m, uint64_t now)
 
 void bb__metrics_done(struct bb__metrics *m, uint64_t now, int status, int prio, uint64_t lat_ns)
 {
-    rotate(m, now);
+    if (now - m->half_start_ns >= BB_METRICS_HALF_NS)
+        rotate(m, now);
     switch (status) {
     case 0:
         m->completed++;

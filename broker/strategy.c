@@ -38,8 +38,7 @@ static uint32_t by_level(void *st, const struct bb_queue_state *qs, const struct
     (void)qs;
     uint32_t n = 0;
     for (int l = 0; l < 4 && n < max; l++)
-        while (n < max && qo->peek(qo->q, l) && qo->take(qo->q, l) == 0)
-            n++;
+        n += qo->take_many(qo->q, l, max - n);
     return n;
 }
 

@@ -31,6 +31,8 @@
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
 #define HEARTBEAT_NS 100000000ull
 #define IDLE_WAIT_NS 1000000000ull
+#define COALESCE_MAX_NS 1000000ull
+#define COALESCE_MIN_NS 20000ull
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
 static inline uint64_t ud_make(int type, uint32_t idx, uint32_t gen)
@@ -97,11 +99,22 @@ void bb__client_put(struct bb__worker *w, struct bb__client *c)
         w->need_sweep = true;
 }
 
+void bb__client_live(struct bb__worker *w, struct bb__client *c)
+{
+    c->live_idx = w->nlive;
+    w->live[w->nlive++] = c;
+}
+
 void bb__client_kill(struct bb__worker *w, struct bb__client *c, const char *why)
 {
     if (c->dead)
         return;
     c->dead = true;
+    if (c->live_idx < w->nlive && w->live[c->live_idx] == c) {
+        struct bb__client *last = w->live[--w->nlive];
+        w->live[c->live_idx] = last;
+        last->live_idx = c->live_idx;
+    }
     if (c->attached && c->base)
         bb_info("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
     else
@@ -157,11 +170,36 @@ void bb__cq_add(struct bb__client *c, uint32_t slot)
         return;
     }
     bb__ring_put(&c->cq, c->cq_unpublished++, slot);
+    if (!c->dirty) {
+        c->dirty = true;
+        c->w->dirty[c->w->ndirty++] = c;
+    }
 }
 
+void bb__answer(struct bb__client *c, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
+{
+    bb__publish(c, slot, gen, status, out_len);
+    if (c->dead)
+        return;
+    c->wake_due = true;
+    if (!c->dirty) {
+        c->dirty = true;
+        c->w->dirty[c->w->ndirty++] = c;
+    }
+    bb__cq_add(c, slot);
+}
+
+/* One release store and at most one eventfd write per client per pass. */
 void bb__flush_client(struct bb__client *c)
 {
-    if (c->cq_unpublished == 0 || c->dead)
+    c->dirty = false;
+    if (c->dead)
+        return;
+    if (c->wake_due) {
+        c->wake_due = false;
+        bb__wake_client(c);
+    }
+    if (c->cq_unpublished == 0)
         return;
     bb__ring_publish(&c->cq, c->cq_unpublished);
     c->cq_unpublished = 0;
@@ -180,8 +218,7 @@ void bb__complete_one(struct bb__worker *w, struct bb__req *r, int status)
     struct bb__model *m = &w->models[r->model];
     uint64_t now = bb__now_ns();
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
-    bb__publish(c, r->slot, r->gen, status, 0);
-    bb__cq_add(c, r->slot);
+    bb__answer(c, r->slot, r->gen, status, 0);
     bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
     c->cm[m->id].inflight--;
     m->bytes -= r->bytes;
@@ -242,8 +279,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     if (m)
         m->metrics.submitted++;
     if (st < 0) {
-        bb__publish(c, slot, d.gen, st, 0);
-        bb__cq_add(c, slot);
+        bb__answer(c, slot, d.gen, st, 0);
         if (m)
             bb__metrics_done(&m->metrics, now, st, d.priority, 0);
         return;
@@ -277,8 +313,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
         if (rc == 2)
             return; /* answered from the cache */
         if (rc < 0) {
-            bb__publish(c, slot, d.gen, rc, 0);
-            bb__cq_add(c, slot);
+            bb__answer(c, slot, d.gen, rc, 0);
             bb__metrics_done(&m->metrics, now, rc, r->prio, 0);
             return;
         }
@@ -442,8 +477,10 @@ int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, i
     w->clients = calloc(w->max_clients, sizeof *w->clients);
     w->client_gen = calloc(w->max_clients, sizeof *w->client_gen);
     w->db_bufs = calloc(w->max_clients, sizeof *w->db_bufs);
+    w->live = calloc(w->max_clients, sizeof *w->live);
+    w->dirty = calloc(w->max_clients, sizeof *w->dirty);
     w->models = calloc(cfg->nmodels ? cfg->nmodels : 1, sizeof *w->models);
-    if (!w->clients || !w->client_gen || !w->db_bufs || !w->models) {
+    if (!w->clients || !w->client_gen || !w->db_bufs || !w->live || !w->dirty || !w->models) {
         bb_error("out of memory");
         return -1;
     }
@@ -486,31 +523,64 @@ static bool work_pending(struct bb__worker *w)
 {
     if (atomic_load_explicit(&w->done, memory_order_relaxed) || (*w->stop_flag && !w->stopping))
         return true;
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && c->base && !c->dead && bb__ring_available(&c->sq) != 0)
+    for (uint32_t i = 0; i < w->nlive; i++)
+        if (bb__ring_available(&w->live[i]->sq) != 0)
             return true;
-    }
     return false;
 }
 
 static void set_need_wake(struct bb__worker *w, uint32_t v)
 {
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && c->base && !c->dead)
-            atomic_store_explicit(&c->hdr->shm_need_wake, v, memory_order_relaxed);
-    }
+    for (uint32_t i = 0; i < w->nlive; i++)
+        atomic_store_explicit(&w->live[i]->hdr->shm_need_wake, v, memory_order_relaxed);
 }
 
 static void heartbeat(struct bb__worker *w, uint64_t now)
 {
     w->last_heartbeat_ns = now;
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && c->base && !c->dead)
-            atomic_store_explicit(&c->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+    for (uint32_t i = 0; i < w->nlive; i++)
+        atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+}
+
+/* How long the dispatcher may sleep without being rung, or 0. While every
+ * model either has all its executors busy (a finishing batch wakes us) or is
+ * waiting for a batch to fill, a doorbell per arrival buys nothing: the
+ * arrivals are collected a little later in one pass instead. The window is
+ * an eighth of the fill wait and at most COALESCE_MAX_NS, so a new deadline
+ * is still seen within a millisecond. */
+static uint64_t coalesce_window(struct bb__worker *w)
+{
+    uint64_t win = COALESCE_MAX_NS;
+    for (uint32_t i = 0; i < w->nmodels; i++) {
+        struct bb__model *m = &w->models[i];
+        if (m->ninstances && m->running >= m->ninstances)
+            continue;
+        if (!m->filling)
+            return 0;
+        uint64_t eighth = (uint64_t)m->fill_wait_us * 1000 / 8;
+        if (eighth < win)
+            win = eighth;
     }
+    return win >= COALESCE_MIN_NS ? win : 0;
+}
+
+static int drain_all(struct bb__worker *w, uint64_t now)
+{
+    int progress = 0;
+    for (uint32_t i = 0; i < w->nlive;) {
+        struct bb__client *c = w->live[i];
+        progress += drain(w, c, now);
+        if (i < w->nlive && w->live[i] == c)
+            i++; /* else c died and the last client moved into place i */
+    }
+    return progress;
+}
+
+static void flush_dirty(struct bb__worker *w)
+{
+    for (uint32_t i = 0; i < w->ndirty; i++)
+        bb__flush_client(w->dirty[i]);
+    w->ndirty = 0;
 }
 
 /* Stop intake; what is queued fails with BB_ESHUTDOWN, what runs finishes. */
@@ -524,12 +594,9 @@ static void begin_shutdown(struct bb__worker *w)
         w->listen_fd = -1;
         unlink(w->cfg->socket_path);
     }
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && c->base && !c->dead)
-            atomic_store_explicit(&c->hdr->shm_broker_state, BB_BROKER_SHUTDOWN,
-                                  memory_order_release);
-    }
+    for (uint32_t i = 0; i < w->nlive; i++)
+        atomic_store_explicit(&w->live[i]->hdr->shm_broker_state, BB_BROKER_SHUTDOWN,
+                              memory_order_release);
     for (uint32_t i = 0; i < w->nmodels; i++) {
         struct bb__model *m = &w->models[i];
         struct bb__req *r;
@@ -567,18 +634,11 @@ int bb__worker_run(struct bb__worker *w)
         int progress = reap_cqes(w);
         progress += reap_done(w);
         uint64_t now = bb__now_ns();
-        for (uint32_t i = 0; i < w->max_clients; i++) {
-            struct bb__client *c = w->clients[i];
-            if (c && c->base && !c->dead)
-                progress += drain(w, c, now);
-        }
+        progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < w->nmodels; i++)
             progress += bb__batcher_poll(w, &w->models[i], now, &next);
-        if (progress)
-            for (uint32_t i = 0; i < w->max_clients; i++)
-                if (w->clients[i])
-                    bb__flush_client(w->clients[i]);
+        flush_dirty(w);
         if (w->need_sweep)
             sweep(w);
         if (io_uring_sq_ready(&w->ring))
@@ -601,10 +661,14 @@ int bb__worker_run(struct bb__worker *w)
                 bb__cpu_relax();
             continue;
         }
-        set_need_wake(w, 1);
+        uint64_t window = coalesce_window(w);
+        if (!window)
+            set_need_wake(w, 1);
         atomic_store_explicit(&w->sleeping, 1, memory_order_relaxed);
         atomic_thread_fence(memory_order_seq_cst);
         if (!work_pending(w)) {
+            if (window && now + window < next)
+                next = now + window;
             uint64_t wait = next > now ? next - now : 0;
             struct __kernel_timespec ts = {.tv_sec = (long long)(wait / 1000000000ull),
                                            .tv_nsec = (long long)(wait % 1000000000ull)};
@@ -614,24 +678,17 @@ int bb__worker_run(struct bb__worker *w)
                 bb_warn("io_uring wait: %s", strerror(-rc));
         }
         atomic_store_explicit(&w->sleeping, 0, memory_order_relaxed);
-        set_need_wake(w, 0);
+        if (!window)
+            set_need_wake(w, 0);
         idle_since = bb__now_ns();
     }
     /* Submissions that raced with the shutdown get BB_ESHUTDOWN; then every
      * client is disconnected, which its library reports as BB_EDISCONNECTED. */
-    uint64_t now = bb__now_ns();
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && c->base && !c->dead)
-            drain(w, c, now);
-    }
-    for (uint32_t i = 0; i < w->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c) {
-            bb__flush_client(c);
-            bb__client_kill(w, c, "broker shutdown");
-        }
-    }
+    drain_all(w, bb__now_ns());
+    flush_dirty(w);
+    for (uint32_t i = 0; i < w->max_clients; i++)
+        if (w->clients[i])
+            bb__client_kill(w, w->clients[i], "broker shutdown");
     sweep(w);
     io_uring_submit(&w->ring);
     return 0;
@@ -658,5 +715,7 @@ void bb__worker_fini(struct bb__worker *w)
     free(w->clients);
     free(w->client_gen);
     free(w->db_bufs);
+    free(w->live);
+    free(w->dirty);
     free(w->models);
 }

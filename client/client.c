@@ -589,27 +589,33 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         }
         bb__cpu_relax();
     }
-    /* Sleep on the slot's futex in slices, checking the broker is alive. */
+    /* Sleep on the client's futex word in slices, checking the broker is
+     * alive; the handshake is in protocol.h. */
+    struct bb_shm_header *h = c->hdr;
     for (;;) {
-        uint32_t seen = done_gen(r);
-        if (seen == r->gen)
-            return 0;
-        atomic_store_explicit(&r->slot->shm_waiters, 1, memory_order_seq_cst);
-        seen = atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst);
-        if (seen == r->gen) {
-            /* Completed before we slept: spare the broker a futex wake later. */
-            atomic_store_explicit(&r->slot->shm_waiters, 0, memory_order_relaxed);
+        uint32_t seq = atomic_load_explicit(&h->shm_wake_seq, memory_order_acquire);
+        atomic_fetch_add_explicit(&h->shm_sleepers, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst) == r->gen) {
+            atomic_fetch_sub_explicit(&h->shm_sleepers, 1, memory_order_relaxed);
             return 0;
         }
         uint64_t now = bb__now_ns();
+        int rc = 0;
         if (now >= deadline)
-            return BB_ETIMEDOUT;
-        if (broker_gone(c))
-            return BB_EDISCONNECTED;
-        uint64_t slice = deadline - now;
-        if (slice > LIVENESS_SLICE_NS)
-            slice = LIVENESS_SLICE_NS;
-        bb__futex_wait(&r->slot->shm_done_gen, seen, (int64_t)slice);
+            rc = BB_ETIMEDOUT;
+        else if (broker_gone(c))
+            rc = BB_EDISCONNECTED;
+        if (rc == 0) {
+            uint64_t slice = deadline - now;
+            if (slice > LIVENESS_SLICE_NS)
+                slice = LIVENESS_SLICE_NS;
+            bb__futex_wait(&h->shm_wake_seq, seq, (int64_t)slice);
+        }
+        atomic_fetch_sub_explicit(&h->shm_sleepers, 1, memory_order_relaxed);
+        if (rc < 0)
+            return rc;
+        if (!is_pending(r))
+            return 0;
     }
 }
 

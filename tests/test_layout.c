@@ -31,7 +31,9 @@ _Static_assert(offsetof(struct bb_shm_slot, priority) == 56, "slot priority");
 _Static_assert(offsetof(struct bb_shm_slot, shm_done_gen) == 64, "slot done_gen");
 _Static_assert(offsetof(struct bb_shm_slot, status) == 68, "slot status");
 _Static_assert(offsetof(struct bb_shm_slot, out_len) == 72, "slot out_len");
-_Static_assert(offsetof(struct bb_shm_slot, shm_waiters) == 76, "slot waiters");
+_Static_assert(offsetof(struct bb_shm_slot, reserved) == 76, "slot reserved word");
+_Static_assert(offsetof(struct bb_shm_header, shm_wake_seq) == 148, "wake_seq");
+_Static_assert(offsetof(struct bb_shm_header, shm_sleepers) == 260, "sleepers");
 _Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 1u && BB_ABI_MINOR == 0u,
                "magic and ABI version");
 
@@ -96,13 +98,15 @@ Test(layout, shm_header)
     OFF(H, shm_broker_state, 136);
     OFF(H, shm_need_wake, 140);
     OFF(H, shm_cq_overflow, 144);
-    OFF(H, pad1, 148);
+    OFF(H, shm_wake_seq, 148);
+    OFF(H, pad1, 152);
     OFF(H, shm_notify, 256);
-    OFF(H, pad2, 260);
+    OFF(H, shm_sleepers, 260);
+    OFF(H, pad2, 264);
     H h;
     cr_expect_eq(sizeof h.pad0, 40u);
-    cr_expect_eq(sizeof h.pad1, 108u);
-    cr_expect_eq(sizeof h.pad2, 3836u);
+    cr_expect_eq(sizeof h.pad1, 104u);
+    cr_expect_eq(sizeof h.pad2, 3832u);
     /* Broker-written hot words and the client-written word on separate
      * 128-byte lines. */
     cr_expect_eq(offsetof(H, shm_heartbeat_ns) % 128, 0u);
@@ -143,7 +147,7 @@ Test(layout, shm_slot)
     OFF(S, shm_done_gen, 64);
     OFF(S, status, 68);
     OFF(S, out_len, 72);
-    OFF(S, shm_waiters, 76);
+    OFF(S, reserved, 76);
     OFF(S, pad1, 80);
     S s;
     cr_expect_eq(sizeof s.priority, 1u);

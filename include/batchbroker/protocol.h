@@ -47,10 +47,14 @@
  *   eventfd. One of the two fences is ordered before the other, so either the
  *   broker sees the new tail or the client sees the flag.
  *
- *   Client sleeping: a waiter stores shm_waiters = 1 (seq_cst), re-checks
- *   shm_done_gen and sleeps with FUTEX_WAIT (shared, not private) on
- *   shm_done_gen. The broker publishes shm_done_gen, issues a seq_cst fence
- *   and calls FUTEX_WAKE only if shm_waiters is set.
+ *   Client sleeping: one futex word per client, not per request, so that a
+ *   batch costs the broker one wake-up per client rather than per request. A
+ *   waiter reads shm_wake_seq, increments shm_sleepers (seq_cst), re-checks
+ *   its slot's shm_done_gen, and sleeps with FUTEX_WAIT (shared, not private)
+ *   on shm_wake_seq with the value it read; it decrements shm_sleepers when
+ *   it wakes. The broker publishes the completions of a batch, issues a
+ *   seq_cst fence, and only if shm_sleepers is non-zero increments
+ *   shm_wake_seq and calls FUTEX_WAKE on it for all waiters, who re-check.
  */
 #ifndef BATCHBROKER_PROTOCOL_H
 #define BATCHBROKER_PROTOCOL_H
@@ -99,11 +103,13 @@ struct bb_shm_header {
     _Atomic uint32_t shm_broker_state; /* enum bb_broker_state */
     _Atomic uint32_t shm_need_wake;    /* 1: broker sleeps, ring the doorbell */
     _Atomic uint32_t shm_cq_overflow;  /* completions dropped from a full CQ */
-    uint8_t pad1[128 - 20];
+    _Atomic uint32_t shm_wake_seq;     /* futex word of sleeping waiters; bumped to wake */
+    uint8_t pad1[128 - 24];
 
     /* Client-written. */
     _Atomic uint32_t shm_notify;       /* 1: signal the notify eventfd on completions */
-    uint8_t pad2[BB_SHM_HEADER_SIZE - 260];
+    _Atomic uint32_t shm_sleepers;     /* threads asleep (or about to be) on shm_wake_seq */
+    uint8_t pad2[BB_SHM_HEADER_SIZE - 264];
 };
 
 /* Ring header; the u32 entries follow at BB_SHM_RING_HDR_SIZE. The producer
@@ -132,10 +138,9 @@ struct bb_shm_slot {
 
     /* Completion: broker-written, shm_done_gen last with release. */
     _Atomic uint32_t shm_done_gen;
-    int32_t status;
+    int32_t status;         /* 0 or BB_E* */
     uint32_t out_len;
-    _Atomic uint32_t shm_waiters; /* set by a client thread about to sleep on shm_done_gen;
-                                   * cleared by the broker when it wakes it */
+    uint32_t reserved;     /* 0 */
     uint8_t pad1[48];
 };
 
@@ -152,7 +157,8 @@ _Static_assert(sizeof(struct bb_shm_slot) == BB_SHM_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(struct bb_shm_slot, submit_ns) == 40, "submit_ns");
 _Static_assert(offsetof(struct bb_shm_slot, priority) == 56, "priority");
 _Static_assert(offsetof(struct bb_shm_slot, shm_done_gen) == 64, "done_gen");
-_Static_assert(offsetof(struct bb_shm_slot, shm_waiters) == 76, "waiters");
+_Static_assert(offsetof(struct bb_shm_header, shm_wake_seq) == 148, "wake_seq");
+_Static_assert(offsetof(struct bb_shm_header, shm_sleepers) == 260, "sleepers");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2, "lock-free atomics");
 
 /* ---- Control socket (SOCK_SEQPACKET, one message per datagram) ---- */

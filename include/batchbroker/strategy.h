@@ -67,6 +67,10 @@ struct bb_queue_ops {
     /* Move the head of a level into the batch. Returns 0, or -1 when the
      * batch is full or the level empty. */
     int (*take)(void *q, int level);
+    /* Move up to max requests of a level into the batch, as that many take()
+     * calls would (the order inside the batch may differ), but cheaper when
+     * the whole level fits. Returns how many. */
+    uint32_t (*take_many)(void *q, int level, uint32_t max);
 };
 
 struct bb_strategy_ops {
