@@ -132,12 +132,19 @@ static void take_starved(struct cut *c, uint64_t now)
         return;
     for (;;) {
         struct bb__req *oldest = NULL;
+        bool higher = c->m->levels[0].n > 0;
         for (int l = 1; l < 4; l++) {
             struct bb__req *r = bb__level_oldest(c->m, l);
-            if (r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
+            if (higher && r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
                 oldest = r;
+            higher = higher || c->m->levels[l].n > 0;
         }
-        if (!oldest || !fits(c, oldest))
+        if (!oldest)
+            return;
+        struct bb__req *crit = bb__level_oldest(c->m, 0);
+        if (crit && crit->enq_ns < oldest->enq_ns)
+            oldest = crit;
+        if (!fits(c, oldest))
             return;
         add(c, oldest);
     }

@@ -7,7 +7,9 @@
  * output of a computation it shares by scribbling on its own segment. Later
  * identical requests join the group while it is queued or running, and when
  * the batch finishes the dispatcher copies the output to every member. The
- * result then stays in a small LRU cache until dedup_ttl_ms passes.
+ * result then stays in a small cache until dedup_ttl_ms passes; when the
+ * cache is full the oldest entry goes (insertion order, which is also expiry
+ * order since every entry gets the same TTL).
  *
  * Identity is the xxh3 hash *and* a byte-for-byte comparison; the test hook
  * BATCHBROKER_TEST_DEDUP_COLLIDE=1 makes every hash collide to prove that. */
@@ -35,14 +37,14 @@ struct bb__cache_ent {
     uint64_t hash, expires_ns;
     uint32_t in_len, out_len;
     void *in, *out;
-    struct bb__cache_ent *hnext, *prev, *next; /* hash chain; LRU list */
+    struct bb__cache_ent *hnext, *prev, *next; /* hash chain; insertion order */
 };
 
 struct bb__dedup {
     struct bb__group *groups[GROUP_BUCKETS];
     struct bb__cache_ent **cache;
     uint32_t cmask, ncache;
-    struct bb__cache_ent *mru, *lru;
+    struct bb__cache_ent *mru, *lru;    /* newest, oldest */
     bool collide;
 };
 
@@ -162,6 +164,19 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
         m->metrics.deduplicated++;
         if (g->running) {
             atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
+        } else if (g->rep && r->level < g->rep->level) {
+            /* A more urgent member represents the group from its own level. */
+            struct bb__req *old = g->rep;
+            bb__queue_remove(m, old);
+            atomic_store_explicit(&old->state, BB__REQ_GROUPED, memory_order_relaxed);
+            m->grouped++;
+            r->in = g->in;
+            r->out = g->out;
+            r->out_cap = g->out_cap;
+            g->rep = r;
+            atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
+            bb__queue_push(m, r);
+            bb__deadline_push(m, r);
         } else {
             atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
             m->grouped++;
