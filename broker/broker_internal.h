@@ -180,7 +180,7 @@ struct bb__client {
 enum { BB__UD_ACCEPT = 1, BB__UD_WAKE, BB__UD_SOCK, BB__UD_DOORBELL, BB__UD_PIDFD, BB__UD_CANCEL };
 
 struct bb__worker {
-    const struct bb__broker_config *cfg;
+    struct bb__broker_config *cfg;  /* the running configuration; reload updates it */
     int node;
     struct io_uring ring;
     int listen_fd;
@@ -206,12 +206,16 @@ struct bb__worker {
     uint64_t spin_ns;
     uint64_t last_heartbeat_ns;
     volatile sig_atomic_t *stop_flag;
+    volatile sig_atomic_t *reload_flag;   /* SIGHUP: see reload() in worker.c */
+    const char *config_path;
+    const char *const *overrides;
+    int noverrides;
     bool stopping;
 };
 
 /* worker.c */
 /* Returns 0, -1 on a system failure, -2 when a configured model cannot start. */
-int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, int node,
+int bb__worker_init(struct bb__worker *w, struct bb__broker_config *cfg, int node,
                     volatile sig_atomic_t *stop_flag, bool listen);
 int bb__worker_run(struct bb__worker *w);
 void bb__worker_fini(struct bb__worker *w);
@@ -229,6 +233,7 @@ void bb__client_destroy(struct bb__worker *w, struct bb__client *cl);
 
 /* queue.c */
 int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf);
+int bb__heap_reserve(struct bb__heap *h, uint32_t cap);
 void bb__heap_fini(struct bb__heap *h);
 void bb__queue_push(struct bb__model *m, struct bb__req *r);
 struct bb__req *bb__queue_top(struct bb__model *m, int level);

@@ -100,7 +100,7 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "backend", BB__CT_STRING, BB__MODEL(backend), 1, 255, NULL, "required", NULL,
      0, "Backend plugin: a built-in name (echo, synthetic, mlp, cuda) or a path to a .so."},
     {BB__SEC_MODEL, "max_batch_size", BB__CT_UINT, BB__MODEL(max_batch_size), 1, 65536, "32", NULL,
-     NULL, 1, "Most requests in one batch."},
+     NULL, 0, "Most requests in one batch."},
     {BB__SEC_MODEL, "max_wait_us", BB__CT_UINT, BB__MODEL(max_wait_us), 0, 10000000, "1000", NULL,
      NULL, 1, "Longest the oldest queued request waits for its batch to fill."},
     {BB__SEC_MODEL, "instances", BB__CT_UINT, BB__MODEL(instances), 0, 64, "1", NULL, NULL, 0,
@@ -116,7 +116,7 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "max_request_bytes", BB__CT_BYTES, BB__MODEL(max_request_bytes), 0, 4ull << 30,
      "0", NULL, NULL, 1, "Largest input + output of one request; 0 = no limit."},
     {BB__SEC_MODEL, "priorities", BB__CT_ENUM, BB__MODEL(priorities), 0, 1, "on", NULL,
-     bb__onoff_names, 1,
+     bb__onoff_names, 0,
      "Four priority levels (critical > high > normal > low); off = one FIFO queue."},
     {BB__SEC_MODEL, "max_starvation_us", BB__CT_UINT, BB__MODEL(max_starvation_us), 0,
      3600000000u, "100000", NULL, NULL, 1,
@@ -139,7 +139,7 @@ static const struct bb__config_key bb__keys[] = {
      "Queued + running requests one client may have on this model before BB_EBUSY; "
      "0 = unlimited."},
     {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
-     bb__onoff_names, 1,
+     bb__onoff_names, 0,
      "Within a level, requests without a deadline are taken round-robin across clients."},
     {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
      NULL, 0,
@@ -977,4 +977,87 @@ void bb__config_help(FILE *out, int markdown)
                 bb__type_name(k->type), range, k->reloadable ? ", reloadable" : "");
         bb__print_wrapped(out, k->desc, 6, 78);
     }
+}
+
+/* ---- reload ---------------------------------------------------------------- */
+
+static int bb__section_reload(enum bb__csect section, void *dst, const void *src, const char *what,
+                              char *msg, size_t msglen)
+{
+    int changed = 0;
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        if (k->section != section || k->type == BB__CT_PARAM)
+            continue;
+        unsigned char *d = (unsigned char *)dst + k->offset;
+        const unsigned char *sv = (const unsigned char *)src + k->offset;
+        if (memcmp(d, sv, k->size) == 0)
+            continue;
+        if (!k->reloadable) {
+            size_t used = strlen(msg);
+            snprintf(msg + used, msglen - used, "%s%s%s", used ? ", " : "", what, k->name);
+            continue;
+        }
+        memcpy(d, sv, k->size);
+        changed++;
+    }
+    return changed;
+}
+
+int bb__config_reload(struct bb__broker_config *cur, const struct bb__broker_config *next,
+                      char *skipped, size_t skippedlen)
+{
+    skipped[0] = '\0';
+    int changed = bb__section_reload(BB__SEC_BROKER, cur, next, "", skipped, skippedlen);
+    changed += cur->nuids != next->nuids || cur->ngids != next->ngids;
+    cur->nuids = next->nuids; /* the id lists are reloadable */
+    cur->ngids = next->ngids;
+    for (size_t i = 0; i < cur->nmodels; i++) {
+        struct bb__model_config *m = &cur->models[i];
+        const struct bb__model_config *n = NULL;
+        for (size_t j = 0; j < next->nmodels && !n; j++)
+            if (strcmp(next->models[j].name, m->name) == 0)
+                n = &next->models[j];
+        if (!n) {
+            size_t used = strlen(skipped);
+            snprintf(skipped + used, skippedlen - used, "%smodel %s removed", used ? ", " : "",
+                     m->name);
+            continue;
+        }
+        char what[80];
+        snprintf(what, sizeof what, "model.%s.", m->name);
+        changed += bb__section_reload(BB__SEC_MODEL, m, n, what, skipped, skippedlen);
+        bool params_differ = m->nparams != n->nparams ||
+                             memcmp(m->params, n->params, m->nparams * sizeof m->params[0]) != 0 ||
+                             m->nsparams != n->nsparams ||
+                             memcmp(m->sparams, n->sparams, m->nsparams * sizeof m->sparams[0]) != 0;
+        if (params_differ) {
+            size_t used = strlen(skipped);
+            snprintf(skipped + used, skippedlen - used, "%smodel.%s.param/strategy keys",
+                     used ? ", " : "", m->name);
+        }
+    }
+    for (size_t j = 0; j < next->nmodels; j++) {
+        bool known = false;
+        for (size_t i = 0; i < cur->nmodels && !known; i++)
+            known = strcmp(next->models[j].name, cur->models[i].name) == 0;
+        if (!known) {
+            size_t used = strlen(skipped);
+            snprintf(skipped + used, skippedlen - used, "%smodel %s added", used ? ", " : "",
+                     next->models[j].name);
+        }
+    }
+    return changed;
+}
+
+int bb__config_build(struct bb__broker_config *cfg, const char *path, const char *const *overrides,
+                     int noverrides, char *err, size_t errlen)
+{
+    bb__config_defaults(cfg);
+    if (path && bb__config_load(cfg, path, err, errlen) < 0)
+        return -1;
+    for (int i = 0; i < noverrides; i++)
+        if (bb__config_set_arg(cfg, overrides[i], err, errlen) < 0)
+            return -1;
+    return bb__config_check(cfg, err, errlen);
 }

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <sys/types.h>
 
@@ -106,5 +107,17 @@ int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err
 
 /* The model called name, or NULL. Valid until cfg changes. */
 struct bb__model_config *bb__config_model(struct bb__broker_config *cfg, const char *name);
+
+/* Defaults, then the file (if any), then the -o overrides, then the cross-key
+ * checks: the configuration the broker runs with. Returns 0 or -1 with err. */
+int bb__config_build(struct bb__broker_config *cfg, const char *path, const char *const *overrides,
+                     int noverrides, char *err, size_t errlen);
+
+/* SIGHUP: copy the keys marked reloadable from next into cur (the running
+ * configuration). Changes that need a restart (other keys, models added or
+ * removed, param.* keys) are listed in skipped and not applied. Returns how
+ * many keys changed. */
+int bb__config_reload(struct bb__broker_config *cur, const struct bb__broker_config *next,
+                      char *skipped, size_t skippedlen);
 
 #endif

@@ -9,15 +9,17 @@
 
 #include "broker_internal.h"
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, reload_requested;
 static int wake_fd_for_signals = -1;
 
 /* Set a flag and wake the loop; the loop does the work. */
 static void on_signal(int sig)
 {
-    (void)sig;
     int saved = errno;
-    stop_requested = 1;
+    if (sig == SIGHUP)
+        reload_requested = 1;
+    else
+        stop_requested = 1;
     if (wake_fd_for_signals >= 0) {
         uint64_t one = 1;
         ssize_t n = write(wake_fd_for_signals, &one, sizeof one);
@@ -54,9 +56,8 @@ int main(int argc, char **argv)
         {"config-reference", no_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     static struct bb__broker_config cfg;
-    bb__config_defaults(&cfg);
     const char *config_path = NULL;
-    const char *overrides[64];
+    static const char *overrides[64];
     int noverrides = 0;
     bool check = false, dump = false;
     char err[1024];
@@ -105,16 +106,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "batchbroker: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (config_path && bb__config_load(&cfg, config_path, err, sizeof err) < 0) {
-        fprintf(stderr, "batchbroker: %s\n", err);
-        return 2;
-    }
-    for (int i = 0; i < noverrides; i++)
-        if (bb__config_set_arg(&cfg, overrides[i], err, sizeof err) < 0) {
-            fprintf(stderr, "batchbroker: %s\n", err);
-            return 2;
-        }
-    if (bb__config_check(&cfg, err, sizeof err) < 0) {
+    if (bb__config_build(&cfg, config_path, overrides, noverrides, err, sizeof err) < 0) {
         fprintf(stderr, "batchbroker: %s\n", err);
         return 2;
     }
@@ -146,9 +138,11 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    /* No reload yet: a SIGHUP from a closing terminal must not kill us. */
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* reload the reloadable keys */
+    w.reload_flag = &reload_requested;
+    w.config_path = config_path;
+    w.overrides = overrides;
+    w.noverrides = noverrides;
     bb_info("listening on %s (pid %d)", cfg.socket_path, (int)getpid());
     rc = bb__worker_run(&w);
     wake_fd_for_signals = -1;

@@ -138,6 +138,19 @@ int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
     return h->v ? 0 : -1;
 }
 
+/* Grow (never shrink) a heap's capacity, e.g. when a reload raises max_queue. */
+int bb__heap_reserve(struct bb__heap *h, uint32_t cap)
+{
+    if (cap <= h->cap)
+        return 0;
+    struct bb__req **v = realloc(h->v, (size_t)cap * sizeof *v);
+    if (!v)
+        return -1;
+    h->v = v;
+    h->cap = cap;
+    return 0;
+}
+
 void bb__heap_fini(struct bb__heap *h)
 {
     free(h->v);

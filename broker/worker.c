@@ -464,7 +464,7 @@ static int reap_done(struct bb__worker *w)
 
 /* ---- Lifecycle ---- */
 
-int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, int node,
+int bb__worker_init(struct bb__worker *w, struct bb__broker_config *cfg, int node,
                     volatile sig_atomic_t *stop_flag, bool listen)
 {
     memset(w, 0, sizeof *w);
@@ -521,7 +521,8 @@ int bb__worker_init(struct bb__worker *w, const struct bb__broker_config *cfg, i
 
 static bool work_pending(struct bb__worker *w)
 {
-    if (atomic_load_explicit(&w->done, memory_order_relaxed) || (*w->stop_flag && !w->stopping))
+    if (atomic_load_explicit(&w->done, memory_order_relaxed) || (*w->stop_flag && !w->stopping) ||
+        (w->reload_flag && *w->reload_flag))
         return true;
     for (uint32_t i = 0; i < w->nlive; i++)
         if (bb__ring_available(&w->live[i]->sq) != 0)
@@ -583,6 +584,42 @@ static void flush_dirty(struct bb__worker *w)
     w->ndirty = 0;
 }
 
+/* SIGHUP: read the configuration again and apply the keys marked reloadable
+ * (--help says which). A file that no longer parses changes nothing. */
+static void reload(struct bb__worker *w)
+{
+    static struct bb__broker_config next; /* large; only the dispatcher uses it */
+    char err[1024], skipped[1024];
+    if (bb__config_build(&next, w->config_path, w->overrides, w->noverrides, err, sizeof err) < 0) {
+        bb_error("reload refused, configuration unchanged: %s", err);
+        return;
+    }
+    int changed = bb__config_reload(w->cfg, &next, skipped, sizeof skipped);
+    bb__log_level = w->cfg->log_level;
+    w->spin_ns = (uint64_t)w->cfg->spin_us * 1000;
+    for (uint32_t i = 0; i < w->nmodels; i++) {
+        struct bb__model *m = &w->models[i];
+        m->cfg = w->cfg->models[i];
+        m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
+        bool grown = bb__heap_reserve(&m->deadlines, m->cfg.max_queue) == 0;
+        for (int l = 0; l < 4; l++)
+            grown = grown && bb__heap_reserve(&m->levels[l], m->cfg.max_queue) == 0;
+        if (!grown) {
+            bb_error("model %s: out of memory growing the queues; max_queue stays %u",
+                     m->cfg.name, m->levels[0].cap);
+            m->cfg.max_queue = w->cfg->models[i].max_queue = m->levels[0].cap;
+        }
+        struct bb__adaptive_cfg *a = &m->adapt.cfg;
+        a->max_wait_us = m->cfg.max_wait_us;
+        a->optimize = m->cfg.optimize;
+        a->slo_us = m->cfg.latency_slo_us;
+        a->interval_ns = (uint64_t)m->cfg.adaptation_interval_ms * 1000000ull;
+    }
+    bb_info("configuration reloaded: %d key(s) changed", changed);
+    if (skipped[0])
+        bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
+}
+
 /* Stop intake; what is queued fails with BB_ESHUTDOWN, what runs finishes. */
 static void begin_shutdown(struct bb__worker *w)
 {
@@ -631,6 +668,10 @@ int bb__worker_run(struct bb__worker *w)
     for (;;) {
         if (*w->stop_flag && !w->stopping)
             begin_shutdown(w);
+        if (w->reload_flag && *w->reload_flag) {
+            *w->reload_flag = 0;
+            reload(w);
+        }
         int progress = reap_cqes(w);
         progress += reap_done(w);
         uint64_t now = bb__now_ns();

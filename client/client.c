@@ -717,26 +717,36 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
 {
     if (!c || (!out && max > 0) || max < 0)
         return BB_EINVAL;
+    /* Clear readiness before looking at the ring: a completion published
+     * after this read rings the eventfd again. */
     uint64_t cnt;
-    ssize_t rd = read(c->notify_fd, &cnt, sizeof cnt); /* clear readiness first */
+    ssize_t rd = read(c->notify_fd, &cnt, sizeof cnt);
     (void)rd;
     pthread_mutex_lock(&c->cq_lock);
     int got = 0;
-    int64_t avail = bb__ring_available(&c->cq);
-    uint32_t used = 0;
-    while (avail > 0 && got < max) {
-        uint32_t idx = bb__ring_peek(&c->cq, used++);
-        avail--;
-        if (idx >= c->nslots)
-            continue;
-        bb_request *r = &c->reqs[idx];
-        if (r->kind == BB__REQ_LIVE && r->gen && !is_pending(r))
-            out[got++] = r;
-    }
-    if (used)
+    bool more = false;
+    for (;;) {
+        /* Reloads the broker's tail once the entries already seen are used. */
+        int64_t avail = bb__ring_available(&c->cq);
+        if (avail <= 0)
+            break;
+        if (got == max) {
+            more = true;
+            break;
+        }
+        uint32_t used = 0;
+        while (used < avail && got < max) {
+            uint32_t idx = bb__ring_peek(&c->cq, used++);
+            if (idx >= c->nslots)
+                continue;
+            bb_request *r = &c->reqs[idx];
+            if (r->kind == BB__REQ_LIVE && r->gen && !is_pending(r))
+                out[got++] = r;
+        }
         bb__ring_consume(&c->cq, used);
+    }
     pthread_mutex_unlock(&c->cq_lock);
-    if (got == max && avail > 0) {
+    if (more) {
         uint64_t one = 1; /* more to collect: stay readable */
         ssize_t wr = write(c->notify_fd, &one, sizeof one);
         (void)wr;

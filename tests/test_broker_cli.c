@@ -261,3 +261,58 @@ Test(cli, sigterm_graceful_shutdown)
     cr_assert_neq(access(B.sock, F_OK), 0, "the socket file is still there");
     bb_disconnect(c);
 }
+
+/* SIGHUP re-reads the file: a reloadable key (max_queue) takes effect, a
+ * file that no longer parses changes nothing and the broker keeps serving. */
+Test(cli, sighup_reloads_reloadable_keys)
+{
+    const char *slow = "[model.slow]\nbackend = synthetic\nparam.batch_us = 300000\n"
+                       "param.mode = sleep\ninstances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n";
+    char text[512];
+    snprintf(text, sizeof text, "%smax_queue = 1\n", slow);
+    cr_assert_eq(bbt_broker_start(&B, text, NULL), 0);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "slow", &m), 0);
+    bb_request *r[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(bb_request_new(m, 8, 8, &r[i]), 0);
+        memset(bb_request_input(r[i]), 'a' + i, 8);
+    }
+    /* One runs, one waits, the third is over max_queue = 1. */
+    cr_assert_eq(bb_submit(r[0], NULL), 0);
+    msleep(50);
+    cr_assert_eq(bb_submit(r[1], NULL), 0);
+    cr_assert_eq(bb_submit(r[2], NULL), 0);
+    cr_assert_eq(bb_wait(r[2], 5000000000ll), 0);
+    cr_assert_eq(bb_request_status(r[2]), BB_EBUSY);
+
+    /* Raise the limit in the same file and reload. */
+    FILE *f = fopen(B.cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%smax_queue = 8\n", slow);
+    fclose(f);
+    cr_assert_eq(kill(B.pid, SIGHUP), 0);
+    msleep(100);
+    cr_assert_eq(bb_wait(r[0], 5000000000ll), 0);
+    cr_assert_eq(bb_submit(r[0], NULL), 0);
+    cr_assert_eq(bb_submit(r[2], NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(bb_wait(r[i], 5000000000ll), 0);
+        cr_assert_eq(bb_request_status(r[i]), 0, "request %d: %s", i,
+                     bb_errname(bb_request_status(r[i])));
+    }
+
+    /* A broken file: the reload is refused and the broker carries on. */
+    f = fopen(B.cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "[model.slow]\nmax_queue = lots\n");
+    fclose(f);
+    cr_assert_eq(kill(B.pid, SIGHUP), 0);
+    msleep(100);
+    cr_assert_eq(bb_submit(r[1], NULL), 0);
+    cr_assert_eq(bb_wait(r[1], 5000000000ll), 0);
+    cr_assert_eq(bb_request_status(r[1]), 0);
+    bb_disconnect(c);
+}
