@@ -151,6 +151,7 @@ struct bench_run_result {
     uint64_t completed, failed, bad_output, submitted;
     int first_error;
     double seconds;                 /* length of the measured window */
+    uint64_t t_meas, t_end;         /* the measured window, CLOCK_MONOTONIC ns */
     double cpu_server, cpu_clients; /* CPU seconds in the window; < 0 unknown */
     uint64_t batch_count[BENCH_MAX_BATCH + 1];
     int has_batch_hist;             /* batch_count is a real distribution */

@@ -11,6 +11,7 @@
 #include "batchbroker/client.h"
 #include "bench.h"
 #include "report.h"
+#include "scenario.h"
 
 #ifndef BB_BROKER_BIN
 #define BB_BROKER_BIN "batchbroker"
@@ -57,7 +58,17 @@ static void usage(FILE *f)
 "                         (default: the broker's, 32 and 1000); they override the config\n"
 "output:\n"
 "  --json FILE            write the results as JSON\n"
-"  --label TEXT           label stored in the JSON\n");
+"  --label TEXT           label stored in the JSON\n"
+"scenarios (several runs, each with its own spawned broker; docs/performance.md):\n"
+"  --scenario adaptive    the adaptive broker against a grid of static batching\n"
+"                         policies on one three-phase trace (low, burst, sustained);\n"
+"                         honours --broker-bin, --json, --seed, --warmup and\n"
+"                         --duration (seconds per phase, default 5)\n"
+"  --trace FILE           with --scenario adaptive: the adaptive run's time series\n"
+"                         (TSV, every 100 ms) for bench/plot_adaptive.gp\n"
+"  --optimize throughput|latency  with --scenario adaptive: the adaptive run's goal\n"
+"                         (default throughput)\n"
+"  --slo-us US            with --scenario adaptive: the p99 objective (default 20000)\n");
 }
 
 static int parse_u32(const char *s, uint32_t min, uint32_t *out)
@@ -123,7 +134,7 @@ enum {
     OPT_NO_BROKER, OPT_CLIENTS, OPT_THREADS, OPT_CONC, OPT_RATE, OPT_DURATION, OPT_WARMUP,
     OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
     OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
-    OPT_LABEL, OPT_HELP,
+    OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -138,7 +149,9 @@ static const struct option long_opts[] = {
     {"no-verify", 0, 0, OPT_NO_VERIFY}, {"baseline", 1, 0, OPT_BASELINE},
     {"backend", 1, 0, OPT_BACKEND}, {"param", 1, 0, OPT_PARAM},
     {"max-batch", 1, 0, OPT_MAX_BATCH}, {"max-wait-us", 1, 0, OPT_MAX_WAIT},
-    {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"help", 0, 0, OPT_HELP},
+    {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"scenario", 1, 0, OPT_SCENARIO},
+    {"trace", 1, 0, OPT_TRACE}, {"optimize", 1, 0, OPT_OPTIMIZE},
+    {"slo-us", 1, 0, OPT_SLO}, {"help", 0, 0, OPT_HELP},
     {0, 0, 0, 0},
 };
 
@@ -149,6 +162,9 @@ struct model_flags {
     size_t nparams;
     uint32_t max_batch, max_wait_us;
     int has_max_batch, has_max_wait;
+    const char *scenario, *trace, *optimize;
+    int has_duration;
+    uint32_t slo_us;
 };
 
 static int bad(const char *opt, const char *arg)
@@ -186,6 +202,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         case OPT_RATE: if (parse_pos(optarg, &o->rate)) return bad(name, optarg); break;
         case OPT_DURATION:
             if (parse_pos(optarg, &o->duration_s) || o->duration_s <= 0) return bad(name, optarg);
+            mf->has_duration = 1;
             break;
         case OPT_WARMUP: if (parse_pos(optarg, &o->warmup_s)) return bad(name, optarg); break;
         case OPT_PAYLOAD: if (parse_payload(optarg, &o->pmin, &o->pmax)) return bad(name, optarg); break;
@@ -236,6 +253,13 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             break;
         case OPT_JSON: o->json = optarg; break;
         case OPT_LABEL: o->label = optarg; break;
+        case OPT_SCENARIO: mf->scenario = optarg; break;
+        case OPT_TRACE: mf->trace = optarg; break;
+        case OPT_SLO: if (parse_u32(optarg, 1, &mf->slo_us)) return bad(name, optarg); break;
+        case OPT_OPTIMIZE:
+            if (strcmp(optarg, "throughput") && strcmp(optarg, "latency")) return bad(name, optarg);
+            mf->optimize = optarg;
+            break;
         case OPT_HELP: usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -296,8 +320,22 @@ int main(int argc, char **argv)
     struct model_flags mf = {0};
     int rc = parse_args(argc, argv, &o, &mf);
     if (rc) return rc;
-    if (resolve_model(&o, &mf) < 0) return 2;
     signal(SIGPIPE, SIG_IGN);
+    if (mf.scenario) {
+        if (strcmp(mf.scenario, "adaptive")) {
+            fprintf(stderr, "bb-bench: --scenario %s: unknown (known: adaptive)\n", mf.scenario);
+            return 2;
+        }
+        struct bench_scenario_args sa = {.json = o.json, .trace = mf.trace, .optimize = mf.optimize,
+                                         .slo_us = mf.slo_us,
+                                         .phase_s = mf.has_duration ? o.duration_s : 0};
+        return bench_scenario_adaptive(&o, &sa);
+    }
+    if (mf.trace || mf.optimize || mf.slo_us) {
+        fprintf(stderr, "bb-bench: --trace, --optimize and --slo-us need --scenario adaptive\n");
+        return 2;
+    }
+    if (resolve_model(&o, &mf) < 0) return 2;
 
     const struct bench_xport *plan[1 + BENCH_NBASE];
     const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_shm,

@@ -194,6 +194,8 @@ static void merge(const struct bench_opts *o, struct bench_env *env, struct benc
     r->cpu_clients = 0;
     for (uint32_t p = 0; p < o->clients; p++) r->cpu_clients += sh->client_cpu_s[p];
     r->seconds = (double)(sh->t_end - sh->t_meas) / 1e9;
+    r->t_meas = sh->t_meas;
+    r->t_end = sh->t_end;
 }
 
 int bench_run(const struct bench_opts *o, const struct bench_xport *x, struct bench_run_result *r)

@@ -2,20 +2,21 @@
  * Adaptive batch sizing.
  *
  * Model: a batch of n requests takes S(n) = a + b*n, fitted by least squares
- * over the last BB_ADAPT_WINDOW batches. With k executors the backend can
- * serve k*n/S(n) requests per second at size n, so the smallest size that
- * keeps up with an arrival rate L (with 20% headroom h) is
+ * over the last BB_ADAPT_WINDOW batches. With k executors and an arrival
+ * rate L the backend keeps up at all only if L*b < k.
  *
- *     n_min = h*L*a / (k - h*L*b)          (saturated when k <= h*L*b)
+ * Dispatching whenever an executor is free (batch target 1, no wait) batches
+ * by itself: requests that arrive while a batch runs form the next one, of
+ * about L*a/(k - L*b). That is the policy for optimize = latency, and for
+ * optimize = throughput while the backend is lightly used (under
+ * GREEDY_UTIL at batch size 1): a request never waits for company that will
+ * not come.
  *
- * latency: aim for n_min: at low load that is 1, and a request never waits
- *          for company that will not come.
- * throughput: grow the batch beyond n_min while the expected p99 latency,
- *          fill time (n-1)/L plus two batch times (one running ahead of it,
- *          its own), stays within latency_slo_us, and the fill time within
- *          max_wait_us.
- * The wait is the time the target takes to fill at rate L, with 50% slack,
- * capped at max_wait_us.
+ * Under load, optimize = throughput grows the batch target, to spend less of
+ * the backend on per-batch cost, as far as the batch fills within
+ * max_wait_us and a request's expected p99 (its wait for the batch, the batch
+ * ahead of it, its own) fits the planning budget: a share of latency_slo_us
+ * that feedback from measured SLO violations shrinks and grows (AIMD).
  *
  * A change detector watches the last BB_ADAPT_RECENT batches: when their
  * mean relative residual against the fit passes 30%, the backend has sped
@@ -29,6 +30,9 @@
 #define HEADROOM 1.2
 #define CHANGE_THRESHOLD 0.30
 #define MIN_R2 0.30
+#define GREEDY_UTIL 0.5     /* below this backend use, never wait for company */
+#define FILL_SPREAD 1.2     /* Poisson arrivals fill a batch later than the mean */
+#define BUDGET_MIN 0.25     /* the SLO feedback never shrinks the budget below */
 
 void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cfg)
 {
@@ -42,6 +46,7 @@ void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cf
     a->wait_us = cfg->max_wait_us;
     a->best_size = a->target;
     a->score = 1.0;
+    a->budget = 0.8;
 }
 
 struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
@@ -129,8 +134,10 @@ void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n)
 void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns)
 {
     a->completed++;
-    if (a->cfg.slo_us && lat_ns > (uint64_t)a->cfg.slo_us * 1000)
+    if (a->cfg.slo_us && lat_ns > (uint64_t)a->cfg.slo_us * 1000) {
         a->slo_violations++;
+        a->interval_violations++;
+    }
 }
 
 static uint32_t clampu(double v, uint32_t lo, uint32_t hi)
@@ -143,39 +150,59 @@ static uint32_t clampu(double v, uint32_t lo, uint32_t hi)
 }
 
 void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fit *fit,
-                         double rate_rps, uint32_t *target, uint32_t *wait_us, double *best)
+                         double rate_rps, double budget, uint32_t *target, uint32_t *wait_us,
+                         double *best)
 {
     uint32_t max = cfg->max_batch_size;
     double k = cfg->instances ? cfg->instances : 1;
     double lam = rate_rps / 1e9; /* requests per ns */
     double a = fit->a_ns, b = fit->b_ns;
-    double n_min;
+    *best = 1;
+    *target = 1;
+    *wait_us = 0;
     if (lam <= 0)
-        n_min = 1;
-    else if (k > HEADROOM * lam * b)
-        n_min = ceil(HEADROOM * lam * a / (k - HEADROOM * lam * b));
-    else
-        n_min = INFINITY; /* no size keeps up: everything we can */
-    if (n_min < 1)
-        n_min = 1;
-    double n = n_min;
-    if (cfg->optimize == BB_OPTIMIZE_THROUGHPUT && isfinite(n_min) && lam > 0) {
-        /* Largest n whose fill time fits max_wait and whose expected p99
-         * fits the SLO: walk up from n_min (sizes are small integers). */
-        double max_fill = (double)cfg->max_wait_us * 1000;
-        double slo = cfg->slo_us ? (double)cfg->slo_us * 1000 : INFINITY;
-        for (double c = n_min + 1; c <= max; c++) {
-            double fill = (c - 1) / lam;
-            if (fill > max_fill || fill + 2 * (a + b * c) > slo)
-                break;
-            n = c;
-        }
+        return;
+    if (k <= HEADROOM * lam * b) {
+        /* No batch size keeps up: the largest batches, as full as they get. */
+        *best = max;
+        *target = max;
+        *wait_us = cfg->max_wait_us;
+        return;
     }
-    *best = isfinite(n) ? n : max;
-    *target = clampu(n, 1, max);
-    double fill_ns = lam > 0 ? 1.5 * (*target - 1) / lam : INFINITY;
-    double wait = *target <= 1 ? 0 : fill_ns / 1000;
-    *wait_us = clampu(wait, 0, cfg->max_wait_us);
+    /* Dispatching whenever an executor is free batches by itself: what
+     * queued during one batch forms the next, about L*a/(k - L*b) requests
+     * once the backend is busy, and nobody waits for company. That is the
+     * latency policy, and the throughput policy too while the backend is
+     * lightly used (waiting would only trade latency for idle time). */
+    double util1 = lam * (a + b) / k;
+    double n_nat = lam * a / (k - lam * b);
+    *best = n_nat > 1 ? n_nat : 1;
+    if (cfg->optimize == BB_OPTIMIZE_LATENCY || util1 < GREEDY_UTIL)
+        return;
+    /* Throughput under load: larger batches spend less of the backend on
+     * per-batch cost. Grow n while the batch fills within max_wait_us and a
+     * request's expected p99 - its wait for the batch to fill (with 20% for
+     * the Poisson spread), then the batch running ahead of it, then its own -
+     * stays within the share `budget` of the SLO. */
+    double max_fill = (double)cfg->max_wait_us * 1000;
+    double slo = cfg->slo_us ? budget * (double)cfg->slo_us * 1000 : INFINITY;
+    double n = 1;
+    for (double c = 2; c <= max; c++) {
+        double fill = FILL_SPREAD * (c - 1) / lam;
+        if (fill > max_fill || fill + 2 * (a + b * c) > slo)
+            break;
+        n = c;
+    }
+    if (n < 2)
+        return; /* no room for waiting: greedy */
+    *best = n;
+    *target = (uint32_t)n;
+    /* The oldest request waits at most what the budget leaves after two
+     * batch times, and never past max_wait_us. */
+    double wait = slo - 2 * (a + b * n);
+    if (wait > max_fill)
+        wait = max_fill;
+    *wait_us = clampu(wait / 1000, 0, cfg->max_wait_us);
 }
 
 bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool force)
@@ -189,7 +216,17 @@ bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool
         return false;
     double secs = dt > 0 ? (double)dt / 1e9 : 1e-9;
     double rate = (double)a->arrivals / secs;
-    a->rate_rps = a->rate_rps > 0 ? 0.5 * a->rate_rps + 0.5 * rate : rate;
+    /* Fast attack, slow decay: a burst is taken at once, a lull smoothed. */
+    a->rate_rps = rate > a->rate_rps ? rate : 0.5 * a->rate_rps + 0.5 * rate;
+    /* SLO feedback (AIMD on the share of the SLO the model may plan for):
+     * more than 1% of the interval's completions over the SLO shrinks it,
+     * a clean interval grows it back. */
+    if (a->cfg.slo_us && a->completed >= 20) {
+        if (a->interval_violations * 100 > a->completed)
+            a->budget = fmax(BUDGET_MIN, a->budget * 0.7);
+        else if (a->interval_violations == 0)
+            a->budget = fmin(1.0, a->budget + 0.05);
+    }
     a->throughput_rps = (double)a->completed / secs;
     a->p99_us = p99_us;
     struct bb__fit f = bb__adaptive_fit(a);
@@ -219,7 +256,7 @@ bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool
     } else if (a->count > 0) {
         uint32_t target, wait;
         double best;
-        bb__adaptive_decide(&a->cfg, &a->fit, a->rate_rps, &target, &wait, &best);
+        bb__adaptive_decide(&a->cfg, &a->fit, a->rate_rps, a->budget, &target, &wait, &best);
         /* With one size in the window the fit cannot split a from b: every
          * other interval, try three quarters of the target. */
         if (!a->fit.valid && target >= 4 && (a->dither++ & 1))
@@ -229,6 +266,6 @@ bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool
         a->best_size = best;
     }
     a->interval_start_ns = now;
-    a->arrivals = a->completed = 0;
+    a->arrivals = a->completed = a->interval_violations = 0;
     return true;
 }

@@ -38,7 +38,8 @@ struct bb__adaptive {
     uint32_t changes;            /* change points detected so far */
     struct bb__fit fit;
     /* Arrivals and completions in the current interval. */
-    uint64_t interval_start_ns, arrivals, completed, slo_violations, lat_count;
+    uint64_t interval_start_ns, arrivals, completed, slo_violations, interval_violations;
+    double budget;               /* share of the SLO the controller plans for */
     double rate_rps;             /* smoothed arrival rate */
     double throughput_rps;       /* completions per second, last interval */
     double p99_us;               /* fed by the caller each interval */
@@ -68,6 +69,7 @@ struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a);
 bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool force);
 /* The decision for given conditions (exposed for tests). */
 void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fit *fit,
-                         double rate_rps, uint32_t *target, uint32_t *wait_us, double *best);
+                         double rate_rps, double budget, uint32_t *target, uint32_t *wait_us,
+                         double *best);
 
 #endif

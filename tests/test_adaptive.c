@@ -51,77 +51,95 @@ Test(adaptive, fit_with_one_size_is_not_valid)
     cr_assert_float_eq(f.b_ns, 0, 1e-9);
 }
 
+static const struct bb__fit linear = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
+
 Test(adaptive, low_load_does_not_wait_for_company)
 {
     struct bb__adaptive_cfg c = cfg_default();
-    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
     uint32_t target, wait;
     double best;
-    bb__adaptive_decide(&c, &f, 100, &target, &wait, &best); /* 100 req/s */
+    bb__adaptive_decide(&c, &linear, 100, 0.8, &target, &wait, &best); /* 100 req/s */
     cr_assert_eq(target, 1);
     cr_assert_eq(wait, 0);
     c.optimize = BB_OPTIMIZE_LATENCY;
-    bb__adaptive_decide(&c, &f, 100, &target, &wait, &best);
+    bb__adaptive_decide(&c, &linear, 100, 0.8, &target, &wait, &best);
     cr_assert_eq(target, 1);
     cr_assert_eq(wait, 0);
+    /* Still greedy while the backend is under half busy at batch size 1. */
+    c.optimize = BB_OPTIMIZE_THROUGHPUT;
+    bb__adaptive_decide(&c, &linear, 400, 0.8, &target, &wait, &best);
+    cr_assert_eq(target, 1, "400 req/s x 1.05 ms = 42%% busy: no waiting");
 }
 
-Test(adaptive, high_load_grows_the_batch_to_keep_up)
+Test(adaptive, latency_mode_batches_naturally_under_load)
 {
     struct bb__adaptive_cfg c = cfg_default();
     c.optimize = BB_OPTIMIZE_LATENCY;
-    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
     uint32_t target, wait;
     double best;
-    /* 8000 req/s: unbatched capacity is ~950 req/s. */
-    bb__adaptive_decide(&c, &f, 8000, &target, &wait, &best);
-    /* n/(a+bn) must be >= 8000/s with headroom: n >= 1.2*8000*1ms/(1-1.2*8000*50us) */
-    double need = 1.2 * 8000 * 1e-3 / (1 - 1.2 * 8000 * 50e-6);
-    cr_assert_geq(target, (uint32_t)ceil(need));
-    cr_assert_leq(target, (uint32_t)ceil(need) + 1, "latency mode stays at the minimum");
-    cr_assert_gt(wait, 0);
-    cr_assert_leq(wait, c.max_wait_us);
+    /* 8000 req/s: unbatched capacity is ~950 req/s. Dispatching whenever the
+     * executor is free, the queue that builds during a batch forms the next:
+     * n = L*a / (1 - L*b) = 8 / 0.6. */
+    bb__adaptive_decide(&c, &linear, 8000, 0.8, &target, &wait, &best);
+    cr_assert_eq(target, 1);
+    cr_assert_eq(wait, 0);
+    cr_assert_float_eq(best, 8.0 / 0.6, 1e-6);
 }
 
 Test(adaptive, throughput_mode_grows_until_the_slo_binds)
 {
     struct bb__adaptive_cfg c = cfg_default();
     c.max_wait_us = 100000;
-    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
-    uint32_t t_lo, t_hi, wait;
+    uint32_t t_lo, t_hi, w_lo, w_hi;
     double best;
     c.slo_us = 10000;
-    bb__adaptive_decide(&c, &f, 4000, &t_lo, &wait, &best);
+    bb__adaptive_decide(&c, &linear, 4000, 1.0, &t_lo, &w_lo, &best);
     c.slo_us = 40000;
-    bb__adaptive_decide(&c, &f, 4000, &t_hi, &wait, &best);
+    bb__adaptive_decide(&c, &linear, 4000, 1.0, &t_hi, &w_hi, &best);
+    cr_assert_gt(t_lo, 1, "4000 req/s keeps the backend busy: batches grow");
     cr_assert_gt(t_hi, t_lo, "a looser SLO allows bigger batches (%u vs %u)", t_hi, t_lo);
-    /* Expected p99 of the chosen size stays inside the SLO. */
+    /* The plan fits the SLO: fill with spread, one batch ahead, its own. */
     double lam = 4000 / 1e9;
-    double p99 = (t_lo - 1) / lam + 2 * (1e6 + 5e4 * t_lo);
+    double p99 = 1.2 * (t_lo - 1) / lam + 2 * (1e6 + 5e4 * t_lo);
     cr_assert_leq(p99, 10000e3);
+    cr_assert_leq(w_lo * 1000.0 + 2 * (1e6 + 5e4 * t_lo), 10000e3 + 1000, "the wait fits too");
+    /* A smaller budget (after SLO violations) plans smaller batches. */
+    uint32_t t_cut, w_cut;
+    bb__adaptive_decide(&c, &linear, 4000, 0.5, &t_cut, &w_cut, &best);
+    cr_assert_lt(t_cut, t_hi);
+}
+
+Test(adaptive, throughput_mode_respects_max_wait)
+{
+    struct bb__adaptive_cfg c = cfg_default(); /* max_wait 5 ms, SLO 20 ms */
+    uint32_t target, wait;
+    double best;
+    bb__adaptive_decide(&c, &linear, 6000, 1.0, &target, &wait, &best);
+    cr_assert_leq(1.2 * (target - 1) / 6000.0, 0.005 + 1e-9, "fills within max_wait_us");
+    cr_assert_leq(wait, c.max_wait_us);
+    cr_assert_gt(target, 8);
 }
 
 Test(adaptive, saturation_takes_the_largest_batch)
 {
     struct bb__adaptive_cfg c = cfg_default();
-    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
     uint32_t target, wait;
     double best;
-    bb__adaptive_decide(&c, &f, 50000, &target, &wait, &best); /* beyond 1/b = 20000/s */
+    bb__adaptive_decide(&c, &linear, 50000, 0.8, &target, &wait, &best); /* beyond 1/b = 20000/s */
     cr_assert_eq(target, c.max_batch_size);
+    cr_assert_eq(wait, c.max_wait_us);
 }
 
 Test(adaptive, more_instances_need_smaller_batches)
 {
     struct bb__adaptive_cfg c = cfg_default();
     c.optimize = BB_OPTIMIZE_LATENCY;
-    struct bb__fit f = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
-    uint32_t t1, t4, wait;
-    double best;
-    bb__adaptive_decide(&c, &f, 8000, &t1, &wait, &best);
+    uint32_t t, wait;
+    double b1, b4;
+    bb__adaptive_decide(&c, &linear, 8000, 0.8, &t, &wait, &b1);
     c.instances = 4;
-    bb__adaptive_decide(&c, &f, 8000, &t4, &wait, &best);
-    cr_assert_lt(t4, t1);
+    bb__adaptive_decide(&c, &linear, 8000, 0.8, &t, &wait, &b4);
+    cr_assert_lt(b4, b1);
 }
 
 Test(adaptive, detects_a_slower_backend)
@@ -149,7 +167,6 @@ Test(adaptive, tick_follows_the_arrival_rate)
 {
     struct bb__adaptive a;
     struct bb__adaptive_cfg c = cfg_default();
-    c.optimize = BB_OPTIMIZE_LATENCY;
     bb__adaptive_init(&a, &c);
     feed(&a, 1e6, 5e4, 100, 0.0);
     uint64_t t = 1;
@@ -162,14 +179,50 @@ Test(adaptive, tick_follows_the_arrival_rate)
     }
     cr_assert_eq(a.target, 1);
     cr_assert_eq(a.wait_us, 0);
-    /* Phase 2: a burst of 8000 req/s. */
-    for (int i = 0; i < 10; i++) {
-        bb__adaptive_arrival(&a, 800);
+    /* Phase 2: a burst of 6000 req/s is taken at once (fast attack). */
+    bb__adaptive_arrival(&a, 600);
+    t += 100 * MS;
+    bb__adaptive_tick(&a, t, 0, false);
+    cr_assert_float_eq(a.rate_rps, 6000, 1);
+    cr_assert_gt(a.target, 8, "target %u", a.target);
+    /* Phase 3: back to 100 req/s; the rate decays and batching stops. */
+    for (int i = 0; i < 20; i++) {
+        bb__adaptive_arrival(&a, 10);
         t += 100 * MS;
         bb__adaptive_tick(&a, t, 0, false);
     }
-    cr_assert_gt(a.target, 8, "target %u", a.target);
-    cr_assert_float_eq(a.rate_rps, 8000, 100);
+    cr_assert_eq(a.target, 1);
+}
+
+Test(adaptive, slo_violations_shrink_the_plan)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    feed(&a, 1e6, 5e4, 100, 0.0);
+    uint64_t t = 1;
+    bb__adaptive_tick(&a, t, 0, true);
+    double budget0 = a.budget;
+    /* Intervals at 3000 req/s where 10% of completions miss the SLO. */
+    for (int i = 0; i < 5; i++) {
+        bb__adaptive_arrival(&a, 300);
+        for (int j = 0; j < 300; j++)
+            bb__adaptive_done(&a, j % 10 ? 1 * MS : 50 * MS);
+        t += 100 * MS;
+        bb__adaptive_tick(&a, t, 0, false);
+    }
+    cr_assert_lt(a.budget, budget0);
+    cr_assert_geq(a.budget, 0.25, "the budget has a floor");
+    double low = a.budget;
+    /* Clean intervals grow it back. */
+    for (int i = 0; i < 5; i++) {
+        bb__adaptive_arrival(&a, 300);
+        for (int j = 0; j < 300; j++)
+            bb__adaptive_done(&a, 1 * MS);
+        t += 100 * MS;
+        bb__adaptive_tick(&a, t, 0, false);
+    }
+    cr_assert_gt(a.budget, low);
 }
 
 Test(adaptive, auto_tune_sweeps_sizes)
