@@ -44,7 +44,7 @@ struct cut {
 
 static bool fits(struct cut *c, const struct bb__req *r)
 {
-    return c->b->n < c->max && (uint64_t)r->in_len + r->out_cap <= c->bytes_left;
+    return c->b->n < c->max && r->bytes <= c->bytes_left;
 }
 
 /* r has left its level (one way or another): put it in the batch. */
@@ -55,7 +55,7 @@ static void add_taken(struct cut *c, struct bb__req *r)
     bb__deadline_remove(m, r);
     if (r->fstart > m->vtime[r->level])
         m->vtime[r->level] = r->fstart;
-    uint64_t bytes = (uint64_t)r->in_len + r->out_cap;
+    uint64_t bytes = r->bytes; /* what level_bytes and the limits count */
     c->bytes_left -= bytes;
     atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
     uint32_t i = b->n++;

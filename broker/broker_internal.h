@@ -260,9 +260,10 @@ void bb__strategy_unload(struct bb__model *m);
 struct bb__dedup;
 int bb__dedup_init(struct bb__model *m);
 void bb__dedup_fini(struct bb__model *m);
-/* Returns 1 when r was answered from the cache or joined an in-flight twin
- * (nothing more to do), 0 when r goes on as a new group leader (its views now
- * point at the group's private buffers), or a negative BB_E* code. */
+/* Returns 2 when r was answered from the cache, 1 when it joined an
+ * in-flight twin (nothing more to do), 0 when r goes on as a new group's
+ * representative (its views now point at the group's private buffers), or a
+ * negative BB_E* code. */
 int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *r, uint64_t now);
 /* Detach r from its group; promotes another member if r represented it. */
 void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *r);

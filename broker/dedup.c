@@ -11,7 +11,8 @@
  * cache is full the oldest entry goes (insertion order, which is also expiry
  * order since every entry gets the same TTL).
  *
- * Identity is the xxh3 hash *and* a byte-for-byte comparison; the test hook
+ * Identity is the input (xxh3 hash *and* a byte-for-byte comparison) and the
+ * output capacity, so that one outcome is right for every member; the test hook
  * BATCHBROKER_TEST_DEDUP_COLLIDE=1 makes every hash collide to prove that. */
 #include <stdlib.h>
 #include <string.h>
@@ -146,17 +147,11 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
     }
 
     for (struct bb__group *g = d->groups[h & (GROUP_BUCKETS - 1)]; g; g = g->hnext) {
-        if (g->hash != h || g->in_len != r->in_len || memcmp(g->in, r->in, r->in_len) != 0)
+        /* Same input and same output capacity: then the one computation's
+         * outcome, ETOOBIG included, is right for every member. */
+        if (g->hash != h || g->in_len != r->in_len || g->out_cap != r->cl_out_cap ||
+            memcmp(g->in, r->in, r->in_len) != 0)
             continue;
-        if (!g->running && r->cl_out_cap > g->out_cap) {
-            void *bigger = realloc(g->out, r->cl_out_cap);
-            if (!bigger)
-                return BB_ENOMEM;
-            g->out = bigger;
-            g->out_cap = r->cl_out_cap;
-            g->rep->out = g->out;
-            g->rep->out_cap = g->out_cap;
-        }
         r->group = g;
         r->group_next = g->members;
         g->members = r;
@@ -238,10 +233,14 @@ void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *
         m->grouped--;
     if (g->rep == r) {
         g->rep = NULL;
-        struct bb__req *nr = g->members;
+        /* Promote the most urgent member (highest level, then the oldest): it
+         * takes the representative's place in its own level, with its own
+         * deadline (it is in the deadline heap already). */
+        struct bb__req *nr = NULL;
+        for (struct bb__req *q = g->members; q; q = q->group_next)
+            if (!nr || q->level < nr->level || (q->level == nr->level && q->enq_ns < nr->enq_ns))
+                nr = q;
         if (nr) {
-            /* Promote a member: it takes the representative's place in its
-             * own level, with its own deadline (it is in the deadline heap). */
             m->grouped--;
             nr->in = g->in;
             nr->out = g->out;

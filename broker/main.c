@@ -116,8 +116,15 @@ int main(int argc, char **argv)
     }
     bb__log_level = cfg.log_level;
 
+    /* Signals from the start: a SIGTERM or SIGHUP while backends load must
+     * neither kill us half-initialised nor be lost. */
     struct sigaction sa = {.sa_handler = SIG_IGN};
     sigaction(SIGPIPE, &sa, NULL);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* reload the reloadable keys */
 
     static struct bb__worker w;
     /* --check loads every backend and strategy but does not take the socket. */
@@ -134,11 +141,6 @@ int main(int argc, char **argv)
         return rc == -2 ? 2 : 1;
     }
     wake_fd_for_signals = w.wake_fd;
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL); /* reload the reloadable keys */
     w.reload_flag = &reload_requested;
     w.config_path = config_path;
     w.overrides = overrides;

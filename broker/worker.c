@@ -13,6 +13,9 @@
  * publish completion rings. A pass that did something is followed by another;
  * after spin_us without progress the worker announces it sleeps
  * (shm_need_wake), re-checks, and waits in io_uring_submit_and_wait_timeout.
+ * While every model is busy or waiting for a batch to fill, it sleeps for a
+ * short window without announcing it (coalesce_window), so that a burst of
+ * arrivals costs one wake-up rather than one per request.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -1178,6 +1178,77 @@ Test(sched, dedup_member_lends_its_priority_to_the_group)
     bb_disconnect(c);
 }
 
+/* The representative leaves (canceled): the most urgent member takes over,
+ * not the latest joiner. Group X: H (high) first, then C (critical, becomes
+ * the representative), then N (normal). C is canceled: of the members left
+ * H is the most urgent, so X runs at high, before a later high request Y. */
+Test(sched, dedup_promotes_the_most_urgent_member)
+{
+    const char *log = rec_path();
+    start_cfg(REC_MODEL("v", 20000, "max_batch_size = 1\ndedup = on\nmax_starvation_us = 0\n"),
+              log);
+    bb_client *c = connect_ok();
+    bb_model *m = open_ok(c, "v");
+    bb_request *blocker = req_new(m, 64, 64, 1);
+    submit(blocker, 0, 0, 0, 1);
+    wait_dispatched(m, 1);
+    bb_request *hx = req_new(m, 64, 64, 0x90);   /* X at high */
+    submit(hx, BB_PRIORITY_HIGH, 0, 0, 0x90);
+    bb_request *cx = req_new(m, 64, 64, 0x90);   /* X at critical: represents */
+    submit(cx, BB_PRIORITY_CRITICAL, 0, 0, 0x90);
+    bb_request *nx = req_new(m, 64, 64, 0x90);   /* X at normal: latest joiner */
+    submit(nx, BB_PRIORITY_NORMAL, 0, 0, 0x90);
+    cr_assert_eq(bb_cancel(cx), 0);
+    cr_assert_eq(finish(cx, 10000), BB_ECANCELED);
+    bb_request *y = req_new(m, 64, 64, 0xa0);    /* a later HIGH request */
+    submit(y, BB_PRIORITY_HIGH, 0, 0, 0xa0);
+    cr_assert_eq(finish(hx, 10000), 0);
+    cr_assert_eq(finish(nx, 10000), 0);
+    cr_assert_eq(finish(y, 10000), 0);
+    cr_assert(echo_ok(hx, 0x90) && echo_ok(nx, 0x90) && echo_ok(y, 0xa0));
+    cr_assert_eq(finish(blocker, 5000), 0);
+    int nb = rec_read(log);
+    cr_assert_eq(nb, 3, "%d batches", nb);
+    cr_assert_eq(recs[1].ids[0], 0x90, "X runs at high, before the later high request");
+    cr_assert_eq(recs[2].ids[0], 0xa0);
+    bb_disconnect(c);
+}
+
+/* Dedup merges only requests of the same output capacity: one outcome
+ * (ETOOBIG included) must be right for every member, and the batch byte
+ * limit counts what the backend is given. */
+Test(sched, dedup_respects_output_capacity_and_batch_bytes)
+{
+    const char *log = rec_path();
+    start_cfg(REC_MODEL("w", 20000, "max_batch_size = 8\ndedup = on\nmax_batch_bytes = 1000\n"
+                                    "max_starvation_us = 0\n"),
+              log);
+    bb_client *c = connect_ok();
+    bb_model *m = open_ok(c, "w");
+    bb_request *blocker = req_new(m, 64, 64, 1);
+    submit(blocker, 0, 0, 0, 1);
+    wait_dispatched(m, 1);
+    bb_request *a = req_new(m, 10, 10, 0xb0);     /* A: 10 in / 10 out */
+    submit(a, 0, 0, 0, 0xb0);
+    bb_request *a2 = req_new(m, 10, 900, 0xb0);   /* same input, 900 out: not merged */
+    submit(a2, 0, 0, 0, 0xb0);
+    bb_request *b = req_new(m, 10, 500, 0xc0);
+    submit(b, 0, 0, 0, 0xc0);
+    cr_assert_eq(finish(a, 10000), 0);
+    cr_assert_eq(finish(a2, 10000), 0);
+    cr_assert_eq(finish(b, 10000), 0);
+    cr_assert(echo_ok(a, 0xb0) && echo_ok(a2, 0xb0) && echo_ok(b, 0xc0));
+    cr_assert_eq(finish(blocker, 5000), 0);
+    int nb = rec_read(log);
+    unsigned items = 0;
+    for (int i = 0; i < nb; i++) {
+        cr_assert_leq(recs[i].bytes, 1000, "batch %d held %zu bytes", i, recs[i].bytes);
+        items += recs[i].n;
+    }
+    cr_assert_eq(items, 4, "A and its different-capacity twin are computed apart");
+    bb_disconnect(c);
+}
+
 /* ==== 7. Memory limits per batch ==== */
 
 Test(sched, batches_never_exceed_max_batch_bytes)

@@ -73,7 +73,8 @@ typedef struct bb_client bb_client;
 typedef struct bb_model bb_model;
 typedef struct bb_request bb_request;
 
-/* 0 in any field means the default (64 MiB segment, 1024 requests in flight). */
+/* 0 in any field (or opts NULL) means the broker's default_segment_mb and
+ * default_max_inflight (64 MiB and 1024 unless configured otherwise). */
 struct bb_client_opts {
     size_t segment_bytes;
     uint32_t max_inflight;

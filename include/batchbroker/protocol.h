@@ -16,8 +16,8 @@
  *   Header: the broker writes every field before passing the fd, the version
  *   word `shm_version` last with release; the client checks it with acquire
  *   before reading anything else. Afterwards the broker alone writes
- *   shm_heartbeat_ns, shm_broker_state and shm_need_wake; the client alone
- *   writes shm_notify.
+ *   shm_heartbeat_ns, shm_broker_state, shm_need_wake, shm_cq_overflow and
+ *   shm_wake_seq; the client alone writes shm_notify and shm_sleepers.
  *
  *   Submission ring (client produces, broker consumes): the client writes
  *   entries[tail & mask] and then shm_tail with release; the broker's acquire

@@ -13,8 +13,10 @@
  * every request's path.
  *
  * Before select() is called the broker has already removed expired requests
- * and put requests that waited longer than max_starvation_us into the batch
- * (served as if critical); select() fills the rest.
+ * and put into the batch, oldest first, requests that waited longer than
+ * max_starvation_us while a higher level was not empty (served as if
+ * critical, but never ahead of an older critical request); select() fills
+ * the rest.
  */
 #ifndef BATCHBROKER_STRATEGY_H
 #define BATCHBROKER_STRATEGY_H
