@@ -8,7 +8,6 @@
  * lock-free stack for bookkeeping: statistics, completion-ring entries and
  * the release of client references. */
 #include <errno.h>
-#include <numa.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdbool.h>
@@ -64,11 +63,16 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
         struct bb__entry *e = &b->ents[i];
         if (e->group)
             continue; /* shared result: the dispatcher answers every member */
-        /* The slot becomes resubmittable the moment the client sees the
-         * completion, so mark it idle first (release pairs with the
-         * dispatcher's acquire when it validates the next submission). */
+        /* Result, then idle, then done: the slot is resubmittable the moment
+         * the client sees shm_done_gen, so the dispatcher must already find
+         * it idle (this release pairs with its acquire when it validates the
+         * next submission), and nothing of this completion may be written
+         * after that. */
+        struct bb_shm_slot *s = &e->cl->slots[e->slot];
+        s->status = st;
+        s->out_len = (uint32_t)len;
         atomic_store_explicit(&e->cl->reqs[e->slot].state, BB__REQ_IDLE, memory_order_release);
-        bb__publish(e->cl, e->slot, e->gen, st, (uint32_t)len);
+        atomic_store_explicit(&s->shm_done_gen, e->gen, memory_order_release);
     }
     /* One wake-up per client of the batch, not one per request. */
     struct bb__client *woken[64];
@@ -153,9 +157,6 @@ static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
-    /* Run on the dispatcher's node, next to the memory it hands us. */
-    if (numa_available() >= 0 && m->w->node >= 0 && numa_run_on_node(m->w->node) < 0)
-        bb_warn("model %s: cannot pin an executor to NUMA node %d", m->cfg.name, m->w->node);
     for (;;) {
         pthread_mutex_lock(&m->q_mu);
         while (!m->q_head && !m->q_stop)

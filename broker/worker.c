@@ -499,6 +499,10 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker_config *cfg, int nod
         bb_error("eventfd: %s", strerror(errno));
         return -1;
     }
+    /* Pin before the executors start: they inherit the node's CPUs (and
+     * libnuma's lazily built tables are not safe to build from many threads). */
+    if (numa_available() >= 0 && node >= 0 && numa_run_on_node(node) < 0)
+        bb_warn("cannot pin the dispatcher to NUMA node %d", node);
     for (size_t i = 0; i < cfg->nmodels; i++) {
         struct bb__model *m = &w->models[i];
         m->id = (uint32_t)i;
@@ -662,8 +666,6 @@ static bool all_idle(struct bb__worker *w)
 
 int bb__worker_run(struct bb__worker *w)
 {
-    if (numa_available() >= 0 && w->node >= 0 && numa_run_on_node(w->node) < 0)
-        bb_warn("cannot pin the dispatcher to NUMA node %d", w->node);
     arm_global(w, BB__UD_ACCEPT);
     arm_global(w, BB__UD_WAKE);
     uint64_t idle_since = bb__now_ns();

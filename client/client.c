@@ -379,15 +379,31 @@ static inline uint32_t done_gen(const bb_request *r)
     return atomic_load_explicit(&r->slot->shm_done_gen, memory_order_acquire);
 }
 
+static inline uint32_t gen_of(const bb_request *r)
+{
+    return atomic_load_explicit(&((bb_request *)r)->gen, memory_order_relaxed);
+}
+
+static inline int kind_of(const bb_request *r)
+{
+    return atomic_load_explicit(&((bb_request *)r)->kind, memory_order_relaxed);
+}
+
+static inline void set_kind(bb_request *r, int kind)
+{
+    atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+}
+
 static inline bool is_pending(const bb_request *r)
 {
-    return r->gen != 0 && done_gen(r) != r->gen;
+    uint32_t g = gen_of(r);
+    return g != 0 && done_gen(r) != g;
 }
 
 static void release_locked(bb_client *c, bb_request *r)
 {
     bb__buddy_free(&c->heap, r->off);
-    r->kind = BB__REQ_FREE;
+    set_kind(r, BB__REQ_FREE);
     r->m = NULL;
     r->next_free = c->free_reqs;
     c->free_reqs = r;
@@ -400,7 +416,7 @@ static void reap_orphans_locked(bb_client *c)
         return;
     for (uint32_t i = 0; i < c->nslots && c->norphans; i++) {
         bb_request *r = &c->reqs[i];
-        if (r->kind == BB__REQ_ORPHAN && (!is_pending(r) || atomic_load(&c->dead))) {
+        if (kind_of(r) == BB__REQ_ORPHAN && (!is_pending(r) || atomic_load(&c->dead))) {
             c->norphans--;
             release_locked(c, r);
         }
@@ -438,7 +454,7 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
         return BB_ENOMEM;
     }
     c->free_reqs = r->next_free;
-    r->kind = BB__REQ_LIVE;
+    set_kind(r, BB__REQ_LIVE);
     pthread_mutex_unlock(&c->lock);
 
     r->m = m;
@@ -485,10 +501,11 @@ static void sq_push(bb_client *c, uint32_t entry)
             return;
         sched_yield();
     }
-    c->sq_entries[pos & c->sq_mask] = entry;
-    /* Publish in reservation order: wait for the threads that reserved before us. */
+    /* Publish in reservation order: wait for the threads that reserved before
+     * us, then write. Acquire: their release stores of the tail chain back to
+     * whoever last wrote the entry we are about to reuse. */
     unsigned spins = 0;
-    while (atomic_load_explicit(&c->sq->shm_tail, memory_order_relaxed) != pos) {
+    while (atomic_load_explicit(&c->sq->shm_tail, memory_order_acquire) != pos) {
         if (++spins > 128) {
             if (atomic_load_explicit(&c->dead, memory_order_relaxed))
                 return; /* an earlier reservation was abandoned: nobody reads this ring */
@@ -497,6 +514,7 @@ static void sq_push(bb_client *c, uint32_t entry)
             bb__cpu_relax();
         }
     }
+    c->sq_entries[pos & c->sq_mask] = entry;
     atomic_store_explicit(&c->sq->shm_tail, pos + 1, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&c->hdr->shm_need_wake, memory_order_relaxed)) {
@@ -508,7 +526,7 @@ static void sq_push(bb_client *c, uint32_t entry)
 
 int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
 {
-    if (!r || r->kind != BB__REQ_LIVE)
+    if (!r || kind_of(r) != BB__REQ_LIVE)
         return BB_EINVAL;
     bb_client *c = r->c;
     if (opts && (opts->priority < 0 || opts->priority > BB_PRIORITY_LOW))
@@ -520,10 +538,10 @@ int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
     if (atomic_load_explicit(&c->hdr->shm_broker_state, memory_order_relaxed) != BB_BROKER_RUNNING)
         return BB_ESHUTDOWN;
     struct bb_shm_slot *s = r->slot;
-    uint32_t gen = r->gen + 1;
+    uint32_t gen = gen_of(r) + 1;
     if (gen == 0 || gen == done_gen(r))
         gen++; /* never reuse the value the broker last completed */
-    r->gen = gen;
+    atomic_store_explicit(&r->gen, gen, memory_order_relaxed);
     r->tag = opts ? opts->tag : 0;
     s->gen = gen;
     s->model_id = r->m->id;
@@ -542,22 +560,22 @@ int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
 
 int bb_cancel(bb_request *r)
 {
-    if (!r || r->kind == BB__REQ_FREE)
+    if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
-    if (!is_pending(r) || r->cancel_gen == r->gen)
+    if (!is_pending(r) || r->cancel_gen == gen_of(r))
         return BB_ESTATE;
     if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
         return BB_EDISCONNECTED;
-    r->cancel_gen = r->gen;
+    r->cancel_gen = gen_of(r);
     sq_push(r->c, r->index | BB_SQE_CANCEL);
     return 0;
 }
 
 int bb_wait(bb_request *r, int64_t timeout_ns)
 {
-    if (!r || r->kind == BB__REQ_FREE)
+    if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
-    if (r->gen == 0)
+    if (gen_of(r) == 0)
         return BB_ESTATE;
     if (!is_pending(r))
         return 0;
@@ -595,7 +613,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     for (;;) {
         uint32_t seq = atomic_load_explicit(&h->shm_wake_seq, memory_order_acquire);
         atomic_fetch_add_explicit(&h->shm_sleepers, 1, memory_order_seq_cst);
-        if (atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst) == r->gen) {
+        if (atomic_load_explicit(&r->slot->shm_done_gen, memory_order_seq_cst) == gen_of(r)) {
             atomic_fetch_sub_explicit(&h->shm_sleepers, 1, memory_order_relaxed);
             return 0;
         }
@@ -621,9 +639,9 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
 
 int bb_request_status(const bb_request *r)
 {
-    if (!r || r->kind == BB__REQ_FREE)
+    if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
-    if (r->gen == 0)
+    if (gen_of(r) == 0)
         return BB_ESTATE;
     if (is_pending(r))
         return atomic_load_explicit(&r->c->dead, memory_order_relaxed) ? BB_EDISCONNECTED
@@ -653,17 +671,17 @@ uint64_t bb_request_tag(const bb_request *r)
 
 void bb_request_free(bb_request *r)
 {
-    if (!r || r->kind != BB__REQ_LIVE)
+    if (!r || kind_of(r) != BB__REQ_LIVE)
         return;
     bb_client *c = r->c;
     bool pending = is_pending(r) && !atomic_load(&c->dead);
-    if (pending && r->cancel_gen != r->gen) {
-        r->cancel_gen = r->gen;
+    if (pending && r->cancel_gen != gen_of(r)) {
+        r->cancel_gen = gen_of(r);
         sq_push(c, r->index | BB_SQE_CANCEL);
     }
     pthread_mutex_lock(&c->lock);
     if (pending) {
-        r->kind = BB__REQ_ORPHAN;
+        set_kind(r, BB__REQ_ORPHAN);
         c->norphans++;
     } else {
         release_locked(c, r);
@@ -740,7 +758,7 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
             if (idx >= c->nslots)
                 continue;
             bb_request *r = &c->reqs[idx];
-            if (r->kind == BB__REQ_LIVE && r->gen && !is_pending(r))
+            if (kind_of(r) == BB__REQ_LIVE && gen_of(r) && !is_pending(r))
                 out[got++] = r;
         }
         bb__ring_consume(&c->cq, used);

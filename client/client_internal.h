@@ -27,9 +27,12 @@ struct bb_request {
     bb_model *m;
     struct bb_shm_slot *slot;
     uint32_t index;          /* slot index */
-    uint32_t gen;            /* generation of the last submission; 0 = never */
+    /* gen and kind are read by other threads (bb_wait, bb_client_poll): the
+     * owner writes them with relaxed atomics; ordering comes from the slot's
+     * shm_done_gen (acquire) and c->lock. */
+    _Atomic uint32_t gen;    /* generation of the last submission; 0 = never */
     uint32_t cancel_gen;     /* generation a cancel was sent for */
-    int kind;                /* BB__REQ_*; guarded by c->lock when it changes */
+    _Atomic int kind;        /* BB__REQ_*; changed under c->lock */
     uint64_t off;            /* heap block (offset into the heap) */
     uint64_t in_off, out_off;/* segment offsets */
     uint32_t in_cap, in_len, out_cap;

@@ -1,0 +1,144 @@
+/* ThreadSanitizer stress: a plain program, because TSan cannot run under
+ * Criterion's forking runner. Both sides are built with -fsanitize=thread:
+ * the broker (batchbroker_tsan: dispatcher + two executor threads) and this
+ * client (four submitting threads, one bb_client_poll thread, cancels and
+ * frees of pending requests, all sharing one bb_client). Exit 0 only if every
+ * request got exactly its own answer and neither process reported a race
+ * (TSAN_OPTIONS exitcode=66 makes a reported race fail the broker's exit). */
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "batchbroker/client.h"
+#include "harness.h"
+
+#define THREADS 4
+#define INFLIGHT 16
+#define ROUNDS 1500
+
+static bb_model *model;
+static atomic_int failures;
+static atomic_int stop_poller;
+
+static void fill(unsigned char *p, size_t n, uint64_t id)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(id >> (i % 8 * 8)) ^ (unsigned char)(i * 7);
+}
+
+static void *submitter(void *arg)
+{
+    uint64_t t = (uint64_t)(uintptr_t)arg;
+    bb_request *r[INFLIGHT];
+    uint64_t id[INFLIGHT];
+    for (int i = 0; i < INFLIGHT; i++)
+        if (bb_request_new(model, 256, 256, &r[i]) < 0)
+            abort();
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < INFLIGHT; i++) {
+            id[i] = t << 40 | (uint64_t)round << 8 | (uint64_t)i;
+            size_t len = 1 + (id[i] % 256);
+            fill(bb_request_input(r[i]), len, id[i]);
+            bb_request_set_input_len(r[i], len);
+            /* A quarter deduplicated: the dispatcher answers those itself. */
+            struct bb_submit_opts o = {.priority = 1 + (int)(id[i] % 4), .tag = id[i],
+                                       .flags = i % 4 == 3 ? BB_SUBMIT_DEDUP : 0};
+            if (bb_submit(r[i], &o) < 0)
+                atomic_fetch_add(&failures, 1);
+        }
+        if (round % 100 == 7) { /* cancel one, free and replace another */
+            bb_cancel(r[0]);
+            bb_request_free(r[1]);
+            if (bb_request_new(model, 256, 256, &r[1]) < 0)
+                abort();
+            fill(bb_request_input(r[1]), 1, 0);
+            bb_request_set_input_len(r[1], 1);
+            bb_submit(r[1], NULL);
+            id[1] = 0;
+        }
+        for (int i = 0; i < INFLIGHT; i++) {
+            if (bb_wait(r[i], 10000000000ll) < 0) {
+                atomic_fetch_add(&failures, 1);
+                continue;
+            }
+            int st = bb_request_status(r[i]);
+            if (st == BB_ECANCELED && i == 0)
+                continue;
+            size_t n;
+            const unsigned char *out = bb_request_output(r[i], &n);
+            unsigned char want[256];
+            size_t len = i == 1 && id[1] == 0 ? 1 : 1 + (id[i] % 256);
+            fill(want, len, id[i]);
+            if (st != 0 || !out || n != len || memcmp(out, want, len) != 0 ||
+                bb_request_tag(r[i]) != (i == 1 && id[1] == 0 ? 0 : id[i])) {
+                fprintf(stderr, "thread %llu round %d slot %d: status %s, %zu bytes\n",
+                        (unsigned long long)t, round, i, bb_errname(st), n);
+                atomic_fetch_add(&failures, 1);
+            }
+        }
+    }
+    for (int i = 0; i < INFLIGHT; i++)
+        bb_request_free(r[i]);
+    return NULL;
+}
+
+/* Drains the completion ring concurrently with the waiters above. */
+static void *poller(void *arg)
+{
+    bb_client *c = arg;
+    int fd = bb_client_fd(c);
+    while (!atomic_load(&stop_poller)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 20) > 0) {
+            bb_request *done[32];
+            bb_client_poll(c, done, 32);
+        }
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    const char *ov[] = {"model.echo.instances=2", "model.echo.max_wait_us=50",
+                        "model.echo.max_batch_size=16", NULL};
+    struct bbt_broker b;
+    setenv("TSAN_OPTIONS", "exitcode=66 halt_on_error=0", 1);
+    if (bbt_broker_start(&b, NULL, ov) < 0) {
+        fprintf(stderr, "tsan_stress: broker did not start\n");
+        return 1;
+    }
+    bb_client *c;
+    if (bbt_connect(&b, &c) < 0 || bb_model_open(c, "echo", &model) < 0) {
+        fprintf(stderr, "tsan_stress: cannot connect\n");
+        bbt_cleanup_all();
+        return 1;
+    }
+    pthread_t th[THREADS], pt;
+    pthread_create(&pt, NULL, poller, c);
+    for (uintptr_t i = 0; i < THREADS; i++)
+        pthread_create(&th[i], NULL, submitter, (void *)i);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+    atomic_store(&stop_poller, 1);
+    pthread_join(pt, NULL);
+    struct bb_model_stats st;
+    bb_model_stats(model, &st);
+    bb_disconnect(c);
+    int ws = bbt_broker_stop(&b);
+    bbt_cleanup_all();
+    int nfail = atomic_load(&failures);
+    printf("tsan_stress: %d threads x %d rounds x %d in flight; broker completed %llu in %llu "
+           "batches; %d failures; broker exit %d\n",
+           THREADS, ROUNDS, INFLIGHT, (unsigned long long)st.completed,
+           (unsigned long long)st.batches, nfail, WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+        fprintf(stderr, "tsan_stress: broker exit status %#x (66 = a race was reported)\n", ws);
+        return 1;
+    }
+    return nfail ? 1 : 0;
+}

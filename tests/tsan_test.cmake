@@ -1,0 +1,36 @@
+# ThreadSanitizer: the broker and a multi-threaded client, both instrumented,
+# as plain executables (TSan cannot run under Criterion). A race reported in
+# either process fails the test.
+option(BB_TSAN_TEST "Build and run the ThreadSanitizer stress test" ON)
+if(BB_TSAN_TEST)
+  get_target_property(bb_broker_sources batchbroker SOURCES)
+  set(bb_broker_src)
+  foreach(f ${bb_broker_sources})
+    if(IS_ABSOLUTE ${f})
+      list(APPEND bb_broker_src ${f})
+    else()
+      list(APPEND bb_broker_src ${CMAKE_SOURCE_DIR}/broker/${f})
+    endif()
+  endforeach()
+  add_executable(batchbroker_tsan ${bb_broker_src})
+  target_include_directories(batchbroker_tsan PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  target_compile_definitions(batchbroker_tsan PRIVATE BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
+  target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
+  target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
+  target_link_libraries(batchbroker_tsan PRIVATE PkgConfig::URING PkgConfig::NUMA PkgConfig::INIH
+    Threads::Threads ${CMAKE_DL_LIBS} PkgConfig::XXHASH m)
+  add_dependencies(batchbroker_tsan bb_backend_echo)
+
+  add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+    ${CMAKE_SOURCE_DIR}/client/client.c ${CMAKE_SOURCE_DIR}/client/alloc.c
+    ${CMAKE_SOURCE_DIR}/common/errors.c)
+  target_include_directories(tsan_stress PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CMAKE_SOURCE_DIR}/client)
+  target_compile_definitions(tsan_stress PRIVATE
+    BB_BROKER_BIN="$<TARGET_FILE:batchbroker_tsan>" BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
+  target_compile_options(tsan_stress PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
+  target_link_options(tsan_stress PRIVATE -fsanitize=thread)
+  target_link_libraries(tsan_stress PRIVATE Threads::Threads)
+  add_dependencies(tsan_stress batchbroker_tsan)
+  add_test(NAME tsan_stress COMMAND tsan_stress)
+  set_tests_properties(tsan_stress PROPERTIES TIMEOUT 300)
+endif()
