@@ -313,13 +313,18 @@ int bb_model_open(bb_client *c, const char *name, bb_model **out)
     return 0;
 }
 
+static int stats_roundtrip(bb_model *m, struct bb_msg_stats_reply *rep)
+{
+    struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
+    return ctl_roundtrip(m->c, &req, sizeof req, rep, sizeof *rep, BB_MSG_STATS_REPLY);
+}
+
 int bb_model_stats(bb_model *m, struct bb_model_stats *out)
 {
     if (!m || !out)
         return BB_EINVAL;
-    struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
     struct bb_msg_stats_reply rep;
-    int rc = ctl_roundtrip(m->c, &req, sizeof req, &rep, sizeof rep, BB_MSG_STATS_REPLY);
+    int rc = stats_roundtrip(m, &rep);
     if (rc < 0)
         return rc;
     const struct bb_wire_stats *s = &rep.s;
@@ -346,9 +351,8 @@ int bb_model_tuning(bb_model *m, struct bb_model_tuning *out)
 {
     if (!m || !out)
         return BB_EINVAL;
-    struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
     struct bb_msg_stats_reply rep;
-    int rc = ctl_roundtrip(m->c, &req, sizeof req, &rep, sizeof rep, BB_MSG_STATS_REPLY);
+    int rc = stats_roundtrip(m, &rep);
     if (rc < 0)
         return rc;
     const struct bb_wire_stats *s = &rep.s;

@@ -2,8 +2,10 @@
 # Included at the end of tests/CMakeLists.txt.
 bb_criterion_test(test_ring ${CMAKE_CURRENT_LIST_DIR}/test_ring.c)
 bb_criterion_test(test_layout ${CMAKE_CURRENT_LIST_DIR}/test_layout.c)
-bb_criterion_test(test_client ${CMAKE_CURRENT_LIST_DIR}/test_client.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
-bb_criterion_test(test_robustness ${CMAKE_CURRENT_LIST_DIR}/test_robustness.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
+bb_criterion_test(test_client ${CMAKE_CURRENT_LIST_DIR}/test_client.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+bb_criterion_test(test_robustness ${CMAKE_CURRENT_LIST_DIR}/test_robustness.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
 foreach(t test_client test_robustness test_broker_cli)
   add_dependencies(${t} bb_backend_echo bb_backend_synthetic bb_backend_badabi)

@@ -32,11 +32,48 @@ uint64_t bbt_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void sleep_ms(int ms)
+void bbt_msleep(int ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
+}
+
+/* Byte i of bbt_fill(…, len, id); *s carries the generator between calls and
+ * must start at fill_seed(id), with i counting up from 0. */
+static uint64_t fill_seed(uint64_t id)
+{
+    return id * 0x9E3779B97F4A7C15ull + 1;
+}
+
+static unsigned char fill_byte(uint64_t *s, size_t i, size_t len, uint64_t id)
+{
+    if ((i & 7) == 0)
+        *s = bbt_rand(s) | 1;
+    if (len >= 8 && i < 8) {
+        unsigned char idb[8];
+        memcpy(idb, &id, 8); /* the identity, in host byte order */
+        return idb[i];
+    }
+    return (unsigned char)(*s >> ((i & 7) * 8));
+}
+
+void bbt_fill(void *p, size_t len, uint64_t id)
+{
+    uint64_t s = fill_seed(id);
+    unsigned char *b = p;
+    for (size_t i = 0; i < len; i++)
+        b[i] = fill_byte(&s, i, len, id);
+}
+
+bool bbt_check(const void *p, size_t len, uint64_t id)
+{
+    uint64_t s = fill_seed(id);
+    const unsigned char *b = p;
+    for (size_t i = 0; i < len; i++)
+        if (b[i] != fill_byte(&s, i, len, id))
+            return false;
+    return true;
 }
 
 void bbt_unique_path(char *buf, size_t len, const char *suffix)
@@ -66,7 +103,7 @@ int bbt_waitpid_bounded(pid_t pid, int timeout_ms)
             return -1;
         if (bbt_now_ns() >= end)
             break;
-        sleep_ms(2);
+        bbt_msleep(2);
     }
     kill(pid, SIGKILL);
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -169,7 +206,7 @@ int bbt_connect(const struct bbt_broker *b, bb_client **out)
         rc = bb_connect(b->sock, NULL, out);
         if (rc != BB_EDISCONNECTED)
             return rc;
-        sleep_ms(10);
+        bbt_msleep(10);
     }
     return rc;
 }
@@ -241,7 +278,7 @@ int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *conf
         }
         if (rc != BB_EDISCONNECTED)
             return 0; /* it answers (e.g. BB_EPERM): it is up */
-        sleep_ms(5);
+        bbt_msleep(5);
     }
     return -1;
 }

@@ -40,6 +40,19 @@ void bbt_unique_path(char *buf, size_t len, const char *suffix);
 /* Monotonic clock, nanoseconds. */
 uint64_t bbt_now_ns(void);
 
+/* Sleep ms milliseconds, the whole time: an interrupted sleep (EINTR) is
+ * resumed for what is left. */
+void bbt_msleep(int ms);
+
+/* Deterministic payload for a request identified by `id`: pseudo-random bytes
+ * (bbt_rand), and when len >= 8 the first 8 bytes are the id itself (readable
+ * in a failure dump; tests/plugins/sched_recorder.c logs it). */
+void bbt_fill(void *p, size_t len, uint64_t id);
+
+/* True if the len bytes at p are exactly bbt_fill(…, len, id). Generates the
+ * bytes as it compares: no buffer, no length limit, safe from any thread. */
+bool bbt_check(const void *p, size_t len, uint64_t id);
+
 /* Write text to a fresh unique file; returns 0 and the path in buf. */
 int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text);
 

@@ -17,7 +17,7 @@ bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/stra
 bb_sched_plugin(bb_test_strategy_badabi ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_badabi.c)
 
 bb_criterion_test(test_scheduling ${CMAKE_CURRENT_LIST_DIR}/test_scheduling.c
-                  ${CMAKE_CURRENT_LIST_DIR}/harness.c)
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 target_compile_definitions(test_scheduling PRIVATE
   BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>"
   BB_STRATEGY_LOWFIRST="$<TARGET_FILE:bb_test_strategy_lowfirst>"

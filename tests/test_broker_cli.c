@@ -20,12 +20,6 @@ TestSuite(cli, .fini = bbt_cleanup_all, .timeout = 60);
 
 static char out_buf[16384], err_buf[16384];
 
-static void msleep(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Run the broker on a config text with extra args; returns the wait status. */
 static int run_broker(const char *config_text, char *cfg_path, size_t cfg_len,
                       const char *const *extra)
@@ -242,7 +236,7 @@ Test(cli, sigterm_graceful_shutdown)
         cr_assert_eq(bb_model_stats(m, &st), 0);
         if (st.submitted == 3 && st.queued == 2)
             break;
-        msleep(5);
+        bbt_msleep(5);
     }
     cr_assert(st.submitted == 3 && st.queued == 2, "one runs, two wait (queued %u)", st.queued);
     pid_t pid = B.pid;
@@ -282,7 +276,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     }
     /* One runs, one waits, the third is over max_queue = 1. */
     cr_assert_eq(bb_submit(r[0], NULL), 0);
-    msleep(50);
+    bbt_msleep(50);
     cr_assert_eq(bb_submit(r[1], NULL), 0);
     cr_assert_eq(bb_submit(r[2], NULL), 0);
     cr_assert_eq(bb_wait(r[2], 5000000000ll), 0);
@@ -294,7 +288,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     fprintf(f, "%smax_queue = 8\n", slow);
     fclose(f);
     cr_assert_eq(kill(B.pid, SIGHUP), 0);
-    msleep(100);
+    bbt_msleep(100);
     cr_assert_eq(bb_wait(r[0], 5000000000ll), 0);
     cr_assert_eq(bb_submit(r[0], NULL), 0);
     cr_assert_eq(bb_submit(r[2], NULL), 0);
@@ -310,7 +304,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     fprintf(f, "[model.slow]\nmax_queue = lots\n");
     fclose(f);
     cr_assert_eq(kill(B.pid, SIGHUP), 0);
-    msleep(100);
+    bbt_msleep(100);
     cr_assert_eq(bb_submit(r[1], NULL), 0);
     cr_assert_eq(bb_wait(r[1], 5000000000ll), 0);
     cr_assert_eq(bb_request_status(r[1]), 0);

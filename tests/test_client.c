@@ -18,23 +18,13 @@
 
 #include "client_internal.h"
 #include "harness.h"
+#include "test_util.h"
 
 static struct bbt_broker B;
 
 TestSuite(client, .fini = bbt_cleanup_all, .timeout = 180);
 
-static void msleep(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define START(...)                                                                   \
-    do {                                                                             \
-        const char *ov_[] = {__VA_ARGS__, NULL};                                     \
-        cr_assert_eq(bbt_broker_start(&B, NULL, ov_), 0, "broker did not start (status %#x)", \
-                     B.exit_status);                                                 \
-    } while (0)
+#define START(...) BBT_START_OK(&B, __VA_ARGS__)
 
 /* A slow model: one request per batch, `us` per batch, sleeping. */
 #define SLOW_MODEL(us)                                                                    \
@@ -42,98 +32,22 @@ static void msleep(int ms)
         "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=1", \
         "model.slow.max_wait_us=0"
 
-static bb_client *connect_ok(const struct bb_client_opts *opts)
-{
-    bb_client *c = NULL;
-    int rc = bb_connect(B.sock, opts, &c);
-    cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
-    return c;
-}
-
-static bb_model *open_ok(bb_client *c, const char *name)
-{
-    bb_model *m = NULL;
-    int rc = bb_model_open(c, name, &m);
-    cr_assert_eq(rc, 0, "bb_model_open(%s): %s", name, bb_strerror(rc));
-    return m;
-}
-
-/* Deterministic content for a request identified by `id`. */
-static void fill(void *p, size_t len, uint64_t id)
-{
-    uint64_t s = id * 0x9E3779B97F4A7C15ull + 1;
-    unsigned char *b = p;
-    for (size_t i = 0; i < len; i++) {
-        if ((i & 7) == 0)
-            s = bbt_rand(&s) | 1;
-        b[i] = (unsigned char)(s >> ((i & 7) * 8));
-    }
-    if (len >= 8)
-        memcpy(b, &id, 8); /* the identity, readable in a failure dump */
-}
-
-static bool check(const void *p, size_t len, uint64_t id)
-{
-    unsigned char want[65536];
-    if (len > sizeof want)
-        return false;
-    fill(want, len, id);
-    return memcmp(p, want, len) == 0;
-}
-
-/* Poll the model's stats until pred holds (bounded). */
-static struct bb_model_stats stats_of(bb_model *m)
-{
-    struct bb_model_stats st;
-    int rc = bb_model_stats(m, &st);
-    cr_assert_eq(rc, 0, "bb_model_stats: %s", bb_strerror(rc));
-    return st;
-}
-
-/* Statistics once every submission is accounted for. The broker updates its
- * figures when it reaps a batch, just after the clients can see the
- * completions, so a read right after the last bb_wait may lag by a batch. */
-static struct bb_model_stats settled_stats(bb_model *m)
-{
-    struct bb_model_stats st = stats_of(m);
-    for (int i = 0; i < 1000; i++) {
-        if (st.queued == 0 &&
-            st.completed + st.failed + st.rejected + st.timed_out >= st.submitted)
-            break;
-        msleep(2);
-        st = stats_of(m);
-    }
-    return st;
-}
-
-/* Wait until the model has nothing queued and `submitted` reached n. */
-static void wait_dispatched(bb_model *m, uint64_t submitted)
-{
-    for (int i = 0; i < 500; i++) {
-        struct bb_model_stats st = stats_of(m);
-        if (st.submitted >= submitted && st.queued == 0)
-            return;
-        msleep(5);
-    }
-    cr_assert_fail("the broker never dispatched request %llu", (unsigned long long)submitted);
-}
-
 /* ---- bb_infer ---- */
 
 Test(client, infer_roundtrip)
 {
     START("model.echo.max_wait_us=0");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     for (uint64_t id = 1; id <= 64; id++) {
         unsigned char in[700], out[700];
         size_t len = (size_t)(id * 37 % 700);
-        fill(in, len, id);
+        bbt_fill(in, len, id);
         size_t out_len = 12345;
         int rc = bb_infer(m, in, len, out, sizeof out, &out_len, NULL, 5000000000ll);
         cr_assert_eq(rc, 0, "bb_infer %llu: %s", (unsigned long long)id, bb_strerror(rc));
         cr_assert_eq(out_len, len);
-        cr_assert(check(out, len, id), "output %llu differs from its input", (unsigned long long)id);
+        cr_assert(bbt_check(out, len, id), "output %llu differs from its input", (unsigned long long)id);
     }
     /* Output larger than out_cap: BB_ETOOBIG, not a truncated copy. */
     unsigned char in[64] = {1, 2, 3}, out[16];
@@ -158,9 +72,9 @@ Test(client, infer_roundtrip)
 Test(client, infer_timeout)
 {
     START(SLOW_MODEL(300000));
-    bb_client *c = connect_ok(NULL);
-    bb_model *slow = open_ok(c, "slow");
-    bb_model *echo = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *slow = bbt_open_ok(c, "slow");
+    bb_model *echo = bbt_open_ok(c, "echo");
     char out[16];
     int rc = bb_infer(slow, "x", 1, out, sizeof out, NULL, NULL, 1000000ll);
     cr_assert_eq(rc, BB_ETIMEDOUT, "got %s", bb_errname(rc));
@@ -180,8 +94,8 @@ Test(client, infer_timeout)
 Test(client, request_reuse)
 {
     START("model.echo.max_wait_us=0");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     bb_request *r = NULL;
     cr_assert_eq(bb_request_new(m, 1024, 1024, &r), 0);
     void *in = bb_request_input(r);
@@ -192,7 +106,7 @@ Test(client, request_reuse)
     for (uint64_t i = 1; i <= 300; i++) {
         size_t len = (size_t)(i * 131 % 1025);
         cr_assert_eq(bb_request_input(r), in, "the input buffer stays where it is");
-        fill(in, len, 1000 + i);
+        bbt_fill(in, len, 1000 + i);
         cr_assert_eq(bb_request_set_input_len(r, len), 0);
         struct bb_submit_opts o = {.tag = i};
         cr_assert_eq(bb_submit(r, &o), 0);
@@ -203,7 +117,7 @@ Test(client, request_reuse)
         const void *out = bb_request_output(r, &out_len);
         cr_assert(out);
         cr_assert_eq(out_len, len, "submission %llu: length", (unsigned long long)i);
-        cr_assert(check(out, len, 1000 + i), "submission %llu: stale or wrong output",
+        cr_assert(bbt_check(out, len, 1000 + i), "submission %llu: stale or wrong output",
                   (unsigned long long)i);
     }
     cr_assert_eq(bb_request_set_input_len(r, 1025), BB_EINVAL);
@@ -217,11 +131,11 @@ Test(client, request_reuse)
 Test(client, wait_timeout_then_completes)
 {
     START(SLOW_MODEL(300000));
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     bb_request *r;
     cr_assert_eq(bb_request_new(m, 100, 100, &r), 0);
-    fill(bb_request_input(r), 100, 7);
+    bbt_fill(bb_request_input(r), 100, 7);
     cr_assert_eq(bb_submit(r, NULL), 0);
     cr_assert_eq(bb_submit(r, NULL), BB_ESTATE, "resubmitting a pending request");
     cr_assert_eq(bb_wait(r, 0), BB_ETIMEDOUT, "poll");
@@ -232,7 +146,7 @@ Test(client, wait_timeout_then_completes)
     cr_assert_eq(bb_request_status(r), 0);
     size_t n;
     const void *out = bb_request_output(r, &n);
-    cr_assert(out && n == 100 && check(out, 100, 7));
+    cr_assert(out && n == 100 && bbt_check(out, 100, 7));
     bb_request_free(r);
     bb_disconnect(c);
     bbt_broker_stop(&B);
@@ -245,20 +159,20 @@ Test(client, wait_timeout_then_completes)
 Test(client, cancel_before_dispatch)
 {
     START(SLOW_MODEL(400000));
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     bb_request *a, *b;
     cr_assert_eq(bb_request_new(m, 32, 32, &a), 0);
     cr_assert_eq(bb_request_new(m, 32, 32, &b), 0);
-    fill(bb_request_input(a), 32, 1);
-    fill(bb_request_input(b), 32, 2);
+    bbt_fill(bb_request_input(a), 32, 1);
+    bbt_fill(bb_request_input(b), 32, 2);
     cr_assert_eq(bb_submit(a, NULL), 0);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     cr_assert_eq(bb_submit(b, NULL), 0);
     /* B is queued behind A's 400 ms batch. */
-    for (int i = 0; i < 200 && stats_of(m).queued != 1; i++)
-        msleep(2);
-    cr_assert_eq(stats_of(m).queued, 1, "B waits in the queue");
+    for (int i = 0; i < 200 && bbt_stats_of(m).queued != 1; i++)
+        bbt_msleep(2);
+    cr_assert_eq(bbt_stats_of(m).queued, 1, "B waits in the queue");
     cr_assert_eq(bb_cancel(b), 0);
     cr_assert_eq(bb_cancel(b), BB_ESTATE, "a second cancel of the same submission");
     cr_assert_eq(bb_wait(b, 10000000000ll), 0);
@@ -269,14 +183,14 @@ Test(client, cancel_before_dispatch)
     cr_assert_eq(bb_request_status(a), 0);
     size_t n;
     const void *out = bb_request_output(a, &n);
-    cr_assert(out && n == 32 && check(out, 32, 1));
+    cr_assert(out && n == 32 && bbt_check(out, 32, 1));
     cr_assert_eq(bb_cancel(a), BB_ESTATE, "cancel of a completed request");
     /* B can be submitted again after a cancel. */
     cr_assert_eq(bb_submit(b, NULL), 0);
     cr_assert_eq(bb_wait(b, 10000000000ll), 0);
     cr_assert_eq(bb_request_status(b), 0);
     out = bb_request_output(b, &n);
-    cr_assert(out && n == 32 && check(out, 32, 2));
+    cr_assert(out && n == 32 && bbt_check(out, 32, 2));
     bb_disconnect(c);
     bbt_broker_stop(&B);
 }
@@ -285,13 +199,13 @@ Test(client, cancel_before_dispatch)
 Test(client, cancel_after_dispatch)
 {
     START(SLOW_MODEL(300000));
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     bb_request *a;
     cr_assert_eq(bb_request_new(m, 64, 64, &a), 0);
-    fill(bb_request_input(a), 64, 11);
+    bbt_fill(bb_request_input(a), 64, 11);
     cr_assert_eq(bb_submit(a, NULL), 0);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     cr_assert_eq(bb_request_status(a), BB_EPENDING, "still running");
     cr_assert_eq(bb_cancel(a), 0);
     cr_assert_eq(bb_wait(a, 10000000000ll), 0);
@@ -299,7 +213,7 @@ Test(client, cancel_after_dispatch)
                  bb_errname(bb_request_status(a)));
     size_t n;
     const void *out = bb_request_output(a, &n);
-    cr_assert(out && n == 64 && check(out, 64, 11));
+    cr_assert(out && n == 64 && bbt_check(out, 64, 11));
     bb_disconnect(c);
     bbt_broker_stop(&B);
 }
@@ -313,21 +227,21 @@ Test(client, cancel_by_free)
           "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=4",
           "model.slow.max_wait_us=0", "model.echo.max_wait_us=0");
     struct bb_client_opts opts = {.max_inflight = 16};
-    bb_client *c = connect_ok(&opts);
+    bb_client *c = bbt_connect_ok(&B, &opts);
     cr_assert_eq(c->nslots, 16, "max_inflight 16 gives 16 slots");
-    bb_model *slow = open_ok(c, "slow");
-    bb_model *echo = open_ok(c, "echo");
+    bb_model *slow = bbt_open_ok(c, "slow");
+    bb_model *echo = bbt_open_ok(c, "echo");
     enum { SZ = 4096 };
 
     /* 8 slow requests: 4 run at once, 4 wait; free them all while pending. */
     bb_request *orphans[8];
     for (int i = 0; i < 8; i++) {
         cr_assert_eq(bb_request_new(slow, SZ, SZ, &orphans[i]), 0);
-        fill(bb_request_input(orphans[i]), SZ, 100 + i);
+        bbt_fill(bb_request_input(orphans[i]), SZ, 100 + i);
         cr_assert_eq(bb_submit(orphans[i], NULL), 0);
     }
-    for (int i = 0; i < 200 && stats_of(slow).batches == 0 && stats_of(slow).queued < 4; i++)
-        msleep(2);
+    for (int i = 0; i < 200 && bbt_stats_of(slow).batches == 0 && bbt_stats_of(slow).queued < 4; i++)
+        bbt_msleep(2);
     for (int i = 0; i < 8; i++)
         bb_request_free(orphans[i]);
 
@@ -336,7 +250,7 @@ Test(client, cancel_by_free)
     for (int i = 0; i < 8; i++) {
         int rc = bb_request_new(echo, SZ, SZ, &fresh[i]);
         cr_assert_eq(rc, 0, "slot %d: %s", i, bb_strerror(rc));
-        fill(bb_request_input(fresh[i]), SZ, 200 + i);
+        bbt_fill(bb_request_input(fresh[i]), SZ, 200 + i);
         cr_assert_eq(bb_submit(fresh[i], NULL), 0);
     }
     for (int i = 0; i < 8; i++) {
@@ -349,10 +263,10 @@ Test(client, cancel_by_free)
         for (int t = 0; t < 1000 && rc == BB_ENOMEM; t++) {
             rc = bb_request_new(echo, SZ, SZ, &fresh[i]);
             if (rc == BB_ENOMEM)
-                msleep(5);
+                bbt_msleep(5);
         }
         cr_assert_eq(rc, 0, "slot %d never came back: %s", i, bb_strerror(rc));
-        fill(bb_request_input(fresh[i]), SZ, 200 + i);
+        bbt_fill(bb_request_input(fresh[i]), SZ, 200 + i);
         cr_assert_eq(bb_submit(fresh[i], NULL), 0);
     }
     for (int i = 8; i < 16; i++) {
@@ -361,15 +275,15 @@ Test(client, cancel_by_free)
     }
     /* Let every orphan batch end, then look again: nothing the broker wrote
      * for an orphan may have landed in a fresh request's buffers. */
-    for (int i = 0; i < 500 && (stats_of(slow).queued != 0); i++)
-        msleep(5);
-    msleep(500);
+    for (int i = 0; i < 500 && (bbt_stats_of(slow).queued != 0); i++)
+        bbt_msleep(5);
+    bbt_msleep(500);
     for (int i = 0; i < 16; i++) {
         size_t n;
         const void *out = bb_request_output(fresh[i], &n);
         cr_assert(out && n == SZ, "request %d: output length %zu", i, n);
-        cr_assert(check(out, SZ, 200 + (uint64_t)i), "request %d: output clobbered", i);
-        cr_assert(check(bb_request_input(fresh[i]), SZ, 200 + (uint64_t)i),
+        cr_assert(bbt_check(out, SZ, 200 + (uint64_t)i), "request %d: output clobbered", i);
+        cr_assert(bbt_check(bb_request_input(fresh[i]), SZ, 200 + (uint64_t)i),
                   "request %d: input clobbered", i);
     }
     for (int i = 0; i < 16; i++)
@@ -384,10 +298,10 @@ Test(client, cancel_by_free)
         for (int t = 0; t < 1000 && rc == BB_ENOMEM; t++) {
             rc = bb_request_new(echo, len, len, &r);
             if (rc == BB_ENOMEM)
-                msleep(1);
+                bbt_msleep(1);
         }
         cr_assert_eq(rc, 0, "allocation %llu: %s", (unsigned long long)k, bb_strerror(rc));
-        fill(bb_request_input(r), len, 5000 + k);
+        bbt_fill(bb_request_input(r), len, 5000 + k);
         cr_assert_eq(bb_submit(r, NULL), 0);
         if (k % 3 == 0) {
             bb_request_free(r); /* pending, or already done: either way fine */
@@ -396,7 +310,7 @@ Test(client, cancel_by_free)
         cr_assert_eq(bb_wait(r, 10000000000ll), 0);
         size_t n;
         const void *out = bb_request_output(r, &n);
-        cr_assert(out && n == len && check(out, len, 5000 + k), "allocation %llu: wrong output",
+        cr_assert(out && n == len && bbt_check(out, len, 5000 + k), "allocation %llu: wrong output",
                   (unsigned long long)k);
         bb_request_free(r);
     }
@@ -409,8 +323,8 @@ Test(client, cancel_by_free)
 Test(client, client_fd_and_poll)
 {
     START("model.echo.max_wait_us=100");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     int fd = bb_client_fd(c);
     cr_assert(fd >= 0);
     enum { N = 40 };
@@ -418,7 +332,7 @@ Test(client, client_fd_and_poll)
     int seen[N] = {0};
     for (int i = 0; i < N; i++) {
         cr_assert_eq(bb_request_new(m, 48, 48, &reqs[i]), 0);
-        fill(bb_request_input(reqs[i]), 48, 300 + i);
+        bbt_fill(bb_request_input(reqs[i]), 48, 300 + i);
     }
     for (int round = 0; round < 2; round++) {
         memset(seen, 0, sizeof seen);
@@ -450,7 +364,7 @@ Test(client, client_fd_and_poll)
                 cr_assert_eq(bb_request_status(done[j]), 0);
                 size_t n;
                 const void *out = bb_request_output(done[j], &n);
-                cr_assert(out && n == 48 && check(out, 48, 300 + (uint64_t)idx));
+                cr_assert(out && n == 48 && bbt_check(out, 48, 300 + (uint64_t)idx));
             }
         }
         cr_assert_eq(got, N, "round %d: %d of %d completions reported through the fd", round, got,
@@ -472,17 +386,17 @@ Test(client, full_queue_rejects_with_ebusy)
     START("model.slow.backend=synthetic", "model.slow.param.batch_us=500000",
           "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=4",
           "model.slow.max_wait_us=0", "model.slow.max_queue=4");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     enum { N = 48 };
     bb_request *r[N];
     for (int i = 0; i < N; i++) {
         cr_assert_eq(bb_request_new(m, 256, 256, &r[i]), 0);
-        fill(bb_request_input(r[i]), 256, 900 + i);
+        bbt_fill(bb_request_input(r[i]), 256, 900 + i);
     }
     /* The first one occupies the executor for 500 ms. */
     cr_assert_eq(bb_submit(r[0], NULL), 0);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     for (int i = 1; i < N; i++)
         cr_assert_eq(bb_submit(r[i], NULL), 0, "bb_submit never fails for a full queue");
     /* Rejections arrive while the first batch still runs. */
@@ -509,12 +423,12 @@ Test(client, full_queue_rejects_with_ebusy)
         ok++;
         size_t n;
         const void *out = bb_request_output(r[i], &n);
-        cr_assert(out && n == 256 && check(out, 256, 900 + (uint64_t)i), "request %d: wrong output",
+        cr_assert(out && n == 256 && bbt_check(out, 256, 900 + (uint64_t)i), "request %d: wrong output",
                   i);
     }
     cr_assert_eq(ok + busy, N);
     cr_assert(busy > 0 && ok >= 5, "ok %d busy %d", ok, busy);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.submitted, (uint64_t)N);
     cr_assert_eq(st.rejected, (uint64_t)busy, "rejected %llu, saw %d",
                  (unsigned long long)st.rejected, busy);
@@ -569,7 +483,7 @@ static void *mp_worker(void *arg)
         seq[i] = next++;
         uint64_t id = mp_id(t->proc, t->thr, seq[i]);
         size_t len = mp_len(id);
-        fill(bb_request_input(r[i]), len, id);
+        bbt_fill(bb_request_input(r[i]), len, id);
         bb_request_set_input_len(r[i], len);
         int rc = bb_submit(r[i], NULL);
         if (rc < 0) {
@@ -592,7 +506,7 @@ static void *mp_worker(void *arg)
             size_t want = mp_len(id), n = 0;
             int st = bb_request_status(r[i]);
             const void *out = bb_request_output(r[i], &n);
-            if (st != 0 || !out || n != want || !check(out, n, id)) {
+            if (st != 0 || !out || n != want || !bbt_check(out, n, id)) {
                 if (!t->bad)
                     snprintf(t->msg, sizeof t->msg,
                              "p%d t%d seq %u: status %s, len %zu (want %zu), content %s", t->proc,
@@ -605,7 +519,7 @@ static void *mp_worker(void *arg)
                 seq[i] = next++;
                 id = mp_id(t->proc, t->thr, seq[i]);
                 size_t len = mp_len(id);
-                fill(bb_request_input(r[i]), len, id);
+                bbt_fill(bb_request_input(r[i]), len, id);
                 bb_request_set_input_len(r[i], len);
                 rc = bb_submit(r[i], NULL);
                 if (rc < 0) {
@@ -677,9 +591,9 @@ Test(client, many_processes_threads_distinct_payloads, .timeout = 240)
         }
     }
     cr_assert_eq(failed, 0, "%d client processes saw wrong or missing answers", failed);
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
-    struct bb_model_stats st = settled_stats(m);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    struct bb_model_stats st = bbt_settled_stats(m);
     const uint64_t total = (uint64_t)MP_PROCS * MP_THREADS * MP_REQS;
     cr_assert_eq(st.completed, total, "completed %llu of %llu", (unsigned long long)st.completed,
                  (unsigned long long)total);
@@ -699,8 +613,8 @@ Test(client, many_processes_threads_distinct_payloads, .timeout = 240)
 Test(client, large_payloads)
 {
     START("model.echo.max_wait_us=0");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     static const size_t sizes[] = {0, 1, 63, 64, 65, 4095, 65536, 1u << 20, 8u << 20};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         size_t len = sizes[k];
@@ -735,8 +649,8 @@ Test(client, large_payloads)
 Test(client, request_too_big)
 {
     START("model.echo.max_request_bytes=1K");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     bb_request *r;
     cr_assert_eq(bb_request_new(m, 600, 600, &r), BB_ETOOBIG);
     cr_assert_eq(bb_request_new(m, 500, 524, &r), 0, "exactly the limit is allowed");
@@ -755,15 +669,15 @@ Test(client, request_too_big)
 Test(client, queued_request_deadline_expires)
 {
     START(SLOW_MODEL(400000));
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     bb_request *a, *b;
     cr_assert_eq(bb_request_new(m, 16, 16, &a), 0);
     cr_assert_eq(bb_request_new(m, 16, 16, &b), 0);
-    fill(bb_request_input(a), 16, 1);
-    fill(bb_request_input(b), 16, 2);
+    bbt_fill(bb_request_input(a), 16, 1);
+    bbt_fill(bb_request_input(b), 16, 2);
     cr_assert_eq(bb_submit(a, NULL), 0);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     struct bb_submit_opts o = {.timeout_us = 20000};
     cr_assert_eq(bb_submit(b, &o), 0);
     cr_assert_eq(bb_wait(b, 10000000000ll), 0);
@@ -771,7 +685,7 @@ Test(client, queued_request_deadline_expires)
     cr_assert_eq(bb_request_status(a), BB_EPENDING, "expired before the running batch ended");
     cr_assert_eq(bb_wait(a, 10000000000ll), 0);
     cr_assert_eq(bb_request_status(a), 0);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.timed_out, 1);
     bb_disconnect(c);
 }
@@ -782,12 +696,12 @@ Test(client, backend_failure_fails_only_its_batch)
 {
     START("model.flaky.backend=synthetic", "model.flaky.param.fail_every=2",
           "model.flaky.max_batch_size=1", "model.flaky.max_wait_us=0");
-    bb_client *c = connect_ok(NULL);
-    bb_model *m = open_ok(c, "flaky");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "flaky");
     int ok = 0, failed = 0;
     for (uint64_t i = 0; i < 20; i++) {
         unsigned char in[40], out[40];
-        fill(in, sizeof in, 50 + i);
+        bbt_fill(in, sizeof in, 50 + i);
         size_t n = 0;
         int rc = bb_infer(m, in, sizeof in, out, sizeof out, &n, NULL, 5000000000ll);
         if (rc == BB_EBACKEND) {
@@ -795,12 +709,12 @@ Test(client, backend_failure_fails_only_its_batch)
             continue;
         }
         cr_assert_eq(rc, 0, "request %llu: %s", (unsigned long long)i, bb_errname(rc));
-        cr_assert(n == sizeof in && check(out, n, 50 + i));
+        cr_assert(n == sizeof in && bbt_check(out, n, 50 + i));
         ok++;
     }
     cr_assert_eq(ok, 10, "ok %d failed %d", ok, failed);
     cr_assert_eq(failed, 10);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.failed, 10);
     cr_assert_eq(st.completed, 10);
     bb_disconnect(c);

@@ -17,64 +17,13 @@
 
 #include "client_internal.h"
 #include "harness.h"
+#include "test_util.h"
 
 static struct bbt_broker B, B2;
 
 TestSuite(robust, .fini = bbt_cleanup_all, .timeout = 120);
 
-static void msleep(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define START(b, ...)                                                                        \
-    do {                                                                                     \
-        const char *ov_[] = {__VA_ARGS__, NULL};                                             \
-        cr_assert_eq(bbt_broker_start(b, NULL, ov_), 0, "broker did not start (status %#x)", \
-                     (b)->exit_status);                                                      \
-    } while (0)
-
-static bb_client *connect_ok(const struct bbt_broker *b)
-{
-    bb_client *c = NULL;
-    int rc = bb_connect(b->sock, NULL, &c);
-    cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
-    return c;
-}
-
-static bb_model *open_ok(bb_client *c, const char *name)
-{
-    bb_model *m = NULL;
-    int rc = bb_model_open(c, name, &m);
-    cr_assert_eq(rc, 0, "bb_model_open(%s): %s", name, bb_strerror(rc));
-    return m;
-}
-
-static void fill(void *p, size_t len, uint64_t id)
-{
-    uint64_t s = id * 0x9E3779B97F4A7C15ull + 1;
-    unsigned char *b = p;
-    for (size_t i = 0; i < len; i++)
-        b[i] = (unsigned char)(bbt_rand(&s) >> 56);
-}
-
-static bool check(const void *p, size_t len, uint64_t id)
-{
-    unsigned char want[4096];
-    if (len > sizeof want)
-        return false;
-    fill(want, len, id);
-    return memcmp(p, want, len) == 0;
-}
-
-static struct bb_model_stats stats_of(bb_model *m)
-{
-    struct bb_model_stats st;
-    int rc = bb_model_stats(m, &st);
-    cr_assert_eq(rc, 0, "bb_model_stats: %s", bb_strerror(rc));
-    return st;
-}
+#define START(b, ...) BBT_START_OK(b, __VA_ARGS__)
 
 static bool broker_alive(struct bbt_broker *b)
 {
@@ -85,8 +34,8 @@ static bool broker_alive(struct bbt_broker *b)
 /* One round trip on echo with a fresh client: the broker still serves. */
 static void fresh_client_works(struct bbt_broker *b)
 {
-    bb_client *c = connect_ok(b);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(b, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     char out[32];
     size_t n = 0;
     int rc = bb_infer(m, "still here", 10, out, sizeof out, &n, NULL, 5000000000ll);
@@ -120,7 +69,7 @@ static void good_client(bb_model *m, uint64_t min_reqs, volatile int *stop, uint
         }
         id[i] = next++;
         size_t len = 1 + id[i] % MAXLEN;
-        fill(bb_request_input(r[i]), len, id[i]);
+        bbt_fill(bb_request_input(r[i]), len, id[i]);
         bb_request_set_input_len(r[i], len);
         bb_submit(r[i], NULL);
     }
@@ -130,7 +79,7 @@ static void good_client(bb_model *m, uint64_t min_reqs, volatile int *stop, uint
             int rc = bb_wait(r[i], 10000000000ll);
             size_t want = 1 + id[i] % MAXLEN, n = 0;
             const void *out = rc == 0 ? bb_request_output(r[i], &n) : NULL;
-            if (rc != 0 || !out || n != want || !check(out, n, id[i])) {
+            if (rc != 0 || !out || n != want || !bbt_check(out, n, id[i])) {
                 if (!res->bad)
                     snprintf(res->msg, sizeof res->msg,
                              "request %llu: wait %s, status %s, len %zu (want %zu)",
@@ -143,7 +92,7 @@ static void good_client(bb_model *m, uint64_t min_reqs, volatile int *stop, uint
             res->done++;
             id[i] = next++;
             size_t len = 1 + id[i] % MAXLEN;
-            fill(bb_request_input(r[i]), len, id[i]);
+            bbt_fill(bb_request_input(r[i]), len, id[i]);
             bb_request_set_input_len(r[i], len);
             rc = bb_submit(r[i], NULL);
             if (rc < 0) {
@@ -215,7 +164,7 @@ static int vandal(const char *sock, int mode, int wfd)
                 tail = head + c->sq_mask; /* stay plausible */
             atomic_store_explicit(&c->sq->shm_tail, tail, memory_order_release);
             ring_doorbell(c);
-            msleep(1);
+            bbt_msleep(1);
         }
         end = bbt_now_ns() + 400000000ull;
     }
@@ -224,10 +173,10 @@ static int vandal(const char *sock, int mode, int wfd)
         for (size_t i = 0; i < c->size / 8; i++)
             p[i] = bbt_rand(&s);
         ring_doorbell(c);
-        msleep(5);
+        bbt_msleep(5);
     }
     /* Stay attached a little longer, silent, then leave without a word. */
-    msleep(200);
+    bbt_msleep(200);
     return 0;
 }
 
@@ -248,8 +197,8 @@ static void vandal_test(int mode)
     cr_assert_eq(read(pfd[0], &go, 1), 1, "the vandal never got going");
     close(pfd[0]);
 
-    bb_client *c = connect_ok(&B);
-    bb_model *m = open_ok(c, "echo");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
     volatile int stop = 0;
     struct worker_result res = {0};
     /* The good client runs while the vandal does; check the vandal between
@@ -346,18 +295,18 @@ Test(robust, client_sigkilled_with_requests_in_flight)
     cr_assert_eq(read(pfd[0], &go, 1), 1, "the victim never submitted");
     close(pfd[0]);
 
-    bb_client *c = connect_ok(&B);
-    bb_model *m = open_ok(c, "slow");
-    struct bb_model_stats st = stats_of(m);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
+    struct bb_model_stats st = bbt_stats_of(m);
     for (int i = 0; i < 200 && st.queued < 10; i++) {
-        msleep(5);
-        st = stats_of(m);
+        bbt_msleep(5);
+        st = bbt_stats_of(m);
     }
     cr_assert(st.queued >= 10, "the victim's requests are queued (queued %u)", st.queued);
     /* Our own request waits behind the victim's 2 s of work. */
     bb_request *mine;
     cr_assert_eq(bb_request_new(m, 128, 128, &mine), 0);
-    fill(bb_request_input(mine), 128, 77);
+    bbt_fill(bb_request_input(mine), 128, 77);
     cr_assert_eq(bb_submit(mine, NULL), 0);
 
     cr_assert_eq(kill(pid, SIGKILL), 0);
@@ -367,8 +316,8 @@ Test(robust, client_sigkilled_with_requests_in_flight)
     /* Its queued requests go away: queued returns to 0 (bounded poll). */
     int polls = 0;
     do {
-        msleep(10);
-        st = stats_of(m);
+        bbt_msleep(10);
+        st = bbt_stats_of(m);
     } while (st.queued != 0 && ++polls < 500);
     cr_assert_eq(st.queued, 0, "the dead client's requests stay queued (%u)", st.queued);
     /* We are unaffected: our request completes normally. */
@@ -376,7 +325,7 @@ Test(robust, client_sigkilled_with_requests_in_flight)
     cr_assert_eq(bb_request_status(mine), 0, "got %s", bb_errname(bb_request_status(mine)));
     size_t n;
     const void *out = bb_request_output(mine, &n);
-    cr_assert(out && n == 128 && check(out, 128, 77));
+    cr_assert(out && n == 128 && bbt_check(out, 128, 77));
     cr_assert(broker_alive(&B));
     bb_disconnect(c);
     fresh_client_works(&B);
@@ -388,8 +337,8 @@ Test(robust, disconnect_with_requests_pending)
     START(&B, "model.slow.backend=synthetic", "model.slow.param.batch_us=100000",
           "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=1",
           "model.slow.max_wait_us=0");
-    bb_client *c = connect_ok(&B);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     for (int i = 0; i < 20; i++) {
         bb_request *r;
         cr_assert_eq(bb_request_new(m, 128, 128, &r), 0);
@@ -399,19 +348,19 @@ Test(robust, disconnect_with_requests_pending)
      * it sees the hang-up may be dropped unseen, which would prove nothing. */
     struct bb_model_stats st;
     for (int i = 0; i < 500; i++) {
-        st = stats_of(m);
+        st = bbt_stats_of(m);
         if (st.submitted == 20 && st.queued >= 10)
             break;
-        msleep(2);
+        bbt_msleep(2);
     }
     cr_assert(st.submitted == 20 && st.queued >= 10, "queued %u", st.queued);
     bb_disconnect(c);
-    bb_client *c2 = connect_ok(&B);
-    bb_model *m2 = open_ok(c2, "slow");
+    bb_client *c2 = bbt_connect_ok(&B, NULL);
+    bb_model *m2 = bbt_open_ok(c2, "slow");
     int polls = 0;
     do {
-        msleep(10);
-        st = stats_of(m2);
+        bbt_msleep(10);
+        st = bbt_stats_of(m2);
     } while (st.queued != 0 && ++polls < 500);
     cr_assert_eq(st.queued, 0, "abandoned requests stay queued (%u)", st.queued);
     char out[8];
@@ -441,8 +390,8 @@ Test(robust, broker_sigkilled_client_sees_disconnect)
     START(&B, "model.slow.backend=synthetic", "model.slow.param.batch_us=5000000",
           "model.slow.param.mode=sleep", "model.slow.instances=1", "model.slow.max_batch_size=1",
           "model.slow.max_wait_us=0");
-    bb_client *c = connect_ok(&B);
-    bb_model *m = open_ok(c, "slow");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
     bb_request *r, *queued;
     cr_assert_eq(bb_request_new(m, 16, 16, &r), 0);
     cr_assert_eq(bb_request_new(m, 16, 16, &queued), 0);
@@ -451,7 +400,7 @@ Test(robust, broker_sigkilled_client_sees_disconnect)
     struct waiter w = {.r = r, .rc = 1};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wait_thread, &w), 0);
-    msleep(300); /* past the spin: the waiter sleeps on its futex */
+    bbt_msleep(300); /* past the spin: the waiter sleeps on its futex */
     cr_assert_eq(w.rc, 1, "bb_wait returned early: %s", bb_errname(w.rc));
     uint64_t killed = bbt_now_ns();
     int st = bbt_broker_kill(&B, SIGKILL);
@@ -459,7 +408,7 @@ Test(robust, broker_sigkilled_client_sees_disconnect)
     /* Bounded join: 5 s, far above the 1 s the design promises. */
     uint64_t end = bbt_now_ns() + 5000000000ull;
     while (w.rc == 1 && bbt_now_ns() < end)
-        msleep(5);
+        bbt_msleep(5);
     cr_assert_neq(w.rc, 1, "bb_wait still blocked 5 s after the broker died");
     pthread_join(th, NULL);
     cr_assert_eq(w.rc, BB_EDISCONNECTED, "bb_wait returned %s", bb_errname(w.rc));
@@ -512,7 +461,7 @@ Test(robust, uid_not_allowed_gets_eperm)
         cr_assert_null(c);
         counts[rc <= 0 && rc > -32 ? -rc : 31]++;
         if (i & 1)
-            msleep(1);
+            bbt_msleep(1);
     }
     cr_assert_eq(counts[-BB_EPERM], EPERM_TRIES,
                  "uid %u: %d of %d connects got BB_EPERM, %d BB_EDISCONNECTED, %d success",
@@ -574,12 +523,12 @@ Test(robust, client_churn_leaks_no_descriptors)
 {
     START(&B, "model.echo.max_wait_us=0");
     fresh_client_works(&B);
-    msleep(200);
+    bbt_msleep(200);
     int before = count_fds(B.pid);
     cr_assert(before > 0);
     for (int i = 0; i < 150; i++) {
-        bb_client *c = connect_ok(&B);
-        bb_model *m = open_ok(c, "echo");
+        bb_client *c = bbt_connect_ok(&B, NULL);
+        bb_model *m = bbt_open_ok(c, "echo");
         bb_request *r;
         cr_assert_eq(bb_request_new(m, 32, 32, &r), 0);
         memset(bb_request_input(r), i, 32);
@@ -590,7 +539,7 @@ Test(robust, client_churn_leaks_no_descriptors)
     }
     int after = -1;
     for (int i = 0; i < 200; i++) {
-        msleep(10);
+        bbt_msleep(10);
         after = count_fds(B.pid);
         if (after <= before)
             break;
@@ -612,14 +561,14 @@ Test(robust, max_clients_refuses_extra_client)
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &a);
         if (rc != 0)
-            msleep(5);
+            bbt_msleep(5);
     }
     cr_assert_eq(rc, 0);
     rc = BB_EBUSY;
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &b);
         if (rc != 0)
-            msleep(5);
+            bbt_msleep(5);
     }
     cr_assert_eq(rc, 0);
     for (int i = 0; i < 20; i++) {
@@ -631,7 +580,7 @@ Test(robust, max_clients_refuses_extra_client)
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &x);
         if (rc != 0)
-            msleep(5);
+            bbt_msleep(5);
     }
     cr_assert_eq(rc, 0, "a freed client slot is reused: %s", bb_errname(rc));
     bb_disconnect(x);

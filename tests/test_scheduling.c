@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "test_util.h"
 
 #ifndef BB_SCHED_RECORDER
 #error "BB_SCHED_RECORDER must name the recording backend plugin"
@@ -51,13 +52,6 @@ static void sched_fini(void)
 TestSuite(sched, .fini = sched_fini, .timeout = 120);
 
 /* ---- helpers ---- */
-
-static void msleep(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0)
-        ;
-}
 
 /* Start a broker from INI text built like printf. */
 __attribute__((format(printf, 1, 2))) static void start_cfg(const char *fmt, ...)
@@ -82,53 +76,13 @@ static const char *rec_path(void)
     return p;
 }
 
-static bb_client *connect_ok(void)
-{
-    bb_client *c = NULL;
-    int rc = bbt_connect(&B, &c);
-    cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
-    return c;
-}
-
-static bb_model *open_ok(bb_client *c, const char *name)
-{
-    bb_model *m = NULL;
-    int rc = bb_model_open(c, name, &m);
-    cr_assert_eq(rc, 0, "bb_model_open(%s): %s", name, bb_strerror(rc));
-    return m;
-}
-
-/* Deterministic content for a request identified by `id`; the first 8 bytes
- * are the id itself, which is what the recorder logs. */
-static void fill(void *p, size_t len, uint64_t id)
-{
-    uint64_t s = id * 0x9E3779B97F4A7C15ull + 1;
-    unsigned char *b = p;
-    for (size_t i = 0; i < len; i++) {
-        if ((i & 7) == 0)
-            s = bbt_rand(&s) | 1;
-        b[i] = (unsigned char)(s >> ((i & 7) * 8));
-    }
-    if (len >= 8)
-        memcpy(b, &id, 8);
-}
-
-static bool check(const void *p, size_t len, uint64_t id)
-{
-    static unsigned char want[1 << 20];
-    if (len > sizeof want)
-        return false;
-    fill(want, len, id);
-    return memcmp(p, want, len) == 0;
-}
-
 /* The request completed with 0 and its output is the echo of input `id`. */
 static bool echo_ok(const bb_request *r, uint64_t id)
 {
     size_t len = 0;
     const void *out = bb_request_output(r, &len);
     return bb_request_status(r) == 0 && out && len == bb_request_input_capacity(r) &&
-           check(out, len, id);
+           bbt_check(out, len, id);
 }
 
 static bb_request *req_new(bb_model *m, size_t in_len, size_t out_cap, uint64_t id)
@@ -136,7 +90,7 @@ static bb_request *req_new(bb_model *m, size_t in_len, size_t out_cap, uint64_t 
     bb_request *r = NULL;
     int rc = bb_request_new(m, in_len, out_cap, &r);
     cr_assert_eq(rc, 0, "bb_request_new(%zu, %zu): %s", in_len, out_cap, bb_strerror(rc));
-    fill(bb_request_input(r), in_len, id);
+    bbt_fill(bb_request_input(r), in_len, id);
     return r;
 }
 
@@ -157,49 +111,13 @@ static int finish(bb_request *r, int timeout_ms)
     return bb_request_status(r);
 }
 
-static struct bb_model_stats stats_of(bb_model *m)
-{
-    struct bb_model_stats st;
-    int rc = bb_model_stats(m, &st);
-    cr_assert_eq(rc, 0, "bb_model_stats: %s", bb_strerror(rc));
-    return st;
-}
-
-/* Statistics once every submission is accounted for: the broker updates its
- * figures when it reaps a batch, just after clients can see completions. */
-static struct bb_model_stats settled_stats(bb_model *m)
-{
-    struct bb_model_stats st = stats_of(m);
-    for (int i = 0; i < 1000; i++) {
-        if (st.queued == 0 &&
-            st.completed + st.failed + st.rejected + st.timed_out >= st.submitted)
-            break;
-        msleep(2);
-        st = stats_of(m);
-    }
-    return st;
-}
-
-/* Wait until the broker has taken `submitted` requests and none is queued:
- * the last one is running (or done). */
-static void wait_dispatched(bb_model *m, uint64_t submitted)
-{
-    for (int i = 0; i < 1000; i++) {
-        struct bb_model_stats st = stats_of(m);
-        if (st.submitted >= submitted && st.queued == 0)
-            return;
-        msleep(2);
-    }
-    cr_assert_fail("the broker never dispatched request %llu", (unsigned long long)submitted);
-}
-
 /* Wait until the model has rejected `n` requests. */
 static void wait_rejected(bb_model *m, uint64_t n)
 {
     for (int i = 0; i < 1000; i++) {
-        if (stats_of(m).rejected >= n)
+        if (bbt_stats_of(m).rejected >= n)
             return;
-        msleep(2);
+        bbt_msleep(2);
     }
     cr_assert_fail("the model never rejected %llu requests", (unsigned long long)n);
 }
@@ -208,9 +126,9 @@ static void wait_rejected(bb_model *m, uint64_t n)
 static void wait_queued(bb_model *m, uint32_t queued)
 {
     for (int i = 0; i < 1000; i++) {
-        if (stats_of(m).queued >= queued)
+        if (bbt_stats_of(m).queued >= queued)
             return;
-        msleep(2);
+        bbt_msleep(2);
     }
     cr_assert_fail("the model never had %u requests queued", queued);
 }
@@ -227,7 +145,7 @@ static int collect(bb_client *c, int n, uint64_t *tags, int timeout_ms)
         for (int i = 0; i < k && got < n; i++)
             tags[got++] = bb_request_tag(out[i]);
         if (k == 0)
-            msleep(1);
+            bbt_msleep(1);
     }
     return got;
 }
@@ -348,7 +266,7 @@ static int flood_main(void *p)
     for (int i = 0; i < a->depth; i++) {
         if (bb_request_new(m, 64, 64, &rs[i]) != 0)
             return 12;
-        fill(bb_request_input(rs[i]), 64, 0xF10000 + (uint64_t)i);
+        bbt_fill(bb_request_input(rs[i]), 64, 0xF10000 + (uint64_t)i);
         if (bb_submit(rs[i], &o) != 0)
             return 13;
     }
@@ -379,7 +297,7 @@ static int flood_main(void *p)
 static void wait_flag(_Atomic int *flag, int want, const char *what)
 {
     for (int i = 0; i < 5000 && atomic_load(flag) < want; i++)
-        msleep(2);
+        bbt_msleep(2);
     cr_assert_geq(atomic_load(flag), want, "%s never happened", what);
 }
 
@@ -394,15 +312,15 @@ static void wait_flag(_Atomic int *flag, int want, const char *what)
 Test(sched, levels_are_served_highest_first)
 {
     start_cfg(SLOW_ONE("p", 20000, "max_starvation_us = 0\ndefault_priority = high\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "p");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "p");
     /* Queue in the worst order behind a running batch: LOW, NORMAL, DEFAULT
      * (= high here), HIGH, CRITICAL, three each. */
     static const int prios[] = {BB_PRIORITY_LOW, BB_PRIORITY_NORMAL, BB_PRIORITY_DEFAULT,
                                 BB_PRIORITY_HIGH, BB_PRIORITY_CRITICAL};
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, BB_PRIORITY_NORMAL, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *rs[15];
     for (int g = 0; g < 5; g++)
         for (int k = 0; k < 3; k++) {
@@ -427,7 +345,7 @@ Test(sched, levels_are_served_highest_first)
     for (int i = 0; i < 15; i++)
         cr_assert(echo_ok(rs[i], bb_request_tag(rs[i])), "wrong output for tag %llu",
                   (unsigned long long)bb_request_tag(rs[i]));
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.completed, 16);
     cr_assert_eq(st.batches, 16);
     cr_assert_eq(st.completed_by_priority[BB_PRIORITY_CRITICAL], 3);
@@ -446,11 +364,11 @@ Test(sched, levels_are_served_highest_first)
 Test(sched, priorities_off_is_one_fifo)
 {
     start_cfg(SLOW_ONE("q", 20000, "priorities = off\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "q");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "q");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     static const int prios[] = {BB_PRIORITY_LOW, BB_PRIORITY_CRITICAL, BB_PRIORITY_NORMAL,
                                 BB_PRIORITY_HIGH, BB_PRIORITY_LOW, BB_PRIORITY_CRITICAL};
     bb_request *rs[6];
@@ -477,11 +395,11 @@ Test(sched, priorities_off_is_one_fifo)
 Test(sched, earliest_deadline_first_within_a_level)
 {
     start_cfg(SLOW_ONE("e", 20000, "max_starvation_us = 0\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "e");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "e");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     static const uint32_t timeouts[] = {0, 60000000, 30000000, 0, 45000000};
     bb_request *rs[5];
     for (int i = 0; i < 5; i++) {
@@ -507,11 +425,11 @@ Test(sched, earliest_deadline_first_within_a_level)
 Test(sched, deadline_strategy_orders_across_levels)
 {
     start_cfg(SLOW_ONE("d", 20000, "max_starvation_us = 0\nstrategy = deadline\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "d");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "d");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *crit = req_new(m, 64, 64, 10);
     bb_request *low = req_new(m, 64, 64, 11);
     bb_request *norm = req_new(m, 64, 64, 12);
@@ -545,8 +463,8 @@ static void low_under_critical_flood(uint64_t *low_done_ns, uint64_t *flood_end_
                            .run_ns = 1500000000ull};
     pid_t pid = spawn(flood_main, &fa);
     wait_flag(&sh->ready, 1, "the flood");
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "s");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "s");
     wait_queued(m, 8); /* the critical level is well stocked */
     bb_request *low = req_new(m, 64, 64, 7);
     submit(low, BB_PRIORITY_LOW, 0, 0, 7);
@@ -595,10 +513,10 @@ Test(sched, starved_requests_do_not_overtake_older_critical_ones)
                            .run_ns = 1500000000ull};
     pid_t pid = spawn(flood_main, &fa);
     wait_flag(&sh->ready, 1, "the flood");
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "s");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "s");
     wait_queued(m, 32);
-    msleep(30); /* the LOW head is now past max_starvation_us */
+    bbt_msleep(30); /* the LOW head is now past max_starvation_us */
     bb_request *crit = req_new(m, 64, 64, 7);
     submit(crit, BB_PRIORITY_CRITICAL, 0, 0, 7);
     cr_assert_eq(finish(crit, 30000), 0);
@@ -618,15 +536,15 @@ Test(sched, starved_requests_do_not_overtake_older_critical_ones)
 Test(sched, timeout_fires_while_a_long_batch_runs)
 {
     start_cfg(SLOW_ONE("d", 200000, "") SLOW_ONE("dd", 200000, "default_timeout_us = 5000\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "d");
-    bb_model *md = open_ok(c, "dd");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "d");
+    bb_model *md = bbt_open_ok(c, "dd");
     bb_request *blocker = req_new(m, 64, 64, 1);
     bb_request *blocker_d = req_new(md, 64, 64, 2);
     submit(blocker, 0, 0, 0, 1);
     submit(blocker_d, 0, 0, 0, 2); /* gets the 5 ms default, but runs at once */
-    wait_dispatched(m, 1);
-    wait_dispatched(md, 1);
+    bbt_wait_dispatched(m, 1);
+    bbt_wait_dispatched(md, 1);
 
     bb_request *r = req_new(m, 64, 64, 3);   /* its own 5 ms timeout */
     bb_request *rd = req_new(md, 64, 64, 4); /* the model's 5 ms default */
@@ -646,10 +564,10 @@ Test(sched, timeout_fires_while_a_long_batch_runs)
     cr_assert_eq(finish(blocker, 5000), 0);
     cr_assert_eq(finish(blocker_d, 5000), 0);
     cr_assert(echo_ok(blocker, 1) && echo_ok(blocker_d, 2));
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.timed_out, 1);
     cr_assert_eq(st.completed, 1);
-    cr_assert_eq(settled_stats(md).timed_out, 1);
+    cr_assert_eq(bbt_settled_stats(md).timed_out, 1);
     bb_disconnect(c);
 }
 
@@ -659,16 +577,16 @@ Test(sched, timeout_fires_while_a_long_batch_runs)
 Test(sched, drop_late_fails_hopeless_requests_early)
 {
     start_cfg(SLOW_ONE("late", 100000, "drop_late = on\n") SLOW_ONE("keep", 100000, ""));
-    bb_client *c = connect_ok();
-    bb_model *late = open_ok(c, "late");
-    bb_model *keep = open_ok(c, "keep");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *late = bbt_open_ok(c, "late");
+    bb_model *keep = bbt_open_ok(c, "keep");
     bb_request *w1 = req_new(late, 64, 64, 1), *w2 = req_new(keep, 64, 64, 2);
     submit(w1, 0, 0, 0, 1); /* teaches the broker the batch time */
     submit(w2, 0, 0, 0, 2);
     cr_assert_eq(finish(w1, 5000), 0);
     cr_assert_eq(finish(w2, 5000), 0);
-    settled_stats(late);
-    settled_stats(keep);
+    bbt_settled_stats(late);
+    bbt_settled_stats(keep);
 
     bb_request *r1 = req_new(late, 64, 64, 3), *r2 = req_new(keep, 64, 64, 4);
     submit(r1, 0, 50000, 0, 3);
@@ -683,7 +601,7 @@ Test(sched, drop_late_fails_hopeless_requests_early)
     submit(r3, 0, 2000000, 0, 5);
     cr_assert_eq(finish(r3, 5000), 0);
     cr_assert(echo_ok(r3, 5));
-    cr_assert_eq(settled_stats(late).timed_out, 1);
+    cr_assert_eq(bbt_settled_stats(late).timed_out, 1);
     bb_disconnect(c);
 }
 
@@ -717,11 +635,11 @@ static void count_outcomes(bb_request **rs, int n, uint64_t id0, int *ok, int *b
 Test(sched, ebusy_at_the_model_limit)
 {
     start_cfg(SLOW_ONE("b", 100000, "max_queue = 4\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "b");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "b");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *rs[10];
     submit_batch_count(m, rs, 10, 0, 100);
     /* The rejections come at once, while the blocker still runs. */
@@ -737,7 +655,7 @@ Test(sched, ebusy_at_the_model_limit)
     if (blocker_pending)
         cr_assert_eq(early, 6, "BB_EBUSY must come at once");
     cr_assert_eq(finish(blocker, 5000), 0);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.rejected, 6);
     cr_assert_eq(st.completed, 5);
     bb_disconnect(c);
@@ -747,11 +665,11 @@ Test(sched, ebusy_at_the_level_limit)
 {
     start_cfg(SLOW_ONE("b", 50000, "max_queue = 100\nmax_queue_low = 2\nmax_queue_critical = 1\n"
                                    "max_starvation_us = 0\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "b");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "b");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *low[4], *norm[3], *crit[2];
     submit_batch_count(m, low, 4, BB_PRIORITY_LOW, 100);
     submit_batch_count(m, norm, 3, BB_PRIORITY_NORMAL, 200);
@@ -764,7 +682,7 @@ Test(sched, ebusy_at_the_level_limit)
     count_outcomes(crit, 2, 300, &ok, &busy);
     cr_assert(ok == 1 && busy == 1, "CRITICAL limit 1: %d accepted, %d busy", ok, busy);
     cr_assert_eq(finish(blocker, 5000), 0);
-    cr_assert_eq(settled_stats(m).rejected, 3);
+    cr_assert_eq(bbt_settled_stats(m).rejected, 3);
     bb_disconnect(c);
 }
 
@@ -779,7 +697,7 @@ static int three_accepted_main(void *p)
     for (int i = 0; i < 3; i++) {
         if (bb_request_new(m, 64, 64, &rs[i]) != 0)
             return 11;
-        fill(bb_request_input(rs[i]), 64, 900 + (uint64_t)i);
+        bbt_fill(bb_request_input(rs[i]), 64, 900 + (uint64_t)i);
         if (bb_submit(rs[i], NULL) != 0)
             return 12;
     }
@@ -795,8 +713,8 @@ static int three_accepted_main(void *p)
 Test(sched, ebusy_at_the_per_client_limit)
 {
     start_cfg(SLOW_ONE("b", 50000, "max_inflight_per_client = 3\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "b");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "b");
     bb_request *rs[5];
     submit_batch_count(m, rs, 5, 0, 100);
     wait_rejected(m, 2); /* all five seen before the other client comes */
@@ -817,12 +735,12 @@ Test(sched, ebusy_at_the_per_client_limit)
 Test(sched, memory_limit_rejects_and_too_big_fails)
 {
     start_cfg(SLOW_ONE("b", 100000, "memory_limit_mb = 1\n"));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "b");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "b");
     const size_t half = 153600; /* in = out = 150 KiB: 300 KiB a request */
     bb_request *blocker = req_new(m, half, half, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *rs[4];
     for (int i = 0; i < 4; i++) {
         rs[i] = req_new(m, half, half, 100 + (uint64_t)i);
@@ -856,9 +774,9 @@ static uint64_t flood_completions_per_light_request(void)
     pid_t pid = spawn(flood_main, &fa);
     wait_flag(&sh->ready, 1, "the flood");
     for (int i = 0; i < 5000 && atomic_load(&sh->done) < 200; i++)
-        msleep(2); /* steady state: the flood's backlog is there */
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "f");
+        bbt_msleep(2); /* steady state: the flood's backlog is there */
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "f");
     bb_request *r = req_new(m, 64, 64, 77);
     uint64_t d[20];
     for (int i = 0; i < 20; i++) {
@@ -938,10 +856,10 @@ static int identical_main(void *p)
         return 10;
     if (bb_request_new(m, 256, 256, &r) != 0)
         return 11;
-    fill(bb_request_input(r), 256, a->id);
+    bbt_fill(bb_request_input(r), 256, a->id);
     atomic_fetch_add(&a->sh->connected, 1);
     for (int i = 0; i < 5000 && !atomic_load(&a->sh->go); i++)
-        msleep(2);
+        bbt_msleep(2);
     if (bb_submit(r, NULL) != 0)
         return 12;
     if (bb_wait(r, 20000000000ll) != 0)
@@ -957,11 +875,11 @@ Test(sched, ten_identical_requests_reach_the_backend_once)
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 300000, "max_batch_size = 16\ndedup = on\ndedup_cache_entries = 0\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *blocker = req_new(m, 256, 256, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     struct flood_shared *sh = shared_page(sizeof *sh);
     struct dedup_child a = {.sh = sh, .id = 0x42};
     pid_t pids[10];
@@ -976,7 +894,7 @@ Test(sched, ten_identical_requests_reach_the_backend_once)
     cr_assert_eq(rec_count(nb, 0x42), 1, "the shared input reached the backend %d times",
                  rec_count(nb, 0x42));
     cr_assert_eq(nb, 2, "%d batches ran (blocker + one)", nb);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.deduplicated, 9);
     cr_assert_eq(st.completed, 11);
     cr_assert_eq(st.batches, 2);
@@ -992,11 +910,11 @@ Test(sched, forced_hash_collision_never_merges_different_inputs)
     setenv("BATCHBROKER_TEST_DEDUP_COLLIDE", "1", 1); /* the broker inherits it */
     start_cfg(REC_MODEL("u", 200000, "max_batch_size = 32\ndedup = on\n"), log);
     unsetenv("BATCHBROKER_TEST_DEDUP_COLLIDE");
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *blocker = req_new(m, 256, 256, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     /* 8 distinct inputs of one length, and a second copy of the first 4. */
     bb_request *rs[12];
     uint64_t ids[12];
@@ -1014,7 +932,7 @@ Test(sched, forced_hash_collision_never_merges_different_inputs)
     for (int i = 0; i < 8; i++)
         cr_assert_eq(rec_count(nb, 0x100 + (uint64_t)i), 1, "input %#x computed %d times",
                      0x100 + i, rec_count(nb, 0x100 + (uint64_t)i));
-    cr_assert_eq(settled_stats(m).deduplicated, 4);
+    cr_assert_eq(bbt_settled_stats(m).deduplicated, 4);
     bb_disconnect(c);
 }
 
@@ -1023,14 +941,14 @@ Test(sched, dedup_cache_serves_then_expires)
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 0, "dedup = on\ndedup_cache_entries = 16\ndedup_ttl_ms = 1000\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *x = req_new(m, 256, 256, 0xA);
     bb_request *y = req_new(m, 256, 256, 0xB);
     submit(x, 0, 0, 0, 0);
     cr_assert_eq(finish(x, 5000), 0);
     cr_assert(echo_ok(x, 0xA));
-    settled_stats(m);
+    bbt_settled_stats(m);
     submit(x, 0, 0, 0, 0); /* well within the TTL */
     cr_assert_eq(finish(x, 5000), 0);
     cr_assert(echo_ok(x, 0xA));
@@ -1040,16 +958,16 @@ Test(sched, dedup_cache_serves_then_expires)
     int nb = rec_read(log);
     cr_assert_eq(rec_count(nb, 0xA), 1, "cached result recomputed");
     cr_assert_eq(rec_count(nb, 0xB), 1);
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.deduplicated, 1);
     cr_assert_eq(st.batches, 2);
-    msleep(1500); /* past dedup_ttl_ms */
+    bbt_msleep(1500); /* past dedup_ttl_ms */
     submit(x, 0, 0, 0, 0);
     cr_assert_eq(finish(x, 5000), 0);
     cr_assert(echo_ok(x, 0xA));
     nb = rec_read(log);
     cr_assert_eq(rec_count(nb, 0xA), 2, "expired entry still served");
-    st = settled_stats(m);
+    st = bbt_settled_stats(m);
     cr_assert_eq(st.deduplicated, 1);
     cr_assert_eq(st.batches, 3);
     bb_disconnect(c);
@@ -1060,11 +978,11 @@ Test(sched, per_request_dedup_flag)
 {
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 200000, "max_batch_size = 16\ndedup = off\n"), log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *blocker = req_new(m, 256, 256, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *rs[5];
     for (int i = 0; i < 5; i++) {
         rs[i] = req_new(m, 256, 256, 0x55);
@@ -1078,7 +996,7 @@ Test(sched, per_request_dedup_flag)
     int nb = rec_read(log);
     cr_assert_eq(rec_count(nb, 0x55), 3, "3 flagged -> 1 computation, 2 unflagged -> 2 (got %d)",
                  rec_count(nb, 0x55));
-    cr_assert_eq(settled_stats(m).deduplicated, 2);
+    cr_assert_eq(bbt_settled_stats(m).deduplicated, 2);
     bb_disconnect(c);
 }
 
@@ -1089,15 +1007,15 @@ Test(sched, dedup_computes_on_a_private_copy)
 {
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 200000, "max_batch_size = 16\ndedup = on\n"), log);
-    bb_client *ca = connect_ok(), *cb = connect_ok();
-    bb_model *ma = open_ok(ca, "u"), *mb = open_ok(cb, "u");
+    bb_client *ca = bbt_connect_ok(&B, NULL), *cb = bbt_connect_ok(&B, NULL);
+    bb_model *ma = bbt_open_ok(ca, "u"), *mb = bbt_open_ok(cb, "u");
     bb_request *blocker = req_new(ma, 256, 256, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(ma, 1);
+    bbt_wait_dispatched(ma, 1);
     bb_request *a = req_new(ma, 256, 256, 0x61);
     submit(a, 0, 0, 0, 0);
     wait_queued(ma, 1);
-    fill(bb_request_input(a), 256, 0x77); /* behind the broker's back */
+    bbt_fill(bb_request_input(a), 256, 0x77); /* behind the broker's back */
     bb_request *b = req_new(mb, 256, 256, 0x61);
     submit(b, 0, 0, 0, 0);
     cr_assert_eq(finish(b, 10000), 0);
@@ -1105,7 +1023,7 @@ Test(sched, dedup_computes_on_a_private_copy)
     cr_assert_eq(finish(a, 10000), 0);
     size_t len;
     const void *out = bb_request_output(a, &len);
-    cr_assert(out && len == 256 && check(out, 256, 0x61));
+    cr_assert(out && len == 256 && bbt_check(out, 256, 0x61));
     cr_assert_eq(finish(blocker, 5000), 0);
     int nb = rec_read(log);
     cr_assert_eq(rec_count(nb, 0x61), 1);
@@ -1120,11 +1038,11 @@ Test(sched, cancel_dedup_representative_keeps_the_member)
 {
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 200000, "max_batch_size = 16\ndedup = on\n"), log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *blocker = req_new(m, 256, 256, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *a = req_new(m, 256, 256, 0x62), *b = req_new(m, 256, 256, 0x62);
     submit(a, 0, 0, 0, 0);
     submit(b, 0, 0, 0, 0);
@@ -1146,11 +1064,11 @@ Test(sched, dedup_member_lends_its_priority_to_the_group)
     const char *log = rec_path();
     start_cfg(REC_MODEL("u", 20000, "max_batch_size = 1\ndedup = on\nmax_starvation_us = 0\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "u");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *lowx = req_new(m, 64, 64, 0x70);
     submit(lowx, BB_PRIORITY_LOW, 0, 0, 0x70);
     bb_request *ns[3];
@@ -1187,11 +1105,11 @@ Test(sched, dedup_promotes_the_most_urgent_member)
     const char *log = rec_path();
     start_cfg(REC_MODEL("v", 20000, "max_batch_size = 1\ndedup = on\nmax_starvation_us = 0\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "v");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "v");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *hx = req_new(m, 64, 64, 0x90);   /* X at high */
     submit(hx, BB_PRIORITY_HIGH, 0, 0, 0x90);
     bb_request *cx = req_new(m, 64, 64, 0x90);   /* X at critical: represents */
@@ -1223,11 +1141,11 @@ Test(sched, dedup_respects_output_capacity_and_batch_bytes)
     start_cfg(REC_MODEL("w", 20000, "max_batch_size = 8\ndedup = on\nmax_batch_bytes = 1000\n"
                                     "max_starvation_us = 0\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "w");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "w");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     bb_request *a = req_new(m, 10, 10, 0xb0);     /* A: 10 in / 10 out */
     submit(a, 0, 0, 0, 0xb0);
     bb_request *a2 = req_new(m, 10, 900, 0xb0);   /* same input, 900 out: not merged */
@@ -1257,11 +1175,11 @@ Test(sched, batches_never_exceed_max_batch_bytes)
     start_cfg(REC_MODEL("mb", 30000, "max_batch_size = 64\nmax_batch_bytes = 4096\n"
                                      "max_request_bytes = 8192\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "mb");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "mb");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     static const size_t sizes[] = {100, 300, 700, 1000, 1500, 2048};
     bb_request *rs[30];
     for (int i = 0; i < 30; i++) {
@@ -1302,8 +1220,8 @@ Test(sched, custom_strategy_plugin_is_obeyed)
     start_cfg(REC_MODEL("cs", 0, "max_batch_size = 2\nmax_starvation_us = 0\n"
                                  "strategy = " BB_STRATEGY_LOWFIRST "\nstrategy.min_queued = 3\n"),
               log);
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "cs");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "cs");
     bb_request *crit = req_new(m, 64, 64, 1), *high = req_new(m, 64, 64, 2);
     submit(crit, BB_PRIORITY_CRITICAL, 0, 0, 1);
     submit(high, BB_PRIORITY_HIGH, 0, 0, 2);
@@ -1377,11 +1295,11 @@ Test(sched, bad_strategies_are_refused)
 Test(sched, cancel_before_and_after_dispatch)
 {
     start_cfg(SLOW_ONE("k", 200000, ""));
-    bb_client *c = connect_ok();
-    bb_model *m = open_ok(c, "k");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "k");
     bb_request *blocker = req_new(m, 64, 64, 1);
     submit(blocker, 0, 0, 0, 1);
-    wait_dispatched(m, 1);
+    bbt_wait_dispatched(m, 1);
     /* Queued behind the running batch: canceled. */
     bb_request *q = req_new(m, 64, 64, 2);
     submit(q, 0, 0, 0, 2);
@@ -1395,12 +1313,12 @@ Test(sched, cancel_before_and_after_dispatch)
     cr_assert(echo_ok(blocker, 1));
     /* A canceled request can be submitted again and runs. */
     submit(q, 0, 0, 0, 2);
-    wait_dispatched(m, 3);
+    bbt_wait_dispatched(m, 3);
     cr_assert_eq(bb_cancel(q), 0);
     cr_assert_eq(finish(q, 5000), 0);
     cr_assert(echo_ok(q, 2));
     cr_assert_eq(bb_cancel(q), BB_ESTATE, "not pending any more");
-    struct bb_model_stats st = settled_stats(m);
+    struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.completed, 2);
     cr_assert_eq(st.batches, 2);
     bb_disconnect(c);

@@ -1,0 +1,50 @@
+/* Criterion helpers shared by the broker suites: see test_util.h. */
+#include "test_util.h"
+
+bb_client *bbt_connect_ok(const struct bbt_broker *b, const struct bb_client_opts *opts)
+{
+    bb_client *c = NULL;
+    int rc = bb_connect(b->sock, opts, &c);
+    cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
+    return c;
+}
+
+bb_model *bbt_open_ok(bb_client *c, const char *name)
+{
+    bb_model *m = NULL;
+    int rc = bb_model_open(c, name, &m);
+    cr_assert_eq(rc, 0, "bb_model_open(%s): %s", name, bb_strerror(rc));
+    return m;
+}
+
+struct bb_model_stats bbt_stats_of(bb_model *m)
+{
+    struct bb_model_stats st;
+    int rc = bb_model_stats(m, &st);
+    cr_assert_eq(rc, 0, "bb_model_stats: %s", bb_strerror(rc));
+    return st;
+}
+
+struct bb_model_stats bbt_settled_stats(bb_model *m)
+{
+    struct bb_model_stats st = bbt_stats_of(m);
+    for (int i = 0; i < 1000; i++) {
+        if (st.queued == 0 &&
+            st.completed + st.failed + st.rejected + st.timed_out >= st.submitted)
+            break;
+        bbt_msleep(2);
+        st = bbt_stats_of(m);
+    }
+    return st;
+}
+
+void bbt_wait_dispatched(bb_model *m, uint64_t submitted)
+{
+    for (int i = 0; i < 1000; i++) {
+        struct bb_model_stats st = bbt_stats_of(m);
+        if (st.submitted >= submitted && st.queued == 0)
+            return;
+        bbt_msleep(2);
+    }
+    cr_assert_fail("the broker never dispatched request %llu", (unsigned long long)submitted);
+}
