@@ -44,7 +44,9 @@ struct cut {
 
 static bool fits(struct cut *c, const struct bb__req *r)
 {
-    return c->b->n < c->max && r->bytes <= c->bytes_left;
+    /* A request larger than max_batch_bytes (possible after a reload lowered
+     * it) runs alone rather than never. */
+    return c->b->n < c->max && (r->bytes <= c->bytes_left || c->b->n == 0);
 }
 
 /* r has left its level (one way or another): put it in the batch. */
@@ -56,7 +58,7 @@ static void add_taken(struct cut *c, struct bb__req *r)
     if (r->fstart > m->vtime[r->level])
         m->vtime[r->level] = r->fstart;
     uint64_t bytes = r->bytes; /* what level_bytes and the limits count */
-    c->bytes_left -= bytes;
+    c->bytes_left = bytes < c->bytes_left ? c->bytes_left - bytes : 0;
     atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
     uint32_t i = b->n++;
     b->ents[i] = (struct bb__entry){.cl = r->cl, .slot = r->slot, .gen = r->gen, .prio = r->prio,

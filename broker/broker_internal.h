@@ -155,6 +155,7 @@ struct bb__client {
     pid_t pid;
     uid_t uid;
     bool attached, dead;
+    uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
     uint64_t models_open;          /* bit per model id */
 
     char *base;
@@ -202,6 +203,7 @@ struct bb__worker {
     struct bb__client **dirty;     /* clients with unpublished completion entries */
     uint32_t ndirty;
     bool need_sweep;               /* a dead client may have dropped to 0 refs */
+    bool accept_paused;            /* accept failed (EMFILE?): re-armed at the next heartbeat */
 
     uint64_t spin_ns;
     uint64_t last_heartbeat_ns;
@@ -262,8 +264,9 @@ int bb__dedup_init(struct bb__model *m);
 void bb__dedup_fini(struct bb__model *m);
 /* Returns 2 when r was answered from the cache, 1 when it joined an
  * in-flight twin (nothing more to do), 0 when r goes on as a new group's
- * representative (its views now point at the group's private buffers), or a
- * negative BB_E* code. */
+ * representative (its views now point at the group's private buffers), 3
+ * when it goes on undeduplicated (dedup_memory_mb is used up), or a negative
+ * BB_E* code. */
 int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *r, uint64_t now);
 /* Detach r from its group; promotes another member if r represented it. */
 void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *r);

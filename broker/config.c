@@ -148,6 +148,15 @@ static const struct bb__config_key bb__keys[] = {
      "Deduplicate identical inputs for every request (else only with BB_SUBMIT_DEDUP)."},
     {BB__SEC_MODEL, "dedup_cache_entries", BB__CT_UINT, BB__MODEL(dedup_cache_entries), 0,
      1048576, "1024", NULL, NULL, 0, "Completed results kept for reuse; 0 = no cache."},
+    {BB__SEC_MODEL, "dedup_memory_mb", BB__CT_UINT, BB__MODEL(dedup_memory_mb), 0, 65536, "64",
+     NULL, NULL, 1,
+     "Most memory (MiB) of the broker's private copies for deduplication, in-flight groups "
+     "and cached results together; past it the oldest cached results go, and requests "
+     "that would need more run without deduplication."},
+    {BB__SEC_MODEL, "dedup_max_request_bytes", BB__CT_BYTES, BB__MODEL(dedup_max_request_bytes),
+     0, 1ull << 32, "1M", NULL, NULL, 1,
+     "Input + output of the largest request that is deduplicated (hashing and copying it "
+     "costs the dispatcher); larger ones run as usual."},
     {BB__SEC_MODEL, "dedup_ttl_ms", BB__CT_UINT, BB__MODEL(dedup_ttl_ms), 0, 86400000, "1000",
      NULL, NULL, 1, "How long a cached result is served."},
     {BB__SEC_MODEL, "max_batch_bytes", BB__CT_BYTES, BB__MODEL(max_batch_bytes), 0, 1ull << 40,

@@ -39,6 +39,8 @@ struct bb__model_config {
     uint32_t dedup;
     uint32_t dedup_cache_entries;
     uint32_t dedup_ttl_ms;
+    uint32_t dedup_memory_mb;   /* private copies: in-flight groups + cache */
+    uint64_t dedup_max_request_bytes; /* larger requests are never deduplicated */
     uint64_t max_batch_bytes;   /* 0 = no limit */
     uint32_t memory_limit_mb;   /* 0 = no limit */
     char strategy[256];         /* throughput | latency | deadline | path to .so */

@@ -116,6 +116,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
     c->uid = cr.uid;
     c->refs = 1;
     c->w = w;
+    c->accepted_ns = bb__now_ns();
     w->clients[idx] = c;
     w->nclients++;
     int fl = fcntl(fd, F_GETFL);
@@ -383,6 +384,13 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         }
         memcpy(&req, buf, sizeof req);
         req.name[sizeof req.name - 1] = 0;
+        /* A pin changes every client's batching: operators only (root or the
+         * broker's own user), not any admitted client. */
+        if (c->uid != 0 && c->uid != geteuid()) {
+            rep.status = BB_EPERM;
+            reply(w, c, &rep, sizeof rep);
+            return;
+        }
         for (uint32_t i = 0; i < w->nmodels; i++) {
             struct bb__model *m = &w->models[i];
             if (strcmp(m->cfg.name, req.name) != 0)

@@ -7,7 +7,10 @@
  * output of a computation it shares by scribbling on its own segment. Later
  * identical requests join the group while it is queued or running, and when
  * the batch finishes the dispatcher copies the output to every member. The
- * result then stays in a small cache until dedup_ttl_ms passes; when the
+ * result then stays in a small cache until dedup_ttl_ms passes. All private
+ * copies together stay within dedup_memory_mb, and requests larger than
+ * dedup_max_request_bytes are never deduplicated, so that no client can make
+ * the broker allocate or hash without bound. When the
  * cache is full the oldest entry goes (insertion order, which is also expiry
  * order since every entry gets the same TTL).
  *
@@ -43,6 +46,7 @@ struct bb__cache_ent {
 
 struct bb__dedup {
     struct bb__group *groups[GROUP_BUCKETS];
+    uint64_t bytes;             /* private copies: groups' buffers + cache entries */
     struct bb__cache_ent **cache;
     uint32_t cmask, ncache;
     struct bb__cache_ent *mru, *lru;    /* newest, oldest */
@@ -74,6 +78,7 @@ int bb__dedup_init(struct bb__model *m)
 
 static void cache_unlink(struct bb__dedup *d, struct bb__cache_ent *e)
 {
+    d->bytes -= (uint64_t)e->in_len + e->out_len;
     struct bb__cache_ent **pp = &d->cache[e->hash & d->cmask];
     while (*pp != e)
         pp = &(*pp)->hnext;
@@ -180,6 +185,14 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
         return 1;
     }
 
+    /* A new group copies input and output capacity: within dedup_memory_mb,
+     * making room by dropping the oldest cached results; else run as usual. */
+    uint64_t need = (uint64_t)r->in_len + r->cl_out_cap;
+    uint64_t budget = (uint64_t)m->cfg.dedup_memory_mb << 20;
+    while (d->bytes + need > budget && d->lru)
+        cache_unlink(d, d->lru);
+    if (d->bytes + need > budget)
+        return 3;
     struct bb__group *g = calloc(1, sizeof *g);
     if (!g)
         return BB_ENOMEM;
@@ -192,6 +205,7 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
         return BB_ENOMEM;
     }
     memcpy(g->in, r->in, r->in_len);
+    d->bytes += need;
     g->hash = h;
     g->in_len = r->in_len;
     g->out_cap = r->cl_out_cap;
@@ -209,6 +223,8 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
 
 static void group_free(struct bb__dedup *d, struct bb__group *g)
 {
+    if (g->in) /* the cache may have taken the buffers over */
+        d->bytes -= (uint64_t)g->in_len + g->out_cap;
     struct bb__group **pp = &d->groups[g->hash & (GROUP_BUCKETS - 1)];
     while (*pp != g)
         pp = &(*pp)->hnext;
@@ -287,7 +303,13 @@ void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__gr
     uint64_t ttl = (uint64_t)m->cfg.dedup_ttl_ms * 1000000ull;
     if (status == 0 && m->cfg.dedup_cache_entries && ttl) {
         struct bb__cache_ent *e = calloc(1, sizeof *e);
-        if (e) {
+        void *out = e ? realloc(g->out, out_len ? out_len : 1) : NULL; /* keep what is used */
+        if (out)
+            g->out = out;
+        if (e && out) {
+            /* The group's charge becomes the entry's, which is smaller. */
+            d->bytes -= (uint64_t)g->in_len + g->out_cap;
+            d->bytes += (uint64_t)g->in_len + out_len;
             e->hash = g->hash;
             e->in_len = g->in_len;
             e->out_len = (uint32_t)out_len;
@@ -306,6 +328,8 @@ void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__gr
                 d->lru = e;
             if (++d->ncache > m->cfg.dedup_cache_entries)
                 cache_unlink(d, d->lru);
+        } else {
+            free(e);
         }
     }
     group_free(d, g);

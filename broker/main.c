@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "broker_internal.h"
@@ -26,6 +27,25 @@ static void on_signal(int sig)
         (void)n;
     }
     errno = saved;
+}
+
+/* Every client holds four descriptors (socket, pidfd, doorbell, notify):
+ * take the hard limit, and say so if max_clients still cannot fit. */
+static void raise_fd_limit(uint32_t max_clients)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t need = (rlim_t)max_clients * 4 + 64;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        bb_warn("open-file limit %llu is below the %llu that max_clients = %u needs; "
+                "raise it (ulimit -n, LimitNOFILE=) or lower max_clients",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need, max_clients);
 }
 
 static void usage(FILE *out)
@@ -115,6 +135,7 @@ int main(int argc, char **argv)
         return 0;
     }
     bb__log_level = cfg.log_level;
+    raise_fd_limit(cfg.max_clients);
 
     /* Signals from the start: a SIGTERM or SIGHUP while backends load must
      * neither kill us half-initialised nor be lost. */

@@ -35,6 +35,7 @@
 #define HEARTBEAT_NS 100000000ull
 #define IDLE_WAIT_NS 1000000000ull
 #define COALESCE_MAX_NS 1000000ull
+#define HELLO_TIMEOUT_NS 5000000000ull
 #define COALESCE_MIN_NS 20000ull
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
@@ -311,7 +312,8 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
                                                                    : cm->last_ftag[r->level];
     r->fstart = start;
     r->ftag = cm->last_ftag[r->level] = start + cm->ftag_inc;
-    if (m->dedup && (m->cfg.dedup || (d.flags & BB_SUBMIT_DEDUP))) {
+    if ((m->cfg.dedup || (d.flags & BB_SUBMIT_DEDUP)) &&
+        r->bytes <= m->cfg.dedup_max_request_bytes) {
         int rc = bb__dedup_submit(w, m, r, now);
         if (rc == 2)
             return; /* answered from the cache */
@@ -424,11 +426,16 @@ static int reap_cqes(struct bb__worker *w)
             uint32_t idx = (uint32_t)(ud & 0xffffff);
             switch (type) {
             case BB__UD_ACCEPT:
-                if (cqe->res >= 0)
+                if (cqe->res >= 0) {
                     bb__control_accept(w, cqe->res);
-                else if (cqe->res != -ECANCELED)
-                    bb_warn("accept: %s", strerror(-cqe->res));
-                if (!(cqe->flags & IORING_CQE_F_MORE) && !w->stopping && w->listen_fd >= 0)
+                } else if (cqe->res != -ECANCELED && !w->accept_paused) {
+                    /* Out of descriptors, say: retry at the next heartbeat
+                     * rather than spin on the failing accept. */
+                    bb_warn("accept: %s; retrying in 100 ms", strerror(-cqe->res));
+                    w->accept_paused = true;
+                }
+                if (!(cqe->flags & IORING_CQE_F_MORE) && !w->stopping && w->listen_fd >= 0 &&
+                    !w->accept_paused)
                     arm_global(w, BB__UD_ACCEPT);
                 break;
             case BB__UD_WAKE:
@@ -546,8 +553,20 @@ static void set_need_wake(struct bb__worker *w, uint32_t v)
 static void heartbeat(struct bb__worker *w, uint64_t now)
 {
     w->last_heartbeat_ns = now;
+    if (w->accept_paused && !w->stopping && w->listen_fd >= 0) {
+        w->accept_paused = false;
+        arm_global(w, BB__UD_ACCEPT);
+    }
     for (uint32_t i = 0; i < w->nlive; i++)
         atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+    /* A connection that never says HELLO must not hold a max_clients place. */
+    if (w->nclients == w->nlive)
+        return;
+    for (uint32_t i = 0; i < w->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (c && !c->attached && !c->dead && now - c->accepted_ns > HELLO_TIMEOUT_NS)
+            bb__client_kill(w, c, "no HELLO within 5 s");
+    }
 }
 
 /* How long the dispatcher may sleep without being rung, or 0. While every
@@ -609,12 +628,16 @@ static void reload(struct bb__worker *w)
         m->cfg = w->cfg->models[i];
         m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
         bool grown = bb__heap_reserve(&m->deadlines, m->cfg.max_queue) == 0;
-        for (int l = 0; l < 4; l++)
-            grown = grown && bb__heap_reserve(&m->levels[l], m->cfg.max_queue) == 0;
+        uint32_t cap = m->deadlines.cap;
+        for (int l = 0; l < 4; l++) {
+            grown = bb__heap_reserve(&m->levels[l], m->cfg.max_queue) == 0 && grown;
+            if (m->levels[l].cap < cap)
+                cap = m->levels[l].cap;
+        }
         if (!grown) {
             bb_error("model %s: out of memory growing the queues; max_queue stays %u",
-                     m->cfg.name, m->levels[0].cap);
-            m->cfg.max_queue = w->cfg->models[i].max_queue = m->levels[0].cap;
+                     m->cfg.name, cap);
+            m->cfg.max_queue = w->cfg->models[i].max_queue = cap;
         }
         struct bb__adaptive_cfg *a = &m->adapt.cfg;
         a->max_wait_us = m->cfg.max_wait_us;

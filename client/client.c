@@ -469,6 +469,8 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
     r->out_cap = (uint32_t)output_capacity;
     r->cancel_gen = 0;
     r->tag = 0;
+    /* A reused slot must not show its previous request's outcome. */
+    atomic_store_explicit(&r->gen, 0, memory_order_relaxed);
     *out = r;
     return 0;
 }
@@ -542,9 +544,10 @@ int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
     if (atomic_load_explicit(&c->hdr->shm_broker_state, memory_order_relaxed) != BB_BROKER_RUNNING)
         return BB_ESHUTDOWN;
     struct bb_shm_slot *s = r->slot;
-    uint32_t gen = gen_of(r) + 1;
-    if (gen == 0 || gen == done_gen(r))
-        gen++; /* never reuse the value the broker last completed */
+    /* Never the value the broker last completed (stable: not pending), never 0. */
+    uint32_t gen = done_gen(r) + 1;
+    if (gen == 0)
+        gen = 1;
     atomic_store_explicit(&r->gen, gen, memory_order_relaxed);
     r->tag = opts ? opts->tag : 0;
     s->gen = gen;

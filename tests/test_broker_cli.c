@@ -256,6 +256,49 @@ Test(cli, sigterm_graceful_shutdown)
     bb_disconnect(c);
 }
 
+/* A reload that lowers max_batch_bytes under a queued request's size: the
+ * request still runs (alone), and so does what queues behind it. */
+Test(cli, reload_lowering_max_batch_bytes_strands_nothing)
+{
+    const char *base = "[model.slow]\nbackend = synthetic\nparam.batch_us = 300000\n"
+                       "param.mode = sleep\ninstances = 1\nmax_batch_size = 8\nmax_wait_us = 0\n";
+    char text[512];
+    snprintf(text, sizeof text, "%smax_batch_bytes = 1M\n", base);
+    cr_assert_eq(bbt_broker_start(&B, text, NULL), 0);
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "slow", &m), 0);
+    bb_request *blocker, *big, *small;
+    cr_assert_eq(bb_request_new(m, 8, 8, &blocker), 0);
+    cr_assert_eq(bb_request_new(m, 8192, 8192, &big), 0);
+    cr_assert_eq(bb_request_new(m, 64, 64, &small), 0);
+    cr_assert_eq(bb_submit(blocker, NULL), 0);
+    bbt_msleep(50);
+    cr_assert_eq(bb_submit(big, NULL), 0);
+    /* Reload only once the broker has queued it (accepted under 1M). */
+    struct bb_model_stats st = {0};
+    for (int i = 0; i < 200 && st.queued != 1; i++) {
+        cr_assert_eq(bb_model_stats(m, &st), 0);
+        bbt_msleep(5);
+    }
+    cr_assert_eq(st.queued, 1);
+    FILE *f = fopen(B.cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%smax_batch_bytes = 1024\n", base);
+    fclose(f);
+    cr_assert_eq(kill(B.pid, SIGHUP), 0);
+    bbt_msleep(50);
+    cr_assert_eq(bb_submit(small, NULL), 0);
+    bb_request *all[3] = {blocker, big, small};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(bb_wait(all[i], 5000000000ll), 0, "request %d stranded", i);
+        cr_assert_eq(bb_request_status(all[i]), 0, "request %d: %s", i,
+                     bb_errname(bb_request_status(all[i])));
+    }
+    bb_disconnect(c);
+}
+
 /* SIGHUP re-reads the file: a reloadable key (max_queue) takes effect, a
  * file that no longer parses changes nothing and the broker keeps serving. */
 Test(cli, sighup_reloads_reloadable_keys)

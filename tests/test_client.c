@@ -126,6 +126,37 @@ Test(client, request_reuse)
     bbt_broker_stop(&B);
 }
 
+/* A freed request's slot comes back from bb_request_new: the new request has
+ * not been submitted and must not show the old one's outcome. */
+Test(client, request_new_forgets_previous_outcome)
+{
+    START("model.echo.max_wait_us=0");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    bb_request *r = NULL;
+    cr_assert_eq(bb_request_new(m, 16, 16, &r), 0);
+    bbt_fill(bb_request_input(r), 16, 77);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    cr_assert_eq(bb_wait(r, 5000000000ll), 0);
+    cr_assert_eq(bb_request_status(r), 0);
+    bb_request_free(r);
+    bb_request *again = NULL;
+    cr_assert_eq(bb_request_new(m, 16, 16, &again), 0);
+    cr_assert_eq(again, r, "the slot is reused (free list)");
+    cr_assert_eq(bb_wait(again, 0), BB_ESTATE);
+    cr_assert_eq(bb_request_status(again), BB_ESTATE);
+    cr_assert_null(bb_request_output(again, NULL));
+    bbt_fill(bb_request_input(again), 16, 78);
+    cr_assert_eq(bb_submit(again, NULL), 0);
+    cr_assert_eq(bb_wait(again, 5000000000ll), 0);
+    size_t n;
+    const void *out = bb_request_output(again, &n);
+    cr_assert(out && n == 16 && bbt_check(out, 16, 78));
+    bb_request_free(again);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
 /* ---- bb_wait timeout ---- */
 
 Test(client, wait_timeout_then_completes)

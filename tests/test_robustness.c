@@ -501,6 +501,40 @@ Test(robust, other_user_gets_eperm)
     fresh_client_works(&B);
 }
 
+/* Pinning the batch target changes every client's batching: a client of
+ * another (admitted) uid may not; root may. */
+Test(robust, pin_needs_an_operator)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to another uid");
+    START(&B, "broker.allowed_uids=0,65534");
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        if (setgid(65534) < 0 || setuid(65534) < 0)
+            _exit(100);
+        bb_client *c;
+        bb_model *m;
+        if (bb_connect(B.sock, NULL, &c) < 0 || bb_model_open(c, "echo", &m) < 0)
+            _exit(101);
+        int rc = bb_model_pin(m, 4);
+        bb_disconnect(c);
+        _exit(rc == BB_EPERM ? 0 : 102);
+    }
+    int st = bbt_waitpid_bounded(pid, 10000);
+    cr_assert(st >= 0 && WIFEXITED(st), "child status %#x", st);
+    cr_assert_eq(WEXITSTATUS(st), 0, "child exit %d (100: setuid, 101: connect, 102: pin "
+                 "was not refused)", WEXITSTATUS(st));
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    cr_assert_eq(bb_model_pin(m, 4), 0, "root may pin");
+    struct bb_model_stats s = bbt_stats_of(m);
+    cr_assert_eq(s.batch_target, 4);
+    cr_assert_eq(bb_model_pin(m, 0), 0);
+    bb_disconnect(c);
+}
+
 /* ---- Churn ---- */
 
 static int count_fds(pid_t pid)

@@ -1000,6 +1000,74 @@ Test(sched, per_request_dedup_flag)
     bb_disconnect(c);
 }
 
+/* Deduplication copies inputs into broker memory, so it is bounded: requests
+ * over dedup_max_request_bytes, or that would take the private copies past
+ * dedup_memory_mb, run as usual (each computed, nothing merged). */
+Test(sched, dedup_is_bounded)
+{
+    const char *log = rec_path();
+    start_cfg(REC_MODEL("u", 200000, "max_batch_size = 16\ndedup = on\n"
+                                     "dedup_max_request_bytes = 4096\ndedup_memory_mb = 1\n"),
+              log);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
+    bb_request *blocker = req_new(m, 256, 256, 1);
+    submit(blocker, 0, 0, 0, 1);
+    bbt_wait_dispatched(m, 1);
+    /* Over dedup_max_request_bytes: 3 identical requests, 3 computations. */
+    bb_request *big[3];
+    for (int i = 0; i < 3; i++) {
+        big[i] = req_new(m, 4096, 4096, 0x66);
+        submit(big[i], 0, 0, 0, (uint64_t)i);
+    }
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(finish(big[i], 10000), 0);
+        cr_assert(echo_ok(big[i], 0x66));
+    }
+    cr_assert_eq(finish(blocker, 5000), 0);
+    int nb = rec_read(log);
+    cr_assert_eq(rec_count(nb, 0x66), 3, "got %d computations", rec_count(nb, 0x66));
+    cr_assert_eq(bbt_settled_stats(m).deduplicated, 0);
+    bb_disconnect(c);
+}
+
+Test(sched, dedup_memory_is_bounded)
+{
+    const char *log = rec_path();
+    /* 300 KiB + 300 KiB per group: the second distinct group would pass 1 MiB. */
+    start_cfg(REC_MODEL("u", 200000, "max_batch_size = 16\ndedup = on\n"
+                                     "dedup_max_request_bytes = 1M\ndedup_memory_mb = 1\n"
+                                     "dedup_cache_entries = 0\n"),
+              log);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
+    bb_request *blocker = req_new(m, 256, 256, 1);
+    submit(blocker, 0, 0, 0, 1);
+    bbt_wait_dispatched(m, 1);
+    enum { SZ = 300 << 10 };
+    bb_request *a[2], *b[2];
+    for (int i = 0; i < 2; i++) {
+        a[i] = req_new(m, SZ, SZ, 0xa1);
+        submit(a[i], 0, 0, 0, 10 + (uint64_t)i);
+    }
+    for (int i = 0; i < 2; i++) {
+        b[i] = req_new(m, SZ, SZ, 0xb1);
+        submit(b[i], 0, 0, 0, 20 + (uint64_t)i);
+    }
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(finish(a[i], 10000), 0);
+        cr_assert(echo_ok(a[i], 0xa1));
+        cr_assert_eq(finish(b[i], 10000), 0);
+        cr_assert(echo_ok(b[i], 0xb1));
+    }
+    cr_assert_eq(finish(blocker, 5000), 0);
+    int nb = rec_read(log);
+    cr_assert_eq(rec_count(nb, 0xa1), 1, "the first pair shares one computation");
+    cr_assert_eq(rec_count(nb, 0xb1), 2, "the second pair does not fit the budget");
+    cr_assert_eq(bbt_settled_stats(m).deduplicated, 1);
+    bb_disconnect(c);
+}
+
 /* The shared computation reads the broker's private copy: a client that
  * scribbles on its input after submitting (which the API forbids) changes
  * nothing for the others that share the result. */

@@ -201,7 +201,8 @@ struct bb_model_tuning {
 BB_API int bb_model_tuning(bb_model *m, struct bb_model_tuning *out);
 
 /* Pin the model's batch target (1..max_batch_size) for every client, or
- * release the pin with 0. Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EDISCONNECTED. */
+ * release the pin with 0. Only a process of root or of the broker's own user
+ * may. Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EPERM, BB_EDISCONNECTED. */
 BB_API int bb_model_pin(bb_model *m, uint32_t target);
 
 /* How long bb_wait spins before sleeping (default 50000 ns; 0 = sleep at once). */
