@@ -6,11 +6,14 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -533,6 +536,79 @@ Test(robust, pin_needs_an_operator)
     cr_assert_eq(s.batch_target, 4);
     cr_assert_eq(bb_model_pin(m, 0), 0);
     bb_disconnect(c);
+}
+
+/* The control socket is untrusted input too: garbage before HELLO, a HELLO
+ * of the wrong size or version, unknown or truncated messages after it. Each
+ * offender is dropped; the broker keeps serving everyone else. */
+static int raw_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* The broker closes the connection: recv sees EOF (after any reply). */
+static bool dropped(int fd)
+{
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[512];
+    for (int i = 0; i < 4; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return true;
+        if (n < 0)
+            return false; /* timed out: still connected */
+    }
+    return false;
+}
+
+Test(robust, hostile_control_messages)
+{
+    START(&B, NULL);
+    uint64_t seed = 12345;
+    /* Random bytes instead of HELLO, of several sizes. */
+    for (int round = 0; round < 20; round++) {
+        int fd = raw_connect(B.sock);
+        unsigned char junk[600];
+        size_t len = 1 + (size_t)(bbt_rand(&seed) % sizeof junk);
+        for (size_t i = 0; i < len; i++)
+            junk[i] = (unsigned char)bbt_rand(&seed);
+        ssize_t sent = send(fd, junk, len, MSG_NOSIGNAL);
+        (void)sent;
+        cr_assert(dropped(fd), "round %d: a garbage first message did not end the session", round);
+        close(fd);
+    }
+    /* A HELLO of the wrong version is refused with BB_EPROTO, then dropped. */
+    int fd = raw_connect(B.sock);
+    struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                 .version = (BB_ABI_MAJOR + 1) << 16};
+    cr_assert_eq(send(fd, &hello, sizeof hello, MSG_NOSIGNAL), (ssize_t)sizeof hello);
+    struct bb_msg_hello_reply rep;
+    cr_assert_eq(recv(fd, &rep, sizeof rep, 0), (ssize_t)sizeof rep);
+    cr_assert_eq(rep.h.status, BB_EPROTO);
+    cr_assert(dropped(fd));
+    close(fd);
+    /* After a good operator HELLO: an unknown type, then a truncated STATS. */
+    const struct bb_msg_hdr bad[] = {{.type = 999}, {.type = BB_MSG_STATS}};
+    const size_t bad_len[] = {sizeof bad[0], sizeof bad[1]};
+    for (int k = 0; k < 2; k++) {
+        fd = raw_connect(B.sock);
+        hello.version = BB_SHM_VERSION;
+        hello.flags = BB_HELLO_OPERATOR;
+        cr_assert_eq(send(fd, &hello, sizeof hello, MSG_NOSIGNAL), (ssize_t)sizeof hello);
+        cr_assert_eq(recv(fd, &rep, sizeof rep, 0), (ssize_t)sizeof rep);
+        cr_assert_eq(rep.h.status, 0);
+        cr_assert_eq(send(fd, &bad[k], bad_len[k], MSG_NOSIGNAL), (ssize_t)bad_len[k]);
+        cr_assert(dropped(fd), "message %d did not end the session", k);
+        close(fd);
+    }
+    cr_assert(broker_alive(&B));
+    fresh_client_works(&B);
 }
 
 /* ---- Churn ---- */
