@@ -570,18 +570,23 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
 }
 
 /* How long the dispatcher may sleep without being rung, or 0. While every
- * model either has all its executors busy (a finishing batch wakes us) or is
- * waiting for a batch to fill, a doorbell per arrival buys nothing: the
- * arrivals are collected a little later in one pass instead. The window is
- * an eighth of the fill wait and at most COALESCE_MAX_NS, so a new deadline
- * is still seen within a millisecond. */
+ * model either has all its executors busy (a finishing batch wakes us) with
+ * requests already waiting, or is waiting for a batch to fill, a doorbell per
+ * arrival buys nothing: the arrivals are collected a little later in one pass
+ * instead. The window is an eighth of the fill wait and at most
+ * COALESCE_MAX_NS, so a new deadline is still seen within a millisecond. A
+ * busy model with an empty queue keeps the doorbell: in a closed loop nobody
+ * rings while its batch runs, and the first arrival of an open loop does. */
 static uint64_t coalesce_window(struct bb__worker *w)
 {
     uint64_t win = COALESCE_MAX_NS;
     for (uint32_t i = 0; i < w->nmodels; i++) {
         struct bb__model *m = &w->models[i];
-        if (m->ninstances && m->running >= m->ninstances)
+        if (m->ninstances && m->running >= m->ninstances) {
+            if (m->queued == 0 && m->grouped == 0)
+                return 0;
             continue;
+        }
         if (!m->filling)
             return 0;
         uint64_t eighth = (uint64_t)m->fill_wait_us * 1000 / 8;
