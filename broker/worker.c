@@ -356,6 +356,13 @@ static int drain(struct bb__worker *w, struct bb__client *c, uint64_t now)
         return 0;
     }
     uint32_t n = avail > DRAIN_BUDGET ? DRAIN_BUDGET : (uint32_t)avail;
+    /* The descriptors were just written on the client's core: start all the
+     * cache-line transfers at once instead of one miss per request. */
+    for (uint32_t i = 0; i < n && i < 32; i++) {
+        uint32_t slot = bb__ring_peek(&c->sq, i) & BB_SQE_SLOT_MASK;
+        if (slot < c->nslots)
+            __builtin_prefetch(&c->slots[slot]);
+    }
     for (uint32_t i = 0; i < n; i++) {
         uint32_t e = bb__ring_peek(&c->sq, i);
         uint32_t slot = e & BB_SQE_SLOT_MASK;
@@ -707,6 +714,8 @@ int bb__worker_run(struct bb__worker *w)
         }
         int progress = reap_cqes(w);
         progress += reap_done(w);
+        /* One clock read a pass: a spinning dispatcher makes many passes,
+         * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();
         progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
@@ -719,7 +728,6 @@ int bb__worker_run(struct bb__worker *w)
             io_uring_submit(&w->ring);
         if (w->stopping && all_idle(w))
             break;
-        now = bb__now_ns();
         if (now - w->last_heartbeat_ns >= HEARTBEAT_NS)
             heartbeat(w, now);
         if (progress) {
@@ -735,6 +743,7 @@ int bb__worker_run(struct bb__worker *w)
                 bb__cpu_relax();
             continue;
         }
+        now = bb__now_ns();
         uint64_t window = coalesce_window(w);
         if (!window)
             set_need_wake(w, 1);
