@@ -49,12 +49,9 @@ static int connect_operator(const char *path)
     return fd;
 }
 
-static int print_stats(int fd, int header)
+/* Ask for every model's statistics (ids 0, 1, ... until BB_ENOMODEL). */
+static int walk_models(int fd, void (*row)(const struct bb_msg_stats_reply *))
 {
-    if (header)
-        printf("%-16s %10s %10s %8s %8s %8s %8s %7s %9s %9s %9s %9s %6s\n", "model", "submitted",
-               "completed", "failed", "timeout", "rejected", "batches", "avg_bs", "rps",
-               "p50_us", "p95_us", "p99_us", "queued");
     for (uint32_t id = 0;; id++) {
         struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = id};
         struct bb_msg_stats_reply rep;
@@ -63,33 +60,48 @@ static int print_stats(int fd, int header)
             return 0;
         if (rc < 0)
             return rc;
-        const struct bb_wire_stats *s = &rep.s;
-        printf("%-16s %10llu %10llu %8llu %8llu %8llu %8llu %7.2f %9.0f %9.1f %9.1f %9.1f %6u\n",
-               rep.name, (unsigned long long)s->submitted, (unsigned long long)s->completed,
-               (unsigned long long)s->failed, (unsigned long long)s->timed_out,
-               (unsigned long long)s->rejected, (unsigned long long)s->batches, s->avg_batch_size,
-               s->throughput_rps, s->latency_p50_us, s->latency_p95_us, s->latency_p99_us,
-               s->queued);
+        row(&rep);
     }
+}
+
+static void stats_row(const struct bb_msg_stats_reply *rep)
+{
+    const struct bb_wire_stats *s = &rep->s;
+    printf("%-16s %10llu %10llu %8llu %8llu %8llu %8llu %7.2f %9.0f %9.1f %9.1f %9.1f %6u\n",
+           rep->name, (unsigned long long)s->submitted, (unsigned long long)s->completed,
+           (unsigned long long)s->failed, (unsigned long long)s->timed_out,
+           (unsigned long long)s->rejected, (unsigned long long)s->batches, s->avg_batch_size,
+           s->throughput_rps, s->latency_p50_us, s->latency_p95_us, s->latency_p99_us, s->queued);
+}
+
+static void silent_row(const struct bb_msg_stats_reply *rep)
+{
+    (void)rep;
+}
+
+static int print_stats(int fd, int header)
+{
+    if (!header)
+        return walk_models(fd, silent_row);
+    printf("%-16s %10s %10s %8s %8s %8s %8s %7s %9s %9s %9s %9s %6s\n", "model", "submitted",
+           "completed", "failed", "timeout", "rejected", "batches", "avg_bs", "rps", "p50_us",
+           "p95_us", "p99_us", "queued");
+    return walk_models(fd, stats_row);
+}
+
+static void tuning_row(const struct bb_msg_stats_reply *rep)
+{
+    const struct bb_wire_stats *s = &rep->s;
+    printf("%-16s %8s %6u %6u %7u %9.1f %9.2f %6.2f %9.1f %9.0f %6.2f %7u\n", rep->name,
+           s->adaptive ? "on" : "off", s->batch_target, s->pinned, s->wait_us, s->fit_a_us,
+           s->fit_b_us, s->fit_r2, s->best_size, s->arrival_rps, s->score, s->changes);
 }
 
 static int print_tuning(int fd)
 {
     printf("%-16s %8s %6s %6s %7s %9s %9s %6s %9s %9s %6s %7s\n", "model", "adaptive", "target",
            "pinned", "wait_us", "fit_a_us", "fit_b_us", "r2", "best", "arr_rps", "score", "changes");
-    for (uint32_t id = 0;; id++) {
-        struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = id};
-        struct bb_msg_stats_reply rep;
-        int rc = roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
-        if (rc == BB_ENOMODEL)
-            return 0;
-        if (rc < 0)
-            return rc;
-        const struct bb_wire_stats *s = &rep.s;
-        printf("%-16s %8s %6u %6u %7u %9.1f %9.2f %6.2f %9.1f %9.0f %6.2f %7u\n", rep.name,
-               s->adaptive ? "on" : "off", s->batch_target, s->pinned, s->wait_us, s->fit_a_us,
-               s->fit_b_us, s->fit_r2, s->best_size, s->arrival_rps, s->score, s->changes);
-    }
+    return walk_models(fd, tuning_row);
 }
 
 static int pin(int fd, const char *model, const char *target)
