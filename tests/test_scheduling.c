@@ -303,6 +303,23 @@ static void wait_flag(_Atomic int *flag, int want, const char *what)
 
 /* ==== 1. Priority levels ==== */
 
+/* Collect the n requests of `want` plus the blocker (tag 1) that ran ahead
+ * of them, and check they completed in exactly that order. */
+static void expect_order(bb_client *c, const uint64_t *want, int n)
+{
+    uint64_t order[64];
+    cr_assert_leq(n + 1, 64);
+    cr_assert_eq(collect(c, n + 1, order, 20000), n + 1, "not every request completed");
+    int j = 0;
+    for (int i = 0; i <= n; i++) {
+        if (order[i] == 1)
+            continue; /* the blocker */
+        cr_assert_eq(order[i], want[j], "completion %d: tag %llu, expected %llu", j,
+                     (unsigned long long)order[i], (unsigned long long)want[j]);
+        j++;
+    }
+}
+
 /* A slow single-request-per-batch model: what is queued while a batch runs
  * is served in the order of the levels, one per batch. */
 #define SLOW_ONE(name, us, extra)                                                          \
@@ -328,20 +345,11 @@ Test(sched, levels_are_served_highest_first)
             rs[g * 3 + k] = req_new(m, 64, 64, tag);
             submit(rs[g * 3 + k], prios[g], 0, 0, tag);
         }
-    uint64_t order[16];
-    cr_assert_eq(collect(c, 16, order, 20000), 16, "not every request completed");
     /* CRITICAL, then HIGH (DEFAULT ones first: they came first), NORMAL, LOW;
      * arrival order within each level. */
     static const uint64_t want[15] = {500, 501, 502, 300, 301, 302, 400, 401, 402,
                                       200, 201, 202, 100, 101, 102};
-    int j = 0;
-    for (int i = 0; i < 16; i++) {
-        if (order[i] == 1)
-            continue; /* the blocker */
-        cr_assert_eq(order[i], want[j], "completion %d: tag %llu, expected %llu", j,
-                     (unsigned long long)order[i], (unsigned long long)want[j]);
-        j++;
-    }
+    expect_order(c, want, 15);
     for (int i = 0; i < 15; i++)
         cr_assert(echo_ok(rs[i], bb_request_tag(rs[i])), "wrong output for tag %llu",
                   (unsigned long long)bb_request_tag(rs[i]));
@@ -376,15 +384,8 @@ Test(sched, priorities_off_is_one_fifo)
         rs[i] = req_new(m, 64, 64, 10 + (uint64_t)i);
         submit(rs[i], prios[i], 0, 0, 10 + (uint64_t)i);
     }
-    uint64_t order[7];
-    cr_assert_eq(collect(c, 7, order, 20000), 7);
-    int j = 0;
-    for (int i = 0; i < 7; i++)
-        if (order[i] != 1) {
-            cr_assert_eq(order[i], 10 + (uint64_t)j, "FIFO: completion %d is tag %llu", j,
-                         (unsigned long long)order[i]);
-            j++;
-        }
+    static const uint64_t fifo[6] = {10, 11, 12, 13, 14, 15};
+    expect_order(c, fifo, 6);
     for (int i = 0; i < 6; i++)
         cr_assert(echo_ok(rs[i], 10 + (uint64_t)i));
     bb_disconnect(c);
@@ -406,16 +407,8 @@ Test(sched, earliest_deadline_first_within_a_level)
         rs[i] = req_new(m, 64, 64, 10 + (uint64_t)i);
         submit(rs[i], BB_PRIORITY_NORMAL, timeouts[i], 0, 10 + (uint64_t)i);
     }
-    uint64_t order[6];
-    cr_assert_eq(collect(c, 6, order, 20000), 6);
     static const uint64_t want[5] = {12, 14, 11, 10, 13};
-    int j = 0;
-    for (int i = 0; i < 6; i++)
-        if (order[i] != 1) {
-            cr_assert_eq(order[i], want[j], "completion %d: tag %llu, expected %llu", j,
-                         (unsigned long long)order[i], (unsigned long long)want[j]);
-            j++;
-        }
+    expect_order(c, want, 5);
     for (int i = 0; i < 5; i++)
         cr_assert(echo_ok(rs[i], 10 + (uint64_t)i));
     bb_disconnect(c);
@@ -436,16 +429,8 @@ Test(sched, deadline_strategy_orders_across_levels)
     submit(crit, BB_PRIORITY_CRITICAL, 0, 0, 10);
     submit(low, BB_PRIORITY_LOW, 30000000, 0, 11);
     submit(norm, BB_PRIORITY_NORMAL, 20000000, 0, 12);
-    uint64_t order[4];
-    cr_assert_eq(collect(c, 4, order, 20000), 4);
     static const uint64_t want[3] = {12, 11, 10};
-    int j = 0;
-    for (int i = 0; i < 4; i++)
-        if (order[i] != 1) {
-            cr_assert_eq(order[i], want[j], "completion %d: tag %llu, expected %llu", j,
-                         (unsigned long long)order[i], (unsigned long long)want[j]);
-            j++;
-        }
+    expect_order(c, want, 3);
     cr_assert(echo_ok(crit, 10) && echo_ok(low, 11) && echo_ok(norm, 12));
     bb_disconnect(c);
 }
