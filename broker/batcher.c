@@ -6,28 +6,48 @@
  * asked whether to cut a batch; if so, requests that waited longer than
  * max_starvation_us go in first (oldest first, as if critical), and the
  * strategy's select() fills the rest through peek/take on the levels. */
-#include "broker_internal.h"
+#include "batcher.h"
+
+#include "batchbroker/client.h"
+#include "completion.h"
+#include "dedup.h"
+#include "executor.h"
+#include "model.h"
+#include "session.h"
 #include "util_internal.h"
 
-void bb__request_unlink(struct bb__worker *w, struct bb__req *r)
+void bb__request_unlink(struct bb__model *m, struct bb__req *r)
 {
-    struct bb__model *m = &w->models[r->model];
     int st = atomic_load_explicit(&r->state, memory_order_relaxed);
-    bb__deadline_remove(m, r);
+    bb__deadline_remove(&m->q, r);
     if (st == BB__REQ_QUEUED)
-        bb__queue_remove(m, r);
+        bb__queue_remove(&m->q, r);
     if (r->group)
-        bb__dedup_leave(w, m, r);
+        bb__dedup_leave(m, r);
 }
 
-static uint32_t expire(struct bb__worker *w, struct bb__model *m, uint64_t now)
+void bb__batcher_fail_all(struct bb__model *m, int status)
+{
+    struct bb__req *r;
+    for (int l = 0; l < 4; l++)
+        while ((r = bb__queue_top(&m->q, l))) {
+            bb__request_unlink(m, r);
+            bb__complete_one(m, r, status);
+        }
+    while ((r = bb__deadline_top(&m->q))) { /* dedup members left without a representative */
+        bb__request_unlink(m, r);
+        bb__complete_one(m, r, status);
+    }
+}
+
+static uint32_t expire(struct bb__model *m, uint64_t now)
 {
     uint64_t horizon = now + (m->cfg.drop_late ? m->expected_batch_ns : 0);
     uint32_t n = 0;
     struct bb__req *r;
-    while ((r = bb__deadline_top(m)) && r->deadline_ns <= horizon) {
-        bb__request_unlink(w, r);
-        bb__complete_one(w, r, BB_ETIMEDOUT);
+    while ((r = bb__deadline_top(&m->q)) && r->deadline_ns <= horizon) {
+        bb__request_unlink(m, r);
+        bb__complete_one(m, r, BB_ETIMEDOUT);
         n++;
     }
     return n;
@@ -54,9 +74,9 @@ static void add_taken(struct cut *c, struct bb__req *r)
 {
     struct bb__model *m = c->m;
     struct bb__batch *b = c->b;
-    bb__deadline_remove(m, r);
-    if (r->fstart > m->vtime[r->level])
-        m->vtime[r->level] = r->fstart;
+    bb__deadline_remove(&m->q, r);
+    if (r->fstart > m->q.vtime[r->level])
+        m->q.vtime[r->level] = r->fstart;
     uint64_t bytes = r->bytes; /* what level_bytes and the limits count */
     c->bytes_left = bytes < c->bytes_left ? c->bytes_left - bytes : 0;
     atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
@@ -73,7 +93,7 @@ static void add_taken(struct cut *c, struct bb__req *r)
 
 static void add(struct cut *c, struct bb__req *r)
 {
-    bb__queue_remove(c->m, r);
+    bb__queue_remove(&c->m->q, r);
     add_taken(c, r);
 }
 
@@ -82,7 +102,7 @@ static const struct bb_candidate *peek(void *q, int level)
     struct cut *c = q;
     if (level < 0 || level > 3)
         return NULL;
-    struct bb__req *r = bb__queue_top(c->m, level);
+    struct bb__req *r = bb__queue_top(&c->m->q, level);
     if (!r || !fits(c, r))
         return NULL;
     c->cand = (struct bb_candidate){.deadline_ns = r->deadline_ns, .enq_ns = r->enq_ns,
@@ -96,7 +116,7 @@ static int take(void *q, int level)
     struct cut *c = q;
     if (level < 0 || level > 3)
         return -1;
-    struct bb__req *r = bb__queue_top(c->m, level);
+    struct bb__req *r = bb__queue_top(&c->m->q, level);
     if (!r || !fits(c, r))
         return -1;
     add(c, r);
@@ -112,10 +132,10 @@ static uint32_t take_many(void *q, int level, uint32_t max)
     uint32_t room = c->max - c->b->n;
     if (max > room)
         max = room;
-    uint32_t n = m->levels[level].n;
-    if (n && n <= max && m->level_bytes[level] <= c->bytes_left) {
+    uint32_t n = m->q.levels[level].n;
+    if (n && n <= max && m->q.level_bytes[level] <= c->bytes_left) {
         /* The whole level goes: no need to keep its heap in order. */
-        bb__queue_take_level(m, level, m->scratch);
+        bb__queue_take_level(&m->q, level, m->scratch);
         for (uint32_t i = 0; i < n; i++)
             add_taken(c, m->scratch[i]);
         return n;
@@ -134,16 +154,16 @@ static void take_starved(struct cut *c, uint64_t now)
         return;
     for (;;) {
         struct bb__req *oldest = NULL;
-        bool higher = c->m->levels[0].n > 0;
+        bool higher = c->m->q.levels[0].n > 0;
         for (int l = 1; l < 4; l++) {
-            struct bb__req *r = bb__level_oldest(c->m, l);
+            struct bb__req *r = bb__level_oldest(&c->m->q, l);
             if (higher && r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
                 oldest = r;
-            higher = higher || c->m->levels[l].n > 0;
+            higher = higher || c->m->q.levels[l].n > 0;
         }
         if (!oldest)
             return;
-        struct bb__req *crit = bb__level_oldest(c->m, 0);
+        struct bb__req *crit = bb__level_oldest(&c->m->q, 0);
         if (crit && crit->enq_ns < oldest->enq_ns)
             oldest = crit;
         if (!fits(c, oldest))
@@ -154,17 +174,12 @@ static void take_starved(struct cut *c, uint64_t now)
 
 static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state *qs)
 {
-    uint32_t target = m->cfg.max_batch_size, wait = m->cfg.max_wait_us;
-    if (m->pinned)
-        target = m->pinned < target ? m->pinned : target;
-    else if (m->cfg.adaptive) {
-        target = m->adapt.target;
-        wait = m->adapt.wait_us;
-    }
+    uint32_t wait;
+    uint32_t target = bb__model_target(m, &wait);
     uint64_t expected = m->expected_batch_ns;
     if (m->adapt.fit.valid)
         expected = (uint64_t)(m->adapt.fit.a_ns + m->adapt.fit.b_ns * target);
-    *qs = (struct bb_queue_state){.now_ns = now, .queued = m->queued,
+    *qs = (struct bb_queue_state){.now_ns = now, .queued = m->q.queued,
                                   .batch_target = target,
                                   .max_batch_size = m->cfg.max_batch_size,
                                   .max_wait_us = wait,
@@ -175,18 +190,18 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
                                   .backend_idle = m->running == 0};
     uint64_t oldest = UINT64_MAX;
     for (int l = 0; l < 4; l++) {
-        qs->counts[l] = m->levels[l].n;
-        struct bb__req *r = bb__level_oldest(m, l);
+        qs->counts[l] = m->q.levels[l].n;
+        struct bb__req *r = bb__level_oldest(&m->q, l);
         if (r && r->enq_ns < oldest)
             oldest = r->enq_ns;
     }
     qs->oldest_wait_ns = oldest == UINT64_MAX ? 0 : now - oldest;
-    struct bb__req *d = bb__deadline_top(m);
+    struct bb__req *d = bb__deadline_top(&m->q);
     if (d)
         qs->earliest_deadline_ns = d->deadline_ns;
 }
 
-int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, uint64_t *next_ns)
+int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
     if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {
@@ -197,10 +212,10 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
             bb__dedup_expire_cache(m, now);
     }
     m->filling = false;
-    if (m->queued == 0 && m->grouped == 0)
+    if (m->q.queued == 0 && m->q.grouped == 0)
         return 0;
-    progress += (int)expire(w, m, now);
-    while (m->queued > 0) {
+    progress += (int)expire(m, now);
+    while (m->q.queued > 0) {
         bool free_exec = m->ninstances == 0 || m->running < m->ninstances;
         if (!free_exec)
             break;
@@ -214,13 +229,7 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
                 *next_ns = recheck > now ? recheck : now + 1000;
             break;
         }
-        struct bb__batch *b = m->free_batches;
-        bb_assert(b, "a free batch exists whenever an executor is free");
-        m->free_batches = b->next;
-        b->next = NULL;
-        b->n = 0;
-        b->rc = 0;
-        b->errmsg[0] = 0;
+        struct bb__batch *b = bb__batch_get(m);
         b->dispatch_ns = now;
         struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
@@ -231,21 +240,14 @@ int bb__batcher_poll(struct bb__worker *w, struct bb__model *m, uint64_t now, ui
         }
         if (b->n == 0) {
             /* The strategy asked for a batch and then took nothing. */
-            b->next = m->free_batches;
-            m->free_batches = b;
+            bb__batch_put(m, b);
             break;
         }
         progress += (int)b->n;
-        if (m->ninstances == 0) {
-            bb__batch_run(m, &m->inst[0], b);
-            now = b->end_ns; /* fresh, and saves a clock read */
-            bb__batch_reap(w, b);
-        } else {
-            m->running++;
-            bb__executor_submit(m, b);
-        }
+        if (bb__executor_submit(m, b))
+            now = b->end_ns; /* it ran inline: a fresh clock, and a read saved */
     }
-    struct bb__req *d = bb__deadline_top(m);
+    struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {
         uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);
         if (at < *next_ns)

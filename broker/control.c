@@ -1,6 +1,6 @@
-/* The control socket: admission (SO_PEERCRED), the per-client sealed memfd
- * segment passed with SCM_RIGHTS, and the small request/reply messages of
- * include/batchbroker/protocol.h. Messages are handled inline by the
+/* The control socket: admission (SO_PEERCRED), the HELLO that gives a
+ * client its segment (passed with SCM_RIGHTS), and the small request/reply
+ * messages of include/batchbroker/protocol.h. Messages are handled inline by the
  * dispatcher; they are rare and never block (the sockets are non-blocking). */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,10 +14,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "broker_internal.h"
-#include "util_internal.h"
+#include "control.h"
 
-#define MIN_HEAP_BYTES (1u << 20)
+#include "batchbroker/client.h"
+#include "broker.h"
+#include "model.h"
+#include "segment.h"
+#include "session.h"
+#include "uring.h"
+#include "util_internal.h"
+#include "worker.h"
 
 int bb__control_listen(const char *path)
 {
@@ -79,60 +85,41 @@ static void send_status(int fd, uint32_t type, int status)
 
 void bb__control_accept(struct bb__worker *w, int fd)
 {
+    struct bb__broker *b = w->b;
     struct ucred cr;
     socklen_t cl = sizeof cr;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
         close(fd);
         return;
     }
-    if (!admitted(w->cfg, &cr)) {
+    if (!admitted(b->cfg, &cr)) {
         bb_warn("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
                 (unsigned)cr.uid, (unsigned)cr.gid);
         send_status(fd, BB_MSG_HELLO_REPLY, BB_EPERM);
         close(fd);
         return;
     }
-    if (w->stopping || w->nclients >= w->max_clients) {
-        bb_warn("refused client pid %d: %s", (int)cr.pid,
-                w->stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, w->stopping ? BB_ESHUTDOWN : BB_EBUSY);
-        close(fd);
-        return;
-    }
-    uint32_t idx = 0;
-    while (w->clients[idx])
-        idx++;
-    struct bb__client *c = calloc(1, sizeof *c);
+    struct bb__client *c = b->stopping ? NULL : bb__session_add(w, fd, &cr);
     if (!c) {
+        bb_warn("refused client pid %d: %s", (int)cr.pid,
+                b->stopping ? "shutting down" : "max_clients reached");
+        send_status(fd, BB_MSG_HELLO_REPLY, b->stopping ? BB_ESHUTDOWN : BB_EBUSY);
         close(fd);
         return;
     }
-    c->idx = idx;
-    c->gen = w->client_gen[idx];
-    c->id = ++w->next_client_id;
-    c->sock = fd;
-    c->pidfd = c->doorbell = c->notify = -1;
-    c->pid = cr.pid;
-    c->uid = cr.uid;
-    c->refs = 1;
-    c->w = w;
-    c->accepted_ns = bb__now_ns();
-    w->clients[idx] = c;
-    w->nclients++;
-    int fl = fcntl(fd, F_GETFL);
-    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-    bb__worker_arm(w, c, BB__UD_SOCK);
+    bb__session_arm(w, c, BB__UD_SOCK);
     /* pidfd: a forked child may keep the socket open after the client dies. */
     c->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
     if (c->pidfd >= 0)
-        bb__worker_arm(w, c, BB__UD_PIDFD);
+        bb__session_arm(w, c, BB__UD_PIDFD);
     bb_debug("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
-static int create_segment(struct bb__worker *w, struct bb__client *c, const struct bb_msg_hello *h,
-                          int *memfd_out)
+/* The segment a HELLO asks for, within the broker's limits. */
+static int make_segment(const struct bb__broker_config *cfg, struct bb__client *c,
+                        const struct bb_msg_hello *h, char **base, struct bb__layout *lay,
+                        int *memfd)
 {
-    const struct bb__broker_config *cfg = w->cfg;
     uint32_t want = h->max_inflight ? h->max_inflight : cfg->default_max_inflight;
     if (want > cfg->max_inflight)
         want = cfg->max_inflight;
@@ -143,71 +130,7 @@ static int create_segment(struct bb__worker *w, struct bb__client *c, const stru
     uint64_t maxseg = (uint64_t)cfg->max_segment_mb << 20;
     if (seg > maxseg)
         seg = maxseg;
-    uint64_t sq_off = BB_SHM_HEADER_SIZE;
-    uint64_t cq_off = (sq_off + BB_SHM_RING_HDR_SIZE + 16ull * n + 127) & ~127ull;
-    uint64_t slots_off = (cq_off + BB_SHM_RING_HDR_SIZE + 4ull * n + 127) & ~127ull;
-    uint64_t heap_off = (slots_off + (uint64_t)BB_SHM_SLOT_SIZE * n + 4095) & ~4095ull;
-    if (seg < heap_off + MIN_HEAP_BYTES)
-        seg = heap_off + MIN_HEAP_BYTES;
-    seg = (seg + 4095) & ~4095ull;
-
-    char name[32];
-    snprintf(name, sizeof name, "batchbroker-client-%u", c->id);
-    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0)
-        return BB_ESYS;
-    /* Sealed: the client can neither shrink the segment under the broker's
-     * mapping (SIGBUS) nor grow it, nor remove the seals. */
-    if (ftruncate(fd, (off_t)seg) < 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
-        close(fd);
-        return BB_ESYS;
-    }
-    void *base = mmap(NULL, seg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        close(fd);
-        return BB_ENOMEM;
-    }
-    c->base = base;
-    c->size = seg;
-    c->nslots = n;
-    c->hdr = base;
-    c->slots = (struct bb_shm_slot *)(c->base + slots_off);
-    c->heap_lo = heap_off;
-    c->heap_hi = seg;
-    c->reqs = calloc(n, sizeof *c->reqs);
-    if (!c->reqs) {
-        close(fd);
-        return BB_ENOMEM;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        c->reqs[i].cl = c;
-        c->reqs[i].slot = i;
-    }
-    struct bb_shm_header *hd = c->hdr;
-    hd->magic = BB_SHM_MAGIC;
-    hd->header_size = BB_SHM_HEADER_SIZE;
-    hd->slot_size = BB_SHM_SLOT_SIZE;
-    hd->segment_size = seg;
-    hd->nslots = n;
-    hd->sq_entries = 4 * n;
-    hd->cq_entries = n;
-    hd->client_id = c->id;
-    hd->sq_off = sq_off;
-    hd->cq_off = cq_off;
-    hd->slots_off = slots_off;
-    hd->heap_off = heap_off;
-    hd->heap_size = seg - heap_off;
-    hd->broker_pid = (uint32_t)getpid();
-    hd->max_input_bytes = UINT32_MAX;
-    atomic_store_explicit(&hd->shm_heartbeat_ns, bb__now_ns(), memory_order_relaxed);
-    atomic_store_explicit(&hd->shm_broker_state, BB_BROKER_RUNNING, memory_order_relaxed);
-    /* Written last: a client that sees the version sees everything above. */
-    atomic_store_explicit(&hd->shm_version, BB_SHM_VERSION, memory_order_release);
-    bb__ring_attach(&c->sq, c->base + sq_off, 4 * n, 0);
-    bb__ring_attach(&c->cq, c->base + cq_off, n, 1);
-    *memfd_out = fd;
-    return 0;
+    return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
 static void handle_hello(struct bb__worker *w, struct bb__client *c, const struct bb_msg_hello *h,
@@ -216,7 +139,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     if (len != sizeof *h || h->magic != BB_SHM_MAGIC || (h->version >> 16) != BB_ABI_MAJOR) {
         bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
         send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
-        bb__client_kill(w, c, "bad hello");
+        bb__session_kill(w, c, "bad hello");
         return;
     }
     struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
@@ -228,8 +151,11 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     int memfd = -1;
-    c->cm = calloc(w->nmodels, sizeof *c->cm);
-    int rc = c->cm ? create_segment(w, c, h, &memfd) : BB_ENOMEM;
+    char *base = NULL;
+    struct bb__layout lay;
+    int rc = make_segment(w->b->cfg, c, h, &base, &lay, &memfd);
+    if (rc == 0)
+        rc = bb__session_map(w, c, base, lay.size);
     if (rc == 0) {
         /* Blocking: io_uring reads it; a non-blocking read would not wait. */
         c->doorbell = eventfd(0, EFD_CLOEXEC);
@@ -242,7 +168,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
             close(memfd);
         bb_warn("client %u: cannot create its segment: %s", c->id, bb_strerror(rc));
         send_status(c->sock, BB_MSG_HELLO_REPLY, rc);
-        bb__client_kill(w, c, "no segment");
+        bb__session_kill(w, c, "no segment");
         return;
     }
     rep.segment_size = c->size;
@@ -260,34 +186,10 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     ssize_t n = sendmsg(c->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     close(memfd);
     if (n != (ssize_t)sizeof rep) {
-        bb__client_kill(w, c, "hello reply failed");
+        bb__session_kill(w, c, "hello reply failed");
         return;
     }
-    c->attached = true;
-    for (uint32_t i = 0; i < w->nmodels; i++) {
-        struct bb__model *m = &w->models[i];
-        uint32_t weight = 1;
-        for (uint32_t k = 0; k < m->nweights; k++)
-            if (m->weights[k].uid == c->uid)
-                weight = m->weights[k].weight;
-        c->cm[i].ftag_inc = BB__FAIR_SCALE / weight;
-    }
-    for (uint32_t i = 0; i < w->nmodels; i++) {
-        struct bb__model *m = &w->models[i];
-        if (!m->plugin.ops->register_memory)
-            continue;
-        uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-        for (uint32_t k = 0; k < ninst; k++) {
-            pthread_mutex_lock(&m->inst[k].mu);
-            int r = m->plugin.ops->register_memory(m->inst[k].state, c->base, c->size);
-            pthread_mutex_unlock(&m->inst[k].mu);
-            if (r < 0)
-                bb_warn("model %s: register_memory failed for client %u: %s", m->cfg.name,
-                        c->id, bb_strerror(r));
-        }
-    }
-    bb__worker_arm(w, c, BB__UD_DOORBELL);
-    bb__client_live(w, c);
+    bb__session_go_live(w, c);
     bb_info("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
             c->nslots, c->size >> 20);
 }
@@ -296,19 +198,19 @@ static void reply(struct bb__worker *w, struct bb__client *c, const void *msg, s
 {
     ssize_t n = send(c->sock, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n != (ssize_t)len)
-        bb__client_kill(w, c, "control reply failed");
+        bb__session_kill(w, c, "control reply failed");
 }
 
 static void handle_message(struct bb__worker *w, struct bb__client *c, const void *buf, size_t len)
 {
     const struct bb_msg_hdr *h = buf;
     if (len < sizeof *h) {
-        bb__client_kill(w, c, "short control message");
+        bb__session_kill(w, c, "short control message");
         return;
     }
     if (!c->attached) {
         if (h->type != BB_MSG_HELLO) {
-            bb__client_kill(w, c, "first message is not HELLO");
+            bb__session_kill(w, c, "first message is not HELLO");
             return;
         }
         handle_hello(w, c, buf, len);
@@ -320,13 +222,13 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         struct bb_msg_model_open_reply rep = {.h = {.type = BB_MSG_MODEL_OPEN_REPLY,
                                                     .status = BB_ENOMODEL}};
         if (len != sizeof req) {
-            bb__client_kill(w, c, "bad MODEL_OPEN");
+            bb__session_kill(w, c, "bad MODEL_OPEN");
             return;
         }
         memcpy(&req, buf, sizeof req);
         req.name[sizeof req.name - 1] = 0;
-        for (uint32_t i = 0; i < w->nmodels; i++) {
-            struct bb__model *m = &w->models[i];
+        for (uint32_t i = 0; i < w->b->nmodels; i++) {
+            struct bb__model *m = &w->b->models[i];
             if (strcmp(m->cfg.name, req.name) == 0) {
                 rep.h.status = 0;
                 rep.model_id = i;
@@ -343,35 +245,18 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         struct bb_msg_stats req;
         struct bb_msg_stats_reply rep = {.h = {.type = BB_MSG_STATS_REPLY}};
         if (len != sizeof req) {
-            bb__client_kill(w, c, "bad STATS");
+            bb__session_kill(w, c, "bad STATS");
             return;
         }
         memcpy(&req, buf, sizeof req);
-        if (req.model_id >= w->nmodels) {
+        if (req.model_id >= w->b->nmodels) {
             rep.h.status = BB_ENOMODEL;
             reply(w, c, &rep, sizeof rep.h);
             return;
         }
-        struct bb__model *m = &w->models[req.model_id];
+        struct bb__model *m = &w->b->models[req.model_id];
         snprintf(rep.name, sizeof rep.name, "%s", m->cfg.name);
-        bb__metrics_fill(&m->metrics, bb__now_ns(), &rep.s);
-        rep.s.queued = m->queued + m->grouped;
-        const struct bb__adaptive *a = &m->adapt;
-        rep.s.batch_target = m->pinned ? (m->pinned < m->cfg.max_batch_size ? m->pinned : m->cfg.max_batch_size)
-                             : m->cfg.adaptive ? a->target : m->cfg.max_batch_size;
-        rep.s.max_batch_size = m->cfg.max_batch_size;
-        rep.s.instances = m->cfg.instances;
-        rep.s.adaptive = m->cfg.adaptive;
-        rep.s.pinned = m->pinned;
-        rep.s.wait_us = m->cfg.adaptive && !m->pinned ? a->wait_us : m->cfg.max_wait_us;
-        rep.s.changes = a->changes;
-        rep.s.fit_a_us = a->fit.a_ns / 1e3;
-        rep.s.fit_b_us = a->fit.b_ns / 1e3;
-        rep.s.fit_r2 = a->fit.r2;
-        rep.s.best_size = a->best_size;
-        rep.s.arrival_rps = a->rate_rps;
-        rep.s.score = a->score;
-        rep.s.slo_violations = a->slo_violations;
+        bb__model_stats(m, bb__now_ns(), &rep.s);
         reply(w, c, &rep, sizeof rep);
         return;
     }
@@ -379,7 +264,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         struct bb_msg_pin req;
         struct bb_msg_hdr rep = {.type = BB_MSG_PIN_REPLY, .status = BB_ENOMODEL};
         if (len != sizeof req) {
-            bb__client_kill(w, c, "bad PIN");
+            bb__session_kill(w, c, "bad PIN");
             return;
         }
         memcpy(&req, buf, sizeof req);
@@ -391,8 +276,8 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             reply(w, c, &rep, sizeof rep);
             return;
         }
-        for (uint32_t i = 0; i < w->nmodels; i++) {
-            struct bb__model *m = &w->models[i];
+        for (uint32_t i = 0; i < w->b->nmodels; i++) {
+            struct bb__model *m = &w->b->models[i];
             if (strcmp(m->cfg.name, req.name) != 0)
                 continue;
             if (req.target > m->cfg.max_batch_size) {
@@ -410,7 +295,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         return;
     }
     default:
-        bb__client_kill(w, c, "unknown control message");
+        bb__session_kill(w, c, "unknown control message");
         return;
     }
 }
@@ -431,33 +316,9 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            bb__client_kill(w, c, "disconnected");
+            bb__session_kill(w, c, "disconnected");
             return;
         }
         handle_message(w, c, &buf, (size_t)n);
     }
-}
-
-void bb__client_destroy(struct bb__worker *w, struct bb__client *c)
-{
-    if (c->base) {
-        for (uint32_t i = 0; i < w->nmodels; i++) {
-            struct bb__model *m = &w->models[i];
-            if (!c->attached || !m->plugin.ops->unregister_memory)
-                continue;
-            uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-            for (uint32_t k = 0; k < ninst; k++) {
-                pthread_mutex_lock(&m->inst[k].mu);
-                m->plugin.ops->unregister_memory(m->inst[k].state, c->base, c->size);
-                pthread_mutex_unlock(&m->inst[k].mu);
-            }
-        }
-        munmap(c->base, c->size);
-    }
-    free(c->reqs);
-    free(c->cm);
-    w->clients[c->idx] = NULL;
-    w->client_gen[c->idx]++;
-    w->nclients--;
-    free(c);
 }

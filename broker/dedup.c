@@ -21,7 +21,12 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "broker_internal.h"
+#include "dedup.h"
+
+#include "batchbroker/client.h"
+#include "completion.h"
+#include "model.h"
+#include "session.h"
 #include "util_internal.h"
 
 #define GROUP_BUCKETS 1024u
@@ -124,7 +129,7 @@ void bb__dedup_expire_cache(struct bb__model *m, uint64_t now)
         cache_unlink(d, d->lru);
 }
 
-static void answer(struct bb__worker *w, struct bb__model *m, struct bb__req *r, int st,
+static void answer(struct bb__model *m, struct bb__req *r, int st,
                    const void *out, uint32_t len, uint64_t now)
 {
     if (st == 0 && len > r->cl_out_cap)
@@ -135,7 +140,7 @@ static void answer(struct bb__worker *w, struct bb__model *m, struct bb__req *r,
     bb__metrics_done(&m->metrics, now, st, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
 }
 
-int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *r, uint64_t now)
+int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
 {
     struct bb__dedup *d = m->dedup;
     uint64_t h = d->collide ? 0 : XXH3_64bits(r->in, r->in_len);
@@ -146,7 +151,7 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
             if (e->hash != h || e->in_len != r->in_len || memcmp(e->in, r->in, r->in_len) != 0)
                 continue;
             m->metrics.deduplicated++;
-            answer(w, m, r, 0, e->out, e->out_len, now);
+            answer(m, r, 0, e->out, e->out_len, now);
             return 2;
         }
     }
@@ -167,20 +172,20 @@ int bb__dedup_submit(struct bb__worker *w, struct bb__model *m, struct bb__req *
         } else if (g->rep && r->level < g->rep->level) {
             /* A more urgent member represents the group from its own level. */
             struct bb__req *old = g->rep;
-            bb__queue_remove(m, old);
+            bb__queue_remove(&m->q, old);
             atomic_store_explicit(&old->state, BB__REQ_GROUPED, memory_order_relaxed);
-            m->grouped++;
+            m->q.grouped++;
             r->in = g->in;
             r->out = g->out;
             r->out_cap = g->out_cap;
             g->rep = r;
             atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(m, r);
-            bb__deadline_push(m, r);
+            bb__queue_push(&m->q, r);
+            bb__deadline_push(&m->q, r);
         } else {
             atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
-            m->grouped++;
-            bb__deadline_push(m, r);
+            m->q.grouped++;
+            bb__deadline_push(&m->q, r);
         }
         return 1;
     }
@@ -234,9 +239,8 @@ static void group_free(struct bb__dedup *d, struct bb__group *g)
     free(g);
 }
 
-void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *r)
+void bb__dedup_leave(struct bb__model *m, struct bb__req *r)
 {
-    (void)w;
     struct bb__group *g = r->group;
     struct bb__req **pp = &g->members;
     while (*pp != r)
@@ -246,7 +250,7 @@ void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *
     r->group = NULL;
     r->group_next = NULL;
     if (atomic_load_explicit(&r->state, memory_order_relaxed) == BB__REQ_GROUPED)
-        m->grouped--;
+        m->q.grouped--;
     if (g->rep == r) {
         g->rep = NULL;
         /* Promote the most urgent member (highest level, then the oldest): it
@@ -257,12 +261,12 @@ void bb__dedup_leave(struct bb__worker *w, struct bb__model *m, struct bb__req *
             if (!nr || q->level < nr->level || (q->level == nr->level && q->enq_ns < nr->enq_ns))
                 nr = q;
         if (nr) {
-            m->grouped--;
+            m->q.grouped--;
             nr->in = g->in;
             nr->out = g->out;
             nr->out_cap = g->out_cap;
             atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(m, nr);
+            bb__queue_push(&m->q, nr);
             g->rep = nr;
         }
     }
@@ -277,14 +281,14 @@ void bb__dedup_dispatched(struct bb__model *m, struct bb__group *g)
     for (struct bb__req *r = g->members; r; r = r->group_next) {
         if (atomic_load_explicit(&r->state, memory_order_relaxed) != BB__REQ_GROUPED)
             continue;
-        bb__deadline_remove(m, r);
-        m->grouped--;
+        bb__deadline_remove(&m->q, r);
+        m->q.grouped--;
         atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
     }
 }
 
-void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__group *g, int status,
-                        size_t out_len, uint64_t end_ns)
+void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, size_t out_len,
+                        uint64_t end_ns)
 {
     struct bb__dedup *d = m->dedup;
     for (struct bb__req *r = g->members, *next; r; r = next) {
@@ -293,10 +297,10 @@ void bb__dedup_complete(struct bb__worker *w, struct bb__model *m, struct bb__gr
         r->group_next = NULL;
         struct bb__client *c = r->cl;
         atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-        answer(w, m, r, status, g->out, (uint32_t)out_len, end_ns);
+        answer(m, r, status, g->out, (uint32_t)out_len, end_ns);
         c->cm[m->id].inflight--;
         m->bytes -= r->bytes;
-        bb__client_put(w, c);
+        bb__session_put(c);
     }
     g->members = NULL;
     g->nmembers = 0;

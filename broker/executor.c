@@ -4,37 +4,22 @@
  * which saves a thread hand-off for backends that take microseconds.
  *
  * The executor publishes each request's completion to the client itself
- * (lowest latency), then hands the batch back to the dispatcher through a
- * lock-free stack for bookkeeping: statistics, completion-ring entries and
- * the release of client references. */
+ * (lowest latency), then hands the batch back to the model's home worker
+ * through a lock-free stack for bookkeeping: statistics, completion-ring
+ * entries and the release of client references. */
+#include "executor.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdbool.h>
-#include <unistd.h>
 
-#include "broker_internal.h"
+#include "batchbroker/client.h"
+#include "completion.h"
+#include "dedup.h"
+#include "model.h"
+#include "session.h"
 #include "util_internal.h"
-
-void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
-{
-    struct bb_shm_slot *s = &cl->slots[slot];
-    s->status = status;
-    s->out_len = out_len;
-    /* Pairs with the client's acquire load of shm_done_gen. */
-    atomic_store_explicit(&s->shm_done_gen, gen, memory_order_release);
-}
-
-void bb__wake_client(struct bb__client *cl)
-{
-    /* Orders the publishes before the sleeper check (protocol.h). */
-    atomic_thread_fence(memory_order_seq_cst);
-    struct bb_shm_header *h = cl->hdr;
-    if (atomic_load_explicit(&h->shm_sleepers, memory_order_relaxed) == 0)
-        return;
-    atomic_fetch_add_explicit(&h->shm_wake_seq, 1, memory_order_release);
-    bb__futex_wake(&h->shm_wake_seq);
-}
+#include "worker.h"
 
 void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
 {
@@ -92,8 +77,7 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
     }
 }
 
-/* Dispatcher side: account for a finished batch and let go of its clients. */
-void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
+void bb__batch_reap(struct bb__batch *b)
 {
     struct bb__model *m = b->model;
     uint64_t wait_sum = 0;
@@ -104,7 +88,7 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
         struct bb__entry *e = &b->ents[i];
         wait_sum += b->dispatch_ns - e->enq_ns;
         if (e->group) {
-            bb__dedup_complete(w, m, e->group, b->outputs[i].status, b->outputs[i].len, b->end_ns);
+            bb__dedup_complete(m, e->group, b->outputs[i].status, b->outputs[i].len, b->end_ns);
             continue;
         }
         uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
@@ -113,7 +97,7 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
         bb__cq_add(e->cl, e->slot);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
-        bb__client_put(w, e->cl);
+        bb__session_put(e->cl);
     }
     bb__metrics_batch(&m->metrics, b->n, wait_sum);
     /* Expected batch time for drop_late and the strategies: an EWMA. */
@@ -123,12 +107,35 @@ void bb__batch_reap(struct bb__worker *w, struct bb__batch *b)
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->ninstances)
         m->running--;
+    bb__batch_put(m, b);
+}
+
+struct bb__batch *bb__batch_get(struct bb__model *m)
+{
+    struct bb__batch *b = m->free_batches;
+    bb_assert(b, "a free batch exists whenever an executor is free");
+    m->free_batches = b->next;
+    b->next = NULL;
+    b->n = 0;
+    b->rc = 0;
+    b->errmsg[0] = 0;
+    return b;
+}
+
+void bb__batch_put(struct bb__model *m, struct bb__batch *b)
+{
     b->next = m->free_batches;
     m->free_batches = b;
 }
 
-void bb__executor_submit(struct bb__model *m, struct bb__batch *b)
+bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
+    if (m->ninstances == 0) {
+        bb__batch_run(m, &m->inst[0], b);
+        bb__batch_reap(b);
+        return true;
+    }
+    m->running++;
     pthread_mutex_lock(&m->q_mu);
     b->next = NULL;
     if (m->q_tail)
@@ -138,8 +145,11 @@ void bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     m->q_tail = b;
     pthread_cond_signal(&m->q_cv);
     pthread_mutex_unlock(&m->q_mu);
+    return false;
 }
 
+/* Back to the home worker: push, fence, wake it if it sleeps (the same
+ * handshake as a client's doorbell). */
 static void push_done(struct bb__worker *w, struct bb__batch *b)
 {
     struct bb__batch *head = atomic_load_explicit(&w->done, memory_order_relaxed);
@@ -147,7 +157,6 @@ static void push_done(struct bb__worker *w, struct bb__batch *b)
         b->next = head;
     while (!atomic_compare_exchange_weak_explicit(&w->done, &head, b, memory_order_release,
                                                   memory_order_relaxed));
-    /* Same handshake as a client's doorbell: push, fence, wake a sleeper. */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&w->sleeping, memory_order_relaxed))
         bb__worker_wake(w);
@@ -195,78 +204,17 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
     return 0;
 }
 
-/* client_weights = "uid:weight,uid:weight" */
-static int parse_weights(struct bb__model *m, char *err, size_t errlen)
+int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
 {
-    const char *p = m->cfg.client_weights;
-    while (*p) {
-        char *end;
-        unsigned long uid = strtoul(p, &end, 10);
-        unsigned long wt = 0;
-        bool ok = end != p && *end == ':';
-        if (ok) {
-            const char *q = end + 1;
-            wt = strtoul(q, &end, 10);
-            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
-                 uid <= UINT32_MAX && m->nweights < 32;
-        }
-        if (!ok) {
-            snprintf(err, errlen, "model %s: client_weights: expected uid:weight pairs (weight "
-                     "1..1000, at most 32) near '%s'", m->cfg.name, p);
-            return -1;
-        }
-        m->weights[m->nweights].uid = (uint32_t)uid;
-        m->weights[m->nweights].weight = (uint32_t)wt;
-        m->nweights++;
-        p = *end ? end + 1 : end;
-    }
-    return 0;
-}
-
-int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t errlen)
-{
-    m->w = w;
     pthread_mutex_init(&m->q_mu, NULL);
     pthread_cond_init(&m->q_cv, NULL);
-    bb__metrics_init(&m->metrics, bb__now_ns());
-    if (parse_weights(m, err, errlen) < 0)
-        return -1;
-    if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {
-        snprintf(err, errlen, "model %s: strategy.* keys apply to a custom strategy only",
-                 m->cfg.name);
-        return -1;
-    }
-    if (bb__strategy_load(m, err, errlen) < 0)
-        return -1;
-    if (bb__plugin_load(m->cfg.backend, w->cfg->plugin_dir, &m->plugin, err, errlen) < 0)
-        return -1;
-    m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
-    /* Adaptive starting point: the hardware the config or the backend names. */
-    uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;
-    struct bb__adaptive_cfg acfg = {
-        .max_batch_size = m->cfg.max_batch_size,
-        .max_wait_us = m->cfg.max_wait_us,
-        .instances = m->cfg.instances ? m->cfg.instances : 1,
-        .optimize = m->cfg.optimize,
-        .slo_us = m->cfg.latency_slo_us,
-        .start_target = hw == BB_BACKEND_HW_GPU ? 128 : 32,
-        .interval_ns = (uint64_t)m->cfg.adaptation_interval_ms * 1000000ull,
-        .tune_ns = m->cfg.auto_tune ? (uint64_t)m->cfg.tune_duration_s * 1000000000ull : 0,
-    };
-    bb__adaptive_init(&m->adapt, &acfg);
-    for (int l = 0; l < 4; l++)
-        if (bb__heap_init(&m->levels[l], m->cfg.max_queue, 0, m->cfg.priorities) < 0)
-            goto nomem;
-    if (bb__heap_init(&m->deadlines, m->cfg.max_queue, 1, false) < 0 || bb__dedup_init(m) < 0)
-        goto nomem;
-    m->scratch = calloc(m->cfg.max_batch_size, sizeof *m->scratch);
-    if (!m->scratch)
-        goto nomem;
     m->ninstances = m->cfg.instances;
     uint32_t ninst = m->ninstances ? m->ninstances : 1;
     m->inst = calloc(ninst, sizeof *m->inst);
-    if (!m->inst || alloc_batches(m, ninst) < 0)
-        goto nomem;
+    if (!m->inst || alloc_batches(m, ninst) < 0) {
+        snprintf(err, errlen, "model %s: out of memory", m->cfg.name);
+        return -1;
+    }
     struct bb_param params[BB_MAX_PARAMS];
     for (size_t i = 0; i < m->cfg.nparams; i++)
         params[i] = (struct bb_param){m->cfg.params[i].key, m->cfg.params[i].value};
@@ -279,6 +227,7 @@ int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t
         if (rc < 0) {
             snprintf(err, errlen, "model %s: backend %s refused its parameters: %s", m->cfg.name,
                      m->plugin.ops->name, berr[0] ? berr : bb_strerror(rc));
+            m->ninstances = 0;
             return -1;
         }
         in->started = true;
@@ -292,14 +241,11 @@ int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t
         }
     }
     return 0;
-nomem:
-    snprintf(err, errlen, "model %s: out of memory", m->cfg.name);
-    return -1;
 }
 
-void bb__model_stop(struct bb__model *m)
+void bb__executor_stop(struct bb__model *m)
 {
-    if (!m->w)
+    if (!m->inst)
         return;
     pthread_mutex_lock(&m->q_mu);
     m->q_stop = true;
@@ -308,10 +254,11 @@ void bb__model_stop(struct bb__model *m)
     for (uint32_t i = 0; i < m->ninstances; i++)
         pthread_join(m->inst[i].thread, NULL);
     uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-    for (uint32_t i = 0; m->inst && i < ninst; i++)
+    for (uint32_t i = 0; i < ninst; i++)
         if (m->inst[i].started)
             m->plugin.ops->fini(m->inst[i].state);
     free(m->inst);
+    m->inst = NULL;
     while (m->free_batches) {
         struct bb__batch *b = m->free_batches;
         m->free_batches = b->next;
@@ -321,11 +268,4 @@ void bb__model_stop(struct bb__model *m)
         free(b->prios);
         free(b);
     }
-    for (int l = 0; l < 4; l++)
-        bb__heap_fini(&m->levels[l]);
-    bb__heap_fini(&m->deadlines);
-    free(m->scratch);
-    bb__dedup_fini(m);
-    bb__strategy_unload(m);
-    bb__plugin_unload(&m->plugin);
 }

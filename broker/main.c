@@ -1,4 +1,4 @@
-/* batchbroker: command line, configuration, signals, one dispatcher worker. */
+/* batchbroker: command line, configuration, signals; the broker does the rest. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -8,7 +8,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "broker_internal.h"
+#include "batchbroker/backend.h"
+#include "batchbroker/protocol.h"
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+#include "worker.h"
 
 static volatile sig_atomic_t stop_requested, reload_requested;
 static int wake_fd_for_signals = -1;
@@ -147,29 +152,29 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL); /* reload the reloadable keys */
 
-    static struct bb__worker w;
+    static struct bb__broker b;
     /* --check loads every backend and strategy but does not take the socket. */
-    int rc = bb__worker_init(&w, &cfg, 0, &stop_requested, !check);
+    int rc = bb__broker_init(&b, &cfg, &stop_requested, !check);
     if (rc == 0 && check) {
         printf("configuration OK: %zu model(s)\n", cfg.nmodels);
-        bb__worker_fini(&w);
+        bb__broker_fini(&b);
         return 0;
     }
     if (rc < 0) {
-        bb__worker_fini(&w);
+        bb__broker_fini(&b);
         /* A backend or strategy that refuses the configuration: 2; no
          * socket, io_uring or memory: 1. */
         return rc == -2 ? 2 : 1;
     }
-    wake_fd_for_signals = w.wake_fd;
-    w.reload_flag = &reload_requested;
-    w.config_path = config_path;
-    w.overrides = overrides;
-    w.noverrides = noverrides;
+    wake_fd_for_signals = b.workers[0].wake_fd;
+    b.reload_flag = &reload_requested;
+    b.config_path = config_path;
+    b.overrides = overrides;
+    b.noverrides = noverrides;
     bb_info("listening on %s (pid %d)", cfg.socket_path, (int)getpid());
-    rc = bb__worker_run(&w);
+    rc = bb__broker_run(&b);
     wake_fd_for_signals = -1;
-    bb__worker_fini(&w);
+    bb__broker_fini(&b);
     bb_info("stopped");
     return rc < 0 ? 1 : 0;
 }

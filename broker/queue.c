@@ -9,7 +9,9 @@
  * expiry looks only at its top. */
 #include <stdlib.h>
 
-#include "broker_internal.h"
+#include "queue.h"
+
+#include "log.h"
 
 /* The heaps are generic over `which`; each operation dispatches once to a
  * copy specialised for its order, so the comparisons inline. */
@@ -128,7 +130,7 @@ static void heap_remove(struct bb__heap *h, struct bb__req *r)
         remove_w(0, h, r);
 }
 
-int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
+static int heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
 {
     h->v = calloc(cap ? cap : 1, sizeof *h->v);
     h->n = 0;
@@ -139,7 +141,7 @@ int bb__heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
 }
 
 /* Grow (never shrink) a heap's capacity, e.g. when a reload raises max_queue. */
-int bb__heap_reserve(struct bb__heap *h, uint32_t cap)
+static int heap_reserve(struct bb__heap *h, uint32_t cap)
 {
     if (cap <= h->cap)
         return 0;
@@ -151,76 +153,102 @@ int bb__heap_reserve(struct bb__heap *h, uint32_t cap)
     return 0;
 }
 
-void bb__heap_fini(struct bb__heap *h)
+int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness)
 {
-    free(h->v);
-    h->v = NULL;
+    q->fairness = fairness;
+    int rc = heap_init(&q->deadlines, cap, 1, false);
+    for (int l = 0; l < 4; l++)
+        rc |= heap_init(&q->levels[l], cap, 0, edf);
+    return rc;
 }
 
-void bb__queue_push(struct bb__model *m, struct bb__req *r)
+int bb__queues_reserve(struct bb__queues *q, uint32_t cap, uint32_t *have)
+{
+    int rc = heap_reserve(&q->deadlines, cap);
+    uint32_t min = q->deadlines.cap;
+    for (int l = 0; l < 4; l++) {
+        rc |= heap_reserve(&q->levels[l], cap);
+        if (q->levels[l].cap < min)
+            min = q->levels[l].cap;
+    }
+    *have = min;
+    return rc;
+}
+
+void bb__queues_fini(struct bb__queues *q)
+{
+    free(q->deadlines.v);
+    q->deadlines.v = NULL;
+    for (int l = 0; l < 4; l++) {
+        free(q->levels[l].v);
+        q->levels[l].v = NULL;
+    }
+}
+
+void bb__queue_push(struct bb__queues *q, struct bb__req *r)
 {
     int l = r->level;
-    r->seq = m->seq++;
-    if (!m->cfg.fairness)
+    r->seq = q->seq++;
+    if (!q->fairness)
         r->ftag = r->fstart = r->seq;
-    r->okey = m->levels[l].edf && r->own_deadline ? r->deadline_ns : UINT64_MAX;
-    m->level_bytes[l] += r->bytes;
-    heap_push(&m->levels[l], r);
+    r->okey = q->levels[l].edf && r->own_deadline ? r->deadline_ns : UINT64_MAX;
+    q->level_bytes[l] += r->bytes;
+    heap_push(&q->levels[l], r);
     r->fifo_next = NULL;
-    r->fifo_prev = m->fifo_tail[l];
-    if (m->fifo_tail[l])
-        m->fifo_tail[l]->fifo_next = r;
+    r->fifo_prev = q->fifo_tail[l];
+    if (q->fifo_tail[l])
+        q->fifo_tail[l]->fifo_next = r;
     else
-        m->fifo_head[l] = r;
-    m->fifo_tail[l] = r;
-    m->queued++;
+        q->fifo_head[l] = r;
+    q->fifo_tail[l] = r;
+    q->queued++;
 }
 
-struct bb__req *bb__queue_top(struct bb__model *m, int level)
+struct bb__req *bb__queue_top(struct bb__queues *q, int level)
 {
-    struct bb__heap *h = &m->levels[level];
+    struct bb__heap *h = &q->levels[level];
     return h->n ? h->v[0] : NULL;
 }
 
-struct bb__req *bb__level_oldest(struct bb__model *m, int level)
+struct bb__req *bb__level_oldest(struct bb__queues *q, int level)
 {
-    return m->fifo_head[level];
+    return q->fifo_head[level];
 }
 
-void bb__queue_remove(struct bb__model *m, struct bb__req *r)
+void bb__queue_remove(struct bb__queues *q, struct bb__req *r)
 {
     int l = r->level;
-    heap_remove(&m->levels[l], r);
-    m->level_bytes[l] -= r->bytes;
+    heap_remove(&q->levels[l], r);
+    q->level_bytes[l] -= r->bytes;
     if (r->fifo_prev)
         r->fifo_prev->fifo_next = r->fifo_next;
     else
-        m->fifo_head[l] = r->fifo_next;
+        q->fifo_head[l] = r->fifo_next;
     if (r->fifo_next)
         r->fifo_next->fifo_prev = r->fifo_prev;
     else
-        m->fifo_tail[l] = r->fifo_prev;
+        q->fifo_tail[l] = r->fifo_prev;
     r->fifo_prev = r->fifo_next = NULL;
-    m->queued--;
+    q->queued--;
 }
 
-void bb__deadline_push(struct bb__model *m, struct bb__req *r)
+void bb__deadline_push(struct bb__queues *q, struct bb__req *r)
 {
     if (r->deadline_ns != UINT64_MAX)
-        heap_push(&m->deadlines, r);
+        heap_push(&q->deadlines, r);
     else
         r->dl_pos = UINT32_MAX;
 }
 
-void bb__deadline_remove(struct bb__model *m, struct bb__req *r)
+void bb__deadline_remove(struct bb__queues *q, struct bb__req *r)
 {
     if (r->dl_pos != UINT32_MAX)
-        heap_remove(&m->deadlines, r);
+        heap_remove(&q->deadlines, r);
 }
 
-uint32_t bb__queue_take_level(struct bb__model *m, int level, struct bb__req **out)
+uint32_t bb__queue_take_level(struct bb__queues *q, int level, struct bb__req **out)
 {
-    struct bb__heap *h = &m->levels[level];
+    struct bb__heap *h = &q->levels[level];
     uint32_t n = h->n;
     for (uint32_t i = 0; i < n; i++) {
         struct bb__req *r = h->v[i];
@@ -229,13 +257,13 @@ uint32_t bb__queue_take_level(struct bb__model *m, int level, struct bb__req **o
         out[i] = r;
     }
     h->n = 0;
-    m->fifo_head[level] = m->fifo_tail[level] = NULL;
-    m->level_bytes[level] = 0;
-    m->queued -= n;
+    q->fifo_head[level] = q->fifo_tail[level] = NULL;
+    q->level_bytes[level] = 0;
+    q->queued -= n;
     return n;
 }
 
-struct bb__req *bb__deadline_top(struct bb__model *m)
+struct bb__req *bb__deadline_top(struct bb__queues *q)
 {
-    return m->deadlines.n ? m->deadlines.v[0] : NULL;
+    return q->deadlines.n ? q->deadlines.v[0] : NULL;
 }

@@ -4,7 +4,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "broker_internal.h"
+#include "strategy.h"
+
+#include "batchbroker/client.h"
+#include "log.h"
+#include "model.h"
 
 /* Cut when the batch target is reached, when the oldest request has waited
  * max_wait_us, or when the earliest deadline cannot wait any longer. */

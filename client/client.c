@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "client_internal.h"
+#include "segment_layout.h"
 #include "util_internal.h"
 
 #define DEFAULT_SPIN_NS 50000
@@ -112,7 +113,8 @@ static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[3])
 }
 
 /* The broker wrote the header; we trust it, but a layout that does not fit
- * the mapping would crash us, so check it anyway. */
+ * the mapping would crash us, so check it against the one layout both sides
+ * compute (segment_layout.h). */
 static int check_layout(const struct bb_shm_header *h, size_t size)
 {
     if (h->magic != BB_SHM_MAGIC)
@@ -121,15 +123,8 @@ static int check_layout(const struct bb_shm_header *h, size_t size)
                                       memory_order_acquire);
     if ((v >> 16) != BB_ABI_MAJOR)
         return BB_EPROTO;
-    uint32_t n = h->nslots;
     if (h->header_size != BB_SHM_HEADER_SIZE || h->slot_size != BB_SHM_SLOT_SIZE ||
-        h->segment_size != size || n == 0 || (n & (n - 1)) || n > BB_MAX_SLOTS ||
-        h->sq_entries != 4 * n || h->cq_entries != n)
-        return BB_EPROTO;
-    if (h->sq_off + BB_SHM_RING_HDR_SIZE + 4ull * h->sq_entries > h->cq_off ||
-        h->cq_off + BB_SHM_RING_HDR_SIZE + 4ull * h->cq_entries > h->slots_off ||
-        h->slots_off + (uint64_t)n * BB_SHM_SLOT_SIZE > h->heap_off ||
-        h->heap_off + h->heap_size > size)
+        !bb__layout_matches(h, size))
         return BB_EPROTO;
     return 0;
 }

@@ -10,3 +10,10 @@ bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${
 foreach(t test_client test_robustness test_broker_cli)
   add_dependencies(${t} bb_backend_echo bb_backend_synthetic bb_backend_badabi)
 endforeach()
+
+# The broker's module map: no call circle among broker/*.c (nm over its objects).
+find_package(Python3 COMPONENTS Interpreter REQUIRED)
+add_test(NAME broker_callgraph
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_SOURCE_DIR}/scripts/check-callgraph.py
+                 "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
+         COMMAND_EXPAND_LISTS)

@@ -11,6 +11,7 @@
 
 #include "batchbroker/client.h"
 #include "batchbroker/protocol.h"
+#include "segment_layout.h"
 
 /* The ones the client and the broker both rely on, checked at compile time. */
 _Static_assert(sizeof(struct bb_shm_header) == 4096, "header size");
@@ -254,4 +255,41 @@ Test(layout, status_codes)
     cr_expect_eq(BB_PRIORITY_NORMAL, 3);
     cr_expect_eq(BB_PRIORITY_LOW, 4);
     cr_expect_eq(BB_SUBMIT_DEDUP, 1u);
+}
+
+/* The one layout computation both sides use (common/segment_layout.h),
+ * pinned for the broker's default 1024 slots and a 64 MiB segment. */
+Test(layout, segment_layout)
+{
+    struct bb__layout l;
+    bb__layout_compute(1024, 64u << 20, &l);
+    cr_expect_eq(l.sq_entries, 4096);
+    cr_expect_eq(l.cq_entries, 1024);
+    cr_expect_eq(l.sq_off, 4096);
+    cr_expect_eq(l.cq_off, 20736);
+    cr_expect_eq(l.slots_off, 25088);
+    cr_expect_eq(l.heap_off, 159744);
+    cr_expect_eq(l.size, 64u << 20);
+    /* Too small a request still gets the rings, the slots and a 1 MiB heap. */
+    bb__layout_compute(1, 0, &l);
+    cr_expect_eq(l.size, l.heap_off + (1u << 20));
+
+    struct bb_shm_header h = {0};
+    bb__layout_compute(1024, 64u << 20, &l);
+    h.nslots = 1024;
+    h.segment_size = l.size;
+    h.sq_entries = l.sq_entries;
+    h.cq_entries = l.cq_entries;
+    h.sq_off = l.sq_off;
+    h.cq_off = l.cq_off;
+    h.slots_off = l.slots_off;
+    h.heap_off = l.heap_off;
+    h.heap_size = l.size - l.heap_off;
+    cr_expect(bb__layout_matches(&h, l.size));
+    cr_expect_not(bb__layout_matches(&h, l.size - 4096), "a mapping of another size");
+    h.heap_off += 4096;
+    cr_expect_not(bb__layout_matches(&h, l.size), "a moved heap");
+    h.heap_off -= 4096;
+    h.nslots = 1000;
+    cr_expect_not(bb__layout_matches(&h, l.size), "slots not a power of two");
 }

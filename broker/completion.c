@@ -1,0 +1,121 @@
+/* Completions to clients.
+ *
+ * A completion is the slot's status and output length, then shm_done_gen
+ * with release (protocol.h). The completion-ring entry and the wake-up of a
+ * sleeping waiter are collected per client during a pass and sent once at its
+ * end (bb__completion_flush): one release store and at most one futex wake
+ * and one eventfd write per client per pass, however many of its requests
+ * completed. */
+#include "completion.h"
+
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "session.h"
+#include "util_internal.h"
+#include "worker.h"
+
+void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
+{
+    struct bb_shm_slot *s = &cl->slots[slot];
+    s->status = status;
+    s->out_len = out_len;
+    /* Pairs with the client's acquire load of shm_done_gen. */
+    atomic_store_explicit(&s->shm_done_gen, gen, memory_order_release);
+}
+
+void bb__wake_client(struct bb__client *cl)
+{
+    /* Orders the publishes before the sleeper check (protocol.h). */
+    atomic_thread_fence(memory_order_seq_cst);
+    struct bb_shm_header *h = cl->hdr;
+    if (atomic_load_explicit(&h->shm_sleepers, memory_order_relaxed) == 0)
+        return;
+    atomic_fetch_add_explicit(&h->shm_wake_seq, 1, memory_order_release);
+    bb__futex_wake(&h->shm_wake_seq);
+}
+
+static void mark_dirty(struct bb__client *c)
+{
+    if (!c->dirty) {
+        c->dirty = true;
+        c->w->dirty[c->w->ndirty++] = c;
+    }
+}
+
+void bb__cq_add(struct bb__client *c, uint32_t slot)
+{
+    if (c->dead)
+        return;
+    int64_t space = bb__ring_space(&c->cq);
+    if (space < 0 || (uint32_t)space <= c->cq_unpublished) {
+        atomic_fetch_add_explicit(&c->hdr->shm_cq_overflow, 1, memory_order_relaxed);
+        return;
+    }
+    bb__ring_put(&c->cq, c->cq_unpublished++, slot);
+    mark_dirty(c);
+}
+
+void bb__answer(struct bb__client *c, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
+{
+    bb__publish(c, slot, gen, status, out_len);
+    if (c->dead)
+        return;
+    c->wake_due = true;
+    mark_dirty(c);
+    bb__cq_add(c, slot);
+}
+
+static void flush_client(struct bb__client *c)
+{
+    c->dirty = false;
+    if (c->dead)
+        return;
+    if (c->wake_due) {
+        c->wake_due = false;
+        bb__wake_client(c);
+    }
+    if (c->cq_unpublished == 0)
+        return;
+    bb__ring_publish(&c->cq, c->cq_unpublished);
+    c->cq_unpublished = 0;
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&c->hdr->shm_notify, memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t n = write(c->notify, &one, sizeof one);
+        (void)n;
+    }
+}
+
+void bb__completion_flush(struct bb__worker *w)
+{
+    for (uint32_t i = 0; i < w->ndirty; i++)
+        flush_client(w->dirty[i]);
+    w->ndirty = 0;
+}
+
+/* The request leaves its model and its client's accounting. */
+static void release(struct bb__model *m, struct bb__req *r)
+{
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    r->cl->cm[m->id].inflight--;
+    m->bytes -= r->bytes;
+    bb__session_put(r->cl);
+}
+
+void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
+{
+    uint64_t now = bb__now_ns();
+    struct bb__client *c = r->cl;
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    bb__answer(c, r->slot, r->gen, status, 0);
+    bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
+    release(m, r);
+}
+
+void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
+{
+    m->metrics.failed++;
+    release(m, r);
+}

@@ -1,0 +1,33 @@
+/* Completions to clients (completion.c): the slot's status and output length
+ * with shm_done_gen last, the completion-ring entry, and the wake-up of a
+ * sleeping waiter; ring entries and wake-ups are batched per client per pass. */
+#ifndef BB_BROKER_COMPLETION_H
+#define BB_BROKER_COMPLETION_H
+
+#include <stdint.h>
+
+struct bb__client;
+struct bb__model;
+struct bb__req;
+struct bb__worker;
+
+/* Publish a completion to the client's slot (no wake-up, no ring entry). */
+void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
+/* Wake the client's sleeping waiters, if any, after publishing (any thread). */
+void bb__wake_client(struct bb__client *cl);
+/* Dispatcher: publish, then queue a completion-ring entry and a wake-up; both
+ * go out in bb__completion_flush at the end of the pass. */
+void bb__answer(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
+/* Queue a completion-ring entry (the slot was published already). */
+void bb__cq_add(struct bb__client *cl, uint32_t slot);
+/* Publish the completion-ring entries and send the wake-ups of every client
+ * this pass answered: one release store and one wake-up per client. */
+void bb__completion_flush(struct bb__worker *w);
+
+/* Complete one request outside a batch (rejected, expired, canceled, shut
+ * down); r has been unlinked from every queue. */
+void bb__complete_one(struct bb__model *m, struct bb__req *r, int status);
+/* The same for a request whose client is gone: nobody is left to answer. */
+void bb__complete_dropped(struct bb__model *m, struct bb__req *r);
+
+#endif

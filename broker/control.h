@@ -1,0 +1,16 @@
+/* The control socket (control.c): listening, admission, and the messages of
+ * include/batchbroker/protocol.h. */
+#ifndef BB_BROKER_CONTROL_H
+#define BB_BROKER_CONTROL_H
+
+struct bb__client;
+struct bb__worker;
+
+/* Bind and listen on path; returns the fd or -1 (logged). */
+int bb__control_listen(const char *path);
+/* A connection was accepted: admission, then a session. */
+void bb__control_accept(struct bb__worker *w, int fd);
+/* The session's socket is readable: handle every queued message. */
+void bb__control_readable(struct bb__worker *w, struct bb__client *c);
+
+#endif

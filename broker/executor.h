@@ -1,0 +1,29 @@
+/* Executors (executor.c): a model's backend instances and their threads. */
+#ifndef BB_BROKER_EXECUTOR_H
+#define BB_BROKER_EXECUTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct bb__batch;
+struct bb__instance;
+struct bb__model;
+
+/* Create the model's backend instances (init with its param.* keys), their
+ * batches, and (instances > 0) one thread each. -1 with a message in err. */
+int bb__executor_start(struct bb__model *m, char *err, size_t errlen);
+/* Stop the threads after their current batch; fini every instance. */
+void bb__executor_stop(struct bb__model *m);
+
+/* Hand a formed batch to a free executor; with instances = 0 run and reap it
+ * here and return true. */
+bool bb__executor_submit(struct bb__model *m, struct bb__batch *b);
+/* Run a batch on an instance and publish its completions to the clients. */
+void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b);
+/* Dispatcher side: account for a finished batch and let go of its clients. */
+void bb__batch_reap(struct bb__batch *b);
+/* A free batch for the model (one per executor exists). */
+struct bb__batch *bb__batch_get(struct bb__model *m);
+void bb__batch_put(struct bb__model *m, struct bb__batch *b);
+
+#endif

@@ -1,0 +1,178 @@
+/* Models: start and stop, and the running state derived from a model's
+ * configuration, applied the same way at start and at a reload. */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchbroker/client.h"
+#include "dedup.h"
+#include "executor.h"
+#include "log.h"
+#include "strategy.h"
+#include "util_internal.h"
+#include "worker.h"
+
+/* client_weights = "uid:weight,uid:weight" */
+static int parse_weights(struct bb__model *m, char *err, size_t errlen)
+{
+    const char *p = m->cfg.client_weights;
+    while (*p) {
+        char *end;
+        unsigned long uid = strtoul(p, &end, 10);
+        unsigned long wt = 0;
+        bool ok = end != p && *end == ':';
+        if (ok) {
+            const char *q = end + 1;
+            wt = strtoul(q, &end, 10);
+            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
+                 uid <= UINT32_MAX && m->nweights < 32;
+        }
+        if (!ok) {
+            snprintf(err, errlen, "model %s: client_weights: expected uid:weight pairs (weight "
+                     "1..1000, at most 32) near '%s'", m->cfg.name, p);
+            return -1;
+        }
+        m->weights[m->nweights].uid = (uint32_t)uid;
+        m->weights[m->nweights].weight = (uint32_t)wt;
+        m->nweights++;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+uint32_t bb__model_weight(const struct bb__model *m, uint32_t uid)
+{
+    for (uint32_t k = 0; k < m->nweights; k++)
+        if (m->weights[k].uid == uid)
+            return m->weights[k].weight;
+    return 1;
+}
+
+void bb__model_apply(struct bb__model *m, const struct bb__model_config *cfg)
+{
+    m->cfg = *cfg;
+    m->memory_limit = (uint64_t)cfg->memory_limit_mb << 20;
+    uint32_t have;
+    if (bb__queues_reserve(&m->q, cfg->max_queue, &have) < 0) {
+        bb_error("model %s: out of memory growing the queues; max_queue stays %u", cfg->name, have);
+        m->cfg.max_queue = have;
+    }
+    struct bb__adaptive_cfg *a = &m->adapt.cfg;
+    a->max_wait_us = cfg->max_wait_us;
+    a->optimize = cfg->optimize;
+    a->slo_us = cfg->latency_slo_us;
+    a->interval_ns = (uint64_t)cfg->adaptation_interval_ms * 1000000ull;
+}
+
+int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugin_dir, char *err,
+                    size_t errlen)
+{
+    m->w = w;
+    bb__metrics_init(&m->metrics, bb__now_ns());
+    if (parse_weights(m, err, errlen) < 0)
+        return -1;
+    if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {
+        snprintf(err, errlen, "model %s: strategy.* keys apply to a custom strategy only",
+                 m->cfg.name);
+        return -1;
+    }
+    if (bb__strategy_load(m, err, errlen) < 0)
+        return -1;
+    if (bb__plugin_load(m->cfg.backend, plugin_dir, &m->plugin, err, errlen) < 0)
+        return -1;
+    /* Adaptive starting point: the hardware the config or the backend names. */
+    uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;
+    struct bb__adaptive_cfg acfg = {
+        .max_batch_size = m->cfg.max_batch_size,
+        .max_wait_us = m->cfg.max_wait_us,
+        .instances = m->cfg.instances ? m->cfg.instances : 1,
+        .optimize = m->cfg.optimize,
+        .slo_us = m->cfg.latency_slo_us,
+        .start_target = hw == BB_BACKEND_HW_GPU ? 128 : 32,
+        .interval_ns = (uint64_t)m->cfg.adaptation_interval_ms * 1000000ull,
+        .tune_ns = m->cfg.auto_tune ? (uint64_t)m->cfg.tune_duration_s * 1000000000ull : 0,
+    };
+    bb__adaptive_init(&m->adapt, &acfg);
+    if (bb__queues_init(&m->q, m->cfg.max_queue, m->cfg.priorities, m->cfg.fairness) < 0 ||
+        bb__dedup_init(m) < 0 || !(m->scratch = calloc(m->cfg.max_batch_size, sizeof *m->scratch))) {
+        snprintf(err, errlen, "model %s: out of memory", m->cfg.name);
+        return -1;
+    }
+    bb__model_apply(m, &m->cfg);
+    return bb__executor_start(m, err, errlen);
+}
+
+void bb__model_stop(struct bb__model *m)
+{
+    if (!m->w)
+        return;
+    bb__executor_stop(m);
+    bb__queues_fini(&m->q);
+    free(m->scratch);
+    bb__dedup_fini(m);
+    bb__strategy_unload(m);
+    bb__plugin_unload(&m->plugin);
+    m->w = NULL;
+}
+
+void bb__model_register(struct bb__model *m, void *base, size_t len, uint32_t client_id)
+{
+    if (!m->plugin.ops->register_memory)
+        return;
+    uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
+    for (uint32_t k = 0; k < ninst; k++) {
+        pthread_mutex_lock(&m->inst[k].mu);
+        int r = m->plugin.ops->register_memory(m->inst[k].state, base, len);
+        pthread_mutex_unlock(&m->inst[k].mu);
+        if (r < 0)
+            bb_warn("model %s: register_memory failed for client %u: %s", m->cfg.name, client_id,
+                    bb_strerror(r));
+    }
+}
+
+void bb__model_unregister(struct bb__model *m, void *base, size_t len)
+{
+    if (!m->plugin.ops->unregister_memory)
+        return;
+    uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
+    for (uint32_t k = 0; k < ninst; k++) {
+        pthread_mutex_lock(&m->inst[k].mu);
+        m->plugin.ops->unregister_memory(m->inst[k].state, base, len);
+        pthread_mutex_unlock(&m->inst[k].mu);
+    }
+}
+
+uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
+{
+    uint32_t max = m->cfg.max_batch_size;
+    *wait_us = m->cfg.max_wait_us;
+    if (m->pinned)
+        return m->pinned < max ? m->pinned : max;
+    if (m->cfg.adaptive) {
+        *wait_us = m->adapt.wait_us;
+        return m->adapt.target;
+    }
+    return max;
+}
+
+void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
+{
+    bb__metrics_fill(&m->metrics, now, s);
+    s->queued = m->q.queued + m->q.grouped;
+    const struct bb__adaptive *a = &m->adapt;
+    s->batch_target = bb__model_target(m, &s->wait_us);
+    s->max_batch_size = m->cfg.max_batch_size;
+    s->instances = m->cfg.instances;
+    s->adaptive = m->cfg.adaptive;
+    s->pinned = m->pinned;
+    s->changes = a->changes;
+    s->fit_a_us = a->fit.a_ns / 1e3;
+    s->fit_b_us = a->fit.b_ns / 1e3;
+    s->fit_r2 = a->fit.r2;
+    s->best_size = a->best_size;
+    s->arrival_rps = a->rate_rps;
+    s->score = a->score;
+    s->slo_violations = a->slo_violations;
+}

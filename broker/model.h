@@ -1,0 +1,96 @@
+/* A model: its configuration, backend, queues, strategy, adaptive state,
+ * executors and statistics. Broker-wide; its queues and batches are the
+ * business of one dispatcher, its home worker (`w`). */
+#ifndef BB_BROKER_MODEL_H
+#define BB_BROKER_MODEL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "batchbroker/protocol.h"
+#include "batchbroker/strategy.h"
+#include "adaptive.h"
+#include "config.h"
+#include "metrics.h"
+#include "plugin.h"
+#include "queue.h"
+#include "request.h"
+
+struct bb__worker;
+struct bb__client;
+struct bb__dedup;
+
+struct bb__instance {
+    pthread_t thread;
+    pthread_mutex_t mu;       /* held around process() and (un)register_memory */
+    void *state;
+    struct bb__model *model;
+    bool started;
+};
+
+struct bb__model {
+    uint32_t id;
+    struct bb__model_config cfg;
+    struct bb__plugin plugin;
+    struct bb__worker *w;          /* home worker: queues, batches, statistics */
+
+    struct bb__queues q;           /* queue.c, home worker only */
+    uint64_t bytes;                /* input + output bytes queued and running */
+    struct bb__req **scratch;      /* max_batch_size entries, for take_many */
+    uint64_t memory_limit;         /* bytes, 0 = none */
+    uint32_t nweights;
+    struct { uint32_t uid, weight; } weights[32];
+
+    /* Strategy (strategy.c). */
+    const struct bb_strategy_ops *strategy;
+    void *strategy_state;
+    void *strategy_dl;
+    uint64_t expected_batch_ns;    /* EWMA of batch service time */
+    struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
+    uint32_t pinned;               /* operator pin of the batch target; 0 = none */
+    bool filling;                  /* last pass: requests wait for the batch to fill */
+    uint32_t fill_wait_us;         /* the wait the strategy was given then */
+
+    struct bb__dedup *dedup;       /* dedup.c */
+
+    /* Executors (executor.c). */
+    uint32_t ninstances;           /* threads; 0 = inline in the dispatcher */
+    struct bb__instance *inst;     /* max(1, ninstances) */
+    uint32_t running;              /* batches handed out and not yet reaped */
+    struct bb__batch *free_batches;
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    struct bb__batch *q_head, *q_tail;
+    bool q_stop;
+
+    struct bb__metrics metrics;
+};
+
+/* Load the backend and strategy, build the queues and start the executors of
+ * model m (whose id and cfg are set), served by home worker w. On failure
+ * returns -1 with a message naming the model in err; bb__model_stop cleans
+ * up what was started. */
+int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugin_dir, char *err,
+                    size_t errlen);
+void bb__model_stop(struct bb__model *m);
+
+/* Derive the running state from cfg: memory limit, adaptive settings, queue
+ * capacity. The one place for a start and a reload (SIGHUP). */
+void bb__model_apply(struct bb__model *m, const struct bb__model_config *cfg);
+
+/* The fair-queueing weight of uid (client_weights), 1 if not listed. */
+uint32_t bb__model_weight(const struct bb__model *m, uint32_t uid);
+
+/* Tell every backend instance that a client segment was mapped (register) or
+ * is about to go (unregister). */
+void bb__model_register(struct bb__model *m, void *base, size_t len, uint32_t client_id);
+void bb__model_unregister(struct bb__model *m, void *base, size_t len);
+
+/* The batch target and wait the model is working with now. */
+uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);
+
+/* Statistics for the STATS message. */
+void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *out);
+
+#endif

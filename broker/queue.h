@@ -1,0 +1,52 @@
+/* A model's queues (queue.c): per priority level a heap in dispatch order and
+ * an arrival-order list, and one heap of every request with a deadline.
+ * Touched by the model's dispatcher only. */
+#ifndef BB_BROKER_QUEUE_H
+#define BB_BROKER_QUEUE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "request.h"
+
+/* A binary heap of requests; `which` selects the order and the index field
+ * (0: a level's dispatch order, pos; 1: deadline order, dl_pos). */
+struct bb__heap {
+    struct bb__req **v;
+    uint32_t n, cap;
+    int which;
+    bool edf;                 /* level order: own deadlines first */
+};
+
+struct bb__queues {
+    struct bb__heap levels[4];     /* CRITICAL..LOW */
+    struct bb__heap deadlines;     /* every queued or grouped request with a deadline */
+    struct bb__req *fifo_head[4], *fifo_tail[4];
+    uint32_t queued;               /* in the level heaps */
+    uint32_t grouped;              /* dedup members riding on a queued twin */
+    uint64_t seq;
+    uint64_t vtime[4];             /* fair-queueing virtual time per level */
+    uint64_t level_bytes[4];       /* input + output bytes queued per level */
+    bool fairness;                 /* else the arrival sequence orders a level */
+};
+
+/* Room for cap requests; edf: levels order own deadlines first. */
+int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness);
+/* Grow to cap (never shrinks). Returns 0, or -1 with the capacity reached in
+ * *have (the smallest of the heaps). */
+int bb__queues_reserve(struct bb__queues *q, uint32_t cap, uint32_t *have);
+void bb__queues_fini(struct bb__queues *q);
+
+void bb__queue_push(struct bb__queues *q, struct bb__req *r);
+struct bb__req *bb__queue_top(struct bb__queues *q, int level);
+void bb__queue_remove(struct bb__queues *q, struct bb__req *r);
+struct bb__req *bb__level_oldest(struct bb__queues *q, int level);
+/* Empty a level at once (heap order, not sorted): out gets its requests,
+ * still in the deadline heap. Returns how many. */
+uint32_t bb__queue_take_level(struct bb__queues *q, int level, struct bb__req **out);
+
+void bb__deadline_push(struct bb__queues *q, struct bb__req *r);
+void bb__deadline_remove(struct bb__queues *q, struct bb__req *r);
+struct bb__req *bb__deadline_top(struct bb__queues *q);
+
+#endif

@@ -1,0 +1,66 @@
+/* A request as the broker tracks it, and a batch of them. */
+#ifndef BB_BROKER_REQUEST_H
+#define BB_BROKER_REQUEST_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "batchbroker/backend.h"
+
+struct bb__client;
+struct bb__model;
+struct bb__group;
+
+/* Broker-side record of one request slot. Indexed by slot, so the broker
+ * allocates nothing per request. `state` is written by the dispatcher, and by
+ * an executor when it completes the request (before the client can see the
+ * completion, so the client's next submission finds it IDLE). GROUPED: a
+ * deduplicated request riding on another's computation (dedup.c). */
+enum { BB__REQ_IDLE = 0, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
+
+struct bb__req {
+    struct bb__client *cl;
+    _Atomic uint8_t state;
+    uint8_t prio;             /* 1..4, as reported */
+    uint8_t level;            /* queue level 0..3 */
+    uint8_t own_deadline;     /* the client gave timeout_us: orders by deadline */
+    uint32_t slot, gen, model;
+    uint32_t in_len, out_cap;
+    void *in, *out;           /* what the backend sees: the client's segment, or a dedup group's buffers */
+    void *cl_out;             /* the client's own output buffer and capacity */
+    uint32_t cl_out_cap;
+    uint64_t bytes;           /* in_len + cl_out_cap: what the memory limits count */
+    uint64_t deadline_ns;     /* UINT64_MAX: none */
+    uint64_t enq_ns, submit_ns, seq;
+    uint64_t ftag, fstart;    /* fair-queueing finish and start tags */
+    uint64_t okey;            /* level order: own deadline, else UINT64_MAX */
+    uint32_t pos, dl_pos;     /* indices in the level heap and the deadline heap */
+    struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
+    struct bb__group *group;  /* dedup group, or NULL */
+    struct bb__req *group_next;
+};
+
+/* One request of a running batch: a copy of what completion needs, because
+ * the slot may be resubmitted the moment its completion is visible. */
+struct bb__entry {
+    struct bb__client *cl;
+    uint32_t slot, gen;
+    uint8_t prio;
+    uint64_t submit_ns, enq_ns, bytes;
+    struct bb__group *group;  /* completed by the dispatcher for every member */
+};
+
+struct bb__batch {
+    struct bb__model *model;
+    uint32_t n;
+    int rc;
+    uint64_t dispatch_ns, end_ns;
+    struct bb__entry *ents;
+    struct bb_view *inputs;
+    struct bb_outbuf *outputs;
+    uint8_t *prios;
+    char errmsg[256];
+    struct bb__batch *next;   /* free list, executor queue, done stack */
+};
+
+#endif

@@ -1,0 +1,170 @@
+/* Sessions: the table of connections, their io_uring operations, the
+ * mapping of a client's segment, references, and the end of a session.
+ *
+ * A session holds one reference while connected and one per queued or
+ * running request. Killing it closes its descriptors and drops its queued
+ * requests at once; running ones finish into its segment, which stays mapped
+ * until the last reference goes and the sweep destroys the session. */
+#include "session.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "batchbroker/client.h"
+#include "batcher.h"
+#include "broker.h"
+#include "completion.h"
+#include "model.h"
+#include "uring.h"
+#include "util_internal.h"
+#include "worker.h"
+
+struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct ucred *cr)
+{
+    struct bb__broker *b = w->b;
+    if (b->nclients >= b->max_clients)
+        return NULL;
+    uint32_t idx = 0;
+    while (b->clients[idx])
+        idx++;
+    struct bb__client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->idx = idx;
+    c->gen = b->client_gen[idx];
+    c->id = ++b->next_client_id;
+    c->sock = fd;
+    c->pidfd = c->doorbell = c->notify = -1;
+    c->pid = cr->pid;
+    c->uid = cr->uid;
+    c->refs = 1;
+    c->w = w;
+    c->accepted_ns = bb__now_ns();
+    b->clients[idx] = c;
+    b->nclients++;
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    return c;
+}
+
+void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type)
+{
+    uint64_t ud = bb__ud_make(type, c->idx, c->gen);
+    switch (type) {
+    case BB__UD_SOCK:
+        bb__uring_poll(&w->ring, c->sock, POLLIN | POLLRDHUP, 1, ud);
+        break;
+    case BB__UD_DOORBELL:
+        bb__uring_read(&w->ring, c->doorbell, &w->db_bufs[c->idx], sizeof(uint64_t), ud);
+        break;
+    case BB__UD_PIDFD:
+        bb__uring_poll(&w->ring, c->pidfd, POLLIN, 0, ud);
+        break;
+    }
+}
+
+int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size_t size)
+{
+    struct bb__broker *b = w->b;
+    struct bb_shm_header *h = (struct bb_shm_header *)base;
+    c->base = base;
+    c->size = size;
+    c->hdr = h;
+    c->nslots = h->nslots;
+    c->slots = (struct bb_shm_slot *)(base + h->slots_off);
+    c->heap_lo = h->heap_off;
+    c->heap_hi = size;
+    c->cm = calloc(b->nmodels ? b->nmodels : 1, sizeof *c->cm);
+    c->reqs = calloc(c->nslots, sizeof *c->reqs);
+    if (!c->cm || !c->reqs)
+        return BB_ENOMEM;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        c->reqs[i].cl = c;
+        c->reqs[i].slot = i;
+    }
+    bb__ring_attach(&c->sq, base + h->sq_off, h->sq_entries, 0);
+    bb__ring_attach(&c->cq, base + h->cq_off, h->cq_entries, 1);
+    for (uint32_t i = 0; i < b->nmodels; i++)
+        c->cm[i].ftag_inc = BB__FAIR_SCALE / bb__model_weight(&b->models[i], c->uid);
+    return 0;
+}
+
+void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
+{
+    struct bb__broker *b = w->b;
+    c->attached = true;
+    for (uint32_t i = 0; i < b->nmodels; i++)
+        bb__model_register(&b->models[i], c->base, c->size, c->id);
+    bb__session_arm(w, c, BB__UD_DOORBELL);
+    c->live_idx = w->nlive;
+    w->live[w->nlive++] = c;
+}
+
+void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *why)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    if (c->live_idx < w->nlive && w->live[c->live_idx] == c) {
+        struct bb__client *last = w->live[--w->nlive];
+        w->live[c->live_idx] = last;
+        last->live_idx = c->live_idx;
+    }
+    if (c->attached && c->base)
+        bb_info("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
+    else
+        bb_debug("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
+    bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
+    if (c->doorbell >= 0)
+        bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));
+    if (c->pidfd >= 0)
+        bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
+    /* io_uring holds its own file references until the cancels land. */
+    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    /* Its queued requests go; running ones finish and hold the segment. */
+    for (uint32_t i = 0; c->reqs && i < c->nslots; i++) {
+        struct bb__req *r = &c->reqs[i];
+        int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+        if (st == BB__REQ_QUEUED || st == BB__REQ_GROUPED) {
+            struct bb__model *m = &w->b->models[r->model];
+            bb__request_unlink(m, r);
+            bb__complete_dropped(m, r);
+        }
+    }
+    bb__session_put(c);
+}
+
+void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
+{
+    struct bb__broker *b = w->b;
+    if (c->base) {
+        for (uint32_t i = 0; c->attached && i < b->nmodels; i++)
+            bb__model_unregister(&b->models[i], c->base, c->size);
+        munmap(c->base, c->size);
+    }
+    free(c->reqs);
+    free(c->cm);
+    b->clients[c->idx] = NULL;
+    b->client_gen[c->idx]++;
+    b->nclients--;
+    free(c);
+}
+
+void bb__session_sweep(struct bb__worker *w)
+{
+    struct bb__broker *b = w->b;
+    w->need_sweep = false;
+    for (uint32_t i = 0; i < b->max_clients; i++) {
+        struct bb__client *c = b->clients[i];
+        if (c && c->w == w && c->dead && c->refs == 0)
+            bb__session_destroy(w, c);
+    }
+}

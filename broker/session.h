@@ -1,0 +1,83 @@
+/* A client session: one connection on the control socket and, once it said
+ * HELLO, its segment, rings and request records. Owned by one worker. */
+#ifndef BB_BROKER_SESSION_H
+#define BB_BROKER_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "batchbroker/protocol.h"
+#include "log.h"
+#include "request.h"
+#include "ring_internal.h"
+#include "worker.h"
+
+struct bb__client_model {
+    uint32_t inflight;             /* queued + running on the model */
+    uint32_t ftag_inc;             /* fair-queueing tag step: BB__FAIR_SCALE / weight */
+    uint64_t last_ftag[4];
+};
+#define BB__FAIR_SCALE 1000u
+
+struct bb__client {
+    uint32_t idx, gen;             /* table position; generation tags CQEs */
+    uint32_t id;
+    int sock, pidfd, doorbell, notify;
+    pid_t pid;
+    uid_t uid;
+    bool attached, dead;
+    uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
+    uint64_t models_open;          /* bit per model id */
+
+    char *base;
+    size_t size;
+    struct bb_shm_header *hdr;
+    struct bb_shm_slot *slots;
+    uint32_t nslots;
+    uint64_t heap_lo, heap_hi;     /* valid buffer range, private copy */
+    struct bb__ring sq, cq;
+    uint32_t cq_unpublished;
+    bool notify_due;
+    struct bb__req *reqs;
+    uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
+    struct bb__client_model *cm;   /* per model: fairness and in-flight counts */
+    struct bb__worker *w;
+    uint32_t live_idx;             /* position in w->live while attached and alive */
+    bool dirty;                    /* has completion-ring entries or a wake-up to send */
+    bool wake_due;                 /* the dispatcher published completions this pass */
+};
+
+/* Add a connection that passed admission to the table. NULL when the table is
+ * full or memory is short (the caller closes fd). */
+struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct ucred *cr);
+
+/* Arm the io_uring operation `type` (BB__UD_SOCK, _DOORBELL, _PIDFD). */
+void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type);
+
+/* Map a HELLO's segment: rings, slots, request records, fairness steps. */
+int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size_t size);
+
+/* The session has its segment and answered HELLO: serve its rings. */
+void bb__session_go_live(struct bb__worker *w, struct bb__client *c);
+
+/* End a session: close its descriptors, drop its queued requests. Running
+ * requests keep it (and its segment) until they complete. Idempotent. */
+void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *why);
+
+/* Destroy the dead sessions nothing references any more. */
+void bb__session_sweep(struct bb__worker *w);
+
+/* Destroy a session at once (broker exit). */
+void bb__session_destroy(struct bb__worker *w, struct bb__client *c);
+
+/* A queued or running request lets go of its session. */
+static inline void bb__session_put(struct bb__client *c)
+{
+    bb_assert(c->refs > 0, "client references never go negative");
+    if (--c->refs == 0)
+        c->w->need_sweep = true;
+}
+
+#endif

@@ -1,0 +1,49 @@
+/* io_uring submissions: an SQE is always available (a full queue is
+ * submitted first), then one prep and the user_data. */
+#include "uring.h"
+
+#include <sys/socket.h>
+
+#include "log.h"
+
+static struct io_uring_sqe *get_sqe(struct io_uring *ring)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) {
+        io_uring_submit(ring);
+        sqe = io_uring_get_sqe(ring);
+    }
+    bb_assert(sqe, "the submission queue has room after a submit");
+    return sqe;
+}
+
+void bb__uring_poll(struct io_uring *ring, int fd, unsigned mask, int multishot, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    if (multishot)
+        io_uring_prep_poll_multishot(sqe, fd, mask);
+    else
+        io_uring_prep_poll_add(sqe, fd, mask);
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
+void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_read(sqe, fd, buf, len, 0);
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
+void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
+void bb__uring_cancel(struct io_uring *ring, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_cancel64(sqe, ud, 0);
+    io_uring_sqe_set_data64(sqe, bb__ud_make(BB__UD_CANCEL, 0, 0));
+}

@@ -1,0 +1,27 @@
+/* io_uring submissions of the dispatcher and the user_data they carry
+ * (uring.c): operation type, session table index and the index's
+ * generation, so that a completion that outlives its session is recognised
+ * and dropped. */
+#ifndef BB_BROKER_URING_H
+#define BB_BROKER_URING_H
+
+#include <liburing.h>
+#include <stdint.h>
+
+enum { BB__UD_ACCEPT = 1, BB__UD_WAKE, BB__UD_SOCK, BB__UD_DOORBELL, BB__UD_PIDFD, BB__UD_CANCEL };
+
+static inline uint64_t bb__ud_make(int type, uint32_t idx, uint32_t gen)
+{
+    return ((uint64_t)type << 56) | ((uint64_t)(gen & 0xffffffff) << 24) | (idx & 0xffffff);
+}
+static inline int bb__ud_type(uint64_t ud) { return (int)(ud >> 56); }
+static inline uint32_t bb__ud_gen(uint64_t ud) { return (uint32_t)(ud >> 24); }
+static inline uint32_t bb__ud_idx(uint64_t ud) { return (uint32_t)(ud & 0xffffff); }
+
+void bb__uring_poll(struct io_uring *ring, int fd, unsigned mask, int multishot, uint64_t ud);
+void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t ud);
+void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud);
+/* Cancel the operation tagged ud; its own completion is tagged BB__UD_CANCEL. */
+void bb__uring_cancel(struct io_uring *ring, uint64_t ud);
+
+#endif
