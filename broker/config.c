@@ -114,7 +114,9 @@ static const struct bb__config_key bb__keys[] = {
      3600000000u, "0", NULL, NULL, 1,
      "Deadline of requests submitted without a timeout; 0 = none."},
     {BB__SEC_MODEL, "max_request_bytes", BB__CT_BYTES, BB__MODEL(max_request_bytes), 0, 4ull << 30,
-     "0", NULL, NULL, 1, "Largest input + output of one request; 0 = no limit."},
+     "16M", NULL, NULL, 1,
+     "Largest input + output of one request; 0 = no limit. The default bounds how long one "
+     "request can hold a model that other clients share."},
     {BB__SEC_MODEL, "priorities", BB__CT_ENUM, BB__MODEL(priorities), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Four priority levels (critical > high > normal > low); off = one FIFO queue."},
@@ -135,9 +137,10 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "max_queue_low", BB__CT_UINT, BB__MODEL(max_queue_level[3]), 0, 1048576,
      "0", NULL, NULL, 1, "Same for low."},
     {BB__SEC_MODEL, "max_inflight_per_client", BB__CT_UINT, BB__MODEL(max_inflight_per_client),
-     0, 1048576, "0", NULL, NULL, 1,
+     0, 1048576, "1024", NULL, NULL, 1,
      "Queued + running requests one client may have on this model before BB_EBUSY; "
-     "0 = unlimited."},
+     "0 = unlimited. The default is a quarter of the default max_queue, so that one client "
+     "cannot fill a shared queue alone."},
     {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Within a level, requests without a deadline are taken round-robin across clients."},

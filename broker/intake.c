@@ -20,6 +20,9 @@
 #include "util_internal.h"
 #include "worker.h"
 
+_Static_assert(sizeof(((struct bb_shm_slot *)0)->pad0) <= sizeof(uint64_t),
+               "the reserved bytes are checked as one word");
+
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
@@ -32,10 +35,22 @@ static int validate(struct bb__broker *b, struct bb__client *c, const struct bb_
     *mp = m;
     if (d->priority > BB_PRIORITY_LOW || (d->flags & ~(uint32_t)BB_SUBMIT_DEDUP))
         return BB_EINVAL;
+    /* Reserved bytes must be zero, as io_uring requires of its SQEs: a later
+     * version may give them a meaning this one must not silently ignore. */
+    uint64_t reserved = 0;
+    memcpy(&reserved, d->pad0, sizeof d->pad0);
+    if (reserved)
+        return BB_EINVAL;
     /* Both buffers inside the heap; no overflow in off + len. */
     if (d->in_off < c->heap_lo || d->in_off > c->heap_hi || d->in_len > c->heap_hi - d->in_off ||
         d->out_off < c->heap_lo || d->out_off > c->heap_hi ||
         d->out_cap > c->heap_hi - d->out_off)
+        return BB_EINVAL;
+    /* Input and output never overlap (backend.h promises it): a backend may
+     * memcpy one to the other, which on overlapping memory is undefined. No
+     * overflow: both ranges lie inside the heap. */
+    if (d->in_len && d->out_cap && d->in_off < d->out_off + d->out_cap &&
+        d->out_off < d->in_off + d->in_len)
         return BB_EINVAL;
     uint64_t bytes = (uint64_t)d->in_len + d->out_cap;
     if ((m->cfg.max_request_bytes && bytes > m->cfg.max_request_bytes) ||

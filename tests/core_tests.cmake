@@ -17,3 +17,6 @@ add_test(NAME broker_callgraph
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_SOURCE_DIR}/scripts/check-callgraph.py
                  "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
          COMMAND_EXPAND_LISTS)
+bb_criterion_test(test_validation ${CMAKE_CURRENT_LIST_DIR}/test_validation.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_validation bb_backend_echo bb_backend_synthetic)

@@ -643,7 +643,8 @@ Test(client, many_processes_threads_distinct_payloads, .timeout = 240)
 /* Large payloads cross intact; the output may be shorter than its capacity. */
 Test(client, large_payloads)
 {
-    START("model.echo.max_wait_us=0");
+    /* 8 MiB in and out is over the default max_request_bytes (16 MiB). */
+    START("model.echo.max_wait_us=0", "model.echo.max_request_bytes=0");
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
     static const size_t sizes[] = {0, 1, 63, 64, 65, 4095, 65536, 1u << 20, 8u << 20};

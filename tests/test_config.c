@@ -88,7 +88,9 @@ Test(config, defaults)
     cr_assert_eq(m->max_queue, 4096);
     cr_assert_eq(m->default_priority, BB_PRIORITY_NORMAL);
     cr_assert_eq(m->default_timeout_us, 0);
-    cr_assert_eq(m->max_request_bytes, 0);
+    /* Safe for a model shared by several clients (docs/configuration.md). */
+    cr_assert_eq(m->max_request_bytes, 16u << 20);
+    cr_assert_eq(m->max_inflight_per_client, 1024);
     cr_assert_eq(m->nparams, 0);
     cr_assert_eq(bb__config_check(cfg, (char[128]){0}, 128), 0);
     free(cfg);

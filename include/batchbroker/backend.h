@@ -13,6 +13,17 @@
  * outputs[i].ptr into the same segment, nothing copied. Client memory is
  * untrusted: an input may change while process() reads it; a backend must
  * never read past inputs[i].len nor write past outputs[i].cap.
+ *
+ * Overlap: the broker guarantees that one request's input and output do not
+ * overlap (it fails such a request with BB_EINVAL before any backend sees
+ * it), so memcpy from inputs[i] to outputs[i] is safe. It guarantees nothing
+ * across requests: two requests of one client may name overlapping outputs,
+ * or one request's output may overlap another's input (a client's own
+ * segment; ruling that out would cost a search per request, and only that
+ * client's answers can suffer). So never assume buffers of different
+ * requests are disjoint: no `restrict` across requests, no memcpy between
+ * two requests' buffers, and writes to outputs[i] may change what inputs[j]
+ * reads, as any change of client memory during process() may.
  */
 #ifndef BATCHBROKER_BACKEND_H
 #define BATCHBROKER_BACKEND_H
