@@ -24,7 +24,8 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     b->client_gen = calloc(b->max_clients, sizeof *b->client_gen);
     b->models = calloc(cfg->nmodels ? cfg->nmodels : 1, sizeof *b->models);
     b->workers = calloc(1, sizeof *b->workers);
-    if (!b->clients || !b->client_gen || !b->models || !b->workers) {
+    if (!b->clients || !b->client_gen || !b->models || !b->workers ||
+        bb__admission_init(&b->adm, b->max_clients) < 0) {
         bb_error("out of memory");
         return -1;
     }
@@ -80,4 +81,5 @@ void bb__broker_fini(struct bb__broker *b)
     free(b->models);
     free(b->clients);
     free(b->client_gen);
+    bb__admission_fini(&b->adm);
 }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "admission.h"
 #include "config.h"
 
 struct bb__model;
@@ -26,6 +27,7 @@ struct bb__broker {
     uint32_t max_clients, nclients;
     uint32_t next_client_id;
     uint32_t *client_gen;
+    struct bb__admission adm;      /* sessions, slots and segment bytes per uid and pid */
 
     volatile sig_atomic_t *stop_flag;
     volatile sig_atomic_t *reload_flag;   /* SIGHUP: see reload() in worker.c */

@@ -87,6 +87,27 @@ static const struct bb__config_key bb__keys[] = {
      "Request slots of a client that does not ask for a number; at most max_inflight."},
     {BB__SEC_BROKER, "max_inflight", BB__CT_UINT, BB__BROKER(max_inflight), 1, 1048576, "65536",
      NULL, NULL, 0, "Most request slots a client may ask for."},
+    {BB__SEC_BROKER, "max_clients_per_uid", BB__CT_UINT, BB__BROKER(max_clients_per_uid), 0,
+     4096, "0", NULL, NULL, 1,
+     "Sessions (clients, operators, connections still in their handshake) one uid may hold; "
+     "0 = max_clients less an eighth of it, so that one uid cannot take every place."},
+    {BB__SEC_BROKER, "max_clients_per_pid", BB__CT_UINT, BB__BROKER(max_clients_per_pid), 1,
+     4096, "64", NULL, NULL, 1,
+     "Sessions one process may hold (a peer in another pid namespace counts by uid only)."},
+    {BB__SEC_BROKER, "hello_timeout_ms", BB__CT_UINT, BB__BROKER(hello_timeout_ms), 10, 600000,
+     "2000", NULL, NULL, 1, "A connection that has not said HELLO by then is dropped."},
+    {BB__SEC_BROKER, "operator_idle_timeout_ms", BB__CT_UINT,
+     BB__BROKER(operator_idle_timeout_ms), 0, 86400000, "60000", NULL, NULL, 1,
+     "An operator session (bbctl) that sends nothing for this long is dropped; 0 = never. "
+     "Attached clients are never dropped for being idle."},
+    {BB__SEC_BROKER, "max_uid_slots", BB__CT_UINT, BB__BROKER(max_uid_slots), 1, 1u << 30,
+     "262144", NULL, NULL, 1,
+     "Request slots all attached clients of one uid may hold together; a HELLO past it fails "
+     "with BB_ENOMEM."},
+    {BB__SEC_BROKER, "max_uid_segment_mb", BB__CT_UINT, BB__BROKER(max_uid_segment_mb), 1,
+     16777216, "16384", NULL, NULL, 1,
+     "Segment memory (MiB) all attached clients of one uid may hold together; a HELLO past it "
+     "fails with BB_ENOMEM."},
     {BB__SEC_BROKER, "log_level", BB__CT_ENUM, BB__BROKER(log_level), 0, 3, "info", NULL,
      bb__log_names, 1, "Least severe message that is logged."},
     {BB__SEC_BROKER, "allowed_uids", BB__CT_UIDS, BB__BROKER(allowed_uids), 0, BB_MAX_IDS, NULL,

@@ -67,6 +67,13 @@ struct bb__broker_config {
     uint32_t max_segment_mb;
     uint32_t default_max_inflight;
     uint32_t max_inflight;      /* upper bound on slots a client may ask for */
+    /* Admission limits (admission.c, docs/operations.md). */
+    uint32_t max_clients_per_uid;   /* 0 = max_clients less an eighth */
+    uint32_t max_clients_per_pid;
+    uint32_t hello_timeout_ms;
+    uint32_t operator_idle_timeout_ms; /* 0 = never */
+    uint32_t max_uid_slots;
+    uint32_t max_uid_segment_mb;
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
     size_t nuids, ngids;
     uid_t allowed_uids[BB_MAX_IDS];

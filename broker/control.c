@@ -99,11 +99,17 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    struct bb__client *c = b->stopping ? NULL : bb__session_add(w, fd, &cr);
+    const char *why = "shutting down";
+    int rc = b->stopping ? BB_ESHUTDOWN : bb__admission_connect(&b->adm, b->cfg, cr.uid, cr.pid, &why);
+    struct bb__client *c = rc == 0 ? bb__session_add(w, fd, &cr) : NULL;
     if (!c) {
-        bb_warn("refused client pid %d: %s", (int)cr.pid,
-                b->stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, b->stopping ? BB_ESHUTDOWN : BB_EBUSY);
+        if (rc == 0) { /* counted, but the table is full or memory short */
+            bb__admission_release(&b->adm, cr.uid, cr.pid, 0, 0);
+            rc = BB_EBUSY;
+            why = "max_clients";
+        }
+        bb_warn("refused client pid %d uid %u: %s", (int)cr.pid, (unsigned)cr.uid, why);
+        send_status(fd, BB_MSG_HELLO_REPLY, rc);
         close(fd);
         return;
     }
@@ -115,11 +121,12 @@ void bb__control_accept(struct bb__worker *w, int fd)
     bb_debug("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
-/* The segment a HELLO asks for, within the broker's limits. */
-static int make_segment(const struct bb__broker_config *cfg, struct bb__client *c,
-                        const struct bb_msg_hello *h, char **base, struct bb__layout *lay,
-                        int *memfd)
+/* The segment a HELLO asks for, within the broker's limits, charged to the
+ * client's uid before it is made (admission.c). */
+static int make_segment(struct bb__broker *b, struct bb__client *c, const struct bb_msg_hello *h,
+                        char **base, struct bb__layout *lay, int *memfd)
 {
+    const struct bb__broker_config *cfg = b->cfg;
     uint32_t want = h->max_inflight ? h->max_inflight : cfg->default_max_inflight;
     if (want > cfg->max_inflight)
         want = cfg->max_inflight;
@@ -130,6 +137,16 @@ static int make_segment(const struct bb__broker_config *cfg, struct bb__client *
     uint64_t maxseg = (uint64_t)cfg->max_segment_mb << 20;
     if (seg > maxseg)
         seg = maxseg;
+    bb__layout_compute(n, seg, lay);
+    const char *why;
+    if (bb__admission_attach(&b->adm, cfg, c->uid, lay->nslots, lay->size, &why) < 0) {
+        bb_warn("client %u (pid %d uid %u): no segment of %u slots, %llu MiB: %s reached",
+                c->id, (int)c->pid, (unsigned)c->uid, lay->nslots,
+                (unsigned long long)(lay->size >> 20), why);
+        return BB_ENOMEM;
+    }
+    c->adm_slots = lay->nslots;
+    c->adm_bytes = lay->size;
     return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
@@ -144,8 +161,15 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     }
     struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
                                      .version = BB_SHM_VERSION, .client_id = c->id};
+    if (h->flags & ~BB_HELLO_OPERATOR) {
+        /* An unknown flag asks for something this broker does not do. */
+        send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
+        bb__session_kill(w, c, "unknown HELLO flags");
+        return;
+    }
     if (h->flags & BB_HELLO_OPERATOR) {
         c->attached = true;
+        c->is_operator = true;
         ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)n;
         return;
@@ -153,7 +177,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     int memfd = -1;
     char *base = NULL;
     struct bb__layout lay;
-    int rc = make_segment(w->b->cfg, c, h, &base, &lay, &memfd);
+    int rc = make_segment(w->b, c, h, &base, &lay, &memfd);
     if (rc == 0)
         rc = bb__session_map(w, c, base, lay.size);
     if (rc == 0) {
@@ -319,6 +343,42 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
             bb__session_kill(w, c, "disconnected");
             return;
         }
+        c->last_msg_ns = bb__now_ns();
         handle_message(w, c, &buf, (size_t)n);
+    }
+}
+
+void bb__control_expire(struct bb__worker *w, uint64_t now)
+{
+    struct bb__broker *b = w->b;
+    uint64_t hello_ns = (uint64_t)b->cfg->hello_timeout_ms * 1000000ull;
+    uint64_t idle_ns = (uint64_t)b->cfg->operator_idle_timeout_ms * 1000000ull;
+    for (uint32_t i = 0; i < b->max_clients; i++) {
+        struct bb__client *c = b->clients[i];
+        if (!c || c->w != w || c->dead)
+            continue;
+        /* Neither a connection that never says HELLO nor a silent operator
+         * may hold a place for ever; an attached client may stay idle (its
+         * place and memory are bounded by admission instead). */
+        if (!c->attached && now - c->accepted_ns > hello_ns)
+            bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
+        else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
+            bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");
+    }
+}
+
+void bb__control_revoke(struct bb__worker *w)
+{
+    struct bb__broker *b = w->b;
+    for (uint32_t i = 0; i < b->max_clients; i++) {
+        struct bb__client *c = b->clients[i];
+        if (!c || c->w != w || c->dead)
+            continue;
+        struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
+        if (admitted(b->cfg, &cr))
+            continue;
+        bb_warn("client %u (pid %d uid %u gid %u) no longer allowed after reload: disconnected",
+                c->id, (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);
+        bb__session_kill(w, c, "no longer allowed");
     }
 }

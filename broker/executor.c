@@ -56,7 +56,8 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
         struct bb_shm_slot *s = &e->cl->slots[e->slot];
         s->status = st;
         s->out_len = (uint32_t)len;
-        atomic_store_explicit(&e->cl->reqs[e->slot].state, BB__REQ_IDLE, memory_order_release);
+        atomic_store_explicit(&bb__session_req(e->cl, e->slot)->state, BB__REQ_IDLE,
+                              memory_order_release);
         atomic_store_explicit(&s->shm_done_gen, e->gen, memory_order_release);
     }
     /* One wake-up per client of the batch, not one per request. */

@@ -74,9 +74,9 @@ static int validate(struct bb__broker *b, struct bb__client *c, const struct bb_
 
 static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, uint64_t now)
 {
-    struct bb__req *r = &c->reqs[slot];
+    struct bb__req *r = bb__session_req_get(c, slot);
     /* Acquire pairs with the executor's release when it completed the slot. */
-    if (atomic_load_explicit(&r->state, memory_order_acquire) != BB__REQ_IDLE) {
+    if (r && atomic_load_explicit(&r->state, memory_order_acquire) != BB__REQ_IDLE) {
         bb__session_kill(w, c, "resubmitted a slot that is still pending");
         return;
     }
@@ -86,7 +86,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     memcpy(&d, &c->slots[slot], offsetof(struct bb_shm_slot, shm_done_gen));
     atomic_signal_fence(memory_order_acq_rel);
     struct bb__model *m = NULL;
-    int st = validate(w->b, c, &d, &m);
+    int st = r ? validate(w->b, c, &d, &m) : BB_ENOMEM; /* no memory for its record */
     if (m)
         m->metrics.submitted++;
     if (st < 0) {
@@ -146,8 +146,8 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
 
 static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot)
 {
-    struct bb__req *r = &c->reqs[slot];
-    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    struct bb__req *r = bb__session_req(c, slot);
+    int st = r ? atomic_load_explicit(&r->state, memory_order_relaxed) : BB__REQ_IDLE;
     if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = &w->b->models[r->model];

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "batchbroker/client.h"
+#include "admission.h"
 #include "batcher.h"
 #include "broker.h"
 #include "completion.h"
@@ -40,9 +41,10 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->pidfd = c->doorbell = c->notify = -1;
     c->pid = cr->pid;
     c->uid = cr->uid;
+    c->gid = cr->gid;
     c->refs = 1;
     c->w = w;
-    c->accepted_ns = bb__now_ns();
+    c->accepted_ns = c->last_msg_ns = bb__now_ns();
     b->clients[idx] = c;
     b->nclients++;
     int fl = fcntl(fd, F_GETFL);
@@ -78,18 +80,31 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
     c->heap_lo = h->heap_off;
     c->heap_hi = size;
     c->cm = calloc(b->nmodels ? b->nmodels : 1, sizeof *c->cm);
-    c->reqs = calloc(c->nslots, sizeof *c->reqs);
-    if (!c->cm || !c->reqs)
+    c->req_chunks = calloc((c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK, sizeof *c->req_chunks);
+    if (!c->cm || !c->req_chunks)
         return BB_ENOMEM;
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        c->reqs[i].cl = c;
-        c->reqs[i].slot = i;
-    }
     bb__ring_attach(&c->sq, base + h->sq_off, h->sq_entries, 0);
     bb__ring_attach(&c->cq, base + h->cq_off, h->cq_entries, 1);
     for (uint32_t i = 0; i < b->nmodels; i++)
         c->cm[i].ftag_inc = BB__FAIR_SCALE / bb__model_weight(&b->models[i], c->uid);
     return 0;
+}
+
+struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot)
+{
+    struct bb__req **chunk = &c->req_chunks[slot >> BB__REQ_CHUNK_SHIFT];
+    if (!*chunk) {
+        struct bb__req *rs = calloc(BB__REQ_CHUNK, sizeof *rs);
+        if (!rs)
+            return NULL;
+        uint32_t first = slot & ~(BB__REQ_CHUNK - 1);
+        for (uint32_t i = 0; i < BB__REQ_CHUNK; i++) {
+            rs[i].cl = c;
+            rs[i].slot = first + i;
+        }
+        *chunk = rs;
+    }
+    return &(*chunk)[slot & (BB__REQ_CHUNK - 1)];
 }
 
 void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
@@ -130,8 +145,12 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
             *fds[i] = -1;
         }
     /* Its queued requests go; running ones finish and hold the segment. */
-    for (uint32_t i = 0; c->reqs && i < c->nslots; i++) {
-        struct bb__req *r = &c->reqs[i];
+    for (uint32_t i = 0; c->req_chunks && i < c->nslots; i++) {
+        struct bb__req *r = bb__session_req(c, i);
+        if (!r) {
+            i |= BB__REQ_CHUNK - 1; /* a chunk never used: nothing queued in it */
+            continue;
+        }
         int st = atomic_load_explicit(&r->state, memory_order_relaxed);
         if (st == BB__REQ_QUEUED || st == BB__REQ_GROUPED) {
             struct bb__model *m = &w->b->models[r->model];
@@ -150,8 +169,11 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
             bb__model_unregister(&b->models[i], c->base, c->size);
         munmap(c->base, c->size);
     }
-    free(c->reqs);
+    for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
+        free(c->req_chunks[i]);
+    free(c->req_chunks);
     free(c->cm);
+    bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
     b->clients[c->idx] = NULL;
     b->client_gen[c->idx]++;
     b->nclients--;

@@ -44,7 +44,6 @@
 #define HEARTBEAT_NS 100000000ull
 #define IDLE_WAIT_NS 1000000000ull
 #define COALESCE_MAX_NS 1000000ull
-#define HELLO_TIMEOUT_NS 5000000000ull
 #define COALESCE_MIN_NS 20000ull
 
 static void arm_accept(struct bb__worker *w)
@@ -225,14 +224,10 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
     }
     for (uint32_t i = 0; i < w->nlive; i++)
         atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
-    /* A connection that never says HELLO must not hold a max_clients place. */
-    if (b->nclients == w->nlive)
-        return;
-    for (uint32_t i = 0; i < b->max_clients; i++) {
-        struct bb__client *c = b->clients[i];
-        if (c && c->w == w && !c->attached && !c->dead && now - c->accepted_ns > HELLO_TIMEOUT_NS)
-            bb__session_kill(w, c, "no HELLO within 5 s");
-    }
+    /* Connections still in their handshake and operator sessions are not
+     * live: only then is there anything to expire. */
+    if (b->nclients != w->nlive)
+        bb__control_expire(w, now);
 }
 
 /* How long the dispatcher may sleep without being rung, or 0. While every
@@ -294,6 +289,7 @@ static void reload(struct bb__worker *w)
         bb__model_apply(m, &b->cfg->models[i]);
         b->cfg->models[i].max_queue = m->cfg.max_queue; /* what the queues could take */
     }
+    bb__control_revoke(w); /* allowed_uids/gids are reloadable */
     bb_info("configuration reloaded: %d key(s) changed", changed);
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);

@@ -20,3 +20,6 @@ add_test(NAME broker_callgraph
 bb_criterion_test(test_validation ${CMAKE_CURRENT_LIST_DIR}/test_validation.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 add_dependencies(test_validation bb_backend_echo bb_backend_synthetic)
+bb_criterion_test(test_admission ${CMAKE_CURRENT_LIST_DIR}/test_admission.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_admission bb_backend_echo bb_backend_synthetic)

@@ -26,6 +26,10 @@
  * bbt_broker_start returned); opts may be NULL. Asserts success. */
 bb_client *bbt_connect_ok(const struct bbt_broker *b, const struct bb_client_opts *opts);
 
+/* One bb_infer round trip on model "echo" with a fresh client: the broker
+ * still serves. Asserts success and the answer. */
+void bbt_fresh_client_works(const struct bbt_broker *b);
+
 /* bb_model_open; asserts success. */
 bb_model *bbt_open_ok(bb_client *c, const char *name);
 
