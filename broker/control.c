@@ -93,7 +93,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
         return;
     }
     if (!admitted(b->cfg, &cr)) {
-        bb_warn("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
+        bb_warn_limited("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
                 (unsigned)cr.uid, (unsigned)cr.gid);
         send_status(fd, BB_MSG_HELLO_REPLY, BB_EPERM);
         close(fd);
@@ -108,7 +108,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
             rc = BB_EBUSY;
             why = "max_clients";
         }
-        bb_warn("refused client pid %d uid %u: %s", (int)cr.pid, (unsigned)cr.uid, why);
+        bb_warn_limited("refused client pid %d uid %u: %s", (int)cr.pid, (unsigned)cr.uid, why);
         send_status(fd, BB_MSG_HELLO_REPLY, rc);
         close(fd);
         return;
@@ -118,7 +118,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
     c->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
     if (c->pidfd >= 0)
         bb__session_arm(w, c, BB__UD_PIDFD);
-    bb_debug("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
+    bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
 /* The segment a HELLO asks for, within the broker's limits, charged to the
@@ -140,7 +140,7 @@ static int make_segment(struct bb__broker *b, struct bb__client *c, const struct
     bb__layout_compute(n, seg, lay);
     const char *why;
     if (bb__admission_attach(&b->adm, cfg, c->uid, lay->nslots, lay->size, &why) < 0) {
-        bb_warn("client %u (pid %d uid %u): no segment of %u slots, %llu MiB: %s reached",
+        bb_warn_limited("client %u (pid %d uid %u): no segment of %u slots, %llu MiB: %s reached",
                 c->id, (int)c->pid, (unsigned)c->uid, lay->nslots,
                 (unsigned long long)(lay->size >> 20), why);
         return BB_ENOMEM;
@@ -154,7 +154,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
                          size_t len)
 {
     if (len != sizeof *h || h->magic != BB_SHM_MAGIC || (h->version >> 16) != BB_ABI_MAJOR) {
-        bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
+        bb_warn_limited("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
         send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
         bb__session_kill(w, c, "bad hello");
         return;
@@ -190,7 +190,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     if (rc < 0) {
         if (memfd >= 0)
             close(memfd);
-        bb_warn("client %u: cannot create its segment: %s", c->id, bb_strerror(rc));
+        bb_warn_limited("client %u: cannot create its segment: %s", c->id, bb_strerror(rc));
         send_status(c->sock, BB_MSG_HELLO_REPLY, rc);
         bb__session_kill(w, c, "no segment");
         return;
@@ -214,7 +214,7 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     bb__session_go_live(w, c);
-    bb_info("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
+    bb_info_limited("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
             c->nslots, c->size >> 20);
 }
 
@@ -308,7 +308,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
                 rep.status = BB_EINVAL;
                 break;
             }
-            bb_info("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
+            bb_info_limited("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
                     req.target ? "pinned to " : "released, was ", req.target ? req.target : m->pinned,
                     c->id, (int)c->pid);
             m->pinned = req.target;
@@ -377,7 +377,7 @@ void bb__control_revoke(struct bb__worker *w)
         struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
         if (admitted(b->cfg, &cr))
             continue;
-        bb_warn("client %u (pid %d uid %u gid %u) no longer allowed after reload: disconnected",
+        bb_warn_limited("client %u (pid %d uid %u gid %u) no longer allowed after reload: disconnected",
                 c->id, (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);
         bb__session_kill(w, c, "no longer allowed");
     }

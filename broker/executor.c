@@ -83,7 +83,7 @@ void bb__batch_reap(struct bb__batch *b)
     struct bb__model *m = b->model;
     uint64_t wait_sum = 0;
     if (b->rc < 0)
-        bb_warn("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
+        bb_warn_limited("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];

@@ -129,9 +129,9 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         last->live_idx = c->live_idx;
     }
     if (c->attached && c->base)
-        bb_info("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
+        bb_info_limited("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
     else
-        bb_debug("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
+        bb_debug_limited("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
     bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
     if (c->doorbell >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));

@@ -224,6 +224,7 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
     }
     for (uint32_t i = 0; i < w->nlive; i++)
         atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+    bb__log_limit_flush(now);
     /* Connections still in their handshake and operator sessions are not
      * live: only then is there anything to expire. */
     if (b->nclients != w->nlive)

@@ -23,3 +23,6 @@ add_dependencies(test_validation bb_backend_echo bb_backend_synthetic)
 bb_criterion_test(test_admission ${CMAKE_CURRENT_LIST_DIR}/test_admission.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 add_dependencies(test_admission bb_backend_echo bb_backend_synthetic)
+bb_criterion_test(test_daemon ${CMAKE_CURRENT_LIST_DIR}/test_daemon.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_daemon bb_backend_echo)
