@@ -25,6 +25,7 @@
 
 #include "batchbroker/client.h"
 #include "log.h"
+#include "socket_path.h"
 
 enum bb__ctype {
     BB__CT_UINT,    /* decimal, stored in a 4- or 8-byte unsigned member */
@@ -66,9 +67,11 @@ static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
 static const struct bb__config_key bb__keys[] = {
-    {BB__SEC_BROKER, "socket", BB__CT_STRING, BB__BROKER(socket_path), 1, 107,
-     BB_DEFAULT_SOCKET, NULL, NULL, 0,
-     "Path of the Unix control socket that clients connect to."},
+    {BB__SEC_BROKER, "socket", BB__CT_STRING, BB__BROKER(socket_path), 1, 107, NULL,
+     "$XDG_RUNTIME_DIR/batchbroker.sock; as root /run/batchbroker/batchbroker.sock; else "
+     "/tmp/batchbroker-UID/batchbroker.sock", NULL, 0,
+     "Path of the Unix control socket that clients connect to. The default is in a directory "
+     "only the broker's user can create entries in (docs/operations.md)."},
     {BB__SEC_BROKER, "plugin_dir", BB__CT_STRING, BB__BROKER(plugin_dir), 0, 255, "", NULL, NULL, 0,
      "Directory of the backend plugins named without a path; empty means "
      "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
@@ -553,6 +556,8 @@ void bb__config_defaults(struct bb__broker_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     bb__apply_defaults(BB__SEC_BROKER, cfg);
+    if (bb__default_socket_path(geteuid(), cfg->socket_path, sizeof cfg->socket_path) < 0)
+        cfg->socket_path[0] = '\0'; /* too long: bb__config_check says so */
     /* Root is allowed because it can read any segment anyway. */
     cfg->allowed_uids[cfg->nuids++] = geteuid();
     if (geteuid() != 0)
@@ -563,6 +568,11 @@ void bb__config_defaults(struct bb__broker_config *cfg)
 
 int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errlen)
 {
+    if (!cfg->socket_path[0]) {
+        snprintf(err, errlen, "no socket configured and the default ($XDG_RUNTIME_DIR/"
+                 "batchbroker.sock) is longer than 107 bytes: set [broker] socket");
+        return -1;
+    }
     for (size_t i = 0; i < cfg->nmodels; i++) {
         if (cfg->models[i].backend[0] == '\0') {
             snprintf(err, errlen, "[model.%s] has no backend", cfg->models[i].name);

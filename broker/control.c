@@ -3,6 +3,7 @@
  * messages of include/batchbroker/protocol.h. Messages are handled inline by the
  * dispatcher; they are rare and never block (the sockets are non-blocking). */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,12 +22,47 @@
 #include "model.h"
 #include "segment.h"
 #include "session.h"
+#include "socket_path.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
 
+/* The default socket's directory (socket_path.h): create it if missing,
+ * and refuse one that another user owns or may write to, since whoever can
+ * write there can take the path first. */
+static int prepare_default_dir(const char *path)
+{
+    char dir[108];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return 0;
+    *slash = '\0';
+    bool ours = strcmp(dir, BB__ROOT_SOCKET_DIR) == 0 || strncmp(dir, "/tmp/batchbroker-", 17) == 0;
+    if (ours && mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        bb_error("cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (lstat(dir, &st) < 0) {
+        bb_error("%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+        bb_error("%s is not a directory of uid %u that only it can write (owner %u, mode %04o): "
+                 "another user could take the socket path; remove it or set [broker] socket",
+                 dir, (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
+}
+
 int bb__control_listen(const char *path)
 {
+    char def[108];
+    if (bb__default_socket_path(geteuid(), def, sizeof def) >= 0 && strcmp(path, def) == 0 &&
+        prepare_default_dir(path) < 0)
+        return -1;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
         bb_error("socket path too long: %s", path);

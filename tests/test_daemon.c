@@ -96,3 +96,72 @@ Test(daemon, broker_memory_is_closed_to_its_own_user)
     cr_assert_eq(WEXITSTATUS(ws), 0, "uid %d %s %s", NOBODY,
                  WEXITSTATUS(ws) == 1 ? "opened" : "could not switch to, or failed oddly on", mem);
 }
+
+/* ---- The default socket ---- */
+
+/* Without [broker] socket the broker listens in $XDG_RUNTIME_DIR (private to
+ * its user), and a client with the same environment finds it with
+ * bb_connect(NULL); $BATCHBROKER_SOCKET still wins. */
+Test(daemon, default_socket_is_in_the_runtime_dir)
+{
+    char dir[64];
+    bbt_unique_path(dir, sizeof dir, ".run");
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    char env[140];
+    snprintf(env, sizeof env, "XDG_RUNTIME_DIR=%s", dir);
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    struct bbt_start so = {.no_socket_arg = true, .env = (const char *const[]){env, NULL}};
+    int rc = bbt_broker_start_ex(&B, &so);
+    if (rc < 0)
+        rmdir(dir);
+    cr_assert_eq(rc, 0, "no broker on %s (status %#x)", B.sock, B.exit_status);
+    setenv("XDG_RUNTIME_DIR", dir, 1);
+    unsetenv("BATCHBROKER_SOCKET");
+    char path[108];
+    cr_assert_gt(bb_default_socket(path, sizeof path), 0);
+    cr_assert_str_eq(path, B.sock);
+    bb_client *c;
+    cr_assert_eq(bb_connect(NULL, NULL, &c), 0);
+    bb_disconnect(c);
+    setenv("BATCHBROKER_SOCKET", "/nowhere/x.sock", 1);
+    cr_assert_gt(bb_default_socket(path, sizeof path), 0);
+    cr_assert_str_eq(path, "/nowhere/x.sock");
+    cr_assert_eq(bb_connect(NULL, NULL, &c), BB_EDISCONNECTED);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+}
+
+/* Without XDG_RUNTIME_DIR a broker that is not root listens in
+ * /tmp/batchbroker-UID, a directory it creates for itself: one that another
+ * user made first (and could put a socket in) makes it refuse to start. */
+Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the broker as another uid");
+    unsetenv("XDG_RUNTIME_DIR");
+    static const char dir[] = "/tmp/batchbroker-65534";
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    unlink(B.sock);
+    rmdir(dir);
+    cr_assert_eq(mkdir(dir, 0777), 0, "mkdir %s", dir);
+    chmod(dir, 0777); /* as a squatter would leave it */
+    struct bbt_start so = {.no_socket_arg = true, .uid = NOBODY, .log = true};
+    int rc = bbt_broker_start_ex(&B, &so);
+    int refused = bbt_log_count(&B, "another user could take the socket path");
+    unlink(B.log);
+    rmdir(dir);
+    cr_assert_eq(rc, -1, "the broker listened in a directory root made world-writable");
+    cr_assert(WIFEXITED(B.exit_status) && WEXITSTATUS(B.exit_status) == 1, "status %#x",
+              B.exit_status);
+    cr_assert_eq(refused, 1, "the broker did not say why");
+    /* With the directory gone it makes its own. */
+    rc = bbt_broker_start_ex(&B, &so);
+    struct stat st;
+    int have = stat(dir, &st);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+    cr_assert_eq(rc, 0, "status %#x", B.exit_status);
+    cr_assert_eq(have, 0);
+    cr_assert(S_ISDIR(st.st_mode) && st.st_uid == NOBODY && (st.st_mode & 022) == 0,
+              "uid %u mode %o", (unsigned)st.st_uid, (unsigned)st.st_mode);
+}

@@ -133,9 +133,8 @@ int main(int argc, char **argv)
     static const struct option opts[] = {{"socket", required_argument, NULL, 's'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *path = getenv("BATCHBROKER_SOCKET");
-    if (!path || !*path)
-        path = BB_DEFAULT_SOCKET;
+    static char def[108];
+    const char *path = bb_default_socket(def, sizeof def) >= 0 ? def : "";
     int ch;
     while ((ch = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
         if (ch == 's')
