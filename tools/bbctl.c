@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +34,12 @@ static int connect_operator(const char *path)
         return BB_EINVAL;
     strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    /* A stopped or hung broker must not hang a health probe: 5 s per step. */
+    struct timeval tv = {.tv_sec = 5};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         if (fd >= 0)
             close(fd);
@@ -176,8 +183,14 @@ int main(int argc, char **argv)
         for (;;) {
             printf("\033[H\033[J");
             if (print_stats(fd, 1) < 0) {
-                rc = 1;
-                break;
+                /* An interval past operator_idle_timeout_ms ends the session:
+                 * open a new one, once. */
+                close(fd);
+                fd = connect_operator(path);
+                if (fd < 0 || print_stats(fd, 1) < 0) {
+                    rc = 1;
+                    break;
+                }
             }
             fflush(stdout);
             struct timespec ts = {(time_t)interval, (long)((interval - (time_t)interval) * 1e9)};
@@ -187,6 +200,7 @@ int main(int argc, char **argv)
         usage(stderr);
         rc = 2;
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return rc;
 }
