@@ -63,6 +63,7 @@ static const char *const bb__prio_names[] = {"critical", "high", "normal", "low"
 static const char *const bb__onoff_names[] = {"off", "on", NULL};
 static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
 static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
+static const char *const bb__scope_names[] = {"global", "uid", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
@@ -173,6 +174,11 @@ static const struct bb__config_key bb__keys[] = {
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
     {BB__SEC_MODEL, "dedup", BB__CT_ENUM, BB__MODEL(dedup), 0, 1, "off", NULL, bb__onoff_names, 1,
      "Deduplicate identical inputs for every request (else only with BB_SUBMIT_DEDUP)."},
+    {BB__SEC_MODEL, "dedup_scope", BB__CT_ENUM, BB__MODEL(dedup_scope), 0, 1, "uid", NULL,
+     bb__scope_names, 1,
+     "Who shares computations and cached results: uid = only requests of the same user (a "
+     "cache hit answers much sooner, so sharing across users tells one user what another "
+     "submitted); global = every client of the model."},
     {BB__SEC_MODEL, "dedup_cache_entries", BB__CT_UINT, BB__MODEL(dedup_cache_entries), 0,
      1048576, "1024", NULL, NULL, 0, "Completed results kept for reuse; 0 = no cache."},
     {BB__SEC_MODEL, "dedup_memory_mb", BB__CT_UINT, BB__MODEL(dedup_memory_mb), 0, 65536, "64",

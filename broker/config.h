@@ -37,6 +37,7 @@ struct bb__model_config {
     uint32_t fairness;          /* round-robin across clients within a level */
     char client_weights[256];   /* "uid:weight,..." */
     uint32_t dedup;
+    uint32_t dedup_scope;       /* 0 global, 1 uid */
     uint32_t dedup_cache_entries;
     uint32_t dedup_ttl_ms;
     uint32_t dedup_memory_mb;   /* private copies: in-flight groups + cache */

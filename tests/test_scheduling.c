@@ -958,6 +958,71 @@ Test(sched, dedup_cache_serves_then_expires)
     bb_disconnect(c);
 }
 
+/* A child of uid 65534 submits input `id` once and checks its answer. */
+static int other_uid_main(void *p)
+{
+    const uint64_t *id = p;
+    if (setgid(65534) < 0 || setuid(65534) < 0)
+        return 100;
+    bb_client *c;
+    bb_model *m;
+    bb_request *r;
+    if (bb_connect(B.sock, NULL, &c) != 0 || bb_model_open(c, "u", &m) != 0 ||
+        bb_request_new(m, 256, 256, &r) != 0)
+        return 10;
+    bbt_fill(bb_request_input(r), 256, *id);
+    if (bb_submit(r, NULL) != 0 || bb_wait(r, 20000000000ll) != 0)
+        return 11;
+    int ok = echo_ok(r, *id);
+    bb_disconnect(c);
+    return ok ? 0 : 12;
+}
+
+/* Root computes X and Y; then another user submits X while X is cached and
+ * Y while an identical Y is still running. With dedup_scope = uid (the
+ * default) the other user shares neither: a faster answer would tell it what
+ * root submitted. With dedup_scope = global both are shared. */
+static int computations_of_x_and_y(const char *scope)
+{
+    const char *log = rec_path();
+    start_cfg("[broker]\nallowed_uids = 0, 65534\n"
+              REC_MODEL("u", 300000, "dedup = on\ndedup_cache_entries = 16\n"
+                                     "dedup_ttl_ms = 600000\n%s"), log, scope);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "u");
+    bb_request *x = req_new(m, 256, 256, 0x5a), *y = req_new(m, 256, 256, 0x5b);
+    submit(x, 0, 0, 0, 1);
+    cr_assert_eq(finish(x, 10000), 0);
+    cr_assert(echo_ok(x, 0x5a));
+    submit(y, 0, 0, 0, 2);
+    bbt_wait_dispatched(m, 2);
+    static const uint64_t ids[2] = {0x5a, 0x5b};
+    for (int i = 0; i < 2; i++)
+        reap_ok(spawn(other_uid_main, (void *)&ids[i]), "uid 65534");
+    cr_assert_eq(finish(y, 10000), 0);
+    cr_assert(echo_ok(y, 0x5b));
+    int nb = rec_read(log);
+    bb_disconnect(c);
+    return rec_count(nb, 0x5a) + rec_count(nb, 0x5b);
+}
+
+Test(sched, dedup_is_scoped_per_uid_by_default)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to another uid");
+    int n = computations_of_x_and_y("");
+    cr_assert_eq(n, 4, "another user's X and Y were computed %d times in all, not 4: it shared "
+                 "root's cached X or running Y", n);
+}
+
+Test(sched, dedup_scope_global_shares_across_uids)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to another uid");
+    int n = computations_of_x_and_y("dedup_scope = global\n");
+    cr_assert_eq(n, 2, "X and Y were computed %d times in all, not once each", n);
+}
+
 /* dedup = off: only requests flagged BB_SUBMIT_DEDUP are merged. */
 Test(sched, per_request_dedup_flag)
 {
