@@ -10,7 +10,7 @@ function(bb_sched_plugin target src)
     OUTPUT_NAME ${target}
     C_VISIBILITY_PRESET hidden
     LIBRARY_OUTPUT_DIRECTORY ${BB_SCHED_PLUGIN_DIR})
-  target_link_options(${target} PRIVATE LINKER:-z,defs)
+  target_link_options(${target} PRIVATE ${BB_PLUGIN_LINK_OPTIONS})
 endfunction()
 bb_sched_plugin(bb_test_sched_recorder ${CMAKE_CURRENT_LIST_DIR}/plugins/sched_recorder.c)
 bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_lowfirst.c)
