@@ -90,7 +90,9 @@ int bb__control_listen(const char *path)
         }
         unlink(path);
     }
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
+    /* The longest backlog the kernel allows (net.core.somaxconn): a peer
+     * that connects in a loop then rarely leaves others waiting in connect(). */
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, SOMAXCONN) < 0) {
         bb_error("cannot listen on %s: %s", path, strerror(errno));
         close(fd);
         return -1;

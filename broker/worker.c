@@ -2,7 +2,7 @@
  * A dispatcher worker: one thread, one io_uring, the clients assigned to it.
  *
  * The ring is its only blocking point. Completions arrive for: the listening
- * socket (multishot accept), each client's control socket (multishot poll:
+ * socket (one accept at a time, see uring.c), each client's control socket (multishot poll:
  * messages and hang-ups), each client's doorbell eventfd (a read that
  * completes when the client rings), each client's pidfd (process exit), the
  * worker's own wake eventfd (executors, signals), and the wait timeout (the

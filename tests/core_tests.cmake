@@ -26,3 +26,6 @@ add_dependencies(test_admission bb_backend_echo bb_backend_synthetic)
 bb_criterion_test(test_daemon ${CMAKE_CURRENT_LIST_DIR}/test_daemon.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 add_dependencies(test_daemon bb_backend_echo)
+bb_criterion_test(test_hostile ${CMAKE_CURRENT_LIST_DIR}/test_hostile.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_hostile bb_backend_echo)
