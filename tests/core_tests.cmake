@@ -6,7 +6,8 @@ bb_criterion_test(test_client ${CMAKE_CURRENT_LIST_DIR}/test_client.c ${CMAKE_CU
                   ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 bb_criterion_test(test_robustness ${CMAKE_CURRENT_LIST_DIR}/test_robustness.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
                   ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
-bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
+bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 foreach(t test_client test_robustness test_broker_cli)
   add_dependencies(${t} bb_backend_echo bb_backend_synthetic bb_backend_badabi)
 endforeach()
@@ -29,3 +30,14 @@ add_dependencies(test_daemon bb_backend_echo)
 bb_criterion_test(test_hostile ${CMAKE_CURRENT_LIST_DIR}/test_hostile.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 add_dependencies(test_hostile bb_backend_echo)
+
+# Unit suites: one broker or client file each, no broker process.
+bb_criterion_test(test_queue ${CMAKE_CURRENT_LIST_DIR}/test_queue.c ${CMAKE_SOURCE_DIR}/broker/queue.c
+                  ${CMAKE_SOURCE_DIR}/broker/log.c)
+bb_criterion_test(test_hist ${CMAKE_CURRENT_LIST_DIR}/test_hist.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
+target_link_libraries(test_hist PRIVATE m)
+bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${CMAKE_SOURCE_DIR}/client/alloc.c)
+bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${CMAKE_SOURCE_DIR}/broker/dedup.c
+                  ${CMAKE_SOURCE_DIR}/broker/queue.c ${CMAKE_SOURCE_DIR}/broker/completion.c
+                  ${CMAKE_SOURCE_DIR}/broker/metrics.c ${CMAKE_SOURCE_DIR}/broker/log.c)
+target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)

@@ -389,7 +389,10 @@ Test(robust, broker_sigkilled_client_sees_disconnect)
     struct waiter w = {.r = r, .rc = 1};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wait_thread, &w), 0);
-    bbt_msleep(300); /* past the spin: the waiter sleeps on its futex */
+    /* Past its spin the waiter sleeps on the futex and says so in the header. */
+    for (int i = 0; i < 5000 && atomic_load(&c->hdr->shm_sleepers) == 0; i++)
+        bbt_msleep(1);
+    cr_assert_gt(atomic_load(&c->hdr->shm_sleepers), 0, "the waiter never went to sleep");
     cr_assert_eq(w.rc, 1, "bb_wait returned early: %s", bb_errname(w.rc));
     uint64_t killed = bbt_now_ns();
     int st = bbt_broker_kill(&B, SIGKILL);
