@@ -62,6 +62,7 @@ static const char *const bb__prio_names[] = {"critical", "high", "normal", "low"
 static const char *const bb__onoff_names[] = {"off", "on", NULL};
 static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
 static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
+static const char *const bb__doorbell_names[] = {"auto", "futex", "eventfd", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
@@ -74,6 +75,11 @@ static const struct bb__config_key bb__keys[] = {
      "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
     {BB__SEC_BROKER, "spin_us", BB__CT_UINT, BB__BROKER(spin_us), 0, 1000000, "50", NULL, NULL, 1,
      "How long a worker busy-polls its rings before it sleeps; 0 = never spin."},
+    {BB__SEC_BROKER, "doorbell", BB__CT_ENUM, BB__BROKER(doorbell), 0, 2, "auto", NULL,
+     bb__doorbell_names, 0,
+     "How clients wake a sleeping worker: futex = one io_uring FUTEX_WAIT per worker "
+     "(Linux 6.7+), eventfd = one eventfd read per client; auto = futex when the kernel "
+     "has it."},
     {BB__SEC_BROKER, "max_clients", BB__CT_UINT, BB__BROKER(max_clients), 1, 4096, "256", NULL,
      NULL, 0, "Most clients attached at once; further connections are refused."},
     {BB__SEC_BROKER, "default_segment_mb", BB__CT_UINT, BB__BROKER(default_segment_mb), 1, 4096,
@@ -141,6 +147,10 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Within a level, requests without a deadline are taken round-robin across clients."},
+    {BB__SEC_MODEL, "fair_quantum", BB__CT_UINT, BB__MODEL(fair_quantum), 1, 65536, "8", NULL,
+     NULL, 1,
+     "Fair queueing serves up to this many consecutive requests of a client per round: a "
+     "batch then holds fewer clients, each woken once."},
     {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
      NULL, 0,
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},

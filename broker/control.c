@@ -157,10 +157,12 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
     if (rc == 0)
         rc = bb__session_map(w, c, base, lay.size);
     if (rc == 0) {
-        /* Blocking: io_uring reads it; a non-blocking read would not wait. */
-        c->doorbell = eventfd(0, EFD_CLOEXEC);
         c->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (c->doorbell < 0 || c->notify < 0)
+        /* Without the futex doorbell, an eventfd of its own. Blocking:
+         * io_uring reads it; a non-blocking read would not wait. */
+        if (!w->futex_bell)
+            c->doorbell = eventfd(0, EFD_CLOEXEC);
+        if (c->notify < 0 || (!w->futex_bell && c->doorbell < 0))
             rc = BB_ESYS;
     }
     if (rc < 0) {
@@ -172,17 +174,18 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     rep.segment_size = c->size;
-    int fds[3] = {memfd, c->doorbell, c->notify};
+    int fds[4] = {memfd, w->page_fd, c->notify, c->doorbell};
+    size_t nfds = w->futex_bell ? 3 : 4;
     char cbuf[CMSG_SPACE(sizeof fds)];
     memset(cbuf, 0, sizeof cbuf);
     struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof cbuf};
+                        .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
     ssize_t n = sendmsg(c->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     close(memfd);
     if (n != (ssize_t)sizeof rep) {

@@ -98,12 +98,22 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     r->own_deadline = d.timeout_us != 0;
     r->group = NULL;
     /* Start-time fair queueing: a client's tags advance by 1/weight per
-     * request, from the level's virtual time, so clients interleave. */
+     * round, from the level's virtual time, so clients interleave. A round
+     * holds up to fair_quantum requests, which then sit together in a batch
+     * and cost the client one wake-up, not one each. A round the virtual
+     * time has moved past is over: an idle client earns no credit. */
     struct bb__client_model *cm = &c->cm[m->id];
-    uint64_t start = m->q.vtime[r->level] > cm->last_ftag[r->level] ? m->q.vtime[r->level]
-                                                                   : cm->last_ftag[r->level];
-    r->fstart = start;
-    r->ftag = cm->last_ftag[r->level] = start + cm->ftag_inc;
+    int l = r->level;
+    uint64_t vt = m->q.vtime[l];
+    if (cm->round_left[l] && cm->round_start[l] >= vt) {
+        cm->round_left[l]--;
+    } else {
+        cm->round_start[l] = vt > cm->last_ftag[l] ? vt : cm->last_ftag[l];
+        cm->last_ftag[l] = cm->round_start[l] + cm->ftag_inc;
+        cm->round_left[l] = m->cfg.fair_quantum - 1;
+    }
+    r->fstart = cm->round_start[l];
+    r->ftag = cm->last_ftag[l];
     if ((m->cfg.dedup || (d.flags & BB_SUBMIT_DEDUP)) &&
         r->bytes <= m->cfg.dedup_max_request_bytes) {
         int rc = bb__dedup_submit(m, r, now);

@@ -98,7 +98,8 @@ void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
     c->attached = true;
     for (uint32_t i = 0; i < b->nmodels; i++)
         bb__model_register(&b->models[i], c->base, c->size, c->id);
-    bb__session_arm(w, c, BB__UD_DOORBELL);
+    if (c->doorbell >= 0)
+        bb__session_arm(w, c, BB__UD_DOORBELL);
     c->live_idx = w->nlive;
     w->live[w->nlive++] = c;
 }

@@ -17,7 +17,10 @@
 struct bb__client_model {
     uint32_t inflight;             /* queued + running on the model */
     uint32_t ftag_inc;             /* fair-queueing tag step: BB__FAIR_SCALE / weight */
-    uint64_t last_ftag[4];
+    /* Per level, the client's current fair-queueing round: its start and
+     * finish tags and how many more requests may join it (fair_quantum). */
+    uint64_t round_start[4], last_ftag[4];
+    uint32_t round_left[4];
 };
 #define BB__FAIR_SCALE 1000u
 

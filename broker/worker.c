@@ -4,7 +4,8 @@
  * The ring is its only blocking point. Completions arrive for: the listening
  * socket (multishot accept), each client's control socket (multishot poll:
  * messages and hang-ups), each client's doorbell eventfd (a read that
- * completes when the client rings), each client's pidfd (process exit), the
+ * completes when the client rings; or, with the futex doorbell, one futex
+ * wait for all its clients), each client's pidfd (process exit), the
  * worker's own wake eventfd (executors, signals), and the wait timeout (the
  * next batch cut or request deadline). The loop only dispatches: the work is
  * in control.c, intake.c, batcher.c, executor.c and completion.c.
@@ -13,7 +14,7 @@
  * the executors finished, drain every submission ring, expire and dispatch,
  * publish completion rings. A pass that did something is followed by another;
  * after spin_us without progress the worker announces it sleeps
- * (shm_need_wake), re-checks, and waits in io_uring_submit_and_wait_timeout.
+ * (shm_need_wake in its worker page), re-checks, and waits in io_uring_submit_and_wait_timeout.
  * While every model is busy or waiting for a batch to fill, it sleeps for a
  * short window without announcing it (coalesce_window), so that a burst of
  * arrivals costs one wake-up rather than one per request.
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 
 #include "batchbroker/client.h"
 #include "batcher.h"
@@ -36,6 +38,7 @@
 #include "executor.h"
 #include "intake.h"
 #include "model.h"
+#include "segment.h"
 #include "session.h"
 #include "uring.h"
 #include "util_internal.h"
@@ -56,6 +59,13 @@ static void arm_wake(struct bb__worker *w)
 {
     bb__uring_read(&w->ring, w->wake_fd, &w->wake_buf, sizeof w->wake_buf,
                    bb__ud_make(BB__UD_WAKE, 0, 0));
+}
+
+/* The doorbell of every client of this worker: one futex wait, always
+ * pending (protocol.h says why no ring is lost). */
+static void arm_bell(struct bb__worker *w)
+{
+    bb__uring_futex_wait(&w->ring, &w->page->shm_doorbell, 0, bb__ud_make(BB__UD_BELL, 0, 0));
 }
 
 /* ---- io_uring completions ---- */
@@ -128,8 +138,13 @@ static int reap_cqes(struct bb__worker *w)
                 on_accept(w, cqe);
                 break;
             case BB__UD_WAKE:
-                if (!w->b->stopping || w->wake_fd >= 0)
-                    arm_wake(w);
+                arm_wake(w);
+                break;
+            case BB__UD_BELL:
+                if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR &&
+                    cqe->res != -ECANCELED)
+                    bb_warn("doorbell futex wait: %s", strerror(-cqe->res));
+                arm_bell(w);
                 break;
             case BB__UD_SOCK:
             case BB__UD_DOORBELL:
@@ -169,7 +184,7 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
     w->b = b;
     w->id = id;
     w->node = node;
-    w->wake_fd = -1;
+    w->wake_fd = w->page_fd = -1;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->db_bufs = calloc(b->max_clients, sizeof *w->db_bufs);
     w->live = calloc(b->max_clients, sizeof *w->live);
@@ -188,6 +203,19 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (w->wake_fd < 0) {
         bb_error("eventfd: %s", strerror(errno));
+        return -1;
+    }
+    bool has_futex = bb__uring_has_futex(&w->ring);
+    if (b->cfg->doorbell == 1 && !has_futex) {
+        bb_error("doorbell = futex, but this kernel has no io_uring futex operations (Linux "
+                 "6.7+); use doorbell = eventfd or auto");
+        return -1;
+    }
+    w->futex_bell = b->cfg->doorbell == 1 || (b->cfg->doorbell == 0 && has_futex);
+    rc = bb__worker_page_create(id, node, w->futex_bell ? BB_WORKER_FUTEX_DOORBELL : 0,
+                                &w->page, &w->page_fd);
+    if (rc < 0) {
+        bb_error("cannot create the worker page: %s", bb_strerror(rc));
         return -1;
     }
     /* Pin before the executors start: they inherit the node's CPUs (and
@@ -211,8 +239,7 @@ static bool work_pending(struct bb__worker *w)
 
 static void set_need_wake(struct bb__worker *w, uint32_t v)
 {
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_need_wake, v, memory_order_relaxed);
+    atomic_store_explicit(&w->page->shm_need_wake, v, memory_order_relaxed);
 }
 
 static void heartbeat(struct bb__worker *w, uint64_t now)
@@ -223,8 +250,7 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         w->accept_paused = false;
         arm_accept(w);
     }
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+    atomic_store_explicit(&w->page->shm_heartbeat_ns, now, memory_order_relaxed);
     /* A connection that never says HELLO must not hold a max_clients place. */
     if (b->nclients == w->nlive)
         return;
@@ -311,9 +337,7 @@ static void begin_shutdown(struct bb__worker *w)
         b->listen_fd = -1;
         unlink(b->cfg->socket_path);
     }
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_broker_state, BB_BROKER_SHUTDOWN,
-                              memory_order_release);
+    atomic_store_explicit(&w->page->shm_broker_state, BB_BROKER_SHUTDOWN, memory_order_release);
     for (uint32_t i = 0; i < b->nmodels; i++)
         bb__batcher_fail_all(&b->models[i], BB_ESHUTDOWN);
 }
@@ -333,6 +357,8 @@ int bb__worker_run(struct bb__worker *w)
     if (b->listen_fd >= 0)
         arm_accept(w);
     arm_wake(w);
+    if (w->futex_bell)
+        arm_bell(w);
     uint64_t idle_since = bb__now_ns();
     unsigned spins = 0;
     for (;;) {
@@ -413,6 +439,10 @@ void bb__worker_fini(struct bb__worker *w)
         io_uring_queue_exit(&w->ring);
     if (w->wake_fd >= 0)
         close(w->wake_fd);
+    if (w->page)
+        munmap(w->page, BB_SHM_WORKER_SIZE);
+    if (w->page_fd >= 0)
+        close(w->page_fd);
     free(w->db_bufs);
     free(w->live);
     free(w->dirty);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 struct bb__broker;
+struct bb_shm_worker;
 struct bb__batch;
 struct bb__client;
 
@@ -20,6 +21,9 @@ struct bb__worker {
     int node;                      /* NUMA node, -1: none */
     struct io_uring ring;
     int wake_fd;                   /* executors and signals ring it */
+    struct bb_shm_worker *page;    /* the worker page its clients map read-only */
+    int page_fd;
+    bool futex_bell;               /* clients ring page->shm_doorbell, else their eventfds */
     uint64_t wake_buf;
     _Atomic int sleeping;
     _Atomic(struct bb__batch *) done; /* stack of finished batches */

@@ -42,11 +42,12 @@ struct bb_request {
 
 struct bb_client {
     int sock;                /* control socket; hang-up = broker gone */
-    int doorbell_fd;         /* eventfd the broker sleeps on */
+    int doorbell_fd;         /* eventfd the broker sleeps on; -1: the worker page's futex */
     int notify_fd;           /* eventfd the broker signals on completions */
     char *base;              /* segment mapping */
     size_t size;
     struct bb_shm_header *hdr;
+    struct bb_shm_worker *wpage; /* our broker worker's page, read-only */
     struct bb_shm_slot *slots;
     uint32_t nslots;
 
@@ -72,5 +73,8 @@ struct bb_client {
     _Atomic int dead;        /* broker gone */
     _Atomic int64_t spin_ns;
 };
+
+/* Wake a sleeping broker worker (the doorbell of protocol.h). */
+void bb__client_ring(bb_client *c);
 
 #endif

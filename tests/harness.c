@@ -228,6 +228,17 @@ static int spawn(struct bbt_broker *b, const char *const *overrides)
     argv[n++] = "broker.log_level=warn";
     argv[n++] = "-o";
     argv[n++] = plugin_arg;
+    /* A ctest variant runs a whole suite with other broker settings (several
+     * workers, the eventfd doorbell): $BBT_BROKER_OVERRIDES, space-separated,
+     * before the test's own overrides, which win. */
+    static char env_buf[512];
+    const char *env = getenv("BBT_BROKER_OVERRIDES");
+    snprintf(env_buf, sizeof env_buf, "%s", env ? env : "");
+    for (char *save = NULL, *tok = strtok_r(env_buf, " ", &save); tok && n < BBT_MAX_ARGS - 3;
+         tok = strtok_r(NULL, " ", &save)) {
+        argv[n++] = "-o";
+        argv[n++] = tok;
+    }
     for (int i = 0; overrides && overrides[i] && n < BBT_MAX_ARGS - 3; i++) {
         argv[n++] = "-o";
         argv[n++] = overrides[i];

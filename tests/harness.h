@@ -57,7 +57,7 @@ bool bbt_check(const void *p, size_t len, uint64_t id);
 int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text);
 
 /* Start a broker: `BB_BROKER_BIN -s SOCK [--config FILE] -o broker.log_level=warn
- * -o broker.plugin_dir=BB_PLUGIN_DIR overrides...`. config_text may be NULL (no
+ * -o broker.plugin_dir=BB_PLUGIN_DIR [$BBT_BROKER_OVERRIDES] overrides...`. config_text may be NULL (no
  * --config); overrides is a NULL-terminated list or NULL. Waits (bounded, 10 s)
  * until bb_connect succeeds. Returns 0, or -1 (broker exited or never became
  * ready; b->exit_status says how it ended). */
