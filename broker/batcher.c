@@ -132,7 +132,7 @@ static uint32_t take_many(void *q, int level, uint32_t max)
     uint32_t room = c->max - c->b->n;
     if (max > room)
         max = room;
-    uint32_t n = m->q.levels[level].n;
+    uint32_t n = m->q.level_n[level];
     if (n && n <= max && m->q.level_bytes[level] <= c->bytes_left) {
         /* The whole level goes: no need to keep its heap in order. */
         bb__queue_take_level(&m->q, level, m->scratch);
@@ -154,12 +154,12 @@ static void take_starved(struct cut *c, uint64_t now)
         return;
     for (;;) {
         struct bb__req *oldest = NULL;
-        bool higher = c->m->q.levels[0].n > 0;
+        bool higher = c->m->q.level_n[0] > 0;
         for (int l = 1; l < 4; l++) {
             struct bb__req *r = bb__level_oldest(&c->m->q, l);
             if (higher && r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
                 oldest = r;
-            higher = higher || c->m->q.levels[l].n > 0;
+            higher = higher || c->m->q.level_n[l] > 0;
         }
         if (!oldest)
             return;
@@ -190,7 +190,7 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
                                   .backend_idle = m->running == 0};
     uint64_t oldest = UINT64_MAX;
     for (int l = 0; l < 4; l++) {
-        qs->counts[l] = m->q.levels[l].n;
+        qs->counts[l] = m->q.level_n[l];
         struct bb__req *r = bb__level_oldest(&m->q, l);
         if (r && r->enq_ns < oldest)
             oldest = r->enq_ns;

@@ -180,7 +180,7 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
             r->out_cap = g->out_cap;
             g->rep = r;
             atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(&m->q, r);
+            bb__queue_push(&m->q, r, NULL);
             bb__deadline_push(&m->q, r);
         } else {
             atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
@@ -266,7 +266,7 @@ void bb__dedup_leave(struct bb__model *m, struct bb__req *r)
             nr->out = g->out;
             nr->out_cap = g->out_cap;
             atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(&m->q, nr);
+            bb__queue_push(&m->q, nr, NULL);
             g->rep = nr;
         }
     }

@@ -10,6 +10,11 @@
 #include "executor.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,9 +148,65 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     else
         m->q_head = b;
     m->q_tail = b;
-    pthread_cond_signal(&m->q_cv);
+    atomic_fetch_add_explicit(&m->q_len, 1, memory_order_relaxed);
     pthread_mutex_unlock(&m->q_mu);
+    /* Publish, fence, wake only a sleeper (the executor's side is in
+     * take_batch): a spinning executor needs no system call. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&m->q_sleepers, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
+        syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    } else if (m->exec_yield_mask == 0 &&
+               atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed)) {
+        /* Few CPUs: the spinning executor most likely waits on our core. */
+        sched_yield();
+    }
     return false;
+}
+
+static struct bb__batch *pop(struct bb__model *m)
+{
+    pthread_mutex_lock(&m->q_mu);
+    struct bb__batch *b = m->q_head;
+    if (b) {
+        m->q_head = b->next;
+        if (!m->q_head)
+            m->q_tail = NULL;
+        atomic_fetch_sub_explicit(&m->q_len, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&m->q_mu);
+    return b;
+}
+
+/* The next batch, or NULL to stop: spin for the broker's spin_us, then sleep
+ * on q_seq after announcing it in q_sleepers (seq_cst, then re-check). */
+static struct bb__batch *take_batch(struct bb__model *m)
+{
+    for (;;) {
+        uint64_t spin = atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed);
+        uint64_t spin_end = spin ? bb__now_ns() + spin : 0;
+        for (unsigned i = 1;; i++) {
+            if (atomic_load_explicit(&m->q_stop, memory_order_acquire))
+                return NULL;
+            if (atomic_load_explicit(&m->q_len, memory_order_relaxed)) {
+                struct bb__batch *b = pop(m);
+                if (b)
+                    return b; /* else another executor took it */
+            }
+            if (!spin_end || ((i & 63) == 0 && bb__now_ns() >= spin_end))
+                break;
+            if ((i & m->exec_yield_mask) == 0)
+                sched_yield(); /* a thread sharing this core may be what we wait for */
+            else
+                bb__cpu_relax();
+        }
+        uint32_t seq = atomic_load_explicit(&m->q_seq, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->q_sleepers, 1, memory_order_seq_cst);
+        if (!atomic_load_explicit(&m->q_len, memory_order_seq_cst) &&
+            !atomic_load_explicit(&m->q_stop, memory_order_seq_cst))
+            syscall(SYS_futex, &m->q_seq, FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+        atomic_fetch_sub_explicit(&m->q_sleepers, 1, memory_order_relaxed);
+    }
 }
 
 /* Back to the home worker: push, fence, wake it if it sleeps (the same
@@ -166,22 +227,12 @@ static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
-    for (;;) {
-        pthread_mutex_lock(&m->q_mu);
-        while (!m->q_head && !m->q_stop)
-            pthread_cond_wait(&m->q_cv, &m->q_mu);
-        struct bb__batch *b = m->q_head;
-        if (!b) {
-            pthread_mutex_unlock(&m->q_mu);
-            return NULL;
-        }
-        m->q_head = b->next;
-        if (!m->q_head)
-            m->q_tail = NULL;
-        pthread_mutex_unlock(&m->q_mu);
+    struct bb__batch *b;
+    while ((b = take_batch(m))) {
         bb__batch_run(m, in, b);
         push_done(m->w, b);
     }
+    return NULL;
 }
 
 static int alloc_batches(struct bb__model *m, uint32_t count)
@@ -207,7 +258,6 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
 int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
 {
     pthread_mutex_init(&m->q_mu, NULL);
-    pthread_cond_init(&m->q_cv, NULL);
     m->ninstances = m->cfg.instances;
     uint32_t ninst = m->ninstances ? m->ninstances : 1;
     m->inst = calloc(ninst, sizeof *m->inst);
@@ -247,10 +297,9 @@ void bb__executor_stop(struct bb__model *m)
 {
     if (!m->inst)
         return;
-    pthread_mutex_lock(&m->q_mu);
-    m->q_stop = true;
-    pthread_cond_broadcast(&m->q_cv);
-    pthread_mutex_unlock(&m->q_mu);
+    atomic_store_explicit(&m->q_stop, true, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
+    syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     for (uint32_t i = 0; i < m->ninstances; i++)
         pthread_join(m->inst[i].thread, NULL);
     uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;

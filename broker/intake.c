@@ -49,7 +49,7 @@ static int validate(struct bb__broker *b, struct bb__client *c, const struct bb_
     int level = m->cfg.priorities ? prio - 1 : 0;
     uint32_t level_max = m->cfg.priorities ? m->cfg.max_queue_level[level] : 0;
     if (m->q.queued + m->q.grouped >= m->cfg.max_queue ||
-        (level_max && m->q.levels[level].n >= level_max) ||
+        (level_max && m->q.level_n[level] >= level_max) ||
         (m->cfg.max_inflight_per_client &&
          c->cm[m->id].inflight >= m->cfg.max_inflight_per_client) ||
         (m->memory_limit && m->bytes + bytes > m->memory_limit))
@@ -111,6 +111,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
         cm->round_start[l] = vt > cm->last_ftag[l] ? vt : cm->last_ftag[l];
         cm->last_ftag[l] = cm->round_start[l] + cm->ftag_inc;
         cm->round_left[l] = m->cfg.fair_quantum - 1;
+        cm->round_head[l] = NULL;
     }
     r->fstart = cm->round_start[l];
     r->ftag = cm->last_ftag[l];
@@ -135,7 +136,8 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     c->refs++;
     cm->inflight++;
     m->bytes += r->bytes;
-    bb__queue_push(&m->q, r);
+    if (bb__queue_push(&m->q, r, cm->round_head[l]))
+        cm->round_head[l] = r;
     bb__deadline_push(&m->q, r);
 }
 

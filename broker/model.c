@@ -101,6 +101,10 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
         return -1;
     }
     bb__model_apply(m, &m->cfg);
+    atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
+    /* With few CPUs an idle executor shares its core with the dispatcher or
+     * a client, which it would only delay: it yields at every round. */
+    m->exec_yield_mask = bb__ncpus() <= 2 ? 0 : 4095;
     return bb__executor_start(m, err, errlen);
 }
 

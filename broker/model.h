@@ -5,6 +5,7 @@
 #define BB_BROKER_MODEL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -59,10 +60,16 @@ struct bb__model {
     struct bb__instance *inst;     /* max(1, ninstances) */
     uint32_t running;              /* batches handed out and not yet reaped */
     struct bb__batch *free_batches;
+    /* The executors' queue: the home worker appends under q_mu, executors
+     * take under it. An idle executor spins (spin_us) on q_len before it
+     * sleeps on the futex word q_seq, announced in q_sleepers, so a batch
+     * handed to a spinning executor costs no system call. */
     pthread_mutex_t q_mu;
-    pthread_cond_t q_cv;
     struct bb__batch *q_head, *q_tail;
-    bool q_stop;
+    _Atomic uint32_t q_len, q_seq, q_sleepers;
+    _Atomic bool q_stop;
+    _Atomic uint64_t exec_spin_ns;  /* the broker's spin_us; reload changes it */
+    unsigned exec_yield_mask;      /* spinning executors yield every mask+1 rounds */
 
     struct bb__metrics metrics;
 };

@@ -35,6 +35,10 @@ struct bb__req {
     uint64_t ftag, fstart;    /* fair-queueing finish and start tags */
     uint64_t okey;            /* level order: own deadline, else UINT64_MAX */
     uint32_t pos, dl_pos;     /* indices in the level heap and the deadline heap */
+    /* A fair-queueing round (queue.c): the requests of one client that share
+     * their tags sit behind one heap entry, its head, in arrival order. */
+    struct bb__req *rhead, *rtail, *rnext;
+    uint64_t rseq;            /* the head's arrival sequence: the round's heap key */
     struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
     struct bb__group *group;  /* dedup group, or NULL */
     struct bb__req *group_next;

@@ -21,6 +21,7 @@ struct bb__client_model {
      * finish tags and how many more requests may join it (fair_quantum). */
     uint64_t round_start[4], last_ftag[4];
     uint32_t round_left[4];
+    struct bb__req *round_head[4]; /* its heap entry, if still queued (queue.c checks) */
 };
 #define BB__FAIR_SCALE 1000u
 

@@ -318,6 +318,7 @@ static void reload(struct bb__worker *w)
     for (uint32_t i = 0; i < b->nmodels; i++) {
         struct bb__model *m = &b->models[i];
         bb__model_apply(m, &b->cfg->models[i]);
+        atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
         b->cfg->models[i].max_queue = m->cfg.max_queue; /* what the queues could take */
     }
     bb_info("configuration reloaded: %d key(s) changed", changed);

@@ -631,8 +631,9 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     uint64_t spin_end = start + (uint64_t)(spin > 0 ? spin : 0);
     uint64_t next_check = start + LIVENESS_SLICE_NS;
 
-    /* Spin: the broker answers in microseconds when it is awake. */
-    for (unsigned i = 1;; i++) {
+    /* Spin: the broker answers in microseconds when it is awake. A budget
+     * of 0 sleeps at once (not even the 63 rounds between clock reads). */
+    for (unsigned i = 1; spin > 0; i++) {
         if (!is_pending(r))
             return 0;
         if ((i & 63) == 0) {
