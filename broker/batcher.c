@@ -9,12 +9,14 @@
 #include "batcher.h"
 
 #include "batchbroker/client.h"
+#include "broker.h"
 #include "completion.h"
 #include "dedup.h"
 #include "executor.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
+#include "worker.h"
 
 void bb__request_unlink(struct bb__model *m, struct bb__req *r)
 {
@@ -24,6 +26,30 @@ void bb__request_unlink(struct bb__model *m, struct bb__req *r)
         bb__queue_remove(&m->q, r);
     if (r->group)
         bb__dedup_leave(m, r);
+}
+
+void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen)
+{
+    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    if ((st != BB__REQ_QUEUED && st != BB__REQ_GROUPED) || r->gen != gen)
+        return; /* running (finishes normally), complete, or resubmitted since */
+    bb__request_unlink(m, r);
+    bb__complete_one(m, r, BB_ECANCELED);
+}
+
+void bb__batcher_drop_client(struct bb__worker *w, struct bb__client *c)
+{
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        struct bb__req *r = &c->reqs[i];
+        int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+        if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
+            continue;
+        struct bb__model *m = &w->b->models[r->model];
+        if (m->w != w)
+            continue; /* queued at another home: its DROP message finds it */
+        bb__request_unlink(m, r);
+        bb__complete_dropped(m, r);
+    }
 }
 
 void bb__batcher_fail_all(struct bb__model *m, int status)
@@ -201,7 +227,37 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
         qs->earliest_deadline_ns = d->deadline_ns;
 }
 
+#define COALESCE_MAX_NS 1000000ull
+
+/* The sleep this model lets workers take without their doorbells. All
+ * executors busy (the finishing batch wakes the home) with requests already
+ * waiting, or a batch filling: arrivals can be collected a little later in
+ * one pass. An eighth of the fill wait, at most a millisecond, so that a new
+ * deadline is still seen in time. A busy model with an empty queue keeps the
+ * doorbell: in a closed loop nobody rings while its batch runs, and the first
+ * arrival of an open loop does. */
+static void publish_coalesce(struct bb__model *m)
+{
+    uint64_t win = 0;
+    if (m->ninstances && m->running >= m->ninstances)
+        win = m->q.queued || m->q.grouped ? COALESCE_MAX_NS : 0;
+    else if (m->filling)
+        win = (uint64_t)m->fill_wait_us * 1000 / 8;
+    if (win > COALESCE_MAX_NS)
+        win = COALESCE_MAX_NS;
+    atomic_store_explicit(&m->coalesce_ns, win, memory_order_relaxed);
+}
+
+static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns);
+
 int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
+{
+    int progress = poll_model(m, now, next_ns);
+    publish_coalesce(m);
+    return progress;
+}
+
+static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
     if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {

@@ -1,5 +1,10 @@
 /* Completions to clients.
  *
+ * Who does what: the model's home worker (or an executor) publishes the
+ * slot; the worker that serves the client adds the completion-ring entry,
+ * wakes its waiters and lets go of the reference (bb__completion_returned),
+ * directly when it is the same worker, else after a BB__MSG_RET.
+ *
  * A completion is the slot's status and output length, then shm_done_gen
  * with release (protocol.h). The completion-ring entry and the wake-up of a
  * sleeping waiter are collected per client during a pass and sent once at its
@@ -11,6 +16,7 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
@@ -95,27 +101,47 @@ void bb__completion_flush(struct bb__worker *w)
     w->ndirty = 0;
 }
 
-/* The request leaves its model and its client's accounting. */
-static void release(struct bb__model *m, struct bb__req *r)
+void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags)
 {
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    if (flags & BB__RET_CQ)
+        bb__cq_add(c, slot);
+    if ((flags & BB__RET_WAKE) && !c->dead) {
+        c->wake_due = true;
+        mark_dirty(c);
+    }
+    if (flags & BB__RET_PUT)
+        bb__session_put(c);
+}
+
+void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32_t slot,
+                           unsigned flags)
+{
+    if (c->w == home)
+        bb__completion_returned(c, slot, flags);
+    else
+        bb__mailbox_post(home, c->w, BB__MSG_RET, c, slot, (uint16_t)flags);
+}
+
+/* The request leaves its model (home side); its client's worker gets it back. */
+static void release(struct bb__model *m, struct bb__req *r, unsigned flags)
+{
     r->cl->cm[m->id].inflight--;
     m->bytes -= r->bytes;
-    bb__session_put(r->cl);
+    bb__completion_return(m->w, r->cl, r->slot, flags | BB__RET_PUT);
 }
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
 {
     uint64_t now = bb__now_ns();
-    struct bb__client *c = r->cl;
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
-    bb__answer(c, r->slot, r->gen, status, 0);
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
+    bb__publish(r->cl, r->slot, r->gen, status, 0);
     bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
-    release(m, r);
+    release(m, r, BB__RET_CQ | BB__RET_WAKE);
 }
 
 void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
 {
     m->metrics.failed++;
-    release(m, r);
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    release(m, r, 0);
 }

@@ -24,6 +24,14 @@ void bb__cq_add(struct bb__client *cl, uint32_t slot);
  * this pass answered: one release store and one wake-up per client. */
 void bb__completion_flush(struct bb__worker *w);
 
+/* Home side: hand a completion of client c's slot back to the worker that
+ * serves c: BB__RET_CQ (a completion-ring entry), BB__RET_WAKE (wake its
+ * waiters), BB__RET_PUT (the request's reference on the session). */
+void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32_t slot,
+                           unsigned flags);
+/* Client side of the same, on c's own worker. */
+void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags);
+
 /* Complete one request outside a batch (rejected, expired, canceled, shut
  * down); r has been unlinked from every queue. */
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status);

@@ -75,6 +75,13 @@ static const struct bb__config_key bb__keys[] = {
      "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
     {BB__SEC_BROKER, "spin_us", BB__CT_UINT, BB__BROKER(spin_us), 0, 1000000, "50", NULL, NULL, 1,
      "How long a worker busy-polls its rings before it sleeps; 0 = never spin."},
+    {BB__SEC_BROKER, "workers", BB__CT_UINT, BB__BROKER(workers), 0, 64, "auto", NULL, NULL, 0,
+     "Dispatcher workers: auto = one per NUMA node; N = N workers over the nodes in turn. "
+     "Each serves the clients of its node; a model's batches still span every client."},
+    {BB__SEC_BROKER, "numa_fake_nodes", BB__CT_UINT, BB__BROKER(numa_fake_nodes), 0, 64, "0",
+     NULL, NULL, 0,
+     "For testing: pretend the CPUs form this many NUMA nodes (pins threads to those "
+     "groups, binds no memory); 0 = the machine's real topology."},
     {BB__SEC_BROKER, "doorbell", BB__CT_ENUM, BB__BROKER(doorbell), 0, 2, "auto", NULL,
      bb__doorbell_names, 0,
      "How clients wake a sleeping worker: futex = one io_uring FUTEX_WAIT per worker "
@@ -393,6 +400,11 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
     switch (k->type) {
     case BB__CT_UINT:
     case BB__CT_BYTES:
+        /* A number key whose default is "auto" takes that word, stored as 0. */
+        if (k->def && strcmp(k->def, "auto") == 0 && strcmp(value, "auto") == 0) {
+            bb__store_uint(p, k->size, 0);
+            return 0;
+        }
         if (bb__parse_u64(k->name, value, &v, k->type == BB__CT_BYTES, msg, msglen) < 0)
             return -1;
         if (v < k->min || v > k->max) {
@@ -462,7 +474,10 @@ static void bb__format_value(const struct bb__config_key *k, const void *base, c
     switch (k->type) {
     case BB__CT_UINT:
     case BB__CT_BYTES:
-        snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
+        if (k->def && strcmp(k->def, "auto") == 0 && bb__load_uint(p, k->size) == 0)
+            snprintf(buf, len, "auto");
+        else
+            snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
         return;
     case BB__CT_STRING:
         snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);

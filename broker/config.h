@@ -64,6 +64,8 @@ struct bb__broker_config {
     char plugin_dir[256];
     uint32_t spin_us;
     uint32_t doorbell;          /* 0 auto, 1 futex, 2 eventfd */
+    uint32_t workers;           /* 0 = auto: one per NUMA node */
+    uint32_t numa_fake_nodes;   /* 0 = the real topology */
     uint32_t max_clients;
     uint32_t default_segment_mb;
     uint32_t max_segment_mb;

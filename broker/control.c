@@ -21,6 +21,7 @@
 #include "model.h"
 #include "segment.h"
 #include "session.h"
+#include "topology.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
@@ -99,11 +100,12 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    struct bb__client *c = b->stopping ? NULL : bb__session_add(w, fd, &cr);
+    bool stopping = atomic_load(&b->stopping);
+    struct bb__client *c = stopping ? NULL : bb__session_add(w, fd, &cr);
     if (!c) {
         bb_warn("refused client pid %d: %s", (int)cr.pid,
-                b->stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, b->stopping ? BB_ESHUTDOWN : BB_EBUSY);
+                stopping ? "shutting down" : "max_clients reached");
+        send_status(fd, BB_MSG_HELLO_REPLY, stopping ? BB_ESHUTDOWN : BB_EBUSY);
         close(fd);
         return;
     }
@@ -133,27 +135,34 @@ static int make_segment(const struct bb__broker_config *cfg, struct bb__client *
     return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
-static void handle_hello(struct bb__worker *w, struct bb__client *c, const struct bb_msg_hello *h,
-                         size_t len)
+/* The worker that serves a client: the one of the NUMA node its process
+ * ran on when it said HELLO (the client's hint; a lie only misplaces it), the
+ * least loaded if several serve that node. */
+static struct bb__worker *worker_for(struct bb__broker *b, int32_t cpu)
 {
-    if (len != sizeof *h || h->magic != BB_SHM_MAGIC || (h->version >> 16) != BB_ABI_MAJOR) {
-        bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
-        send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
-        bb__session_kill(w, c, "bad hello");
-        return;
+    int node = bb__topo_node_of_cpu(&b->topo, cpu);
+    struct bb__worker *best = NULL;
+    for (uint32_t i = 0; i < b->nworkers; i++) {
+        struct bb__worker *x = &b->workers[i];
+        if (x->node == node &&
+            (!best || atomic_load_explicit(&x->nclients, memory_order_relaxed) <
+                          atomic_load_explicit(&best->nclients, memory_order_relaxed)))
+            best = x;
     }
+    return best ? best : &b->workers[0];
+}
+
+void bb__control_hello(struct bb__worker *w, struct bb__client *c)
+{
+    const struct bb_msg_hello *h = &c->hello;
     struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
                                      .version = BB_SHM_VERSION, .client_id = c->id};
-    if (h->flags & BB_HELLO_OPERATOR) {
-        c->attached = true;
-        ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)n;
-        return;
-    }
     int memfd = -1;
     char *base = NULL;
     struct bb__layout lay;
     int rc = make_segment(w->b->cfg, c, h, &base, &lay, &memfd);
+    if (rc == 0)
+        bb__topo_bind(&w->b->topo, base, lay.size, w->node);
     if (rc == 0)
         rc = bb__session_map(w, c, base, lay.size);
     if (rc == 0) {
@@ -216,7 +225,29 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             bb__session_kill(w, c, "first message is not HELLO");
             return;
         }
-        handle_hello(w, c, buf, len);
+        const struct bb_msg_hello *hello = buf;
+        if (len != sizeof *hello || hello->magic != BB_SHM_MAGIC ||
+            (hello->version >> 16) != BB_ABI_MAJOR) {
+            bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
+            send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
+            bb__session_kill(w, c, "bad hello");
+            return;
+        }
+        c->hello = *hello;
+        if (hello->flags & BB_HELLO_OPERATOR) {
+            /* Tools stay with the acceptor: they have no segment to place. */
+            struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
+                                             .version = BB_SHM_VERSION, .client_id = c->id};
+            c->attached = true;
+            ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n;
+            return;
+        }
+        struct bb__worker *to = worker_for(w->b, hello->cpu);
+        if (to == w)
+            bb__control_hello(w, c);
+        else
+            bb__session_move(w, c, to); /* it answers the HELLO there */
         return;
     }
     switch (h->type) {
@@ -287,10 +318,10 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
                 rep.status = BB_EINVAL;
                 break;
             }
+            uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
             bb_info("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
-                    req.target ? "pinned to " : "released, was ", req.target ? req.target : m->pinned,
+                    req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);
-            m->pinned = req.target;
             rep.status = 0;
             break;
         }
@@ -312,7 +343,8 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         struct bb_msg_pin pin;
         char raw[512];
     } buf;
-    while (!c->dead) {
+    /* A session that moves to another worker stops reading here. */
+    while (!c->dead && c->w == w) {
         ssize_t n = recv(c->sock, &buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;

@@ -19,17 +19,20 @@
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "broker.h"
 #include "completion.h"
 #include "dedup.h"
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
+#include "topology.h"
 #include "util_internal.h"
 #include "worker.h"
 
 void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
 {
     struct bb_batch bb = {.n = b->n,
-                          .numa_node = m->w->node,
+                          .numa_node = m->w->b->topo.node_id[m->w->node],
                           .inputs = b->inputs,
                           .outputs = b->outputs,
                           .priorities = b->prios,
@@ -99,10 +102,10 @@ void bb__batch_reap(struct bb__batch *b)
         uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
         bb__metrics_done(&m->metrics, b->end_ns, b->outputs[i].status, e->prio, lat);
         bb__adaptive_done(&m->adapt, lat);
-        bb__cq_add(e->cl, e->slot);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
-        bb__session_put(e->cl);
+        /* bb__batch_run published it and woke the client already. */
+        bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }
     bb__metrics_batch(&m->metrics, b->n, wait_sum);
     /* Expected batch time for drop_late and the strategies: an EWMA. */
@@ -227,6 +230,7 @@ static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
+    bb__topo_pin(&m->w->b->topo, m->w->node); /* the home worker's node */
     struct bb__batch *b;
     while ((b = take_batch(m))) {
         bb__batch_run(m, in, b);

@@ -1,10 +1,14 @@
-/* Intake: a client's submission ring, drained by the dispatcher.
+/* Intake: a client's submission ring, drained by the worker that serves the
+ * client.
  *
  * Each descriptor is copied out of shared memory before it is validated,
- * because the client may rewrite it at any time; only the copy is used. A
- * valid request is filed with its model (deduplication, queues, deadline
- * heap); an invalid or refused one is answered at once. A ring that lies
- * about its tail, or names a slot out of range, kills its own client only. */
+ * because the client may rewrite it at any time; only the copy is used. The
+ * intake checks what concerns the client alone (the model is one it opened,
+ * known flags and priority, buffers inside its heap) and hands the request to
+ * its model's home worker (enqueue.c), directly when that is this worker,
+ * else through the mailbox; a request it refuses goes there too, with its
+ * status, so that the model's statistics count it. A ring that lies about its
+ * tail, or names a slot out of range, kills its own client only. */
 #include "intake.h"
 
 #include <stddef.h>
@@ -14,7 +18,8 @@
 #include "batcher.h"
 #include "broker.h"
 #include "completion.h"
-#include "dedup.h"
+#include "enqueue.h"
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
@@ -23,13 +28,8 @@
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
-static int validate(struct bb__broker *b, struct bb__client *c, const struct bb_shm_slot *d,
-                    struct bb__model **mp)
+static int check(const struct bb__client *c, const struct bb_shm_slot *d)
 {
-    if (d->model_id >= b->nmodels || !(c->models_open & (1ull << d->model_id)))
-        return BB_ENOMODEL;
-    struct bb__model *m = &b->models[d->model_id];
-    *mp = m;
     if (d->priority > BB_PRIORITY_LOW || (d->flags & ~(uint32_t)BB_SUBMIT_DEDUP))
         return BB_EINVAL;
     /* Both buffers inside the heap; no overflow in off + len. */
@@ -37,30 +37,14 @@ static int validate(struct bb__broker *b, struct bb__client *c, const struct bb_
         d->out_off < c->heap_lo || d->out_off > c->heap_hi ||
         d->out_cap > c->heap_hi - d->out_off)
         return BB_EINVAL;
-    uint64_t bytes = (uint64_t)d->in_len + d->out_cap;
-    if ((m->cfg.max_request_bytes && bytes > m->cfg.max_request_bytes) ||
-        (m->cfg.max_batch_bytes && bytes > m->cfg.max_batch_bytes) ||
-        (m->memory_limit && bytes > m->memory_limit))
-        return BB_ETOOBIG;
-    if (b->stopping)
-        return BB_ESHUTDOWN;
-    /* Backpressure: refuse now rather than queue what cannot be served. */
-    int prio = d->priority ? d->priority : (int)m->cfg.default_priority;
-    int level = m->cfg.priorities ? prio - 1 : 0;
-    uint32_t level_max = m->cfg.priorities ? m->cfg.max_queue_level[level] : 0;
-    if (m->q.queued + m->q.grouped >= m->cfg.max_queue ||
-        (level_max && m->q.level_n[level] >= level_max) ||
-        (m->cfg.max_inflight_per_client &&
-         c->cm[m->id].inflight >= m->cfg.max_inflight_per_client) ||
-        (m->memory_limit && m->bytes + bytes > m->memory_limit))
-        return BB_EBUSY;
     return 0;
 }
 
 static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, uint64_t now)
 {
     struct bb__req *r = &c->reqs[slot];
-    /* Acquire pairs with the executor's release when it completed the slot. */
+    /* Acquire pairs with the release that made the slot idle (executor or
+     * the model's home) before its completion was published. */
     if (atomic_load_explicit(&r->state, memory_order_acquire) != BB__REQ_IDLE) {
         bb__session_kill(w, c, "resubmitted a slot that is still pending");
         return;
@@ -70,21 +54,17 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     struct bb_shm_slot d;
     memcpy(&d, &c->slots[slot], offsetof(struct bb_shm_slot, shm_done_gen));
     atomic_signal_fence(memory_order_acq_rel);
-    struct bb__model *m = NULL;
-    int st = validate(w->b, c, &d, &m);
-    if (m)
-        m->metrics.submitted++;
-    if (st < 0) {
-        bb__answer(c, slot, d.gen, st, 0);
-        if (m)
-            bb__metrics_done(&m->metrics, now, st, d.priority, 0);
+    if (d.model_id >= w->b->nmodels || !(c->models_open & (1ull << d.model_id))) {
+        bb__answer(c, slot, d.gen, BB_ENOMODEL, 0); /* no model to count it */
         return;
     }
-    bb__adaptive_arrival(&m->adapt, 1);
+    struct bb__model *m = &w->b->models[d.model_id];
+    r->status = check(c, &d);
     r->gen = d.gen;
-    r->model = m->id;
-    r->prio = d.priority ? d.priority : (uint8_t)m->cfg.default_priority;
-    r->level = m->cfg.priorities ? (uint8_t)(r->prio - 1) : 0;
+    r->model = d.model_id;
+    r->prio = d.priority;
+    r->timeout_us = d.timeout_us;
+    r->flags = d.flags;
     r->in = c->base + d.in_off;
     r->in_len = d.in_len;
     r->out = r->cl_out = c->base + d.out_off;
@@ -93,52 +73,12 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     /* The client's clock stamp serves latency figures only, and only if sane. */
     r->submit_ns = (d.submit_ns <= now && now - d.submit_ns < SUBMIT_CLOCK_SKEW_NS) ? d.submit_ns : now;
     r->enq_ns = now;
-    uint64_t t_us = d.timeout_us ? d.timeout_us : m->cfg.default_timeout_us;
-    r->deadline_ns = t_us ? now + t_us * 1000ull : UINT64_MAX;
-    r->own_deadline = d.timeout_us != 0;
-    r->group = NULL;
-    /* Start-time fair queueing: a client's tags advance by 1/weight per
-     * round, from the level's virtual time, so clients interleave. A round
-     * holds up to fair_quantum requests, which then sit together in a batch
-     * and cost the client one wake-up, not one each. A round the virtual
-     * time has moved past is over: an idle client earns no credit. */
-    struct bb__client_model *cm = &c->cm[m->id];
-    int l = r->level;
-    uint64_t vt = m->q.vtime[l];
-    if (cm->round_left[l] && cm->round_start[l] >= vt) {
-        cm->round_left[l]--;
-    } else {
-        cm->round_start[l] = vt > cm->last_ftag[l] ? vt : cm->last_ftag[l];
-        cm->last_ftag[l] = cm->round_start[l] + cm->ftag_inc;
-        cm->round_left[l] = m->cfg.fair_quantum - 1;
-        cm->round_head[l] = NULL;
-    }
-    r->fstart = cm->round_start[l];
-    r->ftag = cm->last_ftag[l];
-    if ((m->cfg.dedup || (d.flags & BB_SUBMIT_DEDUP)) &&
-        r->bytes <= m->cfg.dedup_max_request_bytes) {
-        int rc = bb__dedup_submit(m, r, now);
-        if (rc == 2)
-            return; /* answered from the cache */
-        if (rc < 0) {
-            bb__answer(c, slot, d.gen, rc, 0);
-            bb__metrics_done(&m->metrics, now, rc, r->prio, 0);
-            return;
-        }
-        if (rc == 1) { /* rides on an identical request */
-            c->refs++;
-            cm->inflight++;
-            m->bytes += r->bytes;
-            return;
-        }
-    }
     atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
-    c->refs++;
-    cm->inflight++;
-    m->bytes += r->bytes;
-    if (bb__queue_push(&m->q, r, cm->round_head[l]))
-        cm->round_head[l] = r;
-    bb__deadline_push(&m->q, r);
+    c->refs++; /* until the home gives it back (bb__completion_returned) */
+    if (m->w == w)
+        bb__enqueue(m, r, now);
+    else
+        bb__mailbox_post(w, m->w, BB__MSG_SUBMIT, r, 0, 0);
 }
 
 static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot)
@@ -148,8 +88,10 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
     if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = &w->b->models[r->model];
-    bb__request_unlink(m, r);
-    bb__complete_one(m, r, BB_ECANCELED);
+    if (m->w == w)
+        bb__batcher_cancel(m, r, r->gen);
+    else
+        bb__mailbox_post(w, m->w, BB__MSG_CANCEL, r, r->gen, 0);
 }
 
 int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)

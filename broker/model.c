@@ -152,8 +152,9 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
 {
     uint32_t max = m->cfg.max_batch_size;
     *wait_us = m->cfg.max_wait_us;
-    if (m->pinned)
-        return m->pinned < max ? m->pinned : max;
+    uint32_t pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
+    if (pinned)
+        return pinned < max ? pinned : max;
     if (m->cfg.adaptive) {
         *wait_us = m->adapt.wait_us;
         return m->adapt.target;
@@ -170,7 +171,7 @@ void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
     s->max_batch_size = m->cfg.max_batch_size;
     s->instances = m->cfg.instances;
     s->adaptive = m->cfg.adaptive;
-    s->pinned = m->pinned;
+    s->pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
     s->changes = a->changes;
     s->fit_a_us = a->fit.a_ns / 1e3;
     s->fit_b_us = a->fit.b_ns / 1e3;

@@ -49,9 +49,12 @@ struct bb__model {
     void *strategy_dl;
     uint64_t expected_batch_ns;    /* EWMA of batch service time */
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
-    uint32_t pinned;               /* operator pin of the batch target; 0 = none */
+    _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets it) */
     bool filling;                  /* last pass: requests wait for the batch to fill */
     uint32_t fill_wait_us;         /* the wait the strategy was given then */
+    /* How long any worker may sleep without its doorbell for this model's
+     * sake (worker.c coalesce_window); published by the home each pass. */
+    _Atomic uint64_t coalesce_ns;
 
     struct bb__dedup *dedup;       /* dedup.c */
 

@@ -25,6 +25,9 @@ struct bb__req {
     uint8_t level;            /* queue level 0..3 */
     uint8_t own_deadline;     /* the client gave timeout_us: orders by deadline */
     uint32_t slot, gen, model;
+    /* As the client asked, for the model's home to interpret (enqueue.c). */
+    uint32_t timeout_us, flags;
+    int32_t status;           /* < 0: the intake refused it, the home answers */
     uint32_t in_len, out_cap;
     void *in, *out;           /* what the backend sees: the client's segment, or a dedup group's buffers */
     void *cl_out;             /* the client's own output buffer and capacity */

@@ -32,6 +32,7 @@ struct bb__client {
     pid_t pid;
     uid_t uid;
     bool attached, dead;
+    struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
     uint64_t models_open;          /* bit per model id */
 
@@ -56,6 +57,12 @@ struct bb__client {
 /* Add a connection that passed admission to the table. NULL when the table is
  * full or memory is short (the caller closes fd). */
 struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct ucred *cr);
+
+/* Hand a session that has not attached yet to worker `to`: its io_uring
+ * operations here are cancelled and it leaves w's table. */
+void bb__session_move(struct bb__worker *w, struct bb__client *c, struct bb__worker *to);
+/* Take over a session another worker moved here. */
+void bb__session_adopt(struct bb__worker *w, struct bb__client *c);
 
 /* Arm the io_uring operation `type` (BB__UD_SOCK, _DOORBELL, _PIDFD). */
 void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type);

@@ -222,6 +222,8 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         .version = BB_SHM_VERSION,
         .segment_bytes = opts ? opts->segment_bytes : 0,
         .max_inflight = opts ? opts->max_inflight : 0,
+        /* The broker serves us from the worker of this CPU's NUMA node. */
+        .cpu = sched_getcpu(),
     };
     /* A broker that refuses us replies at once and closes, so the send may
      * fail: the reply, if any, is still waiting to be read. */

@@ -24,3 +24,10 @@ target_compile_definitions(test_scheduling PRIVATE
   BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>")
 add_dependencies(test_scheduling bb_backend_synthetic bb_test_sched_recorder
                  bb_test_strategy_lowfirst bb_test_strategy_badabi)
+
+# Dispatcher workers (issue 8): clients of two fake nodes on two workers, one
+# model's batches across both.
+bb_criterion_test(test_workers ${CMAKE_CURRENT_LIST_DIR}/test_workers.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+target_compile_definitions(test_workers PRIVATE BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>")
+add_dependencies(test_workers bb_test_sched_recorder)

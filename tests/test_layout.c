@@ -189,12 +189,14 @@ Test(layout, control_messages)
     OFF(struct bb_msg_hdr, type, 0);
     OFF(struct bb_msg_hdr, status, 4);
 
-    SIZE(struct bb_msg_hello, 32);
+    SIZE(struct bb_msg_hello, 40);
     OFF(struct bb_msg_hello, magic, 8);
     OFF(struct bb_msg_hello, version, 12);
     OFF(struct bb_msg_hello, segment_bytes, 16);
     OFF(struct bb_msg_hello, max_inflight, 24);
     OFF(struct bb_msg_hello, flags, 28);
+    OFF(struct bb_msg_hello, cpu, 32);
+    OFF(struct bb_msg_hello, reserved, 36);
 
     SIZE(struct bb_msg_hello_reply, 24);
     OFF(struct bb_msg_hello_reply, version, 8);

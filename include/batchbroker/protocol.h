@@ -236,6 +236,8 @@ struct bb_msg_hello {
     uint64_t segment_bytes; /* requested; 0 = broker default */
     uint32_t max_inflight;  /* requested slots; 0 = broker default */
     uint32_t flags;         /* BB_HELLO_* */
+    int32_t cpu;            /* the CPU the client ran on (placement hint), -1: unknown */
+    uint32_t reserved;      /* 0 */
 };
 
 struct bb_msg_hello_reply {
