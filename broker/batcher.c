@@ -30,6 +30,9 @@ void bb__request_unlink(struct bb__model *m, struct bb__req *r)
 
 void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen)
 {
+    /* Only a request queued here is ours to read: SUBMITTED is a newer
+     * submission of the slot on its way (behind this cancel), whose record
+     * the client's worker may be writing. */
     int st = atomic_load_explicit(&r->state, memory_order_relaxed);
     if ((st != BB__REQ_QUEUED && st != BB__REQ_GROUPED) || r->gen != gen)
         return; /* running (finishes normally), complete, or resubmitted since */

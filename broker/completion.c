@@ -122,26 +122,41 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
         bb__mailbox_post(home, c->w, BB__MSG_RET, c, slot, (uint16_t)flags);
 }
 
-/* The request leaves its model (home side); its client's worker gets it back. */
-static void release(struct bb__model *m, struct bb__req *r, unsigned flags)
+void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
+                uint64_t lat_ns, uint64_t now)
+{
+    /* Everything of r first: once the completion is published the client
+     * may resubmit the slot, and its worker rewrite r, at once. */
+    struct bb__client *c = r->cl;
+    uint32_t slot = r->slot, gen = r->gen;
+    bb__metrics_done(&m->metrics, now, status, r->prio, lat_ns);
+    /* Idle before done: the resubmission must find the record free (this
+     * release pairs with the intake's acquire). */
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
+    bb__publish(c, slot, gen, status, out_len);
+    bb__completion_return(m->w, c, slot, BB__RET_CQ | BB__RET_WAKE | BB__RET_PUT);
+}
+
+/* A queued request leaves its model's accounting (home side). */
+static void unaccount(struct bb__model *m, struct bb__req *r)
 {
     r->cl->cm[m->id].inflight--;
     m->bytes -= r->bytes;
-    bb__completion_return(m->w, r->cl, r->slot, flags | BB__RET_PUT);
 }
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
 {
     uint64_t now = bb__now_ns();
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-    bb__publish(r->cl, r->slot, r->gen, status, 0);
-    bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
-    release(m, r, BB__RET_CQ | BB__RET_WAKE);
+    unaccount(m, r);
+    bb__finish(m, r, status, 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
 }
 
 void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
 {
     m->metrics.failed++;
+    unaccount(m, r);
+    struct bb__client *c = r->cl;
+    uint32_t slot = r->slot;
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
-    release(m, r, 0);
+    bb__completion_return(m->w, c, slot, BB__RET_PUT);
 }

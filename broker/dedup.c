@@ -139,10 +139,7 @@ static void answer(struct bb__model *m, struct bb__req *r, int st, const void *o
         st = BB_ETOOBIG;
     if (st == 0 && len)
         memcpy(r->cl_out, out, len);
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-    bb__publish(r->cl, r->slot, r->gen, st, st == 0 ? len : 0);
-    bb__metrics_done(&m->metrics, now, st, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
-    bb__completion_return(m->w, r->cl, r->slot, BB__RET_CQ | BB__RET_WAKE | BB__RET_PUT);
+    bb__finish(m, r, st, st == 0 ? len : 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
 }
 
 int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)

@@ -39,15 +39,6 @@ static int check(const struct bb__model *m, const struct bb__client *c, const st
     return 0;
 }
 
-/* Answered without ever being queued: nothing of the model's to release. */
-static void refuse(struct bb__model *m, struct bb__req *r, int status, uint64_t now)
-{
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-    bb__publish(r->cl, r->slot, r->gen, status, 0);
-    bb__metrics_done(&m->metrics, now, status, r->prio, 0);
-    bb__completion_return(m->w, r->cl, r->slot, BB__RET_CQ | BB__RET_WAKE | BB__RET_PUT);
-}
-
 void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
 {
     struct bb__client *c = r->cl;
@@ -57,7 +48,7 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
     int level = m->cfg.priorities ? r->prio - 1 : 0;
     int st = r->status ? r->status : check(m, c, r, level);
     if (st < 0) {
-        refuse(m, r, st, now);
+        bb__finish(m, r, st, 0, 0, now); /* never queued: nothing to release */
         return;
     }
     bb__adaptive_arrival(&m->adapt, 1);
@@ -90,7 +81,7 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
         if (rc == 2)
             return; /* answered from the cache */
         if (rc < 0) {
-            refuse(m, r, rc, now);
+            bb__finish(m, r, rc, 0, 0, now);
             return;
         }
         if (rc == 1) { /* rides on an identical request */
@@ -101,6 +92,7 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
     }
     cm->inflight++;
     m->bytes += r->bytes;
+    atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
     if (bb__queue_push(&m->q, r, cm->round_head[l]))
         cm->round_head[l] = r;
     bb__deadline_push(&m->q, r);

@@ -7,8 +7,9 @@
  * known flags and priority, buffers inside its heap) and hands the request to
  * its model's home worker (enqueue.c), directly when that is this worker,
  * else through the mailbox; a request it refuses goes there too, with its
- * status, so that the model's statistics count it. A ring that lies about its
- * tail, or names a slot out of range, kills its own client only. */
+ * status, so that the model's statistics count it. The ring's entries carry
+ * their lap, so there is no tail to lie about; an entry that names a slot out
+ * of range kills its own client only. */
 #include "intake.h"
 
 #include <stddef.h>
@@ -73,7 +74,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     /* The client's clock stamp serves latency figures only, and only if sane. */
     r->submit_ns = (d.submit_ns <= now && now - d.submit_ns < SUBMIT_CLOCK_SKEW_NS) ? d.submit_ns : now;
     r->enq_ns = now;
-    atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
+    atomic_store_explicit(&r->state, BB__REQ_SUBMITTED, memory_order_relaxed);
     c->refs++; /* until the home gives it back (bb__completion_returned) */
     if (m->w == w)
         bb__enqueue(m, r, now);
@@ -85,7 +86,7 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
 {
     struct bb__req *r = &c->reqs[slot];
     int st = atomic_load_explicit(&r->state, memory_order_relaxed);
-    if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
+    if (st != BB__REQ_SUBMITTED && st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = &w->b->models[r->model];
     if (m->w == w)
@@ -96,22 +97,18 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
 
 int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)
 {
-    int64_t avail = bb__ring_available(&c->sq);
-    if (avail <= 0) {
-        if (avail < 0)
-            bb__session_kill(w, c, "corrupt submission ring tail");
+    uint32_t n = bb__sq_ready(&c->sq, DRAIN_BUDGET);
+    if (n == 0)
         return 0;
-    }
-    uint32_t n = avail > DRAIN_BUDGET ? DRAIN_BUDGET : (uint32_t)avail;
     /* The descriptors were just written on the client's core: start all the
      * cache-line transfers at once instead of one miss per request. */
     for (uint32_t i = 0; i < n && i < 32; i++) {
-        uint32_t slot = bb__ring_peek(&c->sq, i) & BB_SQE_SLOT_MASK;
+        uint32_t slot = bb__sq_peek(&c->sq, i) & BB_SQE_SLOT_MASK;
         if (slot < c->nslots)
             __builtin_prefetch(&c->slots[slot]);
     }
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t e = bb__ring_peek(&c->sq, i);
+        uint32_t e = bb__sq_peek(&c->sq, i);
         uint32_t slot = e & BB_SQE_SLOT_MASK;
         if (slot >= c->nslots) {
             bb__session_kill(w, c, "submission ring entry out of range");
@@ -124,6 +121,6 @@ int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)
         if (c->dead)
             return (int)i;
     }
-    bb__ring_consume(&c->sq, n);
+    bb__sq_consume(&c->sq, n);
     return (int)n;
 }

@@ -12,11 +12,14 @@ struct bb__model;
 struct bb__group;
 
 /* Broker-side record of one request slot. Indexed by slot, so the broker
- * allocates nothing per request. `state` is written by the dispatcher, and by
- * an executor when it completes the request (before the client can see the
- * completion, so the client's next submission finds it IDLE). GROUPED: a
- * deduplicated request riding on another's computation (dedup.c). */
-enum { BB__REQ_IDLE = 0, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
+ * allocates nothing per request. Who owns it follows `state`: IDLE, the
+ * worker that serves the client (its intake fills it in); SUBMITTED, on its
+ * way to the model's home (mailbox.h); QUEUED, GROUPED (a deduplicated
+ * request riding on another's computation, dedup.c) and RUNNING, the home.
+ * The home, or an executor, stores IDLE with release before it publishes the
+ * completion, so that the client's next submission finds it idle, and does
+ * not touch the record after that. */
+enum { BB__REQ_IDLE = 0, BB__REQ_SUBMITTED, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
 
 struct bb__req {
     struct bb__client *cl;

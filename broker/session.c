@@ -126,7 +126,7 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
         c->reqs[i].cl = c;
         c->reqs[i].slot = i;
     }
-    bb__ring_attach(&c->sq, base + h->sq_off, h->sq_entries, 0);
+    bb__sq_attach(&c->sq, base + h->sq_off, h->sq_entries);
     bb__ring_attach(&c->cq, base + h->cq_off, h->cq_entries, 1);
     for (uint32_t i = 0; i < b->nmodels; i++)
         c->cm[i].ftag_inc = BB__FAIR_SCALE / bb__model_weight(&b->models[i], c->uid);

@@ -42,7 +42,8 @@ struct bb__client {
     struct bb_shm_slot *slots;
     uint32_t nslots;
     uint64_t heap_lo, heap_hi;     /* valid buffer range, private copy */
-    struct bb__ring sq, cq;
+    struct bb__sq sq;
+    struct bb__ring cq;
     uint32_t cq_unpublished;
     bool notify_due;
     struct bb__req *reqs;

@@ -272,7 +272,7 @@ static bool work_pending(struct bb__worker *w)
         (w->id == 0 && b->reload_flag && atomic_load(b->reload_flag)))
         return true;
     for (uint32_t i = 0; i < w->nlive; i++)
-        if (bb__ring_available(&w->live[i]->sq) != 0)
+        if (bb__sq_ready(&w->live[i]->sq, 1))
             return true;
     return false;
 }

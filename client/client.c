@@ -260,9 +260,10 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
     c->nslots = h->nslots;
     c->slots = (struct bb_shm_slot *)(c->base + h->slots_off);
     c->sq = (struct bb_shm_ring *)(c->base + h->sq_off);
-    c->sq_entries = (uint32_t *)(c->base + h->sq_off + BB_SHM_RING_HDR_SIZE);
+    c->sq_entries = (_Atomic uint32_t *)(c->base + h->sq_off + BB_SHM_RING_HDR_SIZE);
     c->sq_mask = h->sq_entries - 1;
-    atomic_init(&c->sq_reserve, atomic_load(&c->sq->shm_tail));
+    c->sq_lg = (uint32_t)__builtin_ctz(h->sq_entries);
+    atomic_init(&c->sq_reserve, atomic_load(&c->sq->shm_head));
     bb__ring_attach(&c->cq, c->base + h->cq_off, h->cq_entries, 0);
     if (bb__buddy_init(&c->heap, c->base + h->heap_off, h->heap_size) < 0) {
         rc = BB_ENOMEM;
@@ -534,21 +535,10 @@ static void sq_push(bb_client *c, uint32_t entry)
             return;
         sched_yield();
     }
-    /* Publish in reservation order: wait for the threads that reserved before
-     * us, then write. Acquire: their release stores of the tail chain back to
-     * whoever last wrote the entry we are about to reuse. */
-    unsigned spins = 0;
-    while (atomic_load_explicit(&c->sq->shm_tail, memory_order_acquire) != pos) {
-        if (++spins > 128) {
-            if (atomic_load_explicit(&c->dead, memory_order_relaxed))
-                return; /* an earlier reservation was abandoned: nobody reads this ring */
-            sched_yield();
-        } else {
-            bb__cpu_relax();
-        }
-    }
-    c->sq_entries[pos & c->sq_mask] = entry;
-    atomic_store_explicit(&c->sq->shm_tail, pos + 1, memory_order_release);
+    /* One release store publishes the entry, with its lap: no waiting for
+     * the threads that reserved before us (protocol.h). */
+    atomic_store_explicit(&c->sq_entries[pos & c->sq_mask], entry | BB_SQE_LAP(pos, c->sq_lg),
+                          memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&c->wpage->shm_need_wake, memory_order_relaxed))
         bb__client_ring(c);

@@ -51,12 +51,12 @@ struct bb_client {
     struct bb_shm_slot *slots;
     uint32_t nslots;
 
-    /* Submission ring: threads reserve entries by CAS on sq_reserve, then
-     * publish shm_tail in reservation order (DPDK's multi-producer scheme);
-     * only this process writes shm_tail, so the wait is on our own threads. */
+    /* Submission ring: threads reserve positions with an atomic increment of
+     * sq_reserve and publish each entry with its lap (protocol.h), without
+     * waiting for one another. */
     struct bb_shm_ring *sq;
-    uint32_t *sq_entries;
-    uint32_t sq_mask;
+    _Atomic uint32_t *sq_entries;
+    uint32_t sq_mask, sq_lg;
     _Atomic uint32_t sq_reserve;
 
     pthread_mutex_t cq_lock; /* single consumer of the completion ring */

@@ -58,7 +58,12 @@ Test(layout, constants)
     cr_expect_eq(BB_SHM_RING_HDR_SIZE, 256u);
     cr_expect_eq(BB_SHM_SLOT_SIZE, 128u);
     cr_expect_eq(BB_SQE_CANCEL, 0x80000000u);
-    cr_expect_eq(BB_SQE_SLOT_MASK, 0x7fffffffu);
+    cr_expect_eq(BB_SQE_SLOT_MASK, 0x000fffffu);
+    cr_expect_eq(BB_SQE_LAP_MASK, 0x7ff00000u);
+    cr_expect_eq(BB_SQE_LAP_SHIFT, 20u);
+    cr_expect_eq(BB_SQE_LAP(0, 4), 1u << 20, "the first lap is tagged 1: a zeroed ring holds nothing");
+    cr_expect_eq(BB_SQE_LAP(16, 4), 2u << 20);
+    cr_expect_eq(BB_SQE_SLOT_MASK & BB_SQE_LAP_MASK & BB_SQE_CANCEL, 0u);
     cr_expect_eq(BB_MAX_SLOTS, 1u << 20);
     cr_expect_eq(BB_MAX_MODEL_NAME, 64u);
     cr_expect_eq(BB_BROKER_RUNNING, 1);

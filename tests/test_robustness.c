@@ -146,7 +146,7 @@ static int vandal(const char *sock, int mode, int wfd)
     uint64_t s = (uint64_t)getpid() * 7919u + (uint64_t)mode;
     uint64_t end = bbt_now_ns() + 800000000ull;
     if (mode == 1) {
-        uint32_t tail = atomic_load(&c->sq->shm_tail);
+        uint32_t tail = atomic_load(&c->sq_reserve);
         while (bbt_now_ns() < end) {
             for (int k = 0; k < 64; k++) {
                 uint32_t slot = (uint32_t)(bbt_rand(&s) % c->nslots);
@@ -159,13 +159,15 @@ static int vandal(const char *sock, int mode, int wfd)
                 if (k & 2)
                     c->slots[slot].in_off = c->hdr->heap_off + bbt_rand(&s) % (c->size);
                 uint32_t e = slot | ((bbt_rand(&s) & 7) == 0 ? BB_SQE_CANCEL : 0);
-                c->sq_entries[tail & c->sq_mask] = e;
+                /* A right lap mostly (the broker reads it), else garbage. */
+                e |= (k & 4) ? (uint32_t)bbt_rand(&s) & BB_SQE_LAP_MASK
+                             : BB_SQE_LAP(tail, c->sq_lg);
+                uint32_t head = atomic_load(&c->sq->shm_head);
+                if (tail - head >= c->sq_mask)
+                    break; /* stay plausible: do not lap the broker */
+                atomic_store_explicit(&c->sq_entries[tail & c->sq_mask], e, memory_order_release);
                 tail++;
             }
-            uint32_t head = atomic_load(&c->sq->shm_head);
-            if (tail - head > c->sq_mask)
-                tail = head + c->sq_mask; /* stay plausible */
-            atomic_store_explicit(&c->sq->shm_tail, tail, memory_order_release);
             ring_doorbell(c);
             bbt_msleep(1);
         }

@@ -27,12 +27,20 @@
  *   shm_need_wake, shm_heartbeat_ns, shm_broker_state, and the doorbell futex
  *   word shm_doorbell.
  *
- *   Submission ring (client produces, broker consumes): the client writes
- *   entries[tail & mask] and then shm_tail with release; the broker's acquire
- *   load of shm_tail pairs with it. The broker stores shm_head with release
- *   after it copied the entries; the client's acquire load of shm_head pairs
- *   with it before the client reuses those entries. An entry is a slot index,
- *   with BB_SQE_CANCEL set for a cancel of that slot's pending submission.
+ *   Submission ring (the client's threads produce, the broker consumes):
+ *   each entry carries the lap it was written in (BB_SQE_LAP), so that the
+ *   client's threads publish independently, without waiting for one another
+ *   in order (ABI 1 had one tail the threads published in reservation order,
+ *   and a preempted thread stalled the others). A thread reserves a position
+ *   with an atomic increment of a counter private to the client, waits while
+ *   the ring is full (pos - shm_head >= sq_entries), and writes
+ *   slot | flags | BB_SQE_LAP(pos) with one release store. The broker takes
+ *   the entries at its head, in order, while their lap is the one expected
+ *   there (acquire, pairing with that store); shm_tail is unused. The broker
+ *   stores shm_head with release after it copied the entries; the client's
+ *   acquire load of shm_head pairs with it before the client reuses them. An
+ *   entry names a slot, with BB_SQE_CANCEL set for a cancel of that slot's
+ *   pending submission.
  *
  *   Slot: the client writes the descriptor (first cache line) before it
  *   publishes the slot on the submission ring, so the ring's release covers
@@ -86,8 +94,16 @@
 #define BB_SHM_HEADER_SIZE 4096u
 #define BB_SHM_RING_HDR_SIZE 256u
 #define BB_SHM_SLOT_SIZE 128u
+/* A submission-ring entry: slot index, lap tag, cancel flag. */
+#define BB_SQE_SLOT_MASK 0x000fffffu
+#define BB_SQE_LAP_SHIFT 20
+#define BB_SQE_LAP_MASK 0x7ff00000u
 #define BB_SQE_CANCEL 0x80000000u
-#define BB_SQE_SLOT_MASK 0x7fffffffu
+/* The lap tag of the entry at free-running position pos of a ring of
+ * 2^lg entries: (pos / 2^lg + 1) mod 2^11, never the tag of the entry one lap
+ * earlier at the same place (and never 0 in the first lap, so a zeroed ring
+ * holds nothing). */
+#define BB_SQE_LAP(pos, lg) ((((uint32_t)(pos) >> (lg)) + 1u) << BB_SQE_LAP_SHIFT & BB_SQE_LAP_MASK)
 
 #define BB_MAX_SLOTS (1u << 20)
 #define BB_MAX_MODEL_NAME 64u
