@@ -478,8 +478,10 @@ int bb__worker_run(struct bb__worker *w)
         }
         if (now - idle_since < w->spin_ns) {
             /* Yield now and then: a client sharing this core needs it to
-             * make the progress we spin for. */
-            if ((++spins & 31) == 0)
+             * make the progress we spin for. Not too often: where more
+             * threads spin than there are CPUs, a spinner that yields at
+             * every turn gives its share away to those that do not. */
+            if ((++spins & 255) == 0)
                 sched_yield();
             else
                 bb__cpu_relax();

@@ -640,7 +640,12 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
                 next_check = now + LIVENESS_SLICE_NS;
             }
         }
-        bb__cpu_relax();
+        /* Yield now and then: with more spinning threads than CPUs, the
+         * broker thread we wait for may be the one that needs this CPU. */
+        if ((i & 1023) == 0)
+            sched_yield();
+        else
+            bb__cpu_relax();
     }
     /* Sleep on the client's futex word in slices, checking the broker is
      * alive; the handshake is in protocol.h. */
