@@ -1,0 +1,20 @@
+# Backend suites (include()d from tests/CMakeLists.txt): one per backend that
+# this build has. classify.c is the Fashion-MNIST machinery they share; the
+# model files come from the build (cmake/fmnist.cmake), the dataset from
+# BB_FMNIST_DIR. A suite whose model or dataset is missing skips its
+# Fashion-MNIST tests with the reason.
+function(bb_backend_test name backend)
+  bb_criterion_test(${name} ${ARGN} ${CMAKE_CURRENT_LIST_DIR}/classify.c
+                    ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_SOURCE_DIR}/backends/bbdense.c)
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/backends)
+  target_compile_definitions(${name} PRIVATE BB_MODEL_DIR="${BB_MODEL_DIR}")
+  target_link_libraries(${name} PRIVATE bbfmnist ZLIB::ZLIB ${CMAKE_DL_LIBS} m)
+  add_dependencies(${name} bb_backend_${backend})
+  if(TARGET bb_fmnist_model)
+    add_dependencies(${name} bb_fmnist_model)
+  endif()
+endfunction()
+
+if(BB_HAVE_BLAS)
+  bb_backend_test(test_backend_blas blas ${CMAKE_CURRENT_LIST_DIR}/test_backend_blas.c)
+endif()

@@ -1,0 +1,502 @@
+/* blas backend (backends/blas.c) and its weight file (backends/bbdense.c):
+ * the loader against truncated, corrupt and inconsistent files, every
+ * activation against a double-precision reference, per-request size checks,
+ * the in-place and gathered input paths, instance threads, and the full
+ * Fashion-MNIST test set through a broker from 4 client processes. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "batchbroker/backend.h"
+#include "batchbroker/client.h"
+#include "bbdense.h"
+#include "classify.h"
+
+static void fini_all(void)
+{
+    bbt_cleanup_all();
+}
+
+TestSuite(blas, .fini = fini_all, .timeout = 300);
+
+/* ---- building weight files ---------------------------------------------- */
+
+struct spec {
+    uint32_t in, out, act;
+};
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void seal(unsigned char *buf, size_t len)
+{
+    put32(buf + len - 4, (uint32_t)crc32(0L, buf, (uInt)(len - 4)));
+}
+
+/* A valid file image of the layers in s, weights from a fixed generator in
+ * [-0.5, 0.5). Caller frees. */
+static unsigned char *make_net(const struct spec *s, uint32_t n, uint64_t seed, size_t *len)
+{
+    size_t params = 0;
+    for (uint32_t l = 0; l < n; l++) params += (size_t)s[l].in * s[l].out + s[l].out;
+    size_t body = n * BBD_LAYER_BYTES + params * 4;
+    *len = BBD_HEADER_BYTES + body + 4;
+    unsigned char *b = calloc(1, *len);
+    cr_assert_not_null(b);
+    memcpy(b, BBD_MAGIC, 8);
+    put32(b + 8, BBD_VERSION);
+    put32(b + 12, n);
+    put32(b + 24, (uint32_t)body);
+    put32(b + 28, (uint32_t)((uint64_t)body >> 32));
+    unsigned char *t = b + BBD_HEADER_BYTES, *p = t + n * BBD_LAYER_BYTES;
+    for (uint32_t l = 0; l < n; l++, t += BBD_LAYER_BYTES) {
+        put32(t, s[l].in);
+        put32(t + 4, s[l].out);
+        put32(t + 8, s[l].act);
+        for (size_t i = 0; i < (size_t)s[l].in * s[l].out + s[l].out; i++, p += 4) {
+            float f = (float)((bbt_rand(&seed) >> 40) / (double)(1 << 24) - 0.5);
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            put32(p, u);
+        }
+    }
+    seal(b, *len);
+    return b;
+}
+
+static void write_bytes(char *path, size_t pathlen, const void *buf, size_t len)
+{
+    bbt_unique_path(path, pathlen, ".bbdense");
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fwrite(buf, 1, len, f), len);
+    fclose(f);
+}
+
+/* ---- the loader ---------------------------------------------------------- */
+
+static void expect_refused(const unsigned char *buf, size_t len, const char *what)
+{
+    struct bbd_net net;
+    char err[256] = "";
+    int rc = bbd_parse(buf, len, &net, err, sizeof err);
+    cr_assert_lt(rc, 0, "accepted: %s", what);
+    cr_assert_neq(err[0], '\0', "no message: %s", what);
+    cr_assert_null(net.layers, "%s: left allocations behind", what);
+}
+
+static void expect_message(unsigned char *buf, size_t len, const char *needle)
+{
+    struct bbd_net net;
+    char err[256] = "";
+    seal(buf, len);
+    cr_assert_lt(bbd_parse(buf, len, &net, err, sizeof err), 0, "accepted (want \"%s\")", needle);
+    cr_assert(strstr(err, needle), "\"%s\" does not say \"%s\"", err, needle);
+}
+
+Test(blas, loader_accepts_what_it_should)
+{
+    const struct spec s[] = {{5, 7, BBD_ACT_TANH}, {7, 3, BBD_ACT_SOFTMAX}};
+    size_t len;
+    unsigned char *b = make_net(s, 2, 1, &len);
+    struct bbd_net net;
+    char err[256];
+    cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(net.nlayers, 2);
+    cr_assert_eq(net.in_dim, 5);
+    cr_assert_eq(net.out_dim, 3);
+    cr_assert_eq(net.max_dim, 7);
+    cr_assert_eq(net.layers[1].act, BBD_ACT_SOFTMAX);
+    bbd_free(&net);
+    free(b);
+}
+
+Test(blas, loader_refuses_every_truncation_and_corruption)
+{
+    const struct spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = make_net(s, 2, 2, &len);
+    for (size_t cut = 0; cut < len; cut++) expect_refused(b, cut, "a truncated file");
+    /* CRC-32 catches every burst of up to 32 bits: each flipped byte. */
+    uint64_t rng = 99;
+    for (int i = 0; i < 3000; i++) {
+        size_t at = bbt_rand(&rng) % len;
+        unsigned char old = b[at], x = (unsigned char)(bbt_rand(&rng) | 1);
+        b[at] ^= x;
+        expect_refused(b, len, "a flipped byte");
+        b[at] = old;
+    }
+    /* Random words in the header and table with a correct checksum: refused
+     * or accepted, never a crash or an overrun (the ASan-free check is that
+     * every accepted file still describes itself consistently). */
+    for (int i = 0; i < 3000; i++) {
+        unsigned char *c = malloc(len);
+        memcpy(c, b, len);
+        size_t at = 8 + bbt_rand(&rng) % (BBD_HEADER_BYTES + 2 * BBD_LAYER_BYTES - 8 - 3);
+        put32(c + at, (uint32_t)(bbt_rand(&rng) >> (bbt_rand(&rng) % 32)));
+        seal(c, len);
+        struct bbd_net net;
+        char err[256];
+        if (bbd_parse(c, len, &net, err, sizeof err) == 0) {
+            cr_assert_eq(net.layers[0].in, 6);
+            bbd_free(&net);
+        }
+        free(c);
+    }
+    free(b);
+}
+
+Test(blas, loader_names_what_is_wrong)
+{
+    const struct spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = make_net(s, 2, 3, &len), *c = malloc(len);
+    const size_t t0 = BBD_HEADER_BYTES, t1 = BBD_HEADER_BYTES + BBD_LAYER_BYTES;
+    struct {
+        size_t at;
+        uint32_t v;
+        const char *msg;
+    } cases[] = {
+        {8, 2, "format version 2"},
+        {12, 0, "0 layers"},
+        {12, 65, "65 layers"},
+        {16, 1, "must be 0"},
+        {t0 + 8, 9, "unknown activation id 9"},
+        {t1, 5, "layer 1 takes 5 inputs, layer 0 gives 4"},
+        {t0, 0, "layer 0 is 0 -> 4"},
+        {t0 + 4, 70000, "dimensions 1 to 65536"},
+        {t1 + 4, 3, "size mismatch"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(c, b, len);
+        put32(c + cases[i].at, cases[i].v);
+        expect_message(c, len, cases[i].msg);
+    }
+    memcpy(c, b, len);
+    memcpy(c, "BBDENSF", 8);
+    expect_message(c, len, "bad magic");
+    memcpy(c, b, len);
+    put32(c + t1 + BBD_LAYER_BYTES + 4 * 3, 0x7fc00000u); /* a NaN weight */
+    expect_message(c, len, "layer 0: weight 3 is not finite");
+    memcpy(c, b, len);
+    c[len - 1] ^= 0x40;
+    expect_refused(c, len, "bad checksum");
+    free(b);
+    free(c);
+}
+
+/* ---- the backend on small networks --------------------------------------- */
+
+static struct bbt_plugin open_blas(const char *weights, const char *threads)
+{
+    char wparam[600], tparam[64], err[512];
+    snprintf(wparam, sizeof wparam, "weights=%s", weights);
+    snprintf(tparam, sizeof tparam, "threads=%s", threads);
+    const char *kv[] = {wparam, tparam, NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "blas", kv, err, sizeof err);
+    cr_assert_eq(rc, 0, "blas init: %s", err);
+    return p;
+}
+
+/* Double-precision forward pass of a parsed net, one input row. */
+static void reference_row(const struct bbd_net *net, const float *x, double *y)
+{
+    double a[64], b[64];
+    for (uint32_t k = 0; k < net->in_dim; k++) a[k] = x[k];
+    for (uint32_t l = 0; l < net->nlayers; l++) {
+        const struct bbd_layer *L = &net->layers[l];
+        for (uint32_t j = 0; j < L->out; j++) {
+            double z = L->b[j];
+            for (uint32_t k = 0; k < L->in; k++) z += (double)L->w[(size_t)j * L->in + k] * a[k];
+            b[j] = z;
+        }
+        double m = b[0], s = 0;
+        for (uint32_t j = 0; j < L->out; j++) m = b[j] > m ? b[j] : m;
+        for (uint32_t j = 0; j < L->out; j++) s += exp(b[j] - m);
+        for (uint32_t j = 0; j < L->out; j++) {
+            switch (L->act) {
+            case BBD_ACT_RELU: a[j] = b[j] > 0 ? b[j] : 0; break;
+            case BBD_ACT_TANH: a[j] = tanh(b[j]); break;
+            case BBD_ACT_SIGMOID: a[j] = 1 / (1 + exp(-b[j])); break;
+            case BBD_ACT_SOFTMAX: a[j] = exp(b[j] - m) / s; break;
+            default: a[j] = b[j];
+            }
+        }
+    }
+    for (uint32_t j = 0; j < net->out_dim; j++) y[j] = a[j];
+}
+
+Test(blas, every_activation_matches_a_double_reference)
+{
+    for (uint32_t act = 0; act < BBD_NACT; act++) {
+        const struct spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
+        size_t len;
+        unsigned char *b = make_net(s, 2, 10 + act, &len);
+        char path[108];
+        write_bytes(path, sizeof path, b, len);
+        struct bbd_net net;
+        char err[256];
+        cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
+        /* Batch sizes on both sides of gemv_below, and GEMM sizes. */
+        for (uint32_t n = 1; n <= 33; n += 8) {
+            struct bbt_plugin p = open_blas(path, "1");
+            float x[33][12], out[33][5];
+            struct bb_view in[33];
+            struct bb_outbuf o[33];
+            uint8_t prio[33] = {0};
+            uint64_t rng = n;
+            for (uint32_t i = 0; i < n; i++) {
+                for (int k = 0; k < 12; k++) x[i][k] = (float)((bbt_rand(&rng) % 2001) / 1000.0 - 1);
+                in[i] = (struct bb_view){x[i], sizeof x[i]};
+                o[i] = (struct bb_outbuf){.ptr = out[i], .cap = sizeof out[i]};
+            }
+            char msg[128] = "";
+            struct bb_batch batch = {.n = n, .inputs = in, .outputs = o, .priorities = prio,
+                                     .errmsg = msg, .errmsg_cap = sizeof msg};
+            cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
+            for (uint32_t i = 0; i < n; i++) {
+                double want[5], sum = 0;
+                reference_row(&net, x[i], want);
+                cr_assert_eq(o[i].status, 0);
+                cr_assert_eq(o[i].len, sizeof out[i]);
+                for (int j = 0; j < 5; j++) {
+                    cr_assert(fabs(out[i][j] - want[j]) <= 1e-5 + 1e-5 * fabs(want[j]),
+                              "%s, batch %u, row %u, out %d: %g, want %g", bbd_act_name(act), n,
+                              i, j, out[i][j], want[j]);
+                    sum += out[i][j];
+                }
+                if (act == BBD_ACT_SOFTMAX) cr_assert(fabs(sum - 1) < 1e-5, "softmax sums to %g", sum);
+            }
+            bbt_plugin_close(&p);
+        }
+        bbd_free(&net);
+        unlink(path);
+        free(b);
+    }
+}
+
+Test(blas, a_request_of_the_wrong_size_fails_alone)
+{
+    const struct spec s[] = {{8, 3, BBD_ACT_SIGMOID}};
+    size_t len;
+    unsigned char *b = make_net(s, 1, 5, &len);
+    char path[108];
+    write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin p = open_blas(path, "1");
+    float x[4][9] = {{0}}, out[4][4];
+    memset(out, 0x55, sizeof out);
+    struct bb_view in[4] = {{x[0], 32}, {x[1], 36}, {x[2], 32}, {x[3], 28}};
+    struct bb_outbuf o[4] = {{.ptr = out[0], .cap = 12}, {.ptr = out[1], .cap = 16},
+                             {.ptr = out[2], .cap = 11}, {.ptr = out[3], .cap = 16}};
+    uint8_t prio[4] = {0};
+    char msg[128] = "";
+    struct bb_batch batch = {.n = 4, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg};
+    cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
+    cr_assert_eq(o[0].status, 0);
+    cr_assert_eq(o[0].len, 12);
+    cr_assert_eq(o[1].status, BB_EINVAL, "36-byte input: %d", o[1].status);
+    cr_assert_eq(o[2].status, BB_ETOOBIG, "11-byte output: %d", o[2].status);
+    cr_assert_eq(o[3].status, BB_EINVAL, "28-byte input: %d", o[3].status);
+    for (int i = 1; i < 4; i++) cr_assert_eq(o[i].len, 0);
+    /* Nothing was written to the refused requests' buffers. */
+    uint32_t pat;
+    memset(&pat, 0x55, 4);
+    cr_assert_eq(memcmp(&out[2][0], &pat, 4), 0);
+    bbt_plugin_close(&p);
+    unlink(path);
+    free(b);
+}
+
+Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
+{
+    const struct spec s[] = {{20, 16, BBD_ACT_RELU}, {16, 4, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = make_net(s, 2, 6, &len);
+    char path[108];
+    write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin p = open_blas(path, "1");
+    enum { N = 24, STRIDE = 23 }; /* floats between rows: padded, in place */
+    float *strided = calloc(N * STRIDE + 1, sizeof(float));
+    char *unaligned = calloc(N * 20 * 4 + 8, 1);
+    float out[3][N][4];
+    struct bb_view in[3][N];
+    struct bb_outbuf o[3][N];
+    uint8_t prio[N] = {0};
+    uint64_t rng = 7;
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 20; k++)
+            strided[i * STRIDE + k] = (float)((bbt_rand(&rng) % 2001) / 1000.0 - 1);
+        /* Layout 0: equally spaced (the GEMM reads them in place); 1: the
+         * same rows in reverse order at scattered addresses (gathered); 2:
+         * rows at odd addresses (gathered byte-wise). */
+        in[0][i] = (struct bb_view){strided + i * STRIDE, 80};
+        memcpy(unaligned + 1 + (N - 1 - i) * 80, strided + i * STRIDE, 80);
+    }
+    for (int i = 0; i < N; i++) {
+        in[1][i] = (struct bb_view){strided + (N - 1 - i) * STRIDE, 80};
+        in[2][i] = (struct bb_view){unaligned + 1 + i * 80, 80};
+    }
+    for (int l = 0; l < 3; l++) {
+        for (int i = 0; i < N; i++) o[l][i] = (struct bb_outbuf){.ptr = out[l][i], .cap = 16};
+        char msg[128] = "";
+        struct bb_batch batch = {.n = N, .inputs = in[l], .outputs = o[l], .priorities = prio,
+                                 .errmsg = msg, .errmsg_cap = sizeof msg};
+        cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(memcmp(out[0][i], out[1][N - 1 - i], 16), 0, "row %d: in place vs gathered", i);
+        cr_assert_eq(memcmp(out[1][i], out[2][i], 16), 0, "row %d: aligned vs unaligned", i);
+    }
+    bbt_plugin_close(&p);
+    free(strided);
+    free(unaligned);
+    unlink(path);
+    free(b);
+}
+
+Test(blas, params_are_checked)
+{
+    char err[512];
+    struct bbt_plugin p;
+    struct {
+        const char *kv[3];
+        const char *msg;
+    } cases[] = {
+        {{NULL}, "param.weights (a .bbdense file) is required"},
+        {{"weights=/nonexistent/x.bbdense", NULL}, "/nonexistent/x.bbdense: No such file"},
+        {{"weights=/etc/passwd", NULL}, "/etc/passwd: not a .bbdense file"},
+        {{"weights=/tmp", NULL}, "/tmp: not a regular file"},
+        {{"weights=/etc/passwd", "threads=0", NULL}, "threads = \"0\": expected 1 to 64"},
+        {{"threads=two", NULL}, "threads = \"two\""},
+        {{"gemv_below=-1", NULL}, "gemv_below = \"-1\""},
+        {{"weight=/x", NULL}, "unknown param \"weight\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = bbt_plugin_open(&p, "blas", cases[i].kv, err, sizeof err);
+        cr_assert_lt(rc, 0, "case %zu accepted", i);
+        cr_assert(strstr(err, cases[i].msg), "case %zu: \"%s\" does not say \"%s\"", i, err,
+                  cases[i].msg);
+    }
+}
+
+/* ---- Fashion-MNIST -------------------------------------------------------- */
+
+Test(blas, instance_threads_split_the_batch)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    char w[512];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    d.n = 2000;
+    uint16_t *cand = calloc(d.n, sizeof *cand);
+    uint8_t *one = calloc(d.n, 1), *three = calloc(d.n, 1);
+    bbt_reference(w, &d, cand);
+    struct bbt_plugin p1 = open_blas(w, "1"), p3 = open_blas(w, "3");
+    bbt_plugin_predict(&p1, &d, 64, one);
+    bbt_plugin_predict(&p3, &d, 61, three);
+    bbt_assert_predictions("threads=1", one, NULL, cand, &d);
+    bbt_assert_predictions("threads=3", three, one, cand, &d);
+    bbt_plugin_close(&p1);
+    bbt_plugin_close(&p3);
+    free(cand);
+    free(one);
+    free(three);
+    bb__fmnist_free(&d);
+}
+
+Test(blas, fmnist_through_the_broker_from_4_processes_matches_in_process)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    char w[512], cfg[1024];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    uint16_t *cand = calloc(d.n, sizeof *cand);
+    uint8_t *inproc = calloc(d.n, 1), *gemv = calloc(d.n, 1);
+    uint8_t *broker = bbt_shared(d.n);
+    uint32_t certified = bbt_reference(w, &d, cand);
+
+    /* In-process: the same plugin, at GEMM batches and at batch 1 (GEMV). */
+    struct bbt_plugin p = open_blas(w, "1");
+    bbt_plugin_predict(&p, &d, 64, inproc);
+    bbt_plugin_predict(&p, &d, 1, gemv);
+    bbt_plugin_close(&p);
+
+    snprintf(cfg, sizeof cfg,
+             "[model.fmnist]\nbackend = blas\nmax_batch_size = 64\nmax_wait_us = 300\n"
+             "instances = 2\nparam.weights = %s\n",
+             w);
+    struct bbt_broker b;
+    cr_assert_eq(bbt_broker_start(&b, cfg, NULL), 0, "broker did not start (status %#x)",
+                 b.exit_status);
+    memset(broker, 0xff, d.n);
+    bbt_broker_predict(&b, "fmnist", &d, 4, 16, broker);
+    bbt_broker_stop(&b);
+
+    cr_log_info("%u of %u images certified", certified, d.n);
+    double acc = bbt_assert_predictions("in-process, batch 64", inproc, NULL, cand, &d);
+    bbt_assert_predictions("in-process, batch 1 (GEMV)", gemv, inproc, cand, &d);
+    double bacc = bbt_assert_predictions("broker, 4 processes", broker, inproc, cand, &d);
+    cr_assert_eq(acc, bacc);
+    cr_assert_geq(bacc, 0.85, "accuracy %.4f", bacc);
+    free(cand);
+    free(inproc);
+    free(gemv);
+    munmap(broker, d.n);
+    bb__fmnist_free(&d);
+}
+
+/* batchbroker --check with a config whose weights file is bad: exit 2, and
+ * stderr names the model and the file. */
+static void expect_check_refuses(const char *weights, const char *why)
+{
+    char cfg[1024], cfgpath[108], out[2048], err[2048];
+    snprintf(cfg, sizeof cfg, "[model.digits]\nbackend = blas\nparam.weights = %s\n", weights);
+    cr_assert_eq(bbt_write_file(cfgpath, sizeof cfgpath, ".ini", cfg), 0);
+    char plugin_arg[300];
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
+    const char *argv[] = {bbt_broker_bin(), "--check", "--config", cfgpath, "-o", plugin_arg, NULL};
+    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 30000);
+    unlink(cfgpath);
+    cr_assert(st != -1 && WIFEXITED(st), "%s: status %#x", why, st);
+    cr_assert_eq(WEXITSTATUS(st), 2, "%s: exit %d, stderr: %s", why, WEXITSTATUS(st), err);
+    cr_assert(strstr(err, "model digits"), "%s: stderr does not name the model: %s", why, err);
+    cr_assert(strstr(err, weights), "%s: stderr does not name %s: %s", why, weights, err);
+    cr_log_info("%s: %s", why, err);
+}
+
+Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
+{
+    const struct spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_SOFTMAX}};
+    size_t len;
+    unsigned char *b = make_net(s, 2, 8, &len);
+    char path[108];
+    write_bytes(path, sizeof path, b, len - 9);
+    expect_check_refuses(path, "truncated");
+    unlink(path);
+    b[100] ^= 1;
+    write_bytes(path, sizeof path, b, len);
+    expect_check_refuses(path, "corrupt");
+    unlink(path);
+    b[100] ^= 1;
+    put32(b + BBD_HEADER_BYTES + BBD_LAYER_BYTES, 15); /* layer 1 takes 15, layer 0 gives 8 */
+    seal(b, len);
+    write_bytes(path, sizeof path, b, len);
+    expect_check_refuses(path, "mismatched layers");
+    unlink(path);
+    char pt[512];
+    bbt_model_path("fmnist.pt", pt, sizeof pt);
+    if (access(pt, R_OK) == 0) expect_check_refuses(pt, "a TorchScript file");
+    expect_check_refuses("/nonexistent/model.bbdense", "missing");
+    free(b);
+}
