@@ -10,6 +10,7 @@ set(BB_PYTHON "" CACHE FILEPATH
     "Python with PyTorch that trains the demo model (default: /usr/bin/python3, then python3)")
 
 set(BB_HAVE_FMNIST_DATA OFF)
+set(BB_PYTHON_TORCH "")   # the Python found with torch, for other generated files
 set(BB_HAVE_FMNIST_MODEL OFF)
 set(bb_fmnist_files t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
     train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz)
@@ -51,6 +52,7 @@ elseif(NOT bb_python_ok)
 else()
   set(BB_HAVE_FMNIST_DATA ON)
   set(BB_HAVE_FMNIST_MODEL ON)
+  set(BB_PYTHON_TORCH "${bb_python_ok}")
   message(STATUS "Fashion-MNIST model: trained at build time by ${bb_python_ok} into ${BB_MODEL_DIR}")
   add_custom_command(
     OUTPUT ${BB_MODEL_DIR}/fmnist.bbdense ${BB_MODEL_DIR}/fmnist.pt

@@ -18,3 +18,22 @@ endfunction()
 if(BB_HAVE_BLAS)
   bb_backend_test(test_backend_blas blas ${CMAKE_CURRENT_LIST_DIR}/test_backend_blas.c)
 endif()
+
+if(BB_HAVE_TORCH)
+  bb_backend_test(test_backend_torch torch ${CMAKE_CURRENT_LIST_DIR}/test_backend_torch.c)
+  if(BB_PYTHON_TORCH)
+    add_custom_command(
+      OUTPUT ${BB_MODEL_DIR}/raises.pt ${BB_MODEL_DIR}/tuple.pt
+      COMMAND "${BB_PYTHON_TORCH}" ${CMAKE_CURRENT_LIST_DIR}/make_torch_fixtures.py ${BB_MODEL_DIR}
+      DEPENDS ${CMAKE_CURRENT_LIST_DIR}/make_torch_fixtures.py
+      COMMENT "TorchScript fixtures of test_backend_torch"
+      VERBATIM)
+    add_custom_target(bb_torch_fixtures DEPENDS ${BB_MODEL_DIR}/raises.pt ${BB_MODEL_DIR}/tuple.pt)
+    add_dependencies(test_backend_torch bb_torch_fixtures)
+  endif()
+endif()
+
+# The public headers a C++ program includes compile cleanly as C++ (a
+# compile-only check, part of the default build).
+add_library(bb_cxx_headers OBJECT ${CMAKE_CURRENT_LIST_DIR}/cxx_headers.cpp)
+target_compile_options(bb_cxx_headers PRIVATE -pedantic)
