@@ -58,6 +58,12 @@ if(NOT BB_BUILD_CUDA STREQUAL "OFF")
   endif()
   if(CMAKE_CUDA_COMPILER AND TARGET CUDA::cublas AND TARGET CUDA::cudart)
     set(BB_HAVE_CUDA ON)
+    # nvcc's own warnings, and the gcc set for the host code it hands on
+    # (through -Xcompiler: nvcc itself rejects -Wall and friends).
+    set(BB_CUDA_WARNINGS "-Xcompiler=-Wall,-Wextra,-Wshadow,-Wno-unused-parameter")
+    if(BB_WERROR)
+      list(APPEND BB_CUDA_WARNINGS -Werror=all-warnings "-Xcompiler=-Werror")
+    endif()
     message(STATUS "cuda backend: built (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
                    "architectures ${CMAKE_CUDA_ARCHITECTURES})")
   elseif(BB_BUILD_CUDA STREQUAL "ON")

@@ -5,7 +5,8 @@
 # Fashion-MNIST tests with the reason.
 function(bb_backend_test name backend)
   bb_criterion_test(${name} ${ARGN} ${CMAKE_CURRENT_LIST_DIR}/classify.c
-                    ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_SOURCE_DIR}/backends/bbdense.c)
+                    ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/netfile.c
+                    ${CMAKE_SOURCE_DIR}/backends/bbdense.c)
   target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/backends)
   target_compile_definitions(${name} PRIVATE BB_MODEL_DIR="${BB_MODEL_DIR}")
   target_link_libraries(${name} PRIVATE bbfmnist ZLIB::ZLIB ${CMAKE_DL_LIBS} m)
@@ -37,3 +38,17 @@ endif()
 # compile-only check, part of the default build).
 add_library(bb_cxx_headers OBJECT ${CMAKE_CURRENT_LIST_DIR}/cxx_headers.cpp)
 target_compile_options(bb_cxx_headers PRIVATE -pedantic)
+
+if(BB_HAVE_CUDA)
+  bb_backend_test(test_backend_cuda cuda ${CMAKE_CURRENT_LIST_DIR}/test_backend_cuda.c)
+  target_link_libraries(test_backend_cuda PRIVATE CUDA::cudart)
+  add_executable(cuda_probe ${CMAKE_CURRENT_LIST_DIR}/cuda_probe.c)
+  target_link_libraries(cuda_probe PRIVATE CUDA::cudart)
+  add_test(NAME cuda_device COMMAND cuda_probe)
+  set_tests_properties(cuda_device PROPERTIES SKIP_RETURN_CODE 77)
+else()
+  # Visible in ctest's summary as skipped, with the reason in its output.
+  add_test(NAME test_backend_cuda
+           COMMAND sh -c "echo 'SKIPPED: the cuda backend is not built (no CUDA compiler with cuBLAS; see the configure output)'; exit 77")
+  set_tests_properties(test_backend_cuda PROPERTIES SKIP_RETURN_CODE 77)
+endif()

@@ -302,3 +302,20 @@ double bbt_assert_predictions(const char *what, const uint8_t *pred, const uint8
                 what, 100.0 * correct / d->n, ties, differ);
     return (double)correct / d->n;
 }
+
+void bbt_expect_check_refuses(const char *model, const char *config, const char *file,
+                              const char *why)
+{
+    char cfgpath[108], out[2048], err[4096], plugin_arg[300], name[160];
+    cr_assert_eq(bbt_write_file(cfgpath, sizeof cfgpath, ".ini", config), 0);
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
+    const char *argv[] = {bbt_broker_bin(), "--check", "--config", cfgpath, "-o", plugin_arg, NULL};
+    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 60000);
+    unlink(cfgpath);
+    cr_assert(st != -1 && WIFEXITED(st), "%s: status %#x", why, st);
+    cr_assert_eq(WEXITSTATUS(st), 2, "%s: exit %d, stderr: %s", why, WEXITSTATUS(st), err);
+    snprintf(name, sizeof name, "model %s", model);
+    cr_assert(strstr(err, name), "%s: stderr does not name the model: %s", why, err);
+    cr_assert(strstr(err, file), "%s: stderr does not name %s: %s", why, file, err);
+    cr_log_info("%s: %s", why, err);
+}

@@ -76,6 +76,11 @@ uint32_t bbt_reference(const char *weights_path, const struct bb__fmnist *d, uin
 double bbt_assert_predictions(const char *what, const uint8_t *pred, const uint8_t *other,
                               const uint16_t *cand, const struct bb__fmnist *d);
 
+/* `batchbroker --check` on config (a whole config file's text) must exit 2
+ * with a message naming "model <model>" and file. */
+void bbt_expect_check_refuses(const char *model, const char *config, const char *file,
+                              const char *why);
+
 /* Shared anonymous memory of len bytes (for results written by children). */
 void *bbt_shared(size_t len);
 

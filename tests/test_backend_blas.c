@@ -18,6 +18,7 @@
 #include "batchbroker/client.h"
 #include "bbdense.h"
 #include "classify.h"
+#include "netfile.h"
 
 static void fini_all(void)
 {
@@ -25,62 +26,6 @@ static void fini_all(void)
 }
 
 TestSuite(blas, .fini = fini_all, .timeout = 300);
-
-/* ---- building weight files ---------------------------------------------- */
-
-struct spec {
-    uint32_t in, out, act;
-};
-
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void seal(unsigned char *buf, size_t len)
-{
-    put32(buf + len - 4, (uint32_t)crc32(0L, buf, (uInt)(len - 4)));
-}
-
-/* A valid file image of the layers in s, weights from a fixed generator in
- * [-0.5, 0.5). Caller frees. */
-static unsigned char *make_net(const struct spec *s, uint32_t n, uint64_t seed, size_t *len)
-{
-    size_t params = 0;
-    for (uint32_t l = 0; l < n; l++) params += (size_t)s[l].in * s[l].out + s[l].out;
-    size_t body = n * BBD_LAYER_BYTES + params * 4;
-    *len = BBD_HEADER_BYTES + body + 4;
-    unsigned char *b = calloc(1, *len);
-    cr_assert_not_null(b);
-    memcpy(b, BBD_MAGIC, 8);
-    put32(b + 8, BBD_VERSION);
-    put32(b + 12, n);
-    put32(b + 24, (uint32_t)body);
-    put32(b + 28, (uint32_t)((uint64_t)body >> 32));
-    unsigned char *t = b + BBD_HEADER_BYTES, *p = t + n * BBD_LAYER_BYTES;
-    for (uint32_t l = 0; l < n; l++, t += BBD_LAYER_BYTES) {
-        put32(t, s[l].in);
-        put32(t + 4, s[l].out);
-        put32(t + 8, s[l].act);
-        for (size_t i = 0; i < (size_t)s[l].in * s[l].out + s[l].out; i++, p += 4) {
-            float f = (float)((bbt_rand(&seed) >> 40) / (double)(1 << 24) - 0.5);
-            uint32_t u;
-            memcpy(&u, &f, 4);
-            put32(p, u);
-        }
-    }
-    seal(b, *len);
-    return b;
-}
-
-static void write_bytes(char *path, size_t pathlen, const void *buf, size_t len)
-{
-    bbt_unique_path(path, pathlen, ".bbdense");
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "%s", path);
-    cr_assert_eq(fwrite(buf, 1, len, f), len);
-    fclose(f);
-}
 
 /* ---- the loader ---------------------------------------------------------- */
 
@@ -98,16 +43,16 @@ static void expect_message(unsigned char *buf, size_t len, const char *needle)
 {
     struct bbd_net net;
     char err[256] = "";
-    seal(buf, len);
+    bbt_seal(buf, len);
     cr_assert_lt(bbd_parse(buf, len, &net, err, sizeof err), 0, "accepted (want \"%s\")", needle);
     cr_assert(strstr(err, needle), "\"%s\" does not say \"%s\"", err, needle);
 }
 
 Test(blas, loader_accepts_what_it_should)
 {
-    const struct spec s[] = {{5, 7, BBD_ACT_TANH}, {7, 3, BBD_ACT_SOFTMAX}};
+    const struct bbt_layer_spec s[] = {{5, 7, BBD_ACT_TANH}, {7, 3, BBD_ACT_SOFTMAX}};
     size_t len;
-    unsigned char *b = make_net(s, 2, 1, &len);
+    unsigned char *b = bbt_make_net(s, 2, 1, &len);
     struct bbd_net net;
     char err[256];
     cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
@@ -122,9 +67,9 @@ Test(blas, loader_accepts_what_it_should)
 
 Test(blas, loader_refuses_every_truncation_and_corruption)
 {
-    const struct spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    const struct bbt_layer_spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
     size_t len;
-    unsigned char *b = make_net(s, 2, 2, &len);
+    unsigned char *b = bbt_make_net(s, 2, 2, &len);
     for (size_t cut = 0; cut < len; cut++) expect_refused(b, cut, "a truncated file");
     /* CRC-32 catches every burst of up to 32 bits: each flipped byte. */
     uint64_t rng = 99;
@@ -142,8 +87,8 @@ Test(blas, loader_refuses_every_truncation_and_corruption)
         unsigned char *c = malloc(len);
         memcpy(c, b, len);
         size_t at = 8 + bbt_rand(&rng) % (BBD_HEADER_BYTES + 2 * BBD_LAYER_BYTES - 8 - 3);
-        put32(c + at, (uint32_t)(bbt_rand(&rng) >> (bbt_rand(&rng) % 32)));
-        seal(c, len);
+        bbt_put32(c + at, (uint32_t)(bbt_rand(&rng) >> (bbt_rand(&rng) % 32)));
+        bbt_seal(c, len);
         struct bbd_net net;
         char err[256];
         if (bbd_parse(c, len, &net, err, sizeof err) == 0) {
@@ -157,9 +102,9 @@ Test(blas, loader_refuses_every_truncation_and_corruption)
 
 Test(blas, loader_names_what_is_wrong)
 {
-    const struct spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    const struct bbt_layer_spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
     size_t len;
-    unsigned char *b = make_net(s, 2, 3, &len), *c = malloc(len);
+    unsigned char *b = bbt_make_net(s, 2, 3, &len), *c = malloc(len);
     const size_t t0 = BBD_HEADER_BYTES, t1 = BBD_HEADER_BYTES + BBD_LAYER_BYTES;
     struct {
         size_t at;
@@ -178,14 +123,14 @@ Test(blas, loader_names_what_is_wrong)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         memcpy(c, b, len);
-        put32(c + cases[i].at, cases[i].v);
+        bbt_put32(c + cases[i].at, cases[i].v);
         expect_message(c, len, cases[i].msg);
     }
     memcpy(c, b, len);
     memcpy(c, "BBDENSF", 8);
     expect_message(c, len, "bad magic");
     memcpy(c, b, len);
-    put32(c + t1 + BBD_LAYER_BYTES + 4 * 3, 0x7fc00000u); /* a NaN weight */
+    bbt_put32(c + t1 + BBD_LAYER_BYTES + 4 * 3, 0x7fc00000u); /* a NaN weight */
     expect_message(c, len, "layer 0: weight 3 is not finite");
     memcpy(c, b, len);
     c[len - 1] ^= 0x40;
@@ -208,42 +153,14 @@ static struct bbt_plugin open_blas(const char *weights, const char *threads)
     return p;
 }
 
-/* Double-precision forward pass of a parsed net, one input row. */
-static void reference_row(const struct bbd_net *net, const float *x, double *y)
-{
-    double a[64], b[64];
-    for (uint32_t k = 0; k < net->in_dim; k++) a[k] = x[k];
-    for (uint32_t l = 0; l < net->nlayers; l++) {
-        const struct bbd_layer *L = &net->layers[l];
-        for (uint32_t j = 0; j < L->out; j++) {
-            double z = L->b[j];
-            for (uint32_t k = 0; k < L->in; k++) z += (double)L->w[(size_t)j * L->in + k] * a[k];
-            b[j] = z;
-        }
-        double m = b[0], s = 0;
-        for (uint32_t j = 0; j < L->out; j++) m = b[j] > m ? b[j] : m;
-        for (uint32_t j = 0; j < L->out; j++) s += exp(b[j] - m);
-        for (uint32_t j = 0; j < L->out; j++) {
-            switch (L->act) {
-            case BBD_ACT_RELU: a[j] = b[j] > 0 ? b[j] : 0; break;
-            case BBD_ACT_TANH: a[j] = tanh(b[j]); break;
-            case BBD_ACT_SIGMOID: a[j] = 1 / (1 + exp(-b[j])); break;
-            case BBD_ACT_SOFTMAX: a[j] = exp(b[j] - m) / s; break;
-            default: a[j] = b[j];
-            }
-        }
-    }
-    for (uint32_t j = 0; j < net->out_dim; j++) y[j] = a[j];
-}
-
 Test(blas, every_activation_matches_a_double_reference)
 {
     for (uint32_t act = 0; act < BBD_NACT; act++) {
-        const struct spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
+        const struct bbt_layer_spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
         size_t len;
-        unsigned char *b = make_net(s, 2, 10 + act, &len);
+        unsigned char *b = bbt_make_net(s, 2, 10 + act, &len);
         char path[108];
-        write_bytes(path, sizeof path, b, len);
+        bbt_write_bytes(path, sizeof path, b, len);
         struct bbd_net net;
         char err[256];
         cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
@@ -266,7 +183,7 @@ Test(blas, every_activation_matches_a_double_reference)
             cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
             for (uint32_t i = 0; i < n; i++) {
                 double want[5], sum = 0;
-                reference_row(&net, x[i], want);
+                bbt_reference_row(&net, x[i], want);
                 cr_assert_eq(o[i].status, 0);
                 cr_assert_eq(o[i].len, sizeof out[i]);
                 for (int j = 0; j < 5; j++) {
@@ -287,11 +204,11 @@ Test(blas, every_activation_matches_a_double_reference)
 
 Test(blas, a_request_of_the_wrong_size_fails_alone)
 {
-    const struct spec s[] = {{8, 3, BBD_ACT_SIGMOID}};
+    const struct bbt_layer_spec s[] = {{8, 3, BBD_ACT_SIGMOID}};
     size_t len;
-    unsigned char *b = make_net(s, 1, 5, &len);
+    unsigned char *b = bbt_make_net(s, 1, 5, &len);
     char path[108];
-    write_bytes(path, sizeof path, b, len);
+    bbt_write_bytes(path, sizeof path, b, len);
     struct bbt_plugin p = open_blas(path, "1");
     float x[4][9] = {{0}}, out[4][4];
     memset(out, 0x55, sizeof out);
@@ -320,11 +237,11 @@ Test(blas, a_request_of_the_wrong_size_fails_alone)
 
 Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
 {
-    const struct spec s[] = {{20, 16, BBD_ACT_RELU}, {16, 4, BBD_ACT_IDENTITY}};
+    const struct bbt_layer_spec s[] = {{20, 16, BBD_ACT_RELU}, {16, 4, BBD_ACT_IDENTITY}};
     size_t len;
-    unsigned char *b = make_net(s, 2, 6, &len);
+    unsigned char *b = bbt_make_net(s, 2, 6, &len);
     char path[108];
-    write_bytes(path, sizeof path, b, len);
+    bbt_write_bytes(path, sizeof path, b, len);
     struct bbt_plugin p = open_blas(path, "1");
     enum { N = 24, STRIDE = 23 }; /* floats between rows: padded, in place */
     float *strided = calloc(N * STRIDE + 1, sizeof(float));
@@ -460,38 +377,28 @@ Test(blas, fmnist_through_the_broker_from_4_processes_matches_in_process)
  * stderr names the model and the file. */
 static void expect_check_refuses(const char *weights, const char *why)
 {
-    char cfg[1024], cfgpath[108], out[2048], err[2048];
+    char cfg[1024];
     snprintf(cfg, sizeof cfg, "[model.digits]\nbackend = blas\nparam.weights = %s\n", weights);
-    cr_assert_eq(bbt_write_file(cfgpath, sizeof cfgpath, ".ini", cfg), 0);
-    char plugin_arg[300];
-    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
-    const char *argv[] = {bbt_broker_bin(), "--check", "--config", cfgpath, "-o", plugin_arg, NULL};
-    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 30000);
-    unlink(cfgpath);
-    cr_assert(st != -1 && WIFEXITED(st), "%s: status %#x", why, st);
-    cr_assert_eq(WEXITSTATUS(st), 2, "%s: exit %d, stderr: %s", why, WEXITSTATUS(st), err);
-    cr_assert(strstr(err, "model digits"), "%s: stderr does not name the model: %s", why, err);
-    cr_assert(strstr(err, weights), "%s: stderr does not name %s: %s", why, weights, err);
-    cr_log_info("%s: %s", why, err);
+    bbt_expect_check_refuses("digits", cfg, weights, why);
 }
 
 Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
 {
-    const struct spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_SOFTMAX}};
+    const struct bbt_layer_spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_SOFTMAX}};
     size_t len;
-    unsigned char *b = make_net(s, 2, 8, &len);
+    unsigned char *b = bbt_make_net(s, 2, 8, &len);
     char path[108];
-    write_bytes(path, sizeof path, b, len - 9);
+    bbt_write_bytes(path, sizeof path, b, len - 9);
     expect_check_refuses(path, "truncated");
     unlink(path);
     b[100] ^= 1;
-    write_bytes(path, sizeof path, b, len);
+    bbt_write_bytes(path, sizeof path, b, len);
     expect_check_refuses(path, "corrupt");
     unlink(path);
     b[100] ^= 1;
-    put32(b + BBD_HEADER_BYTES + BBD_LAYER_BYTES, 15); /* layer 1 takes 15, layer 0 gives 8 */
-    seal(b, len);
-    write_bytes(path, sizeof path, b, len);
+    bbt_put32(b + BBD_HEADER_BYTES + BBD_LAYER_BYTES, 15); /* layer 1 takes 15, layer 0 gives 8 */
+    bbt_seal(b, len);
+    bbt_write_bytes(path, sizeof path, b, len);
     expect_check_refuses(path, "mismatched layers");
     unlink(path);
     char pt[512];

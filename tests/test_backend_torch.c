@@ -209,22 +209,12 @@ Test(torch, params_are_checked)
  * the model and the file. */
 static void expect_check_refuses(const char *model, const char *in_shape, const char *why)
 {
-    char cfg[1024], cfgpath[108], out[2048], err[4096];
+    char cfg[1024];
     snprintf(cfg, sizeof cfg,
              "[model.clothes]\nbackend = torch\nparam.model = %s\nparam.input_shape = %s\n"
              "param.output_shape = 10\n",
              model, in_shape);
-    cr_assert_eq(bbt_write_file(cfgpath, sizeof cfgpath, ".ini", cfg), 0);
-    char plugin_arg[300];
-    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
-    const char *argv[] = {bbt_broker_bin(), "--check", "--config", cfgpath, "-o", plugin_arg, NULL};
-    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 60000);
-    unlink(cfgpath);
-    cr_assert(st != -1 && WIFEXITED(st), "%s: status %#x", why, st);
-    cr_assert_eq(WEXITSTATUS(st), 2, "%s: exit %d, stderr: %s", why, WEXITSTATUS(st), err);
-    cr_assert(strstr(err, "model clothes"), "%s: stderr does not name the model: %s", why, err);
-    cr_assert(strstr(err, model), "%s: stderr does not name %s: %s", why, model, err);
-    cr_log_info("%s: %s", why, err);
+    bbt_expect_check_refuses("clothes", cfg, model, why);
 }
 
 Test(torch, check_refuses_bad_torchscript_files_with_a_clear_message)
