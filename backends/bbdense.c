@@ -216,7 +216,15 @@ void bbd_activate(uint32_t act, float *y, size_t rows, size_t dim, size_t ld)
         float *v = y + r * ld;
         switch (act) {
         case BBD_ACT_RELU:
-            for (size_t j = 0; j < dim; j++) v[j] = v[j] > 0.0f ? v[j] : 0.0f;
+            /* Branch-free: clear every value whose sign bit is set. A
+             * compare-and-branch mispredicts on half the values and cost a
+             * sixth of a batch's time (perf, batch 64 of the demo model). */
+            for (size_t j = 0; j < dim; j++) {
+                uint32_t u;
+                memcpy(&u, &v[j], sizeof u);
+                u &= (uint32_t)((int32_t)u >> 31) ^ 0xffffffffu;
+                memcpy(&v[j], &u, sizeof u);
+            }
             break;
         case BBD_ACT_TANH:
             for (size_t j = 0; j < dim; j++) v[j] = tanhf(v[j]);
