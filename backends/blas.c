@@ -6,8 +6,12 @@
  *   threads     threads of this instance, 1..64 (default 1): the batch's rows
  *               are split between them, each running the whole network on its
  *               rows with single-threaded OpenBLAS calls
- *   gemv_below  batches of fewer requests than this run one GEMV per request
- *               and layer instead of one GEMM per layer (default 2)
+ *   gemv_below  auto (default), or N: batches (or a thread's share) of fewer
+ *               than N requests run one GEMV per request and layer instead
+ *               of one GEMM per layer. auto measures both on this network at
+ *               init, for 1 to 16 rows, and uses GEMV at the sizes where it
+ *               was faster: which sizes those are depends on the CPU and the
+ *               OpenBLAS kernel it picks (docs/backends/blas.md)
  *
  * Threads: OpenBLAS 0.3.21 keeps one thread count for the whole process
  * (openblas_set_num_threads; libblas.so.3 of Debian's openblas-pthread is an
@@ -34,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cblas.h>
 
@@ -45,6 +50,7 @@
 extern void openblas_set_num_threads(int num_threads);
 
 #define BLAS_MAX_THREADS 64u
+#define CALIBRATE_MAX 16u /* GEMM won at every larger size measured */
 
 /* One thread's share of a batch and its private matrices. */
 struct part {
@@ -59,7 +65,8 @@ struct part {
 
 struct blas_state {
     struct bbd_net net;
-    uint32_t threads, gemv_below;
+    uint32_t threads;
+    uint64_t gemv_sizes;       /* bit n-1: n rows run as n GEMVs (n <= 64) */
     struct part *parts;        /* [threads] */
     /* The batch being run (valid requests only). */
     const struct bb_view **in;
@@ -137,7 +144,7 @@ static void run_part(struct part *p)
     size_t ldx;
     const float *x = input_matrix(p, &ldx);
     float *y = p->a, *spare = p->b;
-    bool gemv = p->count < p->st->gemv_below;
+    bool gemv = p->count <= 64 && (p->st->gemv_sizes >> (p->count - 1) & 1);
     for (uint32_t l = 0; l < net->nlayers; l++) {
         const struct bbd_layer *L = &net->layers[l];
         for (uint32_t r = 0; r < p->count; r++)
@@ -210,6 +217,58 @@ static void blas_fini(void *state)
     free(st);
 }
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* gemv_below = auto: time the network both ways at 1..CALIBRATE_MAX rows (zero
+ * inputs, best of three) and keep GEMV where it won. A few milliseconds at
+ * init; a busy CPU may misjudge a size, which costs speed, never results. */
+static int calibrate(struct blas_state *st)
+{
+    struct part *p = &st->parts[0];
+    if (grow(p, CALIBRATE_MAX) < 0) return BB_ENOMEM;
+    memset(p->x, 0, (size_t)CALIBRATE_MAX * st->net.in_dim * sizeof(float));
+    struct bb_view views[CALIBRATE_MAX];
+    const struct bb_view *in[CALIBRATE_MAX];
+    struct bb_outbuf outs[CALIBRATE_MAX], *out[CALIBRATE_MAX];
+    float *sink = malloc((size_t)CALIBRATE_MAX * st->net.out_dim * sizeof(float));
+    if (!sink) return BB_ENOMEM;
+    for (uint32_t i = 0; i < CALIBRATE_MAX; i++) {
+        /* Rows of the part's own matrix: equally spaced, used in place. */
+        views[i] = (struct bb_view){p->x + (size_t)i * st->net.in_dim, st->net.in_dim * 4u};
+        in[i] = &views[i];
+        outs[i] = (struct bb_outbuf){.ptr = sink + (size_t)i * st->net.out_dim};
+        out[i] = &outs[i];
+    }
+    st->in = in;
+    st->out = out;
+    uint64_t found = 0;
+    for (uint32_t n = 1; n <= CALIBRATE_MAX; n++) {
+        double best[2] = {1e9, 1e9};
+        p->first = 0;
+        p->count = n;
+        for (int rep = 0; rep < 4; rep++) {
+            for (int way = 0; way < 2; way++) {
+                st->gemv_sizes = way ? UINT64_MAX : 0;
+                double t0 = now_s();
+                run_part(p);
+                double t = now_s() - t0;
+                if (rep > 0 && t < best[way]) best[way] = t; /* rep 0 warms up */
+            }
+        }
+        if (best[1] < best[0]) found |= 1ull << (n - 1);
+    }
+    st->gemv_sizes = found;
+    st->in = NULL;
+    st->out = NULL;
+    free(sink);
+    return 0;
+}
+
 static int parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 {
     char *end;
@@ -225,7 +284,8 @@ static int blas_init(const struct bb_param *params, size_t nparams, void **state
                      size_t errlen)
 {
     const char *weights = NULL;
-    uint32_t threads = 1, gemv_below = 2;
+    uint32_t threads = 1, gemv_below = 0;
+    bool gemv_auto = true;
     for (size_t i = 0; i < nparams; i++) {
         const char *k = params[i].key, *v = params[i].value;
         if (!strcmp(k, "weights")) {
@@ -237,8 +297,9 @@ static int blas_init(const struct bb_param *params, size_t nparams, void **state
                 return BB_EINVAL;
             }
         } else if (!strcmp(k, "gemv_below")) {
-            if (parse_uint(v, 0, 65536, &gemv_below) < 0) {
-                snprintf(err, errlen, "blas: gemv_below = \"%s\": expected 0 to 65536", v);
+            gemv_auto = !strcmp(v, "auto");
+            if (!gemv_auto && parse_uint(v, 0, 65536, &gemv_below) < 0) {
+                snprintf(err, errlen, "blas: gemv_below = \"%s\": expected auto or 0 to 65536", v);
                 return BB_EINVAL;
             }
         } else {
@@ -268,7 +329,8 @@ static int blas_init(const struct bb_param *params, size_t nparams, void **state
     }
     openblas_set_num_threads(1);
     st->threads = threads;
-    st->gemv_below = gemv_below;
+    st->gemv_sizes = gemv_below > 64 ? UINT64_MAX
+                     : gemv_below ? (1ull << (gemv_below - 1)) - 1 : 0;
     st->parts = calloc(threads, sizeof *st->parts);
     if (!st->parts) goto nomem;
     for (uint32_t t = 0; t < threads; t++) st->parts[t].st = st;
@@ -281,6 +343,7 @@ static int blas_init(const struct bb_param *params, size_t nparams, void **state
             return BB_ENOMEM;
         }
     }
+    if (gemv_auto && calibrate(st) < 0) goto nomem;
     *state = st;
     return 0;
 nomem:

@@ -54,9 +54,27 @@ if(NOT BB_BUILD_CUDA STREQUAL "OFF")
   if(CMAKE_CUDA_COMPILER)
     set(CMAKE_CUDA_ARCHITECTURES ${BB_CUDA_ARCHITECTURES})
     enable_language(CUDA)
-    find_package(CUDAToolkit)
+    # The runtime and cuBLAS of the toolkit nvcc belongs to. Not through
+    # FindCUDAToolkit: the one of Debian 12's CMake 3.25 stops configuring
+    # with CUDA 13, which no longer ships nvToolsExt.
+    get_filename_component(bb_cuda_root "${CMAKE_CUDA_COMPILER}" DIRECTORY)
+    get_filename_component(bb_cuda_root "${bb_cuda_root}" DIRECTORY)
+    set(bb_cuda_libdirs ${CMAKE_CUDA_IMPLICIT_LINK_DIRECTORIES} ${bb_cuda_root}/lib64
+        ${bb_cuda_root}/targets/x86_64-linux/lib ${bb_cuda_root}/lib)
+    find_library(BB_CUDART_LIBRARY cudart HINTS ${bb_cuda_libdirs} NO_DEFAULT_PATH)
+    find_library(BB_CUBLAS_LIBRARY cublas HINTS ${bb_cuda_libdirs} NO_DEFAULT_PATH)
+    find_path(BB_CUDA_INCLUDE_DIR cuda_runtime_api.h
+              HINTS ${CMAKE_CUDA_TOOLKIT_INCLUDE_DIRECTORIES} ${bb_cuda_root}/include
+                    ${bb_cuda_root}/targets/x86_64-linux/include NO_DEFAULT_PATH)
+    if(BB_CUDART_LIBRARY AND BB_CUBLAS_LIBRARY AND BB_CUDA_INCLUDE_DIR)
+      add_library(bb_cudart INTERFACE IMPORTED GLOBAL)
+      target_include_directories(bb_cudart INTERFACE ${BB_CUDA_INCLUDE_DIR})
+      target_link_libraries(bb_cudart INTERFACE ${BB_CUDART_LIBRARY})
+      add_library(bb_cublas INTERFACE IMPORTED GLOBAL)
+      target_link_libraries(bb_cublas INTERFACE ${BB_CUBLAS_LIBRARY} bb_cudart)
+    endif()
   endif()
-  if(CMAKE_CUDA_COMPILER AND TARGET CUDA::cublas AND TARGET CUDA::cudart)
+  if(CMAKE_CUDA_COMPILER AND TARGET bb_cublas)
     set(BB_HAVE_CUDA ON)
     # nvcc's own warnings, and the gcc set for the host code it hands on
     # (through -Xcompiler: nvcc itself rejects -Wall and friends).

@@ -141,16 +141,23 @@ Test(blas, loader_names_what_is_wrong)
 
 /* ---- the backend on small networks --------------------------------------- */
 
-static struct bbt_plugin open_blas(const char *weights, const char *threads)
+/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size)
+ * or NULL for the default (auto). */
+static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
 {
     char wparam[600], tparam[64], err[512];
     snprintf(wparam, sizeof wparam, "weights=%s", weights);
     snprintf(tparam, sizeof tparam, "threads=%s", threads);
-    const char *kv[] = {wparam, tparam, NULL};
+    const char *kv[] = {wparam, tparam, gemv, NULL};
     struct bbt_plugin p;
     int rc = bbt_plugin_open(&p, "blas", kv, err, sizeof err);
     cr_assert_eq(rc, 0, "blas init: %s", err);
     return p;
+}
+
+static struct bbt_plugin open_blas(const char *weights, const char *threads)
+{
+    return open_blas_gemv(weights, threads, NULL);
 }
 
 Test(blas, every_activation_matches_a_double_reference)
@@ -164,9 +171,10 @@ Test(blas, every_activation_matches_a_double_reference)
         struct bbd_net net;
         char err[256];
         cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
-        /* Batch sizes on both sides of gemv_below, and GEMM sizes. */
-        for (uint32_t n = 1; n <= 33; n += 8) {
-            struct bbt_plugin p = open_blas(path, "1");
+        /* Every size through both paths: GEMM only, GEMV only. */
+        for (uint32_t step = 0; step < 10; step++) {
+            uint32_t n = 1 + 8 * (step % 5);
+            struct bbt_plugin p = open_blas_gemv(path, "1", step < 5 ? "gemv_below=0" : "gemv_below=65");
             float x[33][12], out[33][5];
             struct bb_view in[33];
             struct bb_outbuf o[33];
@@ -344,8 +352,10 @@ Test(blas, fmnist_through_the_broker_from_4_processes_matches_in_process)
     uint32_t certified = bbt_reference(w, &d, cand);
 
     /* In-process: the same plugin, at GEMM batches and at batch 1 (GEMV). */
-    struct bbt_plugin p = open_blas(w, "1");
+    struct bbt_plugin p = open_blas_gemv(w, "1", "gemv_below=0");
     bbt_plugin_predict(&p, &d, 64, inproc);
+    bbt_plugin_close(&p);
+    p = open_blas_gemv(w, "1", "gemv_below=2");
     bbt_plugin_predict(&p, &d, 1, gemv);
     bbt_plugin_close(&p);
 
