@@ -196,21 +196,6 @@ static const void *i_output(void *th, uint32_t slot, size_t *len)
     return t->out + (size_t)slot * t->out_cap;
 }
 
-/* The same transport; main.c runs it with the load of every client folded
- * into one thread of one process. */
-const struct bench_xport bench_xport_inproc_all = {
-    .name = "inproc-all",
-    .server_start = i_server_start,
-    .proc_open = i_proc_open,
-    .proc_close = i_proc_close,
-    .thread_open = i_thread_open,
-    .thread_close = i_thread_close,
-    .input = i_input,
-    .submit = i_submit,
-    .wait = i_wait,
-    .output = i_output,
-};
-
 const struct bench_xport bench_xport_inproc = {
     .name = "inproc",
     .server_start = i_server_start,

@@ -192,8 +192,10 @@ struct bench_xport {
     void (*window)(struct bench_env *env, int phase);
 };
 
-extern const struct bench_xport bench_xport_broker, bench_xport_inproc, bench_xport_inproc_all,
-    bench_xport_shm, bench_xport_uds;
+/* inproc-all is bench_xport_inproc run by main.c with the load folded into
+ * one thread. */
+extern const struct bench_xport bench_xport_broker, bench_xport_inproc, bench_xport_shm,
+    bench_xport_uds;
 
 static inline uint64_t bench_now_ns(void)
 {

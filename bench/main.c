@@ -373,12 +373,19 @@ int main(int argc, char **argv)
     if (resolve_model(&o, &mf) < 0) return 2;
 
     const struct bench_xport *plan[1 + BENCH_NBASE];
-    const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_inproc_all,
+    const char *names[1 + BENCH_NBASE];
+    const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_inproc,
                                                    &bench_xport_shm, &bench_xport_uds};
     int n = 0;
-    if (!o.no_broker) plan[n++] = &bench_xport_broker;
+    if (!o.no_broker) {
+        names[n] = bench_xport_broker.name;
+        plan[n++] = &bench_xport_broker;
+    }
     for (int b = 0; b < BENCH_NBASE; b++)
-        if (o.baselines & (1u << b)) plan[n++] = base[b];
+        if (o.baselines & (1u << b)) {
+            names[n] = b == BENCH_BASE_INPROC_ALL ? "inproc-all" : base[b]->name;
+            plan[n++] = base[b];
+        }
     if (!n) {
         fprintf(stderr, "bb-bench: nothing to run (--no-broker without --baseline)\n");
         return 2;
@@ -391,15 +398,16 @@ int main(int argc, char **argv)
             fprintf(stderr, "bb-bench: out of memory\n");
             return 1;
         }
-        fprintf(stderr, "bb-bench: running %s ...\n", plan[i]->name);
+        fprintf(stderr, "bb-bench: running %s ...\n", names[i]);
         struct bench_opts one = o;
-        if (plan[i] == &bench_xport_inproc_all) {
+        if (!strcmp(names[i], "inproc-all")) {
             /* Every client's requests in flight in one thread: the batches a
              * single process would form with the whole load. */
             one.concurrency = o.clients * o.threads * o.concurrency;
             one.clients = one.threads = 1;
         }
         if (bench_run(&one, plan[i], runs[i]) < 0) failures++;
+        runs[i]->name = names[i];
     }
     bench_print_table(stdout, &o, runs, n);
     if (o.json && bench_write_json(o.json, &o, runs, n) < 0) {

@@ -319,3 +319,40 @@ void bbt_expect_check_refuses(const char *model, const char *config, const char 
     cr_assert(strstr(err, file), "%s: stderr does not name %s: %s", why, file, err);
     cr_log_info("%s: %s", why, err);
 }
+
+void bbt_fmnist_acceptance(const char *what, struct bbt_plugin *p, const char *backend_lines,
+                           const struct bb__fmnist *d, const uint8_t *extra, const char *extra_what)
+{
+    char w[512], cfg[1536];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    uint16_t *cand = calloc(d->n, sizeof *cand);
+    uint8_t *inproc = calloc(d->n, 1), *broker = bbt_shared(d->n);
+    cr_assert(cand && inproc);
+    uint32_t certified = bbt_reference(w, d, cand);
+    bbt_plugin_predict(p, d, 64, inproc);
+
+    snprintf(cfg, sizeof cfg, "[model.fmnist]\nmax_batch_size = 64\nmax_wait_us = 300\n%s",
+             backend_lines);
+    struct bbt_broker b;
+    cr_assert_eq(bbt_broker_start(&b, cfg, NULL), 0, "broker did not start (status %#x)",
+                 b.exit_status);
+    memset(broker, 0xff, d->n);
+    bbt_broker_predict(&b, "fmnist", d, 4, 16, broker);
+    bbt_broker_stop(&b);
+
+    char label[128];
+    cr_log_info("%s: %u of %u images certified", what, certified, d->n);
+    snprintf(label, sizeof label, "%s in-process, batch 64", what);
+    double acc = bbt_assert_predictions(label, inproc, NULL, cand, d);
+    if (extra) {
+        snprintf(label, sizeof label, "%s in-process, %s", what, extra_what);
+        bbt_assert_predictions(label, extra, inproc, cand, d);
+    }
+    snprintf(label, sizeof label, "%s through the broker, 4 processes", what);
+    double bacc = bbt_assert_predictions(label, broker, inproc, cand, d);
+    cr_assert_eq(acc, bacc);
+    cr_assert_geq(bacc, 0.85, "accuracy %.4f", bacc);
+    free(cand);
+    free(inproc);
+    munmap(broker, d->n);
+}

@@ -76,6 +76,16 @@ uint32_t bbt_reference(const char *weights_path, const struct bb__fmnist *d, uin
 double bbt_assert_predictions(const char *what, const uint8_t *pred, const uint8_t *other,
                               const uint16_t *cand, const struct bb__fmnist *d);
 
+/* Issue 12's acceptance check: the whole test set in-process through p
+ * (batches of 64) and through a broker serving model "fmnist" (its section's
+ * backend and param lines in backend_lines) from 4 client processes x 16 in
+ * flight; both held to the exact reference of fmnist.bbdense (the same
+ * weights as fmnist.pt), and at least 85% accurate. extra: another run's
+ * predictions to check the same way (NULL for none). */
+void bbt_fmnist_acceptance(const char *what, struct bbt_plugin *p, const char *backend_lines,
+                           const struct bb__fmnist *d, const uint8_t *extra,
+                           const char *extra_what);
+
 /* `batchbroker --check` on config (a whole config file's text) must exit 2
  * with a message naming "model <model>" and file. */
 void bbt_expect_check_refuses(const char *model, const char *config, const char *file,

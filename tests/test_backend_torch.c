@@ -58,37 +58,15 @@ Test(torch, fmnist_through_the_broker_from_4_processes_matches_in_process)
 {
     struct bb__fmnist d;
     bbt_need_fmnist(&d, "fmnist.pt");
-    char pt[512], w[512], cfg[1200];
+    char pt[512], lines[800];
     bbt_model_path("fmnist.pt", pt, sizeof pt);
-    bbt_model_path("fmnist.bbdense", w, sizeof w);
-    uint16_t *cand = calloc(d.n, sizeof *cand);
-    uint8_t *inproc = calloc(d.n, 1), *broker = bbt_shared(d.n);
-    uint32_t certified = bbt_reference(w, &d, cand);
-
     struct bbt_plugin p = open_torch(pt, "1,28,28", NULL);
-    bbt_plugin_predict(&p, &d, 64, inproc);
-    bbt_plugin_close(&p);
-
-    snprintf(cfg, sizeof cfg,
-             "[model.fmnist]\nbackend = torch\nmax_batch_size = 64\nmax_wait_us = 300\n"
-             "instances = 2\nparam.model = %s\nparam.input_shape = 1,28,28\n"
+    snprintf(lines, sizeof lines,
+             "backend = torch\ninstances = 2\nparam.model = %s\nparam.input_shape = 1,28,28\n"
              "param.output_shape = 10\n",
              pt);
-    struct bbt_broker b;
-    cr_assert_eq(bbt_broker_start(&b, cfg, NULL), 0, "broker did not start (status %#x)",
-                 b.exit_status);
-    memset(broker, 0xff, d.n);
-    bbt_broker_predict(&b, "fmnist", &d, 4, 16, broker);
-    bbt_broker_stop(&b);
-
-    cr_log_info("%u of %u images certified", certified, d.n);
-    double acc = bbt_assert_predictions("torch in-process, batch 64", inproc, NULL, cand, &d);
-    double bacc = bbt_assert_predictions("torch broker, 4 processes", broker, inproc, cand, &d);
-    cr_assert_eq(acc, bacc);
-    cr_assert_geq(bacc, 0.85, "accuracy %.4f", bacc);
-    free(cand);
-    free(inproc);
-    munmap(broker, d.n);
+    bbt_fmnist_acceptance("torch", &p, lines, &d, NULL, NULL);
+    bbt_plugin_close(&p);
     bb__fmnist_free(&d);
 }
 
