@@ -18,6 +18,8 @@ if(NOT BB_BUILD_BLAS STREQUAL "OFF")
     message(STATUS "blas backend: not built: pkg-config finds no openblas "
                    "(Debian: libopenblas-dev)")
   endif()
+else()
+  message(STATUS "blas backend: not built (BB_BUILD_BLAS=OFF)")
 endif()
 
 # torch: libtorch's CMake package (Debian: libtorch-dev). Its CMake files
@@ -35,6 +37,8 @@ if(NOT BB_BUILD_TORCH STREQUAL "OFF")
     message(STATUS "torch backend: not built: CMake finds no Torch package "
                    "(Debian: libtorch-dev; or set Torch_DIR)")
   endif()
+else()
+  message(STATUS "torch backend: not built (BB_BUILD_TORCH=OFF)")
 endif()
 
 # cuda: a CUDA compiler and cuBLAS. nvcc is looked for on PATH, then in
@@ -91,4 +95,6 @@ if(NOT BB_BUILD_CUDA STREQUAL "OFF")
     message(STATUS "cuda backend: not built: no CUDA compiler with cuBLAS "
                    "(nvcc on PATH or in /usr/local/cuda/bin)")
   endif()
+else()
+  message(STATUS "cuda backend: not built (BB_BUILD_CUDA=OFF)")
 endif()

@@ -49,6 +49,6 @@ if(BB_HAVE_CUDA)
 else()
   # Visible in ctest's summary as skipped, with the reason in its output.
   add_test(NAME test_backend_cuda
-           COMMAND sh -c "echo 'SKIPPED: the cuda backend is not built (no CUDA compiler with cuBLAS; see the configure output)'; exit 77")
+           COMMAND sh -c "echo 'SKIPPED: the cuda backend is not built (the configure output says why)'; exit 77")
   set_tests_properties(test_backend_cuda PROPERTIES SKIP_RETURN_CODE 77)
 endif()
