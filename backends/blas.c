@@ -33,6 +33,7 @@
  * Outputs go from a private matrix into each client's buffer with one copy of
  * out_dim floats. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -115,7 +116,9 @@ static const float *input_matrix(struct part *p, size_t *ld)
     size_t stride = row;
     if (inplace && p->count > 1) {
         uintptr_t next = (uintptr_t)in[1]->ptr;
-        inplace = next > base && (next - base) % sizeof(float) == 0 && next - base >= row;
+        /* The distance becomes the GEMM's int leading dimension. */
+        inplace = next > base && (next - base) % sizeof(float) == 0 && next - base >= row &&
+                  (next - base) / sizeof(float) <= INT_MAX;
         stride = inplace ? next - base : row;
         for (uint32_t i = 2; inplace && i < p->count; i++)
             inplace = (uintptr_t)in[i]->ptr == base + i * stride;

@@ -373,15 +373,17 @@ at::Tensor input_tensor(State &st, const bb_batch *batch)
     sizes.insert(sizes.end(), st.in_shape.begin(), st.in_shape.end());
     auto opts = at::TensorOptions().dtype(st.in_type);
 
-    const auto *first = static_cast<const char *>(batch->inputs[st.valid[0]].ptr);
-    bool inplace = at::isFloatingType(st.in_type) && uintptr_t(first) % esize == 0;
-    ptrdiff_t stride = ptrdiff_t(st.in_bytes);
+    /* Addresses as integers: the rows may lie in different clients' segments. */
+    auto addr = [&](int64_t i) { return uintptr_t(batch->inputs[st.valid[size_t(i)]].ptr); };
+    const uintptr_t first = addr(0);
+    bool inplace = at::isFloatingType(st.in_type) && first % esize == 0;
+    uintptr_t stride = st.in_bytes;
     if (inplace && m > 1) {
-        stride = static_cast<const char *>(batch->inputs[st.valid[1]].ptr) - first;
-        inplace = stride >= ptrdiff_t(st.in_bytes) && stride % ptrdiff_t(esize) == 0;
-        for (int64_t i = 2; inplace && i < m; i++)
-            inplace = static_cast<const char *>(batch->inputs[st.valid[size_t(i)]].ptr) ==
-                      first + i * stride;
+        inplace = addr(1) > first;
+        stride = addr(1) - first;
+        inplace = inplace && stride >= st.in_bytes && stride % esize == 0 &&
+                  stride <= uintptr_t(INT64_MAX);
+        for (int64_t i = 2; inplace && i < m; i++) inplace = addr(i) == first + uintptr_t(i) * stride;
     }
     if (inplace) {
         std::vector<int64_t> strides(sizes.size());
@@ -391,9 +393,9 @@ at::Tensor input_tensor(State &st, const bb_batch *batch)
             s *= sizes[d];
         }
         strides[0] = int64_t(stride) / int64_t(esize);
-        /* from_blob never frees nor (for our part) writes: the const_cast
-         * only satisfies its signature. */
-        return torch::from_blob(const_cast<char *>(first), sizes, strides, opts);
+        /* from_blob never frees, nor (for our part) writes: the cast from
+         * the const view only satisfies its signature. */
+        return torch::from_blob(reinterpret_cast<void *>(first), sizes, strides, opts);
     }
     if (!st.gather.defined() || st.gather.size(0) < m) {
         int64_t cap = 16;
