@@ -8,6 +8,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "classify.h"
 #include "harness.h"
 
 void bbt_put32(unsigned char *p, uint32_t v)
@@ -88,3 +89,56 @@ void bbt_reference_row(const struct bbd_net *net, const float *x, double *y)
     for (uint32_t j = 0; j < net->out_dim; j++) y[j] = a[j];
 }
 
+
+void bbt_check_against_reference(struct bbt_plugin *p, const struct bbd_net *net, uint32_t n,
+                                 uint64_t seed, const char *what)
+{
+    uint32_t in = net->in_dim, out = net->out_dim;
+    cr_assert(in <= 64 && out <= 64);
+    float *x = calloc((size_t)n * in, sizeof *x), *y = calloc((size_t)n * out, sizeof *y);
+    struct bb_view *views = calloc(n, sizeof *views);
+    struct bb_outbuf *o = calloc(n, sizeof *o);
+    uint8_t *prio = calloc(n, 1);
+    cr_assert(x && y && views && o && prio);
+    for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t k = 0; k < in; k++)
+            x[(size_t)i * in + k] = (float)((bbt_rand(&seed) % 2001) / 1000.0 - 1);
+        views[i] = (struct bb_view){x + (size_t)i * in, in * sizeof(float)};
+        o[i] = (struct bb_outbuf){.ptr = y + (size_t)i * out, .cap = out * sizeof(float)};
+    }
+    char msg[256] = "";
+    struct bb_batch batch = {.n = n, .inputs = views, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg};
+    cr_assert_eq(p->ops->process(p->state, &batch), 0, "%s: %s", what, msg);
+    uint32_t act = net->layers[net->nlayers - 1].act;
+    for (uint32_t i = 0; i < n; i++) {
+        double want[64], sum = 0;
+        bbt_reference_row(net, x + (size_t)i * in, want);
+        cr_assert_eq(o[i].status, 0, "%s: row %u status %d", what, i, o[i].status);
+        cr_assert_eq(o[i].len, out * sizeof(float), "%s: row %u len %zu", what, i, o[i].len);
+        for (uint32_t j = 0; j < out; j++) {
+            double got = y[(size_t)i * out + j];
+            cr_assert(fabs(got - want[j]) <= 1e-5 + 1e-5 * fabs(want[j]),
+                      "%s, %s, batch %u, row %u, out %u: %g, want %g", what, bbd_act_name(act), n,
+                      i, j, got, want[j]);
+            sum += got;
+        }
+        if (act == BBD_ACT_SOFTMAX) cr_assert(fabs(sum - 1) < 1e-5, "softmax sums to %g", sum);
+    }
+    free(x);
+    free(y);
+    free(views);
+    free(o);
+    free(prio);
+}
+
+void bbt_net_file(const struct bbt_layer_spec *s, uint32_t n, uint64_t seed, char *path,
+                  size_t pathlen, struct bbd_net *net)
+{
+    size_t len;
+    unsigned char *b = bbt_make_net(s, n, seed, &len);
+    bbt_write_bytes(path, pathlen, b, len);
+    char err[256];
+    cr_assert_eq(bbd_parse(b, len, net, err, sizeof err), 0, "%s", err);
+    free(b);
+}

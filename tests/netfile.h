@@ -25,7 +25,20 @@ unsigned char *bbt_make_net(const struct bbt_layer_spec *s, uint32_t n, uint64_t
 /* Write len bytes to a fresh unique ".bbdense" path (returned in path). */
 void bbt_write_bytes(char *path, size_t pathlen, const void *buf, size_t len);
 
+/* bbt_make_net written to a fresh unique path and parsed into *net (free
+ * with bbd_free, unlink path). */
+void bbt_net_file(const struct bbt_layer_spec *s, uint32_t n, uint64_t seed, char *path,
+                  size_t pathlen, struct bbd_net *net);
+
 /* Double-precision forward pass of one input row (at most 64 wide). */
 void bbt_reference_row(const struct bbd_net *net, const float *x, double *y);
+
+/* One batch of n rows of random inputs in [-1, 1] (from seed) through plugin
+ * p, an instance of the network net: every request must succeed with its
+ * whole output, within 1e-5 (absolute and relative) of bbt_reference_row;
+ * softmax rows must sum to 1. */
+struct bbt_plugin;
+void bbt_check_against_reference(struct bbt_plugin *p, const struct bbd_net *net, uint32_t n,
+                                 uint64_t seed, const char *what);
 
 #endif

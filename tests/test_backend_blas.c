@@ -164,49 +164,18 @@ Test(blas, every_activation_matches_a_double_reference)
 {
     for (uint32_t act = 0; act < BBD_NACT; act++) {
         const struct bbt_layer_spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
-        size_t len;
-        unsigned char *b = bbt_make_net(s, 2, 10 + act, &len);
         char path[108];
-        bbt_write_bytes(path, sizeof path, b, len);
         struct bbd_net net;
-        char err[256];
-        cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
+        bbt_net_file(s, 2, 10 + act, path, sizeof path, &net);
         /* Every size through both paths: GEMM only, GEMV only. */
         for (uint32_t step = 0; step < 10; step++) {
             uint32_t n = 1 + 8 * (step % 5);
             struct bbt_plugin p = open_blas_gemv(path, "1", step < 5 ? "gemv_below=0" : "gemv_below=65");
-            float x[33][12], out[33][5];
-            struct bb_view in[33];
-            struct bb_outbuf o[33];
-            uint8_t prio[33] = {0};
-            uint64_t rng = n;
-            for (uint32_t i = 0; i < n; i++) {
-                for (int k = 0; k < 12; k++) x[i][k] = (float)((bbt_rand(&rng) % 2001) / 1000.0 - 1);
-                in[i] = (struct bb_view){x[i], sizeof x[i]};
-                o[i] = (struct bb_outbuf){.ptr = out[i], .cap = sizeof out[i]};
-            }
-            char msg[128] = "";
-            struct bb_batch batch = {.n = n, .inputs = in, .outputs = o, .priorities = prio,
-                                     .errmsg = msg, .errmsg_cap = sizeof msg};
-            cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
-            for (uint32_t i = 0; i < n; i++) {
-                double want[5], sum = 0;
-                bbt_reference_row(&net, x[i], want);
-                cr_assert_eq(o[i].status, 0);
-                cr_assert_eq(o[i].len, sizeof out[i]);
-                for (int j = 0; j < 5; j++) {
-                    cr_assert(fabs(out[i][j] - want[j]) <= 1e-5 + 1e-5 * fabs(want[j]),
-                              "%s, batch %u, row %u, out %d: %g, want %g", bbd_act_name(act), n,
-                              i, j, out[i][j], want[j]);
-                    sum += out[i][j];
-                }
-                if (act == BBD_ACT_SOFTMAX) cr_assert(fabs(sum - 1) < 1e-5, "softmax sums to %g", sum);
-            }
+            bbt_check_against_reference(&p, &net, n, n, step < 5 ? "GEMM" : "GEMV");
             bbt_plugin_close(&p);
         }
         bbd_free(&net);
         unlink(path);
-        free(b);
     }
 }
 

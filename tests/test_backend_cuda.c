@@ -105,37 +105,15 @@ Test(cuda, every_activation_matches_a_double_reference)
     need_gpu();
     for (uint32_t act = 0; act < BBD_NACT; act++) {
         const struct bbt_layer_spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
-        size_t len;
-        unsigned char *b = bbt_make_net(s, 2, 10 + act, &len);
         char path[108];
-        bbt_write_bytes(path, sizeof path, b, len);
         struct bbd_net net;
-        char err[256];
-        cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
+        bbt_net_file(s, 2, 10 + act, path, sizeof path, &net);
         struct bbt_plugin p = open_cuda(path, act % 2 ? "on" : "off");
-        float x[33][12], out[33][5];
-        struct bb_view in[33];
-        struct bb_outbuf o[33];
-        uint64_t rng = act;
-        for (uint32_t i = 0; i < 33; i++) {
-            for (int k = 0; k < 12; k++) x[i][k] = (float)((bbt_rand(&rng) % 2001) / 1000.0 - 1);
-            in[i] = (struct bb_view){x[i], sizeof x[i]};
-            o[i] = (struct bb_outbuf){.ptr = out[i], .cap = sizeof out[i]};
-        }
-        run(&p, 33, in, o);
-        for (uint32_t i = 0; i < 33; i++) {
-            double want[5];
-            bbt_reference_row(&net, x[i], want);
-            cr_assert_eq(o[i].len, sizeof out[i]);
-            for (int j = 0; j < 5; j++)
-                cr_assert(fabs(out[i][j] - want[j]) <= 1e-5 + 1e-5 * fabs(want[j]),
-                          "%s row %u out %d: %g, want %g", bbd_act_name(act), i, j, out[i][j],
-                          want[j]);
-        }
+        bbt_check_against_reference(&p, &net, 33, act, "cuda");
+        bbt_check_against_reference(&p, &net, 1, act, "cuda");
         bbt_plugin_close(&p);
         bbd_free(&net);
         unlink(path);
-        free(b);
     }
 }
 
