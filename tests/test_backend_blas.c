@@ -362,3 +362,25 @@ Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
     expect_check_refuses("/nonexistent/model.bbdense", "missing");
     free(b);
 }
+
+/* The demo of scripts/run.sh, end to end: bb-classify against a broker
+ * serving the demo model with this backend. */
+Test(blas, the_demo_classifies_through_the_broker)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    bb__fmnist_free(&d);
+    char w[512], cfg[700], out[4096], err[4096];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    snprintf(cfg, sizeof cfg, "[model.fmnist]\nbackend = blas\nmax_batch_size = 64\nparam.weights = %s\n", w);
+    struct bbt_broker b;
+    cr_assert_eq(bbt_broker_start(&b, cfg, NULL), 0, "broker did not start");
+    const char *argv[] = {BB_CLASSIFY_BIN, "-s", b.sock, "-p", "3", "-k", "8", "-n", "3000", NULL};
+    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 60000);
+    bbt_broker_stop(&b);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "bb-classify: status %#x\n%s%s",
+              st, out, err);
+    cr_assert(strstr(out, "answered   3000 of 3000 images"), "%s", out);
+    cr_assert(strstr(out, "accuracy   8"), "accuracy below 80%%?\n%s", out);
+    cr_log_info("%s", out);
+}
