@@ -30,9 +30,22 @@ if [ -e "$BUILD_DIR" ]; then
         exit 1
     fi
 fi
-cmake -S "$ROOT" -B "$BUILD_DIR" -DBB_WERROR=ON -DBB_BUILD_TESTS=ON
+configure_log=$(cmake -S "$ROOT" -B "$BUILD_DIR" -DBB_WERROR=ON -DBB_BUILD_TESTS=ON 2>&1) || {
+    printf '%s\n' "$configure_log"
+    exit 1
+}
+printf '%s\n' "$configure_log"
 cmake --build "$BUILD_DIR" --parallel "$JOBS"
 
 cd "$BUILD_DIR"
+rc=0
 # shellcheck disable=SC2086
-ctest --output-on-failure --timeout "$TEST_TIMEOUT" ${CTEST_ARGS:-}
+ctest --output-on-failure --timeout "$TEST_TIMEOUT" ${CTEST_ARGS:-} || rc=$?
+# What this machine could not build or run, and why (optional backends, the
+# demo model, the GPU): the tests that need them skipped.
+skipped=$(printf '%s\n' "$configure_log" | grep -E 'not built|not trained|not found in' || true)
+if [ -n "$skipped" ]; then
+    echo "test.sh: skipped parts of this build:"
+    printf '%s\n' "$skipped" | sed 's/^-- /  /'
+fi
+exit "$rc"

@@ -211,13 +211,25 @@ int bbt_connect(const struct bbt_broker *b, bb_client **out)
     return rc;
 }
 
+const char *bbt_broker_bin(void)
+{
+    const char *e = getenv("BBT_BROKER_BIN");
+    return e && e[0] ? e : BB_BROKER_BIN;
+}
+
+const char *bbt_plugin_dir(void)
+{
+    const char *e = getenv("BBT_PLUGIN_DIR");
+    return e && e[0] ? e : BB_PLUGIN_DIR;
+}
+
 static int spawn(struct bbt_broker *b, const char *const *overrides)
 {
     const char *argv[BBT_MAX_ARGS];
     int n = 0;
     static char plugin_arg[300];
-    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", BB_PLUGIN_DIR);
-    argv[n++] = BB_BROKER_BIN;
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
+    argv[n++] = bbt_broker_bin();
     if (b->cfg[0]) {
         argv[n++] = "--config";
         argv[n++] = b->cfg;

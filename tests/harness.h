@@ -34,6 +34,12 @@ struct bbt_broker {
     bool reaped;
 };
 
+/* The broker binary and plugin directory the build compiled in, unless
+ * $BBT_BROKER_BIN / $BBT_PLUGIN_DIR say otherwise (a test run from a bundle
+ * carried to another machine, scripts/gpu-check.sh). */
+const char *bbt_broker_bin(void);
+const char *bbt_plugin_dir(void);
+
 /* A unique path "/tmp/bbt-<pid>-<n><suffix>". */
 void bbt_unique_path(char *buf, size_t len, const char *suffix);
 
