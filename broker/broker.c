@@ -119,11 +119,3 @@ void bb__broker_fini(struct bb__broker *b)
     free(b->workers);
     free(b->models);
 }
-
-struct bb__model *bb__broker_model(struct bb__broker *b, const char *name)
-{
-    for (uint32_t i = 0; i < b->nmodels; i++)
-        if (strcmp(b->models[i].cfg.name, name) == 0)
-            return &b->models[i];
-    return NULL;
-}

@@ -52,7 +52,4 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
 int bb__broker_run(struct bb__broker *b);
 void bb__broker_fini(struct bb__broker *b);
 
-/* The model called name, or NULL. */
-struct bb__model *bb__broker_model(struct bb__broker *b, const char *name);
-
 #endif

@@ -261,16 +261,13 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         }
         memcpy(&req, buf, sizeof req);
         req.name[sizeof req.name - 1] = 0;
-        for (uint32_t i = 0; i < w->b->nmodels; i++) {
-            struct bb__model *m = &w->b->models[i];
-            if (strcmp(m->cfg.name, req.name) == 0) {
-                rep.h.status = 0;
-                rep.model_id = i;
-                rep.max_batch_size = m->cfg.max_batch_size;
-                rep.max_request_bytes = m->cfg.max_request_bytes;
-                c->models_open |= 1ull << i;
-                break;
-            }
+        struct bb__model *m = bb__model_find(w->b->models, w->b->nmodels, req.name);
+        if (m) {
+            rep.h.status = 0;
+            rep.model_id = m->id;
+            rep.max_batch_size = m->cfg.max_batch_size;
+            rep.max_request_bytes = m->cfg.max_request_bytes;
+            c->models_open |= 1ull << m->id;
         }
         reply(w, c, &rep, sizeof rep);
         return;
@@ -310,20 +307,15 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             reply(w, c, &rep, sizeof rep);
             return;
         }
-        for (uint32_t i = 0; i < w->b->nmodels; i++) {
-            struct bb__model *m = &w->b->models[i];
-            if (strcmp(m->cfg.name, req.name) != 0)
-                continue;
-            if (req.target > m->cfg.max_batch_size) {
-                rep.status = BB_EINVAL;
-                break;
-            }
+        struct bb__model *m = bb__model_find(w->b->models, w->b->nmodels, req.name);
+        if (m && req.target > m->cfg.max_batch_size) {
+            rep.status = BB_EINVAL;
+        } else if (m) {
             uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
             bb_info("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
                     req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);
             rep.status = 0;
-            break;
         }
         reply(w, c, &rep, sizeof rep);
         return;

@@ -181,3 +181,11 @@ void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
     s->score = a->score;
     s->slo_violations = a->slo_violations;
 }
+
+struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(models[i].cfg.name, name) == 0)
+            return &models[i];
+    return NULL;
+}

@@ -100,6 +100,9 @@ void bb__model_unregister(struct bb__model *m, void *base, size_t len);
 /* The batch target and wait the model is working with now. */
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);
 
+/* The model called name among n, or NULL. */
+struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name);
+
 /* Statistics for the STATS message. */
 void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *out);
 
