@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "batchbroker/backend.h"
+#include "fmnist_internal.h"
 #include "hist.h"
 
 #define BENCH_MAX_CPUS 256
@@ -70,7 +71,9 @@ struct bench_opts {
     int spawn;                  /* start the broker from config */
     const char *broker_bin;
     int no_broker;              /* baselines only */
-    int verify;                 /* outputs must echo inputs (echo, synthetic) */
+    int verify;                 /* outputs must echo inputs (echo, synthetic), or with a
+                                 * dataset be one class score per class */
+    const struct bb__fmnist *dataset; /* --dataset: inputs are its images, in turn */
     uint32_t clients, threads, concurrency;
     double rate;                /* total requests/s over all threads; 0 = closed loop */
     double duration_s, warmup_s;
@@ -100,13 +103,17 @@ struct bench_opts {
     uint64_t tick_ns;
 };
 
-enum { BENCH_BASE_INPROC, BENCH_BASE_SHM, BENCH_BASE_UDS, BENCH_NBASE };
+/* inproc: each client thread runs its own copy of the backend on its own
+ * requests; inproc-all: all the clients' requests in flight in one thread of
+ * one process, batched together (the whole batch in one process). */
+enum { BENCH_BASE_INPROC, BENCH_BASE_INPROC_ALL, BENCH_BASE_SHM, BENCH_BASE_UDS, BENCH_NBASE };
 
 /* One client thread's results, written by that thread only and read by the
  * parent after waitpid (which orders the accesses). */
 struct bench_thread_result {
     struct bench_hist lat[5];   /* index = BB_PRIORITY_* given at submission */
     uint64_t completed, failed, bad_output, submitted;
+    uint64_t correct;           /* with a dataset: completions that named the label */
     int32_t first_error;        /* first non-zero status seen, 0 if none */
     uint32_t pad;
     uint64_t batch_count[BENCH_MAX_BATCH + 1]; /* batches formed in this thread */
@@ -148,7 +155,7 @@ struct bench_run_result {
     char error[256];
     struct bench_hist lat;          /* all priorities */
     struct bench_hist lat_prio[5];
-    uint64_t completed, failed, bad_output, submitted;
+    uint64_t completed, failed, bad_output, submitted, correct;
     int first_error;
     double seconds;                 /* length of the measured window */
     uint64_t t_meas, t_end;         /* the measured window, CLOCK_MONOTONIC ns */
@@ -185,6 +192,8 @@ struct bench_xport {
     void (*window)(struct bench_env *env, int phase);
 };
 
+/* inproc-all is bench_xport_inproc run by main.c with the load folded into
+ * one thread. */
 extern const struct bench_xport bench_xport_broker, bench_xport_inproc, bench_xport_shm,
     bench_xport_uds;
 

@@ -25,6 +25,7 @@
 struct slot_info {
     uint64_t sent;      /* intended send time */
     uint64_t seq;       /* stamped into the payload, checked in the echo */
+    uint32_t label;     /* with a dataset: the image's class */
     uint32_t len;
     uint32_t prio;
     uint32_t prev, next;/* pending list, oldest first */
@@ -45,6 +46,7 @@ struct loop {
     int broken;
     struct bench_reqlog *log;       /* phased runs only */
     uint64_t t0;                    /* start of the warm-up */
+    uint64_t first_image;           /* with a dataset */
 };
 
 static uint64_t rnd(struct loop *l)
@@ -102,8 +104,17 @@ static int submit_one(struct loop *l, uint32_t i, uint64_t intended)
     e->prio = pick_prio(l);
     e->seq = ++l->seq;
     unsigned char *in = l->x->input(l->th, i);
-    memcpy(in, l->pattern, e->len); /* the caller writes its input, as a real one would */
-    memcpy(in, &e->seq, e->len < 8 ? e->len : 8);
+    const struct bb__fmnist *d = l->o->dataset;
+    if (d) {
+        /* Each thread walks the test set from its own starting image. */
+        uint32_t img = (uint32_t)((e->seq + l->first_image) % d->n);
+        e->len = BB_FMNIST_DIM * sizeof(float);
+        e->label = d->y[img];
+        memcpy(in, d->x + (size_t)img * BB_FMNIST_DIM, e->len);
+    } else {
+        memcpy(in, l->pattern, e->len); /* the caller writes its input, as a real one would */
+        memcpy(in, &e->seq, e->len < 8 ? e->len : 8);
+    }
     int rc = l->x->submit(l->th, i, e->len, (int)e->prio);
     if (rc < 0) {
         if (!l->res->first_error) l->res->first_error = rc;
@@ -120,6 +131,7 @@ static int output_ok(struct loop *l, uint32_t i)
     struct slot_info *e = &l->s[i];
     size_t olen = 0;
     const void *out = l->x->output(l->th, i, &olen);
+    if (l->o->dataset) return out && olen == BB_FMNIST_CLASSES * sizeof(float);
     return out && olen == e->len && !memcmp(out, &e->seq, e->len < 8 ? e->len : 8);
 }
 
@@ -151,6 +163,15 @@ static void record(struct loop *l, uint32_t i, uint64_t t, int status)
         return;
     }
     l->res->completed++;
+    if (l->o->dataset) {
+        size_t olen;
+        const float *out = l->x->output(l->th, i, &olen);
+        float v[BB_FMNIST_CLASSES];
+        if (out && olen == sizeof v) {
+            memcpy(v, out, sizeof v); /* output buffers need not be float-aligned */
+            l->res->correct += bb__argmax(v, BB_FMNIST_CLASSES) == e->label;
+        }
+    }
     bench_hist_record(&l->res->lat[e->prio], t - e->sent);
 }
 
@@ -268,6 +289,7 @@ void bench_load_thread(const struct bench_env *env, const struct bench_xport *x,
     for (size_t i = 0; i < o->pmax; i++) l.pattern[i] = (unsigned char)(i * 131u + 7u);
     for (uint32_t i = 0; i < n; i++) l.free_stack[l.nfree++] = n - 1 - i;
     l.rng = o->seed ^ ((uint64_t)(thread + 1) * 0xd1b54a32d192ed03ull);
+    l.first_image = (uint64_t)thread * 997u;
     for (uint32_t i = 0; i < 4; i++) {
         l.prio_total += o->prio_weight[i];
         l.prio_cum[i] = l.prio_total;

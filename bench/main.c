@@ -50,8 +50,15 @@ static void usage(FILE *f)
 "  --server-cpus LIST     pin the spawned broker and the baseline servers to LIST\n"
 "  --seed N               random seed (default 1)\n"
 "  --no-verify            do not check that outputs echo inputs\n"
+"  --dataset fmnist       inputs are the Fashion-MNIST test images ($BB_FMNIST_DIR, else\n"
+"                         the build's directory), 784 float32 each, in turn; the\n"
+"                         outputs must be 10 class scores, and the accuracy is\n"
+"                         reported (for --model with the demo model, docs/backends/)\n"
 "baselines (same workload, same backend and batching policy):\n"
-"  --baseline LIST        comma-separated: inproc, shm, uds, all, none (default none)\n"
+"  --baseline LIST        comma-separated: inproc, inproc-all, shm, uds, all, none\n"
+"                         (default none); inproc: each client thread runs its own\n"
+"                         copy of the backend on its own requests; inproc-all: the\n"
+"                         requests of all clients in one thread of one process\n"
 "  --backend NAME|PATH    backend for the baselines when there is no config (default:\n"
 "                         the model name); --param KEY=VALUE (repeatable),\n"
 "  --max-batch N, --max-wait-us US   batching policy when there is no config\n"
@@ -113,6 +120,7 @@ static int parse_baselines(const char *s, unsigned *out)
     *out = 0;
     for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "inproc")) *out |= 1u << BENCH_BASE_INPROC;
+        else if (!strcmp(t, "inproc-all")) *out |= 1u << BENCH_BASE_INPROC_ALL;
         else if (!strcmp(t, "shm")) *out |= 1u << BENCH_BASE_SHM;
         else if (!strcmp(t, "uds")) *out |= 1u << BENCH_BASE_UDS;
         else if (!strcmp(t, "all")) *out = (1u << BENCH_NBASE) - 1;
@@ -134,7 +142,7 @@ enum {
     OPT_NO_BROKER, OPT_CLIENTS, OPT_THREADS, OPT_CONC, OPT_RATE, OPT_DURATION, OPT_WARMUP,
     OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
     OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
-    OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_HELP,
+    OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_DATASET, OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -151,7 +159,7 @@ static const struct option long_opts[] = {
     {"max-batch", 1, 0, OPT_MAX_BATCH}, {"max-wait-us", 1, 0, OPT_MAX_WAIT},
     {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"scenario", 1, 0, OPT_SCENARIO},
     {"trace", 1, 0, OPT_TRACE}, {"optimize", 1, 0, OPT_OPTIMIZE},
-    {"slo-us", 1, 0, OPT_SLO}, {"help", 0, 0, OPT_HELP},
+    {"slo-us", 1, 0, OPT_SLO}, {"dataset", 1, 0, OPT_DATASET}, {"help", 0, 0, OPT_HELP},
     {0, 0, 0, 0},
 };
 
@@ -165,6 +173,8 @@ struct model_flags {
     const char *scenario, *trace, *optimize;
     int has_duration;
     uint32_t slo_us;
+    const char *dataset;
+    int has_payload, has_out;
 };
 
 static int bad(const char *opt, const char *arg)
@@ -205,8 +215,16 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             mf->has_duration = 1;
             break;
         case OPT_WARMUP: if (parse_pos(optarg, &o->warmup_s)) return bad(name, optarg); break;
-        case OPT_PAYLOAD: if (parse_payload(optarg, &o->pmin, &o->pmax)) return bad(name, optarg); break;
+        case OPT_PAYLOAD:
+            if (parse_payload(optarg, &o->pmin, &o->pmax)) return bad(name, optarg);
+            mf->has_payload = 1;
+            break;
+        case OPT_DATASET:
+            if (strcmp(optarg, "fmnist")) return bad(name, optarg);
+            mf->dataset = optarg;
+            break;
         case OPT_OUT:
+            mf->has_out = 1;
             ull = strtoull(optarg, &end, 10);
             if (*end || end == optarg) return bad(name, optarg);
             o->out_cap = (size_t)ull;
@@ -269,6 +287,14 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         return 2;
     }
     snprintf(o->model.name, sizeof o->model.name, "%s", model);
+    if (mf->dataset) {
+        if (mf->has_payload) {
+            fprintf(stderr, "bb-bench: --dataset sets the payload (784 float32), drop --payload\n");
+            return 2;
+        }
+        o->pmin = o->pmax = BB_FMNIST_DIM * sizeof(float);
+        if (!mf->has_out) o->out_cap = 64;
+    }
     if (!conc_given && o->rate > 0) o->concurrency = 256;
     if (!o->pmax && !o->pmin && o->out_cap == 0) o->out_cap = 1;
     if (!o->out_cap) o->out_cap = o->pmax;
@@ -302,7 +328,7 @@ static int resolve_model(struct bench_opts *o, const struct model_flags *mf)
     }
     if (mf->has_max_batch) m->max_batch_size = mf->max_batch;
     if (mf->has_max_wait) m->max_wait_us = mf->max_wait_us;
-    if (o->verify < 0) o->verify = is_echo_like(m->backend);
+    if (o->verify < 0) o->verify = o->dataset || is_echo_like(m->backend);
     if (!o->socket) {
         static char def[108];
         const char *env = getenv("BATCHBROKER_SOCKET");
@@ -337,15 +363,31 @@ int main(int argc, char **argv)
         fprintf(stderr, "bb-bench: --trace, --optimize and --slo-us need --scenario adaptive\n");
         return 2;
     }
+    static struct bb__fmnist data;
+    if (mf.dataset) {
+        char err[512];
+        if (bb__fmnist_load(NULL, "t10k", &data, err, sizeof err) < 0) {
+            fprintf(stderr, "bb-bench: --dataset fmnist: %s\n", err);
+            return 2;
+        }
+        o.dataset = &data;
+    }
     if (resolve_model(&o, &mf) < 0) return 2;
 
     const struct bench_xport *plan[1 + BENCH_NBASE];
-    const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_shm,
-                                                   &bench_xport_uds};
+    const char *names[1 + BENCH_NBASE];
+    const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_inproc,
+                                                   &bench_xport_shm, &bench_xport_uds};
     int n = 0;
-    if (!o.no_broker) plan[n++] = &bench_xport_broker;
+    if (!o.no_broker) {
+        names[n] = bench_xport_broker.name;
+        plan[n++] = &bench_xport_broker;
+    }
     for (int b = 0; b < BENCH_NBASE; b++)
-        if (o.baselines & (1u << b)) plan[n++] = base[b];
+        if (o.baselines & (1u << b)) {
+            names[n] = b == BENCH_BASE_INPROC_ALL ? "inproc-all" : base[b]->name;
+            plan[n++] = base[b];
+        }
     if (!n) {
         fprintf(stderr, "bb-bench: nothing to run (--no-broker without --baseline)\n");
         return 2;
@@ -358,8 +400,16 @@ int main(int argc, char **argv)
             fprintf(stderr, "bb-bench: out of memory\n");
             return 1;
         }
-        fprintf(stderr, "bb-bench: running %s ...\n", plan[i]->name);
-        if (bench_run(&o, plan[i], runs[i]) < 0) failures++;
+        fprintf(stderr, "bb-bench: running %s ...\n", names[i]);
+        struct bench_opts one = o;
+        if (!strcmp(names[i], "inproc-all")) {
+            /* Every client's requests in flight in one thread: the batches a
+             * single process would form with the whole load. */
+            one.concurrency = o.clients * o.threads * o.concurrency;
+            one.clients = one.threads = 1;
+        }
+        if (bench_run(&one, plan[i], runs[i]) < 0) failures++;
+        runs[i]->name = names[i];
     }
     bench_print_table(stdout, &o, runs, n);
     if (o.json && bench_write_json(o.json, &o, runs, n) < 0) {

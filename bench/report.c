@@ -94,7 +94,7 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
     if (o->pmax != o->pmin) fprintf(f, "-%zu", o->pmax);
     fprintf(f, " B, wait %s, %.1f s after %.1f s warm-up\n\n",
             o->wait == BENCH_WAIT_SPIN ? "spin" : "sleep", o->duration_s, o->warmup_s);
-    fprintf(f, "%-8s %12s %9s %9s %9s %9s %9s %7s %8s %8s %8s %s\n", "run", "requests/s", "p50 us",
+    fprintf(f, "%-10s %12s %9s %9s %9s %9s %9s %7s %8s %8s %8s %s\n", "run", "requests/s", "p50 us",
             "p90 us", "p99 us", "p99.9 us", "max us", "batch", "srv cpu", "cli cpu", "cpu/req",
             "errors");
     struct bench_summary base = {0}, s;
@@ -102,17 +102,19 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
     for (int i = 0; i < n; i++) {
         const struct bench_run_result *r = runs[i];
         if (!r->ok) {
-            fprintf(f, "%-8s failed: %s\n", r->name, r->error);
+            fprintf(f, "%-10s failed: %s\n", r->name, r->error);
             continue;
         }
         bench_summarize(o, r, &s);
         char srv[16], batch[16];
         fmt_opt(srv, sizeof srv, r->cpu_server, "%.2f s");
         fmt_opt(batch, sizeof batch, s.has_batch ? s.batch_avg : -1, "%.1f");
-        fprintf(f, "%-8s %12.0f %9.2f %9.2f %9.2f %9.2f %9.1f %7s %8s %6.2f s %5.2f us %llu",
+        fprintf(f, "%-10s %12.0f %9.2f %9.2f %9.2f %9.2f %9.1f %7s %8s %6.2f s %5.2f us %llu",
                 r->name, s.tput, s.p50, s.p90, s.p99, s.p999, s.max, batch, srv, r->cpu_clients,
                 s.cpu_per_req_us, (unsigned long long)(r->failed + r->bad_output));
         if (r->first_error) fprintf(f, " (%s)", bb_errname(r->first_error));
+        if (o->dataset && r->completed)
+            fprintf(f, "  accuracy %.2f%%", 100.0 * (double)r->correct / (double)r->completed);
         fprintf(f, "\n");
         if (s.has_overhead)
             fprintf(f, "%-8s   server's own CPU %.3f s vs backend %.3f s: %.1f%%\n", "",
@@ -197,6 +199,11 @@ static void json_run(FILE *f, const struct bench_opts *o, const struct bench_run
     fprintf(f, ",\n%s\"completed\": %llu, \"failed\": %llu, \"bad_output\": %llu,", ind,
             (unsigned long long)r->completed, (unsigned long long)r->failed,
             (unsigned long long)r->bad_output);
+    if (o->dataset) {
+        fprintf(f, " \"accuracy\": ");
+        json_num(f, r->completed ? (double)r->correct / (double)r->completed : NAN);
+        fprintf(f, ",");
+    }
     fprintf(f, " \"first_error\": ");
     json_str(f, r->first_error ? bb_errname(r->first_error) : "");
     fprintf(f, ",\n%s\"seconds\": ", ind);

@@ -114,6 +114,20 @@ for ini in "$root"/bench/scenarios/*.ini; do
 done
 [ -f "$out/failed" ] && failed=1 && rm -f "$out/failed"
 
+# The scale-out sweeps (scale_sleep, scale_spin: runs with one thread per
+# process) as one plot, docs/scale.svg when the docs are regenerated.
+if command -v gnuplot >/dev/null && ls "$out"/scale_*-*.json >/dev/null 2>&1; then
+    for f in "$out"/scale_sleep-*.json "$out"/scale_spin-*.json; do
+        [ -s "$f" ] || continue
+        jq -r 'select(.ok == true and .config.threads == 1 and .config.concurrency == 8)
+               | "\(.config.wait) \(.config.clients) \(.throughput_rps) \(.baselines.shm.throughput_rps)" +
+                 " \(.cpu_s.broker / .completed * 1e6) \(.baselines.shm.cpu_s.broker / .baselines.shm.completed * 1e6)"' "$f"
+    done | sort -k1,1 -k2,2n >"$out/scale.dat"
+    svg=$out/scale.svg
+    [ -z "$nodocs" ] && svg=$root/docs/scale.svg
+    gnuplot -e "datafile='$out/scale.dat'; outfile='$svg'" "$root/bench/plot_scale.gp" || true
+fi
+
 if [ -z "$nodocs" ]; then
     doc=$root/docs/performance.md
     {

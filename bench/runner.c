@@ -186,6 +186,7 @@ static void merge(const struct bench_opts *o, struct bench_env *env, struct benc
         r->completed += t->completed;
         r->failed += t->failed;
         r->bad_output += t->bad_output;
+        r->correct += t->correct;
         r->submitted += t->submitted;
         if (!r->first_error) r->first_error = t->first_error;
         for (uint32_t b = 0; b <= BENCH_MAX_BATCH; b++)

@@ -9,12 +9,14 @@
 #include "batcher.h"
 
 #include "batchbroker/client.h"
+#include "broker.h"
 #include "completion.h"
 #include "dedup.h"
 #include "executor.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
+#include "worker.h"
 
 void bb__request_unlink(struct bb__model *m, struct bb__req *r)
 {
@@ -24,6 +26,37 @@ void bb__request_unlink(struct bb__model *m, struct bb__req *r)
         bb__queue_remove(&m->q, r);
     if (r->group)
         bb__dedup_leave(m, r);
+}
+
+void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen)
+{
+    /* Only a request queued here is ours to read: SUBMITTED is a newer
+     * submission of the slot on its way (behind this cancel), whose record
+     * the client's worker may be writing. */
+    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    if ((st != BB__REQ_QUEUED && st != BB__REQ_GROUPED) || r->gen != gen)
+        return; /* running (finishes normally), complete, or resubmitted since */
+    bb__request_unlink(m, r);
+    bb__complete_one(m, r, BB_ECANCELED);
+}
+
+void bb__batcher_drop_client(struct bb__worker *w, struct bb__client *c)
+{
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        struct bb__req *r = bb__session_req(c, i);
+        if (!r) {
+            i |= BB__REQ_CHUNK - 1; /* a chunk never used: nothing queued in it */
+            continue;
+        }
+        int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+        if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
+            continue;
+        struct bb__model *m = &w->b->models[r->model];
+        if (m->w != w)
+            continue; /* queued at another home: its DROP message finds it */
+        bb__request_unlink(m, r);
+        bb__complete_dropped(m, r);
+    }
 }
 
 void bb__batcher_fail_all(struct bb__model *m, int status)
@@ -132,7 +165,7 @@ static uint32_t take_many(void *q, int level, uint32_t max)
     uint32_t room = c->max - c->b->n;
     if (max > room)
         max = room;
-    uint32_t n = m->q.levels[level].n;
+    uint32_t n = m->q.level_n[level];
     if (n && n <= max && m->q.level_bytes[level] <= c->bytes_left) {
         /* The whole level goes: no need to keep its heap in order. */
         bb__queue_take_level(&m->q, level, m->scratch);
@@ -154,12 +187,12 @@ static void take_starved(struct cut *c, uint64_t now)
         return;
     for (;;) {
         struct bb__req *oldest = NULL;
-        bool higher = c->m->q.levels[0].n > 0;
+        bool higher = c->m->q.level_n[0] > 0;
         for (int l = 1; l < 4; l++) {
             struct bb__req *r = bb__level_oldest(&c->m->q, l);
             if (higher && r && now - r->enq_ns >= starve && (!oldest || r->enq_ns < oldest->enq_ns))
                 oldest = r;
-            higher = higher || c->m->q.levels[l].n > 0;
+            higher = higher || c->m->q.level_n[l] > 0;
         }
         if (!oldest)
             return;
@@ -190,7 +223,7 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
                                   .backend_idle = m->running == 0};
     uint64_t oldest = UINT64_MAX;
     for (int l = 0; l < 4; l++) {
-        qs->counts[l] = m->q.levels[l].n;
+        qs->counts[l] = m->q.level_n[l];
         struct bb__req *r = bb__level_oldest(&m->q, l);
         if (r && r->enq_ns < oldest)
             oldest = r->enq_ns;
@@ -201,7 +234,37 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
         qs->earliest_deadline_ns = d->deadline_ns;
 }
 
+#define COALESCE_MAX_NS 1000000ull
+
+/* The sleep this model lets workers take without their doorbells. All
+ * executors busy (the finishing batch wakes the home) with requests already
+ * waiting, or a batch filling: arrivals can be collected a little later in
+ * one pass. An eighth of the fill wait, at most a millisecond, so that a new
+ * deadline is still seen in time. A busy model with an empty queue keeps the
+ * doorbell: in a closed loop nobody rings while its batch runs, and the first
+ * arrival of an open loop does. */
+static void publish_coalesce(struct bb__model *m)
+{
+    uint64_t win = 0;
+    if (m->ninstances && m->running >= m->ninstances)
+        win = m->q.queued || m->q.grouped ? COALESCE_MAX_NS : 0;
+    else if (m->filling)
+        win = (uint64_t)m->fill_wait_us * 1000 / 8;
+    if (win > COALESCE_MAX_NS)
+        win = COALESCE_MAX_NS;
+    atomic_store_explicit(&m->coalesce_ns, win, memory_order_relaxed);
+}
+
+static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns);
+
 int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
+{
+    int progress = poll_model(m, now, next_ns);
+    publish_coalesce(m);
+    return progress;
+}
+
+static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
     if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {

@@ -1,5 +1,11 @@
-/* The broker: the session table, the models and the workers, from start to
- * exit. */
+/* The broker: the topology, the models and the workers, from start to exit.
+ *
+ * One worker per NUMA node by default (`workers = auto`): each serves the
+ * clients of its node, on that node's CPUs, with their segments placed in
+ * that node's memory. A model lives on one worker, its home (model i on
+ * worker i mod N), and its executors run on the home's node; requests of
+ * clients served elsewhere reach it through the mailboxes (mailbox.h), so
+ * every batch is still formed from all the clients of every worker. */
 #include "broker.h"
 
 #include <stdlib.h>
@@ -13,38 +19,47 @@
 #include "worker.h"
 
 int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
-                    volatile sig_atomic_t *stop_flag, bool listen)
+                    _Atomic int *stop_flag, bool listen)
 {
     memset(b, 0, sizeof *b);
     b->cfg = cfg;
     b->stop_flag = stop_flag;
     b->listen_fd = -1;
-    b->max_clients = cfg->max_clients;
-    b->clients = calloc(b->max_clients, sizeof *b->clients);
-    b->client_gen = calloc(b->max_clients, sizeof *b->client_gen);
+    pthread_mutex_init(&b->qmu, NULL);
+    pthread_cond_init(&b->qcv, NULL);
+    char err[512];
+    if (bb__topo_init(&b->topo, cfg->numa_fake_nodes, err, sizeof err) < 0) {
+        bb_error("%s", err);
+        return -2;
+    }
+    uint32_t n = cfg->workers ? cfg->workers : (uint32_t)b->topo.nnodes;
     b->models = calloc(cfg->nmodels ? cfg->nmodels : 1, sizeof *b->models);
-    b->workers = calloc(1, sizeof *b->workers);
-    if (!b->clients || !b->client_gen || !b->models || !b->workers ||
-        bb__admission_init(&b->adm, b->max_clients) < 0) {
+    b->workers = calloc(n, sizeof *b->workers);
+    if (!b->models || !b->workers || bb__admission_init(&b->adm, cfg->max_clients) < 0) {
         bb_error("out of memory");
         return -1;
     }
-    b->nworkers = 1;
-    if (bb__worker_init(&b->workers[0], b, 0, 0) < 0)
-        return -1;
-    for (size_t i = 0; i < cfg->nmodels; i++) {
+    b->nworkers = n;
+    b->nmodels = (uint32_t)cfg->nmodels;
+    for (uint32_t i = 0; i < n; i++) {
+        int node = (int)(i % (uint32_t)b->topo.nnodes);
+        if (bb__worker_init(&b->workers[i], b, i, node) < 0)
+            return -1;
+    }
+    if (n > 1 || b->topo.nnodes > 1)
+        bb_info("%u worker(s) on %d %sNUMA node(s)", n, b->topo.nnodes,
+                b->topo.fake ? "fake " : "");
+    for (uint32_t i = 0; i < b->nmodels; i++) {
         struct bb__model *m = &b->models[i];
-        m->id = (uint32_t)i;
+        m->id = i;
         m->cfg = cfg->models[i];
-        b->nmodels = (uint32_t)i + 1;
-        char err[512];
-        if (bb__model_start(m, &b->workers[0], cfg->plugin_dir, err, sizeof err) < 0) {
+        if (bb__model_start(m, &b->workers[i % n], cfg->plugin_dir, err, sizeof err) < 0) {
             bb_error("%s", err);
             return -2; /* a model the configuration describes cannot start */
         }
-        bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u",
-                m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size, m->cfg.max_wait_us,
-                m->cfg.instances);
+        bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
+                "worker %u", m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size,
+                m->cfg.max_wait_us, m->cfg.instances, m->w->id);
     }
     if (!listen)
         return 0;
@@ -52,34 +67,56 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     return b->listen_fd < 0 ? -1 : 0;
 }
 
+static void *worker_main(void *arg)
+{
+    bb__worker_run(arg);
+    return NULL;
+}
+
 int bb__broker_run(struct bb__broker *b)
 {
-    return bb__worker_run(&b->workers[0]);
+    for (uint32_t i = 1; i < b->nworkers; i++) {
+        int rc = pthread_create(&b->workers[i].thread, NULL, worker_main, &b->workers[i]);
+        if (rc) {
+            bb_error("cannot start worker %u: %s", i, strerror(rc));
+            atomic_store(&b->stopping, true);
+            break;
+        }
+        b->workers[i].started = true;
+    }
+    int rc = bb__worker_run(&b->workers[0]);
+    for (uint32_t i = 1; i < b->nworkers; i++)
+        if (b->workers[i].started)
+            pthread_join(b->workers[i].thread, NULL);
+    return rc;
 }
 
 void bb__broker_fini(struct bb__broker *b)
 {
     /* Sessions first (backends unregister their segments), then the models
      * (executors stop), then the workers whose wake eventfds they used. */
-    for (uint32_t i = 0; b->clients && i < b->max_clients; i++) {
-        struct bb__client *c = b->clients[i];
-        if (c) {
-            bb__session_kill(c->w, c, "broker exit");
-            c->refs = 0;
-            bb__session_destroy(c->w, c);
+    for (uint32_t k = 0; b->workers && k < b->nworkers; k++) {
+        struct bb__worker *w = &b->workers[k];
+        w->exiting = true;
+        for (uint32_t i = 0; w->clients && i < b->cfg->max_clients; i++) {
+            struct bb__client *c = w->clients[i];
+            if (c) {
+                bb__session_kill(w, c, "broker exit");
+                c->refs = 0;
+                bb__session_destroy(w, c);
+            }
         }
     }
-    for (uint32_t i = 0; i < b->nmodels; i++)
+    for (uint32_t i = 0; b->models && i < b->nmodels; i++)
         bb__model_stop(&b->models[i]);
     for (uint32_t i = 0; b->workers && i < b->nworkers; i++)
-        bb__worker_fini(&b->workers[i]);
+        if (b->workers[i].b)
+            bb__worker_fini(&b->workers[i]);
     if (b->listen_fd >= 0) {
         close(b->listen_fd);
         unlink(b->cfg->socket_path);
     }
     free(b->workers);
     free(b->models);
-    free(b->clients);
-    free(b->client_gen);
     bb__admission_fini(&b->adm);
 }

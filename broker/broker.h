@@ -1,47 +1,56 @@
-/* Broker-wide state: the configuration, the models, the session table and
- * the workers (broker.c). What belongs to one dispatcher is in worker.h. */
+/* Broker-wide state: the configuration, the topology, the models and the
+ * workers (broker.c). What belongs to one dispatcher is in worker.h. */
 #ifndef BB_BROKER_BROKER_H
 #define BB_BROKER_BROKER_H
 
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "admission.h"
 #include "config.h"
+#include "topology.h"
 
 struct bb__model;
-struct bb__client;
 struct bb__worker;
 
 struct bb__broker {
     struct bb__broker_config *cfg;  /* the running configuration; reload updates it */
+    struct bb__topology topo;
     struct bb__model *models;
     uint32_t nmodels;
-    struct bb__worker *workers;
+    struct bb__worker *workers;     /* workers[0] accepts and handles reloads */
     uint32_t nworkers;
     int listen_fd;
 
-    /* Session table: index and generation tag io_uring completions. */
-    struct bb__client **clients;
-    uint32_t max_clients, nclients;
-    uint32_t next_client_id;
-    uint32_t *client_gen;
-    struct bb__admission adm;      /* sessions, slots and segment bytes per uid and pid */
+    _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */
+    _Atomic uint32_t next_client_id;
+    struct bb__admission adm;       /* sessions, slots and segment bytes per uid and pid */
 
-    volatile sig_atomic_t *stop_flag;
-    volatile sig_atomic_t *reload_flag;   /* SIGHUP: see reload() in worker.c */
+    _Atomic int *stop_flag;
+    _Atomic int *reload_flag;       /* SIGHUP: see reload() in worker.c */
     const char *config_path;
     const char *const *overrides;
     int noverrides;
-    bool stopping;                 /* intake stopped; draining */
+    _Atomic bool stopping;          /* intake stopped; draining */
+    _Atomic uint32_t drained;       /* workers with nothing left to do after a stop */
+
+    /* Stop-the-world for a reload: workers[0] raises `quiesce`, every other
+     * worker parks (counted in `parked`) until it drops. */
+    pthread_mutex_t qmu;
+    pthread_cond_t qcv;
+    _Atomic bool quiesce;
+    uint32_t parked;
 };
 
-/* Start the models and the worker; take the socket if listen. Returns 0, -1
+/* Start the models and the workers; take the socket if listen. Returns 0, -1
  * on a system failure, -2 when a configured model cannot start (logged). */
 int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
-                    volatile sig_atomic_t *stop_flag, bool listen);
-/* Serve until a stop is requested and everything drained. */
+                    _Atomic int *stop_flag, bool listen);
+/* Serve until a stop is requested and everything drained: workers[0] on the
+ * calling thread, the others on threads of their own. */
 int bb__broker_run(struct bb__broker *b);
 void bb__broker_fini(struct bb__broker *b);
 

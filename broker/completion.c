@@ -1,5 +1,10 @@
 /* Completions to clients.
  *
+ * Who does what: the model's home worker (or an executor) publishes the
+ * slot; the worker that serves the client adds the completion-ring entry,
+ * wakes its waiters and lets go of the reference (bb__completion_returned),
+ * directly when it is the same worker, else after a BB__MSG_RET.
+ *
  * A completion is the slot's status and output length, then shm_done_gen
  * with release (protocol.h). The completion-ring entry and the wake-up of a
  * sleeping waiter are collected per client during a pass and sent once at its
@@ -11,6 +16,7 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
@@ -95,27 +101,62 @@ void bb__completion_flush(struct bb__worker *w)
     w->ndirty = 0;
 }
 
-/* The request leaves its model and its client's accounting. */
-static void release(struct bb__model *m, struct bb__req *r)
+void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags)
 {
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    if (flags & BB__RET_CQ)
+        bb__cq_add(c, slot);
+    if ((flags & BB__RET_WAKE) && !c->dead) {
+        c->wake_due = true;
+        mark_dirty(c);
+    }
+    if (flags & BB__RET_PUT)
+        bb__session_put(c);
+}
+
+void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32_t slot,
+                           unsigned flags)
+{
+    if (c->w == home)
+        bb__completion_returned(c, slot, flags);
+    else
+        bb__mailbox_post(home, c->w, BB__MSG_RET, c, slot, (uint16_t)flags);
+}
+
+void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
+                uint64_t lat_ns, uint64_t now)
+{
+    /* Everything of r first: once the completion is published the client
+     * may resubmit the slot, and its worker rewrite r, at once. */
+    struct bb__client *c = r->cl;
+    uint32_t slot = r->slot, gen = r->gen;
+    bb__metrics_done(&m->metrics, now, status, r->prio, lat_ns);
+    /* Idle before done: the resubmission must find the record free (this
+     * release pairs with the intake's acquire). */
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
+    bb__publish(c, slot, gen, status, out_len);
+    bb__completion_return(m->w, c, slot, BB__RET_CQ | BB__RET_WAKE | BB__RET_PUT);
+}
+
+/* A queued request leaves its model's accounting (home side). */
+static void unaccount(struct bb__model *m, struct bb__req *r)
+{
     r->cl->cm[m->id].inflight--;
     m->bytes -= r->bytes;
-    bb__session_put(r->cl);
 }
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
 {
     uint64_t now = bb__now_ns();
-    struct bb__client *c = r->cl;
-    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
-    bb__answer(c, r->slot, r->gen, status, 0);
-    bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
-    release(m, r);
+    unaccount(m, r);
+    bb__finish(m, r, status, 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
 }
 
 void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
 {
     m->metrics.failed++;
-    release(m, r);
+    unaccount(m, r);
+    struct bb__client *c = r->cl;
+    uint32_t slot = r->slot;
+    atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
+    bb__completion_return(m->w, c, slot, BB__RET_PUT);
 }

@@ -24,7 +24,22 @@ void bb__cq_add(struct bb__client *cl, uint32_t slot);
  * this pass answered: one release store and one wake-up per client. */
 void bb__completion_flush(struct bb__worker *w);
 
-/* Complete one request outside a batch (rejected, expired, canceled, shut
+/* Home side: hand a completion of client c's slot back to the worker that
+ * serves c: BB__RET_CQ (a completion-ring entry), BB__RET_WAKE (wake its
+ * waiters), BB__RET_PUT (the request's reference on the session). */
+void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32_t slot,
+                           unsigned flags);
+/* Client side of the same, on c's own worker. */
+void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags);
+
+/* Home side: answer request r with status (and out_len bytes of output
+ * already in its buffer), count it, and give it back to its client's
+ * worker. r must not be touched afterwards: its client may resubmit it at
+ * once. */
+void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
+                uint64_t lat_ns, uint64_t now);
+
+/* Complete one queued request outside a batch (expired, canceled, shut
  * down); r has been unlinked from every queue. */
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status);
 /* The same for a request whose client is gone: nobody is left to answer. */

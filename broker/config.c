@@ -63,6 +63,7 @@ static const char *const bb__prio_names[] = {"critical", "high", "normal", "low"
 static const char *const bb__onoff_names[] = {"off", "on", NULL};
 static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
 static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
+static const char *const bb__doorbell_names[] = {"auto", "futex", "eventfd", NULL};
 static const char *const bb__scope_names[] = {"global", "uid", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
@@ -78,6 +79,18 @@ static const struct bb__config_key bb__keys[] = {
      "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
     {BB__SEC_BROKER, "spin_us", BB__CT_UINT, BB__BROKER(spin_us), 0, 1000000, "50", NULL, NULL, 1,
      "How long a worker busy-polls its rings before it sleeps; 0 = never spin."},
+    {BB__SEC_BROKER, "workers", BB__CT_UINT, BB__BROKER(workers), 0, 64, "auto", NULL, NULL, 0,
+     "Dispatcher workers: auto = one per NUMA node; N = N workers over the nodes in turn. "
+     "Each serves the clients of its node; a model's batches still span every client."},
+    {BB__SEC_BROKER, "numa_fake_nodes", BB__CT_UINT, BB__BROKER(numa_fake_nodes), 0, 64, "0",
+     NULL, NULL, 0,
+     "For testing: pretend the CPUs form this many NUMA nodes (pins threads to those "
+     "groups, binds no memory); 0 = the machine's real topology."},
+    {BB__SEC_BROKER, "doorbell", BB__CT_ENUM, BB__BROKER(doorbell), 0, 2, "auto", NULL,
+     bb__doorbell_names, 0,
+     "How clients wake a sleeping worker: futex = one io_uring FUTEX_WAIT per worker "
+     "(Linux 6.7+), eventfd = one eventfd read per client; auto = futex when the kernel "
+     "has it."},
     {BB__SEC_BROKER, "max_clients", BB__CT_UINT, BB__BROKER(max_clients), 1, 4096, "256", NULL,
      NULL, 0, "Most clients attached at once; further connections are refused."},
     {BB__SEC_BROKER, "default_segment_mb", BB__CT_UINT, BB__BROKER(default_segment_mb), 1, 4096,
@@ -169,6 +182,10 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Within a level, requests without a deadline are taken round-robin across clients."},
+    {BB__SEC_MODEL, "fair_quantum", BB__CT_UINT, BB__MODEL(fair_quantum), 1, 65536, "8", NULL,
+     NULL, 1,
+     "Fair queueing serves up to this many consecutive requests of a client per round: a "
+     "batch then holds fewer clients, each woken once."},
     {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
      NULL, 0,
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
@@ -416,6 +433,11 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
     switch (k->type) {
     case BB__CT_UINT:
     case BB__CT_BYTES:
+        /* A number key whose default is "auto" takes that word, stored as 0. */
+        if (k->def && strcmp(k->def, "auto") == 0 && strcmp(value, "auto") == 0) {
+            bb__store_uint(p, k->size, 0);
+            return 0;
+        }
         if (bb__parse_u64(k->name, value, &v, k->type == BB__CT_BYTES, msg, msglen) < 0)
             return -1;
         if (v < k->min || v > k->max) {
@@ -485,7 +507,10 @@ static void bb__format_value(const struct bb__config_key *k, const void *base, c
     switch (k->type) {
     case BB__CT_UINT:
     case BB__CT_BYTES:
-        snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
+        if (k->def && strcmp(k->def, "auto") == 0 && bb__load_uint(p, k->size) == 0)
+            snprintf(buf, len, "auto");
+        else
+            snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
         return;
     case BB__CT_STRING:
         snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);

@@ -35,6 +35,7 @@ struct bb__model_config {
     uint32_t max_queue_level[4];/* per level, 0 = only max_queue */
     uint32_t max_inflight_per_client; /* 0 = unlimited */
     uint32_t fairness;          /* round-robin across clients within a level */
+    uint32_t fair_quantum;      /* consecutive requests of a client per round */
     char client_weights[256];   /* "uid:weight,..." */
     uint32_t dedup;
     uint32_t dedup_scope;       /* 0 global, 1 uid */
@@ -63,6 +64,9 @@ struct bb__broker_config {
     char socket_path[108];
     char plugin_dir[256];
     uint32_t spin_us;
+    uint32_t doorbell;          /* 0 auto, 1 futex, 2 eventfd */
+    uint32_t workers;           /* 0 = auto: one per NUMA node */
+    uint32_t numa_fake_nodes;   /* 0 = the real topology */
     uint32_t max_clients;
     uint32_t default_segment_mb;
     uint32_t max_segment_mb;

@@ -23,6 +23,7 @@
 #include "segment.h"
 #include "session.h"
 #include "socket_path.h"
+#include "topology.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
@@ -140,7 +141,8 @@ void bb__control_accept(struct bb__worker *w, int fd)
         return;
     }
     const char *why = "shutting down";
-    int rc = b->stopping ? BB_ESHUTDOWN : bb__admission_connect(&b->adm, b->cfg, cr.uid, cr.pid, &why);
+    int rc = atomic_load(&b->stopping) ? BB_ESHUTDOWN
+                                       : bb__admission_connect(&b->adm, b->cfg, cr.uid, cr.pid, &why);
     struct bb__client *c = rc == 0 ? bb__session_add(w, fd, &cr) : NULL;
     if (!c) {
         if (rc == 0) { /* counted, but the table is full or memory short */
@@ -190,41 +192,43 @@ static int make_segment(struct bb__broker *b, struct bb__client *c, const struct
     return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
-static void handle_hello(struct bb__worker *w, struct bb__client *c, const struct bb_msg_hello *h,
-                         size_t len)
+/* The worker that serves a client: the one of the NUMA node its process
+ * ran on when it said HELLO (the client's hint; a lie only misplaces it), the
+ * least loaded if several serve that node. */
+static struct bb__worker *worker_for(struct bb__broker *b, int32_t cpu)
 {
-    if (len != sizeof *h || h->magic != BB_SHM_MAGIC || (h->version >> 16) != BB_ABI_MAJOR) {
-        bb_warn_limited("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
-        send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
-        bb__session_kill(w, c, "bad hello");
-        return;
+    int node = bb__topo_node_of_cpu(&b->topo, cpu);
+    struct bb__worker *best = NULL;
+    for (uint32_t i = 0; i < b->nworkers; i++) {
+        struct bb__worker *x = &b->workers[i];
+        if (x->node == node &&
+            (!best || atomic_load_explicit(&x->nclients, memory_order_relaxed) <
+                          atomic_load_explicit(&best->nclients, memory_order_relaxed)))
+            best = x;
     }
+    return best ? best : &b->workers[0];
+}
+
+void bb__control_hello(struct bb__worker *w, struct bb__client *c)
+{
+    const struct bb_msg_hello *h = &c->hello;
     struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
                                      .version = BB_SHM_VERSION, .client_id = c->id};
-    if (h->flags & ~BB_HELLO_OPERATOR) {
-        /* An unknown flag asks for something this broker does not do. */
-        send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
-        bb__session_kill(w, c, "unknown HELLO flags");
-        return;
-    }
-    if (h->flags & BB_HELLO_OPERATOR) {
-        c->attached = true;
-        c->is_operator = true;
-        ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)n;
-        return;
-    }
     int memfd = -1;
     char *base = NULL;
     struct bb__layout lay;
     int rc = make_segment(w->b, c, h, &base, &lay, &memfd);
     if (rc == 0)
+        bb__topo_bind(&w->b->topo, base, lay.size, w->node);
+    if (rc == 0)
         rc = bb__session_map(w, c, base, lay.size);
     if (rc == 0) {
-        /* Blocking: io_uring reads it; a non-blocking read would not wait. */
-        c->doorbell = eventfd(0, EFD_CLOEXEC);
         c->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (c->doorbell < 0 || c->notify < 0)
+        /* Without the futex doorbell, an eventfd of its own. Blocking:
+         * io_uring reads it; a non-blocking read would not wait. */
+        if (!w->futex_bell)
+            c->doorbell = eventfd(0, EFD_CLOEXEC);
+        if (c->notify < 0 || (!w->futex_bell && c->doorbell < 0))
             rc = BB_ESYS;
     }
     if (rc < 0) {
@@ -236,17 +240,18 @@ static void handle_hello(struct bb__worker *w, struct bb__client *c, const struc
         return;
     }
     rep.segment_size = c->size;
-    int fds[3] = {memfd, c->doorbell, c->notify};
+    int fds[4] = {memfd, w->page_fd, c->notify, c->doorbell};
+    size_t nfds = w->futex_bell ? 3 : 4;
     char cbuf[CMSG_SPACE(sizeof fds)];
     memset(cbuf, 0, sizeof cbuf);
     struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof cbuf};
+                        .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
     ssize_t n = sendmsg(c->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     close(memfd);
     if (n != (ssize_t)sizeof rep) {
@@ -277,7 +282,37 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             bb__session_kill(w, c, "first message is not HELLO");
             return;
         }
-        handle_hello(w, c, buf, len);
+        const struct bb_msg_hello *hello = buf;
+        if (len != sizeof *hello || hello->magic != BB_SHM_MAGIC ||
+            (hello->version >> 16) != BB_ABI_MAJOR) {
+            bb_warn_limited("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
+            send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
+            bb__session_kill(w, c, "bad hello");
+            return;
+        }
+        if ((hello->flags & ~BB_HELLO_OPERATOR) || hello->reserved) {
+            /* An unknown flag or reserved word asks for something this
+             * broker does not do. */
+            send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
+            bb__session_kill(w, c, "unknown HELLO flags");
+            return;
+        }
+        c->hello = *hello;
+        if (hello->flags & BB_HELLO_OPERATOR) {
+            /* Tools stay with the acceptor: they have no segment to place. */
+            struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
+                                             .version = BB_SHM_VERSION, .client_id = c->id};
+            c->attached = true;
+            c->is_operator = true;
+            ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n;
+            return;
+        }
+        struct bb__worker *to = worker_for(w->b, hello->cpu);
+        if (to == w)
+            bb__control_hello(w, c);
+        else
+            bb__session_move(w, c, to); /* it answers the HELLO there */
         return;
     }
     switch (h->type) {
@@ -291,16 +326,13 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         }
         memcpy(&req, buf, sizeof req);
         req.name[sizeof req.name - 1] = 0;
-        for (uint32_t i = 0; i < w->b->nmodels; i++) {
-            struct bb__model *m = &w->b->models[i];
-            if (strcmp(m->cfg.name, req.name) == 0) {
-                rep.h.status = 0;
-                rep.model_id = i;
-                rep.max_batch_size = m->cfg.max_batch_size;
-                rep.max_request_bytes = m->cfg.max_request_bytes;
-                c->models_open |= 1ull << i;
-                break;
-            }
+        struct bb__model *m = bb__model_find(w->b->models, w->b->nmodels, req.name);
+        if (m) {
+            rep.h.status = 0;
+            rep.model_id = m->id;
+            rep.max_batch_size = m->cfg.max_batch_size;
+            rep.max_request_bytes = m->cfg.max_request_bytes;
+            c->models_open |= 1ull << m->id;
         }
         reply(w, c, &rep, sizeof rep);
         return;
@@ -340,20 +372,15 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             reply(w, c, &rep, sizeof rep);
             return;
         }
-        for (uint32_t i = 0; i < w->b->nmodels; i++) {
-            struct bb__model *m = &w->b->models[i];
-            if (strcmp(m->cfg.name, req.name) != 0)
-                continue;
-            if (req.target > m->cfg.max_batch_size) {
-                rep.status = BB_EINVAL;
-                break;
-            }
+        struct bb__model *m = bb__model_find(w->b->models, w->b->nmodels, req.name);
+        if (m && req.target > m->cfg.max_batch_size) {
+            rep.status = BB_EINVAL;
+        } else if (m) {
+            uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
             bb_info_limited("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
-                    req.target ? "pinned to " : "released, was ", req.target ? req.target : m->pinned,
+                    req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);
-            m->pinned = req.target;
             rep.status = 0;
-            break;
         }
         reply(w, c, &rep, sizeof rep);
         return;
@@ -373,7 +400,8 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         struct bb_msg_pin pin;
         char raw[512];
     } buf;
-    while (!c->dead) {
+    /* A session that moves to another worker stops reading here. */
+    while (!c->dead && c->w == w) {
         ssize_t n = recv(c->sock, &buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
@@ -393,9 +421,9 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
     struct bb__broker *b = w->b;
     uint64_t hello_ns = (uint64_t)b->cfg->hello_timeout_ms * 1000000ull;
     uint64_t idle_ns = (uint64_t)b->cfg->operator_idle_timeout_ms * 1000000ull;
-    for (uint32_t i = 0; i < b->max_clients; i++) {
-        struct bb__client *c = b->clients[i];
-        if (!c || c->w != w || c->dead)
+    for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (!c || c->dead)
             continue;
         /* Neither a connection that never says HELLO nor a silent operator
          * may hold a place for ever; an attached client may stay idle (its
@@ -410,9 +438,9 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
 void bb__control_revoke(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
-    for (uint32_t i = 0; i < b->max_clients; i++) {
-        struct bb__client *c = b->clients[i];
-        if (!c || c->w != w || c->dead)
+    for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (!c || c->dead)
             continue;
         struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
         if (admitted(b->cfg, &cr))

@@ -12,6 +12,9 @@ struct bb__worker;
 int bb__control_listen(const char *path);
 /* A connection was accepted: admission, then a session. */
 void bb__control_accept(struct bb__worker *w, int fd);
+/* Give a client that said HELLO its segment, on the worker that serves it
+ * (after the acceptor moved it there, or the acceptor itself). */
+void bb__control_hello(struct bb__worker *w, struct bb__client *c);
 /* The session's socket is readable: handle every queued message. */
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
 /* Drop the worker's sessions past hello_timeout_ms without a HELLO and its

@@ -32,6 +32,7 @@
 #include "batchbroker/client.h"
 #include "completion.h"
 #include "model.h"
+#include "mailbox.h"
 #include "session.h"
 #include "util_internal.h"
 
@@ -137,15 +138,16 @@ void bb__dedup_expire_cache(struct bb__model *m, uint64_t now)
         cache_unlink(d, d->lru);
 }
 
-static void answer(struct bb__model *m, struct bb__req *r, int st,
-                   const void *out, uint32_t len, uint64_t now)
+/* Answer member r of a group (or a cache hit) with the shared outcome, and
+ * give it back to its client's worker. */
+static void answer(struct bb__model *m, struct bb__req *r, int st, const void *out, uint32_t len,
+                   uint64_t now)
 {
     if (st == 0 && len > r->cl_out_cap)
         st = BB_ETOOBIG;
     if (st == 0 && len)
         memcpy(r->cl_out, out, len);
-    bb__answer(r->cl, r->slot, r->gen, st, st == 0 ? len : 0);
-    bb__metrics_done(&m->metrics, now, st, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
+    bb__finish(m, r, st, st == 0 ? len : 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
 }
 
 int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
@@ -191,7 +193,7 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
             r->out_cap = g->out_cap;
             g->rep = r;
             atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(&m->q, r);
+            bb__queue_push(&m->q, r, NULL);
             bb__deadline_push(&m->q, r);
         } else {
             atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
@@ -278,7 +280,7 @@ void bb__dedup_leave(struct bb__model *m, struct bb__req *r)
             nr->out = g->out;
             nr->out_cap = g->out_cap;
             atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_relaxed);
-            bb__queue_push(&m->q, nr);
+            bb__queue_push(&m->q, nr, NULL);
             g->rep = nr;
         }
     }
@@ -307,12 +309,9 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
         next = r->group_next;
         r->group = NULL;
         r->group_next = NULL;
-        struct bb__client *c = r->cl;
-        atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-        answer(m, r, status, g->out, (uint32_t)out_len, end_ns);
-        c->cm[m->id].inflight--;
+        r->cl->cm[m->id].inflight--;
         m->bytes -= r->bytes;
-        bb__session_put(c);
+        answer(m, r, status, g->out, (uint32_t)out_len, end_ns);
     }
     g->members = NULL;
     g->nmembers = 0;

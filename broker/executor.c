@@ -10,21 +10,29 @@
 #include "executor.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "broker.h"
 #include "completion.h"
 #include "dedup.h"
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
+#include "topology.h"
 #include "util_internal.h"
 #include "worker.h"
 
 void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
 {
     struct bb_batch bb = {.n = b->n,
-                          .numa_node = m->w->node,
+                          .numa_node = m->w->b->topo.node_id[m->w->node],
                           .inputs = b->inputs,
                           .outputs = b->outputs,
                           .priorities = b->prios,
@@ -95,10 +103,10 @@ void bb__batch_reap(struct bb__batch *b)
         uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
         bb__metrics_done(&m->metrics, b->end_ns, b->outputs[i].status, e->prio, lat);
         bb__adaptive_done(&m->adapt, lat);
-        bb__cq_add(e->cl, e->slot);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
-        bb__session_put(e->cl);
+        /* bb__batch_run published it and woke the client already. */
+        bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }
     bb__metrics_batch(&m->metrics, b->n, wait_sum);
     /* Expected batch time for drop_late and the strategies: an EWMA. */
@@ -144,9 +152,65 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     else
         m->q_head = b;
     m->q_tail = b;
-    pthread_cond_signal(&m->q_cv);
+    atomic_fetch_add_explicit(&m->q_len, 1, memory_order_relaxed);
     pthread_mutex_unlock(&m->q_mu);
+    /* Publish, fence, wake only a sleeper (the executor's side is in
+     * take_batch): a spinning executor needs no system call. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&m->q_sleepers, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
+        syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    } else if (m->exec_yield_mask == 0 &&
+               atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed)) {
+        /* Few CPUs: the spinning executor most likely waits on our core. */
+        sched_yield();
+    }
     return false;
+}
+
+static struct bb__batch *pop(struct bb__model *m)
+{
+    pthread_mutex_lock(&m->q_mu);
+    struct bb__batch *b = m->q_head;
+    if (b) {
+        m->q_head = b->next;
+        if (!m->q_head)
+            m->q_tail = NULL;
+        atomic_fetch_sub_explicit(&m->q_len, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&m->q_mu);
+    return b;
+}
+
+/* The next batch, or NULL to stop: spin for the broker's spin_us, then sleep
+ * on q_seq after announcing it in q_sleepers (seq_cst, then re-check). */
+static struct bb__batch *take_batch(struct bb__model *m)
+{
+    for (;;) {
+        uint64_t spin = atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed);
+        uint64_t spin_end = spin ? bb__now_ns() + spin : 0;
+        for (unsigned i = 1;; i++) {
+            if (atomic_load_explicit(&m->q_stop, memory_order_acquire))
+                return NULL;
+            if (atomic_load_explicit(&m->q_len, memory_order_relaxed)) {
+                struct bb__batch *b = pop(m);
+                if (b)
+                    return b; /* else another executor took it */
+            }
+            if (!spin_end || ((i & 63) == 0 && bb__now_ns() >= spin_end))
+                break;
+            if ((i & m->exec_yield_mask) == 0)
+                sched_yield(); /* a thread sharing this core may be what we wait for */
+            else
+                bb__cpu_relax();
+        }
+        uint32_t seq = atomic_load_explicit(&m->q_seq, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->q_sleepers, 1, memory_order_seq_cst);
+        if (!atomic_load_explicit(&m->q_len, memory_order_seq_cst) &&
+            !atomic_load_explicit(&m->q_stop, memory_order_seq_cst))
+            syscall(SYS_futex, &m->q_seq, FUTEX_WAIT_PRIVATE, seq, NULL, NULL, 0);
+        atomic_fetch_sub_explicit(&m->q_sleepers, 1, memory_order_relaxed);
+    }
 }
 
 /* Back to the home worker: push, fence, wake it if it sleeps (the same
@@ -167,22 +231,13 @@ static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
-    for (;;) {
-        pthread_mutex_lock(&m->q_mu);
-        while (!m->q_head && !m->q_stop)
-            pthread_cond_wait(&m->q_cv, &m->q_mu);
-        struct bb__batch *b = m->q_head;
-        if (!b) {
-            pthread_mutex_unlock(&m->q_mu);
-            return NULL;
-        }
-        m->q_head = b->next;
-        if (!m->q_head)
-            m->q_tail = NULL;
-        pthread_mutex_unlock(&m->q_mu);
+    bb__topo_pin(&m->w->b->topo, m->w->node); /* the home worker's node */
+    struct bb__batch *b;
+    while ((b = take_batch(m))) {
         bb__batch_run(m, in, b);
         push_done(m->w, b);
     }
+    return NULL;
 }
 
 static int alloc_batches(struct bb__model *m, uint32_t count)
@@ -208,7 +263,6 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
 int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
 {
     pthread_mutex_init(&m->q_mu, NULL);
-    pthread_cond_init(&m->q_cv, NULL);
     m->ninstances = m->cfg.instances;
     uint32_t ninst = m->ninstances ? m->ninstances : 1;
     m->inst = calloc(ninst, sizeof *m->inst);
@@ -248,10 +302,9 @@ void bb__executor_stop(struct bb__model *m)
 {
     if (!m->inst)
         return;
-    pthread_mutex_lock(&m->q_mu);
-    m->q_stop = true;
-    pthread_cond_broadcast(&m->q_cv);
-    pthread_mutex_unlock(&m->q_mu);
+    atomic_store_explicit(&m->q_stop, true, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
+    syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     for (uint32_t i = 0; i < m->ninstances; i++)
         pthread_join(m->inst[i].thread, NULL);
     uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;

@@ -16,7 +16,8 @@
 #include "log.h"
 #include "worker.h"
 
-static volatile sig_atomic_t stop_requested, reload_requested;
+/* Lock-free atomics: safe in a signal handler, and read by every worker. */
+static _Atomic int stop_requested, reload_requested;
 static int wake_fd_for_signals = -1;
 
 /* Set a flag and wake the loop; the loop does the work. */

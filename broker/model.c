@@ -101,6 +101,10 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
         return -1;
     }
     bb__model_apply(m, &m->cfg);
+    atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
+    /* With few CPUs an idle executor shares its core with the dispatcher or
+     * a client, which it would only delay: it yields at every round. */
+    m->exec_yield_mask = bb__ncpus() <= 2 ? 0 : 4095;
     return bb__executor_start(m, err, errlen);
 }
 
@@ -148,8 +152,9 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
 {
     uint32_t max = m->cfg.max_batch_size;
     *wait_us = m->cfg.max_wait_us;
-    if (m->pinned)
-        return m->pinned < max ? m->pinned : max;
+    uint32_t pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
+    if (pinned)
+        return pinned < max ? pinned : max;
     if (m->cfg.adaptive) {
         *wait_us = m->adapt.wait_us;
         return m->adapt.target;
@@ -166,7 +171,7 @@ void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
     s->max_batch_size = m->cfg.max_batch_size;
     s->instances = m->cfg.instances;
     s->adaptive = m->cfg.adaptive;
-    s->pinned = m->pinned;
+    s->pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
     s->changes = a->changes;
     s->fit_a_us = a->fit.a_ns / 1e3;
     s->fit_b_us = a->fit.b_ns / 1e3;
@@ -175,4 +180,12 @@ void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
     s->arrival_rps = a->rate_rps;
     s->score = a->score;
     s->slo_violations = a->slo_violations;
+}
+
+struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(models[i].cfg.name, name) == 0)
+            return &models[i];
+    return NULL;
 }

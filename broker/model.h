@@ -5,6 +5,7 @@
 #define BB_BROKER_MODEL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -48,9 +49,12 @@ struct bb__model {
     void *strategy_dl;
     uint64_t expected_batch_ns;    /* EWMA of batch service time */
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
-    uint32_t pinned;               /* operator pin of the batch target; 0 = none */
+    _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets it) */
     bool filling;                  /* last pass: requests wait for the batch to fill */
     uint32_t fill_wait_us;         /* the wait the strategy was given then */
+    /* How long any worker may sleep without its doorbell for this model's
+     * sake (worker.c coalesce_window); published by the home each pass. */
+    _Atomic uint64_t coalesce_ns;
 
     struct bb__dedup *dedup;       /* dedup.c */
 
@@ -59,10 +63,16 @@ struct bb__model {
     struct bb__instance *inst;     /* max(1, ninstances) */
     uint32_t running;              /* batches handed out and not yet reaped */
     struct bb__batch *free_batches;
+    /* The executors' queue: the home worker appends under q_mu, executors
+     * take under it. An idle executor spins (spin_us) on q_len before it
+     * sleeps on the futex word q_seq, announced in q_sleepers, so a batch
+     * handed to a spinning executor costs no system call. */
     pthread_mutex_t q_mu;
-    pthread_cond_t q_cv;
     struct bb__batch *q_head, *q_tail;
-    bool q_stop;
+    _Atomic uint32_t q_len, q_seq, q_sleepers;
+    _Atomic bool q_stop;
+    _Atomic uint64_t exec_spin_ns;  /* the broker's spin_us; reload changes it */
+    unsigned exec_yield_mask;      /* spinning executors yield every mask+1 rounds */
 
     struct bb__metrics metrics;
 };
@@ -89,6 +99,9 @@ void bb__model_unregister(struct bb__model *m, void *base, size_t len);
 
 /* The batch target and wait the model is working with now. */
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);
+
+/* The model called name among n, or NULL. */
+struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name);
 
 /* Statistics for the STATS message. */
 void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *out);

@@ -1,5 +1,6 @@
-/* A model's queues (queue.c): per priority level a heap in dispatch order and
- * an arrival-order list, and one heap of every request with a deadline.
+/* A model's queues (queue.c): per priority level a heap of rounds in dispatch
+ * order and an arrival-order list, and one heap of every request with a
+ * deadline.
  * Touched by the model's dispatcher only. */
 #ifndef BB_BROKER_QUEUE_H
 #define BB_BROKER_QUEUE_H
@@ -27,6 +28,7 @@ struct bb__queues {
     uint64_t seq;
     uint64_t vtime[4];             /* fair-queueing virtual time per level */
     uint64_t level_bytes[4];       /* input + output bytes queued per level */
+    uint32_t level_n[4];           /* requests queued per level (a heap holds rounds) */
     bool fairness;                 /* else the arrival sequence orders a level */
 };
 
@@ -37,7 +39,10 @@ int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness)
 int bb__queues_reserve(struct bb__queues *q, uint32_t cap, uint32_t *have);
 void bb__queues_fini(struct bb__queues *q);
 
-void bb__queue_push(struct bb__queues *q, struct bb__req *r);
+/* Queue r. join: the head of the round r belongs to (same client, level and
+ * tags), or NULL; if it is still a head in this queue r goes behind it,
+ * else r becomes a head itself. Returns true when r is a head. */
+bool bb__queue_push(struct bb__queues *q, struct bb__req *r, struct bb__req *join);
 struct bb__req *bb__queue_top(struct bb__queues *q, int level);
 void bb__queue_remove(struct bb__queues *q, struct bb__req *r);
 struct bb__req *bb__level_oldest(struct bb__queues *q, int level);

@@ -12,11 +12,14 @@ struct bb__model;
 struct bb__group;
 
 /* Broker-side record of one request slot. Indexed by slot, so the broker
- * allocates nothing per request. `state` is written by the dispatcher, and by
- * an executor when it completes the request (before the client can see the
- * completion, so the client's next submission finds it IDLE). GROUPED: a
- * deduplicated request riding on another's computation (dedup.c). */
-enum { BB__REQ_IDLE = 0, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
+ * allocates nothing per request. Who owns it follows `state`: IDLE, the
+ * worker that serves the client (its intake fills it in); SUBMITTED, on its
+ * way to the model's home (mailbox.h); QUEUED, GROUPED (a deduplicated
+ * request riding on another's computation, dedup.c) and RUNNING, the home.
+ * The home, or an executor, stores IDLE with release before it publishes the
+ * completion, so that the client's next submission finds it idle, and does
+ * not touch the record after that. */
+enum { BB__REQ_IDLE = 0, BB__REQ_SUBMITTED, BB__REQ_QUEUED, BB__REQ_RUNNING, BB__REQ_GROUPED };
 
 struct bb__req {
     struct bb__client *cl;
@@ -25,6 +28,9 @@ struct bb__req {
     uint8_t level;            /* queue level 0..3 */
     uint8_t own_deadline;     /* the client gave timeout_us: orders by deadline */
     uint32_t slot, gen, model;
+    /* As the client asked, for the model's home to interpret (enqueue.c). */
+    uint32_t timeout_us, flags;
+    int32_t status;           /* < 0: the intake refused it, the home answers */
     uint32_t in_len, out_cap;
     void *in, *out;           /* what the backend sees: the client's segment, or a dedup group's buffers */
     void *cl_out;             /* the client's own output buffer and capacity */
@@ -35,6 +41,10 @@ struct bb__req {
     uint64_t ftag, fstart;    /* fair-queueing finish and start tags */
     uint64_t okey;            /* level order: own deadline, else UINT64_MAX */
     uint32_t pos, dl_pos;     /* indices in the level heap and the deadline heap */
+    /* A fair-queueing round (queue.c): the requests of one client that share
+     * their tags sit behind one heap entry, its head, in arrival order. */
+    struct bb__req *rhead, *rtail, *rnext;
+    uint64_t rseq;            /* the head's arrival sequence: the round's heap key */
     struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
     struct bb__group *group;  /* dedup group, or NULL */
     struct bb__req *group_next;

@@ -1,4 +1,6 @@
-/* Client segments: a memfd of the size the layout needs, sealed against
+/* Client segments and worker pages.
+ *
+ * A client segment is a memfd of the size the layout needs, sealed against
  * shrinking (which would make the broker's next read raise SIGBUS), growing
  * and further sealing, mapped, and its header written with the version word
  * last (protocol.h). */
@@ -48,11 +50,43 @@ int bb__segment_create(uint32_t client_id, uint32_t nslots, uint64_t want_bytes,
     hd->heap_size = lay->size - lay->heap_off;
     hd->broker_pid = (uint32_t)getpid();
     hd->max_input_bytes = UINT32_MAX;
-    atomic_store_explicit(&hd->shm_heartbeat_ns, bb__now_ns(), memory_order_relaxed);
-    atomic_store_explicit(&hd->shm_broker_state, BB_BROKER_RUNNING, memory_order_relaxed);
     /* Written last: a client that sees the version sees everything above. */
     atomic_store_explicit(&hd->shm_version, BB_SHM_VERSION, memory_order_release);
     *base = p;
     *memfd = fd;
+    return 0;
+}
+
+int bb__worker_page_create(uint32_t id, int node, uint32_t flags, struct bb_shm_worker **page,
+                           int *fd)
+{
+    char name[32];
+    snprintf(name, sizeof name, "batchbroker-worker-%u", id);
+    int mfd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0)
+        return BB_ESYS;
+    void *p = MAP_FAILED;
+    if (ftruncate(mfd, BB_SHM_WORKER_SIZE) == 0)
+        p = mmap(NULL, BB_SHM_WORKER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    /* Our mapping stays writable; any new writable mapping (a client's) is
+     * refused from now on. */
+    if (p == MAP_FAILED || fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+                                                     F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
+        if (p != MAP_FAILED)
+            munmap(p, BB_SHM_WORKER_SIZE);
+        close(mfd);
+        return BB_ESYS;
+    }
+    struct bb_shm_worker *w = p;
+    w->magic = BB_SHM_WORKER_MAGIC;
+    w->size = BB_SHM_WORKER_SIZE;
+    w->flags = flags;
+    w->worker_id = id;
+    w->numa_node = node;
+    atomic_store_explicit(&w->shm_heartbeat_ns, bb__now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&w->shm_broker_state, BB_BROKER_RUNNING, memory_order_relaxed);
+    atomic_store_explicit(&w->shm_version, BB_SHM_VERSION, memory_order_release);
+    *page = w;
+    *fd = mfd;
     return 0;
 }

@@ -1,8 +1,11 @@
 /* Sessions: the table of connections, their io_uring operations, the
  * mapping of a client's segment, references, and the end of a session.
  *
- * A session holds one reference while connected and one per queued or
- * running request. Killing it closes its descriptors and drops its queued
+ * A session is served by one worker: the acceptor takes the connection, and
+ * at HELLO moves it to the worker of the client's NUMA node (move/adopt).
+ * It holds one reference while connected and one per request it submitted
+ * that has not come back (mailbox.h: requests to models homed elsewhere come
+ * back as messages). Killing it closes its descriptors and drops its queued
  * requests at once; running ones finish into its segment, which stays mapped
  * until the last reference goes and the sweep destroys the session. */
 #include "session.h"
@@ -18,38 +21,76 @@
 #include "batcher.h"
 #include "broker.h"
 #include "completion.h"
+#include "mailbox.h"
 #include "model.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
 
+/* A free place in w's table for c; the new index's generation tags c's
+ * io_uring operations. */
+static void table_insert(struct bb__worker *w, struct bb__client *c)
+{
+    uint32_t idx = 0;
+    while (w->clients[idx])
+        idx++;
+    c->idx = idx;
+    c->gen = w->client_gen[idx];
+    c->w = w;
+    w->clients[idx] = c;
+    atomic_store_explicit(&w->nclients, w->nclients + 1, memory_order_relaxed);
+}
+
+/* The index's generation moves on: completions still in flight for c on
+ * w's io_uring find the place empty or reused and are dropped. */
+static void table_remove(struct bb__worker *w, struct bb__client *c)
+{
+    w->clients[c->idx] = NULL;
+    w->client_gen[c->idx]++;
+    atomic_store_explicit(&w->nclients, w->nclients - 1, memory_order_relaxed);
+}
+
 struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct ucred *cr)
 {
     struct bb__broker *b = w->b;
-    if (b->nclients >= b->max_clients)
+    /* Only the acceptor adds, and the others only remove: a load and an
+     * increment cannot let two sessions past max_clients. */
+    if (atomic_load(&b->nclients) >= b->cfg->max_clients)
         return NULL;
-    uint32_t idx = 0;
-    while (b->clients[idx])
-        idx++;
     struct bb__client *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    c->idx = idx;
-    c->gen = b->client_gen[idx];
-    c->id = ++b->next_client_id;
+    atomic_fetch_add(&b->nclients, 1);
+    c->id = atomic_fetch_add_explicit(&b->next_client_id, 1, memory_order_relaxed) + 1;
     c->sock = fd;
     c->pidfd = c->doorbell = c->notify = -1;
     c->pid = cr->pid;
     c->uid = cr->uid;
     c->gid = cr->gid;
     c->refs = 1;
-    c->w = w;
     c->accepted_ns = c->last_msg_ns = bb__now_ns();
-    b->clients[idx] = c;
-    b->nclients++;
+    table_insert(w, c);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     return c;
+}
+
+void bb__session_move(struct bb__worker *w, struct bb__client *c, struct bb__worker *to)
+{
+    bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
+    if (c->pidfd >= 0)
+        bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
+    table_remove(w, c);
+    c->w = NULL;
+    bb__mailbox_post(w, to, BB__MSG_SESSION, c, 0, 0);
+}
+
+void bb__session_adopt(struct bb__worker *w, struct bb__client *c)
+{
+    table_insert(w, c);
+    bb__session_arm(w, c, BB__UD_SOCK);
+    if (c->pidfd >= 0)
+        bb__session_arm(w, c, BB__UD_PIDFD);
 }
 
 void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type)
@@ -83,7 +124,7 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
     c->req_chunks = calloc((c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK, sizeof *c->req_chunks);
     if (!c->cm || !c->req_chunks)
         return BB_ENOMEM;
-    bb__ring_attach(&c->sq, base + h->sq_off, h->sq_entries, 0);
+    bb__sq_attach(&c->sq, base + h->sq_off, h->sq_entries);
     bb__ring_attach(&c->cq, base + h->cq_off, h->cq_entries, 1);
     for (uint32_t i = 0; i < b->nmodels; i++)
         c->cm[i].ftag_inc = BB__FAIR_SCALE / bb__model_weight(&b->models[i], c->uid);
@@ -113,7 +154,8 @@ void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
     c->attached = true;
     for (uint32_t i = 0; i < b->nmodels; i++)
         bb__model_register(&b->models[i], c->base, c->size, c->id);
-    bb__session_arm(w, c, BB__UD_DOORBELL);
+    if (c->doorbell >= 0)
+        bb__session_arm(w, c, BB__UD_DOORBELL);
     c->live_idx = w->nlive;
     w->live[w->nlive++] = c;
 }
@@ -144,19 +186,17 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
             close(*fds[i]);
             *fds[i] = -1;
         }
-    /* Its queued requests go; running ones finish and hold the segment. */
-    for (uint32_t i = 0; c->req_chunks && i < c->nslots; i++) {
-        struct bb__req *r = bb__session_req(c, i);
-        if (!r) {
-            i |= BB__REQ_CHUNK - 1; /* a chunk never used: nothing queued in it */
-            continue;
-        }
-        int st = atomic_load_explicit(&r->state, memory_order_relaxed);
-        if (st == BB__REQ_QUEUED || st == BB__REQ_GROUPED) {
-            struct bb__model *m = &w->b->models[r->model];
-            bb__request_unlink(m, r);
-            bb__complete_dropped(m, r);
-        }
+    /* Its queued requests go, here and at the homes of the other models
+     * (after whatever it sent them before: the mailbox keeps the order);
+     * running ones finish and hold the segment. */
+    if (c->req_chunks) {
+        bb__batcher_drop_client(w, c);
+        /* Each DROP holds a reference until its worker is done with c. */
+        for (uint32_t i = 0; i < w->b->nworkers && !w->exiting; i++)
+            if (&w->b->workers[i] != w) {
+                c->refs++;
+                bb__mailbox_post(w, &w->b->workers[i], BB__MSG_DROP, c, 0, 0);
+            }
     }
     bb__session_put(c);
 }
@@ -174,19 +214,17 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
     free(c->req_chunks);
     free(c->cm);
     bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
-    b->clients[c->idx] = NULL;
-    b->client_gen[c->idx]++;
-    b->nclients--;
+    table_remove(w, c);
+    atomic_fetch_sub(&b->nclients, 1);
     free(c);
 }
 
 void bb__session_sweep(struct bb__worker *w)
 {
-    struct bb__broker *b = w->b;
     w->need_sweep = false;
-    for (uint32_t i = 0; i < b->max_clients; i++) {
-        struct bb__client *c = b->clients[i];
-        if (c && c->w == w && c->dead && c->refs == 0)
+    for (uint32_t i = 0; i < w->b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (c && c->dead && c->refs == 0)
             bb__session_destroy(w, c);
     }
 }

@@ -17,7 +17,11 @@
 struct bb__client_model {
     uint32_t inflight;             /* queued + running on the model */
     uint32_t ftag_inc;             /* fair-queueing tag step: BB__FAIR_SCALE / weight */
-    uint64_t last_ftag[4];
+    /* Per level, the client's current fair-queueing round: its start and
+     * finish tags and how many more requests may join it (fair_quantum). */
+    uint64_t round_start[4], last_ftag[4];
+    uint32_t round_left[4];
+    struct bb__req *round_head[4]; /* its heap entry, if still queued (queue.c checks) */
 };
 #define BB__FAIR_SCALE 1000u
 
@@ -36,6 +40,7 @@ struct bb__client {
     gid_t gid;                     /* as SO_PEERCRED gave them at connect */
     bool attached, dead;
     bool is_operator;              /* attached without a segment (bbctl) */
+    struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
     uint64_t last_msg_ns;          /* an idle operator session is dropped */
     uint64_t models_open;          /* bit per model id */
@@ -48,7 +53,8 @@ struct bb__client {
     struct bb_shm_slot *slots;
     uint32_t nslots;
     uint64_t heap_lo, heap_hi;     /* valid buffer range, private copy */
-    struct bb__ring sq, cq;
+    struct bb__sq sq;
+    struct bb__ring cq;
     uint32_t cq_unpublished;
     bool notify_due;
     struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
@@ -63,6 +69,12 @@ struct bb__client {
 /* Add a connection that passed admission to the table. NULL when the table is
  * full or memory is short (the caller closes fd). */
 struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct ucred *cr);
+
+/* Hand a session that has not attached yet to worker `to`: its io_uring
+ * operations here are cancelled and it leaves w's table. */
+void bb__session_move(struct bb__worker *w, struct bb__client *c, struct bb__worker *to);
+/* Take over a session another worker moved here. */
+void bb__session_adopt(struct bb__worker *w, struct bb__client *c);
 
 /* Arm the io_uring operation `type` (BB__UD_SOCK, _DOORBELL, _PIDFD). */
 void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type);

@@ -2,6 +2,8 @@
  * submitted first), then one prep and the user_data. */
 #include "uring.h"
 
+#include <linux/futex.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include "log.h"
@@ -45,6 +47,26 @@ void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud)
     struct io_uring_sqe *sqe = get_sqe(ring);
     io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, ud);
+}
+
+#define BB__IORING_OP_FUTEX_WAIT 51
+#define BB__FUTEX2_SIZE_U32 0x02 /* and not FUTEX2_PRIVATE: the word is shared */
+
+void bb__uring_futex_wait(struct io_uring *ring, _Atomic uint32_t *word, uint32_t val, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_rw(BB__IORING_OP_FUTEX_WAIT, sqe, BB__FUTEX2_SIZE_U32, (void *)word, 0, val);
+    sqe->rw_flags = 0; /* futex_flags */
+    sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
+int bb__uring_has_futex(struct io_uring *ring)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+    int ok = p && io_uring_opcode_supported(p, BB__IORING_OP_FUTEX_WAIT);
+    io_uring_free_probe(p);
+    return ok;
 }
 
 void bb__uring_cancel(struct io_uring *ring, uint64_t ud)

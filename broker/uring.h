@@ -6,9 +6,11 @@
 #define BB_BROKER_URING_H
 
 #include <liburing.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
-enum { BB__UD_ACCEPT = 1, BB__UD_WAKE, BB__UD_SOCK, BB__UD_DOORBELL, BB__UD_PIDFD, BB__UD_CANCEL };
+enum { BB__UD_ACCEPT = 1, BB__UD_WAKE, BB__UD_SOCK, BB__UD_DOORBELL, BB__UD_PIDFD, BB__UD_CANCEL,
+       BB__UD_BELL };
 
 static inline uint64_t bb__ud_make(int type, uint32_t idx, uint32_t gen)
 {
@@ -21,6 +23,11 @@ static inline uint32_t bb__ud_idx(uint64_t ud) { return (uint32_t)(ud & 0xffffff
 void bb__uring_poll(struct io_uring *ring, int fd, unsigned mask, int multishot, uint64_t ud);
 void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t ud);
 void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud);
+/* Wait (shared futex, 32 bits) until *word != val or a FUTEX_WAKE. liburing
+ * 2.3 has no helper: the SQE is made by hand (IORING_OP_FUTEX_WAIT, Linux 6.7). */
+void bb__uring_futex_wait(struct io_uring *ring, _Atomic uint32_t *word, uint32_t val, uint64_t ud);
+/* True if the kernel has io_uring futex operations. */
+int bb__uring_has_futex(struct io_uring *ring);
 /* Cancel the operation tagged ud; its own completion is tagged BB__UD_CANCEL. */
 void bb__uring_cancel(struct io_uring *ring, uint64_t ud);
 

@@ -4,7 +4,8 @@
  * The ring is its only blocking point. Completions arrive for: the listening
  * socket (one accept at a time, see uring.c), each client's control socket (multishot poll:
  * messages and hang-ups), each client's doorbell eventfd (a read that
- * completes when the client rings), each client's pidfd (process exit), the
+ * completes when the client rings; or, with the futex doorbell, one futex
+ * wait for all its clients), each client's pidfd (process exit), the
  * worker's own wake eventfd (executors, signals), and the wait timeout (the
  * next batch cut or request deadline). The loop only dispatches: the work is
  * in control.c, intake.c, batcher.c, executor.c and completion.c.
@@ -13,7 +14,7 @@
  * the executors finished, drain every submission ring, expire and dispatch,
  * publish completion rings. A pass that did something is followed by another;
  * after spin_us without progress the worker announces it sleeps
- * (shm_need_wake), re-checks, and waits in io_uring_submit_and_wait_timeout.
+ * (shm_need_wake in its worker page), re-checks, and waits in io_uring_submit_and_wait_timeout.
  * While every model is busy or waiting for a batch to fill, it sleeps for a
  * short window without announcing it (coalesce_window), so that a burst of
  * arrivals costs one wake-up rather than one per request.
@@ -21,22 +22,26 @@
 #include "worker.h"
 
 #include <errno.h>
-#include <numa.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 
 #include "batchbroker/client.h"
 #include "batcher.h"
 #include "broker.h"
 #include "completion.h"
 #include "control.h"
+#include "enqueue.h"
 #include "executor.h"
 #include "intake.h"
+#include "mailbox.h"
 #include "model.h"
+#include "segment.h"
 #include "session.h"
+#include "topology.h"
 #include "uring.h"
 #include "util_internal.h"
 
@@ -57,13 +62,19 @@ static void arm_wake(struct bb__worker *w)
                    bb__ud_make(BB__UD_WAKE, 0, 0));
 }
 
+/* The doorbell of every client of this worker: one futex wait, always
+ * pending (protocol.h says why no ring is lost). */
+static void arm_bell(struct bb__worker *w)
+{
+    bb__uring_futex_wait(&w->ring, &w->page->shm_doorbell, 0, bb__ud_make(BB__UD_BELL, 0, 0));
+}
+
 /* ---- io_uring completions ---- */
 
 static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t gen,
                           const struct io_uring_cqe *cqe)
 {
-    struct bb__broker *b = w->b;
-    struct bb__client *c = idx < b->max_clients ? b->clients[idx] : NULL;
+    struct bb__client *c = idx < w->b->cfg->max_clients ? w->clients[idx] : NULL;
     if (!c || c->gen != gen || c->dead)
         return; /* completion of a client already gone */
     bool more = cqe->flags & IORING_CQE_F_MORE;
@@ -75,6 +86,8 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
         }
         if (cqe->res & POLLIN)
             bb__control_readable(w, c);
+        if (c->w != w)
+            return; /* moved to the worker of its node: hands off */
         if (!c->dead && (cqe->res & (POLLHUP | POLLRDHUP | POLLERR)))
             bb__session_kill(w, c, "hung up");
         if (!c->dead && !more)
@@ -127,8 +140,13 @@ static int reap_cqes(struct bb__worker *w)
                 on_accept(w, cqe);
                 break;
             case BB__UD_WAKE:
-                if (!w->b->stopping || w->wake_fd >= 0)
-                    arm_wake(w);
+                arm_wake(w);
+                break;
+            case BB__UD_BELL:
+                if (cqe->res < 0 && cqe->res != -EAGAIN && cqe->res != -EINTR &&
+                    cqe->res != -ECANCELED)
+                    bb_warn("doorbell futex wait: %s", strerror(-cqe->res));
+                arm_bell(w);
                 break;
             case BB__UD_SOCK:
             case BB__UD_DOORBELL:
@@ -142,6 +160,39 @@ static int reap_cqes(struct bb__worker *w)
         io_uring_cq_advance(&w->ring, n);
         total += (int)n;
     }
+}
+
+/* Messages from the other workers (mailbox.h), in the order they were sent. */
+static int handle_mail(struct bb__worker *w, uint64_t now)
+{
+    const struct bb__msgbuf *mb = bb__mailbox_take(w);
+    if (!mb)
+        return 0;
+    struct bb__broker *b = w->b;
+    for (uint32_t i = 0; i < mb->n; i++) {
+        const struct bb__msg *msg = &mb->v[i];
+        struct bb__req *r = msg->p;
+        switch (msg->kind) {
+        case BB__MSG_SUBMIT:
+            bb__enqueue(&b->models[r->model], r, now);
+            break;
+        case BB__MSG_CANCEL:
+            bb__batcher_cancel(&b->models[r->model], r, msg->aux);
+            break;
+        case BB__MSG_DROP:
+            bb__batcher_drop_client(w, msg->p);
+            bb__completion_return(w, msg->p, 0, BB__RET_PUT); /* the DROP's reference */
+            break;
+        case BB__MSG_RET:
+            bb__completion_returned(msg->p, msg->aux, msg->flags);
+            break;
+        case BB__MSG_SESSION:
+            bb__session_adopt(w, msg->p);
+            bb__control_hello(w, msg->p);
+            break;
+        }
+    }
+    return (int)mb->n;
 }
 
 static int reap_done(struct bb__worker *w)
@@ -168,12 +219,16 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
     w->b = b;
     w->id = id;
     w->node = node;
-    w->wake_fd = -1;
+    w->wake_fd = w->page_fd = -1;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
-    w->db_bufs = calloc(b->max_clients, sizeof *w->db_bufs);
-    w->live = calloc(b->max_clients, sizeof *w->live);
-    w->dirty = calloc(b->max_clients, sizeof *w->dirty);
-    if (!w->db_bufs || !w->live || !w->dirty) {
+    uint32_t max = b->cfg->max_clients;
+    w->clients = calloc(max, sizeof *w->clients);
+    w->client_gen = calloc(max, sizeof *w->client_gen);
+    w->db_bufs = calloc(max, sizeof *w->db_bufs);
+    w->live = calloc(max, sizeof *w->live);
+    w->dirty = calloc(max, sizeof *w->dirty);
+    if (!w->clients || !w->client_gen || !w->db_bufs || !w->live || !w->dirty ||
+        bb__mailbox_init(&w->mb, b->nworkers) < 0) {
         bb_error("out of memory");
         return -1;
     }
@@ -189,29 +244,41 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
         bb_error("eventfd: %s", strerror(errno));
         return -1;
     }
-    /* Pin before the executors start: they inherit the node's CPUs (and
-     * libnuma's lazily built tables are not safe to build from many threads). */
-    if (numa_available() >= 0 && node >= 0 && numa_run_on_node(node) < 0)
-        bb_warn("cannot pin the dispatcher to NUMA node %d", node);
+    bool has_futex = bb__uring_has_futex(&w->ring);
+    if (b->cfg->doorbell == 1 && !has_futex) {
+        bb_error("doorbell = futex, but this kernel has no io_uring futex operations (Linux "
+                 "6.7+); use doorbell = eventfd or auto");
+        return -1;
+    }
+    w->futex_bell = b->cfg->doorbell == 1 || (b->cfg->doorbell == 0 && has_futex);
+    rc = bb__worker_page_create(id, b->topo.node_id[node],
+                                w->futex_bell ? BB_WORKER_FUTEX_DOORBELL : 0, &w->page,
+                                &w->page_fd);
+    if (rc < 0) {
+        bb_error("cannot create the worker page: %s", bb_strerror(rc));
+        return -1;
+    }
+    bb__topo_bind(&b->topo, w->page, BB_SHM_WORKER_SIZE, node);
     return 0;
 }
 
 static bool work_pending(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
-    if (atomic_load_explicit(&w->done, memory_order_relaxed) || (*b->stop_flag && !b->stopping) ||
-        (b->reload_flag && *b->reload_flag))
+    if (atomic_load_explicit(&w->done, memory_order_relaxed) ||
+        atomic_load_explicit(&w->mb.pending, memory_order_relaxed) ||
+        (atomic_load(b->stop_flag) && !w->stopping) || atomic_load(&b->quiesce) ||
+        (w->id == 0 && b->reload_flag && atomic_load(b->reload_flag)))
         return true;
     for (uint32_t i = 0; i < w->nlive; i++)
-        if (bb__ring_available(&w->live[i]->sq) != 0)
+        if (bb__sq_ready(&w->live[i]->sq, 1))
             return true;
     return false;
 }
 
 static void set_need_wake(struct bb__worker *w, uint32_t v)
 {
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_need_wake, v, memory_order_relaxed);
+    atomic_store_explicit(&w->page->shm_need_wake, v, memory_order_relaxed);
 }
 
 static void heartbeat(struct bb__worker *w, uint64_t now)
@@ -222,39 +289,28 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         w->accept_paused = false;
         arm_accept(w);
     }
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_heartbeat_ns, now, memory_order_relaxed);
+    atomic_store_explicit(&w->page->shm_heartbeat_ns, now, memory_order_relaxed);
     bb__log_limit_flush(now);
     /* Connections still in their handshake and operator sessions are not
      * live: only then is there anything to expire. */
-    if (b->nclients != w->nlive)
+    if (w->nclients != w->nlive)
         bb__control_expire(w, now);
 }
 
-/* How long the dispatcher may sleep without being rung, or 0. While every
- * model either has all its executors busy (a finishing batch wakes us) with
- * requests already waiting, or is waiting for a batch to fill, a doorbell per
- * arrival buys nothing: the arrivals are collected a little later in one pass
- * instead. The window is an eighth of the fill wait and at most
- * COALESCE_MAX_NS, so a new deadline is still seen within a millisecond. A
- * busy model with an empty queue keeps the doorbell: in a closed loop nobody
- * rings while its batch runs, and the first arrival of an open loop does. */
+/* How long the dispatcher may sleep without being rung, or 0: the shortest
+ * window any model allows (its home publishes it each pass, batcher.c). While
+ * every model either has all its executors busy (a finishing batch wakes its
+ * home) with requests already waiting, or is waiting for a batch to fill, a
+ * doorbell per arrival buys nothing: the arrivals are collected a little
+ * later in one pass instead. */
 static uint64_t coalesce_window(struct bb__worker *w)
 {
     uint64_t win = COALESCE_MAX_NS;
     struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        struct bb__model *m = &b->models[i];
-        if (m->ninstances && m->running >= m->ninstances) {
-            if (m->q.queued == 0 && m->q.grouped == 0)
-                return 0;
-            continue;
-        }
-        if (!m->filling)
-            return 0;
-        uint64_t eighth = (uint64_t)m->fill_wait_us * 1000 / 8;
-        if (eighth < win)
-            win = eighth;
+        uint64_t hint = atomic_load_explicit(&b->models[i].coalesce_ns, memory_order_relaxed);
+        if (hint < win)
+            win = hint;
     }
     return win >= COALESCE_MIN_NS ? win : 0;
 }
@@ -271,26 +327,53 @@ static int drain_all(struct bb__worker *w, uint64_t now)
     return progress;
 }
 
-/* SIGHUP: read the configuration again and apply the keys marked reloadable
- * (--help says which). A file that no longer parses changes nothing. */
+/* Other workers: park while workers[0] applies a reload (stop the world:
+ * the models' configuration is read everywhere and written only then). */
+static void park(struct bb__worker *w)
+{
+    struct bb__broker *b = w->b;
+    pthread_mutex_lock(&b->qmu);
+    b->parked++;
+    pthread_cond_broadcast(&b->qcv);
+    while (atomic_load(&b->quiesce))
+        pthread_cond_wait(&b->qcv, &b->qmu);
+    b->parked--;
+    pthread_mutex_unlock(&b->qmu);
+    w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
+    bb__control_revoke(w); /* each worker ends its own sessions a reload disallows */
+}
+
+/* SIGHUP, on workers[0]: read the configuration again and apply the keys
+ * marked reloadable (--help says which), with every other worker parked. A
+ * file that no longer parses changes nothing. */
 static void reload(struct bb__worker *w)
 {
-    static struct bb__broker_config next; /* large; only the dispatcher uses it */
+    static struct bb__broker_config next; /* large; only workers[0] uses it */
     struct bb__broker *b = w->b;
     char err[1024], skipped[1024];
     if (bb__config_build(&next, b->config_path, b->overrides, b->noverrides, err, sizeof err) < 0) {
         bb_error("reload refused, configuration unchanged: %s", err);
         return;
     }
+    pthread_mutex_lock(&b->qmu);
+    atomic_store(&b->quiesce, true);
+    for (uint32_t i = 1; i < b->nworkers; i++)
+        bb__worker_wake(&b->workers[i]);
+    while (b->parked < b->nworkers - 1)
+        pthread_cond_wait(&b->qcv, &b->qmu);
     int changed = bb__config_reload(b->cfg, &next, skipped, sizeof skipped);
     bb__log_level = b->cfg->log_level;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     for (uint32_t i = 0; i < b->nmodels; i++) {
         struct bb__model *m = &b->models[i];
         bb__model_apply(m, &b->cfg->models[i]);
+        atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
         b->cfg->models[i].max_queue = m->cfg.max_queue; /* what the queues could take */
     }
-    bb__control_revoke(w); /* allowed_uids/gids are reloadable */
+    atomic_store(&b->quiesce, false);
+    pthread_cond_broadcast(&b->qcv);
+    pthread_mutex_unlock(&b->qmu);
+    bb__control_revoke(w); /* allowed_uids/gids are reloadable; park() does the others' */
     bb_info("configuration reloaded: %d key(s) changed", changed);
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
@@ -300,61 +383,91 @@ static void reload(struct bb__worker *w)
 static void begin_shutdown(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
-    bb_info("shutting down: failing queued requests, finishing running batches");
-    b->stopping = true;
-    if (b->listen_fd >= 0) {
+    if (w->id == 0)
+        bb_info("shutting down: failing queued requests, finishing running batches");
+    w->stopping = true;
+    atomic_store(&b->stopping, true);
+    if (w->id == 0 && b->listen_fd >= 0) {
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_ACCEPT, 0, 0));
         close(b->listen_fd);
         b->listen_fd = -1;
         unlink(b->cfg->socket_path);
     }
-    for (uint32_t i = 0; i < w->nlive; i++)
-        atomic_store_explicit(&w->live[i]->hdr->shm_broker_state, BB_BROKER_SHUTDOWN,
-                              memory_order_release);
+    atomic_store_explicit(&w->page->shm_broker_state, BB_BROKER_SHUTDOWN, memory_order_release);
     for (uint32_t i = 0; i < b->nmodels; i++)
-        bb__batcher_fail_all(&b->models[i], BB_ESHUTDOWN);
+        if (b->models[i].w == w)
+            bb__batcher_fail_all(&b->models[i], BB_ESHUTDOWN);
+    /* The others may be asleep: each wakes and stops its own models. */
+    for (uint32_t i = 0; i < b->nworkers; i++)
+        if (&b->workers[i] != w)
+            bb__worker_wake(&b->workers[i]);
 }
 
-static bool all_idle(struct bb__worker *w)
+/* Nothing of this worker's is left: its models are idle, no request of its
+ * sessions is out at another home, and no message waits either way. */
+static bool drained(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
-    for (uint32_t i = 0; i < b->nmodels; i++)
-        if (b->models[i].running || b->models[i].q.queued || b->models[i].q.grouped)
+    for (uint32_t i = 0; i < b->nmodels; i++) {
+        struct bb__model *m = &b->models[i];
+        if (m->w == w && (m->running || m->q.queued || m->q.grouped))
             return false;
-    return true;
+    }
+    for (uint32_t i = 0; i < w->nlive; i++)
+        if (w->live[i]->refs > 1)
+            return false;
+    return w->mb.nout_dirty == 0 && !atomic_load_explicit(&w->mb.pending, memory_order_relaxed);
 }
 
 int bb__worker_run(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
-    if (b->listen_fd >= 0)
+    bb__topo_pin(&b->topo, w->node);
+    if (w->id == 0 && b->listen_fd >= 0)
         arm_accept(w);
     arm_wake(w);
+    if (w->futex_bell)
+        arm_bell(w);
     uint64_t idle_since = bb__now_ns();
     unsigned spins = 0;
     for (;;) {
-        if (*b->stop_flag && !b->stopping)
+        if ((atomic_load(b->stop_flag) || atomic_load(&b->stopping)) && !w->stopping)
             begin_shutdown(w);
-        if (b->reload_flag && *b->reload_flag) {
-            *b->reload_flag = 0;
+        if (w->id != 0 && atomic_load(&b->quiesce))
+            park(w);
+        if (w->id == 0 && b->reload_flag && atomic_exchange(b->reload_flag, 0))
             reload(w);
-        }
         int progress = reap_cqes(w);
         progress += reap_done(w);
         /* One clock read a pass: a spinning dispatcher makes many passes,
          * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();
+        progress += handle_mail(w, now);
         progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < b->nmodels; i++)
-            progress += bb__batcher_poll(&b->models[i], now, &next);
+            if (b->models[i].w == w)
+                progress += bb__batcher_poll(&b->models[i], now, &next);
         bb__completion_flush(w);
+        bb__mailbox_flush(w, b->workers);
         if (w->need_sweep)
             bb__session_sweep(w);
         if (io_uring_sq_ready(&w->ring))
             io_uring_submit(&w->ring);
-        if (b->stopping && all_idle(w))
-            break;
+        if (w->stopping) {
+            /* Every worker stays until all have drained: until then another
+             * may still send this one the completions of its sessions. */
+            bool d = drained(w);
+            if (d != w->drained) {
+                w->drained = d;
+                atomic_fetch_add(&b->drained, d ? 1u : (uint32_t)-1);
+                for (uint32_t i = 0; i < b->nworkers; i++)
+                    if (&b->workers[i] != w)
+                        bb__worker_wake(&b->workers[i]);
+            }
+            if (atomic_load(&b->drained) == b->nworkers)
+                break;
+        }
         if (now - w->last_heartbeat_ns >= HEARTBEAT_NS)
             heartbeat(w, now);
         if (progress) {
@@ -363,8 +476,10 @@ int bb__worker_run(struct bb__worker *w)
         }
         if (now - idle_since < w->spin_ns) {
             /* Yield now and then: a client sharing this core needs it to
-             * make the progress we spin for. */
-            if ((++spins & 31) == 0)
+             * make the progress we spin for. Not too often: where more
+             * threads spin than there are CPUs, a spinner that yields at
+             * every turn gives its share away to those that do not. */
+            if ((++spins & 255) == 0)
                 sched_yield();
             else
                 bb__cpu_relax();
@@ -392,13 +507,14 @@ int bb__worker_run(struct bb__worker *w)
             set_need_wake(w, 0);
         idle_since = bb__now_ns();
     }
-    /* Submissions that raced with the shutdown get BB_ESHUTDOWN; then every
-     * client is disconnected, which its library reports as BB_EDISCONNECTED. */
-    drain_all(w, bb__now_ns());
+    /* Every client is disconnected, which its library reports as
+     * BB_EDISCONNECTED. (A submission that raced with the shutdown found
+     * BB_ESHUTDOWN at its model's home, while every worker still ran.) */
+    w->exiting = true;
+    for (uint32_t i = 0; i < b->cfg->max_clients; i++)
+        if (w->clients[i])
+            bb__session_kill(w, w->clients[i], "broker shutdown");
     bb__completion_flush(w);
-    for (uint32_t i = 0; i < b->max_clients; i++)
-        if (b->clients[i] && b->clients[i]->w == w)
-            bb__session_kill(w, b->clients[i], "broker shutdown");
     bb__session_sweep(w);
     io_uring_submit(&w->ring);
     return 0;
@@ -410,6 +526,13 @@ void bb__worker_fini(struct bb__worker *w)
         io_uring_queue_exit(&w->ring);
     if (w->wake_fd >= 0)
         close(w->wake_fd);
+    if (w->page)
+        munmap(w->page, BB_SHM_WORKER_SIZE);
+    bb__mailbox_fini(&w->mb, w->b ? w->b->nworkers : 0);
+    free(w->clients);
+    free(w->client_gen);
+    if (w->page_fd >= 0)
+        close(w->page_fd);
     free(w->db_bufs);
     free(w->live);
     free(w->dirty);

@@ -4,26 +4,42 @@
 #define BB_BROKER_WORKER_H
 
 #include <liburing.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <unistd.h>
 
+#include "mailbox.h"
+
 struct bb__broker;
+struct bb_shm_worker;
 struct bb__batch;
 struct bb__client;
 
 struct bb__worker {
     struct bb__broker *b;
     uint32_t id;
-    int node;                      /* NUMA node, -1: none */
+    int node;                      /* index into the broker's topology */
+    pthread_t thread;              /* workers other than the first */
+    bool started;
     struct io_uring ring;
     int wake_fd;                   /* executors and signals ring it */
+    struct bb_shm_worker *page;    /* the worker page its clients map read-only */
+    int page_fd;
+    bool futex_bell;               /* clients ring page->shm_doorbell, else their eventfds */
     uint64_t wake_buf;
     _Atomic int sleeping;
     _Atomic(struct bb__batch *) done; /* stack of finished batches */
 
+    struct bb__mailbox mb;         /* messages from the other workers (mailbox.h) */
+
+    /* Its session table: index and generation tag io_uring completions. */
+    struct bb__client **clients;
+    uint32_t *client_gen;
+    _Atomic uint32_t nclients;     /* in the table (written by the owner, read by the acceptor) */
+    bool exiting;                  /* past its loop: the other workers may be gone */
     uint64_t *db_bufs;             /* per table index: doorbell read targets */
     struct bb__client **live;      /* attached, alive clients with a segment: the hot loops */
     uint32_t nlive;
@@ -34,9 +50,12 @@ struct bb__worker {
 
     uint64_t spin_ns;
     uint64_t last_heartbeat_ns;
+    bool stopping;                 /* this worker has begun the shutdown */
+    bool drained;                  /* and has nothing left of its own */
 };
 
-/* Returns 0, or -1 on a system failure (logged). */
+/* Returns 0, or -1 on a system failure (logged). Runs on the thread that
+ * creates the broker; the worker pins itself to node when it starts. */
 int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int node);
 /* The loop, until shutdown completes. */
 int bb__worker_run(struct bb__worker *w);

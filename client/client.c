@@ -102,9 +102,12 @@ static bool broker_gone(bb_client *c)
     return false;
 }
 
-static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[3])
+/* The HELLO reply and its descriptors: the segment, the worker page, the
+ * notify eventfd, and (without the futex doorbell) the doorbell eventfd; fds
+ * gets them with -1 for any not sent. */
+static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[4])
 {
-    char cbuf[CMSG_SPACE(3 * sizeof(int))];
+    char cbuf[CMSG_SPACE(4 * sizeof(int))];
     struct iovec iov = {.iov_base = rep, .iov_len = sizeof *rep};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
                         .msg_controllen = sizeof cbuf};
@@ -128,14 +131,33 @@ static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[3])
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)(nfds > 4 ? 4 : nfds) * sizeof(int));
         }
     }
-    if (rep->h.status < 0 || nfds != 3 || (size_t)n != sizeof *rep) {
-        for (int i = 0; i < nfds && i < 3; i++)
+    if (rep->h.status < 0 || nfds < 3 || nfds > 4 || (mh.msg_flags & MSG_CTRUNC) ||
+        (size_t)n != sizeof *rep) {
+        for (int i = 0; i < nfds && i < 4; i++)
             close(fds[i]);
+        fds[0] = fds[1] = fds[2] = fds[3] = -1;
         return rep->h.status < 0 ? rep->h.status : BB_EPROTO;
     }
+    return 0;
+}
+
+/* The worker page: read-only, one page, the magic and our ABI major. */
+static int map_worker_page(bb_client *c, int fd)
+{
+    void *p = mmap(NULL, BB_SHM_WORKER_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return BB_ESYS;
+    c->wpage = p;
+    uint32_t v = atomic_load_explicit(&c->wpage->shm_version, memory_order_acquire);
+    if (c->wpage->magic != BB_SHM_WORKER_MAGIC || (v >> 16) != BB_ABI_MAJOR ||
+        c->wpage->size != BB_SHM_WORKER_SIZE)
+        return BB_EPROTO;
+    /* The page says which doorbell: a futex needs no eventfd, an eventfd must be there. */
+    if ((c->wpage->flags & BB_WORKER_FUTEX_DOORBELL) != (c->doorbell_fd < 0))
+        return BB_EPROTO;
     return 0;
 }
 
@@ -269,19 +291,27 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         .version = BB_SHM_VERSION,
         .segment_bytes = opts ? opts->segment_bytes : 0,
         .max_inflight = opts ? opts->max_inflight : 0,
+        /* The broker serves us from the worker of this CPU's NUMA node. */
+        .cpu = sched_getcpu(),
     };
     /* A broker that refuses us replies at once and closes, so the send may
      * fail: the reply, if any, is still waiting to be read. */
     ssize_t sent = send(c->sock, &hello, sizeof hello, MSG_NOSIGNAL);
     (void)sent;
     struct bb_msg_hello_reply rep;
-    int fds[3] = {-1, -1, -1};
+    int fds[4] = {-1, -1, -1, -1};
     rc = recv_hello(c->sock, &rep, fds);
     if (rc < 0)
         goto fail;
     int memfd = fds[0];
-    c->doorbell_fd = fds[1];
     c->notify_fd = fds[2];
+    c->doorbell_fd = fds[3];
+    rc = map_worker_page(c, fds[1]);
+    close(fds[1]);
+    if (rc < 0) {
+        close(memfd);
+        goto fail;
+    }
     c->size = rep.segment_size;
     c->base = mmap(NULL, c->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     close(memfd);
@@ -299,9 +329,10 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
     c->nslots = h->nslots;
     c->slots = (struct bb_shm_slot *)(c->base + h->slots_off);
     c->sq = (struct bb_shm_ring *)(c->base + h->sq_off);
-    c->sq_entries = (uint32_t *)(c->base + h->sq_off + BB_SHM_RING_HDR_SIZE);
+    c->sq_entries = (_Atomic uint32_t *)(c->base + h->sq_off + BB_SHM_RING_HDR_SIZE);
     c->sq_mask = h->sq_entries - 1;
-    atomic_init(&c->sq_reserve, atomic_load(&c->sq->shm_tail));
+    c->sq_lg = (uint32_t)__builtin_ctz(h->sq_entries);
+    atomic_init(&c->sq_reserve, atomic_load(&c->sq->shm_head));
     bb__ring_attach(&c->cq, c->base + h->cq_off, h->cq_entries, 0);
     if (bb__buddy_init(&c->heap, c->base + h->heap_off, h->heap_size) < 0) {
         rc = BB_ENOMEM;
@@ -339,6 +370,8 @@ void bb_disconnect(bb_client *c)
     bb__buddy_fini(&c->heap);
     if (c->base)
         munmap(c->base, c->size);
+    if (c->wpage)
+        munmap(c->wpage, BB_SHM_WORKER_SIZE);
     if (c->sock >= 0)
         close(c->sock);
     if (c->doorbell_fd >= 0)
@@ -571,27 +604,26 @@ static void sq_push(bb_client *c, uint32_t entry)
             return;
         sched_yield();
     }
-    /* Publish in reservation order: wait for the threads that reserved before
-     * us, then write. Acquire: their release stores of the tail chain back to
-     * whoever last wrote the entry we are about to reuse. */
-    unsigned spins = 0;
-    while (atomic_load_explicit(&c->sq->shm_tail, memory_order_acquire) != pos) {
-        if (++spins > 128) {
-            if (atomic_load_explicit(&c->dead, memory_order_relaxed))
-                return; /* an earlier reservation was abandoned: nobody reads this ring */
-            sched_yield();
-        } else {
-            bb__cpu_relax();
-        }
-    }
-    c->sq_entries[pos & c->sq_mask] = entry;
-    atomic_store_explicit(&c->sq->shm_tail, pos + 1, memory_order_release);
+    /* One release store publishes the entry, with its lap: no waiting for
+     * the threads that reserved before us (protocol.h). */
+    atomic_store_explicit(&c->sq_entries[pos & c->sq_mask], entry | BB_SQE_LAP(pos, c->sq_lg),
+                          memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&c->hdr->shm_need_wake, memory_order_relaxed)) {
-        uint64_t one = 1;
-        ssize_t n = write(c->doorbell_fd, &one, sizeof one);
-        (void)n; /* EAGAIN means the counter is already non-zero: awake enough */
+    if (atomic_load_explicit(&c->wpage->shm_need_wake, memory_order_relaxed))
+        bb__client_ring(c);
+}
+
+void bb__client_ring(bb_client *c)
+{
+    if (c->doorbell_fd < 0) {
+        /* The worker's futex word, through our read-only mapping: a wake
+         * needs no write access (protocol.h). */
+        bb__futex_wake(&c->wpage->shm_doorbell);
+        return;
     }
+    uint64_t one = 1;
+    ssize_t n = write(c->doorbell_fd, &one, sizeof one);
+    (void)n; /* EAGAIN means the counter is already non-zero: awake enough */
 }
 
 int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
@@ -605,7 +637,7 @@ int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
         return BB_ESTATE;
     if (atomic_load_explicit(&c->dead, memory_order_relaxed))
         return BB_EDISCONNECTED;
-    if (atomic_load_explicit(&c->hdr->shm_broker_state, memory_order_relaxed) != BB_BROKER_RUNNING)
+    if (atomic_load_explicit(&c->wpage->shm_broker_state, memory_order_relaxed) != BB_BROKER_RUNNING)
         return BB_ESHUTDOWN;
     struct bb_shm_slot *s = r->slot;
     /* Never the value the broker last completed (stable: not pending), never 0. */
@@ -660,8 +692,9 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     uint64_t spin_end = start + (uint64_t)(spin > 0 ? spin : 0);
     uint64_t next_check = start + LIVENESS_SLICE_NS;
 
-    /* Spin: the broker answers in microseconds when it is awake. */
-    for (unsigned i = 1;; i++) {
+    /* Spin: the broker answers in microseconds when it is awake. A budget
+     * of 0 sleeps at once (not even the 63 rounds between clock reads). */
+    for (unsigned i = 1; spin > 0; i++) {
         if (!is_pending(r))
             return 0;
         if ((i & 63) == 0) {
@@ -676,7 +709,12 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
                 next_check = now + LIVENESS_SLICE_NS;
             }
         }
-        bb__cpu_relax();
+        /* Yield now and then: with more spinning threads than CPUs, the
+         * broker thread we wait for may be the one that needs this CPU. */
+        if ((i & 1023) == 0)
+            sched_yield();
+        else
+            bb__cpu_relax();
     }
     /* Sleep on the client's futex word in slices, checking the broker is
      * alive; the handshake is in protocol.h. */
@@ -690,10 +728,15 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         }
         uint64_t now = bb__now_ns();
         int rc = 0;
-        if (now >= deadline)
+        if (now >= deadline) {
             rc = BB_ETIMEDOUT;
-        else if (broker_gone(c))
-            rc = BB_EDISCONNECTED;
+        } else if (now >= next_check) {
+            /* A poll() costs a system call: once a slice, not before every
+             * sleep (sleeps are slices, so a dead broker is still seen). */
+            next_check = now + LIVENESS_SLICE_NS;
+            if (broker_gone(c))
+                rc = BB_EDISCONNECTED;
+        }
         if (rc == 0) {
             uint64_t slice = deadline - now;
             if (slice > LIVENESS_SLICE_NS)

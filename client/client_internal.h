@@ -42,20 +42,21 @@ struct bb_request {
 
 struct bb_client {
     int sock;                /* control socket; hang-up = broker gone */
-    int doorbell_fd;         /* eventfd the broker sleeps on */
+    int doorbell_fd;         /* eventfd the broker sleeps on; -1: the worker page's futex */
     int notify_fd;           /* eventfd the broker signals on completions */
     char *base;              /* segment mapping */
     size_t size;
     struct bb_shm_header *hdr;
+    struct bb_shm_worker *wpage; /* our broker worker's page, read-only */
     struct bb_shm_slot *slots;
     uint32_t nslots;
 
-    /* Submission ring: threads reserve entries by CAS on sq_reserve, then
-     * publish shm_tail in reservation order (DPDK's multi-producer scheme);
-     * only this process writes shm_tail, so the wait is on our own threads. */
+    /* Submission ring: threads reserve positions with an atomic increment of
+     * sq_reserve and publish each entry with its lap (protocol.h), without
+     * waiting for one another. */
     struct bb_shm_ring *sq;
-    uint32_t *sq_entries;
-    uint32_t sq_mask;
+    _Atomic uint32_t *sq_entries;
+    uint32_t sq_mask, sq_lg;
     _Atomic uint32_t sq_reserve;
 
     pthread_mutex_t cq_lock; /* single consumer of the completion ring */
@@ -74,5 +75,8 @@ struct bb_client {
     _Atomic int dead;        /* broker gone */
     _Atomic int64_t spin_ns;
 };
+
+/* Wake a sleeping broker worker (the doorbell of protocol.h). */
+void bb__client_ring(bb_client *c);
 
 #endif

@@ -1,4 +1,5 @@
-/* Single-producer/single-consumer views of a struct bb_shm_ring.
+/* Views of a struct bb_shm_ring: single-producer/single-consumer (the
+ * completion ring), and the submission ring's consumer (bb__sq, below).
  *
  * Counters run free as u32 and are masked on use. Each side keeps a private
  * cached copy of the peer's counter and reloads it (acquire) only when the
@@ -90,6 +91,52 @@ static inline void bb__ring_publish(struct bb__ring *r, uint32_t n)
 {
     r->local += n;
     atomic_store_explicit(&r->shm->shm_tail, r->local, memory_order_release);
+}
+
+/* The submission ring's consumer (the broker): entries carry their lap
+ * (protocol.h), there is no tail to trust. */
+struct bb__sq {
+    struct bb_shm_ring *shm;
+    _Atomic uint32_t *entries;
+    uint32_t mask, lg;
+    uint32_t head;        /* ours; published as shm_head */
+};
+
+static inline void bb__sq_attach(struct bb__sq *q, void *base, uint32_t cap)
+{
+    q->shm = (struct bb_shm_ring *)base;
+    q->entries = (_Atomic uint32_t *)((char *)base + BB_SHM_RING_HDR_SIZE);
+    q->mask = cap - 1;
+    q->lg = (uint32_t)__builtin_ctz(cap);
+    q->head = atomic_load_explicit(&q->shm->shm_head, memory_order_relaxed);
+}
+
+/* How many entries, up to max, are ready at the head, in order. The acquire
+ * loads pair with the producers' release stores of the entries. */
+static inline uint32_t bb__sq_ready(const struct bb__sq *q, uint32_t max)
+{
+    uint32_t n = 0;
+    while (n < max) {
+        uint32_t pos = q->head + n;
+        uint32_t e = atomic_load_explicit(&q->entries[pos & q->mask], memory_order_acquire);
+        if ((e & BB_SQE_LAP_MASK) != BB_SQE_LAP(pos, q->lg))
+            break;
+        n++;
+    }
+    return n;
+}
+
+/* Entry i (from the head) of those ready. */
+static inline uint32_t bb__sq_peek(const struct bb__sq *q, uint32_t i)
+{
+    return atomic_load_explicit(&q->entries[(q->head + i) & q->mask], memory_order_relaxed);
+}
+
+/* Release n entries to the producers. */
+static inline void bb__sq_consume(struct bb__sq *q, uint32_t n)
+{
+    q->head += n;
+    atomic_store_explicit(&q->shm->shm_head, q->head, memory_order_release);
 }
 
 #endif

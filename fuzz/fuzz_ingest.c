@@ -8,7 +8,7 @@
  * inline. The input is a program of one-byte opcodes and their arguments:
  * write a descriptor (shaped to pass validation often), write raw bytes as
  * a descriptor, fill a slot's input, submit or cancel a slot, push a raw
- * ring entry, set the ring's tail to anything, scribble anywhere in the
+ * ring entry, lose count of the ring's position, scribble anywhere in the
  * segment (header, rings, slots), run a dispatcher pass. Nothing may crash
  * (ASan, UBSan), and once both clients are gone the broker holds nothing. */
 #include <stdatomic.h>
@@ -74,13 +74,15 @@ static struct bb_shm_slot *slot_of(struct client *c, uint32_t i)
     return (struct bb_shm_slot *)(c->s.seg + c->h.slots_off) + i % c->h.nslots;
 }
 
+/* Publish an entry as the client library does: at the next position, tagged
+ * with that position's lap (protocol.h), with one release store. */
 static void push(struct client *c, uint32_t entry)
 {
-    uint32_t *ents = (uint32_t *)(c->s.seg + c->h.sq_off + BB_SHM_RING_HDR_SIZE);
-    ents[c->tail & (c->h.sq_entries - 1)] = entry;
+    _Atomic uint32_t *ents = (_Atomic uint32_t *)(c->s.seg + c->h.sq_off + BB_SHM_RING_HDR_SIZE);
+    uint32_t lg = (uint32_t)__builtin_ctz(c->h.sq_entries);
+    uint32_t e = (entry & ~BB_SQE_LAP_MASK) | BB_SQE_LAP(c->tail, lg);
+    atomic_store_explicit(&ents[c->tail & (c->h.sq_entries - 1)], e, memory_order_release);
     c->tail++;
-    struct bb_shm_ring *r = (struct bb_shm_ring *)(c->s.seg + c->h.sq_off);
-    atomic_store_explicit(&r->shm_tail, c->tail, memory_order_release);
 }
 
 /* A descriptor that passes validation unless the fuzzer wants otherwise:
@@ -133,14 +135,11 @@ static void run(struct client *cl, struct input *in)
             push(c, ((uint32_t)take(in, 1) % NSLOTS) | BB_SQE_CANCEL);
             break;
         case 3:
-            push(c, (uint32_t)take(in, 4));
+            push(c, (uint32_t)take(in, 4)); /* any slot index, flags, lap */
             break;
-        case 4: {
-            struct bb_shm_ring *r = (struct bb_shm_ring *)(c->s.seg + c->h.sq_off);
+        case 4: /* the client loses count: entries at the wrong place or lap */
             c->tail = (uint32_t)take(in, 4);
-            atomic_store_explicit(&r->shm_tail, c->tail, memory_order_release);
             break;
-        }
         case 5: {
             size_t off = (size_t)take(in, 4) % c->s.seg_size;
             size_t len = (size_t)take(in, 1);

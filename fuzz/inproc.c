@@ -21,6 +21,7 @@
 #include "control.h"
 #include "intake.h"
 #include "log.h"
+#include "mailbox.h"
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
@@ -28,7 +29,7 @@
 
 static struct bb__broker_config cfg;
 static struct bb__broker broker;
-static volatile sig_atomic_t stop_flag;
+static _Atomic int stop_flag;
 static bool started;
 
 #define DIE(...)                                                                           \
@@ -48,6 +49,7 @@ void bbf_start(const char *const *overrides)
     static char plugin_dir[300];
     snprintf(plugin_dir, sizeof plugin_dir, "broker.plugin_dir=%s", BB_PLUGIN_DIR);
     ov[n++] = plugin_dir;
+    ov[n++] = "broker.workers=1";
     for (int i = 0; overrides && overrides[i] && n < 63; i++)
         ov[n++] = overrides[i];
     char err[1024];
@@ -63,9 +65,12 @@ static struct bb__worker *worker(void)
     return &broker.workers[0];
 }
 
+/* With one worker (the fuzz configurations ask for one) every session lives
+ * in workers[0]'s table. */
 static struct bb__client *client_of(const struct bbf_session *s)
 {
-    struct bb__client *c = s->idx < broker.max_clients ? broker.clients[s->idx] : NULL;
+    struct bb__worker *w = worker();
+    struct bb__client *c = s->idx < cfg.max_clients ? w->clients[s->idx] : NULL;
     return c && c->gen == s->gen ? c : NULL;
 }
 
@@ -77,8 +82,8 @@ bool bbf_session_open(struct bbf_session *s)
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         DIE("socketpair");
     bb__control_accept(worker(), sv[0]); /* takes sv[0], or closes it */
-    for (uint32_t i = 0; i < broker.max_clients; i++) {
-        struct bb__client *c = broker.clients[i];
+    for (uint32_t i = 0; i < cfg.max_clients; i++) {
+        struct bb__client *c = worker()->clients[i];
         if (c && !c->dead && c->sock == sv[0]) {
             s->peer = sv[1];
             s->idx = c->idx;
@@ -139,7 +144,7 @@ bool bbf_attach(struct bbf_session *s, uint32_t nslots)
 {
     struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
                                  .version = BB_SHM_VERSION, .segment_bytes = 1,
-                                 .max_inflight = nslots};
+                                 .max_inflight = nslots, .cpu = -1};
     if (send(s->peer, &hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello)
         return false;
     struct bb__client *c = client_of(s);
@@ -192,6 +197,7 @@ void bbf_pass(void)
     for (uint32_t i = 0; i < broker.nmodels; i++)
         bb__batcher_poll(&broker.models[i], now, &next);
     bb__completion_flush(w);
+    bb__mailbox_flush(w, broker.workers);
     if (w->need_sweep)
         bb__session_sweep(w);
 }
@@ -216,8 +222,8 @@ void bbf_session_close(struct bbf_session *s)
 void bbf_check_idle(void)
 {
     bbf_pass();
-    if (broker.nclients != 0)
-        DIE("%u sessions left", broker.nclients);
+    if (atomic_load(&broker.nclients) != 0)
+        DIE("%u sessions left", atomic_load(&broker.nclients));
     if (broker.adm.sessions != 0 || broker.adm.nents != 0)
         DIE("admission still charges %u sessions (%u entries)", broker.adm.sessions,
             broker.adm.nents);

@@ -21,8 +21,9 @@ struct bbf_session {
 };
 
 /* Start the one in-process broker with "-o" style overrides (plugins from
- * the build's backends directory). Aborts on failure: a harness cannot run
- * without it. Idempotent. */
+ * the build's backends directory), with one dispatcher worker: sessions and
+ * models all live on workers[0], so no request crosses a mailbox. Aborts on
+ * failure: a harness cannot run without it. Idempotent. */
 void bbf_start(const char *const *overrides);
 
 /* A new session as if accepted on the socket (admission included). false if

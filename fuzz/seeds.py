@@ -8,12 +8,12 @@ import os
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAGIC, VERSION = 0x4B524242, 0x00010000
+MAGIC, VERSION = 0x4B524242, 0x00020000
 HELLO, MODEL_OPEN, STATS, PIN = 1, 3, 5, 7
 
 
-def hello(flags=0, slots=0, seg=0):
-    return struct.pack("<IiIIQII", HELLO, 0, MAGIC, VERSION, seg, slots, flags)
+def hello(flags=0, slots=0, seg=0, cpu=-1):
+    return struct.pack("<IiIIQIIiI", HELLO, 0, MAGIC, VERSION, seg, slots, flags, cpu, 0)
 
 
 def model_open(name):
@@ -49,7 +49,8 @@ write("fuzz_control", "both", record(0, hello(1)) + record(1, hello(0, 8, 1))
 
 
 # fuzz_ingest: opcodes (low bits % 9): 0 descriptor, 1 submit, 2 cancel,
-# 3 raw entry, 4 tail, 5 scribble, 6 pass, 7 fill input; bit 4 = client 1.
+# 3 raw entry, 4 lose count, 5 scribble, 6 pass, 7 fill input, 8 raw descriptor;
+# bit 4 = client 1.
 def desc(slot, model, in_u, in_len, out_u, out_cap, prio=0, flags=0, timeout=0, client=0):
     return struct.pack("<BBBHHHHBBBB", 0 | client << 4, slot, model, in_u, in_len, out_u,
                        out_cap, prio, flags, timeout, 0)

@@ -6,7 +6,16 @@
 # and fails.
 
 BB_DEPS=(build-essential cmake pkg-config liburing-dev libnuma-dev
-         libcriterion-dev libinih-dev libxxhash-dev)
+         libcriterion-dev libinih-dev libxxhash-dev zlib1g-dev
+         # blas backend: OpenBLAS itself (openblas_set_num_threads is in
+         # libopenblas.so.0, not in the generic libblas.so.3).
+         libopenblas-dev
+         # torch backend: libtorch, and libopenblas0 explicitly: without it
+         # libtorch runs on the reference BLAS, ~26x slower at batch 64.
+         libtorch-dev libopenblas0
+         # The demo model: Fashion-MNIST and the PyTorch that trains it in
+         # seconds at build time (scripts/train_fmnist.py, /usr/bin/python3).
+         python3-torch dataset-fashion-mnist)
 # The sanitizer tree and the fuzzers of scripts/test.sh: clang, its
 # sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
 BB_SAN_DEPS=(clang libclang-rt-14-dev llvm)

@@ -39,5 +39,6 @@ target_link_libraries(test_hist PRIVATE m)
 bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${CMAKE_SOURCE_DIR}/client/alloc.c)
 bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${CMAKE_SOURCE_DIR}/broker/dedup.c
                   ${CMAKE_SOURCE_DIR}/broker/queue.c ${CMAKE_SOURCE_DIR}/broker/completion.c
-                  ${CMAKE_SOURCE_DIR}/broker/metrics.c ${CMAKE_SOURCE_DIR}/broker/log.c)
+                  ${CMAKE_SOURCE_DIR}/broker/mailbox.c ${CMAKE_SOURCE_DIR}/broker/metrics.c
+                  ${CMAKE_SOURCE_DIR}/broker/log.c)
 target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)

@@ -225,14 +225,26 @@ int bbt_connect(const struct bbt_broker *b, bb_client **out)
     return rc;
 }
 
+const char *bbt_broker_bin(void)
+{
+    const char *e = getenv("BBT_BROKER_BIN");
+    return e && e[0] ? e : BB_BROKER_BIN;
+}
+
+const char *bbt_plugin_dir(void)
+{
+    const char *e = getenv("BBT_PLUGIN_DIR");
+    return e && e[0] ? e : BB_PLUGIN_DIR;
+}
+
 static int spawn(struct bbt_broker *b, const struct bbt_start *o)
 {
     const char *const *overrides = o->overrides;
     const char *argv[BBT_MAX_ARGS];
     int n = 0;
     static char plugin_arg[300];
-    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", BB_PLUGIN_DIR);
-    argv[n++] = BB_BROKER_BIN;
+    snprintf(plugin_arg, sizeof plugin_arg, "broker.plugin_dir=%s", bbt_plugin_dir());
+    argv[n++] = bbt_broker_bin();
     if (b->cfg[0]) {
         argv[n++] = "--config";
         argv[n++] = b->cfg;
@@ -245,6 +257,17 @@ static int spawn(struct bbt_broker *b, const struct bbt_start *o)
     argv[n++] = "broker.log_level=warn";
     argv[n++] = "-o";
     argv[n++] = plugin_arg;
+    /* A ctest variant runs a whole suite with other broker settings (several
+     * workers, the eventfd doorbell): $BBT_BROKER_OVERRIDES, space-separated,
+     * before the test's own overrides, which win. */
+    static char env_buf[512];
+    const char *env = getenv("BBT_BROKER_OVERRIDES");
+    snprintf(env_buf, sizeof env_buf, "%s", env ? env : "");
+    for (char *save = NULL, *tok = strtok_r(env_buf, " ", &save); tok && n < BBT_MAX_ARGS - 3;
+         tok = strtok_r(NULL, " ", &save)) {
+        argv[n++] = "-o";
+        argv[n++] = tok;
+    }
     for (int i = 0; overrides && overrides[i] && n < BBT_MAX_ARGS - 3; i++) {
         argv[n++] = "-o";
         argv[n++] = overrides[i];

@@ -46,6 +46,12 @@ struct bbt_start {
     const char *const *env;         /* NULL-terminated "NAME=VALUE" list to set, or NULL */
 };
 
+/* The broker binary and plugin directory the build compiled in, unless
+ * $BBT_BROKER_BIN / $BBT_PLUGIN_DIR say otherwise (a test run from a bundle
+ * carried to another machine, scripts/gpu-check.sh). */
+const char *bbt_broker_bin(void);
+const char *bbt_plugin_dir(void);
+
 /* A unique path "/tmp/bbt-<pid>-<n><suffix>". */
 void bbt_unique_path(char *buf, size_t len, const char *suffix);
 
@@ -69,7 +75,7 @@ bool bbt_check(const void *p, size_t len, uint64_t id);
 int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text);
 
 /* Start a broker: `BB_BROKER_BIN -s SOCK [--config FILE] -o broker.log_level=warn
- * -o broker.plugin_dir=BB_PLUGIN_DIR overrides...`. config_text may be NULL (no
+ * -o broker.plugin_dir=BB_PLUGIN_DIR [$BBT_BROKER_OVERRIDES] overrides...`. config_text may be NULL (no
  * --config); overrides is a NULL-terminated list or NULL. Waits (bounded, 10 s)
  * until bb_connect succeeds. Returns 0, or -1 (broker exited or never became
  * ready; b->exit_status says how it ended). */

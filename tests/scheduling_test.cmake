@@ -28,3 +28,10 @@ foreach(suite priority starvation deadline backpressure fairness dedup batch_byt
   add_dependencies(${t} bb_backend_synthetic bb_test_sched_recorder bb_test_strategy_lowfirst
                    bb_test_strategy_badabi)
 endforeach()
+
+# Dispatcher workers (issue 8): clients of two fake nodes on two workers, one
+# model's batches across both.
+bb_criterion_test(test_workers ${CMAKE_CURRENT_LIST_DIR}/test_workers.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+target_compile_definitions(test_workers PRIVATE BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>")
+add_dependencies(test_workers bb_test_sched_recorder)

@@ -6,6 +6,7 @@
  * Each test starts its own broker on a socket of its own (harness.h). */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -664,6 +665,36 @@ static int fill_backlog(int *fds, int max)
     return n;
 }
 
+/* Wait until every thread of pid is stopped (state T): kill() returns
+ * before a running thread has taken the signal. */
+static void wait_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    for (int tries = 0; tries < 5000; tries++) {
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        int running = 0;
+        for (struct dirent *e; (e = readdir(d));) {
+            if (e->d_name[0] == '.')
+                continue;
+            char stat[384], buf[256];
+            snprintf(stat, sizeof stat, "%s/%s/stat", path, e->d_name);
+            FILE *f = fopen(stat, "r");
+            if (!f)
+                continue;
+            char *close_paren = fgets(buf, sizeof buf, f) ? strrchr(buf, ')') : NULL;
+            fclose(f);
+            running += !close_paren || (close_paren[2] != 'T' && close_paren[2] != 't');
+        }
+        closedir(d);
+        if (!running)
+            return;
+        bbt_msleep(1);
+    }
+    cr_assert_fail("the broker never stopped");
+}
+
 /* A stopped broker (SIGSTOP), or one whose listen backlog is full, must not
  * hang bb_connect or a control call: each returns BB_ETIMEDOUT after the
  * client's timeout_ms (or $BATCHBROKER_TIMEOUT_MS). Once the broker runs
@@ -676,6 +707,7 @@ Test(client, connect_and_control_calls_time_out)
     bb_client *c = bbt_connect_ok(&B, &quick);
     bb_model *m = bbt_open_ok(c, "echo");
     cr_assert_eq(kill(B.pid, SIGSTOP), 0);
+    wait_stopped(B.pid);
     alarm(60);
     struct bb_model_stats st;
     int rc = bb_model_stats(m, &st);

@@ -115,17 +115,19 @@ static struct bb__req *req(int k, uint32_t s, char fill, uint32_t out_cap, int l
     return r;
 }
 
-/* File r as intake.c does with dedup_submit's answer. */
+/* File r as the intake and bb__enqueue (enqueue.c) do around dedup_submit:
+ * a reference for every submission, given back when it is answered. */
 static int file(struct bb__req *r)
 {
+    r->cl->refs++;
     int rc = bb__dedup_submit(&m, r, bb__now_ns());
     if (rc == 1 || rc == 0 || rc == 3) {
-        r->cl->refs++;
+        r->cl->cm[0].inflight++;
         m.bytes += r->bytes;
     }
     if (rc == 0 || rc == 3) {
         atomic_store(&r->state, BB__REQ_QUEUED);
-        bb__queue_push(&m.q, r);
+        bb__queue_push(&m.q, r, NULL);
         bb__deadline_push(&m.q, r);
     }
     return rc;

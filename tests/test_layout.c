@@ -19,8 +19,8 @@ _Static_assert(offsetof(struct bb_shm_header, magic) == 0, "magic");
 _Static_assert(offsetof(struct bb_shm_header, shm_version) == 4, "version");
 _Static_assert(offsetof(struct bb_shm_header, sq_off) == 40, "sq_off");
 _Static_assert(offsetof(struct bb_shm_header, heap_size) == 72, "heap_size");
-_Static_assert(offsetof(struct bb_shm_header, shm_heartbeat_ns) == 128, "heartbeat");
-_Static_assert(offsetof(struct bb_shm_header, shm_need_wake) == 140, "need_wake");
+_Static_assert(offsetof(struct bb_shm_header, shm_cq_overflow) == 144, "cq_overflow");
+_Static_assert(offsetof(struct bb_shm_worker, shm_need_wake) == 128, "worker need_wake");
 _Static_assert(offsetof(struct bb_shm_header, shm_notify) == 256, "notify");
 _Static_assert(sizeof(struct bb_shm_ring) == 256, "ring header size");
 _Static_assert(offsetof(struct bb_shm_ring, shm_tail) == 0, "ring tail");
@@ -35,7 +35,7 @@ _Static_assert(offsetof(struct bb_shm_slot, out_len) == 72, "slot out_len");
 _Static_assert(offsetof(struct bb_shm_slot, reserved) == 76, "slot reserved word");
 _Static_assert(offsetof(struct bb_shm_header, shm_wake_seq) == 148, "wake_seq");
 _Static_assert(offsetof(struct bb_shm_header, shm_sleepers) == 260, "sleepers");
-_Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 1u && BB_ABI_MINOR == 0u,
+_Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 2u && BB_ABI_MINOR == 0u,
                "magic and ABI version");
 
 #define OFF(type, field, want) \
@@ -48,14 +48,22 @@ _Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 1u && BB_ABI_MINOR
 Test(layout, constants)
 {
     cr_expect_eq(BB_SHM_MAGIC, 0x4b524242u);
-    cr_expect_eq(BB_ABI_MAJOR, 1u);
+    cr_expect_eq(BB_ABI_MAJOR, 2u);
     cr_expect_eq(BB_ABI_MINOR, 0u);
-    cr_expect_eq(BB_SHM_VERSION, 0x00010000u);
+    cr_expect_eq(BB_SHM_VERSION, 0x00020000u);
+    cr_expect_eq(BB_SHM_WORKER_MAGIC, 0x574b5242u);
+    cr_expect_eq(BB_SHM_WORKER_SIZE, 4096u);
+    cr_expect_eq(BB_WORKER_FUTEX_DOORBELL, 1u);
     cr_expect_eq(BB_SHM_HEADER_SIZE, 4096u);
     cr_expect_eq(BB_SHM_RING_HDR_SIZE, 256u);
     cr_expect_eq(BB_SHM_SLOT_SIZE, 128u);
     cr_expect_eq(BB_SQE_CANCEL, 0x80000000u);
-    cr_expect_eq(BB_SQE_SLOT_MASK, 0x7fffffffu);
+    cr_expect_eq(BB_SQE_SLOT_MASK, 0x000fffffu);
+    cr_expect_eq(BB_SQE_LAP_MASK, 0x7ff00000u);
+    cr_expect_eq(BB_SQE_LAP_SHIFT, 20u);
+    cr_expect_eq(BB_SQE_LAP(0, 4), 1u << 20, "the first lap is tagged 1: a zeroed ring holds nothing");
+    cr_expect_eq(BB_SQE_LAP(16, 4), 2u << 20);
+    cr_expect_eq(BB_SQE_SLOT_MASK & BB_SQE_LAP_MASK & BB_SQE_CANCEL, 0u);
     cr_expect_eq(BB_MAX_SLOTS, 1u << 20);
     cr_expect_eq(BB_MAX_MODEL_NAME, 64u);
     cr_expect_eq(BB_BROKER_RUNNING, 1);
@@ -95,9 +103,7 @@ Test(layout, shm_header)
     OFF(H, broker_pid, 80);
     OFF(H, max_input_bytes, 84);
     OFF(H, pad0, 88);
-    OFF(H, shm_heartbeat_ns, 128);
-    OFF(H, shm_broker_state, 136);
-    OFF(H, shm_need_wake, 140);
+    OFF(H, reserved1, 128);
     OFF(H, shm_cq_overflow, 144);
     OFF(H, shm_wake_seq, 148);
     OFF(H, pad1, 152);
@@ -110,8 +116,31 @@ Test(layout, shm_header)
     cr_expect_eq(sizeof h.pad2, 3832u);
     /* Broker-written hot words and the client-written word on separate
      * 128-byte lines. */
-    cr_expect_eq(offsetof(H, shm_heartbeat_ns) % 128, 0u);
+    cr_expect_eq(offsetof(H, reserved1) % 128, 0u);
     cr_expect_eq(offsetof(H, shm_notify) % 128, 0u);
+}
+
+Test(layout, shm_worker)
+{
+    typedef struct bb_shm_worker W;
+    SIZE(W, 4096);
+    OFF(W, magic, 0);
+    OFF(W, shm_version, 4);
+    OFF(W, size, 8);
+    OFF(W, flags, 12);
+    OFF(W, worker_id, 16);
+    OFF(W, numa_node, 20);
+    OFF(W, pad0, 24);
+    OFF(W, shm_need_wake, 128);
+    OFF(W, shm_doorbell, 132);
+    OFF(W, pad1, 136);
+    OFF(W, shm_heartbeat_ns, 256);
+    OFF(W, shm_broker_state, 264);
+    OFF(W, pad2, 268);
+    W w;
+    cr_expect_eq(sizeof w.pad0, 104u);
+    cr_expect_eq(sizeof w.pad1, 120u);
+    cr_expect_eq(sizeof w.pad2, 3828u);
 }
 
 Test(layout, shm_ring)
@@ -165,12 +194,14 @@ Test(layout, control_messages)
     OFF(struct bb_msg_hdr, type, 0);
     OFF(struct bb_msg_hdr, status, 4);
 
-    SIZE(struct bb_msg_hello, 32);
+    SIZE(struct bb_msg_hello, 40);
     OFF(struct bb_msg_hello, magic, 8);
     OFF(struct bb_msg_hello, version, 12);
     OFF(struct bb_msg_hello, segment_bytes, 16);
     OFF(struct bb_msg_hello, max_inflight, 24);
     OFF(struct bb_msg_hello, flags, 28);
+    OFF(struct bb_msg_hello, cpu, 32);
+    OFF(struct bb_msg_hello, reserved, 36);
 
     SIZE(struct bb_msg_hello_reply, 24);
     OFF(struct bb_msg_hello_reply, version, 8);

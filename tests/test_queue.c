@@ -34,7 +34,7 @@ Test(queue, fairness_tags_then_arrival_within_a_level)
     /* Tags 5, 3, 3, 9: the two 3s in arrival order, then 5, then 9. */
     uint64_t tags[] = {5, 3, 3, 9};
     for (int i = 0; i < 4; i++)
-        bb__queue_push(&q, mk(i, 2, tags[i], UINT64_MAX, false));
+        bb__queue_push(&q, mk(i, 2, tags[i], UINT64_MAX, false), NULL);
     cr_assert_eq(q.queued, 4);
     cr_assert_eq(q.level_bytes[2], 100 + 101 + 102 + 103);
     int want[] = {1, 2, 0, 3};
@@ -55,7 +55,7 @@ Test(queue, fairness_off_is_arrival_order)
     cr_assert_eq(bb__queues_init(&q, 16, true, false), 0);
     uint64_t tags[] = {5, 3, 9, 1};
     for (int i = 0; i < 4; i++)
-        bb__queue_push(&q, mk(i, 0, tags[i], UINT64_MAX, false));
+        bb__queue_push(&q, mk(i, 0, tags[i], UINT64_MAX, false), NULL);
     for (int k = 0; k < 4; k++) {
         struct bb__req *r = bb__queue_top(&q, 0);
         cr_assert_eq(r->slot, (uint32_t)k);
@@ -70,10 +70,10 @@ Test(queue, own_deadlines_first_with_edf)
 {
     struct bb__queues q = {0};
     cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
-    bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false));
-    bb__queue_push(&q, mk(1, 1, 2, 900, true));
-    bb__queue_push(&q, mk(2, 1, 3, 100, false)); /* a default deadline: fair order */
-    bb__queue_push(&q, mk(3, 1, 4, 500, true));
+    bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
+    bb__queue_push(&q, mk(2, 1, 3, 100, false), NULL); /* a default deadline: fair order */
+    bb__queue_push(&q, mk(3, 1, 4, 500, true), NULL);
     int want[] = {3, 1, 0, 2};
     for (int k = 0; k < 4; k++) {
         struct bb__req *r = bb__queue_top(&q, 1);
@@ -83,9 +83,44 @@ Test(queue, own_deadlines_first_with_edf)
     bb__queues_fini(&q);
     /* Without EDF (priorities off) the own deadline does not reorder. */
     cr_assert_eq(bb__queues_init(&q, 16, false, true), 0);
-    bb__queue_push(&q, mk(0, 0, 1, UINT64_MAX, false));
-    bb__queue_push(&q, mk(1, 0, 2, 100, true));
+    bb__queue_push(&q, mk(0, 0, 1, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 0, 2, 100, true), NULL);
     cr_assert_eq(bb__queue_top(&q, 0)->slot, 0);
+    bb__queues_fini(&q);
+}
+
+/* A client's fair-queueing round is one heap entry: requests that join its
+ * head wait behind it in arrival order and take its place when it goes, with
+ * the round's key, ahead of a later round of smaller tag from elsewhere. */
+Test(queue, rounds_share_one_heap_entry)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    struct bb__req *a = mk(0, 2, 5, UINT64_MAX, false);
+    cr_assert(bb__queue_push(&q, a, NULL), "the first of a round is a head");
+    cr_assert_not(bb__queue_push(&q, mk(1, 2, 5, UINT64_MAX, false), a), "joins a's round");
+    cr_assert_not(bb__queue_push(&q, mk(2, 2, 5, UINT64_MAX, false), a));
+    cr_assert(bb__queue_push(&q, mk(3, 2, 7, UINT64_MAX, false), a), "another tag: its own round");
+    cr_assert(bb__queue_push(&q, mk(4, 2, 6, UINT64_MAX, false), NULL));
+    cr_assert_eq(q.levels[2].n, 3, "three rounds in the heap");
+    cr_assert_eq(q.level_n[2], 5);
+    int want[] = {0, 1, 2, 4, 3};
+    for (int k = 0; k < 5; k++) {
+        struct bb__req *r = bb__queue_top(&q, 2);
+        cr_assert_eq(r->slot, (uint32_t)want[k], "pop %d: slot %u", k, r->slot);
+        bb__queue_remove(&q, r);
+    }
+    cr_assert_eq(q.queued, 0);
+    /* A member leaves from the middle of its round; the round goes on. */
+    a = mk(0, 2, 5, UINT64_MAX, false);
+    bb__queue_push(&q, a, NULL);
+    bb__queue_push(&q, mk(1, 2, 5, UINT64_MAX, false), a);
+    bb__queue_push(&q, mk(2, 2, 5, UINT64_MAX, false), a);
+    bb__queue_remove(&q, &reqs[1]);
+    bb__queue_remove(&q, a);
+    cr_assert_eq(bb__queue_top(&q, 2), &reqs[2]);
+    struct bb__req *out[4];
+    cr_assert_eq(bb__queue_take_level(&q, 2, out), 1);
     bb__queues_fini(&q);
 }
 
@@ -94,7 +129,7 @@ Test(queue, oldest_is_arrival_order_across_removals)
     struct bb__queues q = {0};
     cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
     for (int i = 0; i < 5; i++)
-        bb__queue_push(&q, mk(i, 3, (uint64_t)(10 - i), UINT64_MAX, false));
+        bb__queue_push(&q, mk(i, 3, (uint64_t)(10 - i), UINT64_MAX, false), NULL);
     cr_assert_eq(bb__level_oldest(&q, 3)->slot, 0);
     bb__queue_remove(&q, &reqs[0]);
     bb__queue_remove(&q, &reqs[2]);
@@ -135,7 +170,7 @@ Test(queue, take_level_empties_it)
     struct bb__queues q = {0};
     cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
     for (int i = 0; i < 6; i++)
-        bb__queue_push(&q, mk(i, i % 2, (uint64_t)i, UINT64_MAX, false));
+        bb__queue_push(&q, mk(i, i % 2, (uint64_t)i, UINT64_MAX, false), NULL);
     struct bb__req *out[16];
     cr_assert_eq(bb__queue_take_level(&q, 1, out), 3);
     bool seen[6] = {0};
@@ -157,13 +192,13 @@ Test(queue, reserve_grows_and_keeps_order)
 {
     struct bb__queues q = {0};
     cr_assert_eq(bb__queues_init(&q, 2, true, true), 0);
-    bb__queue_push(&q, mk(0, 0, 9, UINT64_MAX, false));
-    bb__queue_push(&q, mk(1, 0, 8, UINT64_MAX, false));
+    bb__queue_push(&q, mk(0, 0, 9, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 0, 8, UINT64_MAX, false), NULL);
     uint32_t have = 0;
     cr_assert_eq(bb__queues_reserve(&q, 64, &have), 0);
     cr_assert_eq(have, 64);
     for (int i = 2; i < 64; i++)
-        bb__queue_push(&q, mk(i, 0, (uint64_t)(100 + i), UINT64_MAX, false));
+        bb__queue_push(&q, mk(i, 0, (uint64_t)(100 + i), UINT64_MAX, false), NULL);
     cr_assert_eq(bb__queue_top(&q, 0)->slot, 1);
     cr_assert_eq(bb__queues_reserve(&q, 8, &have), 0, "never shrinks");
     cr_assert_eq(have, 64);
@@ -210,7 +245,7 @@ Test(queue, random_operations_match_a_reference)
             bool own = rnd(&s) % 3 == 0;
             uint64_t dl = rnd(&s) % 4 ? 1000 + rnd(&s) % 100000 : UINT64_MAX;
             struct bb__req *r = mk(i, (int)(rnd(&s) % 4), rnd(&s) % 64, dl, own && dl != UINT64_MAX);
-            bb__queue_push(&q, r);
+            bb__queue_push(&q, r, NULL);
             bb__deadline_push(&q, r);
             in_q[i] = true;
             count++;

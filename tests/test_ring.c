@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -296,5 +297,101 @@ Test(ring, spsc_threads_in_order, .timeout = 60)
     cr_assert_eq(a.errors, 0);
     cr_assert_eq(wrong, 0, "%u entries out of order", wrong);
     cr_assert_eq(expect, STRESS_N);
+    free(t);
+}
+
+/* ---- The submission ring (bb__sq): entries carry their lap ---- */
+
+static void sq_put(struct test_ring *t, uint32_t pos, uint32_t lg, uint32_t slot)
+{
+    atomic_store((_Atomic uint32_t *)&t->entries[pos & ((1u << lg) - 1)],
+                 slot | BB_SQE_LAP(pos, lg));
+}
+
+Test(ring, sq_ready_in_order_only)
+{
+    struct test_ring *t = new_ring(0, 0);
+    struct bb__sq q;
+    bb__sq_attach(&q, t, CAP);
+    cr_assert_eq(bb__sq_ready(&q, CAP), 0, "a zeroed ring holds nothing");
+    /* Positions 0 and 2 written, 1 not yet (a producer thread preempted). */
+    sq_put(t, 0, 4, 7);
+    sq_put(t, 2, 4, 9);
+    cr_assert_eq(bb__sq_ready(&q, CAP), 1);
+    cr_assert_eq(bb__sq_peek(&q, 0) & BB_SQE_SLOT_MASK, 7);
+    sq_put(t, 1, 4, 8);
+    cr_assert_eq(bb__sq_ready(&q, CAP), 3);
+    cr_assert_eq(bb__sq_ready(&q, 2), 2, "at most max");
+    bb__sq_consume(&q, 3);
+    cr_assert_eq(atomic_load(&t->hdr.shm_head), 3);
+    cr_assert_eq(bb__sq_ready(&q, CAP), 0);
+    free(t);
+}
+
+/* An entry left from the previous lap is not ready, whatever the position,
+ * including where the free-running counter wraps past 2^32. */
+Test(ring, sq_stale_lap_is_not_ready)
+{
+    uint32_t starts[] = {0, CAP * 5, UINT32_MAX - 2, UINT32_MAX - CAP + 1};
+    for (size_t k = 0; k < sizeof starts / sizeof starts[0]; k++) {
+        struct test_ring *t = new_ring(0, starts[k]);
+        struct bb__sq q;
+        bb__sq_attach(&q, t, CAP);
+        for (uint32_t i = 0; i < CAP; i++)
+            sq_put(t, starts[k] + i - CAP, 4, i); /* the lap before */
+        cr_assert_eq(bb__sq_ready(&q, CAP), 0, "start %u: a stale lap looked ready", starts[k]);
+        for (uint32_t i = 0; i < 3 * CAP; i++) {
+            sq_put(t, starts[k] + i, 4, i % CAP);
+            cr_assert_eq(bb__sq_ready(&q, CAP), 1, "start %u, entry %u", starts[k], i);
+            cr_assert_eq(bb__sq_peek(&q, 0) & BB_SQE_SLOT_MASK, i % CAP);
+            bb__sq_consume(&q, 1);
+        }
+        free(t);
+    }
+}
+
+/* Several producer threads publishing in any order; the consumer sees every
+ * entry exactly once, in position order. */
+struct sq_prod {
+    struct test_ring *t;
+    _Atomic uint32_t *reserve;
+    uint32_t n;
+};
+
+static void *sq_producer(void *arg)
+{
+    struct sq_prod *p = arg;
+    for (uint32_t i = 0; i < p->n; i++) {
+        uint32_t pos = atomic_fetch_add(p->reserve, 1);
+        while (pos - atomic_load(&p->t->hdr.shm_head) >= CAP)
+            sched_yield();
+        sq_put(p->t, pos, 4, pos & BB_SQE_SLOT_MASK);
+    }
+    return NULL;
+}
+
+Test(ring, sq_many_producers)
+{
+    struct test_ring *t = new_ring(0, 0);
+    struct bb__sq q;
+    bb__sq_attach(&q, t, CAP);
+    _Atomic uint32_t reserve = 0;
+    enum { THREADS = 4, EACH = 20000 };
+    struct sq_prod p = {.t = t, .reserve = &reserve, .n = EACH};
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&th[i], NULL, sq_producer, &p);
+    uint32_t got = 0;
+    while (got < THREADS * EACH) {
+        uint32_t n = bb__sq_ready(&q, CAP);
+        for (uint32_t i = 0; i < n; i++)
+            cr_assert_eq(bb__sq_peek(&q, i) & BB_SQE_SLOT_MASK, (got + i) & BB_SQE_SLOT_MASK);
+        bb__sq_consume(&q, n);
+        got += n;
+        if (!n)
+            sched_yield();
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
     free(t);
 }

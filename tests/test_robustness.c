@@ -5,12 +5,15 @@
  * of a dead broker in bounded time. */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -101,9 +104,7 @@ static void good_client(bb_model *m, uint64_t min_reqs, volatile int *stop, uint
 
 static void ring_doorbell(bb_client *c)
 {
-    uint64_t one = 1;
-    ssize_t n = write(c->doorbell_fd, &one, sizeof one);
-    (void)n;
+    bb__client_ring(c);
 }
 
 /* mode 0: the whole segment, random bytes, over and over.
@@ -132,7 +133,7 @@ static int vandal(const char *sock, int mode, int wfd)
     uint64_t s = (uint64_t)getpid() * 7919u + (uint64_t)mode;
     uint64_t end = bbt_now_ns() + 800000000ull;
     if (mode == 1) {
-        uint32_t tail = atomic_load(&c->sq->shm_tail);
+        uint32_t tail = atomic_load(&c->sq_reserve);
         while (bbt_now_ns() < end) {
             for (int k = 0; k < 64; k++) {
                 uint32_t slot = (uint32_t)(bbt_rand(&s) % c->nslots);
@@ -145,13 +146,15 @@ static int vandal(const char *sock, int mode, int wfd)
                 if (k & 2)
                     c->slots[slot].in_off = c->hdr->heap_off + bbt_rand(&s) % (c->size);
                 uint32_t e = slot | ((bbt_rand(&s) & 7) == 0 ? BB_SQE_CANCEL : 0);
-                c->sq_entries[tail & c->sq_mask] = e;
+                /* A right lap mostly (the broker reads it), else garbage. */
+                e |= (k & 4) ? (uint32_t)bbt_rand(&s) & BB_SQE_LAP_MASK
+                             : BB_SQE_LAP(tail, c->sq_lg);
+                uint32_t head = atomic_load(&c->sq->shm_head);
+                if (tail - head >= c->sq_mask)
+                    break; /* stay plausible: do not lap the broker */
+                atomic_store_explicit(&c->sq_entries[tail & c->sq_mask], e, memory_order_release);
                 tail++;
             }
-            uint32_t head = atomic_load(&c->sq->shm_head);
-            if (tail - head > c->sq_mask)
-                tail = head + c->sq_mask; /* stay plausible */
-            atomic_store_explicit(&c->sq->shm_tail, tail, memory_order_release);
             ring_doorbell(c);
             bbt_msleep(1);
         }
@@ -666,4 +669,44 @@ Test(robust, max_clients_refuses_extra_client)
     cr_assert_eq(rc, 0, "a freed client slot is reused: %s", bb_errname(rc));
     bb_disconnect(x);
     bb_disconnect(b);
+}
+
+/* The worker page is shared by every client of a worker: no client may write
+ * it. Its memfd is sealed against new writable mappings, so neither a
+ * writable mapping of the page nor making the client's read-only one
+ * writable works. */
+Test(robust, worker_page_is_read_only)
+{
+    START(&B, NULL);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    cr_assert_neq(mprotect(c->wpage, BB_SHM_WORKER_SIZE, PROT_READ | PROT_WRITE), 0,
+                  "the worker page became writable");
+    cr_assert_eq(errno, EACCES);
+    /* A new writable shared mapping of the same memfd, found in /proc. */
+    char link[300], target[256];
+    int refused = 0, found = 0;
+    DIR *d = opendir("/proc/self/map_files");
+    cr_assert_not_null(d);
+    for (struct dirent *e; (e = readdir(d));) {
+        snprintf(link, sizeof link, "/proc/self/map_files/%s", e->d_name);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n <= 0)
+            continue;
+        target[n] = 0;
+        if (!strstr(target, "batchbroker-worker-"))
+            continue;
+        found++;
+        int fd = open(link, O_RDWR);
+        void *p = fd < 0 ? MAP_FAILED
+                         : mmap(NULL, BB_SHM_WORKER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        refused += p == MAP_FAILED;
+        if (p != MAP_FAILED)
+            munmap(p, BB_SHM_WORKER_SIZE);
+        if (fd >= 0)
+            close(fd);
+    }
+    closedir(d);
+    cr_assert_gt(found, 0, "the worker page mapping was not found");
+    cr_assert_eq(refused, found, "a writable mapping of the worker page was allowed");
+    bb_disconnect(c);
 }

@@ -24,5 +24,9 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   target_link_libraries(tsan_stress PRIVATE Threads::Threads)
   add_dependencies(tsan_stress batchbroker_tsan)
   add_test(NAME tsan_stress COMMAND tsan_stress)
+  # The same with two workers: requests and completions cross the mailboxes.
+  add_test(NAME tsan_stress_2workers COMMAND tsan_stress)
+  set_tests_properties(tsan_stress_2workers PROPERTIES
+    ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
   set_tests_properties(tsan_stress PROPERTIES TIMEOUT 300)
 endif()

@@ -26,6 +26,14 @@
 
 #ifdef __cplusplus
 extern "C" {
+/* bb_model_stats() and bb_model_tuning() share their names with the structs
+ * they fill, as stat() does in C; in C++ that is legal but g++ -Wshadow says
+ * the function hides the struct's constructor. Write `struct bb_model_stats`
+ * in C++ as in C. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wshadow"
+#endif
 #endif
 
 #if defined(__GNUC__)
@@ -233,6 +241,9 @@ BB_API const char *bb_strerror(int code);
 BB_API const char *bb_errname(int code);
 
 #ifdef __cplusplus
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 }
 #endif
 #endif

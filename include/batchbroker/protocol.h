@@ -16,15 +16,31 @@
  *   Header: the broker writes every field before passing the fd, the version
  *   word `shm_version` last with release; the client checks it with acquire
  *   before reading anything else. Afterwards the broker alone writes
- *   shm_heartbeat_ns, shm_broker_state, shm_need_wake, shm_cq_overflow and
- *   shm_wake_seq; the client alone writes shm_notify and shm_sleepers.
+ *   shm_cq_overflow and shm_wake_seq; the client alone writes shm_notify and
+ *   shm_sleepers.
  *
- *   Submission ring (client produces, broker consumes): the client writes
- *   entries[tail & mask] and then shm_tail with release; the broker's acquire
- *   load of shm_tail pairs with it. The broker stores shm_head with release
- *   after it copied the entries; the client's acquire load of shm_head pairs
- *   with it before the client reuses those entries. An entry is a slot index,
- *   with BB_SQE_CANCEL set for a cancel of that slot's pending submission.
+ *   Worker page (struct bb_shm_worker, one per dispatcher worker, shared by
+ *   all the clients it serves): written by the broker only, and mapped
+ *   read-only by clients (the memfd carries F_SEAL_FUTURE_WRITE). It holds
+ *   what concerns the worker rather than one client, so that announcing a
+ *   sleep or a heartbeat costs one store however many clients there are:
+ *   shm_need_wake, shm_heartbeat_ns, shm_broker_state, and the doorbell futex
+ *   word shm_doorbell.
+ *
+ *   Submission ring (the client's threads produce, the broker consumes):
+ *   each entry carries the lap it was written in (BB_SQE_LAP), so that the
+ *   client's threads publish independently, without waiting for one another
+ *   in order (ABI 1 had one tail the threads published in reservation order,
+ *   and a preempted thread stalled the others). A thread reserves a position
+ *   with an atomic increment of a counter private to the client, waits while
+ *   the ring is full (pos - shm_head >= sq_entries), and writes
+ *   slot | flags | BB_SQE_LAP(pos) with one release store. The broker takes
+ *   the entries at its head, in order, while their lap is the one expected
+ *   there (acquire, pairing with that store); shm_tail is unused. The broker
+ *   stores shm_head with release after it copied the entries; the client's
+ *   acquire load of shm_head pairs with it before the client reuses them. An
+ *   entry names a slot, with BB_SQE_CANCEL set for a cancel of that slot's
+ *   pending submission.
  *
  *   Slot: the client writes the descriptor (first cache line) before it
  *   publishes the slot on the submission ring, so the ring's release covers
@@ -42,12 +58,19 @@
  *
  * Wake-up handshakes (as io_uring's SQ_NEED_WAKEUP):
  *
- *   Broker sleeping: the broker stores shm_need_wake = 1 in every client's
- *   header, issues a seq_cst fence, re-checks every submission ring and only
- *   then sleeps in io_uring_enter. A client publishes shm_tail, issues a
- *   seq_cst fence, loads shm_need_wake, and if set writes the doorbell
- *   eventfd. One of the two fences is ordered before the other, so either the
- *   broker sees the new tail or the client sees the flag.
+ *   Broker sleeping: the broker stores shm_need_wake = 1 in its worker page,
+ *   issues a seq_cst fence, re-checks every submission ring and only then
+ *   sleeps in io_uring_enter. A client publishes shm_tail, issues a seq_cst
+ *   fence, loads shm_need_wake, and if set rings the doorbell. One of the two
+ *   fences is ordered before the other, so either the broker sees the new
+ *   tail or the client sees the flag. The doorbell is FUTEX_WAKE on the
+ *   worker page's shm_doorbell (flags & BB_WORKER_FUTEX_DOORBELL): the
+ *   dispatcher keeps an io_uring FUTEX_WAIT on that word (whose value never
+ *   changes) pending at all times, re-armed in the pass that consumed it, so
+ *   a wake that finds no waiter happened during a pass, before the re-check
+ *   (the futex bucket lock orders it). On kernels without io_uring futex
+ *   operations it is a write to the client's doorbell eventfd, which the
+ *   dispatcher reads.
  *
  *   Client sleeping: one futex word per client, not per request, so that a
  *   batch costs the broker one wake-up per client rather than per request. A
@@ -66,15 +89,23 @@
 #include <stdint.h>
 
 #define BB_SHM_MAGIC 0x4b524242u /* "BBRK" little-endian */
-#define BB_ABI_MAJOR 1u
+#define BB_ABI_MAJOR 2u
 #define BB_ABI_MINOR 0u
 #define BB_SHM_VERSION ((BB_ABI_MAJOR << 16) | BB_ABI_MINOR)
 
 #define BB_SHM_HEADER_SIZE 4096u
 #define BB_SHM_RING_HDR_SIZE 256u
 #define BB_SHM_SLOT_SIZE 128u
+/* A submission-ring entry: slot index, lap tag, cancel flag. */
+#define BB_SQE_SLOT_MASK 0x000fffffu
+#define BB_SQE_LAP_SHIFT 20
+#define BB_SQE_LAP_MASK 0x7ff00000u
 #define BB_SQE_CANCEL 0x80000000u
-#define BB_SQE_SLOT_MASK 0x7fffffffu
+/* The lap tag of the entry at free-running position pos of a ring of
+ * 2^lg entries: (pos / 2^lg + 1) mod 2^11, never the tag of the entry one lap
+ * earlier at the same place (and never 0 in the first lap, so a zeroed ring
+ * holds nothing). */
+#define BB_SQE_LAP(pos, lg) ((((uint32_t)(pos) >> (lg)) + 1u) << BB_SQE_LAP_SHIFT & BB_SQE_LAP_MASK)
 
 #define BB_MAX_SLOTS (1u << 20)
 #define BB_MAX_MODEL_NAME 64u
@@ -100,10 +131,8 @@ struct bb_shm_header {
     uint32_t max_input_bytes;   /* per request, broker-wide limit */
     uint8_t pad0[128 - 88];
 
-    /* Broker-written after attach; one cache line pair of their own. */
-    _Atomic uint64_t shm_heartbeat_ns; /* CLOCK_MONOTONIC of the broker's last pass */
-    _Atomic uint32_t shm_broker_state; /* enum bb_broker_state */
-    _Atomic uint32_t shm_need_wake;    /* 1: broker sleeps, ring the doorbell */
+    /* Broker-written after attach; a cache line of their own. */
+    uint32_t reserved1[4];             /* 0 (ABI 1 had worker state here: see bb_shm_worker) */
     _Atomic uint32_t shm_cq_overflow;  /* completions dropped from a full CQ */
     _Atomic uint32_t shm_wake_seq;     /* futex word of sleeping waiters; bumped to wake */
     uint8_t pad1[128 - 24];
@@ -113,6 +142,40 @@ struct bb_shm_header {
     _Atomic uint32_t shm_sleepers;     /* threads asleep (or about to be) on shm_wake_seq */
     uint8_t pad2[BB_SHM_HEADER_SIZE - 264];
 };
+
+#define BB_SHM_WORKER_MAGIC 0x574b5242u /* "BRKW" little-endian */
+#define BB_SHM_WORKER_SIZE 4096u
+
+/* bb_shm_worker.flags */
+#define BB_WORKER_FUTEX_DOORBELL 1u /* ring with FUTEX_WAKE on shm_doorbell, else write
+                                       the doorbell eventfd (the HELLO reply's 4th fd) */
+
+/* The worker page: one per dispatcher worker, read-only for its clients. */
+struct bb_shm_worker {
+    /* Written once before any client sees the page. */
+    uint32_t magic;                    /* BB_SHM_WORKER_MAGIC */
+    _Atomic uint32_t shm_version;      /* BB_SHM_VERSION; written last, release */
+    uint32_t size;                     /* BB_SHM_WORKER_SIZE */
+    uint32_t flags;                    /* BB_WORKER_* */
+    uint32_t worker_id;
+    int32_t numa_node;                 /* -1: none */
+    uint8_t pad0[128 - 24];
+
+    /* Read by clients on every submission: a line of its own. */
+    _Atomic uint32_t shm_need_wake;    /* 1: the worker sleeps, ring the doorbell */
+    _Atomic uint32_t shm_doorbell;     /* futex word the worker waits on; always 0 */
+    uint8_t pad1[128 - 8];
+
+    _Atomic uint64_t shm_heartbeat_ns; /* CLOCK_MONOTONIC of a recent pass */
+    _Atomic uint32_t shm_broker_state; /* enum bb_broker_state */
+    uint8_t pad2[BB_SHM_WORKER_SIZE - 256 - 12];
+};
+
+_Static_assert(sizeof(struct bb_shm_worker) == BB_SHM_WORKER_SIZE, "worker page size");
+_Static_assert(offsetof(struct bb_shm_worker, shm_need_wake) == 128, "worker need_wake");
+_Static_assert(offsetof(struct bb_shm_worker, shm_doorbell) == 132, "worker doorbell");
+_Static_assert(offsetof(struct bb_shm_worker, shm_heartbeat_ns) == 256, "worker heartbeat");
+_Static_assert(offsetof(struct bb_shm_worker, shm_broker_state) == 264, "worker state");
 
 /* Ring header; the u32 entries follow at BB_SHM_RING_HDR_SIZE. The producer
  * writes shm_tail, the consumer shm_head: 128 bytes apart, no false sharing. */
@@ -150,8 +213,7 @@ _Static_assert(sizeof(struct bb_shm_header) == BB_SHM_HEADER_SIZE, "header size"
 _Static_assert(offsetof(struct bb_shm_header, shm_version) == 4, "version word");
 _Static_assert(offsetof(struct bb_shm_header, sq_off) == 40, "sq_off");
 _Static_assert(offsetof(struct bb_shm_header, broker_pid) == 80, "broker_pid");
-_Static_assert(offsetof(struct bb_shm_header, shm_heartbeat_ns) == 128, "heartbeat");
-_Static_assert(offsetof(struct bb_shm_header, shm_need_wake) == 140, "need_wake");
+_Static_assert(offsetof(struct bb_shm_header, shm_cq_overflow) == 144, "cq_overflow");
 _Static_assert(offsetof(struct bb_shm_header, shm_notify) == 256, "notify");
 _Static_assert(sizeof(struct bb_shm_ring) == BB_SHM_RING_HDR_SIZE, "ring header");
 _Static_assert(offsetof(struct bb_shm_ring, shm_head) == 128, "ring head");
@@ -167,7 +229,8 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2, "lock-f
 
 enum bb_msg_type {
     BB_MSG_HELLO = 1,       /* client -> broker, first message */
-    BB_MSG_HELLO_REPLY,     /* broker -> client, with SCM_RIGHTS {memfd, doorbell, notify} */
+    BB_MSG_HELLO_REPLY,     /* broker -> client, with SCM_RIGHTS {segment memfd, worker page
+                               memfd (read-only), notify eventfd[, doorbell eventfd]} */
     BB_MSG_MODEL_OPEN,
     BB_MSG_MODEL_OPEN_REPLY,
     BB_MSG_STATS,
@@ -191,6 +254,8 @@ struct bb_msg_hello {
     uint64_t segment_bytes; /* requested; 0 = broker default */
     uint32_t max_inflight;  /* requested slots; 0 = broker default */
     uint32_t flags;         /* BB_HELLO_* */
+    int32_t cpu;            /* the CPU the client ran on (placement hint), -1: unknown */
+    uint32_t reserved;      /* 0 */
 };
 
 struct bb_msg_hello_reply {

@@ -1,0 +1,437 @@
+/* blas backend: a dense network (a .bbdense file, docs/backends/model-format.md)
+ * on OpenBLAS, one GEMM per layer per batch. docs/backends/blas.md.
+ *
+ * Params:
+ *   weights     path of the .bbdense file (required)
+ *   threads     threads of this instance, 1..64 (default 1): the batch's rows
+ *               are split between them, each running the whole network on its
+ *               rows with single-threaded OpenBLAS calls
+ *   gemv_below  auto (default), or N: batches (or a thread's share) of fewer
+ *               than N requests run one GEMV per request and layer instead
+ *               of one GEMM per layer. auto measures both on this network at
+ *               init, for 1 to 16 rows, and uses GEMV at the sizes where it
+ *               was faster: which sizes those are depends on the CPU and the
+ *               OpenBLAS kernel it picks (docs/backends/blas.md)
+ *
+ * Threads: OpenBLAS 0.3.21 keeps one thread count for the whole process
+ * (openblas_set_num_threads; libblas.so.3 of Debian's openblas-pthread is an
+ * interface over the same libopenblas.so.0, so libtorch shares it). A count
+ * set by one instance would apply to every other instance and model, and two
+ * executors each fanning a GEMM out over the same pool oversubscribe the
+ * CPUs. So the backend sets OpenBLAS to one thread and does its own
+ * splitting: an instance uses exactly `threads` CPUs, whatever else the
+ * process runs.
+ *
+ * Client memory: inputs are views into untrusted shared memory that a client
+ * may rewrite while we read it. Only [ptr, ptr+len) of each view is ever read,
+ * and len is checked to be exactly one input row first. When the rows of a
+ * batch (or of a thread's share) lie at equal distances, as the requests of
+ * one client allocated in a row do, the GEMM reads them in place with that
+ * distance as its leading dimension; otherwise they are gathered once into a
+ * private matrix (a few microseconds for 64 rows of 3 KiB, next to a GEMM of
+ * hundreds). A row that changes under the GEMM only garbles its own output.
+ * Outputs go from a private matrix into each client's buffer with one copy of
+ * out_dim floats. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "batchbroker/backend.h"
+#include "batchbroker/client.h"
+#include "bbdense.h"
+
+/* In libopenblas.so.0, not in the cblas.h of every BLAS. */
+extern void openblas_set_num_threads(int num_threads);
+
+#define BLAS_MAX_THREADS 64u
+#define CALIBRATE_MAX 16u /* GEMM won at every larger size measured */
+
+/* One thread's share of a batch and its private matrices. */
+struct part {
+    struct blas_state *st;
+    uint32_t first, count;     /* rows of the batch's valid list */
+    float *x;                  /* gathered inputs [cap][in_dim] */
+    float *a, *b;              /* activations, ping-pong [cap][max_dim] */
+    uint32_t cap;              /* rows the matrices hold */
+    int rc;                    /* BB_ENOMEM if the matrices could not grow */
+    pthread_t thread;
+};
+
+struct blas_state {
+    struct bbd_net net;
+    uint32_t threads;
+    uint64_t gemv_sizes;       /* bit n-1: n rows run as n GEMVs (n <= 64) */
+    struct part *parts;        /* [threads] */
+    /* The batch being run (valid requests only). */
+    const struct bb_view **in;
+    struct bb_outbuf **out;
+    uint32_t cap_valid;
+    /* Helper threads: wait for a new generation, run their part, count down. */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    uint64_t gen;
+    uint32_t pending;
+    bool stop;
+};
+
+static int grow(struct part *p, uint32_t rows)
+{
+    if (rows <= p->cap) return 0;
+    const struct bbd_net *net = &p->st->net;
+    uint32_t cap = p->cap ? p->cap : 16;
+    while (cap < rows) cap *= 2;
+    float *x = NULL, *a = NULL, *b = NULL;
+    if (posix_memalign((void **)&x, 64, (size_t)cap * net->in_dim * sizeof *x) ||
+        posix_memalign((void **)&a, 64, (size_t)cap * net->max_dim * sizeof *a) ||
+        posix_memalign((void **)&b, 64, (size_t)cap * net->max_dim * sizeof *b)) {
+        free(x);
+        free(a);
+        return BB_ENOMEM;
+    }
+    free(p->x);
+    free(p->a);
+    free(p->b);
+    p->x = x;
+    p->a = a;
+    p->b = b;
+    p->cap = cap;
+    return 0;
+}
+
+/* The rows as one matrix: in place when they are equally spaced (stride in
+ * floats returned in *ld), else gathered into p->x. */
+static const float *input_matrix(struct part *p, size_t *ld)
+{
+    const struct bb_view **in = p->st->in + p->first;
+    size_t row = (size_t)p->st->net.in_dim * sizeof(float);
+    uintptr_t base = (uintptr_t)in[0]->ptr;
+    bool inplace = base % sizeof(float) == 0;
+    size_t stride = row;
+    if (inplace && p->count > 1) {
+        uintptr_t next = (uintptr_t)in[1]->ptr;
+        /* The distance becomes the GEMM's int leading dimension. */
+        inplace = next > base && (next - base) % sizeof(float) == 0 && next - base >= row &&
+                  (next - base) / sizeof(float) <= INT_MAX;
+        stride = inplace ? next - base : row;
+        for (uint32_t i = 2; inplace && i < p->count; i++)
+            inplace = (uintptr_t)in[i]->ptr == base + i * stride;
+    }
+    if (inplace) {
+        *ld = stride / sizeof(float);
+        return (const float *)in[0]->ptr;
+    }
+    for (uint32_t i = 0; i < p->count; i++)
+        memcpy(p->x + (size_t)i * p->st->net.in_dim, in[i]->ptr, row);
+    *ld = p->st->net.in_dim;
+    return p->x;
+}
+
+/* y[r][j] = act(sum_k x[r][k] w[j][k] + b[j]) for every layer, rows of this
+ * part only; the last layer's rows are copied out to the clients. */
+static void run_part(struct part *p)
+{
+    p->rc = 0;
+    if (!p->count) return;
+    if (grow(p, p->count) < 0) {
+        p->rc = BB_ENOMEM;
+        return;
+    }
+    const struct bbd_net *net = &p->st->net;
+    size_t ldx;
+    const float *x = input_matrix(p, &ldx);
+    float *y = p->a, *spare = p->b;
+    bool gemv = p->count <= 64 && (p->st->gemv_sizes >> (p->count - 1) & 1);
+    for (uint32_t l = 0; l < net->nlayers; l++) {
+        const struct bbd_layer *L = &net->layers[l];
+        for (uint32_t r = 0; r < p->count; r++)
+            memcpy(y + (size_t)r * L->out, L->b, L->out * sizeof(float));
+        if (gemv) {
+            for (uint32_t r = 0; r < p->count; r++)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)L->out, (int)L->in, 1.0f, L->w,
+                            (int)L->in, x + r * ldx, 1, 1.0f, y + (size_t)r * L->out, 1);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p->count, (int)L->out,
+                        (int)L->in, 1.0f, x, (int)ldx, L->w, (int)L->in, 1.0f, y, (int)L->out);
+        }
+        bbd_activate(L->act, y, p->count, L->out, L->out);
+        x = y;
+        ldx = L->out;
+        y = spare;
+        spare = (float *)x;
+    }
+    size_t bytes = (size_t)net->out_dim * sizeof(float);
+    for (uint32_t r = 0; r < p->count; r++) {
+        struct bb_outbuf *o = p->st->out[p->first + r];
+        memcpy(o->ptr, x + (size_t)r * net->out_dim, bytes);
+        o->len = bytes;
+    }
+}
+
+static void *helper_main(void *arg)
+{
+    struct part *p = arg;
+    struct blas_state *st = p->st;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&st->mu);
+    for (;;) {
+        while (!st->stop && st->gen == seen) pthread_cond_wait(&st->go, &st->mu);
+        if (st->stop) break;
+        seen = st->gen;
+        pthread_mutex_unlock(&st->mu);
+        run_part(p);
+        pthread_mutex_lock(&st->mu);
+        if (--st->pending == 0) pthread_cond_signal(&st->done);
+    }
+    pthread_mutex_unlock(&st->mu);
+    return NULL;
+}
+
+static void blas_fini(void *state)
+{
+    struct blas_state *st = state;
+    if (!st) return;
+    if (st->parts) {
+        pthread_mutex_lock(&st->mu);
+        st->stop = true;
+        pthread_cond_broadcast(&st->go);
+        pthread_mutex_unlock(&st->mu);
+        for (uint32_t t = 1; t < st->threads; t++)
+            if (st->parts[t].thread) pthread_join(st->parts[t].thread, NULL);
+        for (uint32_t t = 0; t < st->threads; t++) {
+            free(st->parts[t].x);
+            free(st->parts[t].a);
+            free(st->parts[t].b);
+        }
+    }
+    pthread_mutex_destroy(&st->mu);
+    pthread_cond_destroy(&st->go);
+    pthread_cond_destroy(&st->done);
+    free(st->parts);
+    free(st->in);
+    free(st->out);
+    bbd_free(&st->net);
+    free(st);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* gemv_below = auto: time the network both ways at 1..CALIBRATE_MAX rows (zero
+ * inputs, best of three) and keep GEMV where it won. A few milliseconds at
+ * init; a busy CPU may misjudge a size, which costs speed, never results. */
+static int calibrate(struct blas_state *st)
+{
+    struct part *p = &st->parts[0];
+    if (grow(p, CALIBRATE_MAX) < 0) return BB_ENOMEM;
+    memset(p->x, 0, (size_t)CALIBRATE_MAX * st->net.in_dim * sizeof(float));
+    struct bb_view views[CALIBRATE_MAX];
+    const struct bb_view *in[CALIBRATE_MAX];
+    struct bb_outbuf outs[CALIBRATE_MAX], *out[CALIBRATE_MAX];
+    float *sink = malloc((size_t)CALIBRATE_MAX * st->net.out_dim * sizeof(float));
+    if (!sink) return BB_ENOMEM;
+    for (uint32_t i = 0; i < CALIBRATE_MAX; i++) {
+        /* Rows of the part's own matrix: equally spaced, used in place. */
+        views[i] = (struct bb_view){p->x + (size_t)i * st->net.in_dim, st->net.in_dim * 4u};
+        in[i] = &views[i];
+        outs[i] = (struct bb_outbuf){.ptr = sink + (size_t)i * st->net.out_dim};
+        out[i] = &outs[i];
+    }
+    st->in = in;
+    st->out = out;
+    uint64_t found = 0;
+    for (uint32_t n = 1; n <= CALIBRATE_MAX; n++) {
+        double best[2] = {1e9, 1e9};
+        p->first = 0;
+        p->count = n;
+        for (int rep = 0; rep < 4; rep++) {
+            for (int way = 0; way < 2; way++) {
+                st->gemv_sizes = way ? UINT64_MAX : 0;
+                double t0 = now_s();
+                run_part(p);
+                double t = now_s() - t0;
+                if (rep > 0 && t < best[way]) best[way] = t; /* rep 0 warms up */
+            }
+        }
+        if (best[1] < best[0]) found |= 1ull << (n - 1);
+    }
+    st->gemv_sizes = found;
+    st->in = NULL;
+    st->out = NULL;
+    free(sink);
+    return 0;
+}
+
+static int parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
+{
+    char *end;
+    if (!s[0] || strspn(s, "0123456789") != strlen(s)) return -1;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || *end || v < min || v > max) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int blas_init(const struct bb_param *params, size_t nparams, void **state, char *err,
+                     size_t errlen)
+{
+    const char *weights = NULL;
+    uint32_t threads = 1, gemv_below = 0;
+    bool gemv_auto = true;
+    for (size_t i = 0; i < nparams; i++) {
+        const char *k = params[i].key, *v = params[i].value;
+        if (!strcmp(k, "weights")) {
+            weights = v;
+        } else if (!strcmp(k, "threads")) {
+            if (parse_uint(v, 1, BLAS_MAX_THREADS, &threads) < 0) {
+                snprintf(err, errlen, "blas: threads = \"%s\": expected 1 to %u", v,
+                         BLAS_MAX_THREADS);
+                return BB_EINVAL;
+            }
+        } else if (!strcmp(k, "gemv_below")) {
+            gemv_auto = !strcmp(v, "auto");
+            if (!gemv_auto && parse_uint(v, 0, 65536, &gemv_below) < 0) {
+                snprintf(err, errlen, "blas: gemv_below = \"%s\": expected auto or 0 to 65536", v);
+                return BB_EINVAL;
+            }
+        } else {
+            snprintf(err, errlen,
+                     "blas: unknown param \"%s\" (known: weights, threads, gemv_below)", k);
+            return BB_EINVAL;
+        }
+    }
+    if (!weights || !weights[0]) {
+        snprintf(err, errlen, "blas: param.weights (a .bbdense file) is required");
+        return BB_EINVAL;
+    }
+    struct blas_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(err, errlen, "blas: out of memory");
+        return BB_ENOMEM;
+    }
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_cond_init(&st->go, NULL);
+    pthread_cond_init(&st->done, NULL);
+    char why[256];
+    int rc = bbd_load(weights, &st->net, why, sizeof why);
+    if (rc < 0) {
+        snprintf(err, errlen, "blas: %s", why);
+        blas_fini(st);
+        return rc;
+    }
+    openblas_set_num_threads(1);
+    st->threads = threads;
+    st->gemv_sizes = gemv_below > 64 ? UINT64_MAX
+                     : gemv_below ? (1ull << (gemv_below - 1)) - 1 : 0;
+    st->parts = calloc(threads, sizeof *st->parts);
+    if (!st->parts) goto nomem;
+    for (uint32_t t = 0; t < threads; t++) st->parts[t].st = st;
+    for (uint32_t t = 1; t < threads; t++) {
+        rc = pthread_create(&st->parts[t].thread, NULL, helper_main, &st->parts[t]);
+        if (rc) {
+            st->parts[t].thread = 0;
+            snprintf(err, errlen, "blas: cannot start thread %u: %s", t, strerror(rc));
+            blas_fini(st);
+            return BB_ENOMEM;
+        }
+    }
+    if (gemv_auto && calibrate(st) < 0) goto nomem;
+    *state = st;
+    return 0;
+nomem:
+    snprintf(err, errlen, "blas: out of memory");
+    blas_fini(st);
+    return BB_ENOMEM;
+}
+
+static int fail_batch(struct bb_batch *batch, int rc, const char *msg)
+{
+    if (batch->errmsg && batch->errmsg_cap) snprintf(batch->errmsg, batch->errmsg_cap, "%s", msg);
+    return rc;
+}
+
+static int blas_process(void *state, struct bb_batch *batch)
+{
+    struct blas_state *st = state;
+    uint32_t n = batch->n;
+    if (n > st->cap_valid) {
+        const struct bb_view **in = realloc(st->in, n * sizeof *in);
+        if (in) st->in = in;
+        struct bb_outbuf **out = realloc(st->out, n * sizeof *out);
+        if (out) st->out = out;
+        if (!in || !out) return fail_batch(batch, BB_ENOMEM, "blas: out of memory");
+        st->cap_valid = n;
+    }
+    /* A request of the wrong size fails alone; the rest run. */
+    size_t in_bytes = (size_t)st->net.in_dim * sizeof(float);
+    size_t out_bytes = (size_t)st->net.out_dim * sizeof(float);
+    uint32_t valid = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct bb_outbuf *o = &batch->outputs[i];
+        o->len = 0;
+        if (batch->inputs[i].len != in_bytes) {
+            o->status = BB_EINVAL;
+        } else if (o->cap < out_bytes) {
+            o->status = BB_ETOOBIG;
+        } else {
+            st->in[valid] = &batch->inputs[i];
+            st->out[valid++] = o;
+        }
+    }
+    if (!valid) return 0;
+    /* Equal shares; a thread gets no rows rather than fewer than 4, where a
+     * GEMM's fixed cost outweighs the split. */
+    uint32_t used = st->threads;
+    while (used > 1 && valid / used < 4) used--;
+    for (uint32_t t = 0, first = 0; t < st->threads; t++) {
+        uint32_t count = t < used ? valid / used + (t < valid % used) : 0;
+        st->parts[t].first = first;
+        st->parts[t].count = count;
+        first += count;
+    }
+    if (st->threads > 1) {
+        pthread_mutex_lock(&st->mu);
+        st->pending = st->threads - 1;
+        st->gen++;
+        pthread_cond_broadcast(&st->go);
+        pthread_mutex_unlock(&st->mu);
+    }
+    run_part(&st->parts[0]);
+    if (st->threads > 1) {
+        pthread_mutex_lock(&st->mu);
+        while (st->pending) pthread_cond_wait(&st->done, &st->mu);
+        pthread_mutex_unlock(&st->mu);
+    }
+    for (uint32_t t = 0; t < st->threads; t++)
+        if (st->parts[t].rc < 0) {
+            for (uint32_t i = 0; i < valid; i++) st->out[i]->len = 0;
+            return fail_batch(batch, BB_ENOMEM, "blas: out of memory for the batch's matrices");
+        }
+    return 0;
+}
+
+static const struct bb_backend_ops blas_ops = {
+    .abi_version = BB_BACKEND_ABI_VERSION,
+    .struct_size = sizeof(struct bb_backend_ops),
+    .name = "blas",
+    .hardware = BB_BACKEND_HW_CPU,
+    .init = blas_init,
+    .process = blas_process,
+    .fini = blas_fini,
+};
+
+BB_BACKEND_EXPORT const struct bb_backend_ops *bb_backend_entry(void)
+{
+    return &blas_ops;
+}

@@ -1,0 +1,386 @@
+/* blas backend (backends/blas.c) and its weight file (backends/bbdense.c):
+ * the loader against truncated, corrupt and inconsistent files, every
+ * activation against a double-precision reference, per-request size checks,
+ * the in-place and gathered input paths, instance threads, and the full
+ * Fashion-MNIST test set through a broker from 4 client processes. */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "batchbroker/backend.h"
+#include "batchbroker/client.h"
+#include "bbdense.h"
+#include "classify.h"
+#include "netfile.h"
+
+static void fini_all(void)
+{
+    bbt_cleanup_all();
+}
+
+TestSuite(blas, .fini = fini_all, .timeout = 300);
+
+/* ---- the loader ---------------------------------------------------------- */
+
+static void expect_refused(const unsigned char *buf, size_t len, const char *what)
+{
+    struct bbd_net net;
+    char err[256] = "";
+    int rc = bbd_parse(buf, len, &net, err, sizeof err);
+    cr_assert_lt(rc, 0, "accepted: %s", what);
+    cr_assert_neq(err[0], '\0', "no message: %s", what);
+    cr_assert_null(net.layers, "%s: left allocations behind", what);
+}
+
+static void expect_message(unsigned char *buf, size_t len, const char *needle)
+{
+    struct bbd_net net;
+    char err[256] = "";
+    bbt_seal(buf, len);
+    cr_assert_lt(bbd_parse(buf, len, &net, err, sizeof err), 0, "accepted (want \"%s\")", needle);
+    cr_assert(strstr(err, needle), "\"%s\" does not say \"%s\"", err, needle);
+}
+
+Test(blas, loader_accepts_what_it_should)
+{
+    const struct bbt_layer_spec s[] = {{5, 7, BBD_ACT_TANH}, {7, 3, BBD_ACT_SOFTMAX}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 2, 1, &len);
+    struct bbd_net net;
+    char err[256];
+    cr_assert_eq(bbd_parse(b, len, &net, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(net.nlayers, 2);
+    cr_assert_eq(net.in_dim, 5);
+    cr_assert_eq(net.out_dim, 3);
+    cr_assert_eq(net.max_dim, 7);
+    cr_assert_eq(net.layers[1].act, BBD_ACT_SOFTMAX);
+    bbd_free(&net);
+    free(b);
+}
+
+Test(blas, loader_refuses_every_truncation_and_corruption)
+{
+    const struct bbt_layer_spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 2, 2, &len);
+    for (size_t cut = 0; cut < len; cut++) expect_refused(b, cut, "a truncated file");
+    /* CRC-32 catches every burst of up to 32 bits: each flipped byte. */
+    uint64_t rng = 99;
+    for (int i = 0; i < 3000; i++) {
+        size_t at = bbt_rand(&rng) % len;
+        unsigned char old = b[at], x = (unsigned char)(bbt_rand(&rng) | 1);
+        b[at] ^= x;
+        expect_refused(b, len, "a flipped byte");
+        b[at] = old;
+    }
+    /* Random words in the header and table with a correct checksum: refused
+     * or accepted, never a crash or an overrun (the ASan-free check is that
+     * every accepted file still describes itself consistently). */
+    for (int i = 0; i < 3000; i++) {
+        unsigned char *c = malloc(len);
+        memcpy(c, b, len);
+        size_t at = 8 + bbt_rand(&rng) % (BBD_HEADER_BYTES + 2 * BBD_LAYER_BYTES - 8 - 3);
+        bbt_put32(c + at, (uint32_t)(bbt_rand(&rng) >> (bbt_rand(&rng) % 32)));
+        bbt_seal(c, len);
+        struct bbd_net net;
+        char err[256];
+        if (bbd_parse(c, len, &net, err, sizeof err) == 0) {
+            cr_assert_eq(net.layers[0].in, 6);
+            bbd_free(&net);
+        }
+        free(c);
+    }
+    free(b);
+}
+
+Test(blas, loader_names_what_is_wrong)
+{
+    const struct bbt_layer_spec s[] = {{6, 4, BBD_ACT_RELU}, {4, 2, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 2, 3, &len), *c = malloc(len);
+    const size_t t0 = BBD_HEADER_BYTES, t1 = BBD_HEADER_BYTES + BBD_LAYER_BYTES;
+    struct {
+        size_t at;
+        uint32_t v;
+        const char *msg;
+    } cases[] = {
+        {8, 2, "format version 2"},
+        {12, 0, "0 layers"},
+        {12, 65, "65 layers"},
+        {16, 1, "must be 0"},
+        {t0 + 8, 9, "unknown activation id 9"},
+        {t1, 5, "layer 1 takes 5 inputs, layer 0 gives 4"},
+        {t0, 0, "layer 0 is 0 -> 4"},
+        {t0 + 4, 70000, "dimensions 1 to 65536"},
+        {t1 + 4, 3, "size mismatch"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(c, b, len);
+        bbt_put32(c + cases[i].at, cases[i].v);
+        expect_message(c, len, cases[i].msg);
+    }
+    memcpy(c, b, len);
+    memcpy(c, "BBDENSF", 8);
+    expect_message(c, len, "bad magic");
+    memcpy(c, b, len);
+    bbt_put32(c + t1 + BBD_LAYER_BYTES + 4 * 3, 0x7fc00000u); /* a NaN weight */
+    expect_message(c, len, "layer 0: weight 3 is not finite");
+    memcpy(c, b, len);
+    c[len - 1] ^= 0x40;
+    expect_refused(c, len, "bad checksum");
+    free(b);
+    free(c);
+}
+
+/* ---- the backend on small networks --------------------------------------- */
+
+/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size)
+ * or NULL for the default (auto). */
+static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
+{
+    char wparam[600], tparam[64], err[512];
+    snprintf(wparam, sizeof wparam, "weights=%s", weights);
+    snprintf(tparam, sizeof tparam, "threads=%s", threads);
+    const char *kv[] = {wparam, tparam, gemv, NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "blas", kv, err, sizeof err);
+    cr_assert_eq(rc, 0, "blas init: %s", err);
+    return p;
+}
+
+static struct bbt_plugin open_blas(const char *weights, const char *threads)
+{
+    return open_blas_gemv(weights, threads, NULL);
+}
+
+Test(blas, every_activation_matches_a_double_reference)
+{
+    for (uint32_t act = 0; act < BBD_NACT; act++) {
+        const struct bbt_layer_spec s[] = {{12, 9, BBD_ACT_RELU}, {9, 5, act}};
+        char path[108];
+        struct bbd_net net;
+        bbt_net_file(s, 2, 10 + act, path, sizeof path, &net);
+        /* Every size through both paths: GEMM only, GEMV only. */
+        for (uint32_t step = 0; step < 10; step++) {
+            uint32_t n = 1 + 8 * (step % 5);
+            struct bbt_plugin p = open_blas_gemv(path, "1", step < 5 ? "gemv_below=0" : "gemv_below=65");
+            bbt_check_against_reference(&p, &net, n, n, step < 5 ? "GEMM" : "GEMV");
+            bbt_plugin_close(&p);
+        }
+        bbd_free(&net);
+        unlink(path);
+    }
+}
+
+Test(blas, a_request_of_the_wrong_size_fails_alone)
+{
+    const struct bbt_layer_spec s[] = {{8, 3, BBD_ACT_SIGMOID}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 1, 5, &len);
+    char path[108];
+    bbt_write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin p = open_blas(path, "1");
+    float x[4][9] = {{0}}, out[4][4];
+    memset(out, 0x55, sizeof out);
+    struct bb_view in[4] = {{x[0], 32}, {x[1], 36}, {x[2], 32}, {x[3], 28}};
+    struct bb_outbuf o[4] = {{.ptr = out[0], .cap = 12}, {.ptr = out[1], .cap = 16},
+                             {.ptr = out[2], .cap = 11}, {.ptr = out[3], .cap = 16}};
+    uint8_t prio[4] = {0};
+    char msg[128] = "";
+    struct bb_batch batch = {.n = 4, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg};
+    cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
+    cr_assert_eq(o[0].status, 0);
+    cr_assert_eq(o[0].len, 12);
+    cr_assert_eq(o[1].status, BB_EINVAL, "36-byte input: %d", o[1].status);
+    cr_assert_eq(o[2].status, BB_ETOOBIG, "11-byte output: %d", o[2].status);
+    cr_assert_eq(o[3].status, BB_EINVAL, "28-byte input: %d", o[3].status);
+    for (int i = 1; i < 4; i++) cr_assert_eq(o[i].len, 0);
+    /* Nothing was written to the refused requests' buffers. */
+    uint32_t pat;
+    memset(&pat, 0x55, 4);
+    cr_assert_eq(memcmp(&out[2][0], &pat, 4), 0);
+    bbt_plugin_close(&p);
+    unlink(path);
+    free(b);
+}
+
+Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
+{
+    const struct bbt_layer_spec s[] = {{20, 16, BBD_ACT_RELU}, {16, 4, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 2, 6, &len);
+    char path[108];
+    bbt_write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin p = open_blas(path, "1");
+    enum { N = 24, STRIDE = 23 }; /* floats between rows: padded, in place */
+    float *strided = calloc(N * STRIDE + 1, sizeof(float));
+    char *unaligned = calloc(N * 20 * 4 + 8, 1);
+    float out[3][N][4];
+    struct bb_view in[3][N];
+    struct bb_outbuf o[3][N];
+    uint8_t prio[N] = {0};
+    uint64_t rng = 7;
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 20; k++)
+            strided[i * STRIDE + k] = (float)((bbt_rand(&rng) % 2001) / 1000.0 - 1);
+        /* Layout 0: equally spaced (the GEMM reads them in place); 1: the
+         * same rows in reverse order at scattered addresses (gathered); 2:
+         * rows at odd addresses (gathered byte-wise). */
+        in[0][i] = (struct bb_view){strided + i * STRIDE, 80};
+        memcpy(unaligned + 1 + (N - 1 - i) * 80, strided + i * STRIDE, 80);
+    }
+    for (int i = 0; i < N; i++) {
+        in[1][i] = (struct bb_view){strided + (N - 1 - i) * STRIDE, 80};
+        in[2][i] = (struct bb_view){unaligned + 1 + i * 80, 80};
+    }
+    for (int l = 0; l < 3; l++) {
+        for (int i = 0; i < N; i++) o[l][i] = (struct bb_outbuf){.ptr = out[l][i], .cap = 16};
+        char msg[128] = "";
+        struct bb_batch batch = {.n = N, .inputs = in[l], .outputs = o[l], .priorities = prio,
+                                 .errmsg = msg, .errmsg_cap = sizeof msg};
+        cr_assert_eq(p.ops->process(p.state, &batch), 0, "%s", msg);
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(memcmp(out[0][i], out[1][N - 1 - i], 16), 0, "row %d: in place vs gathered", i);
+        cr_assert_eq(memcmp(out[1][i], out[2][i], 16), 0, "row %d: aligned vs unaligned", i);
+    }
+    bbt_plugin_close(&p);
+    free(strided);
+    free(unaligned);
+    unlink(path);
+    free(b);
+}
+
+Test(blas, params_are_checked)
+{
+    char err[512];
+    struct bbt_plugin p;
+    struct {
+        const char *kv[3];
+        const char *msg;
+    } cases[] = {
+        {{NULL}, "param.weights (a .bbdense file) is required"},
+        {{"weights=/nonexistent/x.bbdense", NULL}, "/nonexistent/x.bbdense: No such file"},
+        {{"weights=/etc/passwd", NULL}, "/etc/passwd: not a .bbdense file"},
+        {{"weights=/tmp", NULL}, "/tmp: not a regular file"},
+        {{"weights=/etc/passwd", "threads=0", NULL}, "threads = \"0\": expected 1 to 64"},
+        {{"threads=two", NULL}, "threads = \"two\""},
+        {{"gemv_below=-1", NULL}, "gemv_below = \"-1\""},
+        {{"weight=/x", NULL}, "unknown param \"weight\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = bbt_plugin_open(&p, "blas", cases[i].kv, err, sizeof err);
+        cr_assert_lt(rc, 0, "case %zu accepted", i);
+        cr_assert(strstr(err, cases[i].msg), "case %zu: \"%s\" does not say \"%s\"", i, err,
+                  cases[i].msg);
+    }
+}
+
+/* ---- Fashion-MNIST -------------------------------------------------------- */
+
+Test(blas, instance_threads_split_the_batch)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    char w[512];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    d.n = 2000;
+    uint16_t *cand = calloc(d.n, sizeof *cand);
+    uint8_t *one = calloc(d.n, 1), *three = calloc(d.n, 1);
+    bbt_reference(w, &d, cand);
+    struct bbt_plugin p1 = open_blas(w, "1"), p3 = open_blas(w, "3");
+    bbt_plugin_predict(&p1, &d, 64, one);
+    bbt_plugin_predict(&p3, &d, 61, three);
+    bbt_assert_predictions("threads=1", one, NULL, cand, &d);
+    bbt_assert_predictions("threads=3", three, one, cand, &d);
+    bbt_plugin_close(&p1);
+    bbt_plugin_close(&p3);
+    free(cand);
+    free(one);
+    free(three);
+    bb__fmnist_free(&d);
+}
+
+Test(blas, fmnist_through_the_broker_from_4_processes_matches_in_process)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    char w[512], lines[700];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    /* Batch 1 through GEMV too: another summation order, same predictions. */
+    uint8_t *gemv = calloc(d.n, 1);
+    struct bbt_plugin p = open_blas_gemv(w, "1", "gemv_below=2");
+    bbt_plugin_predict(&p, &d, 1, gemv);
+    bbt_plugin_close(&p);
+    p = open_blas_gemv(w, "1", "gemv_below=0");
+    snprintf(lines, sizeof lines, "backend = blas\ninstances = 2\nparam.weights = %s\n", w);
+    bbt_fmnist_acceptance("blas", &p, lines, &d, gemv, "batch 1 (GEMV)");
+    bbt_plugin_close(&p);
+    free(gemv);
+    bb__fmnist_free(&d);
+}
+
+/* batchbroker --check with a config whose weights file is bad: exit 2, and
+ * stderr names the model and the file. */
+static void expect_check_refuses(const char *weights, const char *why)
+{
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "[model.digits]\nbackend = blas\nparam.weights = %s\n", weights);
+    bbt_expect_check_refuses("digits", cfg, weights, why);
+}
+
+Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
+{
+    const struct bbt_layer_spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_SOFTMAX}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 2, 8, &len);
+    char path[108];
+    bbt_write_bytes(path, sizeof path, b, len - 9);
+    expect_check_refuses(path, "truncated");
+    unlink(path);
+    b[100] ^= 1;
+    bbt_write_bytes(path, sizeof path, b, len);
+    expect_check_refuses(path, "corrupt");
+    unlink(path);
+    b[100] ^= 1;
+    bbt_put32(b + BBD_HEADER_BYTES + BBD_LAYER_BYTES, 15); /* layer 1 takes 15, layer 0 gives 8 */
+    bbt_seal(b, len);
+    bbt_write_bytes(path, sizeof path, b, len);
+    expect_check_refuses(path, "mismatched layers");
+    unlink(path);
+    char pt[512];
+    bbt_model_path("fmnist.pt", pt, sizeof pt);
+    if (access(pt, R_OK) == 0) expect_check_refuses(pt, "a TorchScript file");
+    expect_check_refuses("/nonexistent/model.bbdense", "missing");
+    free(b);
+}
+
+/* The demo of scripts/run.sh, end to end: bb-classify against a broker
+ * serving the demo model with this backend. */
+Test(blas, the_demo_classifies_through_the_broker)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.bbdense");
+    bb__fmnist_free(&d);
+    char w[512], cfg[700], out[4096], err[4096];
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    snprintf(cfg, sizeof cfg, "[model.fmnist]\nbackend = blas\nmax_batch_size = 64\nparam.weights = %s\n", w);
+    struct bbt_broker b;
+    cr_assert_eq(bbt_broker_start(&b, cfg, NULL), 0, "broker did not start");
+    const char *argv[] = {BB_CLASSIFY_BIN, "-s", b.sock, "-p", "3", "-k", "8", "-n", "3000", NULL};
+    int st = bbt_run(argv, out, sizeof out, err, sizeof err, 60000);
+    bbt_broker_stop(&b);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "bb-classify: status %#x\n%s%s",
+              st, out, err);
+    cr_assert(strstr(out, "answered   3000 of 3000 images"), "%s", out);
+    cr_assert(strstr(out, "accuracy   8"), "accuracy below 80%%?\n%s", out);
+    cr_log_info("%s", out);
+}

@@ -1,0 +1,269 @@
+/* torch backend (backends/torch.cpp): params and shapes, the in-place and
+ * gathered input paths, per-request size checks, exceptions in forward(),
+ * files refused at start-up, and the full Fashion-MNIST test set through a
+ * broker from 4 client processes (the TorchScript file holds the same
+ * weights as fmnist.bbdense, so the same exact reference applies). */
+#include <criterion/criterion.h>
+#include <criterion/logging.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "batchbroker/backend.h"
+#include "batchbroker/client.h"
+#include "classify.h"
+
+static void fini_all(void)
+{
+    bbt_cleanup_all();
+}
+
+TestSuite(torch, .fini = fini_all, .timeout = 300);
+
+static void need_file(const char *file, char *path, size_t len)
+{
+    bbt_model_path(file, path, len);
+    if (access(path, R_OK) != 0)
+        cr_skip_test("no %s: generated at build time when a Python with PyTorch is present "
+                     "(scripts/deps.sh installs python3-torch)",
+                     path);
+}
+
+static struct bbt_plugin open_torch(const char *model, const char *in_shape, const char *extra)
+{
+    char m[600], s[128], err[512];
+    snprintf(m, sizeof m, "model=%s", model);
+    snprintf(s, sizeof s, "input_shape=%s", in_shape);
+    const char *kv[] = {m, s, "output_shape=10", extra, NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "torch", kv, err, sizeof err);
+    cr_assert_eq(rc, 0, "torch init: %s", err);
+    return p;
+}
+
+static int run(struct bbt_plugin *p, uint32_t n, struct bb_view *in, struct bb_outbuf *o,
+               char *msg, size_t msglen)
+{
+    uint8_t prio[64] = {0};
+    msg[0] = '\0';
+    struct bb_batch b = {.n = n, .inputs = in, .outputs = o, .priorities = prio,
+                         .errmsg = msg, .errmsg_cap = msglen};
+    return p->ops->process(p->state, &b);
+}
+
+Test(torch, fmnist_through_the_broker_from_4_processes_matches_in_process)
+{
+    struct bb__fmnist d;
+    bbt_need_fmnist(&d, "fmnist.pt");
+    char pt[512], lines[800];
+    bbt_model_path("fmnist.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "1,28,28", NULL);
+    snprintf(lines, sizeof lines,
+             "backend = torch\ninstances = 2\nparam.model = %s\nparam.input_shape = 1,28,28\n"
+             "param.output_shape = 10\n",
+             pt);
+    bbt_fmnist_acceptance("torch", &p, lines, &d, NULL, NULL);
+    bbt_plugin_close(&p);
+    bb__fmnist_free(&d);
+}
+
+Test(torch, in_place_and_gathered_inputs_give_the_same_bits)
+{
+    char pt[512];
+    need_file("fmnist.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "784", NULL);
+    enum { N = 20, STRIDE = 800 };
+    float *strided = calloc((size_t)N * STRIDE, sizeof(float));
+    char *odd = calloc((size_t)N * 784 * 4 + 8, 1);
+    float out[3][N][10];
+    struct bb_view in[3][N];
+    struct bb_outbuf o[3][N];
+    uint64_t rng = 3;
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 784; k++) strided[i * STRIDE + k] = (float)(bbt_rand(&rng) % 256) / 255.0f;
+        in[0][i] = (struct bb_view){strided + i * STRIDE, 784 * 4};      /* from_blob, strided */
+        in[1][i] = (struct bb_view){strided + (N - 1 - i) * STRIDE, 784 * 4}; /* gathered */
+        in[2][i] = (struct bb_view){odd + 1 + i * 784 * 4, 784 * 4};     /* unaligned: gathered */
+    }
+    for (int i = 0; i < N; i++) memcpy(odd + 1 + i * 784 * 4, strided + i * STRIDE, 784 * 4);
+    char msg[256];
+    for (int l = 0; l < 3; l++) {
+        for (int i = 0; i < N; i++) o[l][i] = (struct bb_outbuf){.ptr = out[l][i], .cap = 40};
+        cr_assert_eq(run(&p, N, in[l], o[l], msg, sizeof msg), 0, "%s", msg);
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(o[0][i].len, 40);
+        cr_assert_eq(memcmp(out[0][i], out[1][N - 1 - i], 40), 0, "row %d: in place vs gathered", i);
+        cr_assert_eq(memcmp(out[0][i], out[2][i], 40), 0, "row %d: aligned vs unaligned", i);
+    }
+    bbt_plugin_close(&p);
+    free(strided);
+    free(odd);
+}
+
+Test(torch, a_request_of_the_wrong_size_fails_alone)
+{
+    char pt[512];
+    need_file("fmnist.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "1,28,28", "threads=2");
+    static float x[3][785];
+    float out[3][11];
+    struct bb_view in[3] = {{x[0], 3136}, {x[1], 3140}, {x[2], 3136}};
+    struct bb_outbuf o[3] = {{.ptr = out[0], .cap = 40}, {.ptr = out[1], .cap = 44},
+                             {.ptr = out[2], .cap = 39}};
+    char msg[256];
+    cr_assert_eq(run(&p, 3, in, o, msg, sizeof msg), 0, "%s", msg);
+    cr_assert_eq(o[0].status, 0);
+    cr_assert_eq(o[0].len, 40);
+    cr_assert_eq(o[1].status, BB_EINVAL);
+    cr_assert_eq(o[2].status, BB_ETOOBIG);
+    cr_assert_eq(o[1].len + o[2].len, 0);
+    bbt_plugin_close(&p);
+}
+
+Test(torch, an_exception_in_forward_fails_the_batch_with_its_message)
+{
+    char pt[512];
+    need_file("raises.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "784", NULL);
+    static float x[2][784];
+    float out[2][10];
+    struct bb_view in[2] = {{x[0], 3136}, {x[1], 3136}};
+    struct bb_outbuf o[2] = {{.ptr = out[0], .cap = 40}, {.ptr = out[1], .cap = 40}};
+    char msg[256];
+    x[0][5] = 1.5f;
+    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "%s", msg);
+    cr_assert_eq(out[0][5], 3.0f);
+    x[1][7] = -1;
+    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), BB_EBACKEND);
+    cr_assert(strstr(msg, "negative input"), "errmsg: %s", msg);
+    cr_assert_eq(o[0].len + o[1].len, 0);
+    /* The instance still works afterwards. */
+    x[1][7] = 0;
+    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "%s", msg);
+    bbt_plugin_close(&p);
+}
+
+Test(torch, params_are_checked)
+{
+    char pt[512], tuple[512], m[600], t[600], err[512];
+    need_file("fmnist.pt", pt, sizeof pt);
+    need_file("tuple.pt", tuple, sizeof tuple);
+    snprintf(m, sizeof m, "model=%s", pt);
+    snprintf(t, sizeof t, "model=%s", tuple);
+    struct {
+        const char *kv[6];
+        const char *msg;
+    } cases[] = {
+        {{m, "output_shape=10", NULL}, "are required"},
+        {{m, "input_shape=1,,28", "output_shape=10", NULL}, "positive dimensions"},
+        {{m, "input_shape=784", "output_shape=0", NULL}, "positive dimensions"},
+        {{m, "input_shape=784", "output_shape=10", "dtype=float8", NULL}, "dtype = \"float8\""},
+        {{m, "input_shape=784", "output_shape=10", "threads=0", NULL}, "threads = \"0\""},
+        {{m, "input_shape=784", "output_shape=10", "device=tpu", NULL}, "expected cpu or cuda:N"},
+        {{m, "input_shape=784", "output_shape=10", "device=cuda:0", NULL}, "has no CUDA"},
+        {{m, "input_shape=784", "output_shape=10", "weights=x", NULL}, "unknown param \"weights\""},
+        {{"model=/nonexistent.pt", "input_shape=784", "output_shape=10", NULL},
+         "/nonexistent.pt: No such file"},
+        {{m, "input_shape=1,28,27", "output_shape=10", NULL}, "does not fit input [1,1,28,27]"},
+        {{m, "input_shape=784", "output_shape=12", NULL}, "expected [1,12]"},
+        {{m, "input_shape=784", "output_shape=10", "dtype=int64", NULL}, "does not fit"},
+        {{t, "input_shape=784", "output_shape=10", NULL}, "not a tensor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bbt_plugin p;
+        int rc = bbt_plugin_open(&p, "torch", cases[i].kv, err, sizeof err);
+        cr_assert_lt(rc, 0, "case %zu accepted", i);
+        cr_assert(strstr(err, cases[i].msg), "case %zu: \"%s\" does not say \"%s\"", i, err,
+                  cases[i].msg);
+        cr_log_info("case %zu: %s", i, err);
+    }
+}
+
+/* batchbroker --check with a bad TorchScript file: exit 2, the message names
+ * the model and the file. */
+static void expect_check_refuses(const char *model, const char *in_shape, const char *why)
+{
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "[model.clothes]\nbackend = torch\nparam.model = %s\nparam.input_shape = %s\n"
+             "param.output_shape = 10\n",
+             model, in_shape);
+    bbt_expect_check_refuses("clothes", cfg, model, why);
+}
+
+Test(torch, check_refuses_bad_torchscript_files_with_a_clear_message)
+{
+    char pt[512], w[512], path[108];
+    need_file("fmnist.pt", pt, sizeof pt);
+    bbt_model_path("fmnist.bbdense", w, sizeof w);
+    FILE *f = fopen(pt, "rb");
+    cr_assert_not_null(f);
+    static char buf[1 << 21];
+    size_t len = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    cr_assert_gt(len, 1000);
+
+    bbt_unique_path(path, sizeof path, ".pt");
+    f = fopen(path, "wb");
+    fwrite(buf, 1, len / 2, f);
+    fclose(f);
+    expect_check_refuses(path, "1,28,28", "truncated");
+    unlink(path);
+
+    uint64_t rng = 5;
+    for (size_t i = 0; i < len; i++) buf[i] = (char)bbt_rand(&rng);
+    f = fopen(path, "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    expect_check_refuses(path, "1,28,28", "random bytes");
+    unlink(path);
+
+    if (access(w, R_OK) == 0) expect_check_refuses(w, "1,28,28", "a .bbdense file");
+    expect_check_refuses(pt, "1,28,27", "mismatched input shape");
+    expect_check_refuses("/nonexistent/model.pt", "784", "missing");
+}
+
+/* Bytes flipped where a TorchScript file keeps its structure (the zip
+ * headers and pickles at the start, the central directory at the end):
+ * refused with a message or loaded, never a crash. (Flips in the tensor data
+ * load silently: libtorch checks no checksum there.) */
+Test(torch, mutated_files_are_refused_or_loaded_never_a_crash)
+{
+    char pt[512], path[108];
+    need_file("fmnist.pt", pt, sizeof pt);
+    FILE *f = fopen(pt, "rb");
+    cr_assert_not_null(f);
+    static unsigned char orig[1 << 21], buf[1 << 21];
+    size_t len = fread(orig, 1, sizeof orig, f);
+    fclose(f);
+    cr_assert_gt(len, 20000);
+    uint64_t rng = 11;
+    unsigned refused = 0;
+    for (int i = 0; i < 30; i++) {
+        memcpy(buf, orig, len);
+        for (int k = 0; k < 3; k++) {
+            size_t at = bbt_rand(&rng) % 6000;
+            buf[bbt_rand(&rng) & 1 ? at : len - 1 - at] ^= (unsigned char)(1 + bbt_rand(&rng) % 255);
+        }
+        bbt_unique_path(path, sizeof path, ".pt");
+        f = fopen(path, "wb");
+        fwrite(buf, 1, len, f);
+        fclose(f);
+        char m[160], err[512];
+        snprintf(m, sizeof m, "model=%s", path);
+        const char *kv[] = {m, "input_shape=784", "output_shape=10", NULL};
+        struct bbt_plugin p;
+        if (bbt_plugin_open(&p, "torch", kv, err, sizeof err) == 0) {
+            bbt_plugin_close(&p);
+        } else {
+            cr_assert(strstr(err, path), "the message does not name the file: %s", err);
+            refused++;
+        }
+        unlink(path);
+    }
+    cr_log_info("%u of 30 mutated files refused, the rest loaded", refused);
+}

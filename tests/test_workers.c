@@ -1,0 +1,152 @@
+/* Dispatcher workers (broker/broker.c, mailbox.c, topology.c).
+ *
+ * Every other suite also runs with two workers on a fake two-node topology
+ * (the *_2workers ctest variants). This one checks what only several workers
+ * have: clients on different nodes are served by different workers, and one
+ * model's batches still hold requests of clients of both. */
+#include <criterion/criterion.h>
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+#include "harness.h"
+#include "test_util.h"
+
+static struct bbt_broker B;
+static char rec_log[108];
+
+static void cleanup(void)
+{
+    bbt_cleanup_all();
+    if (rec_log[0])
+        unlink(rec_log);
+}
+
+TestSuite(workers, .fini = cleanup, .timeout = 60);
+
+#define PER_CLIENT 4
+
+struct shared {
+    _Atomic int ready, go, done, failed;
+    _Atomic int worker_id[2];
+};
+
+/* Client process k, pinned to CPU k: the broker serves it from the worker of
+ * that CPU's (fake) node. Its requests carry ids (k + 1) << 8 | i. */
+static void client_main(int k, int cpu, struct shared *sh)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0)
+        _exit(2);
+    bb_client *c;
+    bb_model *m;
+    if (bb_connect(B.sock, NULL, &c) < 0 || bb_model_open(c, "rec", &m) < 0)
+        _exit(3);
+    atomic_store(&sh->worker_id[k], (int)c->wpage->worker_id);
+    atomic_fetch_add(&sh->ready, 1);
+    while (!atomic_load(&sh->go))
+        usleep(1000);
+    bb_request *r[PER_CLIENT];
+    for (int i = 0; i < PER_CLIENT; i++) {
+        uint64_t id = (uint64_t)(k + 1) << 8 | (uint64_t)i;
+        if (bb_request_new(m, 64, 64, &r[i]) < 0)
+            _exit(4);
+        bbt_fill(bb_request_input(r[i]), 64, id);
+        if (bb_submit(r[i], NULL) < 0)
+            _exit(5);
+    }
+    for (int i = 0; i < PER_CLIENT; i++) {
+        uint64_t id = (uint64_t)(k + 1) << 8 | (uint64_t)i;
+        size_t len;
+        const void *out;
+        if (bb_wait(r[i], 10000000000ll) < 0 || bb_request_status(r[i]) != 0 ||
+            !(out = bb_request_output(r[i], &len)) || len != 64 || !bbt_check(out, 64, id))
+            atomic_fetch_add(&sh->failed, 1);
+    }
+    atomic_fetch_add(&sh->done, 1);
+    bb_disconnect(c);
+    _exit(0);
+}
+
+Test(workers, batches_span_the_clients_of_every_worker)
+{
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int cpus[2], n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+        if (CPU_ISSET(cpu, &allowed))
+            cpus[n++] = cpu;
+    if (n < 2)
+        cr_skip_test("two CPUs are needed for a fake two-node topology");
+
+    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
+    char cfg[1024];
+    /* A long max_wait: the first batch waits until both clients' requests
+     * are in, then runs them together. */
+    snprintf(cfg, sizeof cfg,
+             "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n"
+             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.batch_us = 1000\n"
+             "instances = 1\nmax_batch_size = 16\nmax_wait_us = 300000\nfairness = on\n",
+             BB_SCHED_RECORDER, rec_log);
+    cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
+
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[2];
+    for (int k = 0; k < 2; k++) {
+        fflush(NULL);
+        pids[k] = fork();
+        cr_assert_geq(pids[k], 0);
+        if (pids[k] == 0)
+            client_main(k, cpus[k], sh);
+    }
+    for (int i = 0; i < 1000 && atomic_load(&sh->ready) < 2; i++)
+        bbt_msleep(10);
+    cr_assert_eq(atomic_load(&sh->ready), 2, "the clients did not connect");
+    cr_assert_neq(atomic_load(&sh->worker_id[0]), atomic_load(&sh->worker_id[1]),
+                  "clients on CPUs %d and %d were both served by worker %d", cpus[0], cpus[1],
+                  atomic_load(&sh->worker_id[0]));
+    atomic_store(&sh->go, 1);
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(bbt_waitpid_bounded(pids[k], 20000), 0, "client %d failed", k);
+    cr_assert_eq(atomic_load(&sh->failed), 0, "wrong answers");
+
+    /* One batch must hold requests of both clients. */
+    FILE *f = fopen(rec_log, "r");
+    cr_assert_not_null(f, "the backend ran no batch");
+    char line[4096];
+    bool mixed = false;
+    int total = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned nb = 0;
+        int off = 0;
+        cr_assert_eq(sscanf(line, "n=%u bytes=%*u%n", &nb, &off), 1, "recorder line: %s", line);
+        bool seen[2] = {false, false};
+        char *p = line + off;
+        for (unsigned i = 0; i < nb; i++) {
+            unsigned long long id;
+            unsigned prio;
+            int used = 0;
+            cr_assert_eq(sscanf(p, " %llx:%u%n", &id, &prio, &used), 2, "recorder line: %s", line);
+            p += used;
+            if ((id >> 8) == 1 || (id >> 8) == 2)
+                seen[(id >> 8) - 1] = true;
+            total++;
+        }
+        mixed = mixed || (seen[0] && seen[1]);
+    }
+    fclose(f);
+    cr_assert_eq(total, 2 * PER_CLIENT, "%d requests ran, %d submitted", total, 2 * PER_CLIENT);
+    cr_assert(mixed, "no batch held requests of the clients of both workers");
+    munmap(sh, sizeof *sh);
+}
