@@ -15,6 +15,7 @@
 #include "model.h"
 #include "session.h"
 #include "util_internal.h"
+#include "worker.h"
 
 void bb__request_unlink(struct bb__model *m, struct bb__req *r)
 {
@@ -201,19 +202,29 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
         qs->earliest_deadline_ns = d->deadline_ns;
 }
 
+/* The gauges readers on other threads see (metrics.h): a few stores a pass. */
+static void publish(struct bb__model *m)
+{
+    uint32_t wait;
+    uint32_t target = bb__model_target(m, &wait);
+    bb__metrics_publish(&m->metrics, m->q.queued + m->q.grouped, m->running, target, wait,
+                        m->w->profile);
+}
+
 int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
+    bb__metrics_tick(&m->metrics, now);
     if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {
-        const struct bb__hist *hs[2] = {&m->metrics.lat[0], &m->metrics.lat[1]};
-        double p99 = (double)bb__hist_quantile(hs, 2, 0.99) / 1e3;
-        bb__adaptive_tick(&m->adapt, now, p99, false);
+        bb__adaptive_tick(&m->adapt, now, bb__metrics_window_p99_us(&m->metrics), false);
         if (m->dedup)
             bb__dedup_expire_cache(m, now);
     }
     m->filling = false;
-    if (m->q.queued == 0 && m->q.grouped == 0)
+    if (m->q.queued == 0 && m->q.grouped == 0) {
+        publish(m);
         return 0;
+    }
     progress += (int)expire(m, now);
     while (m->q.queued > 0) {
         bool free_exec = m->ninstances == 0 || m->running < m->ninstances;
@@ -230,7 +241,8 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             break;
         }
         struct bb__batch *b = bb__batch_get(m);
-        b->dispatch_ns = now;
+        b->ts.cut = now;
+        b->profile = m->w->profile;
         struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
         take_starved(&c, now);
@@ -245,8 +257,9 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         }
         progress += (int)b->n;
         if (bb__executor_submit(m, b))
-            now = b->end_ns; /* it ran inline: a fresh clock, and a read saved */
+            now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
     }
+    publish(m);
     struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {
         uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);

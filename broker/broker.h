@@ -12,6 +12,7 @@
 struct bb__model;
 struct bb__client;
 struct bb__worker;
+struct bb__http;
 
 struct bb__broker {
     struct bb__broker_config *cfg;  /* the running configuration; reload updates it */
@@ -20,6 +21,7 @@ struct bb__broker {
     struct bb__worker *workers;
     uint32_t nworkers;
     int listen_fd;
+    struct bb__http *http;         /* the metrics endpoint, or NULL */
 
     /* Session table: index and generation tag io_uring completions. */
     struct bb__client **clients;
@@ -35,8 +37,9 @@ struct bb__broker {
     bool stopping;                 /* intake stopped; draining */
 };
 
-/* Start the models and the worker; take the socket if listen. Returns 0, -1
- * on a system failure, -2 when a configured model cannot start (logged). */
+/* Start the models and the worker; take the socket and the metrics address
+ * if listen. Returns 0, -1 on a system failure (a busy metrics port is one),
+ * -2 when a configured model cannot start (logged). */
 int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
                     volatile sig_atomic_t *stop_flag, bool listen);
 /* Serve until a stop is requested and everything drained. */

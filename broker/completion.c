@@ -106,16 +106,15 @@ static void release(struct bb__model *m, struct bb__req *r)
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
 {
-    uint64_t now = bb__now_ns();
     struct bb__client *c = r->cl;
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_relaxed);
     bb__answer(c, r->slot, r->gen, status, 0);
-    bb__metrics_done(&m->metrics, now, status, r->prio, now > r->submit_ns ? now - r->submit_ns : 0);
+    bb__metrics_failed(&m->metrics, status, r->prio);
     release(m, r);
 }
 
 void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
 {
-    m->metrics.failed++;
+    bb__metrics_failed(&m->metrics, BB_EDISCONNECTED, r->prio);
     release(m, r);
 }

@@ -73,11 +73,11 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     struct bb__model *m = NULL;
     int st = validate(w->b, c, &d, &m);
     if (m)
-        m->metrics.submitted++;
+        bb__metrics_submitted(&m->metrics);
     if (st < 0) {
         bb__answer(c, slot, d.gen, st, 0);
         if (m)
-            bb__metrics_done(&m->metrics, now, st, d.priority, 0);
+            bb__metrics_failed(&m->metrics, st, d.priority ? d.priority : m->cfg.default_priority);
         return;
     }
     bb__adaptive_arrival(&m->adapt, 1);
@@ -111,7 +111,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
             return; /* answered from the cache */
         if (rc < 0) {
             bb__answer(c, slot, d.gen, rc, 0);
-            bb__metrics_done(&m->metrics, now, rc, r->prio, 0);
+            bb__metrics_failed(&m->metrics, rc, r->prio);
             return;
         }
         if (rc == 1) { /* rides on an identical request */

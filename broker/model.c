@@ -70,7 +70,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
                     size_t errlen)
 {
     m->w = w;
-    bb__metrics_init(&m->metrics, bb__now_ns());
+    bb__metrics_init(&m->metrics, m->cfg.name, m->cfg.max_batch_size, bb__now_ns());
     if (parse_weights(m, err, errlen) < 0)
         return -1;
     if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {

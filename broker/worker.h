@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#include "metrics.h"
+
 struct bb__broker;
 struct bb__batch;
 struct bb__client;
@@ -34,6 +36,8 @@ struct bb__worker {
 
     uint64_t spin_ns;
     uint64_t last_heartbeat_ns;
+    bool profile;                  /* [broker] profile: time the phases of every batch */
+    struct bb__worker_metrics metrics; /* written by this worker, read by scrapes */
 };
 
 /* Returns 0, or -1 on a system failure (logged). */
