@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -357,4 +358,18 @@ int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t
     uint64_t now = bbt_now_ns();
     int left = now < end ? (int)((end - now) / 1000000ull) : 0;
     return bbt_waitpid_bounded(pid, left + 100);
+}
+
+int bbt_count_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 2;
 }

@@ -93,6 +93,9 @@ int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t
  * status, or -1 if it had to be killed. */
 int bbt_waitpid_bounded(pid_t pid, int timeout_ms);
 
+/* Open descriptors of process pid (/proc/PID/fd), or -1. */
+int bbt_count_fds(pid_t pid);
+
 /* xorshift64* PRNG. */
 static inline uint64_t bbt_rand(uint64_t *s)
 {
