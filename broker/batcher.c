@@ -202,15 +202,6 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
         qs->earliest_deadline_ns = d->deadline_ns;
 }
 
-/* The gauges readers on other threads see (metrics.h): a few stores a pass. */
-static void publish(struct bb__model *m)
-{
-    uint32_t wait;
-    uint32_t target = bb__model_target(m, &wait);
-    bb__metrics_publish(&m->metrics, m->q.queued + m->q.grouped, m->running, target, wait,
-                        m->w->profile);
-}
-
 int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
@@ -219,10 +210,15 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         bb__adaptive_tick(&m->adapt, now, bb__metrics_window_p99_us(&m->metrics), false);
         if (m->dedup)
             bb__dedup_expire_cache(m, now);
+        /* Target and wait for readers on other threads: they move at this
+         * pace (a pin or a reload shows within an interval). */
+        uint32_t wait;
+        uint32_t target = bb__model_target(m, &wait);
+        bb__metrics_gauges(&m->metrics, target, wait, m->w->profile);
     }
     m->filling = false;
     if (m->q.queued == 0 && m->q.grouped == 0) {
-        publish(m);
+        bb__metrics_depth(&m->metrics, 0, m->running);
         return 0;
     }
     progress += (int)expire(m, now);
@@ -242,7 +238,8 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         }
         struct bb__batch *b = bb__batch_get(m);
         b->ts.cut = now;
-        b->profile = m->w->profile;
+        b->profile = bb__metrics_time_batch(&m->metrics, now, m->w->profile,
+                                            m->w->profile_max_rate);
         struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
         take_starved(&c, now);
@@ -259,7 +256,7 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         if (bb__executor_submit(m, b))
             now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
     }
-    publish(m);
+    bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
     struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {
         uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);

@@ -102,8 +102,14 @@ static const struct bb__config_key bb__keys[] = {
      "empty = no HTTP server."},
     {BB__SEC_BROKER, "profile", BB__CT_ENUM, BB__BROKER(profile), 0, 1, "on", NULL,
      bb__onoff_names, 1,
-     "Time the phases of every batch (queue wait, formation, backend, delivery) for the "
-     "metrics, bb_model_stats and bbctl profile: two clock reads a batch."},
+     "Time the phases of batches (queue wait, formation, backend, delivery) for the "
+     "metrics, bb_model_stats and bbctl profile: two clock reads a timed batch (see "
+     "profile_max_rate)."},
+    {BB__SEC_BROKER, "profile_max_rate", BB__CT_UINT, BB__BROKER(profile_max_rate), 0,
+     100000000, "100000", NULL, NULL, 1,
+     "Batches a second per model the profiler times every one of; a model that cuts more "
+     "has one batch in 2, 4, ... 64 timed, so that profiling costs the dispatcher little "
+     "however small the batches; 0 = time every batch."},
     {BB__SEC_BROKER, "allowed_gids", BB__CT_GIDS, BB__BROKER(allowed_gids), 0, BB_MAX_IDS, "",
      NULL, NULL, 1,
      "Groups whose members (by the gid SO_PEERCRED reports) may also attach: gids or "

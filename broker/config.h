@@ -70,7 +70,8 @@ struct bb__broker_config {
     uint32_t max_inflight;      /* upper bound on slots a client may ask for */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
     char metrics_listen[64];    /* "" = no HTTP server; see bb__config_listen_addr */
-    uint32_t profile;           /* time the phases of every batch */
+    uint32_t profile;           /* time the phases of batches */
+    uint32_t profile_max_rate;  /* batches/s per model timed in full; 0 = no limit */
     size_t nuids, ngids;
     uid_t allowed_uids[BB_MAX_IDS];
     gid_t allowed_gids[BB_MAX_IDS];

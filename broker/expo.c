@@ -144,7 +144,7 @@ static uint64_t g_queued(const struct bb__metrics *m) { return bb__ctr_get(&m->q
 static uint64_t g_running(const struct bb__metrics *m) { return bb__ctr_get(&m->running); }
 static uint64_t g_target(const struct bb__metrics *m) { return bb__ctr_get(&m->batch_target); }
 static uint64_t g_wait(const struct bb__metrics *m) { return bb__ctr_get(&m->wait_us); }
-static uint64_t g_profiling(const struct bb__metrics *m) { return bb__ctr_get(&m->profiling); }
+static uint64_t g_stride(const struct bb__metrics *m) { return bb__ctr_get(&m->profile_stride); }
 
 char *bb__expo_page(const struct bb__broker *b, size_t *len)
 {
@@ -215,9 +215,10 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
               "Longest the oldest queued request waits for its batch to fill, as the batching "
               "uses it now (adaptive or max_wait_us).",
               g_wait, 1e-6);
-    per_model(&pg, b, "batchbroker_profiler_enabled", "gauge",
-              "1 while the phases of the model's batches are timed ([broker] profile).",
-              g_profiling, 1);
+    per_model(&pg, b, "batchbroker_profiler_stride", "gauge",
+              "0 while the profiler is off ([broker] profile); else it times one batch in "
+              "this many (1 = every batch; more only above 100000 batches a second).",
+              g_stride, 1);
 
     uint64_t clients = 0, seg = 0;
     for (uint32_t i = 0; i < b->nworkers; i++) {

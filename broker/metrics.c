@@ -76,6 +76,9 @@ void bb__metrics_init(struct bb__metrics *m, const char *name, uint32_t max_batc
     memset(m, 0, sizeof *m);
     snprintf(m->name, sizeof m->name, "%s", name);
     m->max_batch_size = max_batch_size;
+    m->stride = 1;
+    m->stride_check_ns = now;
+    m->win_due_ns = now + WINDOW_HALF_NS;
     bb__ctr_set(&m->win[0].start_ns, now);
     bb__ctr_set(&m->win[1].start_ns, now);
 }
@@ -94,9 +97,11 @@ void bb__metrics_answered(struct bb__metrics *m, unsigned prio, uint64_t submit_
     unsigned p = prio_idx(prio);
     uint64_t s = submit_ns;
     bb__ctr_add(&m->requests[p][BB_OUTCOME_COMPLETED], 1);
-    dist_add(&m->dist[BB__DIST_LATENCY(p)], t->done > s ? t->done - s : 0, 1);
+    uint64_t lat = t->done > s ? t->done - s : 0;
+    dist_add(&m->dist[BB__DIST_LATENCY(p)], lat, 1);
     if (!profile)
         return;
+    bb__ctr_add(&m->timed_latency_ns, lat);
     /* Its own stretch of each phase: a member that joined its group while
      * the batch already ran waited in no queue. */
     const uint64_t at[5] = {s, t->cut, t->start, t->end, t->done};
@@ -110,7 +115,7 @@ void bb__metrics_answered(struct bb__metrics *m, unsigned prio, uint64_t submit_
 void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
 {
     const struct bb__stamps t = b->ts;
-    uint64_t ok[BB__NPRIO] = {0}, wait_sum = 0;
+    uint64_t ok[BB__NPRIO] = {0}, wait_sum = 0, lat_sum = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         const struct bb__entry *e = &b->ents[i];
         uint64_t s = e->submit_ns; /* <= the pass that took it in <= cut */
@@ -125,7 +130,9 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
             continue;
         }
         ok[p]++;
-        dist_add(&m->dist[BB__DIST_LATENCY(p)], t.done > s ? t.done - s : 0, 1);
+        uint64_t lat = t.done > s ? t.done - s : 0;
+        lat_sum += lat;
+        dist_add(&m->dist[BB__DIST_LATENCY(p)], lat, 1);
         if (b->profile)
             dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_QUEUE)], wait, 1);
     }
@@ -141,6 +148,7 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
         dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_BACKEND)], t.end - t.start, done);
         dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_DELIVERY)], t.done - t.end, done);
         bb__ctr_add(&m->phase_count, done);
+        bb__ctr_add(&m->timed_latency_ns, lat_sum);
     }
     bb__ctr_add(&m->batches, 1);
     bb__ctr_add(&m->batched, b->n);
@@ -149,14 +157,30 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
     bb__ctr_add(&m->wait_count, b->n);
 }
 
-void bb__metrics_publish(struct bb__metrics *m, uint32_t queued, uint32_t running,
-                         uint32_t batch_target, uint32_t wait_us, bool profiling)
+bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile, uint32_t max_rate)
 {
-    bb__ctr_set(&m->queued, queued);
-    bb__ctr_set(&m->running, running);
+    if (!profile)
+        return false;
+    uint64_t seq = m->cuts++;
+    if ((seq & 1023) == 0) {
+        /* Every 1024 cuts: the rate they came at sets the stride. */
+        uint64_t dt = now - m->stride_check_ns;
+        uint64_t rate = dt ? 1024 * 1000000000ull / dt : UINT64_MAX;
+        uint32_t stride = 1;
+        while (max_rate && stride < 64 && rate / stride > max_rate)
+            stride <<= 1;
+        m->stride = stride;
+        m->stride_check_ns = now;
+    }
+    return (seq & (m->stride - 1)) == 0;
+}
+
+void bb__metrics_gauges(struct bb__metrics *m, uint32_t batch_target, uint32_t wait_us,
+                        bool profile)
+{
     bb__ctr_set(&m->batch_target, batch_target);
     bb__ctr_set(&m->wait_us, wait_us);
-    bb__ctr_set(&m->profiling, profiling);
+    bb__ctr_set(&m->profile_stride, profile ? m->stride : 0);
 }
 
 static uint64_t completed_total(const struct bb__metrics *m)
@@ -176,13 +200,12 @@ static void window_copy(struct bb__metrics *m, struct bb__metrics_window *w, uin
             bb__ctr_set(&w->fine[d][f], bb__ctr_get(&m->dist[d].fine[f]));
 }
 
-void bb__metrics_tick(struct bb__metrics *m, uint64_t now)
+void bb__metrics_rotate(struct bb__metrics *m, uint64_t now)
 {
     struct bb__metrics_window *older = &m->win[m->win_cur];
     struct bb__metrics_window *newer = &m->win[m->win_cur ^ 1];
     uint64_t last = bb__ctr_get(&newer->start_ns);
-    if (now - last < WINDOW_HALF_NS)
-        return;
+    m->win_due_ns = now + WINDOW_HALF_NS;
     /* A seqlock whose writer never waits: odd while the copies change. */
     uint32_t seq = atomic_load_explicit(&m->win_seq, memory_order_relaxed);
     atomic_store_explicit(&m->win_seq, seq + 1, memory_order_relaxed);
@@ -268,9 +291,10 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->avg_queue_wait_us = waits ? (double)bb__ctr_get(&m->wait_sum_ns) / (double)waits / 1e3 : 0;
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
         o->batch_size_hist[k] = bb__ctr_get(&m->batch_size[k]);
-    o->profiling = (uint32_t)bb__ctr_get(&m->profiling);
+    o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
     o->running = (uint32_t)bb__ctr_get(&m->running);
     o->phase_count = bb__ctr_get(&m->phase_count);
+    o->timed_latency_sum_ns = bb__ctr_get(&m->timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++)
         o->phase_sum_ns[k] = bb__ctr_get(&m->dist[BB__DIST_PHASE(k)].sum_ns);
 
@@ -320,7 +344,7 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->wait_us = (uint32_t)bb__ctr_get(&m->wait_us);
     o->queued = (uint32_t)bb__ctr_get(&m->queued);
     o->running = (uint32_t)bb__ctr_get(&m->running);
-    o->profiling = (uint32_t)bb__ctr_get(&m->profiling);
+    o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
     o->submitted = bb__ctr_get(&m->submitted);
     o->deduplicated = bb__ctr_get(&m->deduplicated);
     o->batches = bb__ctr_get(&m->batches);
@@ -335,6 +359,7 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
         o->batch_size[k] = bb__ctr_get(&m->batch_size[k]);
     o->phase_count = bb__ctr_get(&m->phase_count);
+    o->timed_latency_sum_ns = bb__ctr_get(&m->timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++) {
         o->phase_sum_ns[k] = bb__ctr_get(&m->dist[BB__DIST_PHASE(k)].sum_ns);
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)

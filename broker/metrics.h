@@ -105,16 +105,23 @@ struct bb__metrics {
     bb__ctr batch_size[BB_BATCH_SIZE_BUCKETS];
     bb__ctr wait_sum_ns, wait_count; /* cut - submit of every request that ran */
     bb__ctr phase_count;             /* completed requests the profiler timed */
+    bb__ctr timed_latency_ns;        /* their latency, summed on its own */
     struct bb__dist dist[BB__NDISTS];
 
-    /* Gauges the writer publishes every pass (bb__metrics_publish). */
-    bb__ctr queued, running, batch_target, wait_us, profiling;
+    /* Gauges the writer publishes (bb__metrics_gauges, bb__metrics_depth). */
+    bb__ctr queued, running, batch_target, wait_us, profile_stride;
 
     /* Two copies of the cumulative figures, 5 s apart; the older one starts
-     * the window. Writer only: cur, the copy to overwrite next. */
+     * the window. Writer only: cur, the copy to overwrite next; due, when. */
     _Atomic uint32_t win_seq;
     uint32_t win_cur;
+    uint64_t win_due_ns;
     struct bb__metrics_window win[2];
+
+    /* Writer only: the profiler's stride (bb__metrics_time_batch) and the
+     * depth last published. */
+    uint32_t stride, queued_seen, running_seen;
+    uint64_t cuts, stride_check_ns;
 };
 
 /* Per dispatcher worker; summed over workers by readers. */
@@ -155,12 +162,38 @@ void bb__metrics_answered(struct bb__metrics *m, unsigned prio, uint64_t submit_
  * b->profile its phases. */
 void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b);
 
-/* Gauges, once a pass. */
-void bb__metrics_publish(struct bb__metrics *m, uint32_t queued, uint32_t running,
-                         uint32_t batch_target, uint32_t wait_us, bool profiling);
+/* Whether the profiler times the batch being cut now (profile: [broker]
+ * profile is on). Every batch, as long as the model cuts fewer than max_rate
+ * a second (0: always); above, one in a power of two (up to 64), so that
+ * what the profiler costs the dispatcher stays bounded however small and
+ * frequent the batches are (an inline echo backend cuts millions). */
+bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile, uint32_t max_rate);
 
-/* Start a new window half if 5 s have passed; cheap when not. */
-void bb__metrics_tick(struct bb__metrics *m, uint64_t now);
+/* The slow-moving gauges: batch target, wait, the profiler's stride (0 when
+ * off). Once an adaptation interval, not every pass. */
+void bb__metrics_gauges(struct bb__metrics *m, uint32_t batch_target, uint32_t wait_us,
+                        bool profile);
+
+/* Queue depth and running batches, every pass: stored only when changed. */
+static inline void bb__metrics_depth(struct bb__metrics *m, uint32_t queued, uint32_t running)
+{
+    if (queued != m->queued_seen) {
+        m->queued_seen = queued;
+        bb__ctr_set(&m->queued, queued);
+    }
+    if (running != m->running_seen) {
+        m->running_seen = running;
+        bb__ctr_set(&m->running, running);
+    }
+}
+
+/* Start a new window half if 5 s have passed; a comparison when not. */
+void bb__metrics_rotate(struct bb__metrics *m, uint64_t now);
+static inline void bb__metrics_tick(struct bb__metrics *m, uint64_t now)
+{
+    if (now >= m->win_due_ns)
+        bb__metrics_rotate(m, now);
+}
 
 /* ---- readers (any thread) ---- */
 

@@ -172,6 +172,7 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
     w->wake_fd = -1;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->profile = b->cfg->profile;
+    w->profile_max_rate = b->cfg->profile_max_rate;
     w->db_bufs = calloc(b->max_clients, sizeof *w->db_bufs);
     w->live = calloc(b->max_clients, sizeof *w->live);
     w->dirty = calloc(b->max_clients, sizeof *w->dirty);
@@ -291,6 +292,7 @@ static void reload(struct bb__worker *w)
     bb__log_level = b->cfg->log_level;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->profile = b->cfg->profile;
+    w->profile_max_rate = b->cfg->profile_max_rate;
     for (uint32_t i = 0; i < b->nmodels; i++) {
         struct bb__model *m = &b->models[i];
         bb__model_apply(m, &b->cfg->models[i]);

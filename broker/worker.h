@@ -36,7 +36,8 @@ struct bb__worker {
 
     uint64_t spin_ns;
     uint64_t last_heartbeat_ns;
-    bool profile;                  /* [broker] profile: time the phases of every batch */
+    bool profile;                  /* [broker] profile: time the phases of batches */
+    uint32_t profile_max_rate;     /* [broker] profile_max_rate */
     struct bb__worker_metrics metrics; /* written by this worker, read by scrapes */
 };
 

@@ -348,12 +348,13 @@ int bb_model_stats(bb_model *m, struct bb_model_stats *out)
     out->queued = s->queued;
     out->batch_target = s->batch_target;
     out->cancelled = s->cancelled;
-    out->profiling = s->profiling != 0;
+    out->profile_stride = s->profile_stride;
     out->running = s->running;
     out->window_s = s->window_s;
     memcpy(out->batch_size_hist, s->batch_size_hist, sizeof out->batch_size_hist);
     out->latency_sum_ns = s->latency_sum_ns;
     out->phase_count = s->phase_count;
+    out->timed_latency_sum_ns = s->timed_latency_sum_ns;
     memcpy(out->phase_sum_ns, s->phase_sum_ns, sizeof out->phase_sum_ns);
     memcpy(out->phase_p50_us, s->phase_p50_us, sizeof out->phase_p50_us);
     memcpy(out->phase_p99_us, s->phase_p99_us, sizeof out->phase_p99_us);

@@ -235,7 +235,7 @@ Test(layout, control_messages)
     OFF(struct bb_wire_stats, slo_violations, 224);
     /* Observability (ABI 1.1), appended. */
     OFF(struct bb_wire_stats, cancelled, 232);
-    OFF(struct bb_wire_stats, profiling, 240);
+    OFF(struct bb_wire_stats, profile_stride, 240);
     OFF(struct bb_wire_stats, running, 244);
     OFF(struct bb_wire_stats, window_s, 248);
     OFF(struct bb_wire_stats, batch_size_hist, 256);
@@ -246,9 +246,10 @@ Test(layout, control_messages)
     OFF(struct bb_wire_stats, phase_p99_us, 472);
     OFF(struct bb_wire_stats, latency_p50_by_priority_us, 504);
     OFF(struct bb_wire_stats, latency_p99_by_priority_us, 544);
-    SIZE(struct bb_wire_stats, 584);
+    OFF(struct bb_wire_stats, timed_latency_sum_ns, 584);
+    SIZE(struct bb_wire_stats, 592);
 
-    SIZE(struct bb_msg_stats_reply, 656);
+    SIZE(struct bb_msg_stats_reply, 664);
     OFF(struct bb_msg_stats_reply, name, 8);
     OFF(struct bb_msg_stats_reply, s, 72);
 
@@ -263,7 +264,7 @@ Test(layout, control_messages)
     SIZE(struct bb_msg_metrics_reply, 16);
     OFF(struct bb_msg_metrics_reply, length, 8);
 
-    SIZE(struct bb_wire_dump, 74240);
+    SIZE(struct bb_wire_dump, 74248);
     OFF(struct bb_wire_dump, now_ns, 8);
     OFF(struct bb_wire_dump, name, 16);
     OFF(struct bb_wire_dump, hist_sub_bits, 80);
@@ -273,9 +274,10 @@ Test(layout, control_messages)
     OFF(struct bb_wire_dump, batch_size, 304);
     OFF(struct bb_wire_dump, latency_sum_ns, 440);
     OFF(struct bb_wire_dump, phase_count, 472);
-    OFF(struct bb_wire_dump, phase_sum_ns, 480);
-    OFF(struct bb_wire_dump, latency, 512);
-    OFF(struct bb_wire_dump, phase, 37376);
+    OFF(struct bb_wire_dump, timed_latency_sum_ns, 480);
+    OFF(struct bb_wire_dump, phase_sum_ns, 488);
+    OFF(struct bb_wire_dump, latency, 520);
+    OFF(struct bb_wire_dump, phase, 37384);
 }
 
 /* The public statistics (include/batchbroker/client.h): a caller's struct,
@@ -290,9 +292,10 @@ Test(layout, model_stats)
     OFF(M, queued, 152);
     OFF(M, cancelled, 160);
     OFF(M, batch_size_hist, 184);
-    OFF(M, phase_sum_ns, 336);
-    OFF(M, latency_p99_by_priority_us, 472);
-    OFF(M, reserved, 512);
+    OFF(M, timed_latency_sum_ns, 336);
+    OFF(M, phase_sum_ns, 344);
+    OFF(M, latency_p99_by_priority_us, 480);
+    OFF(M, reserved, 520);
 }
 
 /* Status codes cross the process boundary in bb_shm_slot.status. */

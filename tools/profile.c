@@ -107,8 +107,9 @@ struct window {
     double seconds;
     uint64_t outcomes[4][BB_OUTCOMES], completed, batches, batched;
     uint64_t batch_size[BB_BATCH_SIZE_BUCKETS];
-    uint64_t lat_sum_ns, phase_count, phase_sum_ns[BB_PHASES];
-    double lat_mean_us, phase_mean_us[BB_PHASES], phase_share[BB_PHASES], phase_total_mean_us;
+    uint64_t lat_sum_ns, phase_count, timed_lat_sum_ns, phase_sum_ns[BB_PHASES];
+    double lat_mean_us, timed_mean_us, phase_mean_us[BB_PHASES], phase_share[BB_PHASES];
+    double phase_total_mean_us;
     double lat_pct[4][4], all_pct[4]; /* p50 p90 p99 p99.9, µs */
     double phase_pct[BB_PHASES][3];   /* p50 p90 p99 */
     uint64_t lat_count[4];
@@ -143,6 +144,9 @@ static void window_of(const struct bb_wire_dump *a, const struct bb_wire_dump *b
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
         w->batch_size[k] = b->batch_size[k] - a->batch_size[k];
     w->phase_count = b->phase_count - a->phase_count;
+    w->timed_lat_sum_ns = b->timed_latency_sum_ns - a->timed_latency_sum_ns;
+    w->timed_mean_us =
+        w->phase_count ? (double)w->timed_lat_sum_ns / (double)w->phase_count / 1e3 : 0;
     uint64_t phase_total = 0;
     for (int k = 0; k < BB_PHASES; k++) {
         w->phase_sum_ns[k] = b->phase_sum_ns[k] - a->phase_sum_ns[k];
@@ -276,14 +280,18 @@ static void phase_section(FILE *f, const struct window *w)
                "latency</td></tr>\n</table>\n",
             dur(w->lat_mean_us, b1, sizeof b1), dur(w->all_pct[0], b2, sizeof b2),
             dur(w->all_pct[1], b3, sizeof b3), dur(w->all_pct[2], b4, sizeof b4));
-    double diff = w->lat_mean_us > 0 ? 100.0 * (w->phase_total_mean_us - w->lat_mean_us) /
-                                           w->lat_mean_us
-                                     : 0;
-    fprintf(f, "<p class='note'>The four phase means add up to %s against an end-to-end mean "
-               "of %s (%+.2f%%; %llu of %llu completed requests timed). A percentile of the "
-               "whole is not the sum of the phases' percentiles.</p>\n",
-            dur(w->phase_total_mean_us, b1, sizeof b1), dur(w->lat_mean_us, b2, sizeof b2), diff,
-            (unsigned long long)w->phase_count, (unsigned long long)w->completed);
+    double diff = w->timed_mean_us > 0 ? 100.0 * (w->phase_total_mean_us - w->timed_mean_us) /
+                                             w->timed_mean_us
+                                       : 0;
+    fprintf(f, "<p class='note'>%llu of the %llu completed requests were timed (the profiler "
+               "times every batch up to <code>profile_max_rate</code> batches a second, one in "
+               "a few above). Their four phase means add up to %s against their own "
+               "end-to-end mean of %s (%+.3f%%); the end-to-end row is every completed "
+               "request. A percentile of the whole is not the sum of the phases' "
+               "percentiles.</p>\n",
+            (unsigned long long)w->phase_count, (unsigned long long)w->completed,
+            dur(w->phase_total_mean_us, b1, sizeof b1), dur(w->timed_mean_us, b2, sizeof b2),
+            diff);
 }
 
 static void priority_section(FILE *f, const struct window *w)
@@ -480,8 +488,10 @@ static void data_block(FILE *f, const struct prof *p, const struct window *w)
             (unsigned long long)w->batched);
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
         fprintf(f, "batch_size %u %llu\n", 1u << k, (unsigned long long)w->batch_size[k]);
-    fprintf(f, "latency_sum_ns %llu\nlatency_mean_us %.4f\nphase_count %llu\n",
-            (unsigned long long)w->lat_sum_ns, w->lat_mean_us, (unsigned long long)w->phase_count);
+    fprintf(f, "latency_sum_ns %llu\nlatency_mean_us %.4f\nphase_count %llu\n"
+               "timed_latency_sum_ns %llu\ntimed_latency_mean_us %.4f\n",
+            (unsigned long long)w->lat_sum_ns, w->lat_mean_us, (unsigned long long)w->phase_count,
+            (unsigned long long)w->timed_lat_sum_ns, w->timed_mean_us);
     for (int k = 0; k < BB_PHASES; k++)
         fprintf(f, "phase %s sum_ns %llu share %.4f mean_us %.4f p50_us %.3f p99_us %.3f\n",
                 phase_keys[k], (unsigned long long)w->phase_sum_ns[k], w->phase_share[k],
@@ -498,7 +508,13 @@ static void model_section(FILE *f, const struct prof *p)
 {
     struct window w;
     window_of(p->first, p->last, &w);
-    char b1[32];
+    char b1[32], stride[64];
+    if (p->last->profile_stride == 0)
+        snprintf(stride, sizeof stride, "off");
+    else if (p->last->profile_stride == 1)
+        snprintf(stride, sizeof stride, "on, every batch timed");
+    else
+        snprintf(stride, sizeof stride, "on, one batch in %u timed", p->last->profile_stride);
     fprintf(f, "<section>\n<h2>Model <code>");
     esc(f, p->first->name);
     fprintf(f, "</code></h2>\n");
@@ -509,7 +525,7 @@ static void model_section(FILE *f, const struct prof *p)
             w.seconds, (unsigned long long)w.completed,
             w.seconds > 0 ? (double)w.completed / w.seconds : 0, (unsigned long long)w.batches,
             w.batches ? (double)w.batched / (double)w.batches : 0, p->first->max_batch_size,
-            dur(w.lat_mean_us, b1, sizeof b1), p->last->profiling ? "on" : "off");
+            dur(w.lat_mean_us, b1, sizeof b1), stride);
     phase_section(f, &w);
     priority_section(f, &w);
     batch_section(f, p, &w);

@@ -115,17 +115,18 @@ struct bb_model_stats {
     uint32_t queued, batch_target;
     /* Version 2. */
     uint64_t cancelled;                /* BB_ECANCELED; no longer part of failed */
-    int profiling;                     /* the phase figures are being taken */
+    uint32_t profile_stride;           /* 0: profiler off; N: it times one batch in N */
     uint32_t running;                  /* batches on executors now */
     double window_s;                   /* span of the windowed figures */
     /* Batches by size: [k] counts sizes in (2^(k-1), 2^k]; [0] size 1. */
     uint64_t batch_size_hist[BB_STATS_BATCH_BUCKETS];
     uint64_t latency_sum_ns;           /* of the completed requests */
     uint64_t phase_count;              /* completed requests the profiler timed */
+    uint64_t timed_latency_sum_ns;     /* their latency: the phase sums add up to it */
     uint64_t phase_sum_ns[BB_STATS_PHASES];        /* index = BB_STATS_PHASE_* */
     double phase_p50_us[BB_STATS_PHASES], phase_p99_us[BB_STATS_PHASES];
     double latency_p50_by_priority_us[5], latency_p99_by_priority_us[5]; /* [BB_PRIORITY_*] */
-    uint64_t reserved[32];             /* 0; room for later versions */
+    uint64_t reserved[31];             /* 0; room for later versions */
 };
 
 /* Connect to the broker at socket_path (NULL: $BATCHBROKER_SOCKET, else

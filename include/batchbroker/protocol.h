@@ -255,7 +255,7 @@ struct bb_wire_stats {
     uint64_t slo_violations;
     /* Observability (ABI 1.1). */
     uint64_t cancelled;         /* no longer counted in failed */
-    uint32_t profiling;         /* [broker] profile: the phase figures are being taken */
+    uint32_t profile_stride;    /* 0: [broker] profile off; N: one batch in N is timed */
     uint32_t running;           /* batches handed to executors and not reaped */
     double window_s;            /* span of the windowed figures (p50 ... throughput) */
     uint64_t batch_size_hist[BB_BATCH_SIZE_BUCKETS]; /* since start */
@@ -264,6 +264,7 @@ struct bb_wire_stats {
     uint64_t phase_sum_ns[BB_PHASES];
     double phase_p50_us[BB_PHASES], phase_p99_us[BB_PHASES];        /* window */
     double latency_p50_by_priority_us[5], latency_p99_by_priority_us[5]; /* window */
+    uint64_t timed_latency_sum_ns; /* the phase_count requests' latency: the phases' sum */
 };
 
 struct bb_msg_stats_reply {
@@ -320,12 +321,12 @@ struct bb_wire_dump {
     uint64_t now_ns;            /* the broker's CLOCK_MONOTONIC when it was taken */
     char name[BB_MAX_MODEL_NAME];
     uint32_t hist_sub_bits, hist_buckets; /* BB_HIST_SUB_BITS, BB_HIST_BUCKETS */
-    uint32_t max_batch_size, batch_target, wait_us, queued, running, profiling;
+    uint32_t max_batch_size, batch_target, wait_us, queued, running, profile_stride;
     uint64_t submitted, deduplicated, batches, batched;
     uint64_t requests[4][BB_OUTCOMES]; /* [priority][enum bb_outcome] */
     uint64_t batch_size[BB_BATCH_SIZE_BUCKETS];
     uint64_t latency_sum_ns[4]; /* completed requests, per priority */
-    uint64_t phase_count;
+    uint64_t phase_count, timed_latency_sum_ns;
     uint64_t phase_sum_ns[BB_PHASES];
     uint64_t latency[4][BB_HIST_BUCKETS]; /* completed requests, per priority */
     uint64_t phase[BB_PHASES][BB_HIST_BUCKETS];
