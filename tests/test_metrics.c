@@ -42,18 +42,6 @@ TestSuite(metrics, .fini = bbt_cleanup_all, .timeout = 180);
 
 /* ---- helpers ---- */
 
-/* A port nobody listens on now (the broker binds it a moment later). */
-static unsigned free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* The full path of a program on $PATH, or false. */
 static bool find_tool(const char *name, char *path, size_t len)
 {
@@ -68,61 +56,19 @@ static bool find_tool(const char *name, char *path, size_t len)
     return false;
 }
 
-/* GET http://127.0.0.1:port/path from source address src (NULL: any) with
- * Connection: close. Returns the status code with the headers and body in
- * buf (NUL-terminated), or -1. */
-static int http_request(const char *src, unsigned port, const char *method, const char *path,
-                        char *buf, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (src) {
-        struct sockaddr_in s = {.sin_family = AF_INET};
-        inet_pton(AF_INET, src, &s.sin_addr);
-        bind(fd, (struct sockaddr *)&s, sizeof s);
-    }
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-        close(fd);
-        return -1;
-    }
-    char req[1024];
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", method,
-                     path);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t got = 0;
-    for (;;) {
-        ssize_t r = recv(fd, buf + got, cap - 1 - got, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-        if (got == cap - 1)
-            break;
-    }
-    close(fd);
-    buf[got] = '\0';
-    int status;
-    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
-        return -1;
-    return status;
-}
-
 static char page[1 << 20];
+
+static unsigned free_port_ok(void)
+{
+    unsigned port = bbt_free_port();
+    cr_assert(port, "no free port");
+    return port;
+}
 
 /* The body of GET /metrics; asserts a 200 with the exposition format. */
 static const char *scrape(unsigned port)
 {
-    int st = http_request(NULL, port, "GET", "/metrics", page, sizeof page);
+    int st = bbt_http(NULL, port, "GET", "/metrics", page, sizeof page);
     cr_assert_eq(st, 200, "GET /metrics: %d", st);
     cr_assert(strstr(page, "Content-Type: text/plain; version=0.0.4"), "content type: %.300s",
               page);
@@ -238,12 +184,15 @@ static uint64_t load_stop(struct load *l)
     return atomic_load(&l->done);
 }
 
+/* Echo on one executor, batches of up to 16 after at most 200 µs; the
+ * profiler times every batch (profile_max_rate = 0) unless extra says
+ * otherwise. */
 static void start_with_metrics(unsigned port, const char *extra)
 {
     char listen[64];
     snprintf(listen, sizeof listen, "broker.metrics_listen=%u", port);
     const char *ov[] = {listen, "model.echo.instances=1", "model.echo.max_wait_us=200",
-                        "model.echo.max_batch_size=16", extra, NULL};
+                        "model.echo.max_batch_size=16", "broker.profile_max_rate=0", extra, NULL};
     cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0, "broker did not start (status %#x)",
                  B.exit_status);
 }
@@ -273,7 +222,7 @@ Test(metrics, scrape_under_load_passes_promtool)
 {
     char promtool[512];
     bool have = find_tool("promtool", promtool, sizeof promtool);
-    unsigned port = free_port();
+    unsigned port = free_port_ok();
     start_with_metrics(port, NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
@@ -338,12 +287,12 @@ Test(metrics, scrape_under_load_passes_promtool)
     cr_assert_eq(sample(text, "batchbroker_queued_requests{model=\"echo\"}"), 0);
     cr_assert_eq(sample(text, "batchbroker_batch_target{model=\"echo\"}"), 16);
     cr_assert_eq(sample(text, "batchbroker_batch_wait_seconds{model=\"echo\"}"), 0.0002);
-    cr_assert_eq(sample(text, "batchbroker_profiler_enabled{model=\"echo\"}"), 1);
+    cr_assert_eq(sample(text, "batchbroker_profiler_stride{model=\"echo\"}"), 1);
 
     /* Anything but GET or HEAD of /metrics. */
-    cr_assert_eq(http_request(NULL, port, "GET", "/", page, sizeof page), 404);
-    cr_assert_eq(http_request(NULL, port, "POST", "/metrics", page, sizeof page), 405);
-    cr_assert_eq(http_request(NULL, port, "HEAD", "/metrics", page, sizeof page), 200);
+    cr_assert_eq(bbt_http(NULL, port, "GET", "/", page, sizeof page), 404);
+    cr_assert_eq(bbt_http(NULL, port, "POST", "/metrics", page, sizeof page), 405);
+    cr_assert_eq(bbt_http(NULL, port, "HEAD", "/metrics", page, sizeof page), 200);
 
     /* bbctl prints the same page without HTTP. */
     char out[1 << 16], err[4096];
@@ -365,7 +314,7 @@ Test(metrics, prometheus_server_reads_a_rate)
     char prom[512];
     if (!find_tool("prometheus", prom, sizeof prom))
         cr_skip_test("prometheus not installed (Debian package prometheus)");
-    unsigned port = free_port(), pport = free_port();
+    unsigned port = free_port_ok(), pport = free_port_ok();
     start_with_metrics(port, NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
@@ -397,7 +346,7 @@ Test(metrics, prometheus_server_reads_a_rate)
     char *body = NULL;
     for (int i = 0; i < 240 && !(rate > 0); i++) {
         bbt_msleep(250);
-        int st = http_request(NULL, pport, "GET", q, page, sizeof page);
+        int st = bbt_http(NULL, pport, "GET", q, page, sizeof page);
         if (st != 200)
             continue;
         body = strstr(page, "\"result\":[{");
@@ -405,6 +354,30 @@ Test(metrics, prometheus_server_reads_a_rate)
         char *s = v ? strchr(v, ',') : NULL;
         if (s && s[1] == '"')
             rate = strtod(s + 2, NULL);
+    }
+    /* The example queries of docs/operations.md are valid PromQL and answer. */
+    static const char *const doc_queries[] = {
+        /* sum by (model) (rate(batchbroker_requests_total{outcome="completed"}[1m])) */
+        "sum%20by%20%28model%29%20%28rate%28batchbroker_requests_total%7Boutcome%3D%22"
+        "completed%22%7D%5B1m%5D%29%29",
+        /* histogram_quantile(0.99, sum by (model, priority, le)
+         *   (rate(batchbroker_request_duration_seconds_bucket[5m]))) */
+        "histogram_quantile%280.99%2C%20sum%20by%20%28model%2C%20priority%2C%20le%29%20%28rate"
+        "%28batchbroker_request_duration_seconds_bucket%5B5m%5D%29%29%29",
+        /* sum by (phase) (rate(batchbroker_request_phase_seconds_sum{model="echo"}[5m]))
+         *   / ignoring (phase) group_left
+         *   sum (rate(batchbroker_request_phase_seconds_sum{model="echo"}[5m])) */
+        "sum%20by%20%28phase%29%20%28rate%28batchbroker_request_phase_seconds_sum%7Bmodel%3D%22"
+        "echo%22%7D%5B5m%5D%29%29%20%2F%20ignoring%20%28phase%29%20group_left%20sum%20%28rate%28"
+        "batchbroker_request_phase_seconds_sum%7Bmodel%3D%22echo%22%7D%5B5m%5D%29%29",
+    };
+    for (size_t i = 0; rate > 0 && i < sizeof doc_queries / sizeof doc_queries[0]; i++) {
+        char url[1024];
+        snprintf(url, sizeof url, "/api/v1/query?query=%s", doc_queries[i]);
+        int st = bbt_http(NULL, pport, "GET", url, page, sizeof page);
+        cr_expect(st == 200 && strstr(page, "\"status\":\"success\"") &&
+                      strstr(page, "\"result\":[{"),
+                  "query %zu: %d %.400s", i, st, page);
     }
     uint64_t done = load_stop(&l);
     kill(pid, SIGTERM);
@@ -456,7 +429,7 @@ Test(metrics, busy_port_exits_1)
     for (int round = 0; round < 2; round++) {
         if (round == 1) {
             close(fd);
-            busy = free_port();
+            busy = free_port_ok();
             start_with_metrics(busy, NULL);
         }
         char sock[108], plugin[300], listen_arg[64], out[4096], err[4096];
@@ -492,7 +465,7 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
                      FLOOD + 200);
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
-    unsigned port = free_port();
+    unsigned port = free_port_ok();
     start_with_metrics(port, NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
@@ -547,7 +520,7 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
         served++;
         /* Another address still gets its scrape while the flood holds its share. */
         if (!scraped && nclosed > FLOOD / 2) {
-            int st = http_request("127.0.0.1", port, "GET", "/metrics", page, sizeof page);
+            int st = bbt_http("127.0.0.1", port, "GET", "/metrics", page, sizeof page);
             cr_assert_eq(st, 200, "scrape during the flood: %d", st);
             scraped = true;
         }
@@ -567,7 +540,7 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
 
 Test(metrics, stats_phases_add_up)
 {
-    start_with_metrics(free_port(), NULL);
+    start_with_metrics(free_port_ok(), NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
     struct load a, b;
@@ -579,12 +552,13 @@ Test(metrics, stats_phases_add_up)
     cr_assert_eq(st.size, sizeof st);
     cr_assert_eq(st.version, BB_MODEL_STATS_VERSION);
     cr_assert_eq(st.completed, 6000);
-    cr_assert(st.profiling);
+    cr_assert_eq(st.profile_stride, 1, "at this rate the profiler times every batch");
     cr_assert_eq(st.phase_count, st.completed, "the profiler timed every completion");
     uint64_t sum = 0;
     for (int k = 0; k < BB_STATS_PHASES; k++)
         sum += st.phase_sum_ns[k];
-    cr_assert_eq(sum, st.latency_sum_ns, "request by request, the phases add up to the latency");
+    cr_assert_eq(sum, st.timed_latency_sum_ns, "request by request, the phases add up to the latency");
+    cr_assert_eq(st.timed_latency_sum_ns, st.latency_sum_ns, "every request was timed");
     cr_assert_gt(st.phase_sum_ns[BB_STATS_PHASE_QUEUE], 0);
     cr_assert_gt(st.phase_sum_ns[BB_STATS_PHASE_BACKEND], 0);
     cr_assert_gt(st.phase_sum_ns[BB_STATS_PHASE_DELIVERY], 0);
@@ -617,7 +591,7 @@ Test(metrics, stats_phases_add_up)
 
 Test(metrics, profile_off_times_nothing)
 {
-    start_with_metrics(free_port(), "broker.profile=off");
+    start_with_metrics(free_port_ok(), "broker.profile=off");
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
     struct load a;
@@ -625,11 +599,36 @@ Test(metrics, profile_off_times_nothing)
     load_stop(&a);
     struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.completed, 2000);
-    cr_assert_not(st.profiling);
+    cr_assert_eq(st.profile_stride, 0);
     cr_assert_eq(st.phase_count, 0);
     for (int k = 0; k < BB_STATS_PHASES; k++)
         cr_assert_eq(st.phase_sum_ns[k], 0);
     cr_assert_gt(st.latency_sum_ns, 0, "the latency itself is always measured");
+    bb_disconnect(c);
+}
+
+/* Past profile_max_rate batches a second the profiler times one batch in a
+ * power of two; what it times still adds up. */
+Test(metrics, profile_samples_past_max_rate)
+{
+    start_with_metrics(free_port_ok(), "broker.profile_max_rate=100");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    struct load a;
+    load_start(&a, m, BB_PRIORITY_NORMAL, 4, 20000); /* >= 5000 batches of at most 4 */
+    load_stop(&a);
+    struct bb_model_stats st = bbt_settled_stats(m);
+    cr_assert_eq(st.completed, 20000);
+    cr_assert_geq(st.batches, 4096, "enough batches for the stride to be set");
+    cr_assert_gt(st.profile_stride, 1, "stride %u", st.profile_stride);
+    cr_assert_eq(st.profile_stride & (st.profile_stride - 1), 0, "a power of two");
+    cr_assert_gt(st.phase_count, 0);
+    cr_assert_lt(st.phase_count, st.completed);
+    uint64_t sum = 0;
+    for (int k = 0; k < BB_STATS_PHASES; k++)
+        sum += st.phase_sum_ns[k];
+    cr_assert_eq(sum, st.timed_latency_sum_ns);
+    cr_assert_lt(st.timed_latency_sum_ns, st.latency_sum_ns);
     bb_disconnect(c);
 }
 
@@ -675,7 +674,7 @@ static char html[1 << 20];
 
 Test(metrics, profile_report_matches_stats)
 {
-    start_with_metrics(free_port(), NULL);
+    start_with_metrics(free_port_ok(), NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
     struct bb_model_stats s0 = bbt_settled_stats(m);
@@ -757,9 +756,13 @@ Test(metrics, profile_report_matches_stats)
         cr_assert_leq(p50, p99);
     }
     cr_assert(fabs(share - 100) < 0.01, "shares add up to %.4f%%", share);
-    double e2e = strtod(data_line(html, "latency_mean_us"), NULL);
+    double e2e = strtod(data_line(html, "timed_latency_mean_us"), NULL);
     cr_assert_eq(strtoull(data_line(html, "latency_sum_ns"), NULL, 10),
                  s1.latency_sum_ns - s0.latency_sum_ns);
+    cr_assert_eq(strtoull(data_line(html, "timed_latency_sum_ns"), NULL, 10),
+                 s1.timed_latency_sum_ns - s0.timed_latency_sum_ns);
+    cr_assert_eq(strtoull(data_line(html, "phase_count"), NULL, 10), 8000, "every request timed");
+    cr_assert(fabs(strtod(data_line(html, "latency_mean_us"), NULL) - e2e) < 0.001);
     /* Within the histograms' resolution (1/32); exact here up to printing. */
     cr_assert(fabs(means - e2e) <= e2e / 32, "phase means %.4f µs, end to end %.4f µs", means, e2e);
     cr_assert(fabs(means - e2e) <= 0.001 + e2e * 1e-6, "phase means %.4f µs, end to end %.4f µs",
@@ -796,7 +799,7 @@ Test(metrics, profile_report_matches_stats)
 
 Test(metrics, bbctl_profile_usage)
 {
-    start_with_metrics(free_port(), NULL);
+    start_with_metrics(free_port_ok(), NULL);
     char out[4096], err[4096];
     const char *no_html[] = {BBCTL_BIN, "--socket", B.sock, "profile", NULL};
     int st = bbt_run(no_html, out, sizeof out, err, sizeof err, 10000);
