@@ -27,6 +27,8 @@ const char *const bb__prom_bound_text[BB_PROM_BOUNDS] = {
  * bound places a value exactly (coarse_of). Filled once, before any thread
  * other than main exists. */
 static uint8_t coarse_first[BB_HIST_BUCKETS];
+/* The bounds again, with a last one no value passes. */
+static uint64_t coarse_bound[BB_PROM_BOUNDS + 1];
 
 static void coarse_table_init(void)
 {
@@ -39,13 +41,15 @@ static void coarse_table_init(void)
             c++;
         coarse_first[f] = (uint8_t)c;
     }
+    memcpy(coarse_bound, bb__prom_bound_ns, sizeof bb__prom_bound_ns);
+    coarse_bound[BB_PROM_BOUNDS] = UINT64_MAX;
     done = true;
 }
 
 static inline uint32_t coarse_of(uint32_t f, uint64_t v)
 {
     uint32_t c = coarse_first[f];
-    return c < BB_PROM_BOUNDS && v > bb__prom_bound_ns[c] ? c + 1 : c;
+    return c + (v > coarse_bound[c]);
 }
 
 /* n observations of v. */
@@ -112,49 +116,46 @@ void bb__metrics_answered(struct bb__metrics *m, unsigned prio, uint64_t submit_
     bb__ctr_add(&m->phase_count, 1);
 }
 
+/* Per request: a few loads, the queue wait, one histogram update (two when
+ * timed) and a counter; the rest once a batch. */
 void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
 {
-    const struct bb__stamps t = b->ts;
-    uint64_t ok[BB__NPRIO] = {0}, wait_sum = 0, lat_sum = 0;
+    const uint64_t cut = b->ts.cut, done = b->ts.done;
+    const bool timed = b->profile;
+    uint64_t wait_sum = 0, lat_sum = 0, ntimed = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         const struct bb__entry *e = &b->ents[i];
         uint64_t s = e->submit_ns; /* <= the pass that took it in <= cut */
-        uint64_t wait = t.cut > s ? t.cut - s : 0;
+        uint64_t wait = cut > s ? cut - s : 0;
         wait_sum += wait;
         if (e->group)
-            continue;
-        unsigned p = prio_idx(e->prio);
+            continue; /* dedup.c answers (and counts) the group */
         int st = b->outputs[i].status;
         if (st != 0) {
             bb__metrics_failed(m, st, e->prio);
             continue;
         }
-        ok[p]++;
-        uint64_t lat = t.done > s ? t.done - s : 0;
-        lat_sum += lat;
+        unsigned p = prio_idx(e->prio);
+        uint64_t lat = done > s ? done - s : 0;
+        bb__ctr_add(&m->requests[p][BB_OUTCOME_COMPLETED], 1);
         dist_add(&m->dist[BB__DIST_LATENCY(p)], lat, 1);
-        if (b->profile)
+        if (timed) {
             dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_QUEUE)], wait, 1);
+            lat_sum += lat;
+            ntimed++;
+        }
     }
-    uint64_t done = 0;
-    for (unsigned p = 0; p < BB__NPRIO; p++) {
-        if (ok[p])
-            bb__ctr_add(&m->requests[p][BB_OUTCOME_COMPLETED], ok[p]);
-        done += ok[p];
-    }
-    if (b->profile && done) {
+    if (ntimed) {
         /* The batch's phases are every one of its requests' phases. */
-        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_FORMATION)], t.start - t.cut, done);
-        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_BACKEND)], t.end - t.start, done);
-        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_DELIVERY)], t.done - t.end, done);
-        bb__ctr_add(&m->phase_count, done);
+        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_FORMATION)], b->ts.start - cut, ntimed);
+        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_BACKEND)], b->ts.end - b->ts.start, ntimed);
+        dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_DELIVERY)], done - b->ts.end, ntimed);
+        bb__ctr_add(&m->phase_count, ntimed);
         bb__ctr_add(&m->timed_latency_ns, lat_sum);
     }
-    bb__ctr_add(&m->batches, 1);
     bb__ctr_add(&m->batched, b->n);
     bb__ctr_add(&m->batch_size[size_bucket(b->n)], 1);
     bb__ctr_add(&m->wait_sum_ns, wait_sum);
-    bb__ctr_add(&m->wait_count, b->n);
 }
 
 bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile, uint32_t max_rate)
@@ -285,12 +286,14 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->latency_sum_ns = lat_sum;
     o->submitted = bb__ctr_get(&m->submitted);
     o->deduplicated = bb__ctr_get(&m->deduplicated);
-    o->batches = bb__ctr_get(&m->batches);
-    uint64_t batched = bb__ctr_get(&m->batched), waits = bb__ctr_get(&m->wait_count);
-    o->avg_batch_size = o->batches ? (double)batched / (double)o->batches : 0;
-    o->avg_queue_wait_us = waits ? (double)bb__ctr_get(&m->wait_sum_ns) / (double)waits / 1e3 : 0;
-    for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
+    o->batches = 0;
+    for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++) {
         o->batch_size_hist[k] = bb__ctr_get(&m->batch_size[k]);
+        o->batches += o->batch_size_hist[k];
+    }
+    uint64_t batched = bb__ctr_get(&m->batched);
+    o->avg_batch_size = o->batches ? (double)batched / (double)o->batches : 0;
+    o->avg_queue_wait_us = batched ? (double)bb__ctr_get(&m->wait_sum_ns) / (double)batched / 1e3 : 0;
     o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
     o->running = (uint32_t)bb__ctr_get(&m->running);
     o->phase_count = bb__ctr_get(&m->phase_count);
@@ -347,7 +350,6 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
     o->submitted = bb__ctr_get(&m->submitted);
     o->deduplicated = bb__ctr_get(&m->deduplicated);
-    o->batches = bb__ctr_get(&m->batches);
     o->batched = bb__ctr_get(&m->batched);
     for (int p = 0; p < BB__NPRIO; p++) {
         for (int k = 0; k < BB_OUTCOMES; k++)
@@ -356,8 +358,10 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)
             o->latency[p][f] = bb__ctr_get(&m->dist[BB__DIST_LATENCY(p)].fine[f]);
     }
-    for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++)
+    for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++) {
         o->batch_size[k] = bb__ctr_get(&m->batch_size[k]);
+        o->batches += o->batch_size[k];
+    }
     o->phase_count = bb__ctr_get(&m->phase_count);
     o->timed_latency_sum_ns = bb__ctr_get(&m->timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++) {

@@ -100,10 +100,11 @@ struct bb__metrics {
     char name[BB_MAX_MODEL_NAME];
     uint32_t max_batch_size;
 
-    bb__ctr submitted, deduplicated, batches, batched;
+    bb__ctr submitted, deduplicated;
+    bb__ctr batched;                 /* requests that ran in a batch */
     bb__ctr requests[BB__NPRIO][BB_OUTCOMES];
-    bb__ctr batch_size[BB_BATCH_SIZE_BUCKETS];
-    bb__ctr wait_sum_ns, wait_count; /* cut - submit of every request that ran */
+    bb__ctr batch_size[BB_BATCH_SIZE_BUCKETS]; /* their sum: the batches */
+    bb__ctr wait_sum_ns;             /* cut - submit of every request that ran */
     bb__ctr phase_count;             /* completed requests the profiler timed */
     bb__ctr timed_latency_ns;        /* their latency, summed on its own */
     struct bb__dist dist[BB__NDISTS];
