@@ -158,22 +158,15 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
     bb__ctr_add(&m->wait_sum_ns, wait_sum);
 }
 
-bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile, uint32_t max_rate)
+void bb__metrics_set_stride(struct bb__metrics *m, uint64_t now, uint32_t max_rate)
 {
-    if (!profile)
-        return false;
-    uint64_t seq = m->cuts++;
-    if ((seq & 1023) == 0) {
-        /* Every 1024 cuts: the rate they came at sets the stride. */
-        uint64_t dt = now - m->stride_check_ns;
-        uint64_t rate = dt ? 1024 * 1000000000ull / dt : UINT64_MAX;
-        uint32_t stride = 1;
-        while (max_rate && stride < 64 && rate / stride > max_rate)
-            stride <<= 1;
-        m->stride = stride;
-        m->stride_check_ns = now;
-    }
-    return (seq & (m->stride - 1)) == 0;
+    uint64_t dt = now - m->stride_check_ns;
+    uint64_t rate = dt ? 1024 * 1000000000ull / dt : UINT64_MAX;
+    uint32_t stride = 1;
+    while (max_rate && stride < 64 && rate / stride > max_rate)
+        stride <<= 1;
+    m->stride = stride;
+    m->stride_check_ns = now;
 }
 
 void bb__metrics_gauges(struct bb__metrics *m, uint32_t batch_target, uint32_t wait_us,

@@ -168,7 +168,17 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b);
  * a second (0: always); above, one in a power of two (up to 64), so that
  * what the profiler costs the dispatcher stays bounded however small and
  * frequent the batches are (an inline echo backend cuts millions). */
-bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile, uint32_t max_rate);
+void bb__metrics_set_stride(struct bb__metrics *m, uint64_t now, uint32_t max_rate);
+static inline bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, bool profile,
+                                          uint32_t max_rate)
+{
+    if (!profile)
+        return false;
+    uint64_t seq = m->cuts++;
+    if ((seq & 1023) == 0) /* every 1024 cuts: the rate they came at sets the stride */
+        bb__metrics_set_stride(m, now, max_rate);
+    return (seq & (m->stride - 1)) == 0;
+}
 
 /* The slow-moving gauges: batch target, wait, the profiler's stride (0 when
  * off). Once an adaptation interval, not every pass. */
