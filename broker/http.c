@@ -153,12 +153,13 @@ int bb__http_start(struct bb__broker *b, struct bb__http **out)
     pthread_sigmask(SIG_BLOCK, &block, &old);
     h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
                             0, NULL, NULL, on_request, h,
+                            /* First, or the library logs its own way before it. */
+                            MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL,
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_CONNECTION_LIMIT, HTTP_CONNECTIONS,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, HTTP_PER_ADDRESS,
                             MHD_OPTION_CONNECTION_TIMEOUT, HTTP_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY,
-                            MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL,
                             MHD_OPTION_END);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!h->d) {
