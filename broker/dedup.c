@@ -158,7 +158,8 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
                 continue;
             bb__metrics_deduplicated(&m->metrics);
             const struct bb__stamps at_intake = {now, now, now, now};
-            answer(m, r, 0, e->out, e->out_len, &at_intake, m->w->profile);
+            answer(m, r, 0, e->out, e->out_len, &at_intake,
+                   bb__metrics_time_answer(&m->metrics, m->w->profile));
             return 2;
         }
     }

@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util_internal.h"
+
 #define WINDOW_HALF_NS 5000000000ull /* the window: the last 5 to 10 s */
-#define WINDOW_READ_TRIES 8
+#define WINDOW_READ_TRIES 4096 /* spins; a copy takes some 10 µs */
 
 const uint64_t bb__prom_bound_ns[BB_PROM_BOUNDS] = {
     100,         250,         500,         1000,        2500,        5000,
@@ -218,20 +220,24 @@ static const struct bb__metrics_window *window_start(const struct bb__metrics *m
     return bb__ctr_get(&a->start_ns) <= bb__ctr_get(&b->start_ns) ? a : b;
 }
 
-/* Reads under the sequence counter: fn copies what it needs out of the
- * window's start and the cumulative figures. A reader that keeps meeting a
- * copy in progress (it cannot, past the first retry, unless the writer copies
- * every few µs) takes its last reading as it is. */
+/* Reads under the sequence counter: body copies what it needs out of the
+ * window's start (w_) and the cumulative figures, and runs again if the
+ * writer copied meanwhile. The writer never waits for a reader; a reader
+ * that keeps meeting copies (it cannot, short of a writer that copies all
+ * the time) keeps its last reading, slightly mixed, rather than spin on. */
 #define WINDOW_READ(m, body)                                                                   \
     do {                                                                                       \
-        for (int try_ = 0; try_ < WINDOW_READ_TRIES; try_++) {                                 \
+        for (int try_ = 0;; try_++) {                                                          \
             uint32_t s1_ = atomic_load_explicit(&(m)->win_seq, memory_order_acquire);           \
-            if (s1_ & 1)                                                                       \
+            if ((s1_ & 1) && try_ < WINDOW_READ_TRIES) {                                       \
+                bb__cpu_relax();                                                               \
                 continue;                                                                      \
+            }                                                                                  \
             const struct bb__metrics_window *w_ = window_start(m);                             \
             body;                                                                              \
             atomic_thread_fence(memory_order_acquire);                                         \
-            if (atomic_load_explicit(&(m)->win_seq, memory_order_relaxed) == s1_)              \
+            if (atomic_load_explicit(&(m)->win_seq, memory_order_relaxed) == s1_ ||            \
+                try_ >= WINDOW_READ_TRIES)                                                     \
                 break;                                                                         \
         }                                                                                      \
     } while (0)

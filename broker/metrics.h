@@ -122,7 +122,7 @@ struct bb__metrics {
     /* Writer only: the profiler's stride (bb__metrics_time_batch) and the
      * depth last published. */
     uint32_t stride, queued_seen, running_seen;
-    uint64_t cuts, stride_check_ns;
+    uint64_t cuts, answers, stride_check_ns;
 };
 
 /* Per dispatcher worker; summed over workers by readers. */
@@ -178,6 +178,13 @@ static inline bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, b
     if ((seq & 1023) == 0) /* every 1024 cuts: the rate they came at sets the stride */
         bb__metrics_set_stride(m, now, max_rate);
     return (seq & (m->stride - 1)) == 0;
+}
+
+/* The same for a request answered without a batch (a cached result): one in
+ * the stride, so that the phases stay a sample of one kind. */
+static inline bool bb__metrics_time_answer(struct bb__metrics *m, bool profile)
+{
+    return profile && (m->answers++ & (m->stride - 1)) == 0;
 }
 
 /* The slow-moving gauges: batch target, wait, the profiler's stride (0 when

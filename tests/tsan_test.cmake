@@ -33,4 +33,14 @@ if(BB_TSAN_TEST)
   add_dependencies(tsan_stress batchbroker_tsan)
   add_test(NAME tsan_stress COMMAND tsan_stress)
   set_tests_properties(tsan_stress PROPERTIES TIMEOUT 300)
+
+  # The statistics' single-writer contract on its own, with window copies
+  # every few ms of a fake clock instead of every 5 s.
+  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
+  target_include_directories(tsan_metrics PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  target_compile_options(tsan_metrics PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
+  target_link_options(tsan_metrics PRIVATE -fsanitize=thread)
+  target_link_libraries(tsan_metrics PRIVATE Threads::Threads)
+  add_test(NAME tsan_metrics COMMAND tsan_metrics)
+  set_tests_properties(tsan_metrics PROPERTIES TIMEOUT 300 ENVIRONMENT "TSAN_OPTIONS=exitcode=66")
 endif()

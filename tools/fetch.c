@@ -31,14 +31,17 @@ int bbctl_fetch(int sock, uint32_t format, uint32_t model_id, char **out, size_t
 {
     struct bb_msg_metrics req = {.h = {.type = BB_MSG_METRICS}, .format = format,
                                  .model_id = model_id};
-    if (send(sock, &req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req)
+    ssize_t n;
+    do /* bbctl profile's SIGINT may land here */
+        n = send(sock, &req, sizeof req, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof req)
         return BB_EDISCONNECTED;
     struct bb_msg_metrics_reply rep;
     char cbuf[CMSG_SPACE(4 * sizeof(int))];
     struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
                         .msg_controllen = sizeof cbuf};
-    ssize_t n;
     do
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
