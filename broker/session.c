@@ -118,8 +118,9 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     if (c->attached && c->base) {
         bb_info("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
         bb__gauge_add(&w->metrics.clients, -1);
-    } else
+    } else {
         bb_debug("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
+    }
     bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
     if (c->doorbell >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));

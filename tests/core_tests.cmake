@@ -24,3 +24,6 @@ bb_criterion_test(test_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c ${CMAKE_
 target_compile_definitions(test_metrics PRIVATE BBCTL_BIN="$<TARGET_FILE:bbctl>")
 target_link_libraries(test_metrics PRIVATE m)
 add_dependencies(test_metrics bbctl bb_backend_echo)
+# broker/metrics.c on its own: buckets, Prometheus exactness, window, stride.
+bb_criterion_test(test_histograms ${CMAKE_CURRENT_LIST_DIR}/test_histograms.c
+                  ${CMAKE_SOURCE_DIR}/broker/metrics.c)

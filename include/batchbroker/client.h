@@ -97,9 +97,11 @@ struct bb_submit_opts {
  * Since start: the counters, avg_batch_size, avg_queue_wait_us,
  * batch_size_hist, the *_sum_ns figures. Over the window (the last 5 to 10 s,
  * window_s): throughput_rps and every percentile. Latency runs from the
- * client's submit to the publication of the completion. The phases
+ * client's submit to the publication of the completion (to the end of the
+ * backend call for batches the profiler does not time). The phases
  * (docs/operations.md, "Phases") are taken while the broker's `profile` key
- * is on; for each timed request they add up to its latency. */
+ * is on, for every batch or one in profile_stride; for each timed request
+ * they add up to its latency (phase_sum_ns adds up to timed_latency_sum_ns). */
 #define BB_MODEL_STATS_VERSION 2u
 #define BB_STATS_BATCH_BUCKETS 17 /* = BB_BATCH_SIZE_BUCKETS */
 enum { BB_STATS_PHASE_QUEUE = 0, BB_STATS_PHASE_FORMATION = 1, BB_STATS_PHASE_BACKEND = 2,
