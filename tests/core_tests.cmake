@@ -17,3 +17,13 @@ add_test(NAME broker_callgraph
          COMMAND ${Python3_EXECUTABLE} ${CMAKE_SOURCE_DIR}/scripts/check-callgraph.py
                  "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
          COMMAND_EXPAND_LISTS)
+
+# Observability: the metrics endpoint, bb_model_stats' phases, bbctl profile.
+bb_criterion_test(test_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+target_compile_definitions(test_metrics PRIVATE BBCTL_BIN="$<TARGET_FILE:bbctl>")
+target_link_libraries(test_metrics PRIVATE m)
+add_dependencies(test_metrics bbctl bb_backend_echo)
+# broker/metrics.c on its own: buckets, Prometheus exactness, window, stride.
+bb_criterion_test(test_histograms ${CMAKE_CURRENT_LIST_DIR}/test_histograms.c
+                  ${CMAKE_SOURCE_DIR}/broker/metrics.c)

@@ -99,6 +99,20 @@ int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t
  * status, or -1 if it had to be killed. */
 int bbt_waitpid_bounded(pid_t pid, int timeout_ms);
 
+/* A TCP port on 127.0.0.1 that nobody listens on now (a broker binds it a
+ * moment later), or 0. */
+unsigned bbt_free_port(void);
+
+/* An HTTP/1.1 request to 127.0.0.1:port from source address src (NULL: any)
+ * with Connection: close; the whole response (headers and body) in buf,
+ * NUL-terminated. Returns the status code, or -1. Gives up after 10 s of
+ * silence. */
+int bbt_http(const char *src, unsigned port, const char *method, const char *path, char *buf,
+             size_t cap);
+
+/* Open descriptors of process pid (/proc/PID/fd), or -1. */
+int bbt_count_fds(pid_t pid);
+
 /* xorshift64* PRNG. */
 static inline uint64_t bbt_rand(uint64_t *s)
 {

@@ -615,20 +615,6 @@ Test(robust, hostile_control_messages)
 
 /* ---- Churn ---- */
 
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
-    int n = 0;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n - 2;
-}
-
 /* Clients that come and go (cleanly, or abandoning requests) leave nothing
  * behind in the broker: its descriptor count returns to where it was. */
 Test(robust, client_churn_leaks_no_descriptors)
@@ -636,7 +622,7 @@ Test(robust, client_churn_leaks_no_descriptors)
     START(&B, "model.echo.max_wait_us=0");
     fresh_client_works(&B);
     bbt_msleep(200);
-    int before = count_fds(B.pid);
+    int before = bbt_count_fds(B.pid);
     cr_assert(before > 0);
     for (int i = 0; i < 150; i++) {
         bb_client *c = bbt_connect_ok(&B, NULL);
@@ -652,7 +638,7 @@ Test(robust, client_churn_leaks_no_descriptors)
     int after = -1;
     for (int i = 0; i < 200; i++) {
         bbt_msleep(10);
-        after = count_fds(B.pid);
+        after = bbt_count_fds(B.pid);
         if (after <= before)
             break;
     }
