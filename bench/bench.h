@@ -18,6 +18,9 @@
 #define BENCH_MAX_BATCH 4096   /* batch-size histograms clamp here */
 #define BENCH_FOREVER UINT64_MAX
 #define BENCH_GUARD_NS 30000000000ull /* a request this late means a hang */
+#define BENCH_MAX_BROKER_OPTS 16
+#define BENCH_MAX_ROUNDS 64
+#define BENCH_BROKER_BUCKETS 17 /* the broker's log2 batch-size buckets (protocol.h) */
 
 enum bench_wait { BENCH_WAIT_SPIN, BENCH_WAIT_SLEEP };
 
@@ -88,6 +91,9 @@ struct bench_opts {
     unsigned baselines;         /* 1 << BENCH_BASE_* */
     const char *json;
     const char *label;
+    /* -o SECTION.KEY=VALUE for a spawned broker (--broker-opt, --variant). */
+    const char *broker_opts[BENCH_MAX_BROKER_OPTS];
+    int nbroker_opts;
     pid_t broker_pid;           /* --broker-pid, for CPU accounting */
     uint64_t seed;
     struct bench_model model;
@@ -143,14 +149,16 @@ struct bench_env {
 
 /* Broker-side figures at the start and the end of the measured window. */
 struct bench_broker_stats {
-    uint64_t submitted, completed, failed, timed_out, rejected, batches;
+    uint64_t submitted, completed, failed, timed_out, rejected, cancelled, batches;
     double avg_batch_size, latency_p50_us, latency_p99_us, avg_queue_wait_us;
     uint32_t batch_target;
+    uint64_t batch_size_hist[BENCH_BROKER_BUCKETS]; /* [k]: sizes (2^(k-1), 2^k] */
 };
 
 /* What one run (the broker or a baseline) measured. */
 struct bench_run_result {
     const char *name;
+    char name_buf[160];             /* a variant's name: "broker:KEY=VALUE,..." */
     int ok;
     char error[256];
     struct bench_hist lat;          /* all priorities */
@@ -164,6 +172,10 @@ struct bench_run_result {
     int has_batch_hist;             /* batch_count is a real distribution */
     int has_broker_stats;
     struct bench_broker_stats b0, b1;
+    /* --rounds: the throughput of each round; the fields above are the rounds
+     * merged (counts and histograms added, broker figures as b1 - b0 summed). */
+    double round_tput[BENCH_MAX_ROUNDS];
+    int nrounds;
 };
 
 /* A transport: how one client thread sends requests and gets replies. The load
@@ -261,6 +273,8 @@ void bench_backend_run(const struct bench_backend *b, void *state, struct bb_bat
 
 /* runner.c: run one transport with the configured load; 0 or -1 (r->error). */
 int bench_run(const struct bench_opts *o, const struct bench_xport *x, struct bench_run_result *r);
+/* Add one round's result to the rounds so far (acc starts zeroed). */
+void bench_result_add(struct bench_run_result *acc, const struct bench_run_result *one);
 
 /* spawn.c: start/stop the broker; find a running broker's pid. */
 int bench_spawn_broker(const struct bench_opts *o, const char *socket, pid_t *pid);

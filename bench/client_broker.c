@@ -2,6 +2,7 @@
  * bb_client per client process shared by its threads. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "batchbroker/client.h"
 #include "bench.h"
@@ -160,10 +161,12 @@ static void take_stats(struct bench_broker_stats *s)
     if (!stats_model || bb_model_stats(stats_model, &ms) < 0) return;
     *s = (struct bench_broker_stats){
         .submitted = ms.submitted, .completed = ms.completed, .failed = ms.failed,
-        .timed_out = ms.timed_out, .rejected = ms.rejected, .batches = ms.batches,
-        .avg_batch_size = ms.avg_batch_size, .latency_p50_us = ms.latency_p50_us,
-        .latency_p99_us = ms.latency_p99_us, .avg_queue_wait_us = ms.avg_queue_wait_us,
-        .batch_target = ms.batch_target};
+        .timed_out = ms.timed_out, .rejected = ms.rejected, .cancelled = ms.cancelled,
+        .batches = ms.batches, .avg_batch_size = ms.avg_batch_size,
+        .latency_p50_us = ms.latency_p50_us, .latency_p99_us = ms.latency_p99_us,
+        .avg_queue_wait_us = ms.avg_queue_wait_us, .batch_target = ms.batch_target};
+    _Static_assert(BENCH_BROKER_BUCKETS == BB_STATS_BATCH_BUCKETS, "the broker's batch buckets");
+    memcpy(s->batch_size_hist, ms.batch_size_hist, sizeof s->batch_size_hist);
 }
 
 static void b_window(struct bench_env *env, int phase)

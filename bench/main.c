@@ -31,6 +31,14 @@ static void usage(FILE *f)
 "  --broker-bin PATH      broker binary (default " BB_BROKER_BIN ")\n"
 "  --broker-pid PID       broker pid for CPU accounting (default: SO_PEERCRED)\n"
 "  --no-broker            run only the baselines\n"
+"  --broker-opt SECTION.KEY=VALUE  with --spawn-broker: pass -o SECTION.KEY=VALUE to the\n"
+"                         broker (repeatable), e.g. broker.profile=off\n"
+"  --variant SECTION.KEY=VALUE[,...]  with --spawn-broker: one more broker run with these\n"
+"                         -o settings on top, reported as \"broker:SETTINGS\" with its ratio\n"
+"                         to the broker (repeatable, at most 4)\n"
+"  --rounds N             run the broker, each variant and each baseline N times in turn\n"
+"                         (default 1) and report them merged, with each round's ratios:\n"
+"                         on a busy machine, alternation spreads the noise over every run\n"
 "load:\n"
 "  --clients N            client processes (default 1)\n"
 "  --threads T            threads per process (default 1)\n"
@@ -143,6 +151,7 @@ enum {
     OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
     OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
     OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_DATASET, OPT_HELP,
+    OPT_BROKER_OPT, OPT_VARIANT, OPT_ROUNDS,
 };
 
 static const struct option long_opts[] = {
@@ -160,6 +169,8 @@ static const struct option long_opts[] = {
     {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"scenario", 1, 0, OPT_SCENARIO},
     {"trace", 1, 0, OPT_TRACE}, {"optimize", 1, 0, OPT_OPTIMIZE},
     {"slo-us", 1, 0, OPT_SLO}, {"dataset", 1, 0, OPT_DATASET}, {"help", 0, 0, OPT_HELP},
+    {"broker-opt", 1, 0, OPT_BROKER_OPT}, {"variant", 1, 0, OPT_VARIANT},
+    {"rounds", 1, 0, OPT_ROUNDS},
     {0, 0, 0, 0},
 };
 
@@ -175,6 +186,9 @@ struct model_flags {
     uint32_t slo_us;
     const char *dataset;
     int has_payload, has_out;
+    const char *variants[4];
+    int nvariants;
+    uint32_t rounds;
 };
 
 static int bad(const char *opt, const char *arg)
@@ -278,6 +292,19 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             if (strcmp(optarg, "throughput") && strcmp(optarg, "latency")) return bad(name, optarg);
             mf->optimize = optarg;
             break;
+        case OPT_BROKER_OPT:
+            if (!strchr(optarg, '=') || o->nbroker_opts == BENCH_MAX_BROKER_OPTS)
+                return bad(name, optarg);
+            o->broker_opts[o->nbroker_opts++] = optarg;
+            break;
+        case OPT_VARIANT:
+            if (!strchr(optarg, '=') || mf->nvariants == 4) return bad(name, optarg);
+            mf->variants[mf->nvariants++] = optarg;
+            break;
+        case OPT_ROUNDS:
+            if (parse_u32(optarg, 1, &mf->rounds) || mf->rounds > BENCH_MAX_ROUNDS)
+                return bad(name, optarg);
+            break;
         case OPT_HELP: usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -373,44 +400,76 @@ int main(int argc, char **argv)
         o.dataset = &data;
     }
     if (resolve_model(&o, &mf) < 0) return 2;
+    if ((o.nbroker_opts || mf.nvariants) && (!o.spawn || o.no_broker)) {
+        fprintf(stderr, "bb-bench: --broker-opt and --variant need --spawn-broker\n");
+        return 2;
+    }
 
-    const struct bench_xport *plan[1 + BENCH_NBASE];
-    const char *names[1 + BENCH_NBASE];
+    /* The broker, its variants (each its own copy of the options, with the
+     * variant's settings after --broker-opt's), then the baselines. */
+    enum { MAXRUNS = 1 + 4 + BENCH_NBASE };
+    const struct bench_xport *plan[MAXRUNS];
+    const struct bench_opts *plan_opts[MAXRUNS];
+    static struct bench_opts vopts[4], all;
+    static char vbuf[4][256];
+    const char *vname[MAXRUNS] = {0};
     const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_inproc,
                                                    &bench_xport_shm, &bench_xport_uds};
     int n = 0;
     if (!o.no_broker) {
-        names[n] = bench_xport_broker.name;
+        plan_opts[n] = &o;
         plan[n++] = &bench_xport_broker;
     }
+    for (int v = 0; v < mf.nvariants; v++) {
+        vopts[v] = o;
+        snprintf(vbuf[v], sizeof vbuf[v], "%s", mf.variants[v]);
+        for (char *save, *t = strtok_r(vbuf[v], ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (vopts[v].nbroker_opts == BENCH_MAX_BROKER_OPTS || !strchr(t, '='))
+                return bad("variant", mf.variants[v]);
+            vopts[v].broker_opts[vopts[v].nbroker_opts++] = t;
+        }
+        vname[n] = mf.variants[v];
+        plan_opts[n] = &vopts[v];
+        plan[n++] = &bench_xport_broker;
+    }
+    /* inproc-all: every client's requests in flight in one thread, the
+     * batches a single process would form with the whole load. */
+    all = o;
+    all.concurrency = o.clients * o.threads * o.concurrency;
+    all.clients = all.threads = 1;
     for (int b = 0; b < BENCH_NBASE; b++)
         if (o.baselines & (1u << b)) {
-            names[n] = b == BENCH_BASE_INPROC_ALL ? "inproc-all" : base[b]->name;
+            plan_opts[n] = b == BENCH_BASE_INPROC_ALL ? &all : &o;
             plan[n++] = base[b];
         }
     if (!n) {
         fprintf(stderr, "bb-bench: nothing to run (--no-broker without --baseline)\n");
         return 2;
     }
-    struct bench_run_result *runs[1 + BENCH_NBASE];
+    struct bench_run_result *runs[MAXRUNS], *one = calloc(1, sizeof *one);
     int failures = 0;
     for (int i = 0; i < n; i++) {
         runs[i] = calloc(1, sizeof *runs[i]);
-        if (!runs[i]) {
+        if (!runs[i] || !one) {
             fprintf(stderr, "bb-bench: out of memory\n");
             return 1;
         }
-        fprintf(stderr, "bb-bench: running %s ...\n", names[i]);
-        struct bench_opts one = o;
-        if (!strcmp(names[i], "inproc-all")) {
-            /* Every client's requests in flight in one thread: the batches a
-             * single process would form with the whole load. */
-            one.concurrency = o.clients * o.threads * o.concurrency;
-            one.clients = one.threads = 1;
-        }
-        if (bench_run(&one, plan[i], runs[i]) < 0) failures++;
-        runs[i]->name = names[i];
     }
+    uint32_t rounds = mf.rounds ? mf.rounds : 1;
+    for (uint32_t r = 0; r < rounds; r++)
+        for (int i = 0; i < n; i++) {
+            memset(one, 0, sizeof *one);
+            const char *name = plan_opts[i] == &all ? "inproc-all" : plan[i]->name;
+            if (vname[i])
+                snprintf(one->name_buf, sizeof one->name_buf, "broker:%s", vname[i]);
+            fprintf(stderr, "bb-bench: running %s", vname[i] ? one->name_buf : name);
+            if (rounds > 1) fprintf(stderr, " (round %u of %u)", r + 1, rounds);
+            fprintf(stderr, " ...\n");
+            if (bench_run(plan_opts[i], plan[i], one) < 0) failures++;
+            one->name = vname[i] ? one->name_buf : name;
+            bench_result_add(runs[i], one);
+        }
+    free(one);
     bench_print_table(stdout, &o, runs, n);
     if (o.json && bench_write_json(o.json, &o, runs, n) < 0) {
         fprintf(stderr, "bb-bench: cannot write %s\n", o.json);

@@ -74,6 +74,30 @@ void bench_summarize(const struct bench_opts *o, const struct bench_run_result *
     }
 }
 
+/* A variant of the broker (--variant): "broker:SETTINGS". */
+static int is_variant(const struct bench_run_result *r)
+{
+    return !strncmp(r->name, "broker:", 7);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median over rounds of a's throughput / b's in the same round. */
+static double median_round_ratio(const struct bench_run_result *a, const struct bench_run_result *b)
+{
+    double v[BENCH_MAX_ROUNDS];
+    int n = 0;
+    for (int k = 0; k < a->nrounds && k < b->nrounds; k++)
+        if (b->round_tput[k] > 0) v[n++] = a->round_tput[k] / b->round_tput[k];
+    if (!n) return NAN;
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 static void fmt_opt(char *buf, size_t n, double v, const char *fmt)
 {
     if (v < 0) snprintf(buf, n, "-");
@@ -133,6 +157,16 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
                     (double)bench_hist_quantile(h, 0.99) / 1e3, (unsigned long long)h->count);
         }
     if (!broker) return;
+    if (broker->nrounds > 1) {
+        fprintf(f, "\nthroughput by round (%d rounds, alternating):\n", broker->nrounds);
+        for (int i = 0; i < n; i++) {
+            fprintf(f, "%-24s", runs[i]->name);
+            for (int k = 0; k < runs[i]->nrounds; k++) fprintf(f, " %10.0f", runs[i]->round_tput[k]);
+            if (runs[i] != broker)
+                fprintf(f, "   broker/this: median %.3fx", median_round_ratio(broker, runs[i]));
+            fprintf(f, "\n");
+        }
+    }
     fprintf(f, "\nbroker / baseline  throughput      p50      p99    p99.9  cpu/req\n");
     for (int i = 0; i < n; i++) {
         if (runs[i] == broker || !runs[i]->ok) continue;
@@ -208,6 +242,14 @@ static void json_run(FILE *f, const struct bench_opts *o, const struct bench_run
     json_str(f, r->first_error ? bb_errname(r->first_error) : "");
     fprintf(f, ",\n%s\"seconds\": ", ind);
     json_num(f, r->seconds);
+    if (r->nrounds > 1) {
+        fprintf(f, ",\n%s\"round_throughput_rps\": [", ind);
+        for (int k = 0; k < r->nrounds; k++) {
+            fprintf(f, "%s", k ? ", " : "");
+            json_num(f, r->round_tput[k]);
+        }
+        fprintf(f, "]");
+    }
     fprintf(f, ",\n%s\"latency_us\": ", ind);
     json_latency(f, &r->lat);
     fprintf(f, ",\n%s\"latency_by_priority_us\": {", ind);
@@ -223,9 +265,16 @@ static void json_run(FILE *f, const struct bench_opts *o, const struct bench_run
     else fprintf(f, "null");
     fprintf(f, ", \"batches\": %llu, \"hist\": {", (unsigned long long)s.batches);
     if (r->has_broker_stats) {
-        /* bb_model_stats has no distribution: the summary it does have. */
-        fprintf(f, "\"batches\": %llu, \"requests\": %llu, \"batch_target\": %u}, \"hist_kind\": \"summary\"",
-                (unsigned long long)s.batches, (unsigned long long)s.batch_reqs, r->b1.batch_target);
+        /* The broker counts batches in log2 buckets: key K holds the sizes
+         * in (K/2, K]. */
+        sep = "";
+        for (int k = 0; k < BENCH_BROKER_BUCKETS; k++) {
+            uint64_t c = r->b1.batch_size_hist[k] - r->b0.batch_size_hist[k];
+            if (!c) continue;
+            fprintf(f, "%s\"%u\": %llu", sep, 1u << k, (unsigned long long)c);
+            sep = ", ";
+        }
+        fprintf(f, "}, \"hist_kind\": \"log2\"");
     } else {
         sep = "";
         for (uint32_t k = 1; r->has_batch_hist && k <= BENCH_MAX_BATCH; k++) {
@@ -254,12 +303,13 @@ static void json_run(FILE *f, const struct bench_opts *o, const struct bench_run
     if (r->has_broker_stats) {
         const struct bench_broker_stats *a = &r->b0, *b = &r->b1;
         fprintf(f, ",\n%s\"broker_stats\": {\"completed\": %llu, \"failed\": %llu, "
-                   "\"timed_out\": %llu, \"rejected\": %llu, \"batches\": %llu, "
-                   "\"avg_queue_wait_us\": ",
+                   "\"timed_out\": %llu, \"rejected\": %llu, \"cancelled\": %llu, "
+                   "\"batches\": %llu, \"avg_queue_wait_us\": ",
                 ind, (unsigned long long)(b->completed - a->completed),
                 (unsigned long long)(b->failed - a->failed),
                 (unsigned long long)(b->timed_out - a->timed_out),
                 (unsigned long long)(b->rejected - a->rejected),
+                (unsigned long long)(b->cancelled - a->cancelled),
                 (unsigned long long)(b->batches - a->batches));
         json_num(f, b->avg_queue_wait_us);
         fprintf(f, ", \"latency_p50_us\": ");
@@ -333,10 +383,20 @@ int bench_write_json(const char *path, const struct bench_opts *o,
                     "  \"latency_us\": null, \"batch\": null, \"cpu_s\": null");
     fprintf(f, ",\n");
     json_config(f, o);
-    fprintf(f, "  \"baselines\": {");
     const char *sep = "\n";
+    fprintf(f, "  \"variants\": {");
     for (int i = 0; i < n; i++) {
-        if (runs[i] == broker) continue;
+        if (!is_variant(runs[i])) continue;
+        fprintf(f, "%s    \"%s\": {\n", sep, runs[i]->name + strlen("broker:"));
+        json_run(f, o, runs[i], "      ");
+        fprintf(f, "\n    }");
+        sep = ",\n";
+    }
+    fprintf(f, "\n  },\n");
+    fprintf(f, "  \"baselines\": {");
+    sep = "\n";
+    for (int i = 0; i < n; i++) {
+        if (runs[i] == broker || is_variant(runs[i])) continue;
         fprintf(f, "%s    \"%s\": {\n", sep, runs[i]->name);
         json_run(f, o, runs[i], "      ");
         fprintf(f, "\n    }");
@@ -362,6 +422,10 @@ int bench_write_json(const char *path, const struct bench_opts *o,
             json_num(f, s.p999 ? b.p999 / s.p999 : NAN);
             fprintf(f, ", \"cpu_per_request\": ");
             json_num(f, s.cpu_per_req_us ? b.cpu_per_req_us / s.cpu_per_req_us : NAN);
+            if (broker->nrounds > 1 && runs[i]->nrounds == broker->nrounds) {
+                fprintf(f, ", \"throughput_median_of_rounds\": ");
+                json_num(f, median_round_ratio(broker, runs[i]));
+            }
             fprintf(f, "}");
             sep = ",\n";
         }

@@ -270,3 +270,61 @@ out:
     munmap(sh, size);
     return rc;
 }
+
+static void stats_delta(struct bench_broker_stats *acc, const struct bench_run_result *one)
+{
+    const struct bench_broker_stats *a = &one->b0, *b = &one->b1;
+    acc->submitted += b->submitted - a->submitted;
+    acc->completed += b->completed - a->completed;
+    acc->failed += b->failed - a->failed;
+    acc->timed_out += b->timed_out - a->timed_out;
+    acc->rejected += b->rejected - a->rejected;
+    acc->cancelled += b->cancelled - a->cancelled;
+    acc->batches += b->batches - a->batches;
+    for (int k = 0; k < BENCH_BROKER_BUCKETS; k++)
+        acc->batch_size_hist[k] += b->batch_size_hist[k] - a->batch_size_hist[k];
+    /* Figures that are not counts: the last round's. */
+    acc->avg_batch_size = b->avg_batch_size;
+    acc->latency_p50_us = b->latency_p50_us;
+    acc->latency_p99_us = b->latency_p99_us;
+    acc->avg_queue_wait_us = b->avg_queue_wait_us;
+    acc->batch_target = b->batch_target;
+}
+
+void bench_result_add(struct bench_run_result *acc, const struct bench_run_result *one)
+{
+    int k = acc->nrounds;
+    double tput = one->ok && one->seconds > 0 ? (double)one->completed / one->seconds : 0;
+    if (k == 0) {
+        *acc = *one;
+        if (one->name == one->name_buf)
+            acc->name = acc->name_buf;
+        /* b0 = 0 and b1 = the deltas: what bench_summarize subtracts. */
+        memset(&acc->b0, 0, sizeof acc->b0);
+        memset(&acc->b1, 0, sizeof acc->b1);
+        stats_delta(&acc->b1, one);
+    } else {
+        if (!one->ok && acc->ok) {
+            acc->ok = 0;
+            memcpy(acc->error, one->error, sizeof acc->error);
+        }
+        bench_hist_merge(&acc->lat, &one->lat);
+        for (int p = 0; p < 5; p++) bench_hist_merge(&acc->lat_prio[p], &one->lat_prio[p]);
+        acc->completed += one->completed;
+        acc->failed += one->failed;
+        acc->bad_output += one->bad_output;
+        acc->submitted += one->submitted;
+        if (!acc->first_error) acc->first_error = one->first_error;
+        acc->seconds += one->seconds;
+        acc->cpu_server = acc->cpu_server >= 0 && one->cpu_server >= 0
+                              ? acc->cpu_server + one->cpu_server : -1;
+        acc->cpu_clients += one->cpu_clients;
+        for (uint32_t b = 0; b <= BENCH_MAX_BATCH; b++) acc->batch_count[b] += one->batch_count[b];
+        acc->has_broker_stats = acc->has_broker_stats && one->has_broker_stats;
+        stats_delta(&acc->b1, one);
+    }
+    if (k < BENCH_MAX_ROUNDS) {
+        acc->round_tput[k] = tput;
+        acc->nrounds = k + 1;
+    }
+}

@@ -65,7 +65,17 @@ int bench_spawn_broker(const struct bench_opts *o, const char *socket_path, pid_
             for (int i = 0; i < o->nserver_cpus; i++) CPU_SET(o->server_cpus[i], &set);
             sched_setaffinity(0, sizeof set, &set);
         }
-        execl(o->broker_bin, o->broker_bin, "--config", o->config, (char *)NULL);
+        const char *argv[4 + 2 * BENCH_MAX_BROKER_OPTS + 1];
+        int n = 0;
+        argv[n++] = o->broker_bin;
+        argv[n++] = "--config";
+        argv[n++] = o->config;
+        for (int i = 0; i < o->nbroker_opts; i++) {
+            argv[n++] = "-o";
+            argv[n++] = o->broker_opts[i];
+        }
+        argv[n] = NULL;
+        execv(o->broker_bin, (char *const *)argv);
         fprintf(stderr, "exec %s: %s\n", o->broker_bin, strerror(errno));
         _exit(127);
     }

@@ -267,16 +267,23 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
 {
     int progress = 0;
+    bb__metrics_tick(&m->metrics, now);
     if (now - m->adapt.interval_start_ns >= m->adapt.cfg.interval_ns) {
-        const struct bb__hist *hs[2] = {&m->metrics.lat[0], &m->metrics.lat[1]};
-        double p99 = (double)bb__hist_quantile(hs, 2, 0.99) / 1e3;
-        bb__adaptive_tick(&m->adapt, now, p99, false);
+        bb__adaptive_tick(&m->adapt, now, bb__metrics_window_p99_us(&m->metrics), false);
         if (m->dedup)
             bb__dedup_expire_cache(m, now);
+        /* Target and wait for readers on other threads: they move at this
+         * pace (a pin or a reload shows within an interval). */
+        uint32_t wait;
+        uint32_t target = bb__model_target(m, &wait);
+        bb__metrics_gauges(&m->metrics, target, wait, m->w->profile);
+        bb__model_publish(m);
     }
     m->filling = false;
-    if (m->q.queued == 0 && m->q.grouped == 0)
+    if (m->q.queued == 0 && m->q.grouped == 0) {
+        bb__metrics_depth(&m->metrics, 0, m->running);
         return 0;
+    }
     progress += (int)expire(m, now);
     while (m->q.queued > 0) {
         bool free_exec = m->ninstances == 0 || m->running < m->ninstances;
@@ -293,7 +300,9 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             break;
         }
         struct bb__batch *b = bb__batch_get(m);
-        b->dispatch_ns = now;
+        b->ts.cut = now;
+        b->profile = bb__metrics_time_batch(&m->metrics, now, m->w->profile,
+                                            m->w->profile_max_rate);
         struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
         take_starved(&c, now);
@@ -308,8 +317,9 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         }
         progress += (int)b->n;
         if (bb__executor_submit(m, b))
-            now = b->end_ns; /* it ran inline: a fresh clock, and a read saved */
+            now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
     }
+    bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
     struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {
         uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "http.h"
 #include "log.h"
 #include "model.h"
 #include "session.h"
@@ -64,7 +65,9 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     if (!listen)
         return 0;
     b->listen_fd = bb__control_listen(cfg->socket_path);
-    return b->listen_fd < 0 ? -1 : 0;
+    if (b->listen_fd < 0)
+        return -1;
+    return bb__http_start(b, &b->http);
 }
 
 static void *worker_main(void *arg)
@@ -93,8 +96,11 @@ int bb__broker_run(struct bb__broker *b)
 
 void bb__broker_fini(struct bb__broker *b)
 {
-    /* Sessions first (backends unregister their segments), then the models
+    /* The metrics server first (it reads the models and workers), then the
+     * sessions (backends unregister their segments), then the models
      * (executors stop), then the workers whose wake eventfds they used. */
+    bb__http_stop(b->http);
+    b->http = NULL;
     for (uint32_t k = 0; b->workers && k < b->nworkers; k++) {
         struct bb__worker *w = &b->workers[k];
         w->exiting = true;

@@ -15,6 +15,7 @@
 
 struct bb__model;
 struct bb__worker;
+struct bb__http;
 
 struct bb__broker {
     struct bb__broker_config *cfg;  /* the running configuration; reload updates it */
@@ -24,6 +25,7 @@ struct bb__broker {
     struct bb__worker *workers;     /* workers[0] accepts and handles reloads */
     uint32_t nworkers;
     int listen_fd;
+    struct bb__http *http;         /* the metrics endpoint, or NULL */
 
     _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */
     _Atomic uint32_t next_client_id;
@@ -45,8 +47,9 @@ struct bb__broker {
     uint32_t parked;
 };
 
-/* Start the models and the workers; take the socket if listen. Returns 0, -1
- * on a system failure, -2 when a configured model cannot start (logged). */
+/* Start the models and the workers; take the socket and the metrics address
+ * if listen. Returns 0, -1 on a system failure (a busy metrics port is one),
+ * -2 when a configured model cannot start (logged). */
 int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
                     _Atomic int *stop_flag, bool listen);
 /* Serve until a stop is requested and everything drained: workers[0] on the

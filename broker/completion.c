@@ -123,13 +123,16 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
 }
 
 void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
-                uint64_t lat_ns, uint64_t now)
+                const struct bb__stamps *t, bool profile)
 {
     /* Everything of r first: once the completion is published the client
      * may resubmit the slot, and its worker rewrite r, at once. */
     struct bb__client *c = r->cl;
     uint32_t slot = r->slot, gen = r->gen;
-    bb__metrics_done(&m->metrics, now, status, r->prio, lat_ns);
+    if (status == 0)
+        bb__metrics_answered(&m->metrics, r->prio, r->submit_ns, t, profile);
+    else
+        bb__metrics_failed(&m->metrics, status, r->prio);
     /* Idle before done: the resubmission must find the record free (this
      * release pairs with the intake's acquire). */
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
@@ -146,14 +149,13 @@ static void unaccount(struct bb__model *m, struct bb__req *r)
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)
 {
-    uint64_t now = bb__now_ns();
     unaccount(m, r);
-    bb__finish(m, r, status, 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
+    bb__finish(m, r, status, 0, NULL, false);
 }
 
 void bb__complete_dropped(struct bb__model *m, struct bb__req *r)
 {
-    m->metrics.failed++;
+    bb__metrics_failed(&m->metrics, BB_EDISCONNECTED, r->prio);
     unaccount(m, r);
     struct bb__client *c = r->cl;
     uint32_t slot = r->slot;

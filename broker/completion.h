@@ -4,11 +4,13 @@
 #ifndef BB_BROKER_COMPLETION_H
 #define BB_BROKER_COMPLETION_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct bb__client;
 struct bb__model;
 struct bb__req;
+struct bb__stamps;
 struct bb__worker;
 
 /* Publish a completion to the client's slot (no wake-up, no ring entry). */
@@ -33,11 +35,12 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
 void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags);
 
 /* Home side: answer request r with status (and out_len bytes of output
- * already in its buffer), count it, and give it back to its client's
- * worker. r must not be touched afterwards: its client may resubmit it at
- * once. */
+ * already in its buffer), count it (status 0: its phases are cut at the
+ * stamps t of the batch that computed it, profile: whether to time them),
+ * and give it back to its client's worker. r must not be touched
+ * afterwards: its client may resubmit it at once. */
 void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
-                uint64_t lat_ns, uint64_t now);
+                const struct bb__stamps *t, bool profile);
 
 /* Complete one queued request outside a batch (expired, canceled, shut
  * down); r has been unlinked from every queue. */

@@ -21,7 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <ini.h>
+#include <netinet/in.h>
 
 #include "batchbroker/client.h"
 #include "log.h"
@@ -35,6 +37,7 @@ enum bb__ctype {
     BB__CT_UIDS,    /* comma-separated uids or user names */
     BB__CT_GIDS,    /* comma-separated gids or group names */
     BB__CT_PARAM,   /* "param.*": any key, kept for the backend */
+    BB__CT_LISTEN,  /* a string: empty, PORT or HOST:PORT (bb__config_listen_addr) */
 };
 
 enum bb__csect { BB__SEC_NONE, BB__SEC_BROKER, BB__SEC_MODEL };
@@ -130,6 +133,21 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_BROKER, "allowed_uids", BB__CT_UIDS, BB__BROKER(allowed_uids), 0, BB_MAX_IDS, NULL,
      "broker's uid,0", NULL, 1,
      "Users allowed to attach: uids or user names, comma-separated."},
+    {BB__SEC_BROKER, "metrics_listen", BB__CT_LISTEN, BB__BROKER(metrics_listen), 0, 63, "",
+     NULL, NULL, 0,
+     "Serve Prometheus metrics over HTTP at /metrics on this address: PORT (on 127.0.0.1), "
+     "HOST:PORT (HOST an IPv4 address, localhost, or * for every interface) or [IPV6]:PORT; "
+     "empty = no HTTP server."},
+    {BB__SEC_BROKER, "profile", BB__CT_ENUM, BB__BROKER(profile), 0, 1, "on", NULL,
+     bb__onoff_names, 1,
+     "Time the phases of batches (queue wait, formation, backend, delivery) for the "
+     "metrics, bb_model_stats and bbctl profile: two clock reads a timed batch (see "
+     "profile_max_rate)."},
+    {BB__SEC_BROKER, "profile_max_rate", BB__CT_UINT, BB__BROKER(profile_max_rate), 0,
+     100000000, "100000", NULL, NULL, 1,
+     "Batches a second per model the profiler times every one of; a model that cuts more "
+     "has one batch in 2, 4, ... 64 timed, so that profiling costs the dispatcher little "
+     "however small the batches; 0 = time every batch."},
     {BB__SEC_BROKER, "allowed_gids", BB__CT_GIDS, BB__BROKER(allowed_gids), 0, BB_MAX_IDS, "",
      NULL, NULL, 1,
      "Groups whose members (by the gid SO_PEERCRED reports) may also attach: gids or "
@@ -422,6 +440,77 @@ static int bb__set_param(struct bb__model_config *m, const char *key, const char
     return 0;
 }
 
+int bb__config_listen_addr(const char *s, struct sockaddr_storage *sa, socklen_t *salen,
+                           char *msg, size_t msglen)
+{
+    memset(sa, 0, sizeof *sa);
+    if (!*s)
+        return 0;
+    char host[64];
+    const char *port;
+    const char *colon = strrchr(s, ':');
+    if (s[0] == '[') { /* [IPV6]:PORT */
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof host) {
+            snprintf(msg, msglen, "metrics_listen: '%s' is not [IPV6]:PORT", s);
+            return -1;
+        }
+        memcpy(host, s + 1, (size_t)(close - s - 1));
+        host[close - s - 1] = '\0';
+        port = close + 2;
+    } else if (colon) {
+        if ((size_t)(colon - s) >= sizeof host) {
+            snprintf(msg, msglen, "metrics_listen: host in '%s' is too long", s);
+            return -1;
+        }
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+        port = colon + 1;
+    } else {
+        strcpy(host, "127.0.0.1"); /* a port alone: loopback, not the world */
+        port = s;
+    }
+    char *end;
+    errno = 0;
+    unsigned long pn = isdigit((unsigned char)*port) ? strtoul(port, &end, 10) : 0;
+    if (!isdigit((unsigned char)*port) || *end || errno || pn < 1 || pn > 65535) {
+        snprintf(msg, msglen, "metrics_listen: port '%s' is not a number in 1..65535", port);
+        return -1;
+    }
+    struct sockaddr_in *in4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+    if (s[0] == '[') {
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) {
+            snprintf(msg, msglen, "metrics_listen: '%s' is not an IPv6 address", host);
+            return -1;
+        }
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)pn);
+        *salen = sizeof *in6;
+        return 1;
+    }
+    const char *v4 = strcmp(host, "localhost") == 0 ? "127.0.0.1"
+                     : strcmp(host, "*") == 0       ? "0.0.0.0"
+                                                    : host;
+    if (inet_pton(AF_INET, v4, &in4->sin_addr) != 1) {
+        snprintf(msg, msglen,
+                 "metrics_listen: '%s' is not an IPv4 address, localhost or * (IPv6: [ADDR]:PORT)",
+                 host);
+        return -1;
+    }
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)pn);
+    *salen = sizeof *in4;
+    return 1;
+}
+
+static int bb__listen_ok(const char *value, char *msg, size_t msglen)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    return bb__config_listen_addr(value, &sa, &salen, msg, msglen);
+}
+
 /* Validate value for key k and store it in base (the broker or model
  * struct). Nothing is written unless the whole value is valid. msg gets
  * "KEY: problem". */
@@ -447,6 +536,10 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
         }
         bb__store_uint(p, k->size, v);
         return 0;
+    case BB__CT_LISTEN:
+        if (bb__listen_ok(value, msg, msglen) < 0)
+            return -1;
+        __attribute__((fallthrough)); /* stored as the string it is */
     case BB__CT_STRING: {
         size_t len = strlen(value);
         if (len < k->min || len > k->max) {
@@ -513,6 +606,7 @@ static void bb__format_value(const struct bb__config_key *k, const void *base, c
             snprintf(buf, len, "%" PRIu64, bb__load_uint(p, k->size));
         return;
     case BB__CT_STRING:
+    case BB__CT_LISTEN:
         snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);
         return;
     case BB__CT_ENUM: {
@@ -938,7 +1032,7 @@ static const char *bb__type_name(enum bb__ctype t)
     static const char *const names[] = {
         [BB__CT_UINT] = "integer", [BB__CT_BYTES] = "bytes",    [BB__CT_STRING] = "string",
         [BB__CT_ENUM] = "enum",    [BB__CT_UIDS] = "uid list", [BB__CT_GIDS] = "gid list",
-        [BB__CT_PARAM] = "string",
+        [BB__CT_PARAM] = "string", [BB__CT_LISTEN] = "address",
     };
     return names[t];
 }
@@ -986,6 +1080,9 @@ static void bb__format_range(const struct bb__config_key *k, char *buf, size_t l
     case BB__CT_UIDS:
     case BB__CT_GIDS:
         snprintf(buf, len, "0..%" PRIu64 " entries", k->max);
+        return;
+    case BB__CT_LISTEN:
+        snprintf(buf, len, "empty, PORT or HOST:PORT (port 1..65535)");
         return;
     }
     buf[0] = '\0';

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #define BB_MAX_MODELS 64
@@ -80,6 +81,9 @@ struct bb__broker_config {
     uint32_t max_uid_slots;
     uint32_t max_uid_segment_mb;
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
+    char metrics_listen[64];    /* "" = no HTTP server; see bb__config_listen_addr */
+    uint32_t profile;           /* time the phases of batches */
+    uint32_t profile_max_rate;  /* batches/s per model timed in full; 0 = no limit */
     size_t nuids, ngids;
     uid_t allowed_uids[BB_MAX_IDS];
     gid_t allowed_gids[BB_MAX_IDS];
@@ -118,6 +122,13 @@ int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errl
  * is a model key wins). A new model needs a backend before
  * bb__config_check passes. Returns 0, or -1 with "SECTION.KEY: message". */
 int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err, size_t errlen);
+
+/* Parse [broker] metrics_listen: "" (off: returns 0), "PORT" (127.0.0.1),
+ * "HOST:PORT" (HOST an IPv4 address, "localhost" or "*") or "[IPV6]:PORT".
+ * Returns 1 with the address in *sa and *salen, 0 when empty, or -1 with
+ * "metrics_listen: problem" in msg. */
+int bb__config_listen_addr(const char *s, struct sockaddr_storage *sa, socklen_t *salen,
+                           char *msg, size_t msglen);
 
 /* The model called name, or NULL. Valid until cfg changes. */
 struct bb__model_config *bb__config_model(struct bb__broker_config *cfg, const char *name);

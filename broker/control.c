@@ -19,6 +19,7 @@
 
 #include "batchbroker/client.h"
 #include "broker.h"
+#include "expo.h"
 #include "model.h"
 #include "segment.h"
 #include "session.h"
@@ -163,6 +164,22 @@ void bb__control_accept(struct bb__worker *w, int fd)
     bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
+/* One message with descriptors attached (SCM_RIGHTS). */
+static bool send_fds(int sock, const void *msg, size_t len, const int *fds, int nfds)
+{
+    char cbuf[CMSG_SPACE(4 * sizeof(int))];
+    memset(cbuf, 0, sizeof cbuf);
+    struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int))};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, (size_t)nfds * sizeof(int));
+    return sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len;
+}
+
 /* The segment a HELLO asks for, within the broker's limits, charged to the
  * client's uid before it is made (admission.c). */
 static int make_segment(struct bb__broker *b, struct bb__client *c, const struct bb_msg_hello *h,
@@ -240,21 +257,12 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c)
         return;
     }
     rep.segment_size = c->size;
+    /* The segment, the worker page, the notify eventfd, and without the
+     * futex doorbell the client's doorbell eventfd (protocol.h). */
     int fds[4] = {memfd, w->page_fd, c->notify, c->doorbell};
-    size_t nfds = w->futex_bell ? 3 : 4;
-    char cbuf[CMSG_SPACE(sizeof fds)];
-    memset(cbuf, 0, sizeof cbuf);
-    struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-    ssize_t n = sendmsg(c->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    bool sent = send_fds(c->sock, &rep, sizeof rep, fds, w->futex_bell ? 3 : 4);
     close(memfd);
-    if (n != (ssize_t)sizeof rep) {
+    if (!sent) {
         bb__session_kill(w, c, "hello reply failed");
         return;
     }
@@ -267,6 +275,69 @@ static void reply(struct bb__worker *w, struct bb__client *c, const void *msg, s
 {
     ssize_t n = send(c->sock, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n != (ssize_t)len)
+        bb__session_kill(w, c, "control reply failed");
+}
+
+/* A document in a sealed memfd (protocol.h, BB_MSG_METRICS): 0 or BB_ESYS. */
+static int memfd_of(const void *data, size_t len, int *out)
+{
+    int fd = memfd_create("batchbroker-metrics", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return BB_ESYS;
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, (const char *)data + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            close(fd);
+            return BB_ESYS;
+        }
+        done += (size_t)n;
+    }
+    /* The reader may trust that length and content stay as they are. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        close(fd);
+        return BB_ESYS;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* METRICS: the Prometheus page, or one model's dump, rendered here (a few
+ * tens of µs of the dispatcher for an operator's command) and passed as a
+ * memfd, so that a reader that takes its time costs the dispatcher nothing. */
+static void handle_metrics(struct bb__worker *w, struct bb__client *c, const struct bb_msg_metrics *req)
+{
+    struct bb_msg_metrics_reply rep = {.h = {.type = BB_MSG_METRICS_REPLY}};
+    void *doc = NULL;
+    size_t len = 0;
+    if (req->format == BB_METRICS_TEXT) {
+        doc = bb__expo_page(w->b, &len);
+        rep.h.status = doc ? 0 : BB_ENOMEM;
+    } else if (req->format == BB_METRICS_DUMP) {
+        if (req->model_id >= w->b->nmodels) {
+            rep.h.status = BB_ENOMODEL;
+        } else if ((doc = malloc(sizeof(struct bb_wire_dump)))) {
+            bb__metrics_dump(&w->b->models[req->model_id].metrics, bb__now_ns(), doc);
+            len = sizeof(struct bb_wire_dump);
+        } else {
+            rep.h.status = BB_ENOMEM;
+        }
+    } else {
+        rep.h.status = BB_EINVAL;
+    }
+    int fd = -1;
+    if (rep.h.status == 0)
+        rep.h.status = memfd_of(doc, len, &fd);
+    free(doc);
+    if (rep.h.status < 0) {
+        reply(w, c, &rep, sizeof rep);
+        return;
+    }
+    rep.length = len;
+    bool sent = send_fds(c->sock, &rep, sizeof rep, &fd, 1);
+    close(fd);
+    if (!sent)
         bb__session_kill(w, c, "control reply failed");
 }
 
@@ -352,7 +423,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         }
         struct bb__model *m = &w->b->models[req.model_id];
         snprintf(rep.name, sizeof rep.name, "%s", m->cfg.name);
-        bb__model_stats(m, bb__now_ns(), &rep.s);
+        bb__model_stats(m, w, bb__now_ns(), &rep.s);
         reply(w, c, &rep, sizeof rep);
         return;
     }
@@ -385,6 +456,16 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         reply(w, c, &rep, sizeof rep);
         return;
     }
+    case BB_MSG_METRICS: {
+        struct bb_msg_metrics req;
+        if (len != sizeof req) {
+            bb__session_kill(w, c, "bad METRICS");
+            return;
+        }
+        memcpy(&req, buf, sizeof req);
+        handle_metrics(w, c, &req);
+        return;
+    }
     default:
         bb__session_kill(w, c, "unknown control message");
         return;
@@ -398,6 +479,7 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         struct bb_msg_model_open open;
         struct bb_msg_stats stats;
         struct bb_msg_pin pin;
+        struct bb_msg_metrics metrics;
         char raw[512];
     } buf;
     /* A session that moves to another worker stops reading here. */

@@ -35,6 +35,7 @@
 #include "mailbox.h"
 #include "session.h"
 #include "util_internal.h"
+#include "worker.h"
 
 #define GROUP_BUCKETS 1024u
 
@@ -138,16 +139,17 @@ void bb__dedup_expire_cache(struct bb__model *m, uint64_t now)
         cache_unlink(d, d->lru);
 }
 
-/* Answer member r of a group (or a cache hit) with the shared outcome, and
- * give it back to its client's worker. */
+/* Answer member r of a group (or a cache hit) with the shared outcome and
+ * give it back to its client's worker. t: the stamps of the batch that
+ * computed the result (a cached result: all four are now). */
 static void answer(struct bb__model *m, struct bb__req *r, int st, const void *out, uint32_t len,
-                   uint64_t now)
+                   const struct bb__stamps *t, bool profile)
 {
     if (st == 0 && len > r->cl_out_cap)
         st = BB_ETOOBIG;
     if (st == 0 && len)
         memcpy(r->cl_out, out, len);
-    bb__finish(m, r, st, st == 0 ? len : 0, now > r->submit_ns ? now - r->submit_ns : 0, now);
+    bb__finish(m, r, st, st == 0 ? len : 0, t, profile);
 }
 
 int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
@@ -163,8 +165,10 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
             if (e->hash != h || (!any_uid && e->uid != uid) || e->in_len != r->in_len ||
                 memcmp(e->in, r->in, r->in_len) != 0)
                 continue;
-            m->metrics.deduplicated++;
-            answer(m, r, 0, e->out, e->out_len, now);
+            bb__metrics_deduplicated(&m->metrics);
+            const struct bb__stamps at_intake = {now, now, now, now};
+            answer(m, r, 0, e->out, e->out_len, &at_intake,
+                   bb__metrics_time_answer(&m->metrics, m->w->profile));
             return 2;
         }
     }
@@ -179,7 +183,7 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
         r->group_next = g->members;
         g->members = r;
         g->nmembers++;
-        m->metrics.deduplicated++;
+        bb__metrics_deduplicated(&m->metrics);
         if (g->running) {
             atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
         } else if (g->rep && r->level < g->rep->level) {
@@ -302,8 +306,9 @@ void bb__dedup_dispatched(struct bb__model *m, struct bb__group *g)
 }
 
 void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, size_t out_len,
-                        uint64_t end_ns)
+                        const struct bb__stamps *t, bool profile)
 {
+    uint64_t end_ns = t->end;
     struct bb__dedup *d = m->dedup;
     for (struct bb__req *r = g->members, *next; r; r = next) {
         next = r->group_next;
@@ -311,7 +316,7 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
         r->group_next = NULL;
         r->cl->cm[m->id].inflight--;
         m->bytes -= r->bytes;
-        answer(m, r, status, g->out, (uint32_t)out_len, end_ns);
+        answer(m, r, status, g->out, (uint32_t)out_len, t, profile);
     }
     g->members = NULL;
     g->nmembers = 0;

@@ -42,7 +42,7 @@ static int check(const struct bb__model *m, const struct bb__client *c, const st
 void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
 {
     struct bb__client *c = r->cl;
-    m->metrics.submitted++;
+    bb__metrics_submitted(&m->metrics);
     if (r->prio == 0)
         r->prio = (uint8_t)m->cfg.default_priority;
     int level = m->cfg.priorities ? r->prio - 1 : 0;

@@ -39,10 +39,11 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
                           .errmsg = b->errmsg,
                           .errmsg_cap = sizeof b->errmsg};
     pthread_mutex_lock(&in->mu);
+    b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
     int rc = m->plugin.ops->process(in->state, &bb);
+    b->ts.end = bb__now_ns();
     pthread_mutex_unlock(&in->mu);
     b->rc = rc;
-    b->end_ns = bb__now_ns();
     b->errmsg[sizeof b->errmsg - 1] = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb_outbuf *o = &b->outputs[i];
@@ -84,33 +85,31 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
             woken[nwoken++] = cl;
         bb__wake_client(cl);
     }
+    b->ts.done = b->profile ? bb__now_ns() : b->ts.end;
 }
 
 void bb__batch_reap(struct bb__batch *b)
 {
     struct bb__model *m = b->model;
-    uint64_t wait_sum = 0;
     if (b->rc < 0)
         bb_warn_limited("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];
-        wait_sum += b->dispatch_ns - e->enq_ns;
         if (e->group) {
-            bb__dedup_complete(m, e->group, b->outputs[i].status, b->outputs[i].len, b->end_ns);
+            bb__dedup_complete(m, e->group, b->outputs[i].status, b->outputs[i].len, &b->ts,
+                               b->profile);
             continue;
         }
-        uint64_t lat = b->end_ns > e->submit_ns ? b->end_ns - e->submit_ns : 0;
-        bb__metrics_done(&m->metrics, b->end_ns, b->outputs[i].status, e->prio, lat);
-        bb__adaptive_done(&m->adapt, lat);
+        bb__adaptive_done(&m->adapt, b->ts.done > e->submit_ns ? b->ts.done - e->submit_ns : 0);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
         /* bb__batch_run published it and woke the client already. */
         bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }
-    bb__metrics_batch(&m->metrics, b->n, wait_sum);
+    bb__metrics_batch(&m->metrics, b); /* reads e->group as a flag only: the groups are gone */
     /* Expected batch time for drop_late and the strategies: an EWMA. */
-    uint64_t took = b->end_ns - b->dispatch_ns;
+    uint64_t took = b->ts.end - b->ts.cut;
     m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
     if (bb__adaptive_batch(&m->adapt, b->n, took))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);

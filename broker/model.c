@@ -70,7 +70,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
                     size_t errlen)
 {
     m->w = w;
-    bb__metrics_init(&m->metrics, bb__now_ns());
+    bb__metrics_init(&m->metrics, m->cfg.name, m->cfg.max_batch_size, bb__now_ns());
     if (parse_weights(m, err, errlen) < 0)
         return -1;
     if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {
@@ -162,24 +162,52 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
     return max;
 }
 
-void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *s)
+void bb__model_publish(struct bb__model *m)
+{
+    const struct bb__adaptive *a = &m->adapt;
+    atomic_store_explicit(&m->pub.changes, a->changes, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.fit_a_us, a->fit.a_ns / 1e3, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.fit_b_us, a->fit.b_ns / 1e3, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.fit_r2, a->fit.r2, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.best_size, a->best_size, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.arrival_rps, a->rate_rps, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.score, a->score, memory_order_relaxed);
+    atomic_store_explicit(&m->pub.slo_violations, a->slo_violations, memory_order_relaxed);
+}
+
+void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t now,
+                     struct bb_wire_stats *s)
 {
     bb__metrics_fill(&m->metrics, now, s);
-    s->queued = m->q.queued + m->q.grouped;
-    const struct bb__adaptive *a = &m->adapt;
-    s->batch_target = bb__model_target(m, &s->wait_us);
-    s->max_batch_size = m->cfg.max_batch_size;
+    s->max_batch_size = m->cfg.max_batch_size; /* configuration: a reload parks every worker */
     s->instances = m->cfg.instances;
     s->adaptive = m->cfg.adaptive;
     s->pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
-    s->changes = a->changes;
-    s->fit_a_us = a->fit.a_ns / 1e3;
-    s->fit_b_us = a->fit.b_ns / 1e3;
-    s->fit_r2 = a->fit.r2;
-    s->best_size = a->best_size;
-    s->arrival_rps = a->rate_rps;
-    s->score = a->score;
-    s->slo_violations = a->slo_violations;
+    if (m->w == w) { /* the home: its own state, fresh */
+        const struct bb__adaptive *a = &m->adapt;
+        s->queued = m->q.queued + m->q.grouped;
+        s->batch_target = bb__model_target(m, &s->wait_us);
+        s->changes = a->changes;
+        s->fit_a_us = a->fit.a_ns / 1e3;
+        s->fit_b_us = a->fit.b_ns / 1e3;
+        s->fit_r2 = a->fit.r2;
+        s->best_size = a->best_size;
+        s->arrival_rps = a->rate_rps;
+        s->score = a->score;
+        s->slo_violations = a->slo_violations;
+        return;
+    }
+    s->queued = (uint32_t)bb__ctr_get(&m->metrics.queued);
+    s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
+    s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
+    s->changes = atomic_load_explicit(&m->pub.changes, memory_order_relaxed);
+    s->fit_a_us = atomic_load_explicit(&m->pub.fit_a_us, memory_order_relaxed);
+    s->fit_b_us = atomic_load_explicit(&m->pub.fit_b_us, memory_order_relaxed);
+    s->fit_r2 = atomic_load_explicit(&m->pub.fit_r2, memory_order_relaxed);
+    s->best_size = atomic_load_explicit(&m->pub.best_size, memory_order_relaxed);
+    s->arrival_rps = atomic_load_explicit(&m->pub.arrival_rps, memory_order_relaxed);
+    s->score = atomic_load_explicit(&m->pub.score, memory_order_relaxed);
+    s->slo_violations = atomic_load_explicit(&m->pub.slo_violations, memory_order_relaxed);
 }
 
 struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name)

@@ -75,6 +75,13 @@ struct bb__model {
     unsigned exec_yield_mask;      /* spinning executors yield every mask+1 rounds */
 
     struct bb__metrics metrics;
+    /* The adaptive state as STATS served on another worker sees it: copied
+     * by the home once an adaptation interval (bb__model_publish). */
+    struct {
+        _Atomic uint32_t changes;
+        _Atomic double fit_a_us, fit_b_us, fit_r2, best_size, arrival_rps, score;
+        _Atomic uint64_t slo_violations;
+    } pub;
 };
 
 /* Load the backend and strategy, build the queues and start the executors of
@@ -103,7 +110,12 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);
 /* The model called name among n, or NULL. */
 struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name);
 
-/* Statistics for the STATS message. */
-void bb__model_stats(struct bb__model *m, uint64_t now, struct bb_wire_stats *out);
+/* Home: copy what other threads read of the adaptive state (m->pub). */
+void bb__model_publish(struct bb__model *m);
+
+/* Statistics for the STATS message, on any worker: the home reads its own
+ * state, another worker what the home published. */
+void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t now,
+                     struct bb_wire_stats *out);
 
 #endif

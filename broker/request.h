@@ -3,6 +3,7 @@
 #define BB_BROKER_REQUEST_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "batchbroker/backend.h"
@@ -60,11 +61,22 @@ struct bb__entry {
     struct bb__group *group;  /* completed by the dispatcher for every member */
 };
 
+/* A batch's timestamps (CLOCK_MONOTONIC ns), the bounds of the profiler's
+ * phases (docs/operations.md, "Phases"). cut: the dispatcher's clock reading
+ * that cut the batch (its pass's, or the end of the inline batch before it);
+ * start: the backend is called; end: it returned; done: every completion is
+ * published and its client woken. Without the profiler only cut and end are
+ * read, start = cut and done = end. */
+struct bb__stamps {
+    uint64_t cut, start, end, done;
+};
+
 struct bb__batch {
     struct bb__model *model;
     uint32_t n;
     int rc;
-    uint64_t dispatch_ns, end_ns;
+    bool profile;             /* take start and done (two clock reads a batch) */
+    struct bb__stamps ts;
     struct bb__entry *ents;
     struct bb_view *inputs;
     struct bb_outbuf *outputs;

@@ -158,6 +158,8 @@ void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
         bb__session_arm(w, c, BB__UD_DOORBELL);
     c->live_idx = w->nlive;
     w->live[w->nlive++] = c;
+    bb__gauge_add(&w->metrics.clients, 1);
+    bb__gauge_add(&w->metrics.segment_bytes, (int64_t)c->size);
 }
 
 void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *why)
@@ -170,10 +172,12 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         w->live[c->live_idx] = last;
         last->live_idx = c->live_idx;
     }
-    if (c->attached && c->base)
+    if (c->attached && c->base) {
         bb_info_limited("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
-    else
+        bb__gauge_add(&w->metrics.clients, -1);
+    } else {
         bb_debug_limited("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
+    }
     bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
     if (c->doorbell >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));
@@ -207,6 +211,8 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
     if (c->base) {
         for (uint32_t i = 0; c->attached && i < b->nmodels; i++)
             bb__model_unregister(&b->models[i], c->base, c->size);
+        if (c->attached)
+            bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);
         munmap(c->base, c->size);
     }
     for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)

@@ -221,6 +221,8 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
     w->node = node;
     w->wake_fd = w->page_fd = -1;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
+    w->profile = b->cfg->profile;
+    w->profile_max_rate = b->cfg->profile_max_rate;
     uint32_t max = b->cfg->max_clients;
     w->clients = calloc(max, sizeof *w->clients);
     w->client_gen = calloc(max, sizeof *w->client_gen);
@@ -340,6 +342,8 @@ static void park(struct bb__worker *w)
     b->parked--;
     pthread_mutex_unlock(&b->qmu);
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
+    w->profile = b->cfg->profile;
+    w->profile_max_rate = b->cfg->profile_max_rate;
     bb__control_revoke(w); /* each worker ends its own sessions a reload disallows */
 }
 
@@ -364,6 +368,8 @@ static void reload(struct bb__worker *w)
     int changed = bb__config_reload(b->cfg, &next, skipped, sizeof skipped);
     bb__log_level = b->cfg->log_level;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
+    w->profile = b->cfg->profile;
+    w->profile_max_rate = b->cfg->profile_max_rate;
     for (uint32_t i = 0; i < b->nmodels; i++) {
         struct bb__model *m = &b->models[i];
         bb__model_apply(m, &b->cfg->models[i]);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "mailbox.h"
+#include "metrics.h"
 
 struct bb__broker;
 struct bb_shm_worker;
@@ -52,6 +53,9 @@ struct bb__worker {
     uint64_t last_heartbeat_ns;
     bool stopping;                 /* this worker has begun the shutdown */
     bool drained;                  /* and has nothing left of its own */
+    bool profile;                  /* [broker] profile: time the phases of batches */
+    uint32_t profile_max_rate;     /* [broker] profile_max_rate */
+    struct bb__worker_metrics metrics; /* written by this worker, read by scrapes */
 };
 
 /* Returns 0, or -1 on a system failure (logged). Runs on the thread that

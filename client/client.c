@@ -410,6 +410,11 @@ int bb_model_open(bb_client *c, const char *name, bb_model **out)
     return 0;
 }
 
+_Static_assert(BB_STATS_BATCH_BUCKETS == BB_BATCH_SIZE_BUCKETS && BB_STATS_PHASES == (int)BB_PHASES &&
+                   BB_STATS_PHASE_QUEUE == (int)BB_PHASE_QUEUE &&
+                   BB_STATS_PHASE_DELIVERY == (int)BB_PHASE_DELIVERY,
+               "the public statistics mirror the wire's");
+
 static int stats_roundtrip(bb_model *m, struct bb_msg_stats_reply *rep)
 {
     struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = m->id};
@@ -425,6 +430,9 @@ int bb_model_stats(bb_model *m, struct bb_model_stats *out)
     if (rc < 0)
         return rc;
     const struct bb_wire_stats *s = &rep.s;
+    memset(out, 0, sizeof *out);
+    out->size = sizeof *out;
+    out->version = BB_MODEL_STATS_VERSION;
     out->submitted = s->submitted;
     out->completed = s->completed;
     out->failed = s->failed;
@@ -441,6 +449,21 @@ int bb_model_stats(bb_model *m, struct bb_model_stats *out)
     out->latency_p99_us = s->latency_p99_us;
     out->queued = s->queued;
     out->batch_target = s->batch_target;
+    out->cancelled = s->cancelled;
+    out->profile_stride = s->profile_stride;
+    out->running = s->running;
+    out->window_s = s->window_s;
+    memcpy(out->batch_size_hist, s->batch_size_hist, sizeof out->batch_size_hist);
+    out->latency_sum_ns = s->latency_sum_ns;
+    out->phase_count = s->phase_count;
+    out->timed_latency_sum_ns = s->timed_latency_sum_ns;
+    memcpy(out->phase_sum_ns, s->phase_sum_ns, sizeof out->phase_sum_ns);
+    memcpy(out->phase_p50_us, s->phase_p50_us, sizeof out->phase_p50_us);
+    memcpy(out->phase_p99_us, s->phase_p99_us, sizeof out->phase_p99_us);
+    memcpy(out->latency_p50_by_priority_us, s->latency_p50_by_priority_us,
+           sizeof out->latency_p50_by_priority_us);
+    memcpy(out->latency_p99_by_priority_us, s->latency_p99_by_priority_us,
+           sizeof out->latency_p99_by_priority_us);
     return 0;
 }
 

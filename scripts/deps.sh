@@ -15,7 +15,12 @@ BB_DEPS=(build-essential cmake pkg-config liburing-dev libnuma-dev
          libtorch-dev libopenblas0
          # The demo model: Fashion-MNIST and the PyTorch that trains it in
          # seconds at build time (scripts/train_fmnist.py, /usr/bin/python3).
-         python3-torch dataset-fashion-mnist)
+         python3-torch dataset-fashion-mnist
+         # libmicrohttpd-dev: the metrics endpoint. prometheus: promtool and
+         # the server the metrics tests run against (about 20 MB to fetch,
+         # 100 MB installed with its web assets); installed with its service
+         # kept stopped.
+         libmicrohttpd-dev prometheus)
 # The sanitizer tree and the fuzzers of scripts/test.sh: clang, its
 # sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
 BB_SAN_DEPS=(clang libclang-rt-14-dev llvm)
@@ -48,6 +53,18 @@ bb_install_deps() {
     fi
     echo "deps: installing ${missing[*]}"
     apt-get -o DPkg::Lock::Timeout=300 update
+    # A package that ships a service (prometheus) must not start it here: it
+    # would take port 9090 and scrape on a CI machine. policy-rc.d answers
+    # "not now" to invoke-rc.d and deb-systemd-invoke for the install only.
+    local policy=/usr/sbin/policy-rc.d own_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    local rc=0
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
-        --no-install-recommends "${missing[@]}"
+        --no-install-recommends "${missing[@]}" || rc=$?
+    if [ -n "$own_policy" ]; then
+        rm -f "$policy"
+    fi
+    return "$rc"
 }

@@ -34,11 +34,19 @@ add_dependencies(test_hostile bb_backend_echo)
 # Unit suites: one broker or client file each, no broker process.
 bb_criterion_test(test_queue ${CMAKE_CURRENT_LIST_DIR}/test_queue.c ${CMAKE_SOURCE_DIR}/broker/queue.c
                   ${CMAKE_SOURCE_DIR}/broker/log.c)
-bb_criterion_test(test_hist ${CMAKE_CURRENT_LIST_DIR}/test_hist.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
-target_link_libraries(test_hist PRIVATE m)
 bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${CMAKE_SOURCE_DIR}/client/alloc.c)
 bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${CMAKE_SOURCE_DIR}/broker/dedup.c
                   ${CMAKE_SOURCE_DIR}/broker/queue.c ${CMAKE_SOURCE_DIR}/broker/completion.c
                   ${CMAKE_SOURCE_DIR}/broker/mailbox.c ${CMAKE_SOURCE_DIR}/broker/metrics.c
                   ${CMAKE_SOURCE_DIR}/broker/log.c)
 target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)
+
+# Observability: the metrics endpoint, bb_model_stats' phases, bbctl profile.
+bb_criterion_test(test_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+target_compile_definitions(test_metrics PRIVATE BBCTL_BIN="$<TARGET_FILE:bbctl>")
+target_link_libraries(test_metrics PRIVATE m)
+add_dependencies(test_metrics bbctl bb_backend_echo)
+# broker/metrics.c on its own: buckets, Prometheus exactness, window, stride.
+bb_criterion_test(test_histograms ${CMAKE_CURRENT_LIST_DIR}/test_histograms.c
+                  ${CMAKE_SOURCE_DIR}/broker/metrics.c)

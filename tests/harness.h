@@ -138,7 +138,18 @@ bool bbt_dropped(int fd, int timeout_ms);
 /* A line of /proc/PID/status, e.g. "RssAnon", in KiB; -1 if absent. */
 long bbt_proc_status_kb(pid_t pid, const char *field);
 
-/* Descriptors open in process pid (/proc/PID/fd), or -1. */
+/* A TCP port on 127.0.0.1 that nobody listens on now (a broker binds it a
+ * moment later), or 0. */
+unsigned bbt_free_port(void);
+
+/* An HTTP/1.1 request to 127.0.0.1:port from source address src (NULL: any)
+ * with Connection: close; the whole response (headers and body) in buf,
+ * NUL-terminated. Returns the status code, or -1. Gives up after 10 s of
+ * silence. */
+int bbt_http(const char *src, unsigned port, const char *method, const char *path, char *buf,
+             size_t cap);
+
+/* Open descriptors of process pid (/proc/PID/fd), or -1. */
 int bbt_count_fds(pid_t pid);
 
 /* xorshift64* PRNG. */

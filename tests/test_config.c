@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include "batchbroker/client.h"
 #include "config.h"
@@ -289,6 +291,66 @@ Test(config, param_limits)
         p += sprintf(p, "param.p%d = %d\n", i, i);
     expect_error(text, 3 + BB_MAX_PARAMS, "more than 32 parameters");
     free(text);
+}
+
+/* [broker] metrics_listen: every accepted form, and each bad one with a
+ * message that says what is wrong (the broker exits 2 on these). */
+Test(config, metrics_listen)
+{
+    struct bb__broker_config *cfg = new_cfg();
+    cr_assert_str_eq(cfg->metrics_listen, "", "off by default");
+    cr_assert_eq(cfg->profile, 1, "the profiler is on by default");
+    free(cfg);
+    struct { const char *in, *addr; unsigned port; } good[] = {
+        {"9100", "127.0.0.1", 9100},     {"127.0.0.1:80", "127.0.0.1", 80},
+        {"localhost:9100", "127.0.0.1", 9100}, {"*:9100", "0.0.0.0", 9100},
+        {"10.1.2.3:65535", "10.1.2.3", 65535}, {"[::1]:9100", "::1", 9100},
+        {"[::]:1", "::", 1},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        struct sockaddr_storage sa;
+        socklen_t len;
+        char msg[256] = "", host[64] = "";
+        cr_assert_eq(bb__config_listen_addr(good[i].in, &sa, &len, msg, sizeof msg), 1, "%s: %s",
+                     good[i].in, msg);
+        unsigned port;
+        if (sa.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&sa;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+            cr_assert_eq(len, sizeof *a);
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)&sa;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+            cr_assert_eq(len, sizeof *a);
+        }
+        cr_assert_str_eq(host, good[i].addr, "%s", good[i].in);
+        cr_assert_eq(port, good[i].port, "%s", good[i].in);
+    }
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char msg[256];
+    cr_assert_eq(bb__config_listen_addr("", &sa, &len, msg, sizeof msg), 0, "empty: off");
+    struct { const char *in, *what; } bad[] = {
+        {"0", "1..65535"},         {"65536", "1..65535"},      {"http", "not a number"},
+        {"9100x", "not a number"}, {"-1", "not a number"},      {"host.example:9100", "IPv4"},
+        {"1.2.3:9100", "IPv4"},    {"[::1]9100", "[IPV6]:PORT"}, {"[zz]:9100", "IPv6"},
+        {"127.0.0.1:", "not a number"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msg[0] = '\0';
+        cr_assert_eq(bb__config_listen_addr(bad[i].in, &sa, &len, msg, sizeof msg), -1, "%s",
+                     bad[i].in);
+        cr_assert(strstr(msg, "metrics_listen") && strstr(msg, bad[i].what), "%s: '%s'",
+                  bad[i].in, msg);
+    }
+    /* In a file, with the line. */
+    expect_error("[broker]\nmetrics_listen = nowhere:9100\n", 2, "metrics_listen");
+    cfg = load_ok("[broker]\nmetrics_listen = 9100\nprofile = off\n");
+    cr_assert_str_eq(cfg->metrics_listen, "9100");
+    cr_assert_eq(cfg->profile, 0);
+    free(cfg);
 }
 
 Test(config, cross_key_check)

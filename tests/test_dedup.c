@@ -69,7 +69,7 @@ static void setup_with(void (*cfg)(struct bb__model_config *))
     if (cfg)
         cfg(&m.cfg);
     m.w = &w;
-    bb__metrics_init(&m.metrics, bb__now_ns());
+    bb__metrics_init(&m.metrics, "dedup", 32, bb__now_ns());
     cr_assert_eq(bb__queues_init(&m.q, 64, true, true), 0);
     cr_assert_eq(bb__dedup_init(&m), 0);
     client_init(&fc[0], 1000);
@@ -141,7 +141,9 @@ static void run_group(struct bb__req *rep)
     struct bb__group *g = rep->group;
     bb__dedup_dispatched(&m, g);
     memcpy(rep->out, rep->in, rep->in_len < rep->out_cap ? rep->in_len : rep->out_cap);
-    bb__dedup_complete(&m, g, 0, rep->in_len, bb__now_ns());
+    uint64_t now = bb__now_ns();
+    struct bb__stamps ts = {.cut = now, .start = now, .end = now, .done = now};
+    bb__dedup_complete(&m, g, 0, rep->in_len, &ts, false);
 }
 
 static void expect_answer(int k, uint32_t s, int status, char fill, uint32_t len)
@@ -166,7 +168,7 @@ Test(dedup, identical_requests_share_one_computation, .init = setup, .fini = tea
     cr_assert_eq(atomic_load(&b->state), BB__REQ_GROUPED);
     cr_assert_eq(m.q.queued, 1);
     cr_assert_eq(m.q.grouped, 1);
-    cr_assert_eq(m.metrics.deduplicated, 1);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 1);
     /* The client scribbles on the representative's input: nothing changes. */
     memset(fc[0].seg + OFF_HEAP, 'z', BUF);
     run_group(a);
@@ -183,7 +185,7 @@ Test(dedup, different_inputs_or_capacities_do_not_merge, .init = setup, .fini = 
     cr_assert_eq(file(req(0, 1, 'y', BUF, 2)), 0, "another input");
     cr_assert_eq(file(req(0, 2, 'x', BUF - 1, 2)), 0, "another output capacity");
     cr_assert_eq(m.q.queued, 3);
-    cr_assert_eq(m.metrics.deduplicated, 0);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 0);
     while (m.q.queued)
         run_group(bb__queue_top(&m.q, 2));
 }

@@ -37,6 +37,8 @@ _Static_assert(offsetof(struct bb_shm_header, shm_wake_seq) == 148, "wake_seq");
 _Static_assert(offsetof(struct bb_shm_header, shm_sleepers) == 260, "sleepers");
 _Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 2u && BB_ABI_MINOR == 0u,
                "magic and ABI version");
+/* Public and extensible: later versions take reserved space, never grow it. */
+_Static_assert(sizeof(struct bb_model_stats) == 768, "bb_model_stats size");
 
 #define OFF(type, field, want) \
     cr_expect_eq(offsetof(type, field), (size_t)(want), #type "." #field " at %zu, pinned at %d", \
@@ -76,7 +78,19 @@ Test(layout, constants)
     cr_expect_eq(BB_MSG_STATS_REPLY, 6);
     cr_expect_eq(BB_MSG_PIN, 7);
     cr_expect_eq(BB_MSG_PIN_REPLY, 8);
+    cr_expect_eq(BB_MSG_METRICS, 9);
+    cr_expect_eq(BB_MSG_METRICS_REPLY, 10);
+    cr_expect_eq(BB_METRICS_TEXT, 1);
+    cr_expect_eq(BB_METRICS_DUMP, 2);
     cr_expect_eq(BB_HELLO_OPERATOR, 1u);
+    cr_expect_eq(BB_BATCH_SIZE_BUCKETS, 17u);
+    cr_expect_eq(BB_PHASES, 4);
+    cr_expect_eq(BB_OUTCOMES, 5);
+    cr_expect_eq(BB_OUTCOME_CANCELLED, 4);
+    cr_expect_eq(BB_HIST_SUB_BITS, 5u);
+    cr_expect_eq(BB_HIST_BUCKETS, 1152u);
+    cr_expect_eq(BB_DUMP_VERSION, 1u);
+    cr_expect_eq(BB_MODEL_STATS_VERSION, 2u);
     /* Slot indices and the cancel bit do not overlap. */
     cr_expect_eq(BB_MAX_SLOTS & BB_SQE_CANCEL, 0u);
     cr_expect(BB_MAX_SLOTS - 1 <= BB_SQE_SLOT_MASK);
@@ -220,7 +234,6 @@ Test(layout, control_messages)
     OFF(struct bb_msg_stats, model_id, 8);
     OFF(struct bb_msg_stats, pad, 12);
 
-    SIZE(struct bb_wire_stats, 232);
     OFF(struct bb_wire_stats, submitted, 0);
     OFF(struct bb_wire_stats, completed, 8);
     OFF(struct bb_wire_stats, failed, 16);
@@ -251,8 +264,23 @@ Test(layout, control_messages)
     OFF(struct bb_wire_stats, arrival_rps, 208);
     OFF(struct bb_wire_stats, score, 216);
     OFF(struct bb_wire_stats, slo_violations, 224);
+    /* Observability (ABI 1.1), appended. */
+    OFF(struct bb_wire_stats, cancelled, 232);
+    OFF(struct bb_wire_stats, profile_stride, 240);
+    OFF(struct bb_wire_stats, running, 244);
+    OFF(struct bb_wire_stats, window_s, 248);
+    OFF(struct bb_wire_stats, batch_size_hist, 256);
+    OFF(struct bb_wire_stats, latency_sum_ns, 392);
+    OFF(struct bb_wire_stats, phase_count, 400);
+    OFF(struct bb_wire_stats, phase_sum_ns, 408);
+    OFF(struct bb_wire_stats, phase_p50_us, 440);
+    OFF(struct bb_wire_stats, phase_p99_us, 472);
+    OFF(struct bb_wire_stats, latency_p50_by_priority_us, 504);
+    OFF(struct bb_wire_stats, latency_p99_by_priority_us, 544);
+    OFF(struct bb_wire_stats, timed_latency_sum_ns, 584);
+    SIZE(struct bb_wire_stats, 592);
 
-    SIZE(struct bb_msg_stats_reply, 304);
+    SIZE(struct bb_msg_stats_reply, 664);
     OFF(struct bb_msg_stats_reply, name, 8);
     OFF(struct bb_msg_stats_reply, s, 72);
 
@@ -260,6 +288,45 @@ Test(layout, control_messages)
     OFF(struct bb_msg_pin, name, 8);
     OFF(struct bb_msg_pin, target, 72);
     OFF(struct bb_msg_pin, pad, 76);
+
+    SIZE(struct bb_msg_metrics, 16);
+    OFF(struct bb_msg_metrics, format, 8);
+    OFF(struct bb_msg_metrics, model_id, 12);
+    SIZE(struct bb_msg_metrics_reply, 16);
+    OFF(struct bb_msg_metrics_reply, length, 8);
+
+    SIZE(struct bb_wire_dump, 74248);
+    OFF(struct bb_wire_dump, now_ns, 8);
+    OFF(struct bb_wire_dump, name, 16);
+    OFF(struct bb_wire_dump, hist_sub_bits, 80);
+    OFF(struct bb_wire_dump, max_batch_size, 88);
+    OFF(struct bb_wire_dump, submitted, 112);
+    OFF(struct bb_wire_dump, requests, 144);
+    OFF(struct bb_wire_dump, batch_size, 304);
+    OFF(struct bb_wire_dump, latency_sum_ns, 440);
+    OFF(struct bb_wire_dump, phase_count, 472);
+    OFF(struct bb_wire_dump, timed_latency_sum_ns, 480);
+    OFF(struct bb_wire_dump, phase_sum_ns, 488);
+    OFF(struct bb_wire_dump, latency, 520);
+    OFF(struct bb_wire_dump, phase, 37384);
+}
+
+/* The public statistics (include/batchbroker/client.h): a caller's struct,
+ * so its layout is ABI too. */
+Test(layout, model_stats)
+{
+    typedef struct bb_model_stats M;
+    SIZE(M, 768);
+    OFF(M, size, 0);
+    OFF(M, version, 4);
+    OFF(M, submitted, 8);
+    OFF(M, queued, 152);
+    OFF(M, cancelled, 160);
+    OFF(M, batch_size_hist, 184);
+    OFF(M, timed_latency_sum_ns, 336);
+    OFF(M, phase_sum_ns, 344);
+    OFF(M, latency_p99_by_priority_us, 480);
+    OFF(M, reserved, 520);
 }
 
 /* Status codes cross the process boundary in bb_shm_slot.status. */

@@ -44,7 +44,7 @@ struct bb_model_stats bbt_settled_stats(bb_model *m)
     struct bb_model_stats st = bbt_stats_of(m);
     for (int i = 0; i < 1000; i++) {
         if (st.queued == 0 &&
-            st.completed + st.failed + st.rejected + st.timed_out >= st.submitted)
+            st.completed + st.failed + st.rejected + st.timed_out + st.cancelled >= st.submitted)
             break;
         bbt_msleep(2);
         st = bbt_stats_of(m);

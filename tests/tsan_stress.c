@@ -2,7 +2,9 @@
  * Criterion's forking runner. Both sides are built with -fsanitize=thread:
  * the broker (batchbroker_tsan: dispatcher + two executor threads) and this
  * client (four submitting threads, one bb_client_poll thread, cancels and
- * frees of pending requests, all sharing one bb_client). Exit 0 only if every
+ * frees of pending requests, all sharing one bb_client), with a thread that
+ * scrapes the broker's metrics endpoint all along (its HTTP thread reads
+ * what the dispatcher writes: metrics.h). Exit 0 only if every
  * request got exactly its own answer and neither process reported a race
  * (TSAN_OPTIONS exitcode=66 makes a reported race fail the broker's exit). */
 #include <poll.h>
@@ -24,6 +26,8 @@
 static bb_model *model;
 static atomic_int failures;
 static atomic_int stop_poller;
+static unsigned metrics_port;
+static atomic_int scrapes;
 
 static void *submitter(void *arg)
 {
@@ -94,10 +98,28 @@ static void *poller(void *arg)
     return NULL;
 }
 
+/* Scrapes /metrics until the submitters are done. */
+static void *scraper(void *arg)
+{
+    (void)arg;
+    static char page[1 << 18];
+    while (!atomic_load(&stop_poller)) {
+        if (bbt_http(NULL, metrics_port, "GET", "/metrics", page, sizeof page) == 200 &&
+            strstr(page, "batchbroker_requests_total"))
+            atomic_fetch_add(&scrapes, 1);
+        else
+            atomic_fetch_add(&failures, 1);
+    }
+    return NULL;
+}
+
 int main(void)
 {
+    char listen[64];
+    metrics_port = bbt_free_port();
+    snprintf(listen, sizeof listen, "broker.metrics_listen=%u", metrics_port);
     const char *ov[] = {"model.echo.instances=2", "model.echo.max_wait_us=50",
-                        "model.echo.max_batch_size=16", NULL};
+                        "model.echo.max_batch_size=16", listen, NULL};
     struct bbt_broker b;
     setenv("TSAN_OPTIONS", "exitcode=66 halt_on_error=0", 1);
     if (bbt_broker_start(&b, NULL, ov) < 0) {
@@ -110,14 +132,16 @@ int main(void)
         bbt_cleanup_all();
         return 1;
     }
-    pthread_t th[THREADS], pt;
+    pthread_t th[THREADS], pt, sc;
     pthread_create(&pt, NULL, poller, c);
+    pthread_create(&sc, NULL, scraper, NULL);
     for (uintptr_t i = 0; i < THREADS; i++)
         pthread_create(&th[i], NULL, submitter, (void *)i);
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
     atomic_store(&stop_poller, 1);
     pthread_join(pt, NULL);
+    pthread_join(sc, NULL);
     struct bb_model_stats st;
     bb_model_stats(model, &st);
     bb_disconnect(c);
@@ -125,9 +149,12 @@ int main(void)
     bbt_cleanup_all();
     int nfail = atomic_load(&failures);
     printf("tsan_stress: %d threads x %d rounds x %d in flight; broker completed %llu in %llu "
-           "batches; %d failures; broker exit %d\n",
+           "batches; %d scrapes; %d failures; broker exit %d\n",
            THREADS, ROUNDS, INFLIGHT, (unsigned long long)st.completed,
-           (unsigned long long)st.batches, nfail, WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+           (unsigned long long)st.batches, atomic_load(&scrapes), nfail,
+           WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+    if (atomic_load(&scrapes) == 0)
+        nfail++;
     if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
         fprintf(stderr, "tsan_stress: broker exit status %#x (66 = a race was reported)\n", ws);
         return 1;

@@ -10,7 +10,7 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
   target_link_libraries(batchbroker_tsan PRIVATE PkgConfig::URING PkgConfig::NUMA PkgConfig::INIH
-    Threads::Threads ${CMAKE_DL_LIBS} PkgConfig::XXHASH m)
+    Threads::Threads ${CMAKE_DL_LIBS} PkgConfig::XXHASH PkgConfig::MHD m)
   add_dependencies(batchbroker_tsan bb_backend_echo)
 
   add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
@@ -29,4 +29,14 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   set_tests_properties(tsan_stress_2workers PROPERTIES
     ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
   set_tests_properties(tsan_stress PROPERTIES TIMEOUT 300)
+
+  # The statistics' single-writer contract on its own, with window copies
+  # every few ms of a fake clock instead of every 5 s.
+  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
+  target_include_directories(tsan_metrics PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  target_compile_options(tsan_metrics PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
+  target_link_options(tsan_metrics PRIVATE -fsanitize=thread)
+  target_link_libraries(tsan_metrics PRIVATE Threads::Threads)
+  add_test(NAME tsan_metrics COMMAND tsan_metrics)
+  set_tests_properties(tsan_metrics PROPERTIES TIMEOUT 300 ENVIRONMENT "TSAN_OPTIONS=exitcode=66")
 endif()

@@ -13,6 +13,8 @@
 
 #include "batchbroker/client.h"
 #include "batchbroker/protocol.h"
+#include "fetch.h"
+#include "profile.h"
 
 static int roundtrip(int fd, const void *req, size_t len, void *rep, size_t cap)
 {
@@ -132,7 +134,11 @@ static void usage(FILE *out)
                  "  health              exit 0 if the broker answers, 1 otherwise\n"
                  "  tuning              adaptive batch sizing state of every model\n"
                  "  pin MODEL TARGET    fix a model's batch target (1..max_batch_size)\n"
-                 "  unpin MODEL         give the batch target back to the configuration\n");
+                 "  unpin MODEL         give the batch target back to the configuration\n"
+                 "  metrics             the Prometheus page the metrics endpoint serves\n"
+                 "  profile --html FILE [--seconds N] [--model NAME]\n"
+                 "                      sample N seconds (default 10; Ctrl-C ends early) and\n"
+                 "                      write a self-contained HTML report\n");
 }
 
 int main(int argc, char **argv)
@@ -143,7 +149,8 @@ int main(int argc, char **argv)
     static char def[108];
     const char *path = bb_default_socket(def, sizeof def) >= 0 ? def : "";
     int ch;
-    while ((ch = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+    /* "+": stop at the command, whose own options (profile --html) follow it. */
+    while ((ch = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
         if (ch == 's')
             path = optarg;
         else {
@@ -174,6 +181,19 @@ int main(int argc, char **argv)
         if (r < 0)
             fprintf(stderr, "bbctl: %s: %s\n", cmd, bb_strerror(r));
         rc = r < 0;
+    } else if (strcmp(cmd, "metrics") == 0 && optind + 1 == argc) {
+        char *page;
+        size_t len;
+        int r = bbctl_fetch(fd, BB_METRICS_TEXT, 0, &page, &len);
+        if (r < 0)
+            fprintf(stderr, "bbctl: metrics: %s\n", bb_strerror(r));
+        else if (fwrite(page, 1, len, stdout) != len)
+            r = BB_ESYS;
+        if (r == 0)
+            free(page);
+        rc = r < 0;
+    } else if (strcmp(cmd, "profile") == 0) {
+        rc = bbctl_profile(fd, path, argc - optind, argv + optind);
     } else if (strcmp(cmd, "stats") == 0) {
         rc = print_stats(fd, 1) < 0;
     } else if (strcmp(cmd, "top") == 0) {

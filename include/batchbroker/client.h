@@ -100,13 +100,46 @@ struct bb_submit_opts {
     uint64_t tag;
 };
 
-/* Broker-side figures for one model. */
+/* Broker-side figures for one model. Extensible: later versions add fields
+ * only by taking `reserved` space, so sizeof never changes and a program
+ * built against an older header keeps working; `version` says which fields
+ * the library filled (fields it does not know stay 0).
+ *
+ * Since start: the counters, avg_batch_size, avg_queue_wait_us,
+ * batch_size_hist, the *_sum_ns figures. Over the window (the last 5 to 10 s,
+ * window_s): throughput_rps and every percentile. Latency runs from the
+ * client's submit to the publication of the completion (to the end of the
+ * backend call for batches the profiler does not time). The phases
+ * (docs/operations.md, "Phases") are taken while the broker's `profile` key
+ * is on, for every batch or one in profile_stride; for each timed request
+ * they add up to its latency (phase_sum_ns adds up to timed_latency_sum_ns). */
+#define BB_MODEL_STATS_VERSION 2u
+#define BB_STATS_BATCH_BUCKETS 17 /* = BB_BATCH_SIZE_BUCKETS */
+enum { BB_STATS_PHASE_QUEUE = 0, BB_STATS_PHASE_FORMATION = 1, BB_STATS_PHASE_BACKEND = 2,
+       BB_STATS_PHASE_DELIVERY = 3, BB_STATS_PHASES = 4 };
+
 struct bb_model_stats {
+    uint32_t size;                     /* sizeof(struct bb_model_stats) */
+    uint32_t version;                  /* BB_MODEL_STATS_VERSION of the library */
     uint64_t submitted, completed, failed, timed_out, rejected, deduplicated, batches;
     uint64_t completed_by_priority[5]; /* index = BB_PRIORITY_* */
     double avg_batch_size, avg_queue_wait_us, throughput_rps;
     double latency_p50_us, latency_p95_us, latency_p99_us; /* submit -> completion */
     uint32_t queued, batch_target;
+    /* Version 2. */
+    uint64_t cancelled;                /* BB_ECANCELED; no longer part of failed */
+    uint32_t profile_stride;           /* 0: profiler off; N: it times one batch in N */
+    uint32_t running;                  /* batches on executors now */
+    double window_s;                   /* span of the windowed figures */
+    /* Batches by size: [k] counts sizes in (2^(k-1), 2^k]; [0] size 1. */
+    uint64_t batch_size_hist[BB_STATS_BATCH_BUCKETS];
+    uint64_t latency_sum_ns;           /* of the completed requests */
+    uint64_t phase_count;              /* completed requests the profiler timed */
+    uint64_t timed_latency_sum_ns;     /* their latency: the phase sums add up to it */
+    uint64_t phase_sum_ns[BB_STATS_PHASES];        /* index = BB_STATS_PHASE_* */
+    double phase_p50_us[BB_STATS_PHASES], phase_p99_us[BB_STATS_PHASES];
+    double latency_p50_by_priority_us[5], latency_p99_by_priority_us[5]; /* [BB_PRIORITY_*] */
+    uint64_t reserved[31];             /* 0; room for later versions */
 };
 
 /* Connect to the broker at socket_path (NULL: bb_default_socket) and map

@@ -90,7 +90,7 @@
 
 #define BB_SHM_MAGIC 0x4b524242u /* "BBRK" little-endian */
 #define BB_ABI_MAJOR 2u
-#define BB_ABI_MINOR 0u
+#define BB_ABI_MINOR 0u /* 2.0: worker page, lap-tagged submission ring, HELLO cpu, METRICS */
 #define BB_SHM_VERSION ((BB_ABI_MAJOR << 16) | BB_ABI_MINOR)
 
 #define BB_SHM_HEADER_SIZE 4096u
@@ -237,6 +237,8 @@ enum bb_msg_type {
     BB_MSG_STATS_REPLY,
     BB_MSG_PIN,             /* pin (target > 0) or release (0) a model's batch target */
     BB_MSG_PIN_REPLY,
+    BB_MSG_METRICS,         /* the Prometheus page, or one model's histograms */
+    BB_MSG_METRICS_REPLY,   /* with SCM_RIGHTS {memfd holding the answer} */
 };
 
 /* bb_msg_hello.flags */
@@ -283,6 +285,30 @@ struct bb_msg_stats {
     uint32_t pad;
 };
 
+/* Batch sizes are counted in log2 buckets: bucket k holds the batches of
+ * (2^(k-1), 2^k] requests (bucket 0: size 1), up to 2^16 = 65536. */
+#define BB_BATCH_SIZE_BUCKETS 17u
+
+/* The profiler's phases of a request (docs/operations.md, "Phases"). */
+enum bb_phase {
+    BB_PHASE_QUEUE = 0,     /* submit -> the dispatcher's clock reading that cut its batch */
+    BB_PHASE_FORMATION,     /* that reading -> the backend starts the batch */
+    BB_PHASE_BACKEND,       /* the backend's process() */
+    BB_PHASE_DELIVERY,      /* process() returned -> completions published, clients woken */
+    BB_PHASES
+};
+
+/* How a request ended, as the broker counts it. */
+enum bb_outcome {
+    BB_OUTCOME_COMPLETED = 0,   /* status 0 */
+    BB_OUTCOME_FAILED,          /* any other error, and queued requests of clients that died */
+    BB_OUTCOME_TIMED_OUT,       /* BB_ETIMEDOUT */
+    BB_OUTCOME_REJECTED,        /* BB_EBUSY */
+    BB_OUTCOME_CANCELLED,       /* BB_ECANCELED */
+    BB_OUTCOMES
+};
+
+/* Append only: a client of an older build reads a prefix of it. */
 struct bb_wire_stats {
     uint64_t submitted, completed, failed, timed_out, rejected, deduplicated, batches;
     uint64_t completed_by_priority[5];
@@ -294,6 +320,18 @@ struct bb_wire_stats {
     uint32_t adaptive, pinned, wait_us, changes;
     double fit_a_us, fit_b_us, fit_r2, best_size, arrival_rps, score;
     uint64_t slo_violations;
+    /* Observability (ABI 1.1). */
+    uint64_t cancelled;         /* no longer counted in failed */
+    uint32_t profile_stride;    /* 0: [broker] profile off; N: one batch in N is timed */
+    uint32_t running;           /* batches handed to executors and not reaped */
+    double window_s;            /* span of the windowed figures (p50 ... throughput) */
+    uint64_t batch_size_hist[BB_BATCH_SIZE_BUCKETS]; /* since start */
+    uint64_t latency_sum_ns;    /* completed requests, since start */
+    uint64_t phase_count;       /* completed requests the profiler timed, since start */
+    uint64_t phase_sum_ns[BB_PHASES];
+    double phase_p50_us[BB_PHASES], phase_p99_us[BB_PHASES];        /* window */
+    double latency_p50_by_priority_us[5], latency_p99_by_priority_us[5]; /* window */
+    uint64_t timed_latency_sum_ns; /* the phase_count requests' latency: the phases' sum */
 };
 
 struct bb_msg_stats_reply {
@@ -307,6 +345,58 @@ struct bb_msg_pin {
     char name[BB_MAX_MODEL_NAME];
     uint32_t target;        /* 0 releases the pin */
     uint32_t pad;
+};
+
+/* METRICS asks for a document too large for one datagram (a Prometheus page
+ * is tens of KiB, a dump about 75 KiB a model). The broker writes it into a
+ * sealed memfd and passes the descriptor with the reply: the dispatcher
+ * never waits for a slow reader, and the reader takes it at its own pace. */
+enum bb_metrics_format {
+    BB_METRICS_TEXT = 1,    /* the page /metrics serves, every model (text/plain) */
+    BB_METRICS_DUMP = 2,    /* struct bb_wire_dump of model_id */
+};
+
+struct bb_msg_metrics {
+    struct bb_msg_hdr h;
+    uint32_t format;        /* enum bb_metrics_format */
+    uint32_t model_id;      /* BB_METRICS_DUMP only */
+};
+
+/* status 0: SCM_RIGHTS carries one memfd (sealed) of `length` bytes. Else
+ * (BB_EINVAL, BB_ENOMODEL, BB_ENOMEM, BB_ESYS) no descriptor. */
+struct bb_msg_metrics_reply {
+    struct bb_msg_hdr h;
+    uint64_t length;
+};
+
+/* Log-linear histograms of nanoseconds (common/hist_internal.h has the
+ * arithmetic): values below 32 have a bucket each, every power of two above
+ * is split into 32 buckets (at most 3.2% wide), values from 2^40 ns (18 min)
+ * on share the last bucket. */
+#define BB_HIST_SUB_BITS 5u
+#define BB_HIST_MAX_BITS 40u
+#define BB_HIST_BUCKETS ((BB_HIST_MAX_BITS - BB_HIST_SUB_BITS + 1u) << BB_HIST_SUB_BITS)
+
+#define BB_DUMP_VERSION 1u
+
+/* One model's cumulative figures (since the broker started), for tools that
+ * take the difference of two dumps (bbctl profile). Priorities are indexed
+ * 0..3 = critical..low. */
+struct bb_wire_dump {
+    uint32_t size;              /* sizeof(struct bb_wire_dump) */
+    uint32_t version;           /* BB_DUMP_VERSION */
+    uint64_t now_ns;            /* the broker's CLOCK_MONOTONIC when it was taken */
+    char name[BB_MAX_MODEL_NAME];
+    uint32_t hist_sub_bits, hist_buckets; /* BB_HIST_SUB_BITS, BB_HIST_BUCKETS */
+    uint32_t max_batch_size, batch_target, wait_us, queued, running, profile_stride;
+    uint64_t submitted, deduplicated, batches, batched;
+    uint64_t requests[4][BB_OUTCOMES]; /* [priority][enum bb_outcome] */
+    uint64_t batch_size[BB_BATCH_SIZE_BUCKETS];
+    uint64_t latency_sum_ns[4]; /* completed requests, per priority */
+    uint64_t phase_count, timed_latency_sum_ns;
+    uint64_t phase_sum_ns[BB_PHASES];
+    uint64_t latency[4][BB_HIST_BUCKETS]; /* completed requests, per priority */
+    uint64_t phase[BB_PHASES][BB_HIST_BUCKETS];
 };
 
 #endif
