@@ -9,8 +9,7 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   target_compile_definitions(batchbroker_tsan PRIVATE BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
-  target_link_libraries(batchbroker_tsan PRIVATE PkgConfig::URING PkgConfig::NUMA PkgConfig::INIH
-    Threads::Threads ${CMAKE_DL_LIBS} PkgConfig::XXHASH PkgConfig::MHD m)
+  target_link_libraries(batchbroker_tsan PRIVATE ${BB_BROKER_LIBS})
   add_dependencies(batchbroker_tsan bb_backend_echo)
 
   add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
