@@ -14,7 +14,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "admission.h"
 #include "broker_internal.h"
+#include "sockpath.h"
 #include "util_internal.h"
 
 #define MIN_HEAP_BYTES (1u << 20)
@@ -32,21 +34,12 @@ int bb__control_listen(const char *path)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live broker, or
-     * anything that is not a socket, is left alone. */
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            bb_error("%s exists and is not a socket; not replacing it", path);
-            close(fd);
-            return -1;
-        }
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-            bb_error("another broker is already listening on %s", path);
-            close(fd);
-            return -1;
-        }
-        unlink(path);
+    /* A stale socket file from a dead broker is replaced; a live socket (a
+     * broker's or another program's), or anything that is not a socket, is
+     * left alone. */
+    if (bb__sockpath_claim(path) < 0) {
+        close(fd);
+        return -1;
     }
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
         bb_error("cannot listen on %s: %s", path, strerror(errno));
@@ -56,17 +49,6 @@ int bb__control_listen(const char *path)
     /* Admission is decided by the uid/gid allow-lists, not file modes. */
     chmod(path, 0666);
     return fd;
-}
-
-static bool admitted(const struct bb__broker_config *cfg, const struct ucred *cr)
-{
-    for (size_t i = 0; i < cfg->nuids; i++)
-        if (cfg->allowed_uids[i] == cr->uid)
-            return true;
-    for (size_t i = 0; i < cfg->ngids; i++)
-        if (cfg->allowed_gids[i] == cr->gid)
-            return true;
-    return false;
 }
 
 static void send_status(int fd, uint32_t type, int status)
@@ -85,9 +67,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    if (!admitted(w->cfg, &cr)) {
-        bb_warn("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
-                (unsigned)cr.uid, (unsigned)cr.gid);
+    if (!bb__admitted(w->cfg, &cr)) { /* logs the refusal */
         send_status(fd, BB_MSG_HELLO_REPLY, BB_EPERM);
         close(fd);
         return;
@@ -95,7 +75,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
     if (w->stopping || w->nclients >= w->max_clients) {
         bb_warn("refused client pid %d: %s", (int)cr.pid,
                 w->stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, w->stopping ? BB_ESHUTDOWN : BB_EBUSY);
+        send_status(fd, BB_MSG_HELLO_REPLY, w->stopping ? BB_ESHUTDOWN : BB_EMAXCLIENTS);
         close(fd);
         return;
     }
@@ -213,6 +193,11 @@ static int create_segment(struct bb__worker *w, struct bb__client *c, const stru
 static void handle_hello(struct bb__worker *w, struct bb__client *c, const struct bb_msg_hello *h,
                          size_t len)
 {
+    if (len == sizeof *h && (h->flags & BB_HELLO_DISTRUST)) {
+        bb__admission_log_distrust(c->pid, c->uid);
+        bb__client_kill(w, c, "it does not trust this broker's uid");
+        return;
+    }
     if (len != sizeof *h || h->magic != BB_SHM_MAGIC || (h->version >> 16) != BB_ABI_MAJOR) {
         bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
         send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);

@@ -238,7 +238,7 @@ int bb__model_start(struct bb__worker *w, struct bb__model *m, char *err, size_t
     }
     if (bb__strategy_load(m, err, errlen) < 0)
         return -1;
-    if (bb__plugin_load(m->cfg.backend, w->cfg->plugin_dir, &m->plugin, err, errlen) < 0)
+    if (bb__plugin_load_model(&m->cfg, w->cfg->plugin_dir, &m->plugin, err, errlen) < 0)
         return -1;
     m->memory_limit = (uint64_t)m->cfg.memory_limit_mb << 20;
     /* Adaptive starting point: the hardware the config or the backend names. */

@@ -627,12 +627,13 @@ static void flush_dirty(struct bb__worker *w)
 static void reload(struct bb__worker *w)
 {
     static struct bb__broker_config next; /* large; only the dispatcher uses it */
-    char err[1024], skipped[1024];
+    char err[1024], skipped[1024], changed_keys[2048];
     if (bb__config_build(&next, w->config_path, w->overrides, w->noverrides, err, sizeof err) < 0) {
         bb_error("reload refused, configuration unchanged: %s", err);
         return;
     }
-    int changed = bb__config_reload(w->cfg, &next, skipped, sizeof skipped);
+    int changed = bb__config_reload(w->cfg, &next, changed_keys, sizeof changed_keys, skipped,
+                                    sizeof skipped);
     bb__log_level = w->cfg->log_level;
     w->spin_ns = (uint64_t)w->cfg->spin_us * 1000;
     for (uint32_t i = 0; i < w->nmodels; i++) {
@@ -657,7 +658,7 @@ static void reload(struct bb__worker *w)
         a->slo_us = m->cfg.latency_slo_us;
         a->interval_ns = (uint64_t)m->cfg.adaptation_interval_ms * 1000000ull;
     }
-    bb_info("configuration reloaded: %d key(s) changed", changed);
+    bb_info("configuration reloaded: %s", changed ? changed_keys : "no reloadable key changed");
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
 }

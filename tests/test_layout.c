@@ -34,7 +34,7 @@ _Static_assert(offsetof(struct bb_shm_slot, out_len) == 72, "slot out_len");
 _Static_assert(offsetof(struct bb_shm_slot, reserved) == 76, "slot reserved word");
 _Static_assert(offsetof(struct bb_shm_header, shm_wake_seq) == 148, "wake_seq");
 _Static_assert(offsetof(struct bb_shm_header, shm_sleepers) == 260, "sleepers");
-_Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 1u && BB_ABI_MINOR == 0u,
+_Static_assert(BB_SHM_MAGIC == 0x4b524242u && BB_ABI_MAJOR == 1u && BB_ABI_MINOR == 1u,
                "magic and ABI version");
 
 #define OFF(type, field, want) \
@@ -48,8 +48,8 @@ Test(layout, constants)
 {
     cr_expect_eq(BB_SHM_MAGIC, 0x4b524242u);
     cr_expect_eq(BB_ABI_MAJOR, 1u);
-    cr_expect_eq(BB_ABI_MINOR, 0u);
-    cr_expect_eq(BB_SHM_VERSION, 0x00010000u);
+    cr_expect_eq(BB_ABI_MINOR, 1u); /* 1.1: BB_HELLO_DISTRUST, codes -16..-18 */
+    cr_expect_eq(BB_SHM_VERSION, 0x00010001u);
     cr_expect_eq(BB_SHM_HEADER_SIZE, 4096u);
     cr_expect_eq(BB_SHM_RING_HDR_SIZE, 256u);
     cr_expect_eq(BB_SHM_SLOT_SIZE, 128u);
@@ -68,6 +68,7 @@ Test(layout, constants)
     cr_expect_eq(BB_MSG_PIN, 7);
     cr_expect_eq(BB_MSG_PIN_REPLY, 8);
     cr_expect_eq(BB_HELLO_OPERATOR, 1u);
+    cr_expect_eq(BB_HELLO_DISTRUST, 2u);
     /* Slot indices and the cancel bit do not overlap. */
     cr_expect_eq(BB_MAX_SLOTS & BB_SQE_CANCEL, 0u);
     cr_expect(BB_MAX_SLOTS - 1 <= BB_SQE_SLOT_MASK);
@@ -248,6 +249,9 @@ Test(layout, status_codes)
     cr_expect_eq(BB_EPERM, -13);
     cr_expect_eq(BB_ESYS, -14);
     cr_expect_eq(BB_ESTATE, -15);
+    cr_expect_eq(BB_ENOBROKER, -16);
+    cr_expect_eq(BB_EMAXCLIENTS, -17);
+    cr_expect_eq(BB_EUNTRUSTED, -18);
     cr_expect_eq(BB_PRIORITY_DEFAULT, 0);
     cr_expect_eq(BB_PRIORITY_CRITICAL, 1);
     cr_expect_eq(BB_PRIORITY_HIGH, 2);
