@@ -27,6 +27,32 @@ static int probe(const struct sockaddr_un *sa, int type)
     return err;
 }
 
+enum probe_result { PATH_STALE, PATH_LIVE, PATH_UNKNOWN };
+
+/* One look at the socket file: who, of which type, answers there. */
+static enum probe_result probe_types(const struct sockaddr_un *sa, const char **type, int *err)
+{
+    static const struct {
+        int type;
+        const char *name;
+    } types[] = {{SOCK_SEQPACKET, "SOCK_SEQPACKET"}, {SOCK_STREAM, "SOCK_STREAM"},
+                 {SOCK_DGRAM, "SOCK_DGRAM"}};
+    *err = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        *type = types[i].name;
+        *err = probe(sa, types[i].type);
+        if (*err == EPROTOTYPE)
+            continue; /* bound, but to another type: try the next */
+        if (*err == ECONNREFUSED)
+            return PATH_STALE;
+        if (*err == 0 || *err == EAGAIN || *err == EINPROGRESS)
+            return PATH_LIVE;
+        return PATH_UNKNOWN;
+    }
+    *type = NULL;
+    return PATH_UNKNOWN;
+}
+
 int bb__sockpath_claim(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -42,37 +68,37 @@ int bb__sockpath_claim(const char *path)
         bb_error("%s exists and is not a socket; not replacing it", path);
         return -1;
     }
-    static const struct {
-        int type;
-        const char *name;
-    } types[] = {{SOCK_SEQPACKET, "SOCK_SEQPACKET"}, {SOCK_STREAM, "SOCK_STREAM"},
-                 {SOCK_DGRAM, "SOCK_DGRAM"}};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        int err = probe(&sa, types[i].type);
-        if (err == EPROTOTYPE)
-            continue; /* bound, but to another type: try the next */
-        if (err == ECONNREFUSED) {
-            if (unlink(path) < 0 && errno != ENOENT) {
-                bb_error("cannot remove the stale socket %s: %s", path, strerror(errno));
-                return -1;
-            }
-            bb_info("replaced the stale socket %s (nothing listened on it)", path);
-            return 0;
-        }
-        if (err == 0 || err == EAGAIN || err == EINPROGRESS) {
-            if (types[i].type == SOCK_SEQPACKET)
-                bb_error("another broker is already listening on %s", path);
-            else
-                bb_error("%s is a live %s socket of another program (not a broker); not "
-                         "taking it over: choose another [broker] socket path",
-                         path, types[i].name);
+    /* A broker killed a moment ago still accepts for a few milliseconds: its
+     * io_uring (which holds the listening socket for multishot accept) is
+     * torn down after the process is gone. So a SOCK_SEQPACKET socket counts
+     * as live only if it keeps answering for a while (measured here: 5 ms
+     * after SIGKILL). */
+    enum probe_result res = PATH_UNKNOWN;
+    const char *type = NULL;
+    int err = 0;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        res = probe_types(&sa, &type, &err);
+        /* Another program's server is probed once: each probe leaves a
+         * connection in its accept queue. */
+        if (res != PATH_LIVE || strcmp(type, "SOCK_SEQPACKET") != 0)
+            break;
+        usleep(10000);
+    }
+    if (res == PATH_STALE) {
+        if (unlink(path) < 0 && errno != ENOENT) {
+            bb_error("cannot remove the stale socket %s: %s", path, strerror(errno));
             return -1;
         }
-        bb_error("cannot tell whether %s is in use (connect: %s); remove it if it is stale",
-                 path, strerror(err));
-        return -1;
+        bb_info("replaced the stale socket %s (nothing listened on it)", path);
+        return 0;
     }
-    bb_error("cannot tell whether %s is in use (no socket type connects); remove it if it "
-             "is stale", path);
+    if (res == PATH_LIVE && strcmp(type, "SOCK_SEQPACKET") == 0)
+        bb_error("another broker is already listening on %s", path);
+    else if (res == PATH_LIVE)
+        bb_error("%s is a live %s socket of another program (not a broker); not taking it "
+                 "over: choose another [broker] socket path", path, type);
+    else
+        bb_error("cannot tell whether %s is in use (connect: %s); remove it if it is stale", path,
+                 type ? strerror(err) : "no socket type connects");
     return -1;
 }

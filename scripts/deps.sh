@@ -5,7 +5,12 @@
 # and fails.
 
 BB_DEPS=(build-essential cmake pkg-config liburing-dev libnuma-dev
-         libcriterion-dev libinih-dev libxxhash-dev)
+         libcriterion-dev libinih-dev libxxhash-dev
+         # The Python client and its tests (Debian's python3 sees these).
+         python3 python3-numpy python3-pytest
+         # The install checks: man pages, the systemd unit and its syscall
+         # filter, pid namespaces, pgrep.
+         man-db groff-base systemd strace util-linux procps)
 
 bb_missing_deps() {
     local p

@@ -44,7 +44,18 @@ static int connect_operator(const char *path)
     struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
                                  .version = BB_SHM_VERSION, .flags = BB_HELLO_OPERATOR};
     struct bb_msg_hello_reply rep;
-    int rc = roundtrip(fd, &hello, sizeof hello, &rep, sizeof rep);
+    /* A broker that refuses us (credentials, max_clients) replies at once
+     * and closes, so the send may fail while the reply waits to be read. */
+    ssize_t sent = send(fd, &hello, sizeof hello, MSG_NOSIGNAL);
+    (void)sent;
+    ssize_t n;
+    int resets = 0;
+    do
+        n = recv(fd, &rep, sizeof rep, 0);
+    while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
+    int rc = n <= 0 ? BB_EDISCONNECTED
+             : (size_t)n < sizeof rep.h || rep.h.type != BB_MSG_HELLO_REPLY ? BB_EPROTO
+                                                                            : rep.h.status;
     if (rc < 0) {
         close(fd);
         return rc;
