@@ -34,5 +34,15 @@ cmake -S "$ROOT" -B "$BUILD_DIR" -DBB_WERROR=ON -DBB_BUILD_TESTS=ON
 cmake --build "$BUILD_DIR" --parallel "$JOBS"
 
 cd "$BUILD_DIR"
+rc=0
 # shellcheck disable=SC2086
-ctest --output-on-failure --timeout "$TEST_TIMEOUT" ${CTEST_ARGS:-}
+ctest --output-on-failure --timeout "$TEST_TIMEOUT" ${CTEST_ARGS:-} || rc=$?
+# Tests that skipped (a missing optional part, no root): say why.
+if [ -f Testing/Temporary/LastTest.log ]; then
+    skipped=$(grep -hE '^(SKIPPED \[|SKIP: )' Testing/Temporary/LastTest.log | sort -u || true)
+    if [ -n "$skipped" ]; then
+        echo "test.sh: skipped, and why:"
+        printf '%s\n' "$skipped" | sed 's/^/  /'
+    fi
+fi
+exit "$rc"

@@ -21,8 +21,9 @@ run_hello() { # BINARY: must answer through the broker, with no LD_LIBRARY_PATH
 needs_shared_lib() { # BINARY: linked against libbatchbroker.so.MAJOR from the prefix
     readelf -d "$1" | grep -q "NEEDED.*\[libbatchbroker.so.$MAJOR\]" \
         || fail "$1 does not need libbatchbroker.so.$MAJOR"
-    ldd "$1" | grep -q "libbatchbroker.so.$MAJOR => $(realpath "$LIBDIR")/" \
-        || ldd "$1" | grep -q "libbatchbroker.so.$MAJOR => $LIBDIR/" \
+    local loaded
+    loaded=$(env -u LD_LIBRARY_PATH ldd "$1" | sed -n "s/^[[:space:]]*libbatchbroker.so.$MAJOR => \([^ ]*\) .*/\1/p")
+    [ -n "$loaded" ] && [ "$(realpath "$loaded")" = "$(realpath "$LIBDIR/libbatchbroker.so.$MAJOR")" ] \
         || fail "$1 does not load the installed library: $(ldd "$1")"
 }
 
