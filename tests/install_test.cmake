@@ -20,3 +20,6 @@ if(BB_BUILD_EXAMPLES)
                                         ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
   set_tests_properties(readme_commands PROPERTIES TIMEOUT 120)
 endif()
+add_test(NAME cmake_options COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/install/check_cmake_options.sh
+                                    ${PROJECT_SOURCE_DIR})
+set_tests_properties(cmake_options PROPERTIES TIMEOUT 300)
