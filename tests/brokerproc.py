@@ -150,3 +150,22 @@ class Brokers:
 def run(cmd, timeout=30, **kwargs):
     """subprocess.run with text output captured and a timeout."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+try:
+    import pytest
+except ImportError:  # brokerproc without pytest: no fixtures
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture
+    def brokers():
+        """Brokers started by the test, stopped (and their files removed) after it."""
+        b = Brokers()
+        yield b
+        b.stop_all()
+
+    @pytest.fixture
+    def broker(brokers):
+        """A broker with the default configuration (model echo)."""
+        return brokers.start()

@@ -148,7 +148,23 @@ def _from_struct(cls, s):
     return cls(**values)
 
 
-class Client:
+class _Closable:
+    """close() on leaving a with block, and when collected."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Client(_Closable):
     """A connection to the broker and this process's shared-memory segment.
 
     ``Client(path=None)`` connects to ``path``, else ``$BATCHBROKER_SOCKET``,
@@ -227,18 +243,6 @@ class Client:
     @property
     def closed(self):
         return self._c is None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         return f"<batchbroker.Client {'closed' if self._c is None else hex(self._c)}>"
@@ -359,7 +363,7 @@ class Model:
 Client._model_class = Model
 
 
-class Request:
+class Request(_Closable):
     """A request slot with its input and output buffers in shared memory.
 
     Reusable: once complete, write a new input and submit again, with no
@@ -494,18 +498,6 @@ class Request:
             lib.bb_request_free(self._r)
         self.client._requests.discard(self)
         self._r = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         return (f"<batchbroker.Request {self.model.name} {self.input_capacity}+"

@@ -11,19 +11,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/: brokerproc
 
-from brokerproc import SOURCE_DIR, Brokers  # noqa: E402
-
-
-@pytest.fixture
-def brokers():
-    b = Brokers()
-    yield b
-    b.stop_all()
-
-
-@pytest.fixture
-def broker(brokers):
-    return brokers.start()
+from brokerproc import SOURCE_DIR, broker, brokers  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(scope="session")
