@@ -16,6 +16,9 @@
 
 #include "control.h"
 
+#include "admission.h"
+#include "sockpath.h"
+
 #include "batchbroker/client.h"
 #include "broker.h"
 #include "expo.h"
@@ -40,21 +43,12 @@ int bb__control_listen(const char *path)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live broker, or
-     * anything that is not a socket, is left alone. */
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            bb_error("%s exists and is not a socket; not replacing it", path);
-            close(fd);
-            return -1;
-        }
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-            bb_error("another broker is already listening on %s", path);
-            close(fd);
-            return -1;
-        }
-        unlink(path);
+    /* A stale socket file from a dead broker is replaced; a live socket (a
+     * broker's or another program's), or anything that is not a socket, is
+     * left alone. */
+    if (bb__sockpath_claim(path) < 0) {
+        close(fd);
+        return -1;
     }
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
         bb_error("cannot listen on %s: %s", path, strerror(errno));
@@ -64,17 +58,6 @@ int bb__control_listen(const char *path)
     /* Admission is decided by the uid/gid allow-lists, not file modes. */
     chmod(path, 0666);
     return fd;
-}
-
-static bool admitted(const struct bb__broker_config *cfg, const struct ucred *cr)
-{
-    for (size_t i = 0; i < cfg->nuids; i++)
-        if (cfg->allowed_uids[i] == cr->uid)
-            return true;
-    for (size_t i = 0; i < cfg->ngids; i++)
-        if (cfg->allowed_gids[i] == cr->gid)
-            return true;
-    return false;
 }
 
 static void send_status(int fd, uint32_t type, int status)
@@ -94,9 +77,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    if (!admitted(b->cfg, &cr)) {
-        bb_warn("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
-                (unsigned)cr.uid, (unsigned)cr.gid);
+    if (!bb__admitted(b->cfg, &cr)) { /* logs the refusal */
         send_status(fd, BB_MSG_HELLO_REPLY, BB_EPERM);
         close(fd);
         return;
@@ -106,7 +87,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
     if (!c) {
         bb_warn("refused client pid %d: %s", (int)cr.pid,
                 stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, stopping ? BB_ESHUTDOWN : BB_EBUSY);
+        send_status(fd, BB_MSG_HELLO_REPLY, stopping ? BB_ESHUTDOWN : BB_EMAXCLIENTS);
         close(fd);
         return;
     }
@@ -297,6 +278,11 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             return;
         }
         const struct bb_msg_hello *hello = buf;
+        if (len == sizeof *hello && (hello->flags & BB_HELLO_DISTRUST)) {
+            bb__admission_log_distrust(c->pid, c->uid);
+            bb__session_kill(w, c, "it does not trust this broker's uid");
+            return;
+        }
         if (len != sizeof *hello || hello->magic != BB_SHM_MAGIC ||
             (hello->version >> 16) != BB_ABI_MAJOR) {
             bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);

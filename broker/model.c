@@ -80,7 +80,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
     }
     if (bb__strategy_load(m, err, errlen) < 0)
         return -1;
-    if (bb__plugin_load(m->cfg.backend, plugin_dir, &m->plugin, err, errlen) < 0)
+    if (bb__plugin_load_model(&m->cfg, plugin_dir, &m->plugin, err, errlen) < 0)
         return -1;
     /* Adaptive starting point: the hardware the config or the backend names. */
     uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;

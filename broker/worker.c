@@ -357,7 +357,7 @@ static void reload(struct bb__worker *w)
 {
     static struct bb__broker_config next; /* large; only workers[0] uses it */
     struct bb__broker *b = w->b;
-    char err[1024], skipped[1024];
+    char err[1024], skipped[1024], changed_keys[2048];
     if (bb__config_build(&next, b->config_path, b->overrides, b->noverrides, err, sizeof err) < 0) {
         bb_error("reload refused, configuration unchanged: %s", err);
         return;
@@ -368,7 +368,8 @@ static void reload(struct bb__worker *w)
         bb__worker_wake(&b->workers[i]);
     while (b->parked < b->nworkers - 1)
         pthread_cond_wait(&b->qcv, &b->qmu);
-    int changed = bb__config_reload(b->cfg, &next, skipped, sizeof skipped);
+    int changed = bb__config_reload(b->cfg, &next, changed_keys, sizeof changed_keys, skipped,
+                                    sizeof skipped);
     bb__log_level = b->cfg->log_level;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->profile = b->cfg->profile;
@@ -382,7 +383,7 @@ static void reload(struct bb__worker *w)
     atomic_store(&b->quiesce, false);
     pthread_cond_broadcast(&b->qcv);
     pthread_mutex_unlock(&b->qmu);
-    bb_info("configuration reloaded: %d key(s) changed", changed);
+    bb_info("configuration reloaded: %s", changed ? changed_keys : "no reloadable key changed");
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
 }

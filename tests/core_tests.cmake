@@ -14,7 +14,7 @@ endforeach()
 # The broker's module map: no call circle among broker/*.c (nm over its objects).
 find_package(Python3 COMPONENTS Interpreter REQUIRED)
 add_test(NAME broker_callgraph
-         COMMAND ${Python3_EXECUTABLE} ${CMAKE_SOURCE_DIR}/scripts/check-callgraph.py
+         COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check-callgraph.py
                  "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
          COMMAND_EXPAND_LISTS)
 
@@ -26,4 +26,4 @@ target_link_libraries(test_metrics PRIVATE m)
 add_dependencies(test_metrics bbctl bb_backend_echo)
 # broker/metrics.c on its own: buckets, Prometheus exactness, window, stride.
 bb_criterion_test(test_histograms ${CMAKE_CURRENT_LIST_DIR}/test_histograms.c
-                  ${CMAKE_SOURCE_DIR}/broker/metrics.c)
+                  ${PROJECT_SOURCE_DIR}/broker/metrics.c)

@@ -647,22 +647,23 @@ Test(robust, client_churn_leaks_no_descriptors)
     fresh_client_works(&B);
 }
 
-/* max_clients: one more client is refused at once (BB_EBUSY), and admitted
- * again once a slot frees up. Subject to the same refusal race as the EPERM
- * tests above (the refusal may read as BB_EDISCONNECTED). */
+/* max_clients: one more client is refused at once with its own code
+ * (BB_EMAXCLIENTS, not a model's BB_EBUSY), and admitted again once a slot
+ * frees up. Subject to the same refusal race as the EPERM tests above (the
+ * refusal may read as BB_EDISCONNECTED). */
 Test(robust, max_clients_refuses_extra_client)
 {
     START(&B, "broker.max_clients=2");
     bb_client *a = NULL, *b = NULL, *x = NULL;
     /* The harness's probe connection may still be counted for a moment. */
-    int rc = BB_EBUSY;
+    int rc = BB_EMAXCLIENTS;
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &a);
         if (rc != 0)
             bbt_msleep(5);
     }
     cr_assert_eq(rc, 0);
-    rc = BB_EBUSY;
+    rc = BB_EMAXCLIENTS;
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &b);
         if (rc != 0)
@@ -671,10 +672,12 @@ Test(robust, max_clients_refuses_extra_client)
     cr_assert_eq(rc, 0);
     for (int i = 0; i < 20; i++) {
         rc = bb_connect(B.sock, NULL, &x);
-        cr_assert_eq(rc, BB_EBUSY, "third client, try %d: %s", i, bb_errname(rc));
+        cr_assert_eq(rc, BB_EMAXCLIENTS, "third client, try %d: %s", i, bb_errname(rc));
     }
+    cr_assert_str_eq(bb_errname(BB_EMAXCLIENTS), "BB_EMAXCLIENTS");
+    cr_assert(strstr(bb_strerror(BB_EMAXCLIENTS), "max_clients"));
     bb_disconnect(a);
-    rc = BB_EBUSY;
+    rc = BB_EMAXCLIENTS;
     for (int i = 0; i < 200 && rc != 0; i++) {
         rc = bb_connect(B.sock, NULL, &x);
         if (rc != 0)

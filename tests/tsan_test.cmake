@@ -9,11 +9,11 @@ if(BB_TSAN_TEST)
     if(IS_ABSOLUTE ${f})
       list(APPEND bb_broker_src ${f})
     else()
-      list(APPEND bb_broker_src ${CMAKE_SOURCE_DIR}/broker/${f})
+      list(APPEND bb_broker_src ${PROJECT_SOURCE_DIR}/broker/${f})
     endif()
   endforeach()
   add_executable(batchbroker_tsan ${bb_broker_src})
-  target_include_directories(batchbroker_tsan PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  target_include_directories(batchbroker_tsan PRIVATE ${PROJECT_SOURCE_DIR}/broker)
   target_compile_definitions(batchbroker_tsan PRIVATE BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
@@ -22,9 +22,9 @@ if(BB_TSAN_TEST)
   add_dependencies(batchbroker_tsan bb_backend_echo)
 
   add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
-    ${CMAKE_SOURCE_DIR}/client/client.c ${CMAKE_SOURCE_DIR}/client/alloc.c
-    ${CMAKE_SOURCE_DIR}/common/errors.c)
-  target_include_directories(tsan_stress PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CMAKE_SOURCE_DIR}/client)
+    ${PROJECT_SOURCE_DIR}/client/client.c ${PROJECT_SOURCE_DIR}/client/alloc.c
+    ${PROJECT_SOURCE_DIR}/common/errors.c)
+  target_include_directories(tsan_stress PRIVATE ${PROJECT_SOURCE_DIR}/tests ${PROJECT_SOURCE_DIR}/client)
   target_compile_definitions(tsan_stress PRIVATE
     BB_BROKER_BIN="$<TARGET_FILE:batchbroker_tsan>" BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(tsan_stress PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
@@ -40,8 +40,8 @@ if(BB_TSAN_TEST)
 
   # The statistics' single-writer contract on its own, with window copies
   # every few ms of a fake clock instead of every 5 s.
-  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
-  target_include_directories(tsan_metrics PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${PROJECT_SOURCE_DIR}/broker/metrics.c)
+  target_include_directories(tsan_metrics PRIVATE ${PROJECT_SOURCE_DIR}/broker)
   target_compile_options(tsan_metrics PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(tsan_metrics PRIVATE -fsanitize=thread)
   target_link_libraries(tsan_metrics PRIVATE Threads::Threads)
