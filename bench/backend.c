@@ -7,6 +7,7 @@
 
 #include "batchbroker/client.h"
 #include "bench.h"
+#include "install_dir.h"
 
 int bench_backend_load(const struct bench_model *m, struct bench_backend *b, char *err,
                        size_t errlen)
@@ -15,12 +16,9 @@ int bench_backend_load(const struct bench_model *m, struct bench_backend *b, cha
     if (strchr(m->backend, '/')) {
         snprintf(path, sizeof path, "%s", m->backend);
     } else {
-        const char *dir = m->plugin_dir[0] ? m->plugin_dir : getenv("BATCHBROKER_PLUGIN_DIR");
-#ifdef BB_PLUGIN_DIR
-        if (!dir || !dir[0]) dir = BB_PLUGIN_DIR;
-#endif
-        if (!dir || !dir[0]) dir = ".";
-        snprintf(path, sizeof path, "%s/bb_backend_%s.so", dir, m->backend);
+        /* The broker's precedence: plugin_dir, $BATCHBROKER_PLUGIN_DIR, built-in. */
+        snprintf(path, sizeof path, "%s/bb_backend_%s.so", bb__plugin_dir(m->plugin_dir),
+                 m->backend);
     }
     memset(b, 0, sizeof *b);
     b->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);

@@ -9,12 +9,17 @@
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "batchbroker/version.h"
 #include "bench.h"
+#include "install_dir.h"
 #include "report.h"
 #include "scenario.h"
 
 #ifndef BB_BROKER_BIN
 #define BB_BROKER_BIN "batchbroker"
+#endif
+#ifndef BB_BROKER_BIN_REL
+#define BB_BROKER_BIN_REL "batchbroker"
 #endif
 
 static void usage(FILE *f)
@@ -28,7 +33,8 @@ static void usage(FILE *f)
 "  --spawn-broker CONFIG  start `batchbroker --config CONFIG` for the run, stop it after\n"
 "  --config CONFIG        read the model's backend and batching from CONFIG (the broker\n"
 "                         is already running); implied by --spawn-broker\n"
-"  --broker-bin PATH      broker binary (default " BB_BROKER_BIN ")\n"
+"  --broker-bin PATH      broker binary (default: the batchbroker installed with\n"
+"                         bb-bench, or the build tree's when run from there)\n"
 "  --broker-pid PID       broker pid for CPU accounting (default: SO_PEERCRED)\n"
 "  --no-broker            run only the baselines\n"
 "  --broker-opt SECTION.KEY=VALUE  with --spawn-broker: pass -o SECTION.KEY=VALUE to the\n"
@@ -83,7 +89,10 @@ static void usage(FILE *f)
 "                         (TSV, every 100 ms) for bench/plot_adaptive.gp\n"
 "  --optimize throughput|latency  with --scenario adaptive: the adaptive run's goal\n"
 "                         (default throughput)\n"
-"  --slo-us US            with --scenario adaptive: the p99 objective (default 20000)\n");
+"  --slo-us US            with --scenario adaptive: the p99 objective (default 20000)\n"
+"other:\n"
+"  -h, --help             this text\n"
+"  --version              bb-bench's version\n");
 }
 
 static int parse_u32(const char *s, uint32_t min, uint32_t *out)
@@ -151,7 +160,7 @@ enum {
     OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
     OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
     OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_DATASET, OPT_HELP,
-    OPT_BROKER_OPT, OPT_VARIANT, OPT_ROUNDS,
+    OPT_VERSION, OPT_BROKER_OPT, OPT_VARIANT, OPT_ROUNDS,
 };
 
 static const struct option long_opts[] = {
@@ -169,8 +178,8 @@ static const struct option long_opts[] = {
     {"json", 1, 0, OPT_JSON}, {"label", 1, 0, OPT_LABEL}, {"scenario", 1, 0, OPT_SCENARIO},
     {"trace", 1, 0, OPT_TRACE}, {"optimize", 1, 0, OPT_OPTIMIZE},
     {"slo-us", 1, 0, OPT_SLO}, {"dataset", 1, 0, OPT_DATASET}, {"help", 0, 0, OPT_HELP},
-    {"broker-opt", 1, 0, OPT_BROKER_OPT}, {"variant", 1, 0, OPT_VARIANT},
-    {"rounds", 1, 0, OPT_ROUNDS},
+    {"version", 0, 0, OPT_VERSION}, {"broker-opt", 1, 0, OPT_BROKER_OPT},
+    {"variant", 1, 0, OPT_VARIANT}, {"rounds", 1, 0, OPT_ROUNDS},
     {0, 0, 0, 0},
 };
 
@@ -203,7 +212,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
     int conc_given = 0, c, idx;
     unsigned long long ull;
     char *end;
-    while ((c = getopt_long(argc, argv, "", long_opts, &idx)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", long_opts, &idx)) != -1) {
         const char *name = c >= 256 ? long_opts[idx].name : "";
         switch (c) {
         case OPT_SOCKET: o->socket = optarg; break;
@@ -305,8 +314,14 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             if (parse_u32(optarg, 1, &mf->rounds) || mf->rounds > BENCH_MAX_ROUNDS)
                 return bad(name, optarg);
             break;
+        case 'h':
         case OPT_HELP: usage(stdout); exit(0);
-        default: usage(stderr); return 2;
+        case OPT_VERSION:
+            printf("bb-bench %s (library %s)\n", BB_VERSION_STRING, bb_version(NULL, NULL, NULL));
+            exit(0);
+        default: /* getopt has said what is wrong */
+            fprintf(stderr, "Try 'bb-bench --help' for the options.\n");
+            return 2;
         }
     }
     if (optind < argc) {
@@ -367,12 +382,14 @@ static int resolve_model(struct bench_opts *o, const struct model_flags *mf)
 
 int main(int argc, char **argv)
 {
+    static char broker_bin[4096];
     static struct bench_opts o = {
-        .broker_bin = BB_BROKER_BIN, .clients = 1, .threads = 1, .concurrency = 1,
+        .broker_bin = broker_bin, .clients = 1, .threads = 1, .concurrency = 1,
         .duration_s = 5, .warmup_s = 1, .pmin = 64, .pmax = 64, .wait = BENCH_WAIT_SPIN,
         .spin_ns = 1000000000, .verify = -1, .seed = 1,
     };
     struct model_flags mf = {0};
+    bb__beside_exe(broker_bin, sizeof broker_bin, BB_BROKER_BIN, BB_BROKER_BIN_REL);
     int rc = parse_args(argc, argv, &o, &mf);
     if (rc) return rc;
     signal(SIGPIPE, SIG_IGN);

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -42,22 +43,43 @@ pid_t bench_socket_peer(const char *socket_path)
     return -1;
 }
 
+/* The spawned broker's stdout and stderr: a memfd, so that no log file is
+ * left behind; shown only when the broker fails to start. */
+static int broker_log_fd = -1;
+
+static void show_broker_log(void)
+{
+    if (broker_log_fd < 0) return;
+    off_t end = lseek(broker_log_fd, 0, SEEK_END);
+    off_t from = end > 8192 ? end - 8192 : 0;
+    char buf[8193];
+    ssize_t n = pread(broker_log_fd, buf, sizeof buf - 1, from);
+    if (n <= 0) return;
+    buf[n] = '\0';
+    fprintf(stderr, "bb-bench: broker output%s:\n%s", from ? " (last 8 KiB)" : "", buf);
+}
+
+static void close_broker_log(void)
+{
+    if (broker_log_fd >= 0) close(broker_log_fd);
+    broker_log_fd = -1;
+}
+
 int bench_spawn_broker(const struct bench_opts *o, const char *socket_path, pid_t *out)
 {
     if (bench_socket_peer(socket_path) > 0) {
         fprintf(stderr, "bb-bench: a broker already listens on %s\n", socket_path);
         return -1;
     }
-    char log[128];
-    snprintf(log, sizeof log, "/tmp/bb-bench-broker-%d.log", (int)getpid());
+    close_broker_log();
+    broker_log_fd = memfd_create("bb-bench-broker-log", MFD_CLOEXEC);
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
+        if (broker_log_fd >= 0) {
+            dup2(broker_log_fd, 1);
+            dup2(broker_log_fd, 2);
         }
         if (o->nserver_cpus > 0) {
             cpu_set_t set;
@@ -83,14 +105,16 @@ int bench_spawn_broker(const struct bench_opts *o, const char *socket_path, pid_
     for (;;) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            fprintf(stderr, "bb-bench: the broker exited at start-up; see %s\n", log);
+            fprintf(stderr, "bb-bench: the broker exited at start-up\n");
+            show_broker_log();
+            close_broker_log();
             return -1;
         }
         if (bench_socket_peer(socket_path) == pid) break;
         if (bench_now_ns() > give_up) {
-            fprintf(stderr, "bb-bench: the broker does not listen on %s; see %s\n", socket_path,
-                    log);
-            bench_stop_process(pid);
+            fprintf(stderr, "bb-bench: the broker does not listen on %s\n", socket_path);
+            show_broker_log();
+            bench_stop_process(pid); /* closes the log */
             return -1;
         }
         usleep(10000);
@@ -115,4 +139,5 @@ void bench_stop_process(pid_t pid)
         }
         usleep(5000);
     }
+    close_broker_log();
 }

@@ -1,15 +1,29 @@
-/* Admission accounting (admission.c): the sessions each uid and each process
- * holds, and the slots and segment bytes of each uid's attached clients,
- * against the [broker] limits that keep one admitted peer from taking what
- * the others need. */
+/* Admission (admission.c): who may attach (the allow-lists), what the log
+ * says when a connection is refused on either side, and the accounting of
+ * what each admitted peer holds: the sessions of each uid and each process,
+ * and the slots and segment bytes of each uid's attached clients, against the
+ * [broker] limits that keep one peer from taking what the others need. */
 #ifndef BB_BROKER_ADMISSION_H
 #define BB_BROKER_ADMISSION_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "config.h"
+
+/* Whether the peer (SO_PEERCRED) may attach: its uid in allowed_uids or its
+ * gid in allowed_gids. A refusal is logged (rate-limited) with the ids and
+ * the keys that would admit it. */
+bool bb__admitted(const struct bb__broker_config *cfg, const struct ucred *cr);
+/* The same check, silent (a reload revoking sessions logs its own line). */
+bool bb__allowed(const struct bb__broker_config *cfg, const struct ucred *cr);
+
+/* A client hung up on us because our uid is not one it trusts (its HELLO
+ * carried BB_HELLO_DISTRUST): log what would make it trust us. */
+void bb__admission_log_distrust(pid_t pid, uid_t uid);
 
 /* One counter per uid and one per process, in one table: key is the uid, or
  * BB__ADM_PID | pid. A process entry counts sessions only. */
@@ -38,7 +52,7 @@ void bb__admission_fini(struct bb__admission *a);
 uint32_t bb__admission_uid_cap(const struct bb__broker_config *cfg);
 
 /* A new connection of uid from pid (0: unknown, e.g. another pid namespace,
- * counted by uid only). Returns 0 with the session counted, or BB_EBUSY with
+ * counted by uid only). Returns 0 with the session counted, or BB_EMAXCLIENTS with
  * the limit's key in *why. */
 int bb__admission_connect(struct bb__admission *a, const struct bb__broker_config *cfg,
                           uint32_t uid, pid_t pid, const char **why);

@@ -54,7 +54,7 @@ void bb__cq_add(struct bb__client *c, uint32_t slot)
 {
     if (c->dead)
         return;
-    int64_t space = bb__ring_space(&c->cq);
+    int64_t space = bb__ring_space_for(&c->cq, c->cq_unpublished + 1);
     if (space < 0 || (uint32_t)space <= c->cq_unpublished) {
         atomic_fetch_add_explicit(&c->hdr->shm_cq_overflow, 1, memory_order_relaxed);
         return;

@@ -154,7 +154,8 @@ static const struct bb__config_key bb__keys[] = {
      "group names, comma-separated; empty = no group-based admission."},
 
     {BB__SEC_MODEL, "backend", BB__CT_STRING, BB__MODEL(backend), 1, 255, NULL, "required", NULL,
-     0, "Backend plugin: a built-in name (echo, synthetic, mlp, cuda) or a path to a .so."},
+     0, "Backend plugin: the name of one in plugin_dir (NAME loads bb_backend_NAME.so; "
+        "batchbroker --help lists those there) or a path to a .so."},
     {BB__SEC_MODEL, "max_batch_size", BB__CT_UINT, BB__MODEL(max_batch_size), 1, 65536, "32", NULL,
      NULL, 0, "Most requests in one batch."},
     {BB__SEC_MODEL, "max_wait_us", BB__CT_UINT, BB__MODEL(max_wait_us), 0, 10000000, "1000", NULL,
@@ -689,6 +690,7 @@ void bb__config_defaults(struct bb__broker_config *cfg)
         cfg->allowed_uids[cfg->nuids++] = 0;
     struct bb__model_config *m = bb__model_add(cfg, "echo");
     snprintf(m->backend, sizeof m->backend, "echo");
+    snprintf(m->backend_origin, sizeof m->backend_origin, "the default configuration");
 }
 
 int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errlen)
@@ -868,6 +870,9 @@ static int bb__on_key(void *user, const char *section, const char *name, const c
         bb__fail(ps, ps->lineno, "%s", msg);
         return 0;
     }
+    if (base == ps->model && k->offset == offsetof(struct bb__model_config, backend))
+        snprintf(ps->model->backend_origin, sizeof ps->model->backend_origin, "%s:%d",
+                 ps->path, ps->lineno);
     return 1;
 }
 
@@ -957,12 +962,17 @@ int bb__config_set(struct bb__broker_config *cfg, const char *section, const cha
             snprintf(err, errlen, "%s.%s", section, msg);
             return -1;
         }
+        if (k->offset == offsetof(struct bb__model_config, backend))
+            snprintf(m->backend_origin, sizeof m->backend_origin, "-o %s.%s=%s", section, key,
+                     value);
         return 0;
     }
     if (bb__set_value(k, m, key, value, msg, sizeof msg) < 0) {
         snprintf(err, errlen, "%s.%s", section, msg);
         return -1;
     }
+    if (k->offset == offsetof(struct bb__model_config, backend))
+        snprintf(m->backend_origin, sizeof m->backend_origin, "-o %s.%s=%s", section, key, value);
     return 0;
 }
 
@@ -1117,9 +1127,77 @@ static void bb__print_wrapped(FILE *out, const char *text, int indent, int width
     }
 }
 
-void bb__config_help(FILE *out, int markdown)
+/* Text in roff: backslashes and minus signs escaped, and a line that would
+ * start with a control character guarded. */
+static void bb__roff_text(FILE *out, const char *s)
+{
+    if (*s == '.' || *s == '\'')
+        fputs("\\&", out);
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\e", out);
+        else if (*s == '-')
+            fputs("\\-", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+/* The KEYS section of batchbroker.ini(5): one tagged paragraph per key. */
+static void bb__config_help_man(FILE *out)
 {
     char range[256];
+    enum bb__csect last = BB__SEC_NONE;
+    for (size_t i = 0; i < BB__NKEYS; i++) {
+        const struct bb__config_key *k = &bb__keys[i];
+        if (k->section != last) {
+            fprintf(out, ".SS \"%s\"\n",
+                    k->section == BB__SEC_BROKER ? "[broker]" : "[model.NAME]");
+            last = k->section;
+        }
+        bb__format_range(k, range, sizeof range);
+        bb__unescape_bars(range);
+        const char *def = k->def ? k->def : k->def_help;
+        fputs(".TP\n.B ", out);
+        bb__roff_text(out, k->name);
+        fputs("\n", out);
+        bb__roff_text(out, bb__type_name(k->type));
+        fputs(", ", out);
+        bb__roff_text(out, range);
+        fputs(", default ", out);
+        if (k->def && *def) {
+            fputs("\\fB", out);
+            bb__roff_text(out, def);
+            fputs("\\fP", out);
+        } else {
+            bb__roff_text(out, *def ? def : "(empty)");
+        }
+        fputs(k->reloadable ? ", reloadable.\n" : ".\n", out);
+        fputs(".br\n", out);
+        bb__roff_text(out, k->desc);
+        fputs("\n", out);
+    }
+}
+
+int bb__config_reference(FILE *out, const char *format)
+{
+    if (!format || strcmp(format, "markdown") == 0)
+        bb__config_help(out, BB__HELP_MARKDOWN);
+    else if (strcmp(format, "man") == 0)
+        bb__config_help(out, BB__HELP_MAN);
+    else
+        return -1;
+    return 0;
+}
+
+void bb__config_help(FILE *out, int format)
+{
+    char range[256];
+    if (format == BB__HELP_MAN) {
+        bb__config_help_man(out);
+        return;
+    }
+    int markdown = format == BB__HELP_MARKDOWN;
     if (markdown) {
         fprintf(out, "| section | key | type | range | default | reloadable | description |\n"
                      "|---|---|---|---|---|---|---|\n");
@@ -1152,37 +1230,74 @@ void bb__config_help(FILE *out, int markdown)
 
 /* ---- reload ---------------------------------------------------------------- */
 
+/* Append ", item" (or "item" first) to a list being built in buf. */
+static void bb__list_add(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void bb__list_add(char *buf, size_t len, const char *fmt, ...)
+{
+    size_t used = strlen(buf);
+    if (used && used < len)
+        used += (size_t)snprintf(buf + used, len - used, ", ");
+    if (used >= len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + used, len - used, fmt, ap);
+    va_end(ap);
+}
+
+/* The id lists are compared by value, count included. */
+static bool bb__ids_equal(const struct bb__config_key *k, const void *a, const void *b)
+{
+    const struct bb__broker_config *x = a, *y = b;
+    size_t nx = k->type == BB__CT_UIDS ? x->nuids : x->ngids;
+    size_t ny = k->type == BB__CT_UIDS ? y->nuids : y->ngids;
+    return nx == ny && memcmp((const char *)a + k->offset, (const char *)b + k->offset,
+                              nx * sizeof(uint32_t)) == 0;
+}
+
 static int bb__section_reload(enum bb__csect section, void *dst, const void *src, const char *what,
-                              char *msg, size_t msglen)
+                              char *changed_keys, size_t changedlen, char *msg, size_t msglen)
 {
     int changed = 0;
+    char before[BB_MAX_IDS * 12 + 300], after[sizeof before];
     for (size_t i = 0; i < BB__NKEYS; i++) {
         const struct bb__config_key *k = &bb__keys[i];
         if (k->section != section || k->type == BB__CT_PARAM)
             continue;
         unsigned char *d = (unsigned char *)dst + k->offset;
         const unsigned char *sv = (const unsigned char *)src + k->offset;
-        if (memcmp(d, sv, k->size) == 0)
+        bool ids = k->type == BB__CT_UIDS || k->type == BB__CT_GIDS;
+        if (ids ? bb__ids_equal(k, dst, src) : memcmp(d, sv, k->size) == 0)
             continue;
         if (!k->reloadable) {
-            size_t used = strlen(msg);
-            snprintf(msg + used, msglen - used, "%s%s%s", used ? ", " : "", what, k->name);
+            bb__list_add(msg, msglen, "%s%s", what, k->name);
             continue;
         }
+        bb__format_value(k, dst, before, sizeof before);
         memcpy(d, sv, k->size);
+        if (ids) {
+            struct bb__broker_config *cd = dst;
+            const struct bb__broker_config *cs = src;
+            *(k->type == BB__CT_UIDS ? &cd->nuids : &cd->ngids) =
+                k->type == BB__CT_UIDS ? cs->nuids : cs->ngids;
+        }
+        bb__format_value(k, dst, after, sizeof after);
+        bb__list_add(changed_keys, changedlen, "%s%s %s -> %s", what, k->name,
+                     *before ? before : "(empty)", *after ? after : "(empty)");
         changed++;
     }
     return changed;
 }
 
 int bb__config_reload(struct bb__broker_config *cur, const struct bb__broker_config *next,
-                      char *skipped, size_t skippedlen)
+                      char *changed_keys, size_t changedlen, char *skipped, size_t skippedlen)
 {
     skipped[0] = '\0';
-    int changed = bb__section_reload(BB__SEC_BROKER, cur, next, "", skipped, skippedlen);
-    changed += cur->nuids != next->nuids || cur->ngids != next->ngids;
-    cur->nuids = next->nuids; /* the id lists are reloadable */
-    cur->ngids = next->ngids;
+    changed_keys[0] = '\0';
+    int changed = bb__section_reload(BB__SEC_BROKER, cur, next, "broker.", changed_keys,
+                                     changedlen, skipped, skippedlen);
     for (size_t i = 0; i < cur->nmodels; i++) {
         struct bb__model_config *m = &cur->models[i];
         const struct bb__model_config *n = NULL;
@@ -1190,33 +1305,26 @@ int bb__config_reload(struct bb__broker_config *cur, const struct bb__broker_con
             if (strcmp(next->models[j].name, m->name) == 0)
                 n = &next->models[j];
         if (!n) {
-            size_t used = strlen(skipped);
-            snprintf(skipped + used, skippedlen - used, "%smodel %s removed", used ? ", " : "",
-                     m->name);
+            bb__list_add(skipped, skippedlen, "model %s removed", m->name);
             continue;
         }
         char what[80];
         snprintf(what, sizeof what, "model.%s.", m->name);
-        changed += bb__section_reload(BB__SEC_MODEL, m, n, what, skipped, skippedlen);
+        changed += bb__section_reload(BB__SEC_MODEL, m, n, what, changed_keys, changedlen,
+                                      skipped, skippedlen);
         bool params_differ = m->nparams != n->nparams ||
                              memcmp(m->params, n->params, m->nparams * sizeof m->params[0]) != 0 ||
                              m->nsparams != n->nsparams ||
                              memcmp(m->sparams, n->sparams, m->nsparams * sizeof m->sparams[0]) != 0;
-        if (params_differ) {
-            size_t used = strlen(skipped);
-            snprintf(skipped + used, skippedlen - used, "%smodel.%s.param/strategy keys",
-                     used ? ", " : "", m->name);
-        }
+        if (params_differ)
+            bb__list_add(skipped, skippedlen, "model.%s.param/strategy keys", m->name);
     }
     for (size_t j = 0; j < next->nmodels; j++) {
         bool known = false;
         for (size_t i = 0; i < cur->nmodels && !known; i++)
             known = strcmp(next->models[j].name, cur->models[i].name) == 0;
-        if (!known) {
-            size_t used = strlen(skipped);
-            snprintf(skipped + used, skippedlen - used, "%smodel %s added", used ? ", " : "",
-                     next->models[j].name);
-        }
+        if (!known)
+            bb__list_add(skipped, skippedlen, "model %s added", next->models[j].name);
     }
     return changed;
 }

@@ -22,6 +22,7 @@ struct bb__kv {
 struct bb__model_config {
     char name[64];
     char backend[256];          /* built-in plugin name or path to a .so */
+    char backend_origin[320];   /* where backend was set: "FILE:LINE", "-o ...", "default" */
     uint32_t max_batch_size;
     uint32_t max_wait_us;
     uint32_t instances;         /* executor threads; 0 = run in the dispatcher */
@@ -107,9 +108,19 @@ int bb__config_set(struct bb__broker_config *cfg, const char *section, const cha
 /* Write the effective configuration as INI. */
 void bb__config_dump(const struct bb__broker_config *cfg, FILE *out);
 
-/* Write every key with type, range, default and description (for --help);
- * markdown != 0 writes the table used in docs/configuration.md. */
-void bb__config_help(FILE *out, int markdown);
+/* How bb__config_help writes the key table. */
+enum bb__help_format {
+    BB__HELP_TEXT = 0,     /* --help: plain text for a terminal */
+    BB__HELP_MARKDOWN = 1, /* the table of docs/configuration.md */
+    BB__HELP_MAN = 2,      /* roff for the KEYS section of batchbroker.ini(5) */
+};
+
+/* Write every key with type, range, default and description. */
+void bb__config_help(FILE *out, int format);
+
+/* --config-reference[=FORMAT]: FORMAT NULL or "markdown", or "man". Returns
+ * 0, or -1 for an unknown format (nothing written). */
+int bb__config_reference(FILE *out, const char *format);
 
 /* Cross-key checks that no single key can make: every model has a backend,
  * default_segment_mb <= max_segment_mb, default_max_inflight <= max_inflight.
@@ -139,10 +150,11 @@ int bb__config_build(struct bb__broker_config *cfg, const char *path, const char
                      int noverrides, char *err, size_t errlen);
 
 /* SIGHUP: copy the keys marked reloadable from next into cur (the running
- * configuration). Changes that need a restart (other keys, models added or
- * removed, param.* keys) are listed in skipped and not applied. Returns how
- * many keys changed. */
+ * configuration). The keys applied are listed in changed as
+ * "SECTION.KEY OLD -> NEW, ..." ("" if none); changes that need a restart
+ * (other keys, models added or removed, param.* keys) are listed in skipped
+ * and not applied. Returns how many keys changed. */
 int bb__config_reload(struct bb__broker_config *cur, const struct bb__broker_config *next,
-                      char *skipped, size_t skippedlen);
+                      char *changed, size_t changedlen, char *skipped, size_t skippedlen);
 
 #endif

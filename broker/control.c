@@ -17,6 +17,9 @@
 
 #include "control.h"
 
+#include "admission.h"
+#include "sockpath.h"
+
 #include "batchbroker/client.h"
 #include "broker.h"
 #include "expo.h"
@@ -76,21 +79,12 @@ int bb__control_listen(const char *path)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live broker, or
-     * anything that is not a socket, is left alone. */
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            bb_error("%s exists and is not a socket; not replacing it", path);
-            close(fd);
-            return -1;
-        }
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
-            bb_error("another broker is already listening on %s", path);
-            close(fd);
-            return -1;
-        }
-        unlink(path);
+    /* A stale socket file from a dead broker is replaced; a live socket (a
+     * broker's or another program's), or anything that is not a socket, is
+     * left alone. */
+    if (bb__sockpath_claim(path) < 0) {
+        close(fd);
+        return -1;
     }
     /* A short backlog: behind a peer that connects in a loop, a new client
      * waits for every connection queued ahead of it to be refused, so a long
@@ -104,17 +98,6 @@ int bb__control_listen(const char *path)
     /* Admission is decided by the uid/gid allow-lists, not file modes. */
     chmod(path, 0666);
     return fd;
-}
-
-static bool admitted(const struct bb__broker_config *cfg, const struct ucred *cr)
-{
-    for (size_t i = 0; i < cfg->nuids; i++)
-        if (cfg->allowed_uids[i] == cr->uid)
-            return true;
-    for (size_t i = 0; i < cfg->ngids; i++)
-        if (cfg->allowed_gids[i] == cr->gid)
-            return true;
-    return false;
 }
 
 static void send_status(int fd, uint32_t type, int status)
@@ -134,9 +117,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    if (!admitted(b->cfg, &cr)) {
-        bb_warn_limited("refused client pid %d: uid %u gid %u not allowed", (int)cr.pid,
-                (unsigned)cr.uid, (unsigned)cr.gid);
+    if (!bb__admitted(b->cfg, &cr)) { /* logs the refusal */
         send_status(fd, BB_MSG_HELLO_REPLY, BB_EPERM);
         close(fd);
         return;
@@ -148,8 +129,8 @@ void bb__control_accept(struct bb__worker *w, int fd)
     if (!c) {
         if (rc == 0) { /* counted, but the table is full or memory short */
             bb__admission_release(&b->adm, cr.uid, cr.pid, 0, 0);
-            rc = BB_EBUSY;
-            why = "max_clients";
+            rc = BB_EMAXCLIENTS;
+            why = "max_clients reached";
         }
         bb_warn_limited("refused client pid %d uid %u: %s", (int)cr.pid, (unsigned)cr.uid, why);
         send_status(fd, BB_MSG_HELLO_REPLY, rc);
@@ -354,6 +335,11 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             return;
         }
         const struct bb_msg_hello *hello = buf;
+        if (len == sizeof *hello && (hello->flags & BB_HELLO_DISTRUST)) {
+            bb__admission_log_distrust(c->pid, c->uid);
+            bb__session_kill(w, c, "it does not trust this broker's uid");
+            return;
+        }
         if (len != sizeof *hello || hello->magic != BB_SHM_MAGIC ||
             (hello->version >> 16) != BB_ABI_MAJOR) {
             bb_warn_limited("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
@@ -525,7 +511,7 @@ void bb__control_revoke(struct bb__worker *w)
         if (!c || c->dead)
             continue;
         struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
-        if (admitted(b->cfg, &cr))
+        if (bb__allowed(b->cfg, &cr))
             continue;
         bb_warn_limited("client %u (pid %d uid %u gid %u) no longer allowed after reload: disconnected",
                 c->id, (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);

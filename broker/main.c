@@ -11,9 +11,11 @@
 
 #include "batchbroker/backend.h"
 #include "batchbroker/protocol.h"
+#include "batchbroker/version.h"
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "plugin.h"
 #include "worker.h"
 
 /* Lock-free atomics: safe in a signal handler, and read by every worker. */
@@ -67,11 +69,14 @@ static void usage(FILE *out)
             "  -s, --socket PATH   same as -o broker.socket=PATH\n"
             "      --check         validate the configuration and exit\n"
             "      --dump-config   print the effective configuration and exit\n"
-            "      --config-reference  print the key table as markdown (docs/configuration.md)\n"
+            "      --config-reference[=man]  print the key table as markdown\n"
+            "                      (docs/configuration.md) or roff (batchbroker.ini(5))\n"
             "\n"
             "Exit status: 0 clean shutdown, 1 runtime failure, 2 bad configuration.\n"
-            "\nConfiguration keys:\n");
-    bb__config_help(out, 0);
+            "\n");
+    bb__config_help(out, BB__HELP_TEXT);
+    fprintf(out, "\n");
+    bb__plugin_list(out, NULL);
 }
 
 int main(int argc, char **argv)
@@ -80,7 +85,7 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
         {"check", no_argument, NULL, 'C'},       {"dump-config", no_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},        {"version", no_argument, NULL, 'V'},
-        {"config-reference", no_argument, NULL, 'R'},
+        {"config-reference", optional_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     /* The broker maps every client's segment: no process of its own user may
      * read them through /proc/PID/mem or ptrace, and no core file may hold
@@ -121,15 +126,19 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        case 'R':
-            bb__config_help(stdout, 1); /* the table in docs/configuration.md */
+        case 'R': /* docs/configuration.md, batchbroker.ini(5) */
+            if (bb__config_reference(stdout, optarg) < 0) {
+                fprintf(stderr, "batchbroker: --config-reference=%s: use markdown or man\n",
+                        optarg);
+                return 2;
+            }
             return 0;
         case 'V':
-            printf("batchbroker %d.%d (protocol %u.%u, backend ABI %u)\n", 0, 1, BB_ABI_MAJOR,
-                   BB_ABI_MINOR, BB_BACKEND_ABI_VERSION);
+            printf("batchbroker %s (protocol %u.%u, backend ABI %u)\n", BB_VERSION_STRING,
+                   BB_ABI_MAJOR, BB_ABI_MINOR, BB_BACKEND_ABI_VERSION);
             return 0;
-        default:
-            usage(stderr);
+        default: /* getopt has said what is wrong */
+            fprintf(stderr, "Try 'batchbroker --help' for the options and configuration keys.\n");
             return 2;
         }
     }

@@ -80,7 +80,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
     }
     if (bb__strategy_load(m, err, errlen) < 0)
         return -1;
-    if (bb__plugin_load(m->cfg.backend, plugin_dir, &m->plugin, err, errlen) < 0)
+    if (bb__plugin_load_model(&m->cfg, plugin_dir, &m->plugin, err, errlen) < 0)
         return -1;
     /* Adaptive starting point: the hardware the config or the backend names. */
     uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;
@@ -198,8 +198,15 @@ void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t n
         return;
     }
     s->queued = (uint32_t)bb__ctr_get(&m->metrics.queued);
-    s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
-    s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
+    if (s->pinned || !m->cfg.adaptive) {
+        /* A pin or the configuration decides alone (bb__model_target reads
+         * nothing of the home's then): exact at once, where the home's
+         * published figure would lag a pin made on this worker. */
+        s->batch_target = bb__model_target(m, &s->wait_us);
+    } else {
+        s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
+        s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
+    }
     s->changes = atomic_load_explicit(&m->pub.changes, memory_order_relaxed);
     s->fit_a_us = atomic_load_explicit(&m->pub.fit_a_us, memory_order_relaxed);
     s->fit_b_us = atomic_load_explicit(&m->pub.fit_b_us, memory_order_relaxed);

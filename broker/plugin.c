@@ -4,19 +4,16 @@
  * message, never half-used. */
 #include "plugin.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
-
-/* The build points this at its backends/ output; "." keeps a bare compile
- * working. */
-#ifndef BB_PLUGIN_DIR
-#define BB_PLUGIN_DIR "."
-#endif
+#include "install_dir.h"
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -45,16 +42,6 @@ static int valid_builtin_name(const char *name)
     return 1;
 }
 
-/* Precedence: the caller's plugin_dir (broker config), then the environment,
- * then the build's default. An empty string counts as unset. */
-static const char *plugin_dir_for(const char *plugin_dir)
-{
-    if (plugin_dir && plugin_dir[0]) return plugin_dir;
-    const char *env = getenv("BATCHBROKER_PLUGIN_DIR");
-    if (env && env[0]) return env;
-    return BB_PLUGIN_DIR;
-}
-
 static int resolve_path(const char *name_or_path, const char *plugin_dir, char *path,
                         size_t pathlen, char *err, size_t errlen)
 {
@@ -67,7 +54,7 @@ static int resolve_path(const char *name_or_path, const char *plugin_dir, char *
                         "invalid backend name \"%s\": use a built-in name of "
                         "[A-Za-z0-9_-] or a path containing '/'",
                         name_or_path);
-        n = snprintf(path, pathlen, "%s/bb_backend_%s.so", plugin_dir_for(plugin_dir),
+        n = snprintf(path, pathlen, "%s/bb_backend_%s.so", bb__plugin_dir(plugin_dir),
                      name_or_path);
     }
     if (n < 0 || (size_t)n >= pathlen)
@@ -143,6 +130,9 @@ int bb__plugin_load(const char *name_or_path, const char *plugin_dir, struct bb_
         /* dlerror() usually names the file already, but not always (e.g.
          * for a missing dependency), so say which plugin we were loading. */
         const char *why = dlerror();
+        size_t plen = strlen(out->path);
+        if (why && strncmp(why, out->path, plen) == 0 && strncmp(why + plen, ": ", 2) == 0)
+            why += plen + 2; /* named once is enough */
         fail(err, errlen, "%s: cannot load backend: %s", out->path, why ? why : "unknown error");
         memset(out, 0, sizeof *out);
         return -1;
@@ -165,4 +155,57 @@ void bb__plugin_unload(struct bb__plugin *p)
     if (!p) return;
     if (p->dl) dlclose(p->dl);
     memset(p, 0, sizeof *p);
+}
+
+/* The built-in names in dir ("echo, synthetic"), sorted; "nothing" if none. */
+static void builtin_names(const char *dir, char *buf, size_t len)
+{
+    struct dirent **ents;
+    int n = scandir(dir, &ents, NULL, alphasort);
+    buf[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        const char *name = ents[i]->d_name;
+        size_t l = strlen(name);
+        if (strncmp(name, "bb_backend_", 11) == 0 && l > 14 && strcmp(name + l - 3, ".so") == 0) {
+            size_t used = strlen(buf);
+            snprintf(buf + used, len - used, "%s%.*s", used ? ", " : "", (int)(l - 14), name + 11);
+        }
+        free(ents[i]);
+    }
+    if (n >= 0)
+        free(ents);
+    if (!buf[0])
+        snprintf(buf, len, n < 0 ? "cannot be read" : "has no backend plugins");
+}
+
+void bb__plugin_list(FILE *out, const char *plugin_dir)
+{
+    char names[1024];
+    const char *dir = bb__plugin_dir(plugin_dir);
+    builtin_names(dir, names, sizeof names);
+    fprintf(out, "Backends in %s: %s\n(backend = NAME loads bb_backend_NAME.so from there; "
+                 "plugin_dir or\n$BATCHBROKER_PLUGIN_DIR name another directory)\n", dir, names);
+}
+
+int bb__plugin_load_model(const struct bb__model_config *m, const char *plugin_dir,
+                          struct bb__plugin *out, char *err, size_t errlen)
+{
+    char why[768];
+    if (bb__plugin_load(m->backend, plugin_dir, out, why, sizeof why) == 0)
+        return 0;
+    /* A built-in name that is not there: say where we looked and what is. */
+    char names[512] = "";
+    if (!strchr(m->backend, '/')) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/bb_backend_%s.so", bb__plugin_dir(plugin_dir), m->backend);
+        if (access(path, F_OK) < 0) {
+            char list[400];
+            builtin_names(bb__plugin_dir(plugin_dir), list, sizeof list);
+            snprintf(names, sizeof names, "; backends in %s: %s (plugin_dir or "
+                     "$BATCHBROKER_PLUGIN_DIR name another directory)",
+                     bb__plugin_dir(plugin_dir), list);
+        }
+    }
+    return fail(err, errlen, "model %s (backend = %s, set at %s): %s%s", m->name, m->backend,
+                m->backend_origin[0] ? m->backend_origin : "an unknown place", why, names);
 }

@@ -3,8 +3,10 @@
 #define BB_BROKER_PLUGIN_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "batchbroker/backend.h"
+#include "config.h"
 
 struct bb__plugin {
     void *dl;
@@ -19,6 +21,16 @@ struct bb__plugin {
  * naming the file and the problem in err. */
 int bb__plugin_load(const char *name_or_path, const char *plugin_dir, struct bb__plugin *out,
                     char *err, size_t errlen);
+
+/* bb__plugin_load for a model's backend key. A failure's message starts with
+ * the model, its backend value and where that was set (FILE:LINE, a -o
+ * override, or the default configuration); for a built-in name that is not
+ * installed it ends with the directory searched and the names found there. */
+int bb__plugin_load_model(const struct bb__model_config *m, const char *plugin_dir,
+                          struct bb__plugin *out, char *err, size_t errlen);
+
+/* --help: one line naming the plugin directory and the backends in it. */
+void bb__plugin_list(FILE *out, const char *plugin_dir);
 
 /* dlclose. Accepts a zeroed struct. */
 void bb__plugin_unload(struct bb__plugin *p);

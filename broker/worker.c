@@ -162,12 +162,17 @@ static int reap_cqes(struct bb__worker *w)
     }
 }
 
-/* Messages from the other workers (mailbox.h), in the order they were sent. */
-static int handle_mail(struct bb__worker *w, uint64_t now)
+/* Messages from the other workers (mailbox.h), in the order they were sent.
+ * A forwarded request was stamped by its client's worker, possibly after this
+ * pass read the clock: read it again once the mail is taken, so that the pass
+ * (*now) never cuts a batch before one of its members was submitted (the
+ * phases would outlast the request's latency). */
+static int handle_mail(struct bb__worker *w, uint64_t *nowp)
 {
     const struct bb__msgbuf *mb = bb__mailbox_take(w);
     if (!mb)
         return 0;
+    const uint64_t now = *nowp = bb__now_ns();
     struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < mb->n; i++) {
         const struct bb__msg *msg = &mb->v[i];
@@ -354,7 +359,7 @@ static void reload(struct bb__worker *w)
 {
     static struct bb__broker_config next; /* large; only workers[0] uses it */
     struct bb__broker *b = w->b;
-    char err[1024], skipped[1024];
+    char err[1024], skipped[1024], changed_keys[2048];
     if (bb__config_build(&next, b->config_path, b->overrides, b->noverrides, err, sizeof err) < 0) {
         bb_error("reload refused, configuration unchanged: %s", err);
         return;
@@ -365,7 +370,8 @@ static void reload(struct bb__worker *w)
         bb__worker_wake(&b->workers[i]);
     while (b->parked < b->nworkers - 1)
         pthread_cond_wait(&b->qcv, &b->qmu);
-    int changed = bb__config_reload(b->cfg, &next, skipped, sizeof skipped);
+    int changed = bb__config_reload(b->cfg, &next, changed_keys, sizeof changed_keys, skipped,
+                                    sizeof skipped);
     bb__log_level = b->cfg->log_level;
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->profile = b->cfg->profile;
@@ -380,7 +386,7 @@ static void reload(struct bb__worker *w)
     pthread_cond_broadcast(&b->qcv);
     pthread_mutex_unlock(&b->qmu);
     bb__control_revoke(w); /* allowed_uids/gids are reloadable; park() does the others' */
-    bb_info("configuration reloaded: %d key(s) changed", changed);
+    bb_info("configuration reloaded: %s", changed ? changed_keys : "no reloadable key changed");
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
 }
@@ -448,7 +454,7 @@ int bb__worker_run(struct bb__worker *w)
         /* One clock read a pass: a spinning dispatcher makes many passes,
          * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();
-        progress += handle_mail(w, now);
+        progress += handle_mail(w, &now);
         progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < b->nmodels; i++)

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -247,7 +248,7 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
     bb_client *c = calloc(1, sizeof *c);
     if (!c)
         return BB_ENOMEM;
-    c->sock = c->doorbell_fd = c->notify_fd = -1;
+    c->sock = c->doorbell_fd = c->notify_fd = c->event_fd = -1;
     atomic_init(&c->spin_ns, DEFAULT_SPIN_NS);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->cq_lock, NULL);
@@ -270,20 +271,13 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         goto fail;
     }
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_EDISCONNECTED
+        /* No file, or a file nobody listens on (a broker that was killed);
+         * EAGAIN: the backlog stayed full for SO_SNDTIMEO. */
+        rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_ENOBROKER
              : (errno == EAGAIN || errno == EINPROGRESS) ? BB_ETIMEDOUT
                                                          : BB_ESYS;
         goto fail;
     }
-    /* Only a broker we trust may get our data: one run by root, by our own
-     * user, or by a uid listed in $BATCHBROKER_TRUSTED_UIDS. */
-    struct ucred cred;
-    socklen_t cl = sizeof cred;
-    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || !trusted_broker(cred.uid)) {
-        rc = BB_EPERM;
-        goto fail;
-    }
-
     /* 0 asks for the broker's defaults (default_segment_mb, default_max_inflight). */
     struct bb_msg_hello hello = {
         .h = {.type = BB_MSG_HELLO},
@@ -294,6 +288,24 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         /* The broker serves us from the worker of this CPU's NUMA node. */
         .cpu = sched_getcpu(),
     };
+    /* Only a broker we trust may get our data: one run by root, by our own
+     * user, or by a uid listed in $BATCHBROKER_TRUSTED_UIDS. A refused broker
+     * is told why (a HELLO that asks for nothing), so that its operator sees
+     * it in the broker's log and not only we in a return code. */
+    struct ucred cred;
+    socklen_t cl = sizeof cred;
+    if (getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+        rc = BB_ESYS;
+        goto fail;
+    }
+    if (!trusted_broker(cred.uid)) {
+        struct bb_msg_hello no = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                  .version = BB_SHM_VERSION, .flags = BB_HELLO_DISTRUST};
+        ssize_t n = send(c->sock, &no, sizeof no, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        rc = BB_EUNTRUSTED;
+        goto fail;
+    }
     /* A broker that refuses us replies at once and closes, so the send may
      * fail: the reply, if any, is still waiting to be read. */
     ssize_t sent = send(c->sock, &hello, sizeof hello, MSG_NOSIGNAL);
@@ -378,6 +390,8 @@ void bb_disconnect(bb_client *c)
         close(c->doorbell_fd);
     if (c->notify_fd >= 0)
         close(c->notify_fd);
+    if (c->event_fd >= 0)
+        close(c->event_fd);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->cq_lock);
     pthread_mutex_destroy(&c->ctl_lock);
@@ -860,12 +874,32 @@ int bb_infer(bb_model *m, const void *in, size_t in_len, void *out, size_t out_c
 
 /* ---- Event-loop integration ---- */
 
-int bb_client_fd(const bb_client *c)
+/* The completion eventfd alone would never tell an event loop that the
+ * broker died (its pending requests would wait forever), so the descriptor
+ * handed out is an epoll set of that eventfd and the control socket's
+ * hang-up. */
+int bb_client_fd(const bb_client *cc)
 {
-    if (!c)
+    if (!cc)
         return BB_EINVAL;
+    bb_client *c = (bb_client *)cc; /* made once, on first use: not const */
+    pthread_mutex_lock(&c->lock);
+    int fd = c->event_fd;
+    if (fd < 0) {
+        fd = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event done = {.events = EPOLLIN}, hup = {.events = EPOLLRDHUP};
+        if (fd >= 0 && (epoll_ctl(fd, EPOLL_CTL_ADD, c->notify_fd, &done) < 0 ||
+                        epoll_ctl(fd, EPOLL_CTL_ADD, c->sock, &hup) < 0)) {
+            close(fd);
+            fd = -1;
+        }
+        c->event_fd = fd;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (fd < 0)
+        return BB_ESYS;
     atomic_store_explicit(&c->hdr->shm_notify, 1, memory_order_seq_cst);
-    return c->notify_fd;
+    return fd;
 }
 
 int bb_client_poll(bb_client *c, bb_request **out, int max)
@@ -906,6 +940,8 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
         ssize_t wr = write(c->notify_fd, &one, sizeof one);
         (void)wr;
     }
+    if (got == 0 && broker_gone(c))
+        return BB_EDISCONNECTED;
     return got;
 }
 

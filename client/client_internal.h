@@ -44,6 +44,7 @@ struct bb_client {
     int sock;                /* control socket; hang-up = broker gone */
     int doorbell_fd;         /* eventfd the broker sleeps on; -1: the worker page's futex */
     int notify_fd;           /* eventfd the broker signals on completions */
+    int event_fd;            /* bb_client_fd: epoll of notify_fd + sock hang-up; -1 until asked */
     char *base;              /* segment mapping */
     size_t size;
     struct bb_shm_header *hdr;

@@ -56,9 +56,9 @@ else()
   message(STATUS "Fashion-MNIST model: trained at build time by ${bb_python_ok} into ${BB_MODEL_DIR}")
   add_custom_command(
     OUTPUT ${BB_MODEL_DIR}/fmnist.bbdense ${BB_MODEL_DIR}/fmnist.pt
-    COMMAND "${bb_python_ok}" ${CMAKE_SOURCE_DIR}/scripts/train_fmnist.py
+    COMMAND "${bb_python_ok}" ${PROJECT_SOURCE_DIR}/scripts/train_fmnist.py
             --data "${BB_FMNIST_DIR}" --out ${BB_MODEL_DIR}
-    DEPENDS ${CMAKE_SOURCE_DIR}/scripts/train_fmnist.py
+    DEPENDS ${PROJECT_SOURCE_DIR}/scripts/train_fmnist.py
     COMMENT "Training the Fashion-MNIST demo model (a few seconds)"
     VERBATIM)
   add_custom_target(bb_fmnist_model ALL

@@ -80,6 +80,25 @@ static inline int64_t bb__ring_space(struct bb__ring *r)
     return cap - used;
 }
 
+/* Producer: free entries, or -1, for a producer about to hold need entries
+ * unpublished. bb__ring_space reloads the consumer's head only when the
+ * cached copy says the ring is full; one that adds several entries before
+ * it publishes must not take a stale "almost full" for full, so this
+ * reloads whenever the cached copy shows fewer than need free. */
+static inline int64_t bb__ring_space_for(struct bb__ring *r, uint32_t need)
+{
+    int64_t space = bb__ring_space(r);
+    if (space >= 0 && (uint64_t)space < need) {
+        uint32_t cap = r->mask + 1;
+        r->peer_cached = atomic_load_explicit(&r->shm->shm_head, memory_order_acquire);
+        uint32_t used = r->local - r->peer_cached;
+        if (used > cap)
+            return -1;
+        space = cap - used;
+    }
+    return space;
+}
+
 /* Producer: write entry i (0-based from the tail) before publishing. */
 static inline void bb__ring_put(struct bb__ring *r, uint32_t i, uint32_t v)
 {

@@ -64,11 +64,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
         close(fd);
-        char skipped[4096];
-        int changed = bb__config_reload(&cfg, &back, skipped, sizeof skipped);
+        char changed_keys[4096], skipped[4096];
+        int changed = bb__config_reload(&cfg, &back, changed_keys, sizeof changed_keys, skipped,
+                                        sizeof skipped);
         if (changed || skipped[0]) {
-            fprintf(stderr, "the dump reads back different: %d changed, skipped: %s\n%s",
-                    changed, skipped, dump);
+            fprintf(stderr, "the dump reads back different: %d changed (%s), skipped: %s\n%s",
+                    changed, changed_keys, skipped, dump);
             abort();
         }
         free(dump);

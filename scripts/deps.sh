@@ -20,7 +20,12 @@ BB_DEPS=(build-essential cmake pkg-config liburing-dev libnuma-dev
          # the server the metrics tests run against (about 20 MB to fetch,
          # 100 MB installed with its web assets); installed with its service
          # kept stopped.
-         libmicrohttpd-dev prometheus)
+         libmicrohttpd-dev prometheus
+         # The Python client and its tests (Debian's python3 sees these).
+         python3 python3-numpy python3-pytest
+         # The install checks: man pages, the systemd unit and its syscall
+         # filter, pid namespaces, pgrep.
+         man-db groff-base systemd strace util-linux procps)
 # The sanitizer tree and the fuzzers of scripts/test.sh: clang, its
 # sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
 BB_SAN_DEPS=(clang libclang-rt-14-dev llvm)

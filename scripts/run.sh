@@ -32,8 +32,10 @@ fi
 bb_install_deps
 
 cmake -S "$ROOT" -B "$BUILD_DIR" -DBB_WERROR=ON
-# Only what the demo needs: a test still being written must not stop it.
-targets=(batchbroker bbctl bb-demo)
+# What the demo and the README's next steps use (the client library, shared
+# and static, bb-bench, bb-hello), not the tests: a test still being written
+# must not stop the demo.
+targets=(batchbroker bbctl bb-demo bb-hello bbclient bbclient_static bb-bench)
 if [ "$DEMO_KIND" = fmnist ]; then
     # The blas backend and the trained model exist as targets only when
     # CMake found OpenBLAS, PyTorch and the dataset (its output says why not).

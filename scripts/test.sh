@@ -63,12 +63,21 @@ rc=0
 # shellcheck disable=SC2086
 (cd "$BUILD_DIR" && ctest --output-on-failure --timeout "$TEST_TIMEOUT" ${CTEST_ARGS:-}) || rc=$?
 # What this machine could not build or run, and why (optional backends, the
-# demo model, the GPU): the tests that need them skipped.
+# demo model, the GPU): the parts of the build that are missing, and the
+# tests that skipped.
 skipped=$(printf '%s\n' "$configure_log" | grep -E 'not built|not trained|not found in' || true)
 if [ -n "$skipped" ]; then
     echo "test.sh: skipped parts of this build:"
     printf '%s\n' "$skipped" | sed 's/^-- /  /'
 fi
+if [ -f Testing/Temporary/LastTest.log ]; then
+    skipped=$(grep -hE '^(SKIPPED \[|SKIP: )' Testing/Temporary/LastTest.log | sort -u || true)
+    if [ -n "$skipped" ]; then
+        echo "test.sh: skipped tests, and why:"
+        printf '%s\n' "$skipped" | sed 's/^/  /'
+    fi
+fi
+
 echo "test.sh: gcc tree built and tested in $((SECONDS - start)) s"
 
 if [ "$SANITIZE" != 1 ]; then

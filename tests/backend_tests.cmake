@@ -6,8 +6,8 @@
 function(bb_backend_test name backend)
   bb_criterion_test(${name} ${ARGN} ${CMAKE_CURRENT_LIST_DIR}/classify.c
                     ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/netfile.c
-                    ${CMAKE_SOURCE_DIR}/backends/bbdense.c)
-  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/backends)
+                    ${PROJECT_SOURCE_DIR}/backends/bbdense.c)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/backends)
   target_compile_definitions(${name} PRIVATE BB_MODEL_DIR="${BB_MODEL_DIR}")
   target_link_libraries(${name} PRIVATE bbfmnist ZLIB::ZLIB ${CMAKE_DL_LIBS} m)
   add_dependencies(${name} bb_backend_${backend})

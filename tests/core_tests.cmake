@@ -15,7 +15,7 @@ endforeach()
 # The broker's module map: no call circle among broker/*.c (nm over its objects).
 find_package(Python3 COMPONENTS Interpreter REQUIRED)
 add_test(NAME broker_callgraph
-         COMMAND ${Python3_EXECUTABLE} ${CMAKE_SOURCE_DIR}/scripts/check-callgraph.py
+         COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check-callgraph.py
                  "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
          COMMAND_EXPAND_LISTS)
 bb_criterion_test(test_validation ${CMAKE_CURRENT_LIST_DIR}/test_validation.c
@@ -32,13 +32,13 @@ bb_criterion_test(test_hostile ${CMAKE_CURRENT_LIST_DIR}/test_hostile.c
 add_dependencies(test_hostile bb_backend_echo)
 
 # Unit suites: one broker or client file each, no broker process.
-bb_criterion_test(test_queue ${CMAKE_CURRENT_LIST_DIR}/test_queue.c ${CMAKE_SOURCE_DIR}/broker/queue.c
-                  ${CMAKE_SOURCE_DIR}/broker/log.c)
-bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${CMAKE_SOURCE_DIR}/client/alloc.c)
-bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${CMAKE_SOURCE_DIR}/broker/dedup.c
-                  ${CMAKE_SOURCE_DIR}/broker/queue.c ${CMAKE_SOURCE_DIR}/broker/completion.c
-                  ${CMAKE_SOURCE_DIR}/broker/mailbox.c ${CMAKE_SOURCE_DIR}/broker/metrics.c
-                  ${CMAKE_SOURCE_DIR}/broker/log.c)
+bb_criterion_test(test_queue ${CMAKE_CURRENT_LIST_DIR}/test_queue.c ${PROJECT_SOURCE_DIR}/broker/queue.c
+                  ${PROJECT_SOURCE_DIR}/broker/log.c)
+bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${PROJECT_SOURCE_DIR}/client/alloc.c)
+bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${PROJECT_SOURCE_DIR}/broker/dedup.c
+                  ${PROJECT_SOURCE_DIR}/broker/queue.c ${PROJECT_SOURCE_DIR}/broker/completion.c
+                  ${PROJECT_SOURCE_DIR}/broker/mailbox.c ${PROJECT_SOURCE_DIR}/broker/metrics.c
+                  ${PROJECT_SOURCE_DIR}/broker/log.c)
 target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)
 
 # Observability: the metrics endpoint, bb_model_stats' phases, bbctl profile.
@@ -49,4 +49,4 @@ target_link_libraries(test_metrics PRIVATE m)
 add_dependencies(test_metrics bbctl bb_backend_echo)
 # broker/metrics.c on its own: buckets, Prometheus exactness, window, stride.
 bb_criterion_test(test_histograms ${CMAKE_CURRENT_LIST_DIR}/test_histograms.c
-                  ${CMAKE_SOURCE_DIR}/broker/metrics.c)
+                  ${PROJECT_SOURCE_DIR}/broker/metrics.c)

@@ -219,10 +219,10 @@ void bbt_cleanup_all(void)
 
 int bbt_connect(const struct bbt_broker *b, bb_client **out)
 {
-    int rc = BB_EDISCONNECTED;
+    int rc = BB_ENOBROKER;
     for (int i = 0; i < 500; i++) {
         rc = bb_connect(b->sock, NULL, out);
-        if (rc != BB_EDISCONNECTED)
+        if (rc != BB_ENOBROKER && rc != BB_EDISCONNECTED)
             return rc;
         bbt_msleep(10);
     }
@@ -330,7 +330,7 @@ static int start(struct bbt_broker *b, const struct bbt_start *o)
             bb_disconnect(c);
             return 0;
         }
-        if (rc != BB_EDISCONNECTED)
+        if (rc != BB_ENOBROKER && rc != BB_EDISCONNECTED)
             return 0; /* it answers (e.g. BB_EPERM): it is up */
         bbt_msleep(5);
     }

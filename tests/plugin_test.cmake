@@ -1,6 +1,7 @@
 # Plugin loader and built-in backends (include()d from tests/CMakeLists.txt).
-bb_criterion_test(test_plugin ${CMAKE_CURRENT_LIST_DIR}/test_plugin.c ${CMAKE_SOURCE_DIR}/broker/plugin.c
-                  ${CMAKE_SOURCE_DIR}/broker/log.c)
+bb_criterion_test(test_plugin ${CMAKE_CURRENT_LIST_DIR}/test_plugin.c ${PROJECT_SOURCE_DIR}/broker/plugin.c
+                  ${PROJECT_SOURCE_DIR}/common/install_dir.c
+                  ${PROJECT_SOURCE_DIR}/broker/log.c)
 target_link_libraries(test_plugin PRIVATE ${CMAKE_DL_LIBS})
 add_dependencies(test_plugin bb_backend_echo bb_backend_synthetic bb_backend_badabi
                  bb_backend_noentry)

@@ -126,8 +126,9 @@ Test(cli, bad_override_exits_2)
 Test(cli, plugin_with_wrong_abi_refused)
 {
     char text[512], path[108];
-    snprintf(text, sizeof text, "[model.bad]\nbackend = %s/bb_backend_badabi.so\n", BB_PLUGIN_DIR);
-    cr_assert_eq(access(BB_PLUGIN_DIR "/bb_backend_badabi.so", R_OK), 0,
+    snprintf(text, sizeof text, "[model.bad]\nbackend = %s/bb_backend_badabi.so\n",
+             BB_TEST_PLUGIN_DIR);
+    cr_assert_eq(access(BB_TEST_PLUGIN_DIR "/bb_backend_badabi.so", R_OK), 0,
                  "the bad-ABI plugin was not built");
     const char *check[] = {"--check", NULL};
     int st = run_broker(text, path, sizeof path, check);

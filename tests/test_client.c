@@ -413,6 +413,72 @@ Test(client, client_fd_and_poll)
     bbt_broker_stop(&B);
 }
 
+/* An event loop that resubmits each request as soon as it is reported keeps
+ * the completion ring partly full all the time: the broker must reload the
+ * client's head before it calls the ring full, or it drops completions
+ * that nothing will ever report again (a hung await in the Python client). */
+Test(client, poll_loop_resubmitting_loses_no_completion)
+{
+    /* Batches of 24 against a ring of 64: the stale copy runs out mid-batch. */
+    START("model.echo.max_wait_us=2000", "model.echo.max_batch_size=24");
+    struct bb_client_opts opts = {.max_inflight = 64};
+    bb_client *c = bbt_connect_ok(&B, &opts);
+    bb_model *m = bbt_open_ok(c, "echo");
+    int fd = bb_client_fd(c);
+    cr_assert(fd >= 0);
+    enum { N = 64, ROUNDS = 300 };
+    bb_request *reqs[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(bb_request_new(m, 16, 16, &reqs[i]), 0);
+        cr_assert_eq(bb_submit(reqs[i], NULL), 0);
+    }
+    long done_total = 0, want = (long)N * ROUNDS;
+    int resubmits[N] = {0};
+    uint64_t end = bbt_now_ns() + 30000000000ull;
+    while (done_total < want && bbt_now_ns() < end) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0)
+            continue;
+        bb_request *done[13];
+        int k = bb_client_poll(c, done, 13);
+        cr_assert(k >= 0, "bb_client_poll: %s", bb_errname(k));
+        for (int j = 0; j < k; j++) {
+            done_total++;
+            int idx = 0;
+            while (reqs[idx] != done[j])
+                idx++;
+            if (++resubmits[idx] < ROUNDS)
+                cr_assert_eq(bb_submit(done[j], NULL), 0);
+        }
+    }
+    cr_assert_eq(done_total, want, "%ld of %ld completions reported", done_total, want);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* The descriptor also wakes a loop whose broker died: bb_client_poll then
+ * says BB_EDISCONNECTED and the pending requests read it too. */
+Test(client, client_fd_reports_broker_death)
+{
+    START("model.slow.backend=synthetic", "model.slow.param.batch_us=5000000",
+          "model.slow.param.mode=sleep", "model.slow.max_wait_us=0");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "slow");
+    int fd = bb_client_fd(c);
+    cr_assert(fd >= 0);
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 100), 0, "readable with nothing complete");
+    bbt_broker_kill(&B, SIGKILL);
+    cr_assert_eq(poll(&p, 1, 10000), 1, "the broker's death did not wake the loop");
+    bb_request *done[4];
+    cr_assert_eq(bb_client_poll(c, done, 4), BB_EDISCONNECTED);
+    cr_assert_eq(bb_request_status(r), BB_EDISCONNECTED);
+    bb_disconnect(c);
+}
+
 /* ---- Backpressure ---- */
 
 /* max_queue 4 and a slow backend: a burst is partly rejected with BB_EBUSY at

@@ -126,7 +126,7 @@ Test(daemon, default_socket_is_in_the_runtime_dir)
     setenv("BATCHBROKER_SOCKET", "/nowhere/x.sock", 1);
     cr_assert_gt(bb_default_socket(path, sizeof path), 0);
     cr_assert_str_eq(path, "/nowhere/x.sock");
-    cr_assert_eq(bb_connect(NULL, NULL, &c), BB_EDISCONNECTED);
+    cr_assert_eq(bb_connect(NULL, NULL, &c), BB_ENOBROKER);
     bbt_broker_stop(&B);
     rmdir(dir);
 }

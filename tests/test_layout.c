@@ -91,6 +91,7 @@ Test(layout, constants)
     cr_expect_eq(BB_HIST_BUCKETS, 1152u);
     cr_expect_eq(BB_DUMP_VERSION, 1u);
     cr_expect_eq(BB_MODEL_STATS_VERSION, 2u);
+    cr_expect_eq(BB_HELLO_DISTRUST, 2u);
     /* Slot indices and the cancel bit do not overlap. */
     cr_expect_eq(BB_MAX_SLOTS & BB_SQE_CANCEL, 0u);
     cr_expect(BB_MAX_SLOTS - 1 <= BB_SQE_SLOT_MASK);
@@ -347,6 +348,9 @@ Test(layout, status_codes)
     cr_expect_eq(BB_EPERM, -13);
     cr_expect_eq(BB_ESYS, -14);
     cr_expect_eq(BB_ESTATE, -15);
+    cr_expect_eq(BB_ENOBROKER, -16);
+    cr_expect_eq(BB_EMAXCLIENTS, -17);
+    cr_expect_eq(BB_EUNTRUSTED, -18);
     cr_expect_eq(BB_PRIORITY_DEFAULT, 0);
     cr_expect_eq(BB_PRIORITY_CRITICAL, 1);
     cr_expect_eq(BB_PRIORITY_HIGH, 2);

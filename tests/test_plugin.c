@@ -1,6 +1,6 @@
 /* Plugin loader (broker/plugin.c) and the built-in echo and synthetic backends.
- * BB_PLUGIN_DIR is the build's backends/ directory, which also holds the two
- * deliberately broken plugins from tests/plugins/. */
+ * BB_PLUGIN_DIR is the build's backends/ directory; the two deliberately
+ * broken plugins from tests/plugins/ are built into BB_TEST_PLUGIN_DIR. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,7 +275,7 @@ Test(plugin, synthetic_fail_every)
 Test(plugin, refuses_bad_abi)
 {
     char err[512];
-    refuse("badabi", BB_PLUGIN_DIR, err, sizeof err);
+    refuse("badabi", BB_TEST_PLUGIN_DIR, err, sizeof err);
     cr_assert_contains(err, "bb_backend_badabi.so");
     cr_assert_contains(err, "ABI version 999");
     cr_assert_contains(err, "speaks 1");
@@ -284,7 +284,7 @@ Test(plugin, refuses_bad_abi)
 Test(plugin, refuses_missing_entry)
 {
     char err[512];
-    refuse("noentry", BB_PLUGIN_DIR, err, sizeof err);
+    refuse("noentry", BB_TEST_PLUGIN_DIR, err, sizeof err);
     cr_assert_contains(err, "bb_backend_noentry.so");
     cr_assert_contains(err, "no entry symbol " BB_BACKEND_ENTRY_SYMBOL);
 }

@@ -167,6 +167,26 @@ Test(ring, attach_to_nonempty)
     free(t);
 }
 
+/* A producer that adds several entries before publishing asks for the room
+ * it needs: a cached head that shows too little is reloaded, not taken for
+ * a full ring. */
+Test(ring, space_for_reloads_a_stale_head)
+{
+    struct test_ring *t = new_ring(0, 0);
+    struct bb__ring p, c;
+    attach_pair(t, CAP, &p, &c);
+    for (uint32_t i = 0; i < CAP - 2; i++)
+        bb__ring_put(&p, i, i);
+    bb__ring_publish(&p, CAP - 2);
+    cr_assert_eq(bb__ring_space(&p), 2);
+    cr_assert_eq(bb__ring_available(&c), CAP - 2);
+    bb__ring_consume(&c, CAP - 2); /* the consumer caught up */
+    cr_assert_eq(bb__ring_space(&p), 2, "bb__ring_space trusts its cache until it shows full");
+    cr_assert_eq(bb__ring_space_for(&p, 2), 2, "enough room cached: no reload needed");
+    cr_assert_eq(bb__ring_space_for(&p, 3), CAP, "too little cached: reloaded");
+    free(t);
+}
+
 /* The consumer distrusts the producer: a tail more than cap ahead is corrupt. */
 Test(ring, implausible_tail_detected)
 {

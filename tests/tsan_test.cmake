@@ -4,8 +4,8 @@
 option(BB_TSAN_TEST "Build and run the ThreadSanitizer stress test" ON)
 # ThreadSanitizer cannot share a process with the others (BB_SANITIZE).
 if(BB_TSAN_TEST AND NOT BB_SANITIZE)
-  add_executable(batchbroker_tsan ${CMAKE_SOURCE_DIR}/broker/main.c ${BB_BROKER_LIB_SOURCES})
-  target_include_directories(batchbroker_tsan PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  add_executable(batchbroker_tsan ${PROJECT_SOURCE_DIR}/broker/main.c ${BB_BROKER_LIB_SOURCES})
+  target_include_directories(batchbroker_tsan PRIVATE ${PROJECT_SOURCE_DIR}/broker)
   target_compile_definitions(batchbroker_tsan PRIVATE BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
@@ -13,9 +13,9 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   add_dependencies(batchbroker_tsan bb_backend_echo)
 
   add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
-    ${CMAKE_SOURCE_DIR}/client/client.c ${CMAKE_SOURCE_DIR}/client/alloc.c
-    ${CMAKE_SOURCE_DIR}/common/errors.c)
-  target_include_directories(tsan_stress PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CMAKE_SOURCE_DIR}/client)
+    ${PROJECT_SOURCE_DIR}/client/client.c ${PROJECT_SOURCE_DIR}/client/alloc.c
+    ${PROJECT_SOURCE_DIR}/common/errors.c)
+  target_include_directories(tsan_stress PRIVATE ${PROJECT_SOURCE_DIR}/tests ${PROJECT_SOURCE_DIR}/client)
   target_compile_definitions(tsan_stress PRIVATE
     BB_BROKER_BIN="$<TARGET_FILE:batchbroker_tsan>" BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(tsan_stress PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
@@ -31,8 +31,8 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
 
   # The statistics' single-writer contract on its own, with window copies
   # every few ms of a fake clock instead of every 5 s.
-  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${CMAKE_SOURCE_DIR}/broker/metrics.c)
-  target_include_directories(tsan_metrics PRIVATE ${CMAKE_SOURCE_DIR}/broker)
+  add_executable(tsan_metrics ${CMAKE_CURRENT_LIST_DIR}/tsan_metrics.c ${PROJECT_SOURCE_DIR}/broker/metrics.c)
+  target_include_directories(tsan_metrics PRIVATE ${PROJECT_SOURCE_DIR}/broker)
   target_compile_options(tsan_metrics PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(tsan_metrics PRIVATE -fsanitize=thread)
   target_link_libraries(tsan_metrics PRIVATE Threads::Threads)

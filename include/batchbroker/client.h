@@ -42,7 +42,9 @@ extern "C" {
 #define BB_API
 #endif
 
-/* Error codes: one list generates the enum, bb_strerror and bb_errname. */
+/* Error codes: one list generates the enum, bb_strerror and bb_errname. The
+ * values cross the process boundary (request status, control replies): they
+ * never change, new codes take the next free number. */
 #define BB_ERRNO_MAP(X)                                                         \
     X(EINVAL, -1, "invalid argument")                                           \
     X(ENOMEM, -2, "out of memory (segment space or request slots exhausted)")   \
@@ -56,9 +58,15 @@ extern "C" {
     X(ESHUTDOWN, -10, "broker is shutting down")                                \
     X(ETOOBIG, -11, "request too large")                                        \
     X(EPROTO, -12, "protocol or ABI version mismatch")                          \
-    X(EPERM, -13, "credentials refused by the broker")                          \
+    X(EPERM, -13, "refused by the broker: credentials not allowed (connect: its "  \
+                  "allowed_uids/allowed_gids; pin: root or the broker's own user)")    \
     X(ESYS, -14, "system call failed")                                          \
-    X(ESTATE, -15, "request is in the wrong state for this call")
+    X(ESTATE, -15, "request is in the wrong state for this call")               \
+    X(ENOBROKER, -16, "no broker listening on the socket")                      \
+    X(EMAXCLIENTS, -17, "broker refused the connection: max_clients reached "   \
+                        "(or this uid's or process's share of it)")             \
+    X(EUNTRUSTED, -18, "the broker runs as a uid this client does not trust "   \
+                       "(trusted: root, its own uid, $BATCHBROKER_TRUSTED_UIDS)")
 
 enum bb_error {
 #define BB__ERR_ENUM(name, code, msg) BB_##name = (code),
@@ -145,10 +153,16 @@ struct bb_model_stats {
 /* Connect to the broker at socket_path (NULL: bb_default_socket) and map
  * this client's segment. opts may be NULL.
  * Returns 0, BB_EINVAL, BB_ENOMEM (also: the broker's per-uid slot or
- * segment limit), BB_EBUSY (no place: max_clients or a per-uid or
- * per-process limit), BB_EDISCONNECTED (no broker there), BB_ETIMEDOUT (no
- * answer within the timeout), BB_EPERM (credentials refused), BB_EPROTO (ABI
- * mismatch), BB_ESYS. */
+ * segment limit, max_uid_slots / max_uid_segment_mb), BB_ENOBROKER (nothing
+ * listens there), BB_EDISCONNECTED (the broker closed the connection without
+ * an answer), BB_ETIMEDOUT (no answer within the client's timeout_ms),
+ * BB_EPERM (the broker refused our credentials: its allowed_uids /
+ * allowed_gids), BB_EUNTRUSTED (we refused the broker's uid: see
+ * $BATCHBROKER_TRUSTED_UIDS; the broker is told and logs it),
+ * BB_EMAXCLIENTS (no place: the broker has max_clients clients, or our uid
+ * or process holds its share, max_clients_per_uid / max_clients_per_pid;
+ * the broker's log names the key), BB_ESHUTDOWN (it is stopping), BB_EPROTO
+ * (ABI mismatch), BB_ESYS. */
 BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts,
                       bb_client **out);
 
@@ -226,15 +240,23 @@ BB_API void bb_request_free(bb_request *r);
 BB_API int bb_infer(bb_model *m, const void *in, size_t in_len, void *out, size_t out_cap,
                     size_t *out_len, const struct bb_submit_opts *opts, int64_t timeout_ns);
 
-/* A descriptor that becomes readable when any request of this client completes;
- * then call bb_client_poll. Valid until bb_disconnect. */
+/* A descriptor (for poll, epoll or an event loop) that becomes readable when
+ * any request of this client completes, and when the broker goes away; then
+ * call bb_client_poll. Level-triggered: once the broker is gone it stays
+ * readable, so stop watching it when bb_client_poll says BB_EDISCONNECTED.
+ * Made on the first call; valid until bb_disconnect. Returns the descriptor,
+ * BB_EINVAL, or BB_ESYS. */
 BB_API int bb_client_fd(const bb_client *c);
 
 /* Collect up to max requests that completed since the last call (in completion
  * order) and clear the readiness of bb_client_fd. Each completion is reported
  * once; requests completed while nobody polls may be coalesced away only if
- * the completion ring overflowed, in which case BB_ENOMEM is never returned but
- * callers should bb_wait(r, 0) the requests they track. Returns the count. */
+ * the completion ring overflowed (it holds one entry per slot: a request
+ * resubmitted before its completion was collected can make it overflow), so
+ * callers that do that should bb_wait(r, 0) the requests they track.
+ * Returns the count, or BB_EDISCONNECTED once the broker is gone and nothing
+ * is left to collect: every request still pending then reads
+ * BB_EDISCONNECTED from bb_request_status. BB_EINVAL for bad arguments. */
 BB_API int bb_client_poll(bb_client *c, bb_request **out, int max);
 
 /* Broker-side statistics of the model. Returns 0, BB_EDISCONNECTED,
@@ -272,6 +294,11 @@ BB_API const char *bb_strerror(int code);
 
 /* "BB_EINVAL"-style name for a code; never NULL. */
 BB_API const char *bb_errname(int code);
+
+/* The library's version as "MAJOR.MINOR.PATCH" (static storage); the
+ * numbers go to the pointers that are not NULL. Compare with
+ * BB_VERSION_STRING of <batchbroker/version.h>, the headers' version. */
+BB_API const char *bb_version(int *major, int *minor, int *patch);
 
 #ifdef __cplusplus
 #if defined(__GNUC__)

@@ -90,7 +90,8 @@
 
 #define BB_SHM_MAGIC 0x4b524242u /* "BBRK" little-endian */
 #define BB_ABI_MAJOR 2u
-#define BB_ABI_MINOR 0u /* 2.0: worker page, lap-tagged submission ring, HELLO cpu, METRICS */
+#define BB_ABI_MINOR 0u /* 2.0: worker page, lap-tagged submission ring, HELLO cpu and
+                               DISTRUST, METRICS */
 #define BB_SHM_VERSION ((BB_ABI_MAJOR << 16) | BB_ABI_MINOR)
 
 #define BB_SHM_HEADER_SIZE 4096u
@@ -243,6 +244,10 @@ enum bb_msg_type {
 
 /* bb_msg_hello.flags */
 #define BB_HELLO_OPERATOR 1u /* tools such as bbctl: statistics only, no segment */
+/* The client refuses this broker (its uid is not one the client trusts) and
+ * says so before it hangs up, so that the broker can log why; no reply.
+ * Since ABI 1.1; an older broker ignores it. */
+#define BB_HELLO_DISTRUST 2u
 
 struct bb_msg_hdr {
     uint32_t type;

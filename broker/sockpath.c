@@ -1,0 +1,104 @@
+/* Before binding the control socket, make sure its path belongs to nobody.
+ * Only ECONNREFUSED proves a socket file stale: a connect of the wrong type
+ * (EPROTOTYPE) to a live stream or datagram server must not read as "no
+ * broker here", or the broker would unlink a live socket of another program
+ * and take its path over. */
+#include "sockpath.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* connect()'s errno for one socket type, 0 if it connected. Non-blocking:
+ * a live server with a full backlog answers EAGAIN instead of holding us. */
+static int probe(const struct sockaddr_un *sa, int type)
+{
+    int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return errno;
+    int err = connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0 ? 0 : errno;
+    close(fd);
+    return err;
+}
+
+enum probe_result { PATH_STALE, PATH_LIVE, PATH_UNKNOWN };
+
+/* One look at the socket file: who, of which type, answers there. */
+static enum probe_result probe_types(const struct sockaddr_un *sa, const char **type, int *err)
+{
+    static const struct {
+        int type;
+        const char *name;
+    } types[] = {{SOCK_SEQPACKET, "SOCK_SEQPACKET"}, {SOCK_STREAM, "SOCK_STREAM"},
+                 {SOCK_DGRAM, "SOCK_DGRAM"}};
+    *err = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        *type = types[i].name;
+        *err = probe(sa, types[i].type);
+        if (*err == EPROTOTYPE)
+            continue; /* bound, but to another type: try the next */
+        if (*err == ECONNREFUSED)
+            return PATH_STALE;
+        if (*err == 0 || *err == EAGAIN || *err == EINPROGRESS)
+            return PATH_LIVE;
+        return PATH_UNKNOWN;
+    }
+    *type = NULL;
+    return PATH_UNKNOWN;
+}
+
+int bb__sockpath_claim(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        bb_error("socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return 0; /* nothing there; bind() reports any other problem */
+    if (!S_ISSOCK(st.st_mode)) {
+        bb_error("%s exists and is not a socket; not replacing it", path);
+        return -1;
+    }
+    /* A broker killed a moment ago still accepts for a few milliseconds: its
+     * io_uring (which holds the listening socket for multishot accept) is
+     * torn down after the process is gone. So a SOCK_SEQPACKET socket counts
+     * as live only if it keeps answering for a while (measured here: 5 ms
+     * after SIGKILL). */
+    enum probe_result res = PATH_UNKNOWN;
+    const char *type = NULL;
+    int err = 0;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        res = probe_types(&sa, &type, &err);
+        /* Another program's server is probed once: each probe leaves a
+         * connection in its accept queue. */
+        if (res != PATH_LIVE || strcmp(type, "SOCK_SEQPACKET") != 0)
+            break;
+        usleep(10000);
+    }
+    if (res == PATH_STALE) {
+        if (unlink(path) < 0 && errno != ENOENT) {
+            bb_error("cannot remove the stale socket %s: %s", path, strerror(errno));
+            return -1;
+        }
+        bb_info("replaced the stale socket %s (nothing listened on it)", path);
+        return 0;
+    }
+    if (res == PATH_LIVE && strcmp(type, "SOCK_SEQPACKET") == 0)
+        bb_error("another broker is already listening on %s", path);
+    else if (res == PATH_LIVE)
+        bb_error("%s is a live %s socket of another program (not a broker); not taking it "
+                 "over: choose another [broker] socket path", path, type);
+    else
+        bb_error("cannot tell whether %s is in use (connect: %s); remove it if it is stale", path,
+                 type ? strerror(err) : "no socket type connects");
+    return -1;
+}

@@ -1,0 +1,117 @@
+"""The asyncio client: completions through loop.add_reader on
+bb_client_fd, many requests in flight from one loop, backpressure when the
+slots run out, task cancellation, and a broker that dies under it."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+import batchbroker as bb
+from test_client import SLOW, stats_when
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_await_infer_and_the_seed_shape(broker):
+    async def main():
+        async with bb.AsyncClient(broker.sock) as client:
+            assert await client.infer("echo", b"hello") == b"hello"
+            model = client.model("echo")
+            x = np.arange(8, dtype=np.float64)
+            y = await model.submit(x, priority="high")   # the seed's batcher.submit
+            assert (y == x).all() and y.dtype == np.float64
+            assert await model.infer(b"alias") == b"alias"
+    run(main())
+
+
+def test_many_in_flight_more_than_slots(broker):
+    """2,000 concurrent submissions on a client of 64 slots: the surplus waits
+    for a slot instead of failing, and every answer is its own."""
+    async def main():
+        async with bb.AsyncClient(broker.sock, max_inflight=64) as client:
+            model = client.model("echo")
+            xs = [np.full(32, i, dtype=np.int32) for i in range(2000)]
+            ys = await asyncio.gather(*(model.submit(x) for x in xs))
+            for i, y in enumerate(ys):
+                assert (y == i).all()
+            assert client._owned == 0 and not client._pending
+            return stats_when(model, lambda s: s.completed == 2000)
+    s = run(main())
+    assert s.completed == 2000 and s.avg_batch_size > 1
+
+
+def test_zero_copy_request_awaited(broker):
+    async def main():
+        async with bb.AsyncClient(broker.sock) as client:
+            model = client.model("echo")
+            with model.request(16 * 4) as r:
+                r.input_array(np.float32)[:] = np.linspace(0, 1, 16)
+                await model.run(r, priority="low")
+                out = r.output_array(np.float32)
+                assert not out.flags.writeable
+                assert np.allclose(out, np.linspace(0, 1, 16))
+    run(main())
+
+
+def test_errors_arrive_as_exceptions(brokers):
+    b = brokers.start(overrides=SLOW + ["model.slow.max_queue=1"])
+
+    async def main():
+        async with bb.AsyncClient(b.sock) as client:
+            slow = client.model("slow")
+            first = asyncio.ensure_future(slow.submit(b"a"))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(slow.submit(b"b", timeout=0.05))
+            third = asyncio.ensure_future(slow.submit(b"c"))
+            with pytest.raises(bb.BB_EBUSY):
+                await third
+            with pytest.raises(bb.BB_ETIMEDOUT):
+                await second
+            assert await first == b"a"
+            with pytest.raises(bb.BB_ENOMODEL):
+                await client.infer("nope", b"x")
+    run(main())
+
+
+def test_cancelling_the_task_cancels_the_request(brokers):
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock, max_inflight=4) as client:
+            slow = client.model("slow")
+            running = asyncio.ensure_future(slow.submit(b"runs"))
+            await asyncio.sleep(0.05)
+            queued = asyncio.ensure_future(slow.submit(b"queued"))
+            await asyncio.sleep(0.05)
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            assert await running == b"runs"
+            # The canceled one never ran, and its slot came back.
+            s = stats_when(slow, lambda s: s.completed + s.cancelled == 2)
+            assert s.completed == 1 and s.cancelled == 1
+            assert client._owned == 0
+            assert await slow.submit(b"more") == b"more"
+    run(main())
+
+
+def test_broker_death_fails_pending_futures(brokers):
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock) as client:
+            slow = client.model("slow")
+            pending = [asyncio.ensure_future(slow.submit(b"x")) for _ in range(3)]
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            b.kill()
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            assert all(isinstance(r, bb.BB_EDISCONNECTED) for r in results), results
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(bb.BatchBrokerError):
+                await slow.submit(b"after")
+    run(main())

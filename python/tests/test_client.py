@@ -1,0 +1,212 @@
+"""The synchronous client against a real broker: data paths (bytes, numpy,
+zero copy), priorities, timeouts, dedup, cancel, statistics, errors."""
+
+import ctypes
+import os
+import time
+
+import numpy as np
+import pytest
+
+import batchbroker as bb
+from batchbroker import _lib
+
+# A model whose batches take long enough to hold requests in its queue.
+SLOW = ["model.slow.backend=synthetic", "model.slow.param.mode=sleep",
+        "model.slow.param.batch_us=300000", "model.slow.max_batch_size=1",
+        "model.slow.max_wait_us=0", "model.slow.instances=1"]
+
+
+def stats_when(model, pred, timeout=5):
+    """The model's stats once pred(stats) holds: a batch's requests are
+    counted when the dispatcher reaps it, just after the clients see them."""
+    end = time.monotonic() + timeout
+    while True:
+        s = model.stats()
+        if pred(s) or time.monotonic() > end:
+            return s
+        time.sleep(0.01)
+
+
+def test_infer_bytes_and_arrays(broker):
+    with bb.Client(broker.sock) as c:
+        echo = c.model("echo")
+        assert echo.infer(b"hello") == b"hello"
+        assert echo.infer(bytearray(b"abc")) == b"abc"
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        y = echo.infer(x)
+        assert y.dtype == np.float32 and y.shape == (3, 4) and (y == x).all()
+        out = np.zeros(12, dtype=np.float32)
+        assert echo.infer(x, out=out) is out and (out == x.ravel()).all()
+        typed = c.model("echo", output_dtype=np.int16, output_shape=(2, 3))
+        z = typed.infer(np.arange(6, dtype=np.int16))
+        assert z.shape == (2, 3) and z.dtype == np.int16 and z[1, 2] == 5
+        with pytest.raises(ValueError):
+            echo.infer(x[:, ::2])  # not contiguous
+
+
+def test_zero_copy_views(broker):
+    """The input and output views are the shared segment itself."""
+    with bb.Client(broker.sock) as c:
+        echo = c.model("echo")
+        with echo.request(64, 64) as r:
+            a = r.input_array(np.float32)
+            assert a.flags.writeable and a.size == 16
+            # The array's memory is the request's input buffer in the segment.
+            assert a.ctypes.data == _lib.lib.bb_request_input(r._r)
+            a[:] = np.arange(16)
+            r.submit()
+            out = r.wait(5).output_array(np.float32)
+            n = ctypes.c_size_t()
+            assert out.ctypes.data == _lib.lib.bb_request_output(r._r, ctypes.byref(n))
+            assert not out.flags.writeable
+            with pytest.raises(ValueError):
+                out[0] = 1
+            assert (out == np.arange(16)).all()
+            assert r.output.readonly and r.input.readonly is False
+            # Reuse: same slot, same buffers, no allocation.
+            a[:] = 7
+            r.set_input_len(8)
+            assert r.submit().result(5).tobytes() == np.full(2, 7, np.float32).tobytes()
+
+
+def test_views_keep_their_request_alive(broker):
+    with bb.Client(broker.sock) as c:
+        echo = c.model("echo")
+        r = echo.request(16, 16)
+        r.write(b"0123456789abcdef")
+        view = r.submit().result(5)
+        del r  # the view still refers to it: not collected, not freed
+        assert bytes(view) == b"0123456789abcdef"
+
+
+def test_priorities_are_counted(brokers):
+    b = brokers.start()
+    with bb.Client(b.sock) as c:
+        echo = c.model("echo")
+        for p in ("critical", bb.Priority.HIGH, 3, "low", None):
+            assert echo.infer(b"x", priority=p) == b"x"
+        s = stats_when(echo, lambda s: s.completed == 5)
+        # None is the model's default_priority, normal.
+        assert s.completed_by_priority == (0, 1, 1, 2, 1), s
+        with pytest.raises(ValueError):
+            echo.infer(b"x", priority="urgent")
+        with pytest.raises(ValueError):
+            echo.infer(b"x", priority=9)
+
+
+def test_timeout_expires_in_the_queue(brokers):
+    b = brokers.start(overrides=SLOW)
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        blocker = slow.submit(b"first")        # runs for 300 ms
+        time.sleep(0.05)
+        with pytest.raises(bb.BB_ETIMEDOUT) as e:
+            slow.infer(b"late", timeout=0.02)  # its deadline passes in the queue
+        assert isinstance(e.value, TimeoutError)
+        assert bytes(blocker.result(5)) == b"first"
+        assert stats_when(slow, lambda s: s.timed_out == 1).timed_out == 1
+        # A wait that gives up: the request is canceled, BB_ETIMEDOUT here.
+        blocker = slow.submit(b"again")
+        with pytest.raises(bb.BB_ETIMEDOUT):
+            slow.infer(b"x", wait_timeout=0.05)
+        blocker.close()
+
+
+def test_cancel_before_it_runs(brokers):
+    b = brokers.start(overrides=SLOW)
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        running = slow.submit(b"runs")
+        time.sleep(0.05)
+        queued = slow.submit(b"queued")
+        assert not queued.done()
+        assert queued.cancel() is True
+        with pytest.raises(bb.BB_ECANCELED):
+            queued.wait(5)
+        assert queued.cancel() is False  # no longer pending
+        assert bytes(running.result(5)) == b"runs"
+
+
+def test_dedup_shares_one_computation(brokers):
+    b = brokers.start(overrides=SLOW)
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        blocker = slow.submit(b"blocker")
+        time.sleep(0.05)
+        same = [slow.submit(b"same input", dedup=True) for _ in range(4)]
+        for r in same:
+            assert bytes(r.result(10)) == b"same input"
+        blocker.result(5)
+        assert stats_when(slow, lambda s: s.deduplicated >= 3).deduplicated >= 3
+
+
+def test_full_queue_is_bb_ebusy(brokers):
+    b = brokers.start(overrides=SLOW + ["model.slow.max_queue=1"])
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        running = slow.submit(b"a")
+        time.sleep(0.05)
+        queued = slow.submit(b"b")
+        with pytest.raises(bb.BB_EBUSY):
+            slow.infer(b"c")
+        running.result(5)
+        queued.result(5)
+        assert stats_when(slow, lambda s: s.rejected == 1).rejected == 1
+
+
+def test_stats_and_tuning(broker):
+    with bb.Client(broker.sock) as c:
+        echo = c.model("echo")
+        for _ in range(5):
+            echo.infer(b"12345678")
+        s = stats_when(echo, lambda s: s.completed == 5)
+        assert isinstance(s, bb.ModelStats)
+        assert s.submitted == 5 and s.completed == 5 and s.batches >= 1
+        t = echo.tuning()
+        assert isinstance(t, bb.ModelTuning) and t.max_batch_size == 32 and t.adaptive is False
+        echo.pin(4)  # we are root or the broker's user
+        assert echo.stats().batch_target == 4
+        echo.unpin()
+        assert echo.stats().batch_target == 32
+
+
+def test_errors(broker, tmp_path):
+    with pytest.raises(bb.BB_ENOBROKER):
+        bb.Client(str(tmp_path / "nobody.sock"))
+    with bb.Client(broker.sock) as c:
+        with pytest.raises(bb.BB_ENOMODEL) as e:
+            c.model("nope")
+        assert "model 'nope'" in str(e.value)
+        r = c.model("echo").request(8)
+        with pytest.raises(bb.BB_ESTATE):
+            r.wait(0.1)  # never submitted
+        with pytest.raises(bb.BB_EINVAL):
+            r.write(b"123456789")
+    with pytest.raises(bb.BB_EINVAL):
+        r.submit()  # the client closed it
+
+
+def test_default_socket_from_environment(broker, monkeypatch):
+    monkeypatch.setenv("BATCHBROKER_SOCKET", broker.sock)
+    with bb.connect() as c:
+        assert c.model("echo").infer(b"env") == b"env"
+
+
+def test_poll_and_fileno(broker):
+    import select
+    with bb.Client(broker.sock) as c:
+        echo = c.model("echo")
+        fd = c.fileno()
+        reqs = [echo.request(4) for _ in range(10)]
+        for i, r in enumerate(reqs):
+            r.write(bytes([i]) * 4)
+            r.submit(tag=i)
+        seen = set()
+        end = time.monotonic() + 10
+        while len(seen) < 10 and time.monotonic() < end:
+            select.select([fd], [], [], 1)
+            for r in c.poll():
+                seen.add(r.tag)
+                assert bytes(r.output) == bytes([r.tag]) * 4
+        assert seen == set(range(10))
