@@ -30,10 +30,12 @@ int bench_backend_load(const struct bench_model *m, struct bench_backend *b, cha
     }
     bb_backend_entry_fn entry = (bb_backend_entry_fn)dlsym(b->dl, BB_BACKEND_ENTRY_SYMBOL);
     b->ops = entry ? entry() : NULL;
+    /* The baselines call process() themselves, with this header's table:
+     * a plugin of this ABI version with process(). */
     if (!b->ops || b->ops->abi_version != BB_BACKEND_ABI_VERSION ||
-        b->ops->struct_size < sizeof *b->ops || !b->ops->init || !b->ops->process ||
-        !b->ops->fini) {
-        snprintf(err, errlen, "%s: not a batchbroker backend of ABI %u", path,
+        b->ops->struct_size != sizeof *b->ops || !(b->ops->init || b->ops->init2) ||
+        !b->ops->process || !b->ops->fini) {
+        snprintf(err, errlen, "%s: not a batchbroker backend of ABI %u with process()", path,
                  BB_BACKEND_ABI_VERSION);
         dlclose(b->dl);
         b->dl = NULL;
@@ -42,13 +44,30 @@ int bench_backend_load(const struct bench_model *m, struct bench_backend *b, cha
     for (size_t i = 0; i < m->nparams; i++)
         b->params[i] = (struct bb_param){m->params[i].key, m->params[i].value};
     b->nparams = m->nparams;
+    b->max_batch_size = m->max_batch_size ? m->max_batch_size : 64;
     return 0;
+}
+
+static void log_line(void *ctx, int level, const char *msg)
+{
+    (void)ctx;
+    if (level <= BB_BACKEND_LOG_WARN)
+        fprintf(stderr, "bb-bench: backend: %s\n", msg);
 }
 
 int bench_backend_state(const struct bench_backend *b, void **state, char *err, size_t errlen)
 {
     char msg[256] = "";
-    int rc = b->ops->init(b->params, b->nparams, state, msg, sizeof msg);
+    int rc;
+    if (b->ops->init2) {
+        struct bb_init_args a = {.size = sizeof a, .instance = 0, .instances = 1,
+                                 .numa_node = -1, .max_batch_size = b->max_batch_size,
+                                 .model = "bb-bench", .params = b->params,
+                                 .nparams = b->nparams, .log = log_line};
+        rc = b->ops->init2(&a, state, msg, sizeof msg);
+    } else {
+        rc = b->ops->init(b->params, b->nparams, state, msg, sizeof msg);
+    }
     if (rc < 0) snprintf(err, errlen, "backend %s: %s", b->ops->name, msg);
     return rc;
 }

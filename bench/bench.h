@@ -252,6 +252,7 @@ struct bench_backend {
     const struct bb_backend_ops *ops;
     struct bb_param params[32];
     size_t nparams;
+    uint32_t max_batch_size;    /* for init2: the model's */
 };
 int bench_backend_load(const struct bench_model *m, struct bench_backend *b, char *err,
                        size_t errlen);

@@ -277,8 +277,71 @@ Test(plugin, refuses_bad_abi)
     char err[512];
     refuse("badabi", BB_PLUGIN_DIR, err, sizeof err);
     cr_assert_contains(err, "bb_backend_badabi.so");
-    cr_assert_contains(err, "ABI version 999");
-    cr_assert_contains(err, "speaks 1");
+    cr_assert_contains(err, "built against backend ABI version 999");
+    cr_assert_contains(err, "speaks versions 1 and 2");
+    cr_assert_contains(err, "rebuild it against this broker's include/batchbroker/backend.h");
+}
+
+/* One defect per table (tests/plugins/badtable.c): each refused, with a
+ * message that names it. */
+Test(plugin, refuses_bad_tables)
+{
+    static const struct {
+        const char *name, *msg;
+    } bad[] = {
+        {"bad_v1_size", "table of ABI version 1 is"},
+        {"bad_v2_size", "table of ABI version 2 is"},
+        {"bad_two_inits", "exactly one of init() and init2()"},
+        {"bad_no_run", "neither process() nor submit()"},
+        {"bad_no_inflight", "max_inflight is 0; with submit() it must be 1..64"},
+        {"bad_v1_register", "register_memory()/unregister_memory() are ABI 1's"},
+        {"bad_half_register", "only one of register_segment() and unregister_segment()"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[512];
+        refuse(bad[i].name, BB_PLUGIN_DIR, err, sizeof err);
+        cr_assert_contains(err, bad[i].name);
+        cr_assert_contains(err, bad[i].msg);
+    }
+    /* A wrong size says what to rebuild against. */
+    char err[512];
+    refuse("bad_v1_size", BB_PLUGIN_DIR, err, sizeof err);
+    cr_assert_contains(err, "rebuild it against this broker's include/batchbroker/backend.h");
+}
+
+/* A plugin built against the version-1 header (tests/plugins/v1echo.c)
+ * loads; the broker sees its table as a version-2 table whose new fields
+ * are zero, and the plugin's own table is read no further than its size. */
+Test(plugin, loads_version_1)
+{
+    struct bb__plugin p;
+    load("v1echo", &p);
+    cr_assert_eq(p.abi, 1);
+    cr_assert_eq(p.ops->struct_size, BB_BACKEND_OPS_V1_SIZE);
+    cr_assert_not_null(p.ops->init);
+    cr_assert_not_null(p.ops->register_memory);
+    cr_assert_null(p.ops->init2);
+    cr_assert_null(p.ops->submit);
+    cr_assert_null(p.ops->register_segment);
+    cr_assert_eq(p.ops->max_inflight, 0);
+    char err[256];
+    void *state;
+    cr_assert_eq(init_with(&p, NULL, 0, &state, err, sizeof err), 0, "%s", err);
+    p.ops->fini(state);
+    bb__plugin_unload(&p);
+}
+
+Test(plugin, loads_version_2_async)
+{
+    struct bb__plugin p;
+    load("asyncecho", &p);
+    cr_assert_eq(p.abi, 2);
+    cr_assert_null(p.ops->init);
+    cr_assert_null(p.ops->process);
+    cr_assert_not_null(p.ops->init2);
+    cr_assert_not_null(p.ops->submit);
+    cr_assert_eq(p.ops->max_inflight, 2);
+    bb__plugin_unload(&p);
 }
 
 Test(plugin, refuses_missing_entry)
