@@ -111,7 +111,7 @@ static const struct bb__config_key bb__keys[] = {
      "group names, comma-separated; empty = no group-based admission."},
 
     {BB__SEC_MODEL, "backend", BB__CT_STRING, BB__MODEL(backend), 1, 255, NULL, "required", NULL,
-     0, "Backend plugin: a built-in name (echo, synthetic, mlp, cuda) or a path to a .so."},
+     0, "Backend plugin: a built-in name (echo, synthetic, blas, torch, cuda) or a path to a .so."},
     {BB__SEC_MODEL, "max_batch_size", BB__CT_UINT, BB__MODEL(max_batch_size), 1, 65536, "32", NULL,
      NULL, 0, "Most requests in one batch."},
     {BB__SEC_MODEL, "max_wait_us", BB__CT_UINT, BB__MODEL(max_wait_us), 0, 10000000, "1000", NULL,
@@ -186,10 +186,11 @@ static const struct bb__config_key bb__keys[] = {
      "a single larger request BB_ETOOBIG; 0 = no limit."},
     {BB__SEC_MODEL, "strategy", BB__CT_STRING, BB__MODEL(strategy), 1, 255, "throughput", NULL,
      NULL, 0, "Batching strategy: throughput, latency, deadline, or a path to a strategy .so."},
-    {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "off", NULL,
+    {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "on", NULL,
      bb__onoff_names, 1,
      "Let the broker pick the batch target and wait from a fitted model of the backend "
-     "(bounded by max_batch_size and max_wait_us)."},
+     "(bounded by max_batch_size and max_wait_us; never more than the requests outstanding); "
+     "off = always max_batch_size and max_wait_us."},
     {BB__SEC_MODEL, "optimize", BB__CT_ENUM, BB__MODEL(optimize), 0, 1, "throughput", NULL,
      bb__optimize_names, 1,
      "Adaptive goal: throughput grows batches while latency_slo_us holds; latency keeps "

@@ -173,7 +173,7 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
         return pinned < max ? pinned : max;
     if (m->cfg.adaptive) {
         *wait_us = m->adapt.wait_us;
-        return m->adapt.target;
+        return bb__adaptive_target(&m->adapt);
     }
     return max;
 }
