@@ -2,6 +2,7 @@
  * BB_PLUGIN_DIR is the build's backends/ directory, which also holds the two
  * deliberately broken plugins from tests/plugins/. */
 #include <criterion/criterion.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -414,6 +415,34 @@ Test(plugin, dir_precedence)
     unsetenv("BATCHBROKER_PLUGIN_DIR");
     cr_assert_eq(bb__plugin_load("echo", NULL, &p, err, sizeof err), 0, "%s", err);
     bb__plugin_unload(&p);
+}
+
+/* The ABI's layout on 64-bit Linux, hard-coded so that a change breaks this
+ * test on purpose: a plugin built against one layout must meet the same
+ * one in the broker. Version 2 only appends to version 1 (96 bytes). */
+Test(plugin, abi_layout)
+{
+    cr_assert_eq(BB_BACKEND_OPS_V1_SIZE, 96);
+    cr_assert_eq(offsetof(struct bb_backend_ops, reserved), 64);
+    cr_assert_eq(offsetof(struct bb_backend_ops, init2), 96);
+    cr_assert_eq(offsetof(struct bb_backend_ops, register_segment), 104);
+    cr_assert_eq(offsetof(struct bb_backend_ops, unregister_segment), 112);
+    cr_assert_eq(offsetof(struct bb_backend_ops, submit), 120);
+    cr_assert_eq(offsetof(struct bb_backend_ops, max_inflight), 128);
+    cr_assert_eq(offsetof(struct bb_backend_ops, reserved2), 136);
+    cr_assert_eq(sizeof(struct bb_backend_ops), 168);
+    cr_assert_eq(offsetof(struct bb_batch, errmsg_cap), 40);
+    cr_assert_eq(offsetof(struct bb_batch, segments), 48);
+    cr_assert_eq(offsetof(struct bb_batch, complete), 56);
+    cr_assert_eq(sizeof(struct bb_batch), 64);
+    cr_assert_eq(offsetof(struct bb_init_args, max_batch_size), 16);
+    cr_assert_eq(offsetof(struct bb_init_args, params), 32);
+    cr_assert_eq(offsetof(struct bb_init_args, log), 48);
+    cr_assert_eq(sizeof(struct bb_init_args), 64);
+    cr_assert_eq(offsetof(struct bb_segment, id), 4);
+    cr_assert_eq(offsetof(struct bb_segment, base), 8);
+    cr_assert_eq(offsetof(struct bb_segment, numa_node), 24);
+    cr_assert_eq(sizeof(struct bb_segment), 32);
 }
 
 Test(plugin, unload_zeroed)

@@ -107,7 +107,9 @@ struct bb_model_stats {
 };
 
 /* Connect to the broker at socket_path (NULL: $BATCHBROKER_SOCKET, else
- * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL.
+ * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL. Blocks
+ * until the broker answers, which with a backend that pins client memory
+ * (a GPU's) is once the segment is registered: milliseconds.
  * Returns 0, BB_EINVAL, BB_ENOMEM, BB_EDISCONNECTED (no broker there),
  * BB_EPERM (credentials refused), BB_EPROTO (ABI mismatch), BB_ESYS. */
 BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts,
