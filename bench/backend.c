@@ -1,6 +1,7 @@
 /* Loads a backend plugin into the bench the way the broker does, for the
  * baselines that run the backend themselves (inproc, shm, uds). */
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,17 +31,18 @@ int bench_backend_load(const struct bench_model *m, struct bench_backend *b, cha
     }
     bb_backend_entry_fn entry = (bb_backend_entry_fn)dlsym(b->dl, BB_BACKEND_ENTRY_SYMBOL);
     b->ops = entry ? entry() : NULL;
-    /* The baselines call process() themselves, with this header's table:
-     * a plugin of this ABI version with process(). */
-    if (!b->ops || b->ops->abi_version != BB_BACKEND_ABI_VERSION ||
-        b->ops->struct_size != sizeof *b->ops || !(b->ops->init || b->ops->init2) ||
-        !b->ops->process || !b->ops->fini) {
-        snprintf(err, errlen, "%s: not a batchbroker backend of ABI %u with process()", path,
-                 BB_BACKEND_ABI_VERSION);
+    /* The baselines call process() themselves: a plugin of ABI 1 or 2 (read
+     * no further than its version's size) with a synchronous process(). */
+    const struct bb_backend_ops *o = b->ops;
+    bool v1 = o && o->abi_version == 1 && o->struct_size == BB_BACKEND_OPS_V1_SIZE;
+    bool v2 = o && o->abi_version == BB_BACKEND_ABI_VERSION && o->struct_size == sizeof *o;
+    if (!(v1 || v2) || !o->process || !o->fini || !(o->init || (v2 && o->init2))) {
+        snprintf(err, errlen, "%s: not a batchbroker backend of ABI 1 or 2 with process()", path);
         dlclose(b->dl);
         b->dl = NULL;
         return -1;
     }
+    b->v2 = v2;
     for (size_t i = 0; i < m->nparams; i++)
         b->params[i] = (struct bb_param){m->params[i].key, m->params[i].value};
     b->nparams = m->nparams;
@@ -59,7 +61,7 @@ int bench_backend_state(const struct bench_backend *b, void **state, char *err, 
 {
     char msg[256] = "";
     int rc;
-    if (b->ops->init2) {
+    if (b->v2 && b->ops->init2) {
         struct bb_init_args a = {.size = sizeof a, .instance = 0, .instances = 1,
                                  .numa_node = -1, .max_batch_size = b->max_batch_size,
                                  .model = "bb-bench", .params = b->params,
