@@ -5,6 +5,8 @@
 # and light_nowait.ini in turn, ROUNDS times each, with spinning and with
 # sleeping clients, and prints p50 / p99 of every run and the p99 ratio of
 # each pair (run one after the other, so that a busy machine disturbs both).
+# The client runs on CPU 1, the broker on CPU 0 (as echo_spin does): unpinned,
+# where the spinning client lands decides between two modes of p50.
 #
 # usage: bench/light_load.sh [-b BUILD_DIR] [-o OUT_DIR] [-r ROUNDS] [-q]
 #   -b  build directory with bench/bb-bench and broker/batchbroker (default build)
@@ -37,26 +39,29 @@ done
 command -v jq >/dev/null || { echo "light_load.sh: needs jq" >&2; exit 2; }
 mkdir -p "$out"
 
-run() { # $1 scenario, $2 wait mode, $3 round -> "p50 p99" on stdout
+run() { # $1 scenario, $2 wait mode, $3 round -> "p50 p99 batch" on stdout
     json=$out/$1-$2-$3.json
     # shellcheck disable=SC2086 # $quick is words on purpose
     "$bench" --spawn-broker "$root/bench/scenarios/$1.ini" --broker-bin "$broker" \
-        --wait "$2" --concurrency 1 --duration 5 --warmup 1 $quick --json "$json" \
+        --wait "$2" --concurrency 1 --cpus 1 --server-cpus 0 --duration 5 --warmup 1 $quick \
+        --json "$json" \
         </dev/null >"$out/$1-$2-$3.txt" 2>&1 || return 1
-    jq -r '"\(.latency_us.p50) \(.latency_us.p99)"' "$json"
+    jq -r '"\(.latency_us.p50) \(.latency_us.p99) \(.batch.avg)"' "$json"
 }
 
 failed=0
-echo "| clients wait | round | default p50 / p99 µs | max_wait_us = 0 p50 / p99 µs | p99 ratio |"
-echo "|---|---:|---:|---:|---:|"
+# "default batch": requests per batch with the default configuration; 1.00
+# means no request ever waited for company.
+echo "| clients wait | round | default p50 / p99 µs | default batch | max_wait_us = 0 p50 / p99 µs | p99 ratio |"
+echo "|---|---:|---:|---:|---:|---:|"
 for wait in spin sleep; do
     i=1
     while [ "$i" -le "$rounds" ]; do
         if d=$(run light_default "$wait" "$i") && z=$(run light_nowait "$wait" "$i"); then
-            echo "$wait $i $d $z" | awk '{ printf "| %s | %s | %.2f / %.2f | %.2f / %.2f | %.2fx |\n",
-                $1, $2, $3, $4, $5, $6, $4 / $6 }'
+            echo "$wait $i $d $z" | awk '{ printf "| %s | %s | %.2f / %.2f | %.2f | %.2f / %.2f | %.2fx |\n",
+                $1, $2, $3, $4, $5, $6, $7, $4 / $7 }'
         else
-            echo "| $wait | $i | failed (see $out) | | |"
+            echo "| $wait | $i | failed (see $out) | | | |"
             failed=1
         fi
         i=$((i + 1))
