@@ -18,11 +18,14 @@
  * ahead of it, its own) fits the planning budget: a share of latency_slo_us
  * that feedback from measured SLO violations shrinks and grows (AIMD).
  *
- * Whatever it plans, the target never exceeds the requests recently
- * outstanding at once (queued and running, the peak of this interval or the
- * last): a batch of more cannot form, so waiting for it only holds the
- * requests there are. One client with one request in flight is therefore
- * never held, however fast it asks. And growing a batch pays only while the
+ * Whatever it plans, the target never exceeds the most requests recently
+ * queued at once (the peak of this interval or the last): a batch of more
+ * does not form, so waiting for it only holds the requests there are. One
+ * client with one request in flight has one queued at a time, and is
+ * therefore never held, however fast it asks. (Queued, not queued and
+ * running: a closed-loop client's next request often arrives before the
+ * home has reaped the batch its last answer came in, and counting that one
+ * would let the target grow to 2 and hold the lone request.) And growing a batch pays only while the
  * per-batch cost is a sizeable share of a request's (GAIN_MIN): a backend
  * whose time is nearly linear in the batch size (a CPU) gains little from
  * waiting, one with a large fixed cost per batch (a GPU) gains a lot.

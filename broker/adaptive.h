@@ -43,11 +43,11 @@ struct bb__adaptive {
     double rate_rps;             /* smoothed arrival rate */
     double throughput_rps;       /* completions per second, last interval */
     double p99_us;               /* fed by the caller each interval */
-    /* Requests outstanding at the model (queued and running): the most seen
-     * this interval and the last. A batch cannot hold more requests than are
-     * out at once, so the target is capped there (bb__adaptive_target): a
-     * client that waits for each answer before it asks again is never made
-     * to wait for company. */
+    /* The most requests queued at once (waiting for a batch), this interval
+     * and the last. A batch never forms of more requests than come to wait
+     * together, so the target is capped there (bb__adaptive_target): a
+     * client that waits for each answer before it asks again has one queued
+     * at a time and is never made to wait for company. */
     uint32_t peak, peak_prev;
     /* Output. */
     uint32_t target;             /* batch size the strategy aims for */
@@ -66,14 +66,14 @@ void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cf
  * change of the backend's speed (the window was restarted). */
 bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns);
 void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n);
-/* n requests are outstanding now, counting one that just arrived. */
-static inline void bb__adaptive_outstanding(struct bb__adaptive *a, uint32_t n)
+/* n requests are queued now, counting one that just arrived. */
+static inline void bb__adaptive_queued(struct bb__adaptive *a, uint32_t n)
 {
     if (n > a->peak)
         a->peak = n;
 }
 /* The batch target the strategy gets: the controller's, capped by the
- * requests recently outstanding (at least 1). */
+ * most requests recently queued at once (at least 1). */
 uint32_t bb__adaptive_target(const struct bb__adaptive *a);
 /* A request completed with latency lat_ns (submit -> completion). */
 void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns);

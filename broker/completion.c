@@ -142,7 +142,6 @@ static void unaccount(struct bb__model *m, struct bb__req *r)
 {
     r->cl->cm[m->id].inflight--;
     m->bytes -= r->bytes;
-    m->reqs--;
 }
 
 void bb__complete_one(struct bb__model *m, struct bb__req *r, int status)

@@ -189,7 +189,8 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "on", NULL,
      bb__onoff_names, 1,
      "Let the broker pick the batch target and wait from a fitted model of the backend "
-     "(bounded by max_batch_size and max_wait_us; never more than the requests outstanding); "
+     "(bounded by max_batch_size and max_wait_us; never more than the requests that recently "
+     "queued at once); "
      "off = always max_batch_size and max_wait_us."},
     {BB__SEC_MODEL, "optimize", BB__CT_ENUM, BB__MODEL(optimize), 0, 1, "throughput", NULL,
      bb__optimize_names, 1,

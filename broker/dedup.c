@@ -299,7 +299,6 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
         r->group_next = NULL;
         r->cl->cm[m->id].inflight--;
         m->bytes -= r->bytes;
-        m->reqs--;
         answer(m, r, status, g->out, (uint32_t)out_len, end_ns);
     }
     g->members = NULL;

@@ -45,8 +45,6 @@ static void account(struct bb__model *m, struct bb__client_model *cm, const stru
 {
     cm->inflight++;
     m->bytes += r->bytes;
-    m->reqs++;
-    bb__adaptive_outstanding(&m->adapt, m->reqs);
 }
 
 void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
@@ -104,4 +102,5 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
     if (bb__queue_push(&m->q, r, cm->round_head[l]))
         cm->round_head[l] = r;
     bb__deadline_push(&m->q, r);
+    bb__adaptive_queued(&m->adapt, m->q.queued);
 }

@@ -189,7 +189,6 @@ void bb__batch_reap(struct bb__batch *b)
         bb__adaptive_done(&m->adapt, lat);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
-        m->reqs--;
         /* bb__batch_run published it and woke the client already. */
         bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }

@@ -50,7 +50,6 @@ struct bb__model {
 
     struct bb__queues q;           /* queue.c, home worker only */
     uint64_t bytes;                /* input + output bytes queued and running */
-    uint32_t reqs;                 /* requests queued (or grouped) and running */
     struct bb__req **scratch;      /* max_batch_size entries, for take_many */
     uint64_t memory_limit;         /* bytes, 0 = none */
     uint32_t nweights;

@@ -291,20 +291,20 @@ Test(adaptive, only_a_per_batch_cost_is_worth_waiting_for)
     cr_assert_eq(target, 17);
 }
 
-/* The target never exceeds the requests recently outstanding at once: with
+/* The target never exceeds the most requests recently queued at once: with
  * one request in flight nothing is held, whatever the controller plans. */
-Test(adaptive, target_is_capped_by_the_requests_outstanding)
+Test(adaptive, target_is_capped_by_the_requests_queued)
 {
     struct bb__adaptive a;
     struct bb__adaptive_cfg c = cfg_default();
     bb__adaptive_init(&a, &c);
     cr_assert_eq(a.target, 32, "the starting target");
-    cr_assert_eq(bb__adaptive_target(&a), 1, "nothing outstanding yet: a first request runs");
-    bb__adaptive_outstanding(&a, 1);
+    cr_assert_eq(bb__adaptive_target(&a), 1, "nothing queued yet: a first request runs");
+    bb__adaptive_queued(&a, 1);
     cr_assert_eq(bb__adaptive_target(&a), 1);
-    bb__adaptive_outstanding(&a, 20);
+    bb__adaptive_queued(&a, 20);
     cr_assert_eq(bb__adaptive_target(&a), 20, "a burst lifts the cap at once");
-    bb__adaptive_outstanding(&a, 50);
+    bb__adaptive_queued(&a, 50);
     cr_assert_eq(bb__adaptive_target(&a), 32, "the controller's target below the cap");
     /* The cap remembers the last interval's peak, then lets go. */
     feed(&a, 1e6, 5e4, 100, 0.0);
@@ -313,7 +313,7 @@ Test(adaptive, target_is_capped_by_the_requests_outstanding)
     bb__adaptive_tick(&a, 1 + 100 * MS, 0, false);
     cr_assert_gt(a.target, 8);
     cr_assert_eq(bb__adaptive_target(&a), a.target < 50 ? a.target : 50);
-    bb__adaptive_outstanding(&a, 3);
+    bb__adaptive_queued(&a, 3);
     bb__adaptive_arrival(&a, 600);
     bb__adaptive_tick(&a, 1 + 200 * MS, 0, false);
     cr_assert_eq(bb__adaptive_target(&a), 3, "one client with three in flight: batches of 3");

@@ -1384,16 +1384,22 @@ Test(sched, cancel_before_and_after_dispatch)
  * never held for company: a client that waits for each answer before it
  * asks again gets every one at once, however long max_wait_us is (10 s
  * here; each round trip gets 5 s, a bound about the behaviour, not a
- * timing). */
+ * timing). The controller never gets to decide here (its first decision
+ * would come after a minute): its plan is the starting one, batches of 32
+ * with max_wait_us of wait, and only the cap (the most requests queued at
+ * once: one) keeps the request from waiting. The dispatcher spins, so that
+ * it often reads the client's next request before it has reaped the batch
+ * that answered the last: counting that batch's request as well would let
+ * the target grow to 2 and hold the request. */
 Test(sched, a_lone_request_is_not_held_by_default)
 {
-    start_cfg("[model.l]\nbackend = echo\nmax_batch_size = 64\nmax_wait_us = 10000000\n");
+    start_cfg("[broker]\nspin_us = 1000000\n"
+              "[model.l]\nbackend = echo\nmax_batch_size = 64\nmax_wait_us = 10000000\n"
+              "adaptation_interval_ms = 60000\n");
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "l");
     bb_request *r = req_new(m, 64, 64, 0);
-    /* Across more than one adaptation interval (100 ms): the controller's
-     * own decisions never hold it either. */
-    uint64_t end = bbt_now_ns() + 300000000ull;
+    uint64_t end = bbt_now_ns() + 1000000000ull;
     int rounds = 0;
     while (bbt_now_ns() < end || rounds < 100) {
         bbt_fill(bb_request_input(r), 64, (uint64_t)rounds);
@@ -1404,7 +1410,10 @@ Test(sched, a_lone_request_is_not_held_by_default)
     }
     struct bb_model_stats st = bbt_settled_stats(m);
     cr_assert_eq(st.batches, st.completed, "every batch held one request");
-    cr_assert_eq(st.batch_target, 1, "the target follows the one request outstanding");
+    cr_assert_eq(st.batch_target, 1, "the target follows the one request queued");
+    struct bb_model_tuning t;
+    cr_assert_eq(bb_model_tuning(m, &t), 0);
+    cr_assert_eq(t.wait_us, 10000000, "the plan was to wait (%u us)", t.wait_us);
     bb_disconnect(c);
 }
 
