@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "registrar.h"
 #include "topology.h"
 
 struct bb__model;
@@ -28,6 +29,11 @@ struct bb__broker {
 
     _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */
     _Atomic uint32_t next_client_id;
+
+    /* Segment registration off the dispatchers (registrar.c), started when
+     * some model's backend registers memory. */
+    struct bb__registrar reg;
+    bool registers;
 
     _Atomic int *stop_flag;
     _Atomic int *reload_flag;       /* SIGHUP: see reload() in worker.c */

@@ -22,6 +22,7 @@
 #include "completion.h"
 #include "mailbox.h"
 #include "model.h"
+#include "registrar.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
@@ -62,7 +63,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     atomic_fetch_add(&b->nclients, 1);
     c->id = atomic_fetch_add_explicit(&b->next_client_id, 1, memory_order_relaxed) + 1;
     c->sock = fd;
-    c->pidfd = c->doorbell = c->notify = -1;
+    c->pidfd = c->doorbell = c->notify = c->memfd = -1;
     c->pid = cr->pid;
     c->uid = cr->uid;
     c->refs = 1;
@@ -133,12 +134,20 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
     return 0;
 }
 
-void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
+void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd)
 {
     struct bb__broker *b = w->b;
+    c->memfd = memfd;
+    c->registering = c->registered = true;
+    c->seg = (struct bb_segment){.size = sizeof c->seg, .id = c->id, .base = c->base,
+                                 .len = c->size, .numa_node = b->topo.node_id[w->node]};
+    c->refs++; /* the registration's, dropped when the worker gets it back */
+    bb__registrar_register(&b->reg, c);
+}
+
+void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
+{
     c->attached = true;
-    for (uint32_t i = 0; i < b->nmodels; i++)
-        bb__model_register(&b->models[i], c->base, c->size, c->id);
     if (c->doorbell >= 0)
         bb__session_arm(w, c, BB__UD_DOORBELL);
     c->live_idx = w->nlive;
@@ -169,7 +178,7 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     if (c->pidfd >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
     /* io_uring holds its own file references until the cancels land. */
-    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd};
+    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
@@ -193,17 +202,20 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
 {
     struct bb__broker *b = w->b;
-    if (c->base) {
-        for (uint32_t i = 0; c->attached && i < b->nmodels; i++)
-            bb__model_unregister(&b->models[i], c->base, c->size);
-        if (c->attached)
-            bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);
-        munmap(c->base, c->size);
-    }
     free(c->reqs);
     free(c->cm);
     table_remove(w, c);
     atomic_fetch_sub(&b->nclients, 1);
+    if (c->attached && c->base)
+        bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);
+    if (c->registered) {
+        /* Unregistering may take milliseconds: the registration thread does
+         * it, then unmaps the segment and frees c. */
+        bb__registrar_release(&b->reg, c);
+        return;
+    }
+    if (c->base)
+        munmap(c->base, c->size);
     free(c);
 }
 

@@ -147,7 +147,9 @@ struct bb_model_stats {
 };
 
 /* Connect to the broker at socket_path (NULL: $BATCHBROKER_SOCKET, else
- * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL.
+ * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL. Blocks
+ * until the broker answers, which with a backend that pins client memory
+ * (a GPU's) is once the segment is registered: milliseconds.
  * Returns 0, BB_EINVAL, BB_ENOMEM, BB_ENOBROKER (nothing listens there),
  * BB_EDISCONNECTED (the broker closed the connection without an answer),
  * BB_EPERM (the broker refused our credentials: its allowed_uids /
