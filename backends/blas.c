@@ -13,6 +13,10 @@
  *               was faster: which sizes those are depends on the CPU and the
  *               OpenBLAS kernel it picks (docs/backends/blas.md)
  *
+ * Backend ABI 2: init2 allocates every buffer a batch of up to max_batch_size
+ * requests needs (at most 1024; larger batches grow them once) and logs the
+ * measured GEMV sizes to the broker's log.
+ *
  * Threads: OpenBLAS 0.3.21 keeps one thread count for the whole process
  * (openblas_set_num_threads; libblas.so.3 of Debian's openblas-pthread is an
  * interface over the same libopenblas.so.0, so libtorch shares it). A count
@@ -283,14 +287,50 @@ static int parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
     return 0;
 }
 
-static int blas_init(const struct bb_param *params, size_t nparams, void **state, char *err,
-                     size_t errlen)
+/* The sizes that run as GEMVs, for the log: "1-7", "1-3, 5" or "none". */
+static void describe_gemv(uint64_t sizes, char *buf, size_t len)
+{
+    size_t at = 0;
+    buf[0] = 0;
+    for (uint32_t n = 1; n <= 64 && at < len; n++) {
+        if (!(sizes >> (n - 1) & 1)) continue;
+        uint32_t last = n;
+        while (last < 64 && (sizes >> last & 1)) last++;
+        int w = last > n ? snprintf(buf + at, len - at, "%s%u-%u", at ? ", " : "", n, last)
+                         : snprintf(buf + at, len - at, "%s%u", at ? ", " : "", n);
+        at += w > 0 ? (size_t)w : 0;
+        n = last;
+    }
+    if (!buf[0]) snprintf(buf, len, "none");
+}
+
+/* Room for a batch of `rows` requests now, so that batches up to that size
+ * allocate nothing: the request lists and each thread's matrices (its share,
+ * as blas_process splits). */
+static int preallocate(struct blas_state *st, uint32_t rows)
+{
+    const struct bb_view **in = realloc(st->in, rows * sizeof *in);
+    if (in) st->in = in;
+    struct bb_outbuf **out = realloc(st->out, rows * sizeof *out);
+    if (out) st->out = out;
+    if (!in || !out) return BB_ENOMEM;
+    st->cap_valid = rows;
+    uint32_t share = (rows + st->threads - 1) / st->threads;
+    for (uint32_t t = 0; t < st->threads; t++)
+        if (grow(&st->parts[t], share) < 0) return BB_ENOMEM;
+    return 0;
+}
+
+/* Batches larger than this allocate their matrices when they first come. */
+#define PREALLOCATE_MAX 1024u
+
+static int blas_init2(const struct bb_init_args *a, void **state, char *err, size_t errlen)
 {
     const char *weights = NULL;
     uint32_t threads = 1, gemv_below = 0;
     bool gemv_auto = true;
-    for (size_t i = 0; i < nparams; i++) {
-        const char *k = params[i].key, *v = params[i].value;
+    for (size_t i = 0; i < a->nparams; i++) {
+        const char *k = a->params[i].key, *v = a->params[i].value;
         if (!strcmp(k, "weights")) {
             weights = v;
         } else if (!strcmp(k, "threads")) {
@@ -347,6 +387,15 @@ static int blas_init(const struct bb_param *params, size_t nparams, void **state
         }
     }
     if (gemv_auto && calibrate(st) < 0) goto nomem;
+    if (preallocate(st, a->max_batch_size < PREALLOCATE_MAX ? a->max_batch_size : PREALLOCATE_MAX) < 0)
+        goto nomem;
+    char sizes[160], msg[256];
+    describe_gemv(st->gemv_sizes, sizes, sizeof sizes);
+    snprintf(msg, sizeof msg,
+             "blas: %u layer(s), %u inputs, %u outputs, %u thread(s); GEMV at batch sizes %s (%s)",
+             st->net.nlayers, st->net.in_dim, st->net.out_dim, threads, sizes,
+             gemv_auto ? "measured" : "gemv_below");
+    a->log(a->log_ctx, BB_BACKEND_LOG_INFO, msg);
     *state = st;
     return 0;
 nomem:
@@ -426,7 +475,7 @@ static const struct bb_backend_ops blas_ops = {
     .struct_size = sizeof(struct bb_backend_ops),
     .name = "blas",
     .hardware = BB_BACKEND_HW_CPU,
-    .init = blas_init,
+    .init2 = blas_init2,
     .process = blas_process,
     .fini = blas_fini,
 };

@@ -1,40 +1,45 @@
 /* cuda backend: the .bbdense network of the blas backend on an NVIDIA GPU,
  * reading the clients' inputs and writing their outputs in place, in their
- * own shared memory. docs/backends/cuda.md.
+ * own shared memory. docs/backends/cuda.md. Backend ABI version 2.
  *
  * Params:
  *   weights   path of the .bbdense file (required)
- *   device    CUDA device ordinal (default 0)
+ *   device    CUDA device ordinal (default 0), or auto: instance i of a
+ *             model runs on device i mod (number of devices)
  *   graph     on (default) | off: replay the whole fixed path of a batch size
  *             (table copy, gather, GEMMs, activations, scatter) as one CUDA
  *             graph, captured the first time that size runs
  *
  * Data path of a batch of n requests:
- *   1. register_memory() registered each client segment once, when it was
- *      attached (cudaHostRegister, Mapped|Portable): the GPU reaches it over
- *      PCIe at a device address (equal to the host one under unified
- *      addressing, taken from cudaHostGetDevicePointer all the same).
+ *   1. register_segment() registered each client segment once, on the
+ *      broker's registration thread, before the client's first request
+ *      (cudaHostRegister, Mapped|Portable): the GPU reaches it over PCIe at
+ *      a device address (equal to the host one under unified addressing,
+ *      taken from cudaHostGetDevicePointer all the same).
  *   2. The host writes n source and n destination row addresses into a
- *      pinned table; one copy moves it to the GPU.
+ *      pinned table (each row found by the segment id the batch gives it);
+ *      one copy moves it to the GPU.
  *   3. A gather kernel reads each input row straight from client memory
  *      into a [n][in] matrix; cuBLAS runs one GEMM per layer; a kernel adds
  *      the bias and applies the activation; a scatter kernel writes each
  *      output row straight into the client's output buffer.
- *   4. process() waits for the stream (ABI v1 is synchronous).
- * A row outside every registered segment (a broker that registered nothing,
- * the bench's in-process baseline) goes through a pinned staging buffer of
- * this instance instead: the same kernels, one host copy each way.
+ *   4. submit() returns once this is queued on the slot's stream; a stream
+ *      callback completes the batch to the broker when the GPU is done.
+ * A row of no registered segment (a segment whose registration failed, a
+ * deduplicated request's private copy, the bench's in-process baseline) goes
+ * through a pinned staging buffer of the slot instead: the same kernels, one
+ * host copy each way.
  *
  * Trust: the host checks every length (input exactly in*4 bytes, output cap
- * at least out*4) and that a row lies wholly inside one registered segment
+ * at least out*4) and that a row lies wholly inside its registered segment
  * before its address goes into the table; the kernels touch exactly those
  * bytes. A client rewriting its input during the gather garbles its own row.
  *
  * In flight: the per-batch resources (tables, staging, activations, stream,
- * cuBLAS handle, graphs) form a Slot, and an instance has two; submit() and
- * finish() are separate, so that an asynchronous ABI can keep a batch on one
- * slot while the next is gathered on the other. With ABI v1, process() is
- * submit() then finish() on alternating slots. */
+ * cuBLAS handle, graphs) form a Slot, and an instance has two, allocated at
+ * init for max_batch_size rows: while the GPU computes one batch the host
+ * fills the other's tables and its gather starts behind it. process() (for
+ * in-process callers) is the same path, waited for. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -45,6 +50,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <mutex>
 #include <new>
 #include <string>
@@ -57,15 +63,16 @@
 
 namespace {
 
-constexpr int kSlots = 2;
+constexpr int kSlots = 2; /* = max_inflight */
 constexpr size_t kCublasWorkspace = 4u << 20;
 constexpr uint32_t kMaxGraphs = 512; /* batch sizes with a captured graph */
 
 /* ---- registered client memory, process-wide --------------------------------
  * Every model and instance of this plugin shares it: one segment is
- * registered once however many instances ask (the driver refuses a second
- * registration of the same range), and unregistered when the last one lets
- * go. Sorted by base for the lookups of every batch. */
+ * registered with the driver once however many instances ask (the driver
+ * refuses a second registration of the same range), and unregistered when
+ * the last one lets go. Keyed by the broker's segment id, which each row of
+ * a batch names. */
 struct Region {
     uintptr_t base;
     size_t len;
@@ -75,19 +82,19 @@ struct Region {
 };
 
 std::mutex g_regions_mu;
-std::vector<Region> g_regions;
+std::unordered_map<uint32_t, Region> g_regions;
 
-/* Device address of [p, p+len) if it lies inside one registered region,
+/* Device address of [p, p+len) if it lies inside registered segment id,
  * else nullptr. Caller holds g_regions_mu. */
-char *mapped(const void *p, size_t len)
+char *mapped(uint32_t id, const void *p, size_t len)
 {
+    if (!id) return nullptr;
+    auto it = g_regions.find(id);
+    if (it == g_regions.end()) return nullptr;
+    const Region &r = it->second;
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    auto it = std::upper_bound(g_regions.begin(), g_regions.end(), a,
-                               [](uintptr_t v, const Region &r) { return v < r.base; });
-    if (it == g_regions.begin()) return nullptr;
-    --it;
-    if (a - it->base > it->len || len > it->len - (a - it->base)) return nullptr;
-    return it->dev + (a - it->base);
+    if (a < r.base || a - r.base > r.len || len > r.len - (a - r.base)) return nullptr;
+    return r.dev + (a - r.base);
 }
 
 /* ---- kernels ---------------------------------------------------------------- */
@@ -202,8 +209,13 @@ struct Slot {
     char *h_in = nullptr, *h_out = nullptr;  /* pinned, mapped staging */
     char *d_in = nullptr, *d_out = nullptr;  /* their device addresses */
     std::unordered_map<uint32_t, cudaGraphExec_t> graphs;
-    /* The batch in flight on this slot. */
+    /* The batch in flight on this slot: set by submit, read by the stream
+     * callback; `busy` hands the slot from the one to the other. */
+    struct State *st = nullptr;
+    std::atomic<bool> busy{false};
+    bb_batch *batch = nullptr;
     uint32_t n = 0;
+    std::vector<uint32_t> valid;                           /* requests that run */
     std::vector<std::pair<uint32_t, uint32_t>> staged_out; /* (request, staging row) */
 };
 
@@ -215,9 +227,15 @@ struct State {
     std::vector<Layer> layers;
     Slot slots[kSlots];
     int next_slot = 0;
-    std::vector<uint32_t> valid;
     std::string err;
+    void (*log)(void *, int, const char *) = nullptr;
+    void *log_ctx = nullptr;
 };
+
+void say(State *st, int level, const std::string &msg)
+{
+    if (st->log) st->log(st->log_ctx, level, msg.c_str());
+}
 
 bool ok(cudaError_t e, State *st, const char *what)
 {
@@ -342,43 +360,44 @@ bool launch(State *st, Slot &s, uint32_t n)
 
 /* Start the batch on a slot: fill the tables (client addresses where
  * registered, staging rows otherwise) and launch. */
-bool submit(State *st, Slot &s, const bb_batch *batch)
+bool launch_batch(State *st, Slot &s, const bb_batch *batch)
 {
-    uint32_t n = uint32_t(st->valid.size());
+    uint32_t n = uint32_t(s.valid.size());
     if (!grow(st, s, n)) return false;
     size_t in_bytes = st->net.in_dim * sizeof(float), out_bytes = st->net.out_dim * sizeof(float);
     s.n = n;
     s.staged_out.clear();
     {
-        /* Lookups only under the lock (a registration may be waiting). */
+        /* Lookups only under the lock (a registration may be changing the
+         * table; the driver calls themselves run outside it). */
         std::lock_guard<std::mutex> lock(g_regions_mu);
         for (uint32_t r = 0; r < n; r++) {
-            s.h_src[r] = mapped(batch->inputs[st->valid[r]].ptr, in_bytes);
-            s.h_dst[r] = mapped(batch->outputs[st->valid[r]].ptr, out_bytes);
+            uint32_t i = s.valid[r], id = batch->segments ? batch->segments[i] : 0;
+            s.h_src[r] = mapped(id, batch->inputs[i].ptr, in_bytes);
+            s.h_dst[r] = mapped(id, batch->outputs[i].ptr, out_bytes);
         }
     }
     for (uint32_t r = 0; r < n; r++) {
         if (!s.h_src[r]) {
-            memcpy(s.h_in + r * in_bytes, batch->inputs[st->valid[r]].ptr, in_bytes);
+            memcpy(s.h_in + r * in_bytes, batch->inputs[s.valid[r]].ptr, in_bytes);
             s.h_src[r] = s.d_in + r * in_bytes;
         }
         if (!s.h_dst[r]) {
             s.h_dst[r] = s.d_out + r * out_bytes;
-            s.staged_out.emplace_back(st->valid[r], r);
+            s.staged_out.emplace_back(s.valid[r], r);
         }
     }
     return launch(st, s, n);
 }
 
-/* Wait for the slot's batch; copy staged outputs; set lengths. */
-bool finish(State *st, Slot &s, bb_batch *batch)
+/* The slot's batch is done on the GPU: copy staged outputs, set lengths.
+ * Host memory only (it also runs in a stream callback). */
+void finish(State *st, Slot &s, bb_batch *batch)
 {
-    if (!ok(cudaStreamSynchronize(s.stream), st, "batch")) return false;
     size_t out_bytes = st->net.out_dim * sizeof(float);
     for (const auto &p : s.staged_out)
         memcpy(batch->outputs[p.first].ptr, s.h_out + p.second * out_bytes, out_bytes);
-    for (uint32_t r = 0; r < s.n; r++) batch->outputs[st->valid[r]].len = out_bytes;
-    return true;
+    for (uint32_t r = 0; r < s.n; r++) batch->outputs[s.valid[r]].len = out_bytes;
 }
 
 void destroy(State *st)
@@ -386,7 +405,7 @@ void destroy(State *st)
     if (!st) return;
     cudaSetDevice(st->device);
     for (Slot &s : st->slots) {
-        if (s.stream) cudaStreamSynchronize(s.stream);
+        if (s.stream) cudaStreamSynchronize(s.stream); /* callbacks included */
         free_buffers(s);
         if (s.blas) cublasDestroy(s.blas);
         cudaFree(s.workspace);
@@ -407,23 +426,28 @@ int refuse(State *st, char *err, size_t errlen, int rc)
     return rc;
 }
 
-int cuda_init(const bb_param *params, size_t nparams, void **state, char *err, size_t errlen) noexcept
+int cuda_init2(const bb_init_args *a, void **state, char *err, size_t errlen) noexcept
 {
     State *st = new (std::nothrow) State();
     if (!st) {
         snprintf(err, errlen, "cuda: out of memory");
         return BB_ENOMEM;
     }
-    for (size_t i = 0; i < nparams; i++) {
-        const char *k = params[i].key, *v = params[i].value;
+    st->log = a->log;
+    st->log_ctx = a->log_ctx;
+    bool auto_device = false;
+    for (size_t i = 0; i < a->nparams; i++) {
+        const char *k = a->params[i].key, *v = a->params[i].value;
         if (!strcmp(k, "weights")) {
             st->path = v;
+        } else if (!strcmp(k, "device") && !strcmp(v, "auto")) {
+            auto_device = true;
         } else if (!strcmp(k, "device")) {
             char *end;
             errno = 0;
             long d = strtol(v, &end, 10);
             if (!*v || *end || errno || d < 0 || d > 1024) {
-                st->err = std::string("cuda: device = \"") + v + "\": expected a device ordinal";
+                st->err = std::string("cuda: device = \"") + v + "\": expected a device ordinal or auto";
                 return refuse(st, err, errlen, BB_EINVAL);
             }
             st->device = int(d);
@@ -455,6 +479,7 @@ int cuda_init(const bb_param *params, size_t nparams, void **state, char *err, s
                   (e != cudaSuccess ? cudaGetErrorString(e) : "none found");
         return refuse(st, err, errlen, BB_EINVAL);
     }
+    if (auto_device) st->device = int(a->instance % uint32_t(count));
     if (st->device >= count) {
         st->err = "cuda: device = " + std::to_string(st->device) + ", but only " +
                   std::to_string(count) + " CUDA device(s)";
@@ -484,47 +509,123 @@ int cuda_init(const bb_param *params, size_t nparams, void **state, char *err, s
              * is being captured. */
             !ok(cudaMalloc(&s.workspace, kCublasWorkspace), st, "cuBLAS workspace") ||
             !okb(cublasSetWorkspace(s.blas, s.workspace, kCublasWorkspace), st, "cublasSetWorkspace") ||
-            !grow(st, s, 64))
+            /* Every buffer a batch needs, now: none is allocated on the
+             * batch path (the broker never sends more than max_batch_size). */
+            !grow(st, s, a->max_batch_size ? a->max_batch_size : 64))
             return refuse(st, err, errlen, BB_ENOMEM);
+        s.st = st;
     }
+    say(st, BB_BACKEND_LOG_DEBUG,
+        "cuda: device " + std::to_string(st->device) + ", " + std::to_string(kSlots) +
+            " batches of up to " + std::to_string(st->slots[0].cap) + " rows in flight");
     *state = st;
     return 0;
 }
 
-int fail_batch(State *st, bb_batch *batch)
+int fail_batch(const std::string &msg, bb_batch *batch)
 {
-    if (batch->errmsg && batch->errmsg_cap) snprintf(batch->errmsg, batch->errmsg_cap, "%s", st->err.c_str());
+    if (batch->errmsg && batch->errmsg_cap) snprintf(batch->errmsg, batch->errmsg_cap, "%s", msg.c_str());
     for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
     return BB_EBACKEND;
+}
+
+/* The requests that can run (exact input size, room for the output); the
+ * others fail alone. */
+void check_rows(const State *st, Slot &s, bb_batch *batch)
+{
+    size_t in_bytes = st->net.in_dim * sizeof(float), out_bytes = st->net.out_dim * sizeof(float);
+    s.valid.clear();
+    for (uint32_t i = 0; i < batch->n; i++) {
+        bb_outbuf &o = batch->outputs[i];
+        o.len = 0;
+        if (batch->inputs[i].len != in_bytes) o.status = BB_EINVAL;
+        else if (o.cap < out_bytes) o.status = BB_ETOOBIG;
+        else s.valid.push_back(i);
+    }
+}
+
+/* A free slot: the broker keeps at most kSlots batches in flight, so one is
+ * free whenever it submits. */
+Slot *free_slot(State *st)
+{
+    for (int k = 0; k < kSlots; k++) {
+        Slot &s = st->slots[(st->next_slot + k) % kSlots];
+        if (!s.busy.load(std::memory_order_acquire)) {
+            st->next_slot = (st->next_slot + k + 1) % kSlots;
+            return &s;
+        }
+    }
+    return nullptr;
 }
 
 int cuda_process(void *state, bb_batch *batch) noexcept
 {
     State *st = static_cast<State *>(state);
     try {
-        size_t in_bytes = st->net.in_dim * sizeof(float), out_bytes = st->net.out_dim * sizeof(float);
-        st->valid.clear();
-        for (uint32_t i = 0; i < batch->n; i++) {
-            bb_outbuf &o = batch->outputs[i];
-            o.len = 0;
-            if (batch->inputs[i].len != in_bytes) o.status = BB_EINVAL;
-            else if (o.cap < out_bytes) o.status = BB_ETOOBIG;
-            else st->valid.push_back(i);
+        Slot *sp = free_slot(st);
+        if (!sp) return fail_batch("cuda: process() while both slots are busy", batch);
+        Slot &s = *sp;
+        check_rows(st, s, batch);
+        if (s.valid.empty()) return 0;
+        if (!ok(cudaSetDevice(st->device), st, "cudaSetDevice")) return fail_batch(st->err, batch);
+        bool launched = launch_batch(st, s, batch);
+        /* Leave the stream idle for the next batch even after a failed
+         * launch (a sticky error stays and fails every batch). */
+        cudaError_t e = cudaStreamSynchronize(s.stream);
+        if (!launched || !ok(e, st, "batch")) return fail_batch(st->err, batch);
+        finish(st, s, batch);
+        return 0;
+    } catch (const std::exception &e) {
+        return fail_batch(std::string("cuda: ") + e.what(), batch);
+    }
+}
+
+/* The stream reached the batch's end (or failed): hand it back. A stream
+ * callback (cudaStreamAddCallback, not cudaLaunchHostFunc, which is not
+ * called after a device error and would leave the batch in flight forever)
+ * must not call CUDA: only host copies here. The slot is free before the
+ * broker learns the batch is done, and untouched after. */
+void CUDART_CB stream_done(cudaStream_t, cudaError_t status, void *arg)
+{
+    Slot &s = *static_cast<Slot *>(arg);
+    bb_batch *batch = s.batch;
+    int rc = 0;
+    if (status == cudaSuccess) {
+        finish(s.st, s, batch);
+    } else {
+        rc = fail_batch(std::string("cuda: batch: ") + cudaGetErrorString(status), batch);
+    }
+    s.batch = nullptr;
+    s.busy.store(false, std::memory_order_release);
+    batch->complete(batch, rc);
+}
+
+int cuda_submit(void *state, bb_batch *batch) noexcept
+{
+    State *st = static_cast<State *>(state);
+    try {
+        Slot *sp = free_slot(st);
+        if (!sp) return fail_batch("cuda: more batches in flight than max_inflight", batch);
+        Slot &s = *sp;
+        check_rows(st, s, batch);
+        if (s.valid.empty()) {
+            batch->complete(batch, 0); /* nothing to run: done at once */
+            return 0;
         }
-        if (st->valid.empty()) return 0;
-        if (!ok(cudaSetDevice(st->device), st, "cudaSetDevice")) return fail_batch(st, batch);
-        Slot &s = st->slots[st->next_slot];
-        st->next_slot = (st->next_slot + 1) % kSlots;
-        if (!submit(st, s, batch) || !finish(st, s, batch)) {
-            /* Leave the stream idle for the next batch even after a failed
-             * launch (a sticky error stays and fails every batch). */
+        if (!ok(cudaSetDevice(st->device), st, "cudaSetDevice")) return fail_batch(st->err, batch);
+        s.batch = batch;
+        s.busy.store(true, std::memory_order_relaxed);
+        if (!launch_batch(st, s, batch) ||
+            !ok(cudaStreamAddCallback(s.stream, stream_done, &s, 0), st, "stream callback")) {
+            /* Nothing of this batch may still run when the broker fails it. */
             cudaStreamSynchronize(s.stream);
-            return fail_batch(st, batch);
+            s.batch = nullptr;
+            s.busy.store(false, std::memory_order_release);
+            return fail_batch(st->err, batch);
         }
         return 0;
     } catch (const std::exception &e) {
-        st->err = std::string("cuda: ") + e.what();
-        return fail_batch(st, batch);
+        return fail_batch(std::string("cuda: ") + e.what(), batch);
     }
 }
 
@@ -533,86 +634,75 @@ void cuda_fini(void *state) noexcept
     destroy(static_cast<State *>(state));
 }
 
-/* Registration takes milliseconds (4 to 11 ms for 16 MiB on an H100): the
- * driver call runs outside g_regions_mu, so that batches of other clients
- * (whose submit() takes the lock for its lookups) never wait for it. Two
- * threads registering the same segment at once: the driver accepts one call
- * and answers the other "already registered"; whichever inserts first makes
- * the entry, the other adds its reference (and hands over ownership if it is
- * the one whose call succeeded). */
-int cuda_register(void *state, void *base, size_t len) noexcept
+/* Registration takes milliseconds (4 to 11 ms for 16 MiB on an H100). The
+ * broker calls it from its registration thread, never concurrently with
+ * another registration, but while batches of other clients run: the driver
+ * call runs outside g_regions_mu, which batches take for their lookups, so
+ * they never wait for it. A failed registration is reported and leaves the
+ * segment's rows to the staging path. */
+int cuda_register(void *state, const bb_segment *seg) noexcept
 {
     State *st = static_cast<State *>(state);
     try {
-        uintptr_t b = reinterpret_cast<uintptr_t>(base);
         {
             std::lock_guard<std::mutex> lock(g_regions_mu);
-            for (Region &r : g_regions)
-                if (r.base == b && r.len == len) {
-                    r.refs++;
-                    return 0;
-                }
+            auto it = g_regions.find(seg->id);
+            if (it != g_regions.end()) {
+                it->second.refs++;
+                return 0;
+            }
         }
         if (cudaSetDevice(st->device) != cudaSuccess) {
             cudaGetLastError();
             return BB_ESYS;
         }
         bool owned = true;
-        cudaError_t e = cudaHostRegister(base, len, cudaHostRegisterMapped | cudaHostRegisterPortable);
+        cudaError_t e = cudaHostRegister(seg->base, seg->len,
+                                         cudaHostRegisterMapped | cudaHostRegisterPortable);
         if (e == cudaErrorHostMemoryAlreadyRegistered) {
             cudaGetLastError(); /* not sticky, but clear it for the next check */
             owned = false;
         } else if (e != cudaSuccess) {
             cudaGetLastError();
-            return BB_ESYS; /* the rows of this client go through staging */
+            say(st, BB_BACKEND_LOG_WARN,
+                std::string("cuda: cudaHostRegister of segment ") + std::to_string(seg->id) +
+                    " failed (" + cudaGetErrorString(e) + "): its rows are staged");
+            return BB_ESYS;
         }
         void *dev = nullptr;
-        if (cudaHostGetDevicePointer(&dev, base, 0) != cudaSuccess) {
+        if (cudaHostGetDevicePointer(&dev, seg->base, 0) != cudaSuccess) {
             cudaGetLastError();
-            if (owned) cudaHostUnregister(base);
+            if (owned) cudaHostUnregister(seg->base);
             return BB_ESYS;
         }
         std::lock_guard<std::mutex> lock(g_regions_mu);
-        for (Region &r : g_regions)
-            if (r.base == b && r.len == len) {
-                r.refs++;
-                r.owned = r.owned || owned;
-                return 0;
-            }
-        Region r{b, len, static_cast<char *>(dev), 1, owned};
-        g_regions.insert(std::upper_bound(g_regions.begin(), g_regions.end(), r,
-                                          [](const Region &x, const Region &y) { return x.base < y.base; }),
-                         r);
+        g_regions.emplace(seg->id, Region{reinterpret_cast<uintptr_t>(seg->base), seg->len,
+                                          static_cast<char *>(dev), 1, owned});
         return 0;
     } catch (...) {
         return BB_ENOMEM;
     }
 }
 
-void cuda_unregister(void *state, void *base, size_t len) noexcept
+/* The broker calls this once no batch holds a row of the segment. Out of
+ * the table first, then (with the last reference) the driver call. */
+void cuda_unregister(void *state, const bb_segment *seg) noexcept
 {
     State *st = static_cast<State *>(state);
     try {
-        uintptr_t b = reinterpret_cast<uintptr_t>(base);
         bool release = false;
         {
             std::lock_guard<std::mutex> lock(g_regions_mu);
-            for (auto it = g_regions.begin(); it != g_regions.end(); ++it) {
-                if (it->base != b || it->len != len) continue;
-                if (--it->refs == 0) {
-                    release = it->owned;
-                    g_regions.erase(it);
-                }
-                break;
+            auto it = g_regions.find(seg->id);
+            if (it == g_regions.end()) return; /* its registration failed */
+            if (--it->second.refs == 0) {
+                release = it->second.owned;
+                g_regions.erase(it);
             }
         }
-        /* Out of the table first, so that no batch maps a row into it any
-         * more. The driver call comes with the last reference: the broker
-         * drops each instance's under that instance's lock, so after the
-         * last instance's running batch. */
         if (release) {
             cudaSetDevice(st->device);
-            cudaHostUnregister(base);
+            cudaHostUnregister(seg->base);
             cudaGetLastError();
         }
     } catch (...) {
@@ -626,11 +716,13 @@ bb_backend_ops make_ops()
     ops.struct_size = sizeof(bb_backend_ops);
     ops.name = "cuda";
     ops.hardware = BB_BACKEND_HW_GPU;
-    ops.init = cuda_init;
+    ops.init2 = cuda_init2;
     ops.process = cuda_process;
+    ops.submit = cuda_submit;
+    ops.max_inflight = kSlots;
     ops.fini = cuda_fini;
-    ops.register_memory = cuda_register;
-    ops.unregister_memory = cuda_unregister;
+    ops.register_segment = cuda_register;
+    ops.unregister_segment = cuda_unregister;
     return ops;
 }
 
@@ -659,9 +751,18 @@ int main(int argc, char **argv)
     }
     double secs = argc > 3 ? atof(argv[3]) : 1.0;
     bb_param p[2] = {{"weights", argv[1]}, {"device", argc > 2 ? argv[2] : "0"}};
+    bb_init_args a{};
+    a.size = sizeof a;
+    a.instances = 1;
+    a.numa_node = -1;
+    a.max_batch_size = 64;
+    a.model = "bb-cuda-alone";
+    a.params = p;
+    a.nparams = 2;
+    a.log = [](void *, int, const char *msg) { fprintf(stderr, "bb-cuda-alone: %s\n", msg); };
     void *vs = nullptr;
     char err[256];
-    if (cuda_init(p, 2, &vs, err, sizeof err) < 0) {
+    if (cuda_init2(&a, &vs, err, sizeof err) < 0) {
         fprintf(stderr, "bb-cuda-alone: %s\n", err);
         return 1;
     }

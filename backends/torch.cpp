@@ -216,16 +216,15 @@ void destroy(State *st)
     delete st;
 }
 
-int torch_init(const bb_param *params, size_t nparams, void **state, char *err,
-               size_t errlen) noexcept
+int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) noexcept
 {
     State *st = nullptr;
     try {
         st = new State();
         const char *in_shape = nullptr, *out_shape = nullptr, *device = "cpu";
         int interop = 0;
-        for (size_t i = 0; i < nparams; i++) {
-            const char *k = params[i].key, *v = params[i].value;
+        for (size_t i = 0; i < a->nparams; i++) {
+            const char *k = a->params[i].key, *v = a->params[i].value;
             bool ok = true;
             if (!strcmp(k, "model")) st->path = v;
             else if (!strcmp(k, "input_shape")) in_shape = v;
@@ -310,10 +309,14 @@ int torch_init(const bb_param *params, size_t nparams, void **state, char *err,
             /* Process-wide, and throws once the pool has started or when set
              * twice: the first instance that asks sets it. */
             static std::once_flag once;
-            std::call_once(once, [interop] {
+            std::call_once(once, [interop, a] {
                 try {
                     at::set_num_interop_threads(interop);
-                } catch (const std::exception &) {
+                } catch (const std::exception &e) {
+                    a->log(a->log_ctx, BB_BACKEND_LOG_WARN,
+                           ("torch: interop_threads = " + std::to_string(interop) +
+                            " not applied (libtorch's inter-op pool had started): " + error_text(e))
+                               .c_str());
                 }
             });
         }
@@ -346,6 +349,10 @@ int torch_init(const bb_param *params, size_t nparams, void **state, char *err,
             destroy(st);
             return BB_EINVAL;
         }
+        a->log(a->log_ctx, BB_BACKEND_LOG_INFO,
+               ("torch: " + st->path + " on " + st->device.str() + ", " +
+                std::to_string(st->threads) + " intra-op thread(s)")
+                   .c_str());
         *state = st;
         return 0;
     } catch (const std::bad_alloc &) {
@@ -458,7 +465,7 @@ bb_backend_ops make_ops()
     ops.struct_size = sizeof(bb_backend_ops);
     ops.name = "torch";
     ops.hardware = BB_BACKEND_HW_CPU;
-    ops.init = torch_init;
+    ops.init2 = torch_init2;
     ops.process = torch_process;
     ops.fini = torch_fini;
     return ops;

@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
@@ -264,6 +265,8 @@ struct bench_backend {
     const struct bb_backend_ops *ops;
     struct bb_param params[32];
     size_t nparams;
+    uint32_t max_batch_size;    /* for init2: the model's */
+    bool v2;                    /* ABI 2 table: init2 may be read */
 };
 int bench_backend_load(const struct bench_model *m, struct bench_backend *b, char *err,
                        size_t errlen);

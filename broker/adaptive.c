@@ -18,6 +18,18 @@
  * ahead of it, its own) fits the planning budget: a share of latency_slo_us
  * that feedback from measured SLO violations shrinks and grows (AIMD).
  *
+ * Whatever it plans, the target never exceeds the most requests recently
+ * queued at once (the peak of this interval or the last): a batch of more
+ * does not form, so waiting for it only holds the requests there are. One
+ * client with one request in flight has one queued at a time, and is
+ * therefore never held, however fast it asks. (Queued, not queued and
+ * running: a closed-loop client's next request often arrives before the
+ * home has reaped the batch its last answer came in, and counting that one
+ * would let the target grow to 2 and hold the lone request.) And growing a batch pays only while the
+ * per-batch cost is a sizeable share of a request's (GAIN_MIN): a backend
+ * whose time is nearly linear in the batch size (a CPU) gains little from
+ * waiting, one with a large fixed cost per batch (a GPU) gains a lot.
+ *
  * A change detector watches the last BB_ADAPT_RECENT batches: when their
  * mean relative residual against the fit passes 30%, the backend has sped
  * up or slowed down, and the window restarts from those batches.
@@ -33,6 +45,7 @@
 #define GREEDY_UTIL 0.5     /* below this backend use, never wait for company */
 #define FILL_SPREAD 1.2     /* Poisson arrivals fill a batch later than the mean */
 #define BUDGET_MIN 0.25     /* the SLO feedback never shrinks the budget below */
+#define GAIN_MIN 0.10       /* grow a batch while a/n is over this share of a/n + b */
 
 void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cfg)
 {
@@ -186,10 +199,13 @@ void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fi
      * stays within the share `budget` of the SLO. */
     double max_fill = (double)cfg->max_wait_us * 1000;
     double slo = cfg->slo_us ? budget * (double)cfg->slo_us * 1000 : INFINITY;
+    /* Past a/n <= GAIN_MIN * (a/n + b), i.e. n >= a (1 - GAIN_MIN) / (GAIN_MIN b),
+     * more company saves less than GAIN_MIN of a request's backend time. */
+    double n_pays = b > 0 ? a * (1 - GAIN_MIN) / (GAIN_MIN * b) : INFINITY;
     double n = 1;
     for (double c = 2; c <= max; c++) {
         double fill = FILL_SPREAD * (c - 1) / lam;
-        if (fill > max_fill || fill + 2 * (a + b * c) > slo)
+        if (fill > max_fill || fill + 2 * (a + b * c) > slo || c - 1 >= n_pays)
             break;
         n = c;
     }
@@ -203,6 +219,14 @@ void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fi
     if (wait > max_fill)
         wait = max_fill;
     *wait_us = clampu(wait / 1000, 0, cfg->max_wait_us);
+}
+
+uint32_t bb__adaptive_target(const struct bb__adaptive *a)
+{
+    uint32_t out = a->peak > a->peak_prev ? a->peak : a->peak_prev;
+    if (out < 1)
+        out = 1;
+    return a->target < out ? a->target : out;
 }
 
 bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool force)
@@ -267,5 +291,7 @@ bool bb__adaptive_tick(struct bb__adaptive *a, uint64_t now, double p99_us, bool
     }
     a->interval_start_ns = now;
     a->arrivals = a->completed = a->interval_violations = 0;
+    a->peak_prev = a->peak;
+    a->peak = 0;
     return true;
 }

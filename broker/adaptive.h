@@ -43,6 +43,12 @@ struct bb__adaptive {
     double rate_rps;             /* smoothed arrival rate */
     double throughput_rps;       /* completions per second, last interval */
     double p99_us;               /* fed by the caller each interval */
+    /* The most requests queued at once (waiting for a batch), this interval
+     * and the last. A batch never forms of more requests than come to wait
+     * together, so the target is capped there (bb__adaptive_target): a
+     * client that waits for each answer before it asks again has one queued
+     * at a time and is never made to wait for company. */
+    uint32_t peak, peak_prev;
     /* Output. */
     uint32_t target;             /* batch size the strategy aims for */
     uint32_t wait_us;            /* longest a request waits for company */
@@ -60,6 +66,15 @@ void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cf
  * change of the backend's speed (the window was restarted). */
 bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns);
 void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n);
+/* n requests are queued now, counting one that just arrived. */
+static inline void bb__adaptive_queued(struct bb__adaptive *a, uint32_t n)
+{
+    if (n > a->peak)
+        a->peak = n;
+}
+/* The batch target the strategy gets: the controller's, capped by the
+ * most requests recently queued at once (at least 1). */
+uint32_t bb__adaptive_target(const struct bb__adaptive *a);
 /* A request completed with latency lat_ns (submit -> completion). */
 void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns);
 /* Least squares over the window; invalid without two distinct sizes. */

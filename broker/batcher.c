@@ -120,6 +120,7 @@ static void add_taken(struct cut *c, struct bb__req *r)
     b->inputs[i] = (struct bb_view){.ptr = r->in, .len = r->in_len};
     b->outputs[i] = (struct bb_outbuf){.ptr = r->out, .cap = r->out_cap};
     b->prios[i] = r->prio;
+    b->segs[i] = r->group ? 0 : r->cl->id; /* a group runs on the broker's private copy */
     if (r->group)
         bb__dedup_dispatched(m, r->group);
 }
@@ -246,7 +247,7 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
 static void publish_coalesce(struct bb__model *m)
 {
     uint64_t win = 0;
-    if (m->ninstances && m->running >= m->ninstances)
+    if (m->max_running && m->running >= m->max_running)
         win = m->q.queued || m->q.grouped ? COALESCE_MAX_NS : 0;
     else if (m->filling)
         win = (uint64_t)m->fill_wait_us * 1000 / 8;
@@ -286,7 +287,7 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
     }
     progress += (int)expire(m, now);
     while (m->q.queued > 0) {
-        bool free_exec = m->ninstances == 0 || m->running < m->ninstances;
+        bool free_exec = m->max_running == 0 || m->running < m->max_running;
         if (!free_exec)
             break;
         struct bb_queue_state qs;

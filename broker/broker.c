@@ -28,7 +28,7 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     b->listen_fd = -1;
     pthread_mutex_init(&b->qmu, NULL);
     pthread_cond_init(&b->qcv, NULL);
-    char err[512];
+    char err[1024];
     if (bb__topo_init(&b->topo, cfg->numa_fake_nodes, err, sizeof err) < 0) {
         bb_error("%s", err);
         return -2;
@@ -61,6 +61,11 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
         bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
                 "worker %u", m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size,
                 m->cfg.max_wait_us, m->cfg.instances, m->w->id);
+        b->registers = b->registers || bb__model_registers(m);
+    }
+    if (b->registers && bb__registrar_start(&b->reg, b, err, sizeof err) < 0) {
+        bb_error("%s", err);
+        return -1;
     }
     if (!listen)
         return 0;
@@ -97,10 +102,13 @@ int bb__broker_run(struct bb__broker *b)
 void bb__broker_fini(struct bb__broker *b)
 {
     /* The metrics server first (it reads the models and workers), then the
-     * sessions (backends unregister their segments), then the models
-     * (executors stop), then the workers whose wake eventfds they used. */
+     * sessions (the registration thread unregisters and unmaps their
+     * segments: it finishes what it has first, and every release after),
+     * then the models (executors stop), then the workers whose wake eventfds
+     * they used. */
     bb__http_stop(b->http);
     b->http = NULL;
+    bb__registrar_quiesce(&b->reg);
     for (uint32_t k = 0; b->workers && k < b->nworkers; k++) {
         struct bb__worker *w = &b->workers[k];
         w->exiting = true;
@@ -113,6 +121,7 @@ void bb__broker_fini(struct bb__broker *b)
             }
         }
     }
+    bb__registrar_stop(&b->reg);
     for (uint32_t i = 0; b->models && i < b->nmodels; i++)
         bb__model_stop(&b->models[i]);
     for (uint32_t i = 0; b->workers && i < b->nworkers; i++)

@@ -11,6 +11,7 @@
 
 #include "admission.h"
 #include "config.h"
+#include "registrar.h"
 #include "topology.h"
 
 struct bb__model;
@@ -30,6 +31,11 @@ struct bb__broker {
     _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */
     _Atomic uint32_t next_client_id;
     struct bb__admission adm;       /* sessions, slots and segment bytes per uid and pid */
+
+    /* Segment registration off the dispatchers (registrar.c), started when
+     * some model's backend registers memory. */
+    struct bb__registrar reg;
+    bool registers;
 
     _Atomic int *stop_flag;
     _Atomic int *reload_flag;       /* SIGHUP: see reload() in worker.c */

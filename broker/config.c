@@ -238,10 +238,12 @@ static const struct bb__config_key bb__keys[] = {
      "a single larger request BB_ETOOBIG; 0 = no limit."},
     {BB__SEC_MODEL, "strategy", BB__CT_STRING, BB__MODEL(strategy), 1, 255, "throughput", NULL,
      NULL, 0, "Batching strategy: throughput, latency, deadline, or a path to a strategy .so."},
-    {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "off", NULL,
+    {BB__SEC_MODEL, "adaptive", BB__CT_ENUM, BB__MODEL(adaptive), 0, 1, "on", NULL,
      bb__onoff_names, 1,
      "Let the broker pick the batch target and wait from a fitted model of the backend "
-     "(bounded by max_batch_size and max_wait_us)."},
+     "(bounded by max_batch_size and max_wait_us; never more than the requests that recently "
+     "queued at once); "
+     "off = always max_batch_size and max_wait_us."},
     {BB__SEC_MODEL, "optimize", BB__CT_ENUM, BB__MODEL(optimize), 0, 1, "throughput", NULL,
      bb__optimize_names, 1,
      "Adaptive goal: throughput grows batches while latency_slo_us holds; latency keeps "

@@ -207,11 +207,30 @@ static struct bb__worker *worker_for(struct bb__broker *b, int32_t cpu)
     return best ? best : &b->workers[0];
 }
 
+/* The HELLO's answer: the segment's memfd (closed here), the worker page and
+ * the eventfds; then the session is served. */
+static void answer_hello(struct bb__worker *w, struct bb__client *c, int memfd)
+{
+    struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
+                                     .version = BB_SHM_VERSION, .client_id = c->id};
+    rep.segment_size = c->size;
+    /* The segment, the worker page, the notify eventfd, and without the
+     * futex doorbell the client's doorbell eventfd (protocol.h). */
+    int fds[4] = {memfd, w->page_fd, c->notify, c->doorbell};
+    bool sent = send_fds(c->sock, &rep, sizeof rep, fds, w->futex_bell ? 3 : 4);
+    close(memfd);
+    if (!sent) {
+        bb__session_kill(w, c, "hello reply failed");
+        return;
+    }
+    bb__session_go_live(w, c);
+    bb_info_limited("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
+            c->nslots, c->size >> 20);
+}
+
 void bb__control_hello(struct bb__worker *w, struct bb__client *c)
 {
     const struct bb_msg_hello *h = &c->hello;
-    struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
-                                     .version = BB_SHM_VERSION, .client_id = c->id};
     int memfd = -1;
     char *base = NULL;
     struct bb__layout lay;
@@ -237,19 +256,24 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c)
         bb__session_kill(w, c, "no segment");
         return;
     }
-    rep.segment_size = c->size;
-    /* The segment, the worker page, the notify eventfd, and without the
-     * futex doorbell the client's doorbell eventfd (protocol.h). */
-    int fds[4] = {memfd, w->page_fd, c->notify, c->doorbell};
-    bool sent = send_fds(c->sock, &rep, sizeof rep, fds, w->futex_bell ? 3 : 4);
-    close(memfd);
-    if (!sent) {
-        bb__session_kill(w, c, "hello reply failed");
+    if (w->b->registers) {
+        /* A backend pins segments: that may take milliseconds, so the
+         * registration thread does it and the answer waits for it. */
+        bb__session_register(w, c, memfd);
         return;
     }
-    bb__session_go_live(w, c);
-    bb_info_limited("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
-            c->nslots, c->size >> 20);
+    answer_hello(w, c, memfd);
+}
+
+void bb__control_registered(struct bb__worker *w, struct bb__client *c)
+{
+    c->registering = false;
+    if (!c->dead) {
+        int memfd = c->memfd;
+        c->memfd = -1;
+        answer_hello(w, c, memfd);
+    }
+    bb__session_put(c); /* the registration's reference */
 }
 
 static void reply(struct bb__worker *w, struct bb__client *c, const void *msg, size_t len)
@@ -495,8 +519,9 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
             continue;
         /* Neither a connection that never says HELLO nor a silent operator
          * may hold a place for ever; an attached client may stay idle (its
-         * place and memory are bounded by admission instead). */
-        if (!c->attached && now - c->accepted_ns > hello_ns)
+         * place and memory are bounded by admission instead). One whose
+         * segment the registration thread has said HELLO: it waits for us. */
+        if (!c->attached && !c->registering && now - c->accepted_ns > hello_ns)
             bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
         else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
             bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");

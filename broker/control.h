@@ -15,6 +15,9 @@ void bb__control_accept(struct bb__worker *w, int fd);
 /* Give a client that said HELLO its segment, on the worker that serves it
  * (after the acceptor moved it there, or the acceptor itself). */
 void bb__control_hello(struct bb__worker *w, struct bb__client *c);
+/* The registration thread registered the session's segment (registrar.c):
+ * answer the HELLO, unless the client left meanwhile. */
+void bb__control_registered(struct bb__worker *w, struct bb__client *c);
 /* The session's socket is readable: handle every queued message. */
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
 /* Drop the worker's sessions past hello_timeout_ms without a HELLO and its

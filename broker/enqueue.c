@@ -39,6 +39,14 @@ static int check(const struct bb__model *m, const struct bb__client *c, const st
     return 0;
 }
 
+/* r now counts against its client's and the model's limits until it
+ * completes (completion.c, dedup.c and executor.c let go). */
+static void account(struct bb__model *m, struct bb__client_model *cm, const struct bb__req *r)
+{
+    cm->inflight++;
+    m->bytes += r->bytes;
+}
+
 void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
 {
     struct bb__client *c = r->cl;
@@ -85,15 +93,14 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
             return;
         }
         if (rc == 1) { /* rides on an identical request */
-            cm->inflight++;
-            m->bytes += r->bytes;
+            account(m, cm, r);
             return;
         }
     }
-    cm->inflight++;
-    m->bytes += r->bytes;
+    account(m, cm, r);
     atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
     if (bb__queue_push(&m->q, r, cm->round_head[l]))
         cm->round_head[l] = r;
     bb__deadline_push(&m->q, r);
+    bb__adaptive_queued(&m->adapt, m->q.queued);
 }

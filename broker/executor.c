@@ -6,10 +6,19 @@
  * The executor publishes each request's completion to the client itself
  * (lowest latency), then hands the batch back to the model's home worker
  * through a lock-free stack for bookkeeping: statistics, completion-ring
- * entries and the release of client references. */
+ * entries and the release of client references.
+ *
+ * An asynchronous backend (ABI 2 submit) takes a batch and completes it
+ * later from a thread of its own (a GPU stream's callback, say) through
+ * bb_batch.complete: that thread publishes and hands the batch back, as an
+ * executor does after process(). An executor keeps up to max_inflight
+ * batches in flight on its instance and waits for a free one before it
+ * takes the next; with instances = 0 the dispatcher submits. */
 #include "executor.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
@@ -29,20 +38,25 @@
 #include "util_internal.h"
 #include "worker.h"
 
-void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
+/* The batch as the backend sees it. */
+static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
 {
-    struct bb_batch bb = {.n = b->n,
-                          .numa_node = m->w->b->topo.node_id[m->w->node],
-                          .inputs = b->inputs,
-                          .outputs = b->outputs,
-                          .priorities = b->prios,
-                          .errmsg = b->errmsg,
-                          .errmsg_cap = sizeof b->errmsg};
-    pthread_mutex_lock(&in->mu);
-    b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
-    int rc = m->plugin.ops->process(in->state, &bb);
-    b->ts.end = bb__now_ns();
-    pthread_mutex_unlock(&in->mu);
+    b->inst = in;
+    b->api = (struct bb_batch){.n = b->n,
+                               .numa_node = m->w->b->topo.node_id[m->w->node],
+                               .inputs = b->inputs,
+                               .outputs = b->outputs,
+                               .priorities = b->prios,
+                               .errmsg = b->errmsg,
+                               .errmsg_cap = sizeof b->errmsg,
+                               .segments = b->segs};
+}
+
+/* Every request's completion to its client, and one wake-up per client:
+ * on the executor, or on an asynchronous backend's thread. Reads only the
+ * batch, never a request record (the slot may be resubmitted at once). */
+static void publish(struct bb__batch *b, int rc)
+{
     b->rc = rc;
     b->errmsg[sizeof b->errmsg - 1] = 0;
     for (uint32_t i = 0; i < b->n; i++) {
@@ -88,6 +102,79 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
     b->ts.done = b->profile ? bb__now_ns() : b->ts.end;
 }
 
+void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
+{
+    prepare(m, in, b);
+    if (m->lock_process)
+        pthread_mutex_lock(&in->mu);
+    b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
+    int rc = m->plugin.ops->process(in->state, &b->api);
+    b->ts.end = bb__now_ns();
+    if (m->lock_process)
+        pthread_mutex_unlock(&in->mu);
+    publish(b, rc);
+}
+
+/* Back to the home worker: push, fence, wake it if it sleeps (the same
+ * handshake as a client's doorbell). */
+static void push_done(struct bb__worker *w, struct bb__batch *b)
+{
+    struct bb__batch *head = atomic_load_explicit(&w->done, memory_order_relaxed);
+    do
+        b->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&w->done, &head, b, memory_order_release,
+                                                  memory_order_relaxed));
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&w->sleeping, memory_order_relaxed))
+        bb__worker_wake(w);
+}
+
+/* bb_batch.complete of an asynchronous backend, on whatever thread it
+ * calls from: publish, free the instance's place (the executor may submit
+ * the next batch at once), hand the batch to the home. Neither the batch
+ * nor the instance is touched after that: the home reuses the one, and a
+ * stopping model frees the other once its count reaches zero. */
+static void on_complete(struct bb_batch *api, int rc)
+{
+    struct bb__batch *b = (struct bb__batch *)(void *)((char *)api - offsetof(struct bb__batch, api));
+    struct bb__model *m = b->model;
+    struct bb__instance *in = b->inst;
+    b->ts.end = bb__now_ns();
+    publish(b, rc);
+    pthread_mutex_lock(&in->slot_mu);
+    in->inflight--;
+    pthread_cond_broadcast(&in->slot_cv);
+    pthread_mutex_unlock(&in->slot_mu);
+    push_done(m->w, b);
+}
+
+/* Wait until the instance has fewer than `below` batches in flight. */
+static void wait_inflight(struct bb__instance *in, uint32_t below)
+{
+    pthread_mutex_lock(&in->slot_mu);
+    while (in->inflight >= below)
+        pthread_cond_wait(&in->slot_cv, &in->slot_mu);
+    pthread_mutex_unlock(&in->slot_mu);
+}
+
+/* Hand a batch to an asynchronous backend (a place is free). A batch the
+ * backend refuses completes here, failed. */
+static void submit_async(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
+{
+    prepare(m, in, b);
+    b->api.complete = on_complete;
+    pthread_mutex_lock(&in->slot_mu);
+    in->inflight++;
+    pthread_mutex_unlock(&in->slot_mu);
+    b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
+    int rc = m->plugin.ops->submit(in->state, &b->api);
+    if (rc < 0) {
+        if (!b->errmsg[0])
+            snprintf(b->errmsg, sizeof b->errmsg, "submit: %s", bb_strerror(rc));
+        on_complete(&b->api, rc);
+    }
+}
+
 void bb__batch_reap(struct bb__batch *b)
 {
     struct bb__model *m = b->model;
@@ -113,7 +200,7 @@ void bb__batch_reap(struct bb__batch *b)
     m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
     if (bb__adaptive_batch(&m->adapt, b->n, took))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
-    if (m->ninstances)
+    if (m->max_running)
         m->running--;
     bb__batch_put(m, b);
 }
@@ -139,6 +226,13 @@ void bb__batch_put(struct bb__model *m, struct bb__batch *b)
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
     if (m->ninstances == 0) {
+        if (m->plugin.ops->submit) {
+            /* The dispatcher submits; the completion comes back through
+             * the done stack like an executor's. */
+            m->running++;
+            submit_async(m, &m->inst[0], b);
+            return false;
+        }
         bb__batch_run(m, &m->inst[0], b);
         bb__batch_reap(b);
         return true;
@@ -212,26 +306,25 @@ static struct bb__batch *take_batch(struct bb__model *m)
     }
 }
 
-/* Back to the home worker: push, fence, wake it if it sleeps (the same
- * handshake as a client's doorbell). */
-static void push_done(struct bb__worker *w, struct bb__batch *b)
-{
-    struct bb__batch *head = atomic_load_explicit(&w->done, memory_order_relaxed);
-    do
-        b->next = head;
-    while (!atomic_compare_exchange_weak_explicit(&w->done, &head, b, memory_order_release,
-                                                  memory_order_relaxed));
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&w->sleeping, memory_order_relaxed))
-        bb__worker_wake(w);
-}
-
 static void *executor_main(void *arg)
 {
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
     bb__topo_pin(&m->w->b->topo, m->w->node); /* the home worker's node */
     struct bb__batch *b;
+    if (m->plugin.ops->submit) {
+        /* A place first, then a batch: a batch taken by an instance with no
+         * room would wait while another instance idles. */
+        uint32_t max = m->plugin.ops->max_inflight;
+        for (;;) {
+            wait_inflight(in, max);
+            if (!(b = take_batch(m)))
+                break;
+            submit_async(m, in, b);
+        }
+        wait_inflight(in, 1); /* fini only once nothing is in flight */
+        return NULL;
+    }
     while ((b = take_batch(m))) {
         bb__batch_run(m, in, b);
         push_done(m->w, b);
@@ -251,36 +344,71 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
         b->inputs = calloc(max, sizeof *b->inputs);
         b->outputs = calloc(max, sizeof *b->outputs);
         b->prios = calloc(max, 1);
+        b->segs = calloc(max, sizeof *b->segs);
         b->next = m->free_batches;
         m->free_batches = b;
-        if (!b->ents || !b->inputs || !b->outputs || !b->prios)
+        if (!b->ents || !b->inputs || !b->outputs || !b->prios || !b->segs)
             return -1;
     }
     return 0;
 }
 
+/* bb_init_args.log: the backend's lines in the broker's log, named. */
+static void backend_log(void *ctx, int level, const char *msg)
+{
+    const struct bb__instance *in = ctx;
+    level = level < BB_LOG_ERROR ? BB_LOG_ERROR : level > BB_LOG_DEBUG ? BB_LOG_DEBUG : level;
+    bb_log(level, "model %s, instance %u: %s", in->model->name, in->index, msg ? msg : "");
+}
+
+static int init_instance(struct bb__model *m, struct bb__instance *in,
+                         const struct bb_param *params, char *err, size_t errlen)
+{
+    const struct bb_backend_ops *ops = m->plugin.ops;
+    if (!ops->init2)
+        return ops->init(params, m->cfg.nparams, &in->state, err, errlen);
+    struct bb_init_args a = {.size = sizeof a,
+                             .instance = in->index,
+                             .instances = m->ninst,
+                             .numa_node = m->w->b->topo.node_id[m->w->node],
+                             .max_batch_size = m->cfg.max_batch_size,
+                             .model = m->name,
+                             .params = params,
+                             .nparams = m->cfg.nparams,
+                             .log = backend_log,
+                             .log_ctx = in};
+    return ops->init2(&a, &in->state, err, errlen);
+}
+
 int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
 {
+    const struct bb_backend_ops *ops = m->plugin.ops;
     pthread_mutex_init(&m->q_mu, NULL);
     m->ninstances = m->cfg.instances;
-    uint32_t ninst = m->ninstances ? m->ninstances : 1;
-    m->inst = calloc(ninst, sizeof *m->inst);
-    if (!m->inst || alloc_batches(m, ninst) < 0) {
+    m->ninst = m->ninstances ? m->ninstances : 1;
+    uint32_t per = ops->submit ? ops->max_inflight : 1;
+    m->max_running = ops->submit ? m->ninst * per : m->ninstances;
+    m->lock_process = m->plugin.abi == 1 && ops->register_memory;
+    m->inst = calloc(m->ninst, sizeof *m->inst);
+    if (!m->inst || alloc_batches(m, m->ninst * per) < 0) {
         snprintf(err, errlen, "model %s: out of memory", m->cfg.name);
         return -1;
     }
     struct bb_param params[BB_MAX_PARAMS];
     for (size_t i = 0; i < m->cfg.nparams; i++)
         params[i] = (struct bb_param){m->cfg.params[i].key, m->cfg.params[i].value};
-    for (uint32_t i = 0; i < ninst; i++) {
+    for (uint32_t i = 0; i < m->ninst; i++) {
         struct bb__instance *in = &m->inst[i];
         in->model = m;
+        in->index = i;
         pthread_mutex_init(&in->mu, NULL);
+        pthread_mutex_init(&in->slot_mu, NULL);
+        pthread_cond_init(&in->slot_cv, NULL);
         char berr[256] = "";
-        int rc = m->plugin.ops->init(params, m->cfg.nparams, &in->state, berr, sizeof berr);
+        int rc = init_instance(m, in, params, berr, sizeof berr);
         if (rc < 0) {
             snprintf(err, errlen, "model %s: backend %s refused its parameters: %s", m->cfg.name,
-                     m->plugin.ops->name, berr[0] ? berr : bb_strerror(rc));
+                     ops->name, berr[0] ? berr : bb_strerror(rc));
             m->ninstances = 0;
             return -1;
         }
@@ -306,10 +434,19 @@ void bb__executor_stop(struct bb__model *m)
     syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     for (uint32_t i = 0; i < m->ninstances; i++)
         pthread_join(m->inst[i].thread, NULL);
-    uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-    for (uint32_t i = 0; i < ninst; i++)
-        if (m->inst[i].started)
-            m->plugin.ops->fini(m->inst[i].state);
+    for (uint32_t i = 0; i < m->ninst; i++) {
+        struct bb__instance *in = &m->inst[i];
+        if (!in->model)
+            continue; /* the start failed before it */
+        /* Executors waited for their batches; the dispatcher's (instances
+         * = 0) may still be completing on the backend's thread. */
+        wait_inflight(in, 1);
+        if (in->started)
+            m->plugin.ops->fini(in->state);
+        pthread_mutex_destroy(&in->mu);
+        pthread_mutex_destroy(&in->slot_mu);
+        pthread_cond_destroy(&in->slot_cv);
+    }
     free(m->inst);
     m->inst = NULL;
     while (m->free_batches) {
@@ -319,6 +456,7 @@ void bb__executor_stop(struct bb__model *m)
         free(b->inputs);
         free(b->outputs);
         free(b->prios);
+        free(b->segs);
         free(b);
     }
 }

@@ -70,6 +70,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
                     size_t errlen)
 {
     m->w = w;
+    snprintf(m->name, sizeof m->name, "%s", m->cfg.name);
     bb__metrics_init(&m->metrics, m->cfg.name, m->cfg.max_batch_size, bb__now_ns());
     if (parse_weights(m, err, errlen) < 0)
         return -1;
@@ -121,30 +122,42 @@ void bb__model_stop(struct bb__model *m)
     m->w = NULL;
 }
 
-void bb__model_register(struct bb__model *m, void *base, size_t len, uint32_t client_id)
+bool bb__model_registers(const struct bb__model *m)
 {
-    if (!m->plugin.ops->register_memory)
-        return;
-    uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-    for (uint32_t k = 0; k < ninst; k++) {
-        pthread_mutex_lock(&m->inst[k].mu);
-        int r = m->plugin.ops->register_memory(m->inst[k].state, base, len);
-        pthread_mutex_unlock(&m->inst[k].mu);
+    return m->plugin.ops->register_segment || m->plugin.ops->register_memory;
+}
+
+void bb__model_register(struct bb__model *m, const struct bb_segment *seg)
+{
+    const struct bb_backend_ops *ops = m->plugin.ops;
+    for (uint32_t k = 0; k < m->ninst; k++) {
+        struct bb__instance *in = &m->inst[k];
+        int r = 0;
+        if (ops->register_segment) {
+            r = ops->register_segment(in->state, seg);
+        } else if (ops->register_memory) {
+            pthread_mutex_lock(&in->mu);
+            r = ops->register_memory(in->state, seg->base, seg->len);
+            pthread_mutex_unlock(&in->mu);
+        }
         if (r < 0)
-            bb_warn("model %s: register_memory failed for client %u: %s", m->cfg.name, client_id,
-                    bb_strerror(r));
+            bb_warn("model %s: backend could not register the segment of client %u: %s", m->name,
+                    seg->id, bb_strerror(r));
     }
 }
 
-void bb__model_unregister(struct bb__model *m, void *base, size_t len)
+void bb__model_unregister(struct bb__model *m, const struct bb_segment *seg)
 {
-    if (!m->plugin.ops->unregister_memory)
-        return;
-    uint32_t ninst = m->cfg.instances ? m->cfg.instances : 1;
-    for (uint32_t k = 0; k < ninst; k++) {
-        pthread_mutex_lock(&m->inst[k].mu);
-        m->plugin.ops->unregister_memory(m->inst[k].state, base, len);
-        pthread_mutex_unlock(&m->inst[k].mu);
+    const struct bb_backend_ops *ops = m->plugin.ops;
+    for (uint32_t k = 0; k < m->ninst; k++) {
+        struct bb__instance *in = &m->inst[k];
+        if (ops->unregister_segment) {
+            ops->unregister_segment(in->state, seg);
+        } else if (ops->unregister_memory) {
+            pthread_mutex_lock(&in->mu);
+            ops->unregister_memory(in->state, seg->base, seg->len);
+            pthread_mutex_unlock(&in->mu);
+        }
     }
 }
 
@@ -157,7 +170,7 @@ uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
         return pinned < max ? pinned : max;
     if (m->cfg.adaptive) {
         *wait_us = m->adapt.wait_us;
-        return m->adapt.target;
+        return bb__adaptive_target(&m->adapt);
     }
     return max;
 }

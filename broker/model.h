@@ -24,15 +24,27 @@ struct bb__dedup;
 
 struct bb__instance {
     pthread_t thread;
-    pthread_mutex_t mu;       /* held around process() and (un)register_memory */
+    /* ABI 1 backends with register_memory only: held around process() and
+     * (un)register_memory, which version 1 promises never run at once. */
+    pthread_mutex_t mu;
     void *state;
     struct bb__model *model;
+    uint32_t index;
     bool started;
+    /* Asynchronous backends (submit): batches submitted and not completed.
+     * The executor waits on slot_cv for a free one (at most max_inflight),
+     * and for none before it ends; completions come from any thread. */
+    pthread_mutex_t slot_mu;
+    pthread_cond_t slot_cv;
+    uint32_t inflight;
 };
 
 struct bb__model {
     uint32_t id;
     struct bb__model_config cfg;
+    /* The name, for threads other than the home (the registration thread,
+     * a backend's log): a reload rewrites cfg, never this copy. */
+    char name[64];
     struct bb__plugin plugin;
     struct bb__worker *w;          /* home worker: queues, batches, statistics */
 
@@ -60,8 +72,14 @@ struct bb__model {
 
     /* Executors (executor.c). */
     uint32_t ninstances;           /* threads; 0 = inline in the dispatcher */
-    struct bb__instance *inst;     /* max(1, ninstances) */
+    struct bb__instance *inst;     /* ninst = max(1, ninstances) */
+    uint32_t ninst;
     uint32_t running;              /* batches handed out and not yet reaped */
+    /* Batches that may be out at once: ninstances (synchronous backend),
+     * ninst x max_inflight (asynchronous), 0 (synchronous and inline: a
+     * batch runs and is reaped before the dispatcher goes on). */
+    uint32_t max_running;
+    bool lock_process;             /* ABI 1 with register_memory: take inst->mu */
     struct bb__batch *free_batches;
     /* The executors' queue: the home worker appends under q_mu, executors
      * take under it. An idle executor spins (spin_us) on q_len before it
@@ -99,10 +117,13 @@ void bb__model_apply(struct bb__model *m, const struct bb__model_config *cfg);
 /* The fair-queueing weight of uid (client_weights), 1 if not listed. */
 uint32_t bb__model_weight(const struct bb__model *m, uint32_t uid);
 
-/* Tell every backend instance that a client segment was mapped (register) or
- * is about to go (unregister). */
-void bb__model_register(struct bb__model *m, void *base, size_t len, uint32_t client_id);
-void bb__model_unregister(struct bb__model *m, void *base, size_t len);
+/* Whether the model's backend wants client segments registered. */
+bool bb__model_registers(const struct bb__model *m);
+/* The registration thread (registrar.c): hand a client segment to every
+ * backend instance (register_segment, or ABI 1's register_memory under the
+ * instance's lock), or take it back. Never on a dispatcher. */
+void bb__model_register(struct bb__model *m, const struct bb_segment *seg);
+void bb__model_unregister(struct bb__model *m, const struct bb_segment *seg);
 
 /* The batch target and wait the model is working with now. */
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);

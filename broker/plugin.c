@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,31 +64,67 @@ static int resolve_path(const char *name_or_path, const char *plugin_dir, char *
     return 0;
 }
 
+#define REBUILD "rebuild it against this broker's include/batchbroker/backend.h"
+
+static bool all_null(void *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i])
+            return false;
+    return true;
+}
+
 /* Checks in an order that never reads past what the plugin promised: the first
- * two words exist in every ABI version, the rest only once struct_size says so. */
+ * two words exist in every ABI version, the rest only once the version and its
+ * struct_size say so. */
 static int check_ops(const char *path, const struct bb_backend_ops *ops, char *err,
                      size_t errlen)
 {
     if (!ops)
         return fail(err, errlen, "%s: %s() returned NULL", path, BB_BACKEND_ENTRY_SYMBOL);
-    if (ops->abi_version != BB_BACKEND_ABI_VERSION)
-        return fail(err, errlen, "%s: backend ABI version %u, this broker speaks %u", path,
-                    (unsigned)ops->abi_version, (unsigned)BB_BACKEND_ABI_VERSION);
-    if (ops->struct_size < sizeof(struct bb_backend_ops))
-        return fail(err, errlen, "%s: backend table is %u bytes, this broker needs %zu",
-                    path, (unsigned)ops->struct_size, sizeof(struct bb_backend_ops));
+    uint32_t v = ops->abi_version;
+    if (v != 1 && v != 2)
+        return fail(err, errlen,
+                    "%s: built against backend ABI version %u; this broker speaks versions 1 "
+                    "and 2: " REBUILD, path, (unsigned)v);
+    size_t want = v == 1 ? BB_BACKEND_OPS_V1_SIZE : sizeof(struct bb_backend_ops);
+    if (ops->struct_size != want)
+        return fail(err, errlen,
+                    "%s: backend table of ABI version %u is %u bytes, but that version's is "
+                    "%zu: " REBUILD, path, (unsigned)v, (unsigned)ops->struct_size, want);
     if (ops->reserved0 != 0)
         return fail(err, errlen, "%s: backend table field reserved0 is %u, must be 0", path,
                     (unsigned)ops->reserved0);
-    for (size_t i = 0; i < sizeof ops->reserved / sizeof ops->reserved[0]; i++) {
-        if (ops->reserved[i])
-            return fail(err, errlen, "%s: backend table field reserved[%zu] is not NULL",
-                        path, i);
-    }
+    if (!all_null(ops->reserved, sizeof ops->reserved / sizeof ops->reserved[0]))
+        return fail(err, errlen, "%s: backend table field reserved[] is not NULL", path);
     if (!ops->name) return fail(err, errlen, "%s: backend table has no name", path);
-    if (!ops->init) return fail(err, errlen, "%s: backend table has no init()", path);
-    if (!ops->process) return fail(err, errlen, "%s: backend table has no process()", path);
     if (!ops->fini) return fail(err, errlen, "%s: backend table has no fini()", path);
+    if (v == 1) {
+        if (!ops->init) return fail(err, errlen, "%s: backend table has no init()", path);
+        if (!ops->process) return fail(err, errlen, "%s: backend table has no process()", path);
+        return 0;
+    }
+    if (ops->reserved1 != 0 ||
+        !all_null(ops->reserved2, sizeof ops->reserved2 / sizeof ops->reserved2[0]))
+        return fail(err, errlen, "%s: backend table fields reserved1/reserved2[] are not zero",
+                    path);
+    if (!ops->init == !ops->init2)
+        return fail(err, errlen, "%s: an ABI 2 backend table has exactly one of init() and "
+                    "init2()", path);
+    if (!ops->process && !ops->submit)
+        return fail(err, errlen, "%s: backend table has neither process() nor submit()", path);
+    if (ops->register_memory || ops->unregister_memory)
+        return fail(err, errlen, "%s: register_memory()/unregister_memory() are ABI 1's; an ABI "
+                    "2 table uses register_segment()/unregister_segment()", path);
+    if (!ops->register_segment != !ops->unregister_segment)
+        return fail(err, errlen, "%s: backend table has only one of register_segment() and "
+                    "unregister_segment()", path);
+    if (ops->submit && (ops->max_inflight < 1 || ops->max_inflight > BB_BACKEND_MAX_INFLIGHT))
+        return fail(err, errlen, "%s: max_inflight is %u; with submit() it must be 1..%u", path,
+                    (unsigned)ops->max_inflight, BB_BACKEND_MAX_INFLIGHT);
+    if (!ops->submit && ops->max_inflight)
+        return fail(err, errlen, "%s: max_inflight is %u without submit(); must be 0", path,
+                    (unsigned)ops->max_inflight);
     return 0;
 }
 
@@ -145,8 +182,10 @@ int bb__plugin_load(const char *name_or_path, const char *plugin_dir, struct bb_
         return -1;
     }
     out->dl = dl;
-    out->ops = ops;
-    bb_debug("loaded backend \"%s\" from %s", ops->name, out->path);
+    out->abi = ops->abi_version;
+    memcpy(&out->table, ops, ops->struct_size); /* a version-1 table: its prefix */
+    out->ops = &out->table;
+    bb_debug("loaded backend \"%s\" (ABI %u) from %s", ops->name, (unsigned)out->abi, out->path);
     return 0;
 }
 

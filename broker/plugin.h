@@ -4,21 +4,28 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include <stdint.h>
 
 #include "batchbroker/backend.h"
 #include "config.h"
 
 struct bb__plugin {
     void *dl;
+    /* The plugin's table as a version-2 table (points at `table`): a
+     * version-1 table is copied into its prefix, the rest stays zero, so the
+     * broker reads every field without looking at the version again. */
     const struct bb_backend_ops *ops;
+    struct bb_backend_ops table;
+    uint32_t abi;                  /* the version the plugin was built against */
     char path[512];
 };
 
 /* Load a backend. name_or_path with a '/' is a path; otherwise it names a
  * built-in plugin, found as "<plugin_dir>/bb_backend_<name>.so". Refuses a
- * missing entry symbol, a wrong abi_version, a short struct_size, non-zero
- * reserved fields or a missing required function: returns -1 with a message
- * naming the file and the problem in err. */
+ * missing entry symbol, an abi_version other than 1 or 2, a struct_size that
+ * is not its version's, non-zero reserved fields, a missing required
+ * function or a combination the version does not allow (backend.h): returns
+ * -1 with a message naming the file and the problem in err. */
 int bb__plugin_load(const char *name_or_path, const char *plugin_dir, struct bb__plugin *out,
                     char *err, size_t errlen);
 

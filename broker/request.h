@@ -11,6 +11,7 @@
 struct bb__client;
 struct bb__model;
 struct bb__group;
+struct bb__instance;
 
 /* Broker-side record of one request slot. Indexed by slot, so the broker
  * allocates nothing per request. Who owns it follows `state`: IDLE, the
@@ -81,7 +82,12 @@ struct bb__batch {
     struct bb_view *inputs;
     struct bb_outbuf *outputs;
     uint8_t *prios;
+    uint32_t *segs;           /* segment id per request, 0 = broker memory (backend.h) */
     char errmsg[256];
+    /* What the backend gets: the arrays above; an asynchronous backend keeps
+     * it until it calls api.complete (executor.c). */
+    struct bb_batch api;
+    struct bb__instance *inst; /* the instance it runs on */
     struct bb__batch *next;   /* free list, executor queue, done stack */
 };
 

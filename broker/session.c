@@ -23,6 +23,7 @@
 #include "completion.h"
 #include "mailbox.h"
 #include "model.h"
+#include "registrar.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
@@ -63,7 +64,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     atomic_fetch_add(&b->nclients, 1);
     c->id = atomic_fetch_add_explicit(&b->next_client_id, 1, memory_order_relaxed) + 1;
     c->sock = fd;
-    c->pidfd = c->doorbell = c->notify = -1;
+    c->pidfd = c->doorbell = c->notify = c->memfd = -1;
     c->pid = cr->pid;
     c->uid = cr->uid;
     c->gid = cr->gid;
@@ -148,12 +149,20 @@ struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot)
     return &(*chunk)[slot & (BB__REQ_CHUNK - 1)];
 }
 
-void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
+void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd)
 {
     struct bb__broker *b = w->b;
+    c->memfd = memfd;
+    c->registering = c->registered = true;
+    c->seg = (struct bb_segment){.size = sizeof c->seg, .id = c->id, .base = c->base,
+                                 .len = c->size, .numa_node = b->topo.node_id[w->node]};
+    c->refs++; /* the registration's, dropped when the worker gets it back */
+    bb__registrar_register(&b->reg, c);
+}
+
+void bb__session_go_live(struct bb__worker *w, struct bb__client *c)
+{
     c->attached = true;
-    for (uint32_t i = 0; i < b->nmodels; i++)
-        bb__model_register(&b->models[i], c->base, c->size, c->id);
     if (c->doorbell >= 0)
         bb__session_arm(w, c, BB__UD_DOORBELL);
     c->live_idx = w->nlive;
@@ -184,7 +193,7 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     if (c->pidfd >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
     /* io_uring holds its own file references until the cancels land. */
-    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd};
+    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
@@ -208,13 +217,6 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
 {
     struct bb__broker *b = w->b;
-    if (c->base) {
-        for (uint32_t i = 0; c->attached && i < b->nmodels; i++)
-            bb__model_unregister(&b->models[i], c->base, c->size);
-        if (c->attached)
-            bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);
-        munmap(c->base, c->size);
-    }
     for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
         free(c->req_chunks[i]);
     free(c->req_chunks);
@@ -222,6 +224,16 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
     bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
     table_remove(w, c);
     atomic_fetch_sub(&b->nclients, 1);
+    if (c->attached && c->base)
+        bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);
+    if (c->registered) {
+        /* Unregistering may take milliseconds: the registration thread does
+         * it, then unmaps the segment and frees c. */
+        bb__registrar_release(&b->reg, c);
+        return;
+    }
+    if (c->base)
+        munmap(c->base, c->size);
     free(c);
 }
 

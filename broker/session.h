@@ -64,6 +64,17 @@ struct bb__client {
     uint32_t live_idx;             /* position in w->live while attached and alive */
     bool dirty;                    /* has completion-ring entries or a wake-up to send */
     bool wake_due;                 /* the dispatcher published completions this pass */
+
+    /* Segment registration (registrar.c): between the HELLO and its answer
+     * the registration thread has the session (`registering`, holding a
+     * reference); the memfd waits in `memfd` to be sent. A registered
+     * segment (`registered`) is unregistered and unmapped by that thread
+     * when the session is destroyed. */
+    int memfd;
+    bool registering, registered;
+    struct bb_segment seg;         /* written before the thread sees it, then read only */
+    int reg_job;
+    struct bb__client *reg_next;   /* the thread's queue, then the worker's stack */
 };
 
 /* Add a connection that passed admission to the table. NULL when the table is
@@ -82,6 +93,10 @@ void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type);
 /* Map a HELLO's segment: rings, slots, the table of request records,
  * fairness steps. */
 int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size_t size);
+
+/* Hand the mapped segment to the registration thread (registrar.c) with
+ * memfd, the descriptor the HELLO answer carries once it is done. */
+void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd);
 
 /* The session has its segment and answered HELLO: serve its rings. */
 void bb__session_go_live(struct bb__worker *w, struct bb__client *c);

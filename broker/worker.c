@@ -216,6 +216,24 @@ static int reap_done(struct bb__worker *w)
     return n;
 }
 
+/* Sessions whose segment the registration thread registered: their HELLO
+ * is answered now (control.c). */
+static int reap_registered(struct bb__worker *w)
+{
+    if (!atomic_load_explicit(&w->registered, memory_order_relaxed))
+        return 0;
+    /* Acquire pairs with the registration thread's release push. */
+    struct bb__client *c = atomic_exchange_explicit(&w->registered, NULL, memory_order_acquire);
+    int n = 0;
+    while (c) {
+        struct bb__client *next = c->reg_next;
+        bb__control_registered(w, c);
+        c = next;
+        n++;
+    }
+    return n;
+}
+
 /* ---- Lifecycle ---- */
 
 int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int node)
@@ -273,6 +291,7 @@ static bool work_pending(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
     if (atomic_load_explicit(&w->done, memory_order_relaxed) ||
+        atomic_load_explicit(&w->registered, memory_order_relaxed) ||
         atomic_load_explicit(&w->mb.pending, memory_order_relaxed) ||
         (atomic_load(b->stop_flag) && !w->stopping) || atomic_load(&b->quiesce) ||
         (w->id == 0 && b->reload_flag && atomic_load(b->reload_flag)))
@@ -451,6 +470,7 @@ int bb__worker_run(struct bb__worker *w)
             reload(w);
         int progress = reap_cqes(w);
         progress += reap_done(w);
+        progress += reap_registered(w);
         /* One clock read a pass: a spinning dispatcher makes many passes,
          * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();

@@ -33,6 +33,7 @@ struct bb__worker {
     uint64_t wake_buf;
     _Atomic int sleeping;
     _Atomic(struct bb__batch *) done; /* stack of finished batches */
+    _Atomic(struct bb__client *) registered; /* sessions back from the registration thread */
 
     struct bb__mailbox mb;         /* messages from the other workers (mailbox.h) */
 

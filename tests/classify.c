@@ -48,6 +48,12 @@ void *bbt_shared(size_t len)
     return p;
 }
 
+static void plugin_log(void *ctx, int level, const char *msg)
+{
+    (void)ctx;
+    cr_log_info("backend (level %d): %s", level, msg);
+}
+
 int bbt_plugin_open(struct bbt_plugin *p, const char *name, const char *const *kv, char *err,
                     size_t errlen)
 {
@@ -79,7 +85,18 @@ int bbt_plugin_open(struct bbt_plugin *p, const char *name, const char *const *k
         params[n] = (struct bb_param){keys[n], eq + 1};
     }
     err[0] = '\0';
-    int rc = p->ops->init(params, n, &p->state, err, errlen);
+    int rc;
+    if (p->ops->init2) {
+        /* As the broker would for the only instance of a model whose
+         * batches are at most BBT_PLUGIN_MAX_BATCH. */
+        struct bb_init_args a = {.size = sizeof a, .instance = 0, .instances = 1,
+                                 .numa_node = -1, .max_batch_size = BBT_PLUGIN_MAX_BATCH,
+                                 .model = name, .params = params, .nparams = n,
+                                 .log = plugin_log};
+        rc = p->ops->init2(&a, &p->state, err, errlen);
+    } else {
+        rc = p->ops->init(params, n, &p->state, err, errlen);
+    }
     if (rc < 0) {
         p->state = NULL;
         dlclose(p->dl);

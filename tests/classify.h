@@ -44,8 +44,10 @@ struct bbt_plugin {
 };
 
 /* Load bbt_plugin_dir()/bb_backend_<name>.so and init it with params given
- * as "key=value" strings (NULL-terminated). Returns 0, or the init's code
- * (or -1) with a message in err. */
+ * as "key=value" strings (NULL-terminated); an init2 backend is told it is
+ * the only instance, with batches of at most BBT_PLUGIN_MAX_BATCH requests.
+ * Returns 0, or the init's code (or -1) with a message in err. */
+#define BBT_PLUGIN_MAX_BATCH 256u
 int bbt_plugin_open(struct bbt_plugin *p, const char *name, const char *const *kv, char *err,
                     size_t errlen);
 void bbt_plugin_close(struct bbt_plugin *p);

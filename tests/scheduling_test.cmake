@@ -1,5 +1,6 @@
 # Scheduling suites (issue 4): priorities, starvation, deadlines, backpressure,
-# fairness, dedup, batch byte limits, custom strategies, cancel. include()d at
+# fairness, dedup, batch byte limits, custom strategies, cancel, the default
+# batching. include()d at
 # the end of tests/CMakeLists.txt. The plugins it needs are built here, into
 # tests/plugins/ of the build tree, and their paths compiled into the test.
 set(BB_SCHED_PLUGIN_DIR ${CMAKE_CURRENT_BINARY_DIR}/plugins)
@@ -17,7 +18,9 @@ bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/stra
 bb_sched_plugin(bb_test_strategy_badabi ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_badabi.c)
 
 # One suite per subsystem, with the helpers they share (sched_util.c).
-foreach(suite priority starvation deadline backpressure fairness dedup batch_bytes strategy cancel)
+set(BB_SCHED_SUITES priority starvation deadline backpressure fairness dedup batch_bytes strategy
+    cancel default)
+foreach(suite ${BB_SCHED_SUITES})
   set(t test_sched_${suite})
   bb_criterion_test(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c ${CMAKE_CURRENT_LIST_DIR}/sched_util.c
                     ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)

@@ -266,3 +266,55 @@ Test(adaptive, score_reflects_slo_attainment)
     cr_assert_float_eq(a.score, 0.5 * 0.5, 1e-9, "half served, p99 twice the SLO");
     cr_assert_eq(a.slo_violations, 50);
 }
+
+/* Under load, throughput mode grows the batch only while the per-batch cost
+ * is a sizeable share of a request's: a backend close to linear in the batch
+ * size (a CPU) gains little from waiting; one with a large fixed cost per
+ * batch (a GPU) grows to what max_wait_us allows. */
+Test(adaptive, only_a_per_batch_cost_is_worth_waiting_for)
+{
+    struct bb__adaptive_cfg c = cfg_default();
+    c.max_wait_us = 1000;
+    c.slo_us = 0;
+    uint32_t target, wait;
+    double best;
+    /* CPU-like: 5 us per batch, 5 us per request, 80,000 req/s (80% busy at
+     * batch size 1). Past 9 requests a/n is under a tenth of a request. */
+    const struct bb__fit cpu = {.a_ns = 5000, .b_ns = 5000, .r2 = 1, .valid = true};
+    bb__adaptive_decide(&c, &cpu, 80000, 1.0, &target, &wait, &best);
+    cr_assert_gt(target, 1, "under load the batch grows a little");
+    cr_assert_leq(target, 10, "but not to the %u that max_wait_us would allow", target);
+    /* GPU-like: 30 us per batch, 0.2 us per request, 20,000 req/s: as far as
+     * the batch fills within max_wait_us, 1.2 x (n - 1) / L <= 1 ms. */
+    const struct bb__fit gpu = {.a_ns = 30000, .b_ns = 200, .r2 = 1, .valid = true};
+    bb__adaptive_decide(&c, &gpu, 20000, 1.0, &target, &wait, &best);
+    cr_assert_eq(target, 17);
+}
+
+/* The target never exceeds the most requests recently queued at once: with
+ * one request in flight nothing is held, whatever the controller plans. */
+Test(adaptive, target_is_capped_by_the_requests_queued)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    cr_assert_eq(a.target, 32, "the starting target");
+    cr_assert_eq(bb__adaptive_target(&a), 1, "nothing queued yet: a first request runs");
+    bb__adaptive_queued(&a, 1);
+    cr_assert_eq(bb__adaptive_target(&a), 1);
+    bb__adaptive_queued(&a, 20);
+    cr_assert_eq(bb__adaptive_target(&a), 20, "a burst lifts the cap at once");
+    bb__adaptive_queued(&a, 50);
+    cr_assert_eq(bb__adaptive_target(&a), 32, "the controller's target below the cap");
+    /* The cap remembers the last interval's peak, then lets go. */
+    feed(&a, 1e6, 5e4, 100, 0.0);
+    bb__adaptive_tick(&a, 1, 0, true);
+    bb__adaptive_arrival(&a, 600); /* 6000 req/s: the controller grows the target */
+    bb__adaptive_tick(&a, 1 + 100 * MS, 0, false);
+    cr_assert_gt(a.target, 8);
+    cr_assert_eq(bb__adaptive_target(&a), a.target < 50 ? a.target : 50);
+    bb__adaptive_queued(&a, 3);
+    bb__adaptive_arrival(&a, 600);
+    bb__adaptive_tick(&a, 1 + 200 * MS, 0, false);
+    cr_assert_eq(bb__adaptive_target(&a), 3, "one client with three in flight: batches of 3");
+}

@@ -2,13 +2,15 @@
  * fails or finds none) every test that needs one skips and says why; the
  * file checks, which come before the device is opened, run everywhere.
  * With a GPU: activations against a double reference, per-request sizes,
- * registered (mapped) and staged rows, graphs on and off, and the full
+ * registered (mapped) and staged rows, graphs on and off, synchronous and
+ * asynchronous (two batches in flight), and the full
  * Fashion-MNIST test set through a broker from 4 client processes, whose
  * segments the broker registers with the backend. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,9 +142,28 @@ Test(cuda, a_request_of_the_wrong_size_fails_alone)
     free(b);
 }
 
-/* Rows in registered memory (read and written by the kernels in place, some
- * at odd addresses) and the same rows in unregistered memory (staged), graphs
- * on and off: the same bits. */
+/* The asynchronous path as the broker drives it: submit, then the stream's
+ * callback completes the batch (on a thread of the CUDA runtime). */
+static _Atomic int completions;
+static int completed_rc;
+
+static void on_complete(struct bb_batch *b, int rc)
+{
+    (void)b;
+    completed_rc = rc;
+    atomic_fetch_add(&completions, 1);
+}
+
+static void wait_completions(int n)
+{
+    for (int i = 0; i < 10000 && atomic_load(&completions) < n; i++) usleep(1000);
+    cr_assert_eq(atomic_load(&completions), n, "batches not completed within 10 s");
+}
+
+/* Rows in a registered segment (read and written by the kernels in place,
+ * some at odd addresses) and the same rows in unregistered memory (staged),
+ * graphs on and off, run by process() or by submit() with two batches in
+ * flight: the same bits. */
 Test(cuda, registered_and_staged_rows_give_the_same_bits)
 {
     need_gpu();
@@ -150,19 +171,22 @@ Test(cuda, registered_and_staged_rows_give_the_same_bits)
     bbt_need_fmnist(&d, "fmnist.bbdense");
     char w[512];
     bbt_model_path("fmnist.bbdense", w, sizeof w);
-    enum { N = 48, IN = 3136, OUT = 40 };
+    enum { N = 48, IN = 3136, OUT = 40, HALF = N / 2 };
     size_t seg = 1 << 20;
     char *shm = mmap(NULL, seg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     char *heap = malloc(seg);
     cr_assert(shm != MAP_FAILED && heap);
-    float res[4][N][10];
-    for (int mode = 0; mode < 4; mode++) {
-        int registered = mode & 1;
+    const struct bb_segment sg = {.size = sizeof sg, .id = 7, .base = shm, .len = seg,
+                                  .numa_node = -1};
+    float res[8][N][10];
+    for (int mode = 0; mode < 8; mode++) {
+        int registered = mode & 1, async = mode & 4;
         struct bbt_plugin p = open_cuda(w, mode & 2 ? "on" : "off");
         char *base = registered ? shm : heap;
-        if (registered) cr_assert_eq(p.ops->register_memory(p.state, shm, seg), 0);
+        if (registered) cr_assert_eq(p.ops->register_segment(p.state, &sg), 0);
         struct bb_view in[N];
         struct bb_outbuf o[N];
+        uint32_t ids[N];
         for (int i = 0; i < N; i++) {
             /* Every third row one byte off alignment, rows out of order. */
             char *ip = base + (size_t)(N - 1 - i) * (IN + 8) + (i % 3 == 0);
@@ -170,16 +194,38 @@ Test(cuda, registered_and_staged_rows_give_the_same_bits)
             memcpy(ip, d.x + (size_t)i * 784, IN);
             in[i] = (struct bb_view){ip, IN};
             o[i] = (struct bb_outbuf){.ptr = op, .cap = OUT};
+            ids[i] = registered ? sg.id : 0;
         }
-        run(&p, N, in, o);
+        if (async) {
+            /* Two batches of half the rows each, both in flight. */
+            static uint8_t prio[N];
+            char msg[2][256];
+            struct bb_batch b[2];
+            atomic_store(&completions, 0);
+            for (int k = 0; k < 2; k++) {
+                b[k] = (struct bb_batch){.n = HALF, .inputs = in + k * HALF,
+                                         .outputs = o + k * HALF, .priorities = prio,
+                                         .errmsg = msg[k], .errmsg_cap = sizeof msg[k],
+                                         .segments = ids + k * HALF, .complete = on_complete};
+                cr_assert_eq(p.ops->submit(p.state, &b[k]), 0, "submit: %s", msg[k]);
+            }
+            wait_completions(2);
+            cr_assert_eq(completed_rc, 0);
+        } else {
+            static uint8_t prio[N];
+            char msg[256] = "";
+            struct bb_batch b = {.n = N, .inputs = in, .outputs = o, .priorities = prio,
+                                 .errmsg = msg, .errmsg_cap = sizeof msg, .segments = ids};
+            cr_assert_eq(p.ops->process(p.state, &b), 0, "process: %s", msg);
+        }
         for (int i = 0; i < N; i++) {
             cr_assert_eq(o[i].len, OUT);
             memcpy(res[mode][i], o[i].ptr, OUT);
         }
-        if (registered) p.ops->unregister_memory(p.state, shm, seg);
+        if (registered) p.ops->unregister_segment(p.state, &sg);
         bbt_plugin_close(&p);
     }
-    for (int mode = 1; mode < 4; mode++)
+    for (int mode = 1; mode < 8; mode++)
         cr_assert_eq(memcmp(res[0], res[mode], sizeof res[0]), 0, "mode %d differs from mode 0",
                      mode);
     munmap(shm, seg);

@@ -136,6 +136,9 @@ Test(cli, plugin_with_wrong_abi_refused)
     cr_assert(strstr(err_buf, "ABI"), "the message does not mention the ABI: %s", err_buf);
     cr_assert(strstr(err_buf, "bb_backend_badabi.so"), "the message does not name the plugin: %s",
               err_buf);
+    cr_assert(strstr(err_buf, "model bad ("), "the message does not name the model: %s", err_buf);
+    cr_assert(strstr(err_buf, "rebuild it against"), "the message does not say what to do: %s",
+              err_buf);
     /* And the broker does not start with it. */
     st = run_broker(text, path, sizeof path, NULL);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "the broker ran: status %#x", st);

@@ -91,6 +91,7 @@ Test(config, defaults)
     cr_assert_str_eq(m->backend, "echo");
     cr_assert_eq(m->max_batch_size, 32);
     cr_assert_eq(m->max_wait_us, 1000);
+    cr_assert_eq(m->adaptive, 1, "adaptive sizing is on by default (a lone request is not held)");
     cr_assert_eq(m->instances, 1);
     cr_assert_eq(m->max_queue, 4096);
     cr_assert_eq(m->default_priority, BB_PRIORITY_NORMAL);

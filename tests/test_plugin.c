@@ -2,6 +2,7 @@
  * BB_PLUGIN_DIR is the build's backends/ directory; the two deliberately
  * broken plugins from tests/plugins/ are built into BB_TEST_PLUGIN_DIR. */
 #include <criterion/criterion.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,13 +19,19 @@
 #define cr_assert_contains(hay, needle) \
     cr_assert(strstr((hay), (needle)), "\"%s\" does not contain \"%s\"", (hay), (needle))
 
-static void load(const char *name, struct bb__plugin *p)
+static void load_from(const char *name, const char *dir, struct bb__plugin *p)
 {
     char err[512] = "";
-    int rc = bb__plugin_load(name, BB_PLUGIN_DIR, p, err, sizeof err);
+    int rc = bb__plugin_load(name, dir, p, err, sizeof err);
     cr_assert_eq(rc, 0, "loading %s: %s", name, err);
     cr_assert_not_null(p->ops);
     cr_assert_str_eq(p->ops->name, name);
+}
+
+/* A built-in plugin (BB_PLUGIN_DIR); the tests' own are in BB_TEST_PLUGIN_DIR. */
+static void load(const char *name, struct bb__plugin *p)
+{
+    load_from(name, BB_PLUGIN_DIR, p);
 }
 
 /* Loading must fail; returns the message for the caller to inspect. */
@@ -277,8 +284,71 @@ Test(plugin, refuses_bad_abi)
     char err[512];
     refuse("badabi", BB_TEST_PLUGIN_DIR, err, sizeof err);
     cr_assert_contains(err, "bb_backend_badabi.so");
-    cr_assert_contains(err, "ABI version 999");
-    cr_assert_contains(err, "speaks 1");
+    cr_assert_contains(err, "built against backend ABI version 999");
+    cr_assert_contains(err, "speaks versions 1 and 2");
+    cr_assert_contains(err, "rebuild it against this broker's include/batchbroker/backend.h");
+}
+
+/* One defect per table (tests/plugins/badtable.c): each refused, with a
+ * message that names it. */
+Test(plugin, refuses_bad_tables)
+{
+    static const struct {
+        const char *name, *msg;
+    } bad[] = {
+        {"bad_v1_size", "table of ABI version 1 is"},
+        {"bad_v2_size", "table of ABI version 2 is"},
+        {"bad_two_inits", "exactly one of init() and init2()"},
+        {"bad_no_run", "neither process() nor submit()"},
+        {"bad_no_inflight", "max_inflight is 0; with submit() it must be 1..64"},
+        {"bad_v1_register", "register_memory()/unregister_memory() are ABI 1's"},
+        {"bad_half_register", "only one of register_segment() and unregister_segment()"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[512];
+        refuse(bad[i].name, BB_TEST_PLUGIN_DIR, err, sizeof err);
+        cr_assert_contains(err, bad[i].name);
+        cr_assert_contains(err, bad[i].msg);
+    }
+    /* A wrong size says what to rebuild against. */
+    char err[512];
+    refuse("bad_v1_size", BB_TEST_PLUGIN_DIR, err, sizeof err);
+    cr_assert_contains(err, "rebuild it against this broker's include/batchbroker/backend.h");
+}
+
+/* A plugin built against the version-1 header (tests/plugins/v1echo.c)
+ * loads; the broker sees its table as a version-2 table whose new fields
+ * are zero, and the plugin's own table is read no further than its size. */
+Test(plugin, loads_version_1)
+{
+    struct bb__plugin p;
+    load_from("v1echo", BB_TEST_PLUGIN_DIR, &p);
+    cr_assert_eq(p.abi, 1);
+    cr_assert_eq(p.ops->struct_size, BB_BACKEND_OPS_V1_SIZE);
+    cr_assert_not_null(p.ops->init);
+    cr_assert_not_null(p.ops->register_memory);
+    cr_assert_null(p.ops->init2);
+    cr_assert_null(p.ops->submit);
+    cr_assert_null(p.ops->register_segment);
+    cr_assert_eq(p.ops->max_inflight, 0);
+    char err[256];
+    void *state;
+    cr_assert_eq(init_with(&p, NULL, 0, &state, err, sizeof err), 0, "%s", err);
+    p.ops->fini(state);
+    bb__plugin_unload(&p);
+}
+
+Test(plugin, loads_version_2_async)
+{
+    struct bb__plugin p;
+    load_from("asyncecho", BB_TEST_PLUGIN_DIR, &p);
+    cr_assert_eq(p.abi, 2);
+    cr_assert_null(p.ops->init);
+    cr_assert_null(p.ops->process);
+    cr_assert_not_null(p.ops->init2);
+    cr_assert_not_null(p.ops->submit);
+    cr_assert_eq(p.ops->max_inflight, 2);
+    bb__plugin_unload(&p);
 }
 
 Test(plugin, refuses_missing_entry)
@@ -351,6 +421,34 @@ Test(plugin, dir_precedence)
     unsetenv("BATCHBROKER_PLUGIN_DIR");
     cr_assert_eq(bb__plugin_load("echo", NULL, &p, err, sizeof err), 0, "%s", err);
     bb__plugin_unload(&p);
+}
+
+/* The ABI's layout on 64-bit Linux, hard-coded so that a change breaks this
+ * test on purpose: a plugin built against one layout must meet the same
+ * one in the broker. Version 2 only appends to version 1 (96 bytes). */
+Test(plugin, abi_layout)
+{
+    cr_assert_eq(BB_BACKEND_OPS_V1_SIZE, 96);
+    cr_assert_eq(offsetof(struct bb_backend_ops, reserved), 64);
+    cr_assert_eq(offsetof(struct bb_backend_ops, init2), 96);
+    cr_assert_eq(offsetof(struct bb_backend_ops, register_segment), 104);
+    cr_assert_eq(offsetof(struct bb_backend_ops, unregister_segment), 112);
+    cr_assert_eq(offsetof(struct bb_backend_ops, submit), 120);
+    cr_assert_eq(offsetof(struct bb_backend_ops, max_inflight), 128);
+    cr_assert_eq(offsetof(struct bb_backend_ops, reserved2), 136);
+    cr_assert_eq(sizeof(struct bb_backend_ops), 168);
+    cr_assert_eq(offsetof(struct bb_batch, errmsg_cap), 40);
+    cr_assert_eq(offsetof(struct bb_batch, segments), 48);
+    cr_assert_eq(offsetof(struct bb_batch, complete), 56);
+    cr_assert_eq(sizeof(struct bb_batch), 64);
+    cr_assert_eq(offsetof(struct bb_init_args, max_batch_size), 16);
+    cr_assert_eq(offsetof(struct bb_init_args, params), 32);
+    cr_assert_eq(offsetof(struct bb_init_args, log), 48);
+    cr_assert_eq(sizeof(struct bb_init_args), 64);
+    cr_assert_eq(offsetof(struct bb_segment, id), 4);
+    cr_assert_eq(offsetof(struct bb_segment, base), 8);
+    cr_assert_eq(offsetof(struct bb_segment, numa_node), 24);
+    cr_assert_eq(sizeof(struct bb_segment), 32);
 }
 
 Test(plugin, unload_zeroed)

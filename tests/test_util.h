@@ -1,5 +1,5 @@
 /* Helpers shared by the Criterion suites that talk to a real broker
- * (test_client, test_robustness, test_scheduling). They assert with
+ * (test_client, test_robustness, test_sched_*). They assert with
  * Criterion, so this file (and test_util.c) is compiled into Criterion suites
  * only; the Criterion-free helpers (brokers, bbt_msleep, bbt_fill/bbt_check)
  * are in harness.h, which tsan_stress.c uses too. */

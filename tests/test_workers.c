@@ -89,12 +89,14 @@ Test(workers, batches_span_the_clients_of_every_worker)
 
     bbt_unique_path(rec_log, sizeof rec_log, ".rec");
     char cfg[1024];
-    /* A long max_wait: the first batch waits until both clients' requests
-     * are in, then runs them together. */
+    /* A long max_wait and static batching (adaptive sizing would not hold
+     * one client's requests for the other's): the first batch waits until
+     * both clients' requests are in, then runs them together. */
     snprintf(cfg, sizeof cfg,
              "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n"
              "[model.rec]\nbackend = %s\nparam.file = %s\nparam.batch_us = 1000\n"
-             "instances = 1\nmax_batch_size = 16\nmax_wait_us = 300000\nfairness = on\n",
+             "instances = 1\nmax_batch_size = 16\nmax_wait_us = 300000\nadaptive = off\n"
+             "fairness = on\n",
              BB_SCHED_RECORDER, rec_log);
     cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
 

@@ -2,11 +2,18 @@
  * Criterion's forking runner. Both sides are built with -fsanitize=thread:
  * the broker (batchbroker_tsan: dispatcher + two executor threads) and this
  * client (four submitting threads, one bb_client_poll thread, cancels and
- * frees of pending requests, all sharing one bb_client), with a thread that
- * scrapes the broker's metrics endpoint all along (its HTTP thread reads
- * what the dispatcher writes: metrics.h). Exit 0 only if every
+ * frees of pending requests, all sharing one bb_client; a thread whose
+ * clients attach and leave meanwhile; and a thread that scrapes the broker's
+ * metrics endpoint all along (its HTTP thread reads what the dispatcher
+ * writes: metrics.h). Exit 0 only if every
  * request got exactly its own answer and neither process reported a race
- * (TSAN_OPTIONS exitcode=66 makes a reported race fail the broker's exit). */
+ * (TSAN_OPTIONS exitcode=66 makes a reported race fail the broker's exit).
+ *
+ *   tsan_stress [BACKEND.so]
+ * BACKEND (the instrumented tests/plugins/asyncecho.c) makes the model
+ * asynchronous: batches complete on the plugin's thread, two in flight per
+ * instance, and client segments are registered on the broker's registration
+ * thread (each registration takes 2 ms). */
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -83,6 +90,39 @@ static void *submitter(void *arg)
     return NULL;
 }
 
+/* Clients that come and go while the others run: with a backend that
+ * registers segments, each attach is a registration and each departure an
+ * unregistration, concurrently with batches. */
+static const char *sock_path;
+
+static void *churner(void *arg)
+{
+    (void)arg;
+    for (int k = 0; k < 20; k++) {
+        bb_client *c;
+        bb_model *m;
+        if (bb_connect(sock_path, NULL, &c) < 0) {
+            atomic_fetch_add(&failures, 1);
+            continue;
+        }
+        if (bb_model_open(c, "echo", &m) == 0) {
+            for (int i = 0; i < 4; i++) {
+                uint64_t id = 1ull << 50 | (uint64_t)k << 8 | (uint64_t)i;
+                char in[64], out[64];
+                size_t n = 0;
+                bbt_fill(in, sizeof in, id);
+                if (bb_infer(m, in, sizeof in, out, sizeof out, &n, NULL, 10000000000ll) < 0 ||
+                    n != sizeof in || !bbt_check(out, n, id))
+                    atomic_fetch_add(&failures, 1);
+            }
+        } else {
+            atomic_fetch_add(&failures, 1);
+        }
+        bb_disconnect(c);
+    }
+    return NULL;
+}
+
 /* Drains the completion ring concurrently with the waiters above. */
 static void *poller(void *arg)
 {
@@ -113,13 +153,16 @@ static void *scraper(void *arg)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    char listen[64];
+    char listen[64], backend[600] = "model.echo.backend=echo";
     metrics_port = bbt_free_port();
     snprintf(listen, sizeof listen, "broker.metrics_listen=%u", metrics_port);
+    if (argc > 1)
+        snprintf(backend, sizeof backend, "model.echo.backend=%s", argv[1]);
     const char *ov[] = {"model.echo.instances=2", "model.echo.max_wait_us=50",
-                        "model.echo.max_batch_size=16", listen, NULL};
+                        "model.echo.max_batch_size=16", listen, backend,
+                        argc > 1 ? "model.echo.param.register_us=2000" : NULL, NULL};
     struct bbt_broker b;
     setenv("TSAN_OPTIONS", "exitcode=66 halt_on_error=0", 1);
     if (bbt_broker_start(&b, NULL, ov) < 0) {
@@ -132,13 +175,16 @@ int main(void)
         bbt_cleanup_all();
         return 1;
     }
-    pthread_t th[THREADS], pt, sc;
+    pthread_t th[THREADS], pt, ct, sc;
+    sock_path = b.sock;
     pthread_create(&pt, NULL, poller, c);
+    pthread_create(&ct, NULL, churner, NULL);
     pthread_create(&sc, NULL, scraper, NULL);
     for (uintptr_t i = 0; i < THREADS; i++)
         pthread_create(&th[i], NULL, submitter, (void *)i);
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
+    pthread_join(ct, NULL);
     atomic_store(&stop_poller, 1);
     pthread_join(pt, NULL);
     pthread_join(sc, NULL);

@@ -22,12 +22,26 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   target_link_options(tsan_stress PRIVATE -fsanitize=thread)
   target_link_libraries(tsan_stress PRIVATE Threads::Threads)
   add_dependencies(tsan_stress batchbroker_tsan)
+  # The asynchronous backend of version 2, instrumented too: batches complete
+  # on the plugin's thread, segments are registered on the broker's
+  # registration thread.
+  add_library(bb_backend_asyncecho_tsan MODULE ${CMAKE_CURRENT_LIST_DIR}/plugins/asyncecho.c)
+  set_target_properties(bb_backend_asyncecho_tsan PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden)
+  target_compile_options(bb_backend_asyncecho_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
+  target_link_options(bb_backend_asyncecho_tsan PRIVATE -fsanitize=thread)
+  target_link_libraries(bb_backend_asyncecho_tsan PRIVATE Threads::Threads)
+  add_dependencies(tsan_stress bb_backend_asyncecho_tsan)
   add_test(NAME tsan_stress COMMAND tsan_stress)
   # The same with two workers: requests and completions cross the mailboxes.
   add_test(NAME tsan_stress_2workers COMMAND tsan_stress)
   set_tests_properties(tsan_stress_2workers PROPERTIES
     ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
-  set_tests_properties(tsan_stress PROPERTIES TIMEOUT 300)
+  add_test(NAME tsan_stress_async COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
+  add_test(NAME tsan_stress_async_2workers COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
+  set_tests_properties(tsan_stress_async_2workers PROPERTIES
+    ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
+  set_tests_properties(tsan_stress tsan_stress_2workers tsan_stress_async tsan_stress_async_2workers
+    PROPERTIES TIMEOUT 300)
 
   # The statistics' single-writer contract on its own, with window copies
   # every few ms of a fake clock instead of every 5 s.

@@ -151,7 +151,9 @@ struct bb_model_stats {
 };
 
 /* Connect to the broker at socket_path (NULL: bb_default_socket) and map
- * this client's segment. opts may be NULL.
+ * this client's segment. opts may be NULL. Blocks until the broker answers
+ * (at most the client's timeout_ms), which with a backend that pins client
+ * memory (a GPU's) is once the segment is registered: milliseconds.
  * Returns 0, BB_EINVAL, BB_ENOMEM (also: the broker's per-uid slot or
  * segment limit, max_uid_slots / max_uid_segment_mb), BB_ENOBROKER (nothing
  * listens there), BB_EDISCONNECTED (the broker closed the connection without

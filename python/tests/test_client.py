@@ -164,7 +164,7 @@ def test_stats_and_tuning(broker):
         assert isinstance(s, bb.ModelStats)
         assert s.submitted == 5 and s.completed == 5 and s.batches >= 1
         t = echo.tuning()
-        assert isinstance(t, bb.ModelTuning) and t.max_batch_size == 32 and t.adaptive is False
+        assert isinstance(t, bb.ModelTuning) and t.max_batch_size == 32 and t.adaptive is True  # the default
         echo.pin(4)  # we are root or the broker's user
         assert echo.stats().batch_target == 4
         echo.unpin()

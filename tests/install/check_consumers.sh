@@ -8,7 +8,7 @@
 
 start_broker
 # It found its plugins by itself, in the install, not in the build tree.
-grep -q "loaded backend \"echo\" from $(realpath "$LIBDIR")/batchbroker/bb_backend_echo.so" \
+grep -q "loaded backend \"echo\" (ABI [0-9]*) from $(realpath "$LIBDIR")/batchbroker/bb_backend_echo.so" \
     "$WORK/broker.log" || fail "the installed broker did not load the installed echo plugin"
 export BATCHBROKER_SOCKET="$SOCK"
 
