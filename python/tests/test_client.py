@@ -166,9 +166,10 @@ def test_stats_and_tuning(broker):
         t = echo.tuning()
         assert isinstance(t, bb.ModelTuning) and t.max_batch_size == 32 and t.adaptive is True  # the default
         echo.pin(4)  # we are root or the broker's user
-        assert echo.stats().batch_target == 4
-        echo.unpin()
-        assert echo.stats().batch_target == 32
+        assert echo.tuning().pinned == 4 and echo.stats().batch_target == 4
+        echo.unpin()  # back to the controller's choice, somewhere in 1..max_batch_size
+        t = echo.tuning()
+        assert t.pinned == 0 and 1 <= t.batch_target <= 32
 
 
 def test_errors(broker, tmp_path):
