@@ -175,6 +175,13 @@ static int handle_mail(struct bb__worker *w, uint64_t now)
         struct bb__req *r = msg->p;
         switch (msg->kind) {
         case BB__MSG_SUBMIT:
+            /* The sender stamped it in its own pass, which may have begun
+             * after this one: arrival is never later than this pass's now,
+             * or waits and phases (now - enq_ns, cut - submit_ns) underflow. */
+            if (r->enq_ns > now)
+                r->enq_ns = now;
+            if (r->submit_ns > now)
+                r->submit_ns = now;
             bb__enqueue(&b->models[r->model], r, now);
             break;
         case BB__MSG_CANCEL:
