@@ -274,7 +274,7 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         if (m->dedup)
             bb__dedup_expire_cache(m, now);
         /* Target and wait for readers on other threads: they move at this
-         * pace (a pin or a reload shows within an interval). */
+         * pace (a reload or an unpin shows within an interval, a pin at once). */
         uint32_t wait;
         uint32_t target = bb__model_target(m, &wait);
         bb__metrics_gauges(&m->metrics, target, wait, m->w->profile);

@@ -211,15 +211,10 @@ void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t n
         return;
     }
     s->queued = (uint32_t)bb__ctr_get(&m->metrics.queued);
-    if (s->pinned || !m->cfg.adaptive) {
-        /* A pin or the configuration decides alone (bb__model_target reads
-         * nothing of the home's then): exact at once, where the home's
-         * published figure would lag a pin made on this worker. */
+    s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
+    s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
+    if (s->pinned) /* a pin shows at once: it reads only the pin and the configuration */
         s->batch_target = bb__model_target(m, &s->wait_us);
-    } else {
-        s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
-        s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
-    }
     s->changes = atomic_load_explicit(&m->pub.changes, memory_order_relaxed);
     s->fit_a_us = atomic_load_explicit(&m->pub.fit_a_us, memory_order_relaxed);
     s->fit_b_us = atomic_load_explicit(&m->pub.fit_b_us, memory_order_relaxed);

@@ -162,23 +162,25 @@ static int reap_cqes(struct bb__worker *w)
     }
 }
 
-/* Messages from the other workers (mailbox.h), in the order they were sent.
- * A forwarded request was stamped by its client's worker, possibly after this
- * pass read the clock: read it again once the mail is taken, so that the pass
- * (*now) never cuts a batch before one of its members was submitted (the
- * phases would outlast the request's latency). */
-static int handle_mail(struct bb__worker *w, uint64_t *nowp)
+/* Messages from the other workers (mailbox.h), in the order they were sent. */
+static int handle_mail(struct bb__worker *w, uint64_t now)
 {
     const struct bb__msgbuf *mb = bb__mailbox_take(w);
     if (!mb)
         return 0;
-    const uint64_t now = *nowp = bb__now_ns();
     struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < mb->n; i++) {
         const struct bb__msg *msg = &mb->v[i];
         struct bb__req *r = msg->p;
         switch (msg->kind) {
         case BB__MSG_SUBMIT:
+            /* The sender stamped it in its own pass, which may have begun
+             * after this one: arrival is never later than this pass's now,
+             * or waits and phases (now - enq_ns, cut - submit_ns) underflow. */
+            if (r->enq_ns > now)
+                r->enq_ns = now;
+            if (r->submit_ns > now)
+                r->submit_ns = now;
             bb__enqueue(&b->models[r->model], r, now);
             break;
         case BB__MSG_CANCEL:
@@ -474,7 +476,7 @@ int bb__worker_run(struct bb__worker *w)
         /* One clock read a pass: a spinning dispatcher makes many passes,
          * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();
-        progress += handle_mail(w, &now);
+        progress += handle_mail(w, now);
         progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < b->nmodels; i++)
