@@ -28,7 +28,7 @@ static void usage(FILE *f)
 "usage: bb-bench [options]\n"
 "broker:\n"
 "  --socket PATH          broker socket (default: [broker] socket of the config,\n"
-"                         $BATCHBROKER_SOCKET, " BB_DEFAULT_SOCKET ")\n"
+"                         $BATCHBROKER_SOCKET, else bb_default_socket())\n"
 "  --model NAME           model to load (default echo)\n"
 "  --spawn-broker CONFIG  start `batchbroker --config CONFIG` for the run, stop it after\n"
 "  --config CONFIG        read the model's backend and batching from CONFIG (the broker\n"
@@ -372,8 +372,10 @@ static int resolve_model(struct bench_opts *o, const struct model_flags *mf)
     if (mf->has_max_wait) m->max_wait_us = mf->max_wait_us;
     if (o->verify < 0) o->verify = o->dataset || is_echo_like(m->backend);
     if (!o->socket) {
+        static char def[108];
         const char *env = getenv("BATCHBROKER_SOCKET");
-        o->socket = m->socket[0] ? m->socket : env && env[0] ? env : BB_DEFAULT_SOCKET;
+        o->socket = m->socket[0] ? m->socket : env && env[0] ? env
+                  : bb_default_socket(def, sizeof def) >= 0 ? def : "";
     }
     return 0;
 }

@@ -43,7 +43,11 @@ void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen)
 void bb__batcher_drop_client(struct bb__worker *w, struct bb__client *c)
 {
     for (uint32_t i = 0; i < c->nslots; i++) {
-        struct bb__req *r = &c->reqs[i];
+        struct bb__req *r = bb__session_req(c, i);
+        if (!r) {
+            i |= BB__REQ_CHUNK - 1; /* a chunk never used: nothing queued in it */
+            continue;
+        }
         int st = atomic_load_explicit(&r->state, memory_order_relaxed);
         if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
             continue;

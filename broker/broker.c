@@ -36,7 +36,7 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     uint32_t n = cfg->workers ? cfg->workers : (uint32_t)b->topo.nnodes;
     b->models = calloc(cfg->nmodels ? cfg->nmodels : 1, sizeof *b->models);
     b->workers = calloc(n, sizeof *b->workers);
-    if (!b->models || !b->workers) {
+    if (!b->models || !b->workers || bb__admission_init(&b->adm, cfg->max_clients) < 0) {
         bb_error("out of memory");
         return -1;
     }
@@ -133,4 +133,5 @@ void bb__broker_fini(struct bb__broker *b)
     }
     free(b->workers);
     free(b->models);
+    bb__admission_fini(&b->adm);
 }

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "admission.h"
 #include "config.h"
 #include "registrar.h"
 #include "topology.h"
@@ -29,6 +30,7 @@ struct bb__broker {
 
     _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */
     _Atomic uint32_t next_client_id;
+    struct bb__admission adm;       /* sessions, slots and segment bytes per uid and pid */
 
     /* Segment registration off the dispatchers (registrar.c), started when
      * some model's backend registers memory. */

@@ -27,6 +27,7 @@
 
 #include "batchbroker/client.h"
 #include "log.h"
+#include "socket_path.h"
 
 enum bb__ctype {
     BB__CT_UINT,    /* decimal, stored in a 4- or 8-byte unsigned member */
@@ -66,13 +67,16 @@ static const char *const bb__onoff_names[] = {"off", "on", NULL};
 static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
 static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
 static const char *const bb__doorbell_names[] = {"auto", "futex", "eventfd", NULL};
+static const char *const bb__scope_names[] = {"global", "uid", NULL};
 
 /* Rows: section, name, type, member, min, max, default, default shown by
  * --help when it is computed, enum names, reloadable, description. */
 static const struct bb__config_key bb__keys[] = {
-    {BB__SEC_BROKER, "socket", BB__CT_STRING, BB__BROKER(socket_path), 1, 107,
-     BB_DEFAULT_SOCKET, NULL, NULL, 0,
-     "Path of the Unix control socket that clients connect to."},
+    {BB__SEC_BROKER, "socket", BB__CT_STRING, BB__BROKER(socket_path), 1, 107, NULL,
+     "$XDG_RUNTIME_DIR/batchbroker.sock; as root /run/batchbroker/batchbroker.sock; else "
+     "/tmp/batchbroker-UID/batchbroker.sock", NULL, 0,
+     "Path of the Unix control socket that clients connect to. The default is in a directory "
+     "only the broker's user can create entries in (docs/operations.md)."},
     {BB__SEC_BROKER, "plugin_dir", BB__CT_STRING, BB__BROKER(plugin_dir), 0, 255, "", NULL, NULL, 0,
      "Directory of the backend plugins named without a path; empty means "
      "$BATCHBROKER_PLUGIN_DIR, else the built-in location."},
@@ -103,6 +107,27 @@ static const struct bb__config_key bb__keys[] = {
      "Request slots of a client that does not ask for a number; at most max_inflight."},
     {BB__SEC_BROKER, "max_inflight", BB__CT_UINT, BB__BROKER(max_inflight), 1, 1048576, "65536",
      NULL, NULL, 0, "Most request slots a client may ask for."},
+    {BB__SEC_BROKER, "max_clients_per_uid", BB__CT_UINT, BB__BROKER(max_clients_per_uid), 0,
+     4096, "0", NULL, NULL, 1,
+     "Sessions (clients, operators, connections still in their handshake) one uid may hold; "
+     "0 = max_clients less an eighth of it, so that one uid cannot take every place."},
+    {BB__SEC_BROKER, "max_clients_per_pid", BB__CT_UINT, BB__BROKER(max_clients_per_pid), 1,
+     4096, "64", NULL, NULL, 1,
+     "Sessions one process may hold (a peer in another pid namespace counts by uid only)."},
+    {BB__SEC_BROKER, "hello_timeout_ms", BB__CT_UINT, BB__BROKER(hello_timeout_ms), 10, 600000,
+     "2000", NULL, NULL, 1, "A connection that has not said HELLO by then is dropped."},
+    {BB__SEC_BROKER, "operator_idle_timeout_ms", BB__CT_UINT,
+     BB__BROKER(operator_idle_timeout_ms), 0, 86400000, "60000", NULL, NULL, 1,
+     "An operator session (bbctl) that sends nothing for this long is dropped; 0 = never. "
+     "Attached clients are never dropped for being idle."},
+    {BB__SEC_BROKER, "max_uid_slots", BB__CT_UINT, BB__BROKER(max_uid_slots), 1, 1u << 30,
+     "262144", NULL, NULL, 1,
+     "Request slots all attached clients of one uid may hold together; a HELLO past it fails "
+     "with BB_ENOMEM."},
+    {BB__SEC_BROKER, "max_uid_segment_mb", BB__CT_UINT, BB__BROKER(max_uid_segment_mb), 1,
+     16777216, "16384", NULL, NULL, 1,
+     "Segment memory (MiB) all attached clients of one uid may hold together; a HELLO past it "
+     "fails with BB_ENOMEM."},
     {BB__SEC_BROKER, "log_level", BB__CT_ENUM, BB__BROKER(log_level), 0, 3, "info", NULL,
      bb__log_names, 1, "Least severe message that is logged."},
     {BB__SEC_BROKER, "allowed_uids", BB__CT_UIDS, BB__BROKER(allowed_uids), 0, BB_MAX_IDS, NULL,
@@ -146,7 +171,9 @@ static const struct bb__config_key bb__keys[] = {
      3600000000u, "0", NULL, NULL, 1,
      "Deadline of requests submitted without a timeout; 0 = none."},
     {BB__SEC_MODEL, "max_request_bytes", BB__CT_BYTES, BB__MODEL(max_request_bytes), 0, 4ull << 30,
-     "0", NULL, NULL, 1, "Largest input + output of one request; 0 = no limit."},
+     "16M", NULL, NULL, 1,
+     "Largest input + output of one request; 0 = no limit. The default bounds how long one "
+     "request can hold a model that other clients share."},
     {BB__SEC_MODEL, "priorities", BB__CT_ENUM, BB__MODEL(priorities), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Four priority levels (critical > high > normal > low); off = one FIFO queue."},
@@ -167,9 +194,10 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "max_queue_low", BB__CT_UINT, BB__MODEL(max_queue_level[3]), 0, 1048576,
      "0", NULL, NULL, 1, "Same for low."},
     {BB__SEC_MODEL, "max_inflight_per_client", BB__CT_UINT, BB__MODEL(max_inflight_per_client),
-     0, 1048576, "0", NULL, NULL, 1,
+     0, 1048576, "1024", NULL, NULL, 1,
      "Queued + running requests one client may have on this model before BB_EBUSY; "
-     "0 = unlimited."},
+     "0 = unlimited. The default is a quarter of the default max_queue, so that one client "
+     "cannot fill a shared queue alone."},
     {BB__SEC_MODEL, "fairness", BB__CT_ENUM, BB__MODEL(fairness), 0, 1, "on", NULL,
      bb__onoff_names, 0,
      "Within a level, requests without a deadline are taken round-robin across clients."},
@@ -182,6 +210,11 @@ static const struct bb__config_key bb__keys[] = {
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
     {BB__SEC_MODEL, "dedup", BB__CT_ENUM, BB__MODEL(dedup), 0, 1, "off", NULL, bb__onoff_names, 1,
      "Deduplicate identical inputs for every request (else only with BB_SUBMIT_DEDUP)."},
+    {BB__SEC_MODEL, "dedup_scope", BB__CT_ENUM, BB__MODEL(dedup_scope), 0, 1, "uid", NULL,
+     bb__scope_names, 1,
+     "Who shares computations and cached results: uid = only requests of the same user (a "
+     "cache hit answers much sooner, so sharing across users tells one user what another "
+     "submitted); global = every client of the model."},
     {BB__SEC_MODEL, "dedup_cache_entries", BB__CT_UINT, BB__MODEL(dedup_cache_entries), 0,
      1048576, "1024", NULL, NULL, 0, "Completed results kept for reuse; 0 = no cache."},
     {BB__SEC_MODEL, "dedup_memory_mb", BB__CT_UINT, BB__MODEL(dedup_memory_mb), 0, 65536, "64",
@@ -651,6 +684,8 @@ void bb__config_defaults(struct bb__broker_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     bb__apply_defaults(BB__SEC_BROKER, cfg);
+    if (bb__default_socket_path(geteuid(), cfg->socket_path, sizeof cfg->socket_path) < 0)
+        cfg->socket_path[0] = '\0'; /* too long: bb__config_check says so */
     /* Root is allowed because it can read any segment anyway. */
     cfg->allowed_uids[cfg->nuids++] = geteuid();
     if (geteuid() != 0)
@@ -662,6 +697,11 @@ void bb__config_defaults(struct bb__broker_config *cfg)
 
 int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errlen)
 {
+    if (!cfg->socket_path[0]) {
+        snprintf(err, errlen, "no socket configured and the default ($XDG_RUNTIME_DIR/"
+                 "batchbroker.sock) is longer than 107 bytes: set [broker] socket");
+        return -1;
+    }
     for (size_t i = 0; i < cfg->nmodels; i++) {
         if (cfg->models[i].backend[0] == '\0') {
             snprintf(err, errlen, "[model.%s] has no backend", cfg->models[i].name);

@@ -40,6 +40,7 @@ struct bb__model_config {
     uint32_t fair_quantum;      /* consecutive requests of a client per round */
     char client_weights[256];   /* "uid:weight,..." */
     uint32_t dedup;
+    uint32_t dedup_scope;       /* 0 global, 1 uid */
     uint32_t dedup_cache_entries;
     uint32_t dedup_ttl_ms;
     uint32_t dedup_memory_mb;   /* private copies: in-flight groups + cache */
@@ -73,6 +74,13 @@ struct bb__broker_config {
     uint32_t max_segment_mb;
     uint32_t default_max_inflight;
     uint32_t max_inflight;      /* upper bound on slots a client may ask for */
+    /* Admission limits (admission.c, docs/operations.md). */
+    uint32_t max_clients_per_uid;   /* 0 = max_clients less an eighth */
+    uint32_t max_clients_per_pid;
+    uint32_t hello_timeout_ms;
+    uint32_t operator_idle_timeout_ms; /* 0 = never */
+    uint32_t max_uid_slots;
+    uint32_t max_uid_segment_mb;
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug */
     char metrics_listen[64];    /* "" = no HTTP server; see bb__config_listen_addr */
     uint32_t profile;           /* time the phases of batches */

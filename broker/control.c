@@ -3,6 +3,7 @@
  * messages of include/batchbroker/protocol.h. Messages are handled inline by the
  * dispatcher; they are rare and never block (the sockets are non-blocking). */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,13 +26,48 @@
 #include "model.h"
 #include "segment.h"
 #include "session.h"
+#include "socket_path.h"
 #include "topology.h"
 #include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
 
+/* The default socket's directory (socket_path.h): create it if missing,
+ * and refuse one that another user owns or may write to, since whoever can
+ * write there can take the path first. */
+static int prepare_default_dir(const char *path)
+{
+    char dir[108];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return 0;
+    *slash = '\0';
+    bool ours = strcmp(dir, BB__ROOT_SOCKET_DIR) == 0 || strncmp(dir, "/tmp/batchbroker-", 17) == 0;
+    if (ours && mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        bb_error("cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (lstat(dir, &st) < 0) {
+        bb_error("%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+        bb_error("%s is not a directory of uid %u that only it can write (owner %u, mode %04o): "
+                 "another user could take the socket path; remove it or set [broker] socket",
+                 dir, (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
+}
+
 int bb__control_listen(const char *path)
 {
+    char def[108];
+    if (bb__default_socket_path(geteuid(), def, sizeof def) >= 0 && strcmp(path, def) == 0 &&
+        prepare_default_dir(path) < 0)
+        return -1;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
         bb_error("socket path too long: %s", path);
@@ -50,6 +86,10 @@ int bb__control_listen(const char *path)
         close(fd);
         return -1;
     }
+    /* A short backlog: behind a peer that connects in a loop, a new client
+     * waits for every connection queued ahead of it to be refused, so a long
+     * queue only lengthens that wait (4096 entries: up to 0.5 s measured,
+     * 128: a few ms). Waiters in connect() take free places in turn. */
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
         bb_error("cannot listen on %s: %s", path, strerror(errno));
         close(fd);
@@ -82,12 +122,18 @@ void bb__control_accept(struct bb__worker *w, int fd)
         close(fd);
         return;
     }
-    bool stopping = atomic_load(&b->stopping);
-    struct bb__client *c = stopping ? NULL : bb__session_add(w, fd, &cr);
+    const char *why = "shutting down";
+    int rc = atomic_load(&b->stopping) ? BB_ESHUTDOWN
+                                       : bb__admission_connect(&b->adm, b->cfg, cr.uid, cr.pid, &why);
+    struct bb__client *c = rc == 0 ? bb__session_add(w, fd, &cr) : NULL;
     if (!c) {
-        bb_warn("refused client pid %d: %s", (int)cr.pid,
-                stopping ? "shutting down" : "max_clients reached");
-        send_status(fd, BB_MSG_HELLO_REPLY, stopping ? BB_ESHUTDOWN : BB_EMAXCLIENTS);
+        if (rc == 0) { /* counted, but the table is full or memory short */
+            bb__admission_release(&b->adm, cr.uid, cr.pid, 0, 0);
+            rc = BB_EMAXCLIENTS;
+            why = "max_clients reached";
+        }
+        bb_warn_limited("refused client pid %d uid %u: %s", (int)cr.pid, (unsigned)cr.uid, why);
+        send_status(fd, BB_MSG_HELLO_REPLY, rc);
         close(fd);
         return;
     }
@@ -96,7 +142,7 @@ void bb__control_accept(struct bb__worker *w, int fd)
     c->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
     if (c->pidfd >= 0)
         bb__session_arm(w, c, BB__UD_PIDFD);
-    bb_debug("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
+    bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
 /* One message with descriptors attached (SCM_RIGHTS). */
@@ -115,11 +161,12 @@ static bool send_fds(int sock, const void *msg, size_t len, const int *fds, int 
     return sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len;
 }
 
-/* The segment a HELLO asks for, within the broker's limits. */
-static int make_segment(const struct bb__broker_config *cfg, struct bb__client *c,
-                        const struct bb_msg_hello *h, char **base, struct bb__layout *lay,
-                        int *memfd)
+/* The segment a HELLO asks for, within the broker's limits, charged to the
+ * client's uid before it is made (admission.c). */
+static int make_segment(struct bb__broker *b, struct bb__client *c, const struct bb_msg_hello *h,
+                        char **base, struct bb__layout *lay, int *memfd)
 {
+    const struct bb__broker_config *cfg = b->cfg;
     uint32_t want = h->max_inflight ? h->max_inflight : cfg->default_max_inflight;
     if (want > cfg->max_inflight)
         want = cfg->max_inflight;
@@ -130,6 +177,16 @@ static int make_segment(const struct bb__broker_config *cfg, struct bb__client *
     uint64_t maxseg = (uint64_t)cfg->max_segment_mb << 20;
     if (seg > maxseg)
         seg = maxseg;
+    bb__layout_compute(n, seg, lay);
+    const char *why;
+    if (bb__admission_attach(&b->adm, cfg, c->uid, lay->nslots, lay->size, &why) < 0) {
+        bb_warn_limited("client %u (pid %d uid %u): no segment of %u slots, %llu MiB: %s reached",
+                c->id, (int)c->pid, (unsigned)c->uid, lay->nslots,
+                (unsigned long long)(lay->size >> 20), why);
+        return BB_ENOMEM;
+    }
+    c->adm_slots = lay->nslots;
+    c->adm_bytes = lay->size;
     return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
@@ -167,7 +224,7 @@ static void answer_hello(struct bb__worker *w, struct bb__client *c, int memfd)
         return;
     }
     bb__session_go_live(w, c);
-    bb_info("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
+    bb_info_limited("client %u (pid %d) attached: %u slots, %zu MiB segment", c->id, (int)c->pid,
             c->nslots, c->size >> 20);
 }
 
@@ -177,7 +234,7 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c)
     int memfd = -1;
     char *base = NULL;
     struct bb__layout lay;
-    int rc = make_segment(w->b->cfg, c, h, &base, &lay, &memfd);
+    int rc = make_segment(w->b, c, h, &base, &lay, &memfd);
     if (rc == 0)
         bb__topo_bind(&w->b->topo, base, lay.size, w->node);
     if (rc == 0)
@@ -194,7 +251,7 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c)
     if (rc < 0) {
         if (memfd >= 0)
             close(memfd);
-        bb_warn("client %u: cannot create its segment: %s", c->id, bb_strerror(rc));
+        bb_warn_limited("client %u: cannot create its segment: %s", c->id, bb_strerror(rc));
         send_status(c->sock, BB_MSG_HELLO_REPLY, rc);
         bb__session_kill(w, c, "no segment");
         return;
@@ -309,9 +366,16 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         }
         if (len != sizeof *hello || hello->magic != BB_SHM_MAGIC ||
             (hello->version >> 16) != BB_ABI_MAJOR) {
-            bb_warn("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
+            bb_warn_limited("client %u (pid %d): protocol version mismatch", c->id, (int)c->pid);
             send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
             bb__session_kill(w, c, "bad hello");
+            return;
+        }
+        if ((hello->flags & ~BB_HELLO_OPERATOR) || hello->reserved) {
+            /* An unknown flag or reserved word asks for something this
+             * broker does not do. */
+            send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPROTO);
+            bb__session_kill(w, c, "unknown HELLO flags");
             return;
         }
         c->hello = *hello;
@@ -320,6 +384,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
                                              .version = BB_SHM_VERSION, .client_id = c->id};
             c->attached = true;
+            c->is_operator = true;
             ssize_t n = send(c->sock, &rep, sizeof rep, MSG_NOSIGNAL | MSG_DONTWAIT);
             (void)n;
             return;
@@ -393,7 +458,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             rep.status = BB_EINVAL;
         } else if (m) {
             uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
-            bb_info("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
+            bb_info_limited("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
                     req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);
             rep.status = 0;
@@ -438,6 +503,43 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
             bb__session_kill(w, c, "disconnected");
             return;
         }
+        c->last_msg_ns = bb__now_ns();
         handle_message(w, c, &buf, (size_t)n);
+    }
+}
+
+void bb__control_expire(struct bb__worker *w, uint64_t now)
+{
+    struct bb__broker *b = w->b;
+    uint64_t hello_ns = (uint64_t)b->cfg->hello_timeout_ms * 1000000ull;
+    uint64_t idle_ns = (uint64_t)b->cfg->operator_idle_timeout_ms * 1000000ull;
+    for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (!c || c->dead)
+            continue;
+        /* Neither a connection that never says HELLO nor a silent operator
+         * may hold a place for ever; an attached client may stay idle (its
+         * place and memory are bounded by admission instead). One whose
+         * segment the registration thread has said HELLO: it waits for us. */
+        if (!c->attached && !c->registering && now - c->accepted_ns > hello_ns)
+            bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
+        else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
+            bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");
+    }
+}
+
+void bb__control_revoke(struct bb__worker *w)
+{
+    struct bb__broker *b = w->b;
+    for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (!c || c->dead)
+            continue;
+        struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
+        if (bb__allowed(b->cfg, &cr))
+            continue;
+        bb_warn_limited("client %u (pid %d uid %u gid %u) no longer allowed after reload: disconnected",
+                c->id, (int)c->pid, (unsigned)c->uid, (unsigned)c->gid);
+        bb__session_kill(w, c, "no longer allowed");
     }
 }

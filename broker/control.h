@@ -3,6 +3,8 @@
 #ifndef BB_BROKER_CONTROL_H
 #define BB_BROKER_CONTROL_H
 
+#include <stdint.h>
+
 struct bb__client;
 struct bb__worker;
 
@@ -18,5 +20,11 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c);
 void bb__control_registered(struct bb__worker *w, struct bb__client *c);
 /* The session's socket is readable: handle every queued message. */
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
+/* Drop the worker's sessions past hello_timeout_ms without a HELLO and its
+ * operator sessions idle past operator_idle_timeout_ms (heartbeat). */
+void bb__control_expire(struct bb__worker *w, uint64_t now);
+/* After a reload: end the worker's sessions whose uid and gid the allow-lists
+ * no longer admit, attached clients and operators alike. */
+void bb__control_revoke(struct bb__worker *w);
 
 #endif

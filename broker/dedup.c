@@ -16,7 +16,13 @@
  *
  * Identity is the input (xxh3 hash *and* a byte-for-byte comparison) and the
  * output capacity, so that one outcome is right for every member; the test hook
- * BATCHBROKER_TEST_DEDUP_COLLIDE=1 makes every hash collide to prove that. */
+ * BATCHBROKER_TEST_DEDUP_COLLIDE=1 makes every hash collide to prove that.
+ *
+ * Sharing is a timing side channel: a request answered from the cache or
+ * riding on a twin comes back sooner, which tells its client that someone
+ * submitted the same input recently. With dedup_scope = uid (the default)
+ * only requests of one user share, so a user learns nothing about another's
+ * inputs; each group and cache entry remembers its user. */
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -35,6 +41,7 @@
 
 struct bb__group {
     uint64_t hash;
+    uint32_t uid;               /* of the client that started it: dedup_scope = uid */
     uint32_t in_len, out_cap;
     void *in, *out;
     struct bb__req *rep;        /* the member in the queue; NULL once running */
@@ -46,6 +53,7 @@ struct bb__group {
 
 struct bb__cache_ent {
     uint64_t hash, expires_ns;
+    uint32_t uid;
     uint32_t in_len, out_len;
     void *in, *out;
     struct bb__cache_ent *hnext, *prev, *next; /* hash chain; insertion order */
@@ -148,11 +156,14 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
 {
     struct bb__dedup *d = m->dedup;
     uint64_t h = d->collide ? 0 : XXH3_64bits(r->in, r->in_len);
+    uint32_t uid = r->cl->uid;
+    bool any_uid = m->cfg.dedup_scope == 0;
 
     if (m->cfg.dedup_cache_entries) {
         bb__dedup_expire_cache(m, now);
         for (struct bb__cache_ent *e = d->cache[h & d->cmask]; e; e = e->hnext) {
-            if (e->hash != h || e->in_len != r->in_len || memcmp(e->in, r->in, r->in_len) != 0)
+            if (e->hash != h || (!any_uid && e->uid != uid) || e->in_len != r->in_len ||
+                memcmp(e->in, r->in, r->in_len) != 0)
                 continue;
             bb__metrics_deduplicated(&m->metrics);
             const struct bb__stamps at_intake = {now, now, now, now};
@@ -165,8 +176,8 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
     for (struct bb__group *g = d->groups[h & (GROUP_BUCKETS - 1)]; g; g = g->hnext) {
         /* Same input and same output capacity: then the one computation's
          * outcome, ETOOBIG included, is right for every member. */
-        if (g->hash != h || g->in_len != r->in_len || g->out_cap != r->cl_out_cap ||
-            memcmp(g->in, r->in, r->in_len) != 0)
+        if (g->hash != h || (!any_uid && g->uid != uid) || g->in_len != r->in_len ||
+            g->out_cap != r->cl_out_cap || memcmp(g->in, r->in, r->in_len) != 0)
             continue;
         r->group = g;
         r->group_next = g->members;
@@ -218,6 +229,7 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
     memcpy(g->in, r->in, r->in_len);
     d->bytes += need;
     g->hash = h;
+    g->uid = uid;
     g->in_len = r->in_len;
     g->out_cap = r->cl_out_cap;
     g->rep = g->members = r;
@@ -319,6 +331,7 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
             d->bytes -= (uint64_t)g->in_len + g->out_cap;
             d->bytes += (uint64_t)g->in_len + out_len;
             e->hash = g->hash;
+            e->uid = g->uid;
             e->in_len = g->in_len;
             e->out_len = (uint32_t)out_len;
             e->in = g->in;

@@ -79,7 +79,8 @@ static void publish(struct bb__batch *b, int rc)
         struct bb_shm_slot *s = &e->cl->slots[e->slot];
         s->status = st;
         s->out_len = (uint32_t)len;
-        atomic_store_explicit(&e->cl->reqs[e->slot].state, BB__REQ_IDLE, memory_order_release);
+        atomic_store_explicit(&bb__session_req(e->cl, e->slot)->state, BB__REQ_IDLE,
+                              memory_order_release);
         atomic_store_explicit(&s->shm_done_gen, e->gen, memory_order_release);
     }
     /* One wake-up per client of the batch, not one per request. */
@@ -178,7 +179,7 @@ void bb__batch_reap(struct bb__batch *b)
 {
     struct bb__model *m = b->model;
     if (b->rc < 0)
-        bb_warn("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
+        bb_warn_limited("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];

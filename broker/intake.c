@@ -12,6 +12,7 @@
  * of range kills its own client only. */
 #include "intake.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -26,6 +27,9 @@
 #include "util_internal.h"
 #include "worker.h"
 
+_Static_assert(sizeof(((struct bb_shm_slot *)0)->pad0) <= sizeof(uint64_t),
+               "the reserved bytes are checked as one word");
+
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
@@ -33,20 +37,32 @@ static int check(const struct bb__client *c, const struct bb_shm_slot *d)
 {
     if (d->priority > BB_PRIORITY_LOW || (d->flags & ~(uint32_t)BB_SUBMIT_DEDUP))
         return BB_EINVAL;
+    /* Reserved bytes must be zero, as io_uring requires of its SQEs: a later
+     * version may give them a meaning this one must not silently ignore. */
+    uint64_t reserved = 0;
+    memcpy(&reserved, d->pad0, sizeof d->pad0);
+    if (reserved)
+        return BB_EINVAL;
     /* Both buffers inside the heap; no overflow in off + len. */
     if (d->in_off < c->heap_lo || d->in_off > c->heap_hi || d->in_len > c->heap_hi - d->in_off ||
         d->out_off < c->heap_lo || d->out_off > c->heap_hi ||
         d->out_cap > c->heap_hi - d->out_off)
+        return BB_EINVAL;
+    /* Input and output never overlap (backend.h promises it): a backend may
+     * memcpy one to the other, which on overlapping memory is undefined. No
+     * overflow: both ranges lie inside the heap. */
+    if (d->in_len && d->out_cap && d->in_off < d->out_off + d->out_cap &&
+        d->out_off < d->in_off + d->in_len)
         return BB_EINVAL;
     return 0;
 }
 
 static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, uint64_t now)
 {
-    struct bb__req *r = &c->reqs[slot];
+    struct bb__req *r = bb__session_req_get(c, slot);
     /* Acquire pairs with the release that made the slot idle (executor or
      * the model's home) before its completion was published. */
-    if (atomic_load_explicit(&r->state, memory_order_acquire) != BB__REQ_IDLE) {
+    if (r && atomic_load_explicit(&r->state, memory_order_acquire) != BB__REQ_IDLE) {
         bb__session_kill(w, c, "resubmitted a slot that is still pending");
         return;
     }
@@ -55,6 +71,10 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     struct bb_shm_slot d;
     memcpy(&d, &c->slots[slot], offsetof(struct bb_shm_slot, shm_done_gen));
     atomic_signal_fence(memory_order_acq_rel);
+    if (!r) {
+        bb__answer(c, slot, d.gen, BB_ENOMEM, 0); /* no memory for its record */
+        return;
+    }
     if (d.model_id >= w->b->nmodels || !(c->models_open & (1ull << d.model_id))) {
         bb__answer(c, slot, d.gen, BB_ENOMODEL, 0); /* no model to count it */
         return;
@@ -66,9 +86,13 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     r->prio = d.priority;
     r->timeout_us = d.timeout_us;
     r->flags = d.flags;
-    r->in = c->base + d.in_off;
+    /* Pointers only into the heap: a refused request keeps none (its home
+     * only counts and answers it), and base + an unchecked offset would be
+     * undefined even unused (found by fuzz/fuzz_ingest under UBSan). */
+    bool ok = r->status == 0;
+    r->in = ok ? c->base + d.in_off : NULL;
     r->in_len = d.in_len;
-    r->out = r->cl_out = c->base + d.out_off;
+    r->out = r->cl_out = ok ? c->base + d.out_off : NULL;
     r->out_cap = r->cl_out_cap = d.out_cap;
     r->bytes = (uint64_t)d.in_len + d.out_cap;
     /* The client's clock stamp serves latency figures only, and only if sane. */
@@ -84,8 +108,8 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
 
 static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot)
 {
-    struct bb__req *r = &c->reqs[slot];
-    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
+    struct bb__req *r = bb__session_req(c, slot);
+    int st = r ? atomic_load_explicit(&r->state, memory_order_relaxed) : BB__REQ_IDLE;
     if (st != BB__REQ_SUBMITTED && st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = &w->b->models[r->model];

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -86,6 +87,10 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},        {"version", no_argument, NULL, 'V'},
         {"config-reference", optional_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
+    /* The broker maps every client's segment: no process of its own user may
+     * read them through /proc/PID/mem or ptrace, and no core file may hold
+     * them (docs/operations.md). First thing, before any segment exists. */
+    prctl(PR_SET_DUMPABLE, 0);
     static struct bb__broker_config cfg;
     const char *config_path = NULL;
     static const char *overrides[64];

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "batchbroker/client.h"
+#include "admission.h"
 #include "batcher.h"
 #include "broker.h"
 #include "completion.h"
@@ -66,8 +67,9 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->pidfd = c->doorbell = c->notify = c->memfd = -1;
     c->pid = cr->pid;
     c->uid = cr->uid;
+    c->gid = cr->gid;
     c->refs = 1;
-    c->accepted_ns = bb__now_ns();
+    c->accepted_ns = c->last_msg_ns = bb__now_ns();
     table_insert(w, c);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -120,18 +122,31 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
     c->heap_lo = h->heap_off;
     c->heap_hi = size;
     c->cm = calloc(b->nmodels ? b->nmodels : 1, sizeof *c->cm);
-    c->reqs = calloc(c->nslots, sizeof *c->reqs);
-    if (!c->cm || !c->reqs)
+    c->req_chunks = calloc((c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK, sizeof *c->req_chunks);
+    if (!c->cm || !c->req_chunks)
         return BB_ENOMEM;
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        c->reqs[i].cl = c;
-        c->reqs[i].slot = i;
-    }
     bb__sq_attach(&c->sq, base + h->sq_off, h->sq_entries);
     bb__ring_attach(&c->cq, base + h->cq_off, h->cq_entries, 1);
     for (uint32_t i = 0; i < b->nmodels; i++)
         c->cm[i].ftag_inc = BB__FAIR_SCALE / bb__model_weight(&b->models[i], c->uid);
     return 0;
+}
+
+struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot)
+{
+    struct bb__req **chunk = &c->req_chunks[slot >> BB__REQ_CHUNK_SHIFT];
+    if (!*chunk) {
+        struct bb__req *rs = calloc(BB__REQ_CHUNK, sizeof *rs);
+        if (!rs)
+            return NULL;
+        uint32_t first = slot & ~(BB__REQ_CHUNK - 1);
+        for (uint32_t i = 0; i < BB__REQ_CHUNK; i++) {
+            rs[i].cl = c;
+            rs[i].slot = first + i;
+        }
+        *chunk = rs;
+    }
+    return &(*chunk)[slot & (BB__REQ_CHUNK - 1)];
 }
 
 void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd)
@@ -167,10 +182,10 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         last->live_idx = c->live_idx;
     }
     if (c->attached && c->base) {
-        bb_info("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
+        bb_info_limited("client %u (pid %d) gone: %s", c->id, (int)c->pid, why);
         bb__gauge_add(&w->metrics.clients, -1);
     } else {
-        bb_debug("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
+        bb_debug_limited("client %u (pid %d) dropped: %s", c->id, (int)c->pid, why);
     }
     bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_SOCK, c->idx, c->gen));
     if (c->doorbell >= 0)
@@ -187,7 +202,7 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     /* Its queued requests go, here and at the homes of the other models
      * (after whatever it sent them before: the mailbox keeps the order);
      * running ones finish and hold the segment. */
-    if (c->reqs) {
+    if (c->req_chunks) {
         bb__batcher_drop_client(w, c);
         /* Each DROP holds a reference until its worker is done with c. */
         for (uint32_t i = 0; i < w->b->nworkers && !w->exiting; i++)
@@ -202,8 +217,11 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
 {
     struct bb__broker *b = w->b;
-    free(c->reqs);
+    for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
+        free(c->req_chunks[i]);
+    free(c->req_chunks);
     free(c->cm);
+    bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
     table_remove(w, c);
     atomic_fetch_sub(&b->nclients, 1);
     if (c->attached && c->base)

@@ -25,16 +25,27 @@ struct bb__client_model {
 };
 #define BB__FAIR_SCALE 1000u
 
+/* The broker's per-slot records come in chunks allocated when a slot of the
+ * chunk is first used: a HELLO asking for many slots costs a pointer per
+ * chunk, not a record per slot, until the client really uses them. */
+#define BB__REQ_CHUNK_SHIFT 6
+#define BB__REQ_CHUNK (1u << BB__REQ_CHUNK_SHIFT)
+
 struct bb__client {
     uint32_t idx, gen;             /* table position; generation tags CQEs */
     uint32_t id;
     int sock, pidfd, doorbell, notify;
     pid_t pid;
     uid_t uid;
+    gid_t gid;                     /* as SO_PEERCRED gave them at connect */
     bool attached, dead;
+    bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
+    uint64_t last_msg_ns;          /* an idle operator session is dropped */
     uint64_t models_open;          /* bit per model id */
+    uint32_t adm_slots;            /* what admission charged its uid (admission.h) */
+    uint64_t adm_bytes;
 
     char *base;
     size_t size;
@@ -46,7 +57,7 @@ struct bb__client {
     struct bb__ring cq;
     uint32_t cq_unpublished;
     bool notify_due;
-    struct bb__req *reqs;
+    struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
     struct bb__client_model *cm;   /* per model: fairness and in-flight counts */
     struct bb__worker *w;
@@ -79,7 +90,8 @@ void bb__session_adopt(struct bb__worker *w, struct bb__client *c);
 /* Arm the io_uring operation `type` (BB__UD_SOCK, _DOORBELL, _PIDFD). */
 void bb__session_arm(struct bb__worker *w, struct bb__client *c, int type);
 
-/* Map a HELLO's segment: rings, slots, request records, fairness steps. */
+/* Map a HELLO's segment: rings, slots, the table of request records,
+ * fairness steps. */
 int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size_t size);
 
 /* Hand the mapped segment to the registration thread (registrar.c) with
@@ -98,6 +110,18 @@ void bb__session_sweep(struct bb__worker *w);
 
 /* Destroy a session at once (broker exit). */
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c);
+
+/* The record of a slot that has been used, else NULL (any thread that holds
+ * a request of the slot: the chunk was published before the request was). */
+static inline struct bb__req *bb__session_req(const struct bb__client *c, uint32_t slot)
+{
+    struct bb__req *chunk = c->req_chunks[slot >> BB__REQ_CHUNK_SHIFT];
+    return chunk ? &chunk[slot & (BB__REQ_CHUNK - 1)] : NULL;
+}
+
+/* The record of slot, its chunk allocated on first use; NULL when memory is
+ * short. Session owner only. */
+struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot);
 
 /* A queued or running request lets go of its session. */
 static inline void bb__session_put(struct bb__client *c)

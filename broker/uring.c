@@ -38,8 +38,14 @@ void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint
 
 void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud)
 {
+    /* One connection per accept, re-armed once the dispatcher has handled
+     * it: a multishot accept pulls connections off the listen backlog as
+     * fast as anyone makes them, so a peer that connects in a loop queued
+     * thousands of accepted descriptors (and their completions) ahead of
+     * everyone else. One at a time, the kernel's backlog bounds them and
+     * makes the flooder wait in connect() like everybody else. */
     struct io_uring_sqe *sqe = get_sqe(ring);
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, ud);
 }
 

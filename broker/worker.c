@@ -2,7 +2,7 @@
  * A dispatcher worker: one thread, one io_uring, the clients assigned to it.
  *
  * The ring is its only blocking point. Completions arrive for: the listening
- * socket (multishot accept), each client's control socket (multishot poll:
+ * socket (one accept at a time, see uring.c), each client's control socket (multishot poll:
  * messages and hang-ups), each client's doorbell eventfd (a read that
  * completes when the client rings; or, with the futex doorbell, one futex
  * wait for all its clients), each client's pidfd (process exit), the
@@ -49,7 +49,6 @@
 #define HEARTBEAT_NS 100000000ull
 #define IDLE_WAIT_NS 1000000000ull
 #define COALESCE_MAX_NS 1000000ull
-#define HELLO_TIMEOUT_NS 5000000000ull
 #define COALESCE_MIN_NS 20000ull
 
 static void arm_accept(struct bb__worker *w)
@@ -319,15 +318,11 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         arm_accept(w);
     }
     atomic_store_explicit(&w->page->shm_heartbeat_ns, now, memory_order_relaxed);
-    /* A connection that never says HELLO must not hold a max_clients place. */
-    if (w->nclients == w->nlive)
-        return;
-    for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
-        struct bb__client *c = w->clients[i];
-        if (c && !c->attached && !c->dead && !c->registering &&
-            now - c->accepted_ns > HELLO_TIMEOUT_NS)
-            bb__session_kill(w, c, "no HELLO within 5 s");
-    }
+    bb__log_limit_flush(now);
+    /* Connections still in their handshake and operator sessions are not
+     * live: only then is there anything to expire. */
+    if (w->nclients != w->nlive)
+        bb__control_expire(w, now);
 }
 
 /* How long the dispatcher may sleep without being rung, or 0: the shortest
@@ -375,6 +370,7 @@ static void park(struct bb__worker *w)
     w->spin_ns = (uint64_t)b->cfg->spin_us * 1000;
     w->profile = b->cfg->profile;
     w->profile_max_rate = b->cfg->profile_max_rate;
+    bb__control_revoke(w); /* each worker ends its own sessions a reload disallows */
 }
 
 /* SIGHUP, on workers[0]: read the configuration again and apply the keys
@@ -410,6 +406,7 @@ static void reload(struct bb__worker *w)
     atomic_store(&b->quiesce, false);
     pthread_cond_broadcast(&b->qcv);
     pthread_mutex_unlock(&b->qmu);
+    bb__control_revoke(w); /* allowed_uids/gids are reloadable; park() does the others' */
     bb_info("configuration reloaded: %s", changed ? changed_keys : "no reloadable key changed");
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);

@@ -10,25 +10,33 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "client_internal.h"
 #include "segment_layout.h"
+#include "socket_path.h"
 #include "util_internal.h"
 
 #define DEFAULT_SPIN_NS 50000
+#define DEFAULT_TIMEOUT_MS 5000
 /* A sleeping waiter re-checks that the broker is alive this often. */
 #define LIVENESS_SLICE_NS 100000000ll
 
 /* ---- Control socket ---- */
 
+/* The broker answers control messages one by one, in order. A round trip
+ * that timed out leaves its reply to come later: the next one skips it
+ * first, or times out again without sending while the broker stays stuck. */
 static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *rep,
                          size_t rep_len, uint32_t want_type)
 {
@@ -37,16 +45,33 @@ static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *re
     pthread_mutex_lock(&c->ctl_lock);
     int rc = 0;
     ssize_t n;
+    while (c->ctl_lost) {
+        char stale[1024];
+        do
+            n = recv(c->sock, stale, sizeof stale, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            rc = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT
+                                                                    : BB_EDISCONNECTED;
+            goto out;
+        }
+        c->ctl_lost--;
+    }
     do
         n = send(c->sock, req, req_len, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n != (ssize_t)req_len) {
-        rc = BB_EDISCONNECTED;
+        rc = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT : BB_EDISCONNECTED;
         goto out;
     }
     do
         n = recv(c->sock, rep, rep_len, 0);
     while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        c->ctl_lost++;
+        rc = BB_ETIMEDOUT;
+        goto out;
+    }
     if (n <= 0) {
         rc = BB_EDISCONNECTED;
         goto out;
@@ -97,6 +122,8 @@ static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[4])
             continue; /* a refusal raced our HELLO: its reply is still queued */
         break;
     }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return BB_ETIMEDOUT; /* SO_RCVTIMEO: a broker that does not answer */
     if (n <= 0)
         return BB_EDISCONNECTED;
     if ((size_t)n < sizeof(struct bb_msg_hdr) || rep->h.type != BB_MSG_HELLO_REPLY)
@@ -171,10 +198,37 @@ static bool trusted_broker(uid_t uid)
     return false;
 }
 
-static const char *default_socket(void)
+int bb_default_socket(char *buf, size_t len)
 {
     const char *env = getenv("BATCHBROKER_SOCKET");
-    return env && *env ? env : BB_DEFAULT_SOCKET;
+    int n;
+    if (env && *env) {
+        n = snprintf(buf, len, "%s", env);
+        return n < 0 || (size_t)n >= len ? BB_EINVAL : n;
+    }
+    n = bb__default_socket_path(geteuid(), buf, len);
+    if (n < 0)
+        return BB_EINVAL;
+    /* A broker run by root listens in /run whatever our own default is. */
+    static const char root_sock[] = BB__ROOT_SOCKET_DIR "/" BB__SOCKET_NAME;
+    struct stat st;
+    if (stat(buf, &st) < 0 && errno == ENOENT && stat(root_sock, &st) == 0 &&
+        sizeof root_sock <= len) {
+        memcpy(buf, root_sock, sizeof root_sock);
+        n = (int)sizeof root_sock - 1;
+    }
+    return n;
+}
+
+/* opts->timeout_ms, else $BATCHBROKER_TIMEOUT_MS, else 5 s. */
+static int timeout_ms_of(const struct bb_client_opts *opts)
+{
+    if (opts && opts->timeout_ms)
+        return opts->timeout_ms > INT32_MAX ? INT32_MAX : (int)opts->timeout_ms;
+    const char *env = getenv("BATCHBROKER_TIMEOUT_MS");
+    char *end;
+    unsigned long v = env && *env ? strtoul(env, &end, 10) : 0;
+    return v > 0 && v <= INT32_MAX && *end == '\0' ? (int)v : DEFAULT_TIMEOUT_MS;
 }
 
 int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_client **out)
@@ -182,11 +236,14 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
     if (!out)
         return BB_EINVAL;
     *out = NULL;
-    const char *path = socket_path ? socket_path : default_socket();
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof sa.sun_path)
+    if (socket_path) {
+        if (strlen(socket_path) >= sizeof sa.sun_path)
+            return BB_EINVAL;
+        strcpy(sa.sun_path, socket_path);
+    } else if (bb_default_socket(sa.sun_path, sizeof sa.sun_path) < 0) {
         return BB_EINVAL;
-    strcpy(sa.sun_path, path);
+    }
 
     bb_client *c = calloc(1, sizeof *c);
     if (!c)
@@ -203,9 +260,22 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         rc = BB_ESYS;
         goto fail;
     }
+    /* Every blocking operation on the socket ends within the timeout: a
+     * Unix connect waits for room in a full listen backlog for SO_SNDTIMEO,
+     * sends for SO_SNDTIMEO, receives for SO_RCVTIMEO. */
+    c->timeout_ms = timeout_ms_of(opts);
+    struct timeval tv = {.tv_sec = c->timeout_ms / 1000, .tv_usec = (c->timeout_ms % 1000) * 1000};
+    if (setsockopt(c->sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0 ||
+        setsockopt(c->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+        rc = BB_ESYS;
+        goto fail;
+    }
     if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        /* No file, or a file nobody listens on (a broker that was killed). */
-        rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_ENOBROKER : BB_ESYS;
+        /* No file, or a file nobody listens on (a broker that was killed);
+         * EAGAIN: the backlog stayed full for SO_SNDTIMEO. */
+        rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_ENOBROKER
+             : (errno == EAGAIN || errno == EINPROGRESS) ? BB_ETIMEDOUT
+                                                         : BB_ESYS;
         goto fail;
     }
     /* 0 asks for the broker's defaults (default_segment_mb, default_max_inflight). */

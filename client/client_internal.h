@@ -71,6 +71,8 @@ struct bb_client {
     struct bb_model *models;
 
     pthread_mutex_t ctl_lock;/* one control round trip at a time */
+    uint32_t ctl_lost;       /* replies of timed-out round trips still to skip (ctl_lock) */
+    int timeout_ms;          /* connect and control round trips */
     _Atomic int dead;        /* broker gone */
     _Atomic int64_t spin_ns;
 };

@@ -137,12 +137,14 @@ static int read_stats(const char *sock, const char *model, struct bb_model_stats
 
 static void usage(FILE *f)
 {
+    char def[108];
     fprintf(f, "usage: bb-classify [-s SOCKET] [-m MODEL] [-p PROCS] [-k INFLIGHT] [-n IMAGES]\n"
-               "  -s  broker socket (default $BATCHBROKER_SOCKET, else " BB_DEFAULT_SOCKET ")\n"
+               "  -s  broker socket (default: %s)\n"
                "  -m  model (default fmnist)\n"
                "  -p  client processes (default 4)\n"
                "  -k  requests in flight per process (default 16, at most 256)\n"
-               "  -n  images of the test set to classify (default all)\n");
+               "  -n  images of the test set to classify (default all)\n",
+            bb_default_socket(def, sizeof def) >= 0 ? def : "none");
 }
 
 int main(int argc, char **argv)

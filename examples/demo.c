@@ -344,10 +344,11 @@ static double pct_us(const uint32_t *v, size_t n, double q)
 
 static void usage(FILE *f)
 {
+    char def[108];
     fprintf(f,
             "usage: bb-demo [-s SOCKET] [-m MODEL] [-p PROCS] [-t THREADS] [-k INFLIGHT]\n"
             "               [-d SECONDS] [-b MAX_BYTES] [-S SPIN_NS]\n"
-            "  -s SOCKET    broker socket (default $BATCHBROKER_SOCKET, else %s)\n"
+            "  -s SOCKET    broker socket (default: %s)\n"
             "  -m MODEL     model to call (default echo; must echo its input)\n"
             "  -p PROCS     client processes (default 4)\n"
             "  -t THREADS   threads per process (default 2)\n"
@@ -355,7 +356,7 @@ static void usage(FILE *f)
             "  -d SECONDS   how long each thread submits (default 3)\n"
             "  -b MAX_BYTES largest payload; sizes vary from %u up (default 256)\n"
             "  -S SPIN_NS   bb_wait spin budget (default: the library's)\n",
-            BB_DEFAULT_SOCKET, MIN_BYTES);
+            bb_default_socket(def, sizeof def) >= 0 ? def : "none", MIN_BYTES);
 }
 
 static int parse_int(const char *s, long min, long max, long *out)

@@ -9,7 +9,7 @@ int main(void)
     bb_client *c;
     bb_model *m;
     bb_request *r;
-    if (bb_connect(NULL, NULL, &c) < 0) /* NULL: $BATCHBROKER_SOCKET, else /tmp/batchbroker.sock */
+    if (bb_connect(NULL, NULL, &c) < 0) /* NULL: $BATCHBROKER_SOCKET, else the default socket */
         return 1;
     if (bb_model_open(c, "echo", &m) < 0 || bb_request_new(m, 64, 64, &r) < 0)
         return 1;

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/run.sh: make sure the Debian 12
-# packages the build needs are installed. Installs only what is missing and
+# packages the build needs (and any given as arguments to bb_install_deps)
+# are installed. Installs only what is missing and
 # skips apt entirely when nothing is; without root it says what to install
 # and fails.
 
@@ -25,10 +26,13 @@ BB_DEPS=(build-essential cmake pkg-config liburing-dev libnuma-dev
          # The install checks: man pages, the systemd unit and its syscall
          # filter, pid namespaces, pgrep.
          man-db groff-base systemd strace util-linux procps)
+# The sanitizer tree and the fuzzers of scripts/test.sh: clang, its
+# sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
+BB_SAN_DEPS=(clang libclang-rt-14-dev llvm)
 
 bb_missing_deps() {
     local p
-    for p in "${BB_DEPS[@]}"; do
+    for p in "${BB_DEPS[@]}" "$@"; do
         if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
             printf '%s\n' "$p"
         fi
@@ -38,11 +42,11 @@ bb_missing_deps() {
 bb_install_deps() {
     if ! command -v dpkg-query >/dev/null 2>&1; then
         echo "deps: dpkg-query not found; this script supports Debian 12." >&2
-        echo "deps: install these (or your distribution's equivalents): ${BB_DEPS[*]}" >&2
+        echo "deps: install these (or your distribution's equivalents): ${BB_DEPS[*]} $*" >&2
         return 1
     fi
     local missing
-    mapfile -t missing < <(bb_missing_deps)
+    mapfile -t missing < <(bb_missing_deps "$@")
     if [ "${#missing[@]}" -eq 0 ]; then
         echo "deps: all build dependencies are installed"
         return 0

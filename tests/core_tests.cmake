@@ -6,7 +6,8 @@ bb_criterion_test(test_client ${CMAKE_CURRENT_LIST_DIR}/test_client.c ${CMAKE_CU
                   ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 bb_criterion_test(test_robustness ${CMAKE_CURRENT_LIST_DIR}/test_robustness.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
                   ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
-bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${CMAKE_CURRENT_LIST_DIR}/harness.c)
+bb_criterion_test(test_broker_cli ${CMAKE_CURRENT_LIST_DIR}/test_broker_cli.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
+                  ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 foreach(t test_client test_robustness test_broker_cli)
   add_dependencies(${t} bb_backend_echo bb_backend_synthetic bb_backend_badabi)
 endforeach()
@@ -17,6 +18,28 @@ add_test(NAME broker_callgraph
          COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check-callgraph.py
                  "$<FILTER:$<TARGET_OBJECTS:batchbroker>,EXCLUDE,/__/>"
          COMMAND_EXPAND_LISTS)
+bb_criterion_test(test_validation ${CMAKE_CURRENT_LIST_DIR}/test_validation.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_validation bb_backend_echo bb_backend_synthetic)
+bb_criterion_test(test_admission ${CMAKE_CURRENT_LIST_DIR}/test_admission.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_admission bb_backend_echo bb_backend_synthetic)
+bb_criterion_test(test_daemon ${CMAKE_CURRENT_LIST_DIR}/test_daemon.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_daemon bb_backend_echo)
+bb_criterion_test(test_hostile ${CMAKE_CURRENT_LIST_DIR}/test_hostile.c
+                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+add_dependencies(test_hostile bb_backend_echo)
+
+# Unit suites: one broker or client file each, no broker process.
+bb_criterion_test(test_queue ${CMAKE_CURRENT_LIST_DIR}/test_queue.c ${PROJECT_SOURCE_DIR}/broker/queue.c
+                  ${PROJECT_SOURCE_DIR}/broker/log.c)
+bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${PROJECT_SOURCE_DIR}/client/alloc.c)
+bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${PROJECT_SOURCE_DIR}/broker/dedup.c
+                  ${PROJECT_SOURCE_DIR}/broker/queue.c ${PROJECT_SOURCE_DIR}/broker/completion.c
+                  ${PROJECT_SOURCE_DIR}/broker/mailbox.c ${PROJECT_SOURCE_DIR}/broker/metrics.c
+                  ${PROJECT_SOURCE_DIR}/broker/log.c)
+target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)
 
 # Observability: the metrics endpoint, bb_model_stats' phases, bbctl profile.
 bb_criterion_test(test_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c ${CMAKE_CURRENT_LIST_DIR}/harness.c

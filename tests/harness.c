@@ -1,10 +1,14 @@
 /* Test harness: see harness.h. */
 #include "harness.h"
 
+#include "batchbroker/protocol.h"
+
+#include <dirent.h>
 #include <errno.h>
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,6 +17,7 @@
 #include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,6 +30,7 @@ struct reg_entry {
     pid_t pid;
     char sock[108];
     char cfg[108];
+    char log[108];
 };
 static struct reg_entry registry[BBT_MAX_BROKERS];
 static pid_t registry_owner;
@@ -129,6 +135,7 @@ static void reg_add(struct bbt_broker *b)
             registry[i].pid = b->pid;
             memcpy(registry[i].sock, b->sock, sizeof b->sock);
             memcpy(registry[i].cfg, b->cfg, sizeof b->cfg);
+            memcpy(registry[i].log, b->log, sizeof b->log);
             return;
         }
 }
@@ -181,6 +188,10 @@ int bbt_broker_stop(struct bbt_broker *b)
             unlink(b->cfg);
             b->cfg[0] = '\0';
         }
+        if (b->log[0]) {
+            unlink(b->log);
+            b->log[0] = '\0';
+        }
     }
     return st;
 }
@@ -200,7 +211,9 @@ void bbt_cleanup_all(void)
             unlink(e->sock);
         if (e->cfg[0])
             unlink(e->cfg);
-        e->sock[0] = e->cfg[0] = '\0';
+        if (e->log[0])
+            unlink(e->log);
+        e->sock[0] = e->cfg[0] = e->log[0] = '\0';
     }
 }
 
@@ -228,8 +241,9 @@ const char *bbt_plugin_dir(void)
     return e && e[0] ? e : BB_PLUGIN_DIR;
 }
 
-static int spawn(struct bbt_broker *b, const char *const *overrides)
+static int spawn(struct bbt_broker *b, const struct bbt_start *o)
 {
+    const char *const *overrides = o->overrides;
     const char *argv[BBT_MAX_ARGS];
     int n = 0;
     static char plugin_arg[300];
@@ -239,8 +253,10 @@ static int spawn(struct bbt_broker *b, const char *const *overrides)
         argv[n++] = "--config";
         argv[n++] = b->cfg;
     }
-    argv[n++] = "-s";
-    argv[n++] = b->sock;
+    if (!o->no_socket_arg) {
+        argv[n++] = "-s";
+        argv[n++] = b->sock;
+    }
     argv[n++] = "-o";
     argv[n++] = "broker.log_level=warn";
     argv[n++] = "-o";
@@ -270,6 +286,17 @@ static int spawn(struct bbt_broker *b, const char *const *overrides)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
+        if (b->log[0]) {
+            int fd = open(b->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (fd < 0 || dup2(fd, 2) < 0)
+                _exit(127);
+        }
+        for (int i = 0; o->env && o->env[i]; i++)
+            putenv((char *)o->env[i]);
+        if (o->uid && (setgroups(0, NULL) < 0 || setgid(o->uid) < 0 || setuid(o->uid) < 0))
+            _exit(126);
+        /* setuid clears it: a broker outliving a crashed test is a leak. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
@@ -279,16 +306,15 @@ static int spawn(struct bbt_broker *b, const char *const *overrides)
     return 0;
 }
 
-int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *config_text,
-                        const char *const *overrides)
+static int start(struct bbt_broker *b, const struct bbt_start *o)
 {
-    memset(b, 0, sizeof *b);
-    snprintf(b->sock, sizeof b->sock, "%s", sock);
-    if (config_text && bbt_write_file(b->cfg, sizeof b->cfg, ".ini", config_text) < 0)
+    if (o->config_text && bbt_write_file(b->cfg, sizeof b->cfg, ".ini", o->config_text) < 0)
         return -1;
+    if (o->log)
+        bbt_unique_path(b->log, sizeof b->log, ".log");
     /* No unlink here: a stale socket file left by a killed broker is the
      * broker's to replace (tests rely on that). */
-    if (spawn(b, overrides) < 0)
+    if (spawn(b, o) < 0)
         return -1;
     uint64_t end = bbt_now_ns() + 10000000000ull;
     while (bbt_now_ns() < end) {
@@ -311,11 +337,56 @@ int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *conf
     return -1;
 }
 
+int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *config_text,
+                        const char *const *overrides)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->sock, sizeof b->sock, "%s", sock);
+    struct bbt_start o = {.config_text = config_text, .overrides = overrides};
+    return start(b, &o);
+}
+
 int bbt_broker_start(struct bbt_broker *b, const char *config_text, const char *const *overrides)
 {
     char sock[108];
     bbt_unique_path(sock, sizeof sock, ".sock");
     return bbt_broker_start_at(b, sock, config_text, overrides);
+}
+
+int bbt_broker_start_ex(struct bbt_broker *b, const struct bbt_start *o)
+{
+    char sock[108];
+    if (o->no_socket_arg)
+        snprintf(sock, sizeof sock, "%s", b->sock);
+    else
+        bbt_unique_path(sock, sizeof sock, ".sock");
+    memset(b, 0, sizeof *b);
+    snprintf(b->sock, sizeof b->sock, "%s", sock);
+    return start(b, o);
+}
+
+int bbt_log_count(const struct bbt_broker *b, const char *needle)
+{
+    FILE *f = b->log[0] ? fopen(b->log, "r") : NULL;
+    if (!f)
+        return 0;
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+int bbt_log_wait(const struct bbt_broker *b, const char *needle, int n, int timeout_ms)
+{
+    uint64_t end = bbt_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    int got = bbt_log_count(b, needle);
+    while (got < n && bbt_now_ns() < end) {
+        bbt_msleep(5);
+        got = bbt_log_count(b, needle);
+    }
+    return got;
 }
 
 /* Read what is there without blocking; returns false on EOF. */
@@ -385,6 +456,89 @@ int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t
     uint64_t now = bbt_now_ns();
     int left = now < end ? (int)((end - now) / 1000000ull) : 0;
     return bbt_waitpid_bounded(pid, left + 100);
+}
+
+int bbt_raw_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int bbt_raw_hello(int fd, uint32_t flags, uint32_t max_inflight)
+{
+    struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                 .version = BB_SHM_VERSION, .max_inflight = max_inflight,
+                                 .flags = flags};
+    ssize_t n = send(fd, &hello, sizeof hello, MSG_NOSIGNAL);
+    (void)n; /* a refusal may already have closed the socket: read its reply */
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct bb_msg_hello_reply rep;
+    char cbuf[CMSG_SPACE(3 * sizeof(int))];
+    struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof cbuf};
+    int resets = 0;
+    do
+        n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    /* A refusal that raced our HELLO reads as a reset first, then the reply. */
+    while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); n > 0 && cm; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            int fds[3];
+            size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds, CMSG_DATA(cm), (k > 3 ? 3 : k) * sizeof(int));
+            for (size_t i = 0; i < k && i < 3; i++)
+                close(fds[i]);
+        }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return BB_ETIMEDOUT;
+    if (n < (ssize_t)sizeof rep.h)
+        return BB_EDISCONNECTED;
+    return rep.h.status;
+}
+
+bool bbt_dropped(int fd, int timeout_ms)
+{
+    uint64_t end = bbt_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    char buf[512];
+    for (;;) {
+        uint64_t now = bbt_now_ns();
+        if (now >= end)
+            return false;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)((end - now) / 1000000ull) + 1) <= 0)
+            continue;
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return true;
+    }
+}
+
+long bbt_proc_status_kb(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long v = -1;
+    size_t len = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, len) == 0 && line[len] == ':') {
+            v = strtol(line + len + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
 }
 
 int bbt_count_fds(pid_t pid)

@@ -30,8 +30,20 @@ struct bbt_broker {
     pid_t pid;           /* 0 once stopped or reaped */
     char sock[108];      /* unique socket path */
     char cfg[108];       /* generated config file, "" if none */
+    char log[108];       /* the broker's stderr (bbt_start.log), "" if not kept */
     int exit_status;     /* waitpid status once reaped */
     bool reaped;
+};
+
+/* How bbt_broker_start_ex starts a broker. */
+struct bbt_start {
+    const char *config_text;        /* NULL: no --config */
+    const char *const *overrides;   /* NULL-terminated "-o" list, or NULL */
+    bool log;                       /* keep the broker's stderr in b->log */
+    uid_t uid;                      /* run the broker as this uid (and gid); 0: as we are */
+    bool no_socket_arg;             /* no -s: the broker takes its default socket, which the
+                                     * caller writes into b->sock first */
+    const char *const *env;         /* NULL-terminated "NAME=VALUE" list to set, or NULL */
 };
 
 /* The broker binary and plugin directory the build compiled in, unless
@@ -73,6 +85,17 @@ int bbt_broker_start(struct bbt_broker *b, const char *config_text, const char *
 int bbt_broker_start_at(struct bbt_broker *b, const char *sock, const char *config_text,
                         const char *const *overrides);
 
+/* bbt_broker_start with every option (struct bbt_start). With no_socket_arg,
+ * b->sock must hold the path the broker is expected to take (it is kept). */
+int bbt_broker_start_ex(struct bbt_broker *b, const struct bbt_start *o);
+
+/* Lines of b->log that contain needle. */
+int bbt_log_count(const struct bbt_broker *b, const char *needle);
+
+/* Wait (bounded) until b->log has at least n lines containing needle;
+ * returns the count reached. */
+int bbt_log_wait(const struct bbt_broker *b, const char *needle, int n, int timeout_ms);
+
 /* SIGTERM, wait up to 10 s, then SIGKILL. Returns the waitpid status, or -1. */
 int bbt_broker_stop(struct bbt_broker *b);
 
@@ -98,6 +121,22 @@ int bbt_run(const char *const *argv, char *out, size_t outlen, char *err, size_t
 /* Wait for a child with a bound; SIGKILL after timeout_ms. Returns the waitpid
  * status, or -1 if it had to be killed. */
 int bbt_waitpid_bounded(pid_t pid, int timeout_ms);
+
+/* A bare SOCK_SEQPACKET connection to path (no HELLO): the fd, or -1. */
+int bbt_raw_connect(const char *path);
+
+/* Send a HELLO on a bare connection (flags: BB_HELLO_*; max_inflight as in
+ * struct bb_client_opts) and read the reply within 10 s. Returns its
+ * status (0 or BB_E*), BB_EDISCONNECTED if the broker closed without one,
+ * BB_ETIMEDOUT without an answer. Descriptors passed with it are closed. */
+int bbt_raw_hello(int fd, uint32_t flags, uint32_t max_inflight);
+
+/* True once the broker has closed fd: recv sees EOF (after any replies),
+ * within timeout_ms. */
+bool bbt_dropped(int fd, int timeout_ms);
+
+/* A line of /proc/PID/status, e.g. "RssAnon", in KiB; -1 if absent. */
+long bbt_proc_status_kb(pid_t pid, const char *field);
 
 /* A TCP port on 127.0.0.1 that nobody listens on now (a broker binds it a
  * moment later), or 0. */

@@ -1,6 +1,7 @@
-# Scheduling suite (issue 4): priorities, deadlines, backpressure, fairness,
-# dedup, memory limits, custom strategies, cancel. include()d at the end of
-# tests/CMakeLists.txt. The plugins it needs are built here, into
+# Scheduling suites (issue 4): priorities, starvation, deadlines, backpressure,
+# fairness, dedup, batch byte limits, custom strategies, cancel, the default
+# batching. include()d at
+# the end of tests/CMakeLists.txt. The plugins it needs are built here, into
 # tests/plugins/ of the build tree, and their paths compiled into the test.
 set(BB_SCHED_PLUGIN_DIR ${CMAKE_CURRENT_BINARY_DIR}/plugins)
 function(bb_sched_plugin target src)
@@ -10,20 +11,26 @@ function(bb_sched_plugin target src)
     OUTPUT_NAME ${target}
     C_VISIBILITY_PRESET hidden
     LIBRARY_OUTPUT_DIRECTORY ${BB_SCHED_PLUGIN_DIR})
-  target_link_options(${target} PRIVATE LINKER:-z,defs)
+  target_link_options(${target} PRIVATE ${BB_PLUGIN_LINK_OPTIONS})
 endfunction()
 bb_sched_plugin(bb_test_sched_recorder ${CMAKE_CURRENT_LIST_DIR}/plugins/sched_recorder.c)
 bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_lowfirst.c)
 bb_sched_plugin(bb_test_strategy_badabi ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_badabi.c)
 
-bb_criterion_test(test_scheduling ${CMAKE_CURRENT_LIST_DIR}/test_scheduling.c
-                  ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
-target_compile_definitions(test_scheduling PRIVATE
-  BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>"
-  BB_STRATEGY_LOWFIRST="$<TARGET_FILE:bb_test_strategy_lowfirst>"
-  BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>")
-add_dependencies(test_scheduling bb_backend_synthetic bb_test_sched_recorder
-                 bb_test_strategy_lowfirst bb_test_strategy_badabi)
+# One suite per subsystem, with the helpers they share (sched_util.c).
+set(BB_SCHED_SUITES priority starvation deadline backpressure fairness dedup batch_bytes strategy
+    cancel default)
+foreach(suite ${BB_SCHED_SUITES})
+  set(t test_sched_${suite})
+  bb_criterion_test(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c ${CMAKE_CURRENT_LIST_DIR}/sched_util.c
+                    ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
+  target_compile_definitions(${t} PRIVATE
+    BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>"
+    BB_STRATEGY_LOWFIRST="$<TARGET_FILE:bb_test_strategy_lowfirst>"
+    BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>")
+  add_dependencies(${t} bb_backend_synthetic bb_test_sched_recorder bb_test_strategy_lowfirst
+                   bb_test_strategy_badabi)
+endforeach()
 
 # Dispatcher workers (issue 8): clients of two fake nodes on two workers, one
 # model's batches across both.

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "test_util.h"
 
 static struct bbt_broker B;
 
@@ -260,6 +261,24 @@ Test(cli, sigterm_graceful_shutdown)
     bb_disconnect(c);
 }
 
+/* Start B from config text, its log kept (info level: reloads are logged). */
+static void start_logged(const char *text)
+{
+    struct bbt_start so = {.config_text = text, .log = true,
+                           .overrides = (const char *const[]){"broker.log_level=info", NULL}};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0, "broker (status %#x)", B.exit_status);
+}
+
+/* SIGHUP, then wait until the broker logged that it handled it: the n-th
+ * line with what (a reload is done at the top of a dispatcher pass). */
+static void reload_and_wait(const char *what, int n)
+{
+    int before = bbt_log_count(&B, what);
+    cr_assert_eq(kill(B.pid, SIGHUP), 0);
+    cr_assert_geq(bbt_log_wait(&B, what, before + n, 10000), before + n,
+                  "the broker never logged \"%s\" after SIGHUP", what);
+}
+
 /* A reload that lowers max_batch_bytes under a queued request's size: the
  * request still runs (alone), and so does what queues behind it. */
 Test(cli, reload_lowering_max_batch_bytes_strands_nothing)
@@ -268,7 +287,7 @@ Test(cli, reload_lowering_max_batch_bytes_strands_nothing)
                        "param.mode = sleep\ninstances = 1\nmax_batch_size = 8\nmax_wait_us = 0\n";
     char text[512];
     snprintf(text, sizeof text, "%smax_batch_bytes = 1M\n", base);
-    cr_assert_eq(bbt_broker_start(&B, text, NULL), 0);
+    start_logged(text);
     bb_client *c;
     cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
     bb_model *m;
@@ -278,7 +297,7 @@ Test(cli, reload_lowering_max_batch_bytes_strands_nothing)
     cr_assert_eq(bb_request_new(m, 8192, 8192, &big), 0);
     cr_assert_eq(bb_request_new(m, 64, 64, &small), 0);
     cr_assert_eq(bb_submit(blocker, NULL), 0);
-    bbt_msleep(50);
+    bbt_wait_dispatched(m, 1);
     cr_assert_eq(bb_submit(big, NULL), 0);
     /* Reload only once the broker has queued it (accepted under 1M). */
     struct bb_model_stats st = {0};
@@ -291,8 +310,7 @@ Test(cli, reload_lowering_max_batch_bytes_strands_nothing)
     cr_assert_not_null(f);
     fprintf(f, "%smax_batch_bytes = 1024\n", base);
     fclose(f);
-    cr_assert_eq(kill(B.pid, SIGHUP), 0);
-    bbt_msleep(50);
+    reload_and_wait("configuration reloaded", 1);
     cr_assert_eq(bb_submit(small, NULL), 0);
     bb_request *all[3] = {blocker, big, small};
     for (int i = 0; i < 3; i++) {
@@ -311,7 +329,7 @@ Test(cli, sighup_reloads_reloadable_keys)
                        "param.mode = sleep\ninstances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n";
     char text[512];
     snprintf(text, sizeof text, "%smax_queue = 1\n", slow);
-    cr_assert_eq(bbt_broker_start(&B, text, NULL), 0);
+    start_logged(text);
     bb_client *c;
     cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
     bb_model *m;
@@ -323,7 +341,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     }
     /* One runs, one waits, the third is over max_queue = 1. */
     cr_assert_eq(bb_submit(r[0], NULL), 0);
-    bbt_msleep(50);
+    bbt_wait_dispatched(m, 1);
     cr_assert_eq(bb_submit(r[1], NULL), 0);
     cr_assert_eq(bb_submit(r[2], NULL), 0);
     cr_assert_eq(bb_wait(r[2], 5000000000ll), 0);
@@ -334,8 +352,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     cr_assert_not_null(f);
     fprintf(f, "%smax_queue = 8\n", slow);
     fclose(f);
-    cr_assert_eq(kill(B.pid, SIGHUP), 0);
-    bbt_msleep(100);
+    reload_and_wait("configuration reloaded", 1);
     cr_assert_eq(bb_wait(r[0], 5000000000ll), 0);
     cr_assert_eq(bb_submit(r[0], NULL), 0);
     cr_assert_eq(bb_submit(r[2], NULL), 0);
@@ -350,8 +367,7 @@ Test(cli, sighup_reloads_reloadable_keys)
     cr_assert_not_null(f);
     fprintf(f, "[model.slow]\nmax_queue = lots\n");
     fclose(f);
-    cr_assert_eq(kill(B.pid, SIGHUP), 0);
-    bbt_msleep(100);
+    reload_and_wait("reload refused", 1);
     cr_assert_eq(bb_submit(r[1], NULL), 0);
     cr_assert_eq(bb_wait(r[1], 5000000000ll), 0);
     cr_assert_eq(bb_request_status(r[1]), 0);

@@ -6,12 +6,16 @@
  * Each test starts its own broker on a socket of its own (harness.h). */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -304,11 +308,13 @@ Test(client, cancel_by_free)
         cr_assert_eq(bb_wait(fresh[i], 10000000000ll), 0);
         cr_assert_eq(bb_request_status(fresh[i]), 0);
     }
-    /* Let every orphan batch end, then look again: nothing the broker wrote
-     * for an orphan may have landed in a fresh request's buffers. */
-    for (int i = 0; i < 500 && (bbt_stats_of(slow).queued != 0); i++)
-        bbt_msleep(5);
-    bbt_msleep(500);
+    /* Once every orphan has been answered (the broker's figures settle), look
+     * again: nothing it wrote for an orphan may have landed in a fresh
+     * request's buffers. */
+    struct bb_model_stats done = bbt_settled_stats(slow);
+    cr_assert_eq(done.queued, 0);
+    cr_assert_geq(done.completed + done.failed + done.cancelled, done.submitted,
+                  "orphans still running");
     for (int i = 0; i < 16; i++) {
         size_t n;
         const void *out = bb_request_output(fresh[i], &n);
@@ -704,12 +710,110 @@ Test(client, many_processes_threads_distinct_payloads, .timeout = 240)
     bbt_broker_stop(&B);
 }
 
+/* ---- Timeouts ---- */
+
+/* Open non-blocking connections until the broker's listen backlog is full. */
+static int fill_backlog(int *fds, int max)
+{
+    int n = 0;
+    while (n < max) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        cr_assert_geq(fd, 0);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", B.sock);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+            cr_assert_eq(errno, EAGAIN, "connect: %s", strerror(errno));
+            close(fd);
+            return n;
+        }
+        fds[n++] = fd;
+    }
+    cr_assert_fail("the backlog took %d connections", max);
+    return n;
+}
+
+/* Wait until every thread of pid is stopped (state T): kill() returns
+ * before a running thread has taken the signal. */
+static void wait_stopped(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    for (int tries = 0; tries < 5000; tries++) {
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        int running = 0;
+        for (struct dirent *e; (e = readdir(d));) {
+            if (e->d_name[0] == '.')
+                continue;
+            char stat[384], buf[256];
+            snprintf(stat, sizeof stat, "%s/%s/stat", path, e->d_name);
+            FILE *f = fopen(stat, "r");
+            if (!f)
+                continue;
+            char *close_paren = fgets(buf, sizeof buf, f) ? strrchr(buf, ')') : NULL;
+            fclose(f);
+            running += !close_paren || (close_paren[2] != 'T' && close_paren[2] != 't');
+        }
+        closedir(d);
+        if (!running)
+            return;
+        bbt_msleep(1);
+    }
+    cr_assert_fail("the broker never stopped");
+}
+
+/* A stopped broker (SIGSTOP), or one whose listen backlog is full, must not
+ * hang bb_connect or a control call: each returns BB_ETIMEDOUT after the
+ * client's timeout_ms (or $BATCHBROKER_TIMEOUT_MS). Once the broker runs
+ * again, the late reply of the round trip that timed out is not mistaken
+ * for the next one's. A call that hangs is killed by the alarm. */
+Test(client, connect_and_control_calls_time_out)
+{
+    START("model.echo.max_wait_us=0");
+    struct bb_client_opts quick = {.timeout_ms = 300};
+    bb_client *c = bbt_connect_ok(&B, &quick);
+    bb_model *m = bbt_open_ok(c, "echo");
+    cr_assert_eq(kill(B.pid, SIGSTOP), 0);
+    wait_stopped(B.pid);
+    alarm(60);
+    struct bb_model_stats st;
+    int rc = bb_model_stats(m, &st);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "stats from a stopped broker: %s", bb_errname(rc));
+    cr_assert_eq(bb_model_stats(m, &st), BB_ETIMEDOUT, "again, while the first reply is owed");
+    bb_client *x = NULL;
+    rc = bb_connect(B.sock, &quick, &x);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "HELLO to a stopped broker: %s", bb_errname(rc));
+    static int fds[4096];
+    int nfds = fill_backlog(fds, 4096);
+    rc = bb_connect(B.sock, &quick, &x);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "connect to a full backlog: %s", bb_errname(rc));
+    setenv("BATCHBROKER_TIMEOUT_MS", "200", 1);
+    rc = bb_connect(B.sock, NULL, &x);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "with $BATCHBROKER_TIMEOUT_MS: %s", bb_errname(rc));
+    unsetenv("BATCHBROKER_TIMEOUT_MS");
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    cr_assert_eq(kill(B.pid, SIGCONT), 0);
+    alarm(0);
+    /* The broker answers the stale STATS; the client skips them. */
+    bb_model *m2 = bbt_open_ok(c, "echo");
+    cr_assert_eq(m2->id, m->id);
+    st = bbt_stats_of(m);
+    cr_assert_geq(st.submitted, 0);
+    char out[8];
+    size_t n;
+    cr_assert_eq(bb_infer(m, "again", 5, out, sizeof out, &n, NULL, 10000000000ll), 0);
+    cr_assert(n == 5 && memcmp(out, "again", 5) == 0);
+    bb_disconnect(c);
+}
+
 /* ---- Sizes ---- */
 
 /* Large payloads cross intact; the output may be shorter than its capacity. */
 Test(client, large_payloads)
 {
-    START("model.echo.max_wait_us=0");
+    /* 8 MiB in and out is over the default max_request_bytes (16 MiB). */
+    START("model.echo.max_wait_us=0", "model.echo.max_request_bytes=0");
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
     static const size_t sizes[] = {0, 1, 63, 64, 65, 4095, 65536, 1u << 20, 8u << 20};

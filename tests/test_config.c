@@ -11,6 +11,7 @@
 
 #include "batchbroker/client.h"
 #include "config.h"
+#include "socket_path.h"
 
 #ifndef BB_SOURCE_DIR /* set by tests/CMakeLists.txt */
 #define BB_SOURCE_DIR "."
@@ -64,7 +65,11 @@ static void expect_error(const char *text, int line, const char *what)
 Test(config, defaults)
 {
     struct bb__broker_config *cfg = new_cfg();
-    cr_assert_str_eq(cfg->socket_path, "/tmp/batchbroker.sock");
+    /* The default socket sits where no other user can take it first. */
+    char def[108];
+    cr_assert_geq(bb__default_socket_path(geteuid(), def, sizeof def), 0);
+    cr_assert_str_eq(cfg->socket_path, def);
+    cr_assert(strncmp(def, "/tmp/batchbroker.sock", 21) != 0);
     cr_assert_str_eq(cfg->plugin_dir, "");
     cr_assert_eq(cfg->spin_us, 50);
     cr_assert_eq(cfg->max_clients, 256);
@@ -91,7 +96,9 @@ Test(config, defaults)
     cr_assert_eq(m->max_queue, 4096);
     cr_assert_eq(m->default_priority, BB_PRIORITY_NORMAL);
     cr_assert_eq(m->default_timeout_us, 0);
-    cr_assert_eq(m->max_request_bytes, 0);
+    /* Safe for a model shared by several clients (docs/configuration.md). */
+    cr_assert_eq(m->max_request_bytes, 16u << 20);
+    cr_assert_eq(m->max_inflight_per_client, 1024);
     cr_assert_eq(m->nparams, 0);
     cr_assert_eq(bb__config_check(cfg, (char[128]){0}, 128), 0);
     free(cfg);

@@ -1,12 +1,26 @@
 /* Criterion helpers shared by the broker suites: see test_util.h. */
 #include "test_util.h"
 
+#include <string.h>
+
 bb_client *bbt_connect_ok(const struct bbt_broker *b, const struct bb_client_opts *opts)
 {
     bb_client *c = NULL;
     int rc = bb_connect(b->sock, opts, &c);
     cr_assert_eq(rc, 0, "bb_connect: %s", bb_strerror(rc));
     return c;
+}
+
+void bbt_fresh_client_works(const struct bbt_broker *b)
+{
+    bb_client *c = bbt_connect_ok(b, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    char out[32];
+    size_t n = 0;
+    int rc = bb_infer(m, "still here", 10, out, sizeof out, &n, NULL, 10000000000ll);
+    cr_assert_eq(rc, 0, "bb_infer with a fresh client: %s", bb_strerror(rc));
+    cr_assert(n == 10 && memcmp(out, "still here", 10) == 0, "a fresh client's answer");
+    bb_disconnect(c);
 }
 
 bb_model *bbt_open_ok(bb_client *c, const char *name)

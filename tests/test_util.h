@@ -1,5 +1,5 @@
 /* Helpers shared by the Criterion suites that talk to a real broker
- * (test_client, test_robustness, test_scheduling). They assert with
+ * (test_client, test_robustness, test_sched_*). They assert with
  * Criterion, so this file (and test_util.c) is compiled into Criterion suites
  * only; the Criterion-free helpers (brokers, bbt_msleep, bbt_fill/bbt_check)
  * are in harness.h, which tsan_stress.c uses too. */
@@ -25,6 +25,10 @@
 /* bb_connect to b's socket (one attempt: the broker is up once
  * bbt_broker_start returned); opts may be NULL. Asserts success. */
 bb_client *bbt_connect_ok(const struct bbt_broker *b, const struct bb_client_opts *opts);
+
+/* One bb_infer round trip on model "echo" with a fresh client: the broker
+ * still serves. Asserts success and the answer. */
+void bbt_fresh_client_works(const struct bbt_broker *b);
 
 /* bb_model_open; asserts success. */
 bb_model *bbt_open_ok(bb_client *c, const char *name);

@@ -2,23 +2,14 @@
 # as plain executables (TSan cannot run under Criterion). A race reported in
 # either process fails the test.
 option(BB_TSAN_TEST "Build and run the ThreadSanitizer stress test" ON)
-if(BB_TSAN_TEST)
-  get_target_property(bb_broker_sources batchbroker SOURCES)
-  set(bb_broker_src)
-  foreach(f ${bb_broker_sources})
-    if(IS_ABSOLUTE ${f})
-      list(APPEND bb_broker_src ${f})
-    else()
-      list(APPEND bb_broker_src ${PROJECT_SOURCE_DIR}/broker/${f})
-    endif()
-  endforeach()
-  add_executable(batchbroker_tsan ${bb_broker_src})
+# ThreadSanitizer cannot share a process with the others (BB_SANITIZE).
+if(BB_TSAN_TEST AND NOT BB_SANITIZE)
+  add_executable(batchbroker_tsan ${PROJECT_SOURCE_DIR}/broker/main.c ${BB_BROKER_LIB_SOURCES})
   target_include_directories(batchbroker_tsan PRIVATE ${PROJECT_SOURCE_DIR}/broker)
   target_compile_definitions(batchbroker_tsan PRIVATE BB_PLUGIN_DIR="${BB_PLUGIN_DIR}")
   target_compile_options(batchbroker_tsan PRIVATE -fsanitize=thread -O1 -g -Wno-tsan)
   target_link_options(batchbroker_tsan PRIVATE -fsanitize=thread)
-  target_link_libraries(batchbroker_tsan PRIVATE PkgConfig::URING PkgConfig::NUMA PkgConfig::INIH
-    Threads::Threads ${CMAKE_DL_LIBS} PkgConfig::XXHASH PkgConfig::MHD m)
+  target_link_libraries(batchbroker_tsan PRIVATE ${BB_BROKER_LIBS})
   add_dependencies(batchbroker_tsan bb_backend_echo)
 
   add_executable(tsan_stress ${CMAKE_CURRENT_LIST_DIR}/tsan_stress.c ${CMAKE_CURRENT_LIST_DIR}/harness.c

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,10 +39,16 @@ static int connect_operator(const char *path)
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return BB_ESYS;
+    /* A stopped or hung broker must not hang a health probe: 5 s per step. */
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         int err = errno;
         close(fd);
-        return err == ENOENT || err == ECONNREFUSED ? BB_ENOBROKER : BB_ESYS;
+        return err == ENOENT || err == ECONNREFUSED ? BB_ENOBROKER
+               : err == EAGAIN                     ? BB_ETIMEDOUT
+                                                   : BB_ESYS;
     }
     struct bb_msg_hello hello = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
                                  .version = BB_SHM_VERSION, .flags = BB_HELLO_OPERATOR};
@@ -175,8 +182,10 @@ static void usage(FILE *out)
                  "                      sample N seconds (default 10; Ctrl-C ends early) and\n"
                  "                      write a self-contained HTML report\n"
                  "options:\n"
-                 "  -s, --socket PATH   broker socket (default $BATCHBROKER_SOCKET, else "
-                 BB_DEFAULT_SOCKET ")\n"
+                 "  -s, --socket PATH   broker socket (default $BATCHBROKER_SOCKET, else the\n"
+                 "                      broker's default: $XDG_RUNTIME_DIR/batchbroker.sock,\n"
+                 "                      /run/batchbroker/batchbroker.sock as root,\n"
+                 "                      /tmp/batchbroker-UID/batchbroker.sock otherwise)\n"
                  "  -h, --help          this text\n"
                  "      --version       bbctl's version\n"
                  "Exit status: 0 success, 1 the broker did not answer or refused, 2 usage error.\n");
@@ -211,9 +220,8 @@ int main(int argc, char **argv)
                                          {"help", no_argument, NULL, 'h'},
                                          {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
-    const char *path = getenv("BATCHBROKER_SOCKET");
-    if (!path || !*path)
-        path = BB_DEFAULT_SOCKET;
+    static char def[108];
+    const char *path = bb_default_socket(def, sizeof def) >= 0 ? def : "";
     int ch;
     /* "+": stop at the command, whose own options (profile --html) follow it. */
     while ((ch = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
@@ -312,8 +320,14 @@ int main(int argc, char **argv)
             printf("\033[H\033[J");
             print_stats_header();
             if (walk_models(fd, stats_row, NULL) < 0) {
-                rc = 1;
-                break;
+                /* An interval past operator_idle_timeout_ms ends the session:
+                 * open a new one, once. */
+                close(fd);
+                fd = connect_operator(path);
+                if (fd < 0 || walk_models(fd, stats_row, NULL) < 0) {
+                    rc = 1;
+                    break;
+                }
             }
             fflush(stdout);
             struct timespec ts = {(time_t)interval, (long)((interval - (time_t)interval) * 1e9)};
@@ -323,6 +337,7 @@ int main(int argc, char **argv)
     }
     if (rc && cmd != CMD_PIN && cmd != CMD_UNPIN && cmd != CMD_METRICS && cmd != CMD_PROFILE)
         fprintf(stderr, "bbctl: %s: the broker stopped answering\n", path);
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return rc;
 }

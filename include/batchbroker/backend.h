@@ -35,6 +35,18 @@
  *   - submit: asynchronous batches; the backend calls batch->complete later,
  *     from any thread, and up to max_inflight batches of one state may be in
  *     flight at once.
+ *
+ * Overlap: the broker guarantees that one request's input and output do not
+ * overlap (it fails such a request with BB_EINVAL before any backend sees
+ * it), so memcpy from inputs[i] to outputs[i] is safe. It guarantees nothing
+ * across requests, in one batch or in batches in flight together: two
+ * requests of one client may name overlapping outputs, or one request's
+ * output may overlap another's input (a client's own segment; ruling that
+ * out would cost a search per request, and only that client's answers can
+ * suffer). So never assume buffers of different requests are disjoint: no
+ * `restrict` across requests, no memcpy between two requests' buffers, and
+ * writes to outputs[i] may change what inputs[j] reads, as any change of
+ * client memory during a batch may.
  */
 #ifndef BATCHBROKER_BACKEND_H
 #define BATCHBROKER_BACKEND_H

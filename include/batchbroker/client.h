@@ -63,7 +63,8 @@ extern "C" {
     X(ESYS, -14, "system call failed")                                          \
     X(ESTATE, -15, "request is in the wrong state for this call")               \
     X(ENOBROKER, -16, "no broker listening on the socket")                      \
-    X(EMAXCLIENTS, -17, "broker refused the connection: max_clients reached")   \
+    X(EMAXCLIENTS, -17, "broker refused the connection: max_clients reached "   \
+                        "(or this uid's or process's share of it)")             \
     X(EUNTRUSTED, -18, "the broker runs as a uid this client does not trust "   \
                        "(trusted: root, its own uid, $BATCHBROKER_TRUSTED_UIDS)")
 
@@ -81,18 +82,21 @@ enum { BB_PRIORITY_DEFAULT = 0, BB_PRIORITY_CRITICAL = 1, BB_PRIORITY_HIGH = 2,
 /* Submit flags. */
 enum { BB_SUBMIT_DEDUP = 1u << 0 };
 
-/* Default socket when neither the argument nor $BATCHBROKER_SOCKET is set. */
-#define BB_DEFAULT_SOCKET "/tmp/batchbroker.sock"
 
 typedef struct bb_client bb_client;
 typedef struct bb_model bb_model;
 typedef struct bb_request bb_request;
 
-/* 0 in any field (or opts NULL) means the broker's default_segment_mb and
- * default_max_inflight (64 MiB and 1024 unless configured otherwise). */
+/* 0 in any field (or opts NULL) means a default: the broker's
+ * default_segment_mb and default_max_inflight (64 MiB and 1024 unless
+ * configured otherwise), and for timeout_ms $BATCHBROKER_TIMEOUT_MS, else
+ * 5000. timeout_ms bounds bb_connect and every control round trip
+ * (bb_model_open, bb_model_stats, bb_model_tuning, bb_model_pin) against a
+ * broker that does not answer (stopped, hung, its listen backlog full). */
 struct bb_client_opts {
     size_t segment_bytes;
     uint32_t max_inflight;
+    uint32_t timeout_ms;
 };
 
 /* priority: BB_PRIORITY_*; timeout_us: 0 = the model's default; flags: BB_SUBMIT_*;
@@ -146,26 +150,40 @@ struct bb_model_stats {
     uint64_t reserved[31];             /* 0; room for later versions */
 };
 
-/* Connect to the broker at socket_path (NULL: $BATCHBROKER_SOCKET, else
- * BB_DEFAULT_SOCKET) and map this client's segment. opts may be NULL. Blocks
- * until the broker answers, which with a backend that pins client memory
- * (a GPU's) is once the segment is registered: milliseconds.
- * Returns 0, BB_EINVAL, BB_ENOMEM, BB_ENOBROKER (nothing listens there),
- * BB_EDISCONNECTED (the broker closed the connection without an answer),
+/* Connect to the broker at socket_path (NULL: bb_default_socket) and map
+ * this client's segment. opts may be NULL. Blocks until the broker answers
+ * (at most the client's timeout_ms), which with a backend that pins client
+ * memory (a GPU's) is once the segment is registered: milliseconds.
+ * Returns 0, BB_EINVAL, BB_ENOMEM (also: the broker's per-uid slot or
+ * segment limit, max_uid_slots / max_uid_segment_mb), BB_ENOBROKER (nothing
+ * listens there), BB_EDISCONNECTED (the broker closed the connection without
+ * an answer), BB_ETIMEDOUT (no answer within the client's timeout_ms),
  * BB_EPERM (the broker refused our credentials: its allowed_uids /
  * allowed_gids), BB_EUNTRUSTED (we refused the broker's uid: see
  * $BATCHBROKER_TRUSTED_UIDS; the broker is told and logs it),
- * BB_EMAXCLIENTS (the broker has max_clients clients), BB_ESHUTDOWN (it is
- * stopping), BB_EPROTO (ABI mismatch), BB_ESYS. */
+ * BB_EMAXCLIENTS (no place: the broker has max_clients clients, or our uid
+ * or process holds its share, max_clients_per_uid / max_clients_per_pid;
+ * the broker's log names the key), BB_ESHUTDOWN (it is stopping), BB_EPROTO
+ * (ABI mismatch), BB_ESYS. */
 BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts,
                       bb_client **out);
+
+/* The socket bb_connect(NULL, ...) uses: $BATCHBROKER_SOCKET if set, else
+ * $XDG_RUNTIME_DIR/batchbroker.sock if XDG_RUNTIME_DIR is set, else for root
+ * /run/batchbroker/batchbroker.sock, else /tmp/batchbroker-UID/batchbroker.sock
+ * for the caller's effective uid, or /run/batchbroker/batchbroker.sock when
+ * that one does not exist and this one does (a broker run by root). These
+ * are the broker's own defaults (docs/operations.md). Writes the path to
+ * buf; returns its length, or BB_EINVAL if it does not fit in len bytes. */
+BB_API int bb_default_socket(char *buf, size_t len);
 
 /* Close the connection, free every request and model. Accepts NULL. Requests
  * still pending are abandoned (the broker reclaims them). */
 BB_API void bb_disconnect(bb_client *c);
 
 /* Look a model up by name. The handle lives until bb_disconnect.
- * Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EDISCONNECTED, BB_ENOMEM. */
+ * Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EDISCONNECTED, BB_ETIMEDOUT (the
+ * broker did not answer within the client's timeout_ms), BB_ENOMEM. */
 BB_API int bb_model_open(bb_client *c, const char *name, bb_model **out);
 
 /* Allocate a request slot with an input buffer of input_bytes and an output
@@ -243,7 +261,8 @@ BB_API int bb_client_fd(const bb_client *c);
  * BB_EDISCONNECTED from bb_request_status. BB_EINVAL for bad arguments. */
 BB_API int bb_client_poll(bb_client *c, bb_request **out, int max);
 
-/* Broker-side statistics of the model. Returns 0, BB_EDISCONNECTED. */
+/* Broker-side statistics of the model. Returns 0, BB_EDISCONNECTED,
+ * BB_ETIMEDOUT. */
 BB_API int bb_model_stats(bb_model *m, struct bb_model_stats *out);
 
 /* The adaptive batch sizing state of a model (docs/adaptive.md). */
@@ -260,12 +279,13 @@ struct bb_model_tuning {
     uint32_t changes;             /* backend speed changes detected */
 };
 
-/* Read the adaptive state. Returns 0, BB_EINVAL, BB_EDISCONNECTED. */
+/* Read the adaptive state. Returns 0, BB_EINVAL, BB_EDISCONNECTED, BB_ETIMEDOUT. */
 BB_API int bb_model_tuning(bb_model *m, struct bb_model_tuning *out);
 
 /* Pin the model's batch target (1..max_batch_size) for every client, or
  * release the pin with 0. Only a process of root or of the broker's own user
- * may. Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EPERM, BB_EDISCONNECTED. */
+ * may. Returns 0, BB_EINVAL, BB_ENOMODEL, BB_EPERM, BB_EDISCONNECTED,
+ * BB_ETIMEDOUT. */
 BB_API int bb_model_pin(bb_model *m, uint32_t target);
 
 /* How long bb_wait spins before sleeping (default 50000 ns; 0 = sleep at once). */

@@ -45,7 +45,9 @@
  *   Slot: the client writes the descriptor (first cache line) before it
  *   publishes the slot on the submission ring, so the ring's release covers
  *   it. The broker copies the descriptor out and validates the copy, never
- *   the shared original. On completion the broker writes status and out_len,
+ *   the shared original: both buffers inside the heap, input and output not
+ *   overlapping, reserved bytes and unknown flags zero (else the request
+ *   fails with BB_EINVAL). On completion the broker writes status and out_len,
  *   then shm_done_gen = gen with release; the client's acquire load of
  *   shm_done_gen pairs with it before it reads status, out_len and the output.
  *
@@ -198,7 +200,7 @@ struct bb_shm_slot {
     uint32_t timeout_us;
     uint32_t flags;        /* BB_SUBMIT_* */
     uint8_t priority;      /* BB_PRIORITY_* */
-    uint8_t pad0[7];
+    uint8_t pad0[7];       /* reserved: must be 0, else the submission fails with BB_EINVAL */
 
     /* Completion: broker-written, shm_done_gen last with release. */
     _Atomic uint32_t shm_done_gen;

@@ -6,7 +6,7 @@ needed only for the array helpers.
 Synchronous::
 
     import batchbroker as bb
-    with bb.Client() as client:                 # $BATCHBROKER_SOCKET or /tmp/batchbroker.sock
+    with bb.Client() as client:                 # $BATCHBROKER_SOCKET or bb.default_socket()
         echo = client.model("echo")
         print(echo.infer(b"hello"))             # b'hello'
         with echo.request(784 * 4, 10 * 4) as r:    # zero copy
@@ -28,7 +28,7 @@ Errors are exceptions named after the C codes (bb.BB_EBUSY, bb.BB_ETIMEDOUT,
 from ._lib import library_path, version
 from .errors import BY_CODE, BatchBrokerError, check, error_for
 from .client import (Client, Model, ModelStats, ModelTuning, Priority, Request,
-                     SUBMIT_DEDUP, submit_opts)
+                     SUBMIT_DEDUP, default_socket, submit_opts)
 from .aio import AsyncClient, AsyncModel
 
 __version__ = version()
@@ -37,7 +37,7 @@ __version__ = version()
 globals().update({cls.name: cls for cls in BY_CODE.values()})
 
 __all__ = ["AsyncClient", "AsyncModel", "BatchBrokerError", "BY_CODE", "Client", "Model",
-           "ModelStats", "ModelTuning", "Priority", "Request", "SUBMIT_DEDUP", "check",
+           "ModelStats", "ModelTuning", "Priority", "Request", "SUBMIT_DEDUP", "check", "default_socket",
            "connect", "error_for", "library_path", "submit_opts", "version"] + \
           [cls.name for cls in BY_CODE.values()]
 

@@ -30,7 +30,7 @@ c_char_p = ctypes.c_char_p
 
 
 class ClientOpts(ctypes.Structure):
-    _fields_ = [("segment_bytes", c_size_t), ("max_inflight", c_uint32)]
+    _fields_ = [("segment_bytes", c_size_t), ("max_inflight", c_uint32), ("timeout_ms", c_uint32)]
 
 
 class SubmitOpts(ctypes.Structure):
@@ -78,6 +78,7 @@ class ModelTuningC(ctypes.Structure):
 # name: (result type, argument types)
 _PROTOTYPES = {
     "bb_connect": (c_int, [c_char_p, ctypes.POINTER(ClientOpts), ctypes.POINTER(c_void_p)]),
+    "bb_default_socket": (c_int, [ctypes.c_char_p, c_size_t]),
     "bb_disconnect": (None, [c_void_p]),
     "bb_model_open": (c_int, [c_void_p, c_char_p, ctypes.POINTER(c_void_p)]),
     "bb_request_new": (c_int, [c_void_p, c_size_t, c_size_t, ctypes.POINTER(c_void_p)]),

@@ -39,11 +39,12 @@ class AsyncClient(Client):
     Request without blocking the loop.
     """
 
-    def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, loop=None, spin_ns=0):
+    def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, loop=None, spin_ns=0,
+                 timeout_ms=0):
         # spin_ns 0: nothing here waits in the C library, and a synchronous
         # wait on the loop's thread should not spin.
         super().__init__(path, segment_bytes=segment_bytes, max_inflight=max_inflight,
-                         spin_ns=spin_ns)
+                         spin_ns=spin_ns, timeout_ms=timeout_ms)
         self._loop = loop or asyncio.get_running_loop()
         self._pending = {}  # request handle -> (future, Request)
         # Backpressure for AsyncModel.submit: with every slot (or all the

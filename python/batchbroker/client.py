@@ -13,6 +13,7 @@ segment, so drop every view before ``Client.close()``.
 
 import ctypes
 import enum
+import os
 import weakref
 from dataclasses import dataclass
 
@@ -39,7 +40,13 @@ class Priority(enum.IntEnum):
 #: BB_SUBMIT_DEDUP
 SUBMIT_DEDUP = 1
 
-DEFAULT_SOCKET = "/tmp/batchbroker.sock"
+#: Where Client(None) connects without $BATCHBROKER_SOCKET (bb_default_socket):
+#: $XDG_RUNTIME_DIR/batchbroker.sock, /run/batchbroker/batchbroker.sock as
+#: root, else /tmp/batchbroker-UID/batchbroker.sock.
+def default_socket():
+    buf = ctypes.create_string_buffer(108)
+    n = lib.bb_default_socket(buf, len(buf))
+    return buf.value.decode() if n > 0 else None
 
 
 def _priority(p):
@@ -181,18 +188,23 @@ class Client(_Closable):
     """A connection to the broker and this process's shared-memory segment.
 
     ``Client(path=None)`` connects to ``path``, else ``$BATCHBROKER_SOCKET``,
-    else /tmp/batchbroker.sock. segment_bytes and max_inflight ask for a
-    segment size and a number of request slots (0: the broker's defaults).
+    else the default socket (default_socket()). segment_bytes and
+    max_inflight ask for a segment size and a number of request slots (0: the
+    broker's defaults). timeout_ms bounds the connection and each control
+    call (open, stats) against a broker that does not answer (0:
+    $BATCHBROKER_TIMEOUT_MS, else 5000); past it they raise BB_ETIMEDOUT.
     Use it as a context manager, or call close(). One Client may be shared by
     threads; do not use it in a child after fork().
     """
 
-    def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None):
+    def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None,
+                 timeout_ms=0):
         self._c = None
-        opts = _lib.ClientOpts(segment_bytes=int(segment_bytes), max_inflight=int(max_inflight))
+        opts = _lib.ClientOpts(segment_bytes=int(segment_bytes), max_inflight=int(max_inflight),
+                               timeout_ms=int(timeout_ms))
         out = ctypes.c_void_p()
         p = None if path is None else (path.encode() if isinstance(path, str) else bytes(path))
-        where = path or "$BATCHBROKER_SOCKET or " + DEFAULT_SOCKET
+        where = path or os.environ.get("BATCHBROKER_SOCKET") or default_socket()
         check(lib.bb_connect(p, ctypes.byref(opts), ctypes.byref(out)), f"connect {where}")
         self._c = out.value
         self._models = {}

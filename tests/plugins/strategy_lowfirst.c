@@ -1,4 +1,4 @@
-/* A custom batching strategy for tests/test_scheduling.c, deliberately unlike
+/* A custom batching strategy for tests/test_sched_strategy.c, deliberately unlike
  * every built-in so that obeying it is observable:
  *
  *   should_dispatch: cut a batch only when at least `strategy.min_queued`

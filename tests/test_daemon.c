@@ -1,0 +1,167 @@
+/* The broker as a process among others on the host: its logs under a flood
+ * of refused connections, its memory against processes of its own user, and
+ * where it puts its socket when none is configured. Tests that need a second
+ * user run the broker or a child as nobody (65534) and skip when not root. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "test_util.h"
+
+#define NOBODY 65534
+
+static struct bbt_broker B;
+
+TestSuite(daemon, .fini = bbt_cleanup_all, .timeout = 120);
+
+/* Sum of the counts in the broker's "(rate limit) N more lines" reports. */
+static long held_back(const struct bbt_broker *b)
+{
+    FILE *f = fopen(b->log, "r");
+    cr_assert_not_null(f, "no broker log");
+    char line[2048];
+    long n = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "(rate limit) ");
+        if (p)
+            n += strtol(p + 13, NULL, 10);
+    }
+    fclose(f);
+    return n;
+}
+
+/* A peer that is refused over and over gets a few lines logged and the rest
+ * counted, not one line each: 500 refusals, at most 10 lines, and a report
+ * of the other 490 once the 5 s window ends. */
+Test(daemon, refusals_are_logged_at_a_bounded_rate)
+{
+    struct bbt_start so = {.log = true,
+                           .overrides = (const char *const[]){"broker.allowed_uids=12345", NULL}};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0);
+    int before = bbt_log_count(&B, "not allowed");
+    for (int i = 0; i < 500; i++) {
+        int fd = bbt_raw_connect(B.sock);
+        cr_assert_geq(fd, 0);
+        cr_assert(bbt_dropped(fd, 5000), "refused connection %d was kept", i);
+        close(fd);
+    }
+    int lines = bbt_log_count(&B, "not allowed") - before;
+    cr_assert_leq(lines, 10, "%d lines for 500 refusals", lines);
+    /* The window that held lines back ends within ~5 s; its report follows. */
+    for (int i = 0; i < 1000 && lines + held_back(&B) < 500; i++)
+        bbt_msleep(10);
+    cr_assert_eq(lines + held_back(&B), 500,
+                 "%d lines logged and %ld reported held back, for 500 refusals", lines,
+                 held_back(&B));
+}
+
+/* The broker maps every client's segment: a process of the broker's own
+ * user must not read them through /proc/PID/mem (or attach a debugger).
+ * The broker makes itself non-dumpable, which also hands its /proc entries
+ * to root. */
+Test(daemon, broker_memory_is_closed_to_its_own_user)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the broker as another uid");
+    struct bbt_start so = {.uid = NOBODY};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0, "broker as nobody (status %#x)",
+                 B.exit_status);
+    char mem[64];
+    snprintf(mem, sizeof mem, "/proc/%d/mem", (int)B.pid);
+    struct stat st;
+    cr_assert_eq(stat(mem, &st), 0);
+    cr_assert_eq(st.st_uid, 0, "%s belongs to uid %u: the broker is dumpable", mem,
+                 (unsigned)st.st_uid);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+            _exit(100);
+        int fd = open(mem, O_RDONLY);
+        _exit(fd < 0 && errno == EACCES ? 0 : fd >= 0 ? 1 : 2);
+    }
+    int ws = bbt_waitpid_bounded(pid, 10000);
+    cr_assert(ws >= 0 && WIFEXITED(ws), "reader status %#x", ws);
+    cr_assert_eq(WEXITSTATUS(ws), 0, "uid %d %s %s", NOBODY,
+                 WEXITSTATUS(ws) == 1 ? "opened" : "could not switch to, or failed oddly on", mem);
+}
+
+/* ---- The default socket ---- */
+
+/* Without [broker] socket the broker listens in $XDG_RUNTIME_DIR (private to
+ * its user), and a client with the same environment finds it with
+ * bb_connect(NULL); $BATCHBROKER_SOCKET still wins. */
+Test(daemon, default_socket_is_in_the_runtime_dir)
+{
+    char dir[64];
+    bbt_unique_path(dir, sizeof dir, ".run");
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    char env[140];
+    snprintf(env, sizeof env, "XDG_RUNTIME_DIR=%s", dir);
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    struct bbt_start so = {.no_socket_arg = true, .env = (const char *const[]){env, NULL}};
+    int rc = bbt_broker_start_ex(&B, &so);
+    if (rc < 0)
+        rmdir(dir);
+    cr_assert_eq(rc, 0, "no broker on %s (status %#x)", B.sock, B.exit_status);
+    setenv("XDG_RUNTIME_DIR", dir, 1);
+    unsetenv("BATCHBROKER_SOCKET");
+    char path[108];
+    cr_assert_gt(bb_default_socket(path, sizeof path), 0);
+    cr_assert_str_eq(path, B.sock);
+    bb_client *c;
+    cr_assert_eq(bb_connect(NULL, NULL, &c), 0);
+    bb_disconnect(c);
+    setenv("BATCHBROKER_SOCKET", "/nowhere/x.sock", 1);
+    cr_assert_gt(bb_default_socket(path, sizeof path), 0);
+    cr_assert_str_eq(path, "/nowhere/x.sock");
+    cr_assert_eq(bb_connect(NULL, NULL, &c), BB_ENOBROKER);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+}
+
+/* Without XDG_RUNTIME_DIR a broker that is not root listens in
+ * /tmp/batchbroker-UID, a directory it creates for itself: one that another
+ * user made first (and could put a socket in) makes it refuse to start. */
+Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the broker as another uid");
+    unsetenv("XDG_RUNTIME_DIR");
+    static const char dir[] = "/tmp/batchbroker-65534";
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    unlink(B.sock);
+    rmdir(dir);
+    cr_assert_eq(mkdir(dir, 0777), 0, "mkdir %s", dir);
+    chmod(dir, 0777); /* as a squatter would leave it */
+    struct bbt_start so = {.no_socket_arg = true, .uid = NOBODY, .log = true};
+    int rc = bbt_broker_start_ex(&B, &so);
+    int refused = bbt_log_count(&B, "another user could take the socket path");
+    unlink(B.log);
+    rmdir(dir);
+    cr_assert_eq(rc, -1, "the broker listened in a directory root made world-writable");
+    cr_assert(WIFEXITED(B.exit_status) && WEXITSTATUS(B.exit_status) == 1, "status %#x",
+              B.exit_status);
+    cr_assert_eq(refused, 1, "the broker did not say why");
+    /* With the directory gone it makes its own. */
+    rc = bbt_broker_start_ex(&B, &so);
+    struct stat st;
+    int have = stat(dir, &st);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+    cr_assert_eq(rc, 0, "status %#x", B.exit_status);
+    cr_assert_eq(have, 0);
+    cr_assert(S_ISDIR(st.st_mode) && st.st_uid == NOBODY && (st.st_mode & 022) == 0,
+              "uid %u mode %o", (unsigned)st.st_uid, (unsigned)st.st_mode);
+}

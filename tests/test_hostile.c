@@ -1,0 +1,275 @@
+/* Hostile local clients next to honest ones (issue 11's acceptance): a client
+ * that submits requests whose input and output overlap, one that tries to
+ * hold 600 operator sessions, and one that keeps re-opening 600 connections
+ * that never say HELLO. While each attack runs, honest clients in other
+ * processes check every answer byte for byte, and a new client connects
+ * (and gets an answer) every 100 ms: each connect must succeed within 1 s,
+ * a generous bound on purpose, since the property is "not locked out".
+ *
+ * scripts/test.sh runs this suite against the ASan+UBSan broker too, where
+ * any sanitizer report fails the run. As root the attacker runs as another
+ * admitted user (nobody), so the per-uid limits are what hold it; otherwise
+ * as our own user, held by the per-process limit. */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "batchbroker/protocol.h"
+#include "client_internal.h"
+#include "harness.h"
+#include "test_util.h"
+
+#define NOBODY 65534
+#define HONEST 2
+#define ATTACK_NS 4000000000ull
+#define PROBE_BOUND_NS 1000000000ull
+
+static struct bbt_broker B;
+
+TestSuite(hostile, .fini = bbt_cleanup_all, .timeout = 180);
+
+struct shared {
+    _Atomic int stop;
+    _Atomic int ready;                  /* processes that are up */
+    _Atomic uint64_t honest_done, honest_bad;
+    _Atomic uint64_t attack_ops;        /* what the attacker managed */
+    _Atomic uint64_t attack_wrong;      /* outcomes the attacker should not have seen */
+    _Atomic uint64_t held_max;          /* most sessions or connections it held at once */
+    char msg[256];
+};
+
+static struct shared *sh;
+
+/* Fork a process for fn; as_nobody drops to uid 65534 first. */
+static pid_t start_process(int (*fn)(void), bool as_nobody)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (as_nobody && (setgid(NOBODY) < 0 || setuid(NOBODY) < 0))
+            _exit(100);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        _exit(fn());
+    }
+    return pid;
+}
+
+/* ---- Honest clients ---- */
+
+static int honest_main(void)
+{
+    bb_client *c;
+    bb_model *m;
+    if (bb_connect(B.sock, NULL, &c) != 0 || bb_model_open(c, "echo", &m) != 0)
+        return 10;
+    enum { DEPTH = 8, MAXLEN = 900 };
+    bb_request *r[DEPTH];
+    uint64_t id[DEPTH], next = (uint64_t)getpid() << 32;
+    for (int i = 0; i < DEPTH; i++)
+        if (bb_request_new(m, MAXLEN, MAXLEN, &r[i]) != 0)
+            return 11;
+    atomic_fetch_add(&sh->ready, 1);
+    for (int i = 0; !atomic_load(&sh->stop); i = (i + 1) % DEPTH) {
+        id[i] = next++;
+        size_t len = 1 + id[i] % MAXLEN;
+        bbt_fill(bb_request_input(r[i]), len, id[i]);
+        bb_request_set_input_len(r[i], len);
+        if (bb_submit(r[i], NULL) != 0 || bb_wait(r[i], 20000000000ll) != 0)
+            return 12;
+        size_t n = 0;
+        const void *out = bb_request_output(r[i], &n);
+        if (!out || n != len || !bbt_check(out, n, id[i])) {
+            if (atomic_fetch_add(&sh->honest_bad, 1) == 0)
+                snprintf(sh->msg, sizeof sh->msg, "honest request %llx: %s, %zu bytes of %zu",
+                         (unsigned long long)id[i], bb_errname(bb_request_status(r[i])), n, len);
+        }
+        atomic_fetch_add(&sh->honest_done, 1);
+    }
+    bb_disconnect(c);
+    return 0;
+}
+
+/* ---- Attackers ---- */
+
+/* Requests whose output overlaps their input: each must fail with
+ * BB_EINVAL and never reach the backend. */
+static int overlap_main(void)
+{
+    bb_client *c;
+    bb_model *m;
+    bb_request *pad, *r;
+    if (bb_connect(B.sock, NULL, &c) != 0 || bb_model_open(c, "echo", &m) != 0 ||
+        bb_request_new(m, 4096, 4096, &pad) != 0 || bb_request_new(m, 512, 512, &r) != 0)
+        return 10;
+    atomic_fetch_add(&sh->ready, 1);
+    const uint64_t in_off = r->in_off;
+    for (uint64_t k = 0; !atomic_load(&sh->stop); k++) {
+        r->out_off = in_off + 1 + k % 700 - 350; /* always overlapping, never in place */
+        if (bb_submit(r, NULL) != 0 || bb_wait(r, 10000000000ll) != 0)
+            return 11;
+        if (bb_request_status(r) != BB_EINVAL)
+            atomic_fetch_add(&sh->attack_wrong, 1);
+        atomic_fetch_add(&sh->attack_ops, 1);
+    }
+    bb_disconnect(c);
+    return 0;
+}
+
+static void note_held(uint64_t held)
+{
+    uint64_t seen = atomic_load(&sh->held_max);
+    while (held > seen && !atomic_compare_exchange_weak(&sh->held_max, &seen, held))
+        ;
+}
+
+/* Try to hold 600 operator sessions, and keep trying while the test runs. */
+static int operators_main(void)
+{
+    static int fds[600];
+    int held = 0;
+    atomic_fetch_add(&sh->ready, 1);
+    while (!atomic_load(&sh->stop)) {
+        if (held == 600) {
+            bbt_msleep(10);
+            continue;
+        }
+        int fd = bbt_raw_connect(B.sock);
+        if (fd < 0)
+            continue;
+        atomic_fetch_add(&sh->attack_ops, 1);
+        if (bbt_raw_hello(fd, BB_HELLO_OPERATOR, 0) == 0) {
+            fds[held++] = fd;
+            note_held((uint64_t)held);
+        } else {
+            close(fd);
+        }
+    }
+    for (int i = 0; i < held; i++)
+        close(fds[i]);
+    return 0;
+}
+
+/* Keep 600 connections open that never say HELLO: whenever one is dropped
+ * (or refused), open another in its place. */
+static int half_open_main(void)
+{
+    static int fds[600];
+    for (int i = 0; i < 600; i++)
+        fds[i] = -1;
+    atomic_fetch_add(&sh->ready, 1);
+    for (int k = 0; !atomic_load(&sh->stop); k = (k + 1) % 600) {
+        if (fds[k] >= 0) {
+            char b[64];
+            ssize_t n = recv(fds[k], b, sizeof b, MSG_DONTWAIT);
+            if (n < 0 && errno == EAGAIN)
+                continue; /* still open, unanswered */
+            close(fds[k]);
+        }
+        fds[k] = bbt_raw_connect(B.sock);
+        atomic_fetch_add(&sh->attack_ops, 1);
+        if (k == 599) {
+            uint64_t open = 0;
+            for (int i = 0; i < 600; i++)
+                if (fds[i] >= 0)
+                    open++;
+            note_held(open);
+        }
+    }
+    for (int i = 0; i < 600; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return 0;
+}
+
+/* ---- The scenario ---- */
+
+static void under_attack(int (*attacker)(void), const char *what)
+{
+    bool root = geteuid() == 0;
+    const char *ov[] = {root ? "broker.allowed_uids=0,65534" : "broker.log_level=warn",
+                        "model.echo.max_wait_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0, "broker (status %#x)", B.exit_status);
+    sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    pid_t pids[HONEST + 1];
+    for (int i = 0; i < HONEST; i++)
+        pids[i] = start_process(honest_main, false);
+    pids[HONEST] = start_process(attacker, root);
+    for (int i = 0; i < 5000 && atomic_load(&sh->ready) < HONEST + 1; i++)
+        bbt_msleep(2);
+    cr_assert_eq(atomic_load(&sh->ready), HONEST + 1, "the processes never got going");
+
+    /* Probe: a new client every 100 ms while the attack runs. */
+    uint64_t end = bbt_now_ns() + ATTACK_NS, worst = 0;
+    int probes = 0;
+    struct bb_client_opts opts = {.timeout_ms = 5000};
+    while (bbt_now_ns() < end) {
+        uint64_t t0 = bbt_now_ns();
+        bb_client *c;
+        int rc = bb_connect(B.sock, &opts, &c);
+        uint64_t took = bbt_now_ns() - t0;
+        cr_assert_eq(rc, 0, "%s: probe %d could not connect: %s", what, probes, bb_errname(rc));
+        if (took > worst)
+            worst = took;
+        bb_model *m = bbt_open_ok(c, "echo");
+        char out[16];
+        size_t n = 0;
+        rc = bb_infer(m, "probe", 5, out, sizeof out, &n, NULL, 10000000000ll);
+        cr_assert(rc == 0 && n == 5 && memcmp(out, "probe", 5) == 0, "%s: probe %d: %s", what,
+                  probes, bb_errname(rc));
+        bb_disconnect(c);
+        probes++;
+        bbt_msleep(100);
+    }
+    atomic_store(&sh->stop, 1);
+    for (int i = 0; i <= HONEST; i++) {
+        int st = bbt_waitpid_bounded(pids[i], 30000);
+        cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s process status %#x",
+                  what, i < HONEST ? "honest" : "attacker", st);
+    }
+    cr_assert_eq(atomic_load(&sh->honest_bad), 0, "%s: %s", what, sh->msg);
+    cr_assert_gt(atomic_load(&sh->honest_done), 100, "%s: the honest clients hardly ran", what);
+    cr_assert_lt(worst, PROBE_BOUND_NS, "%s: a new client waited %.3f s to connect", what,
+                 (double)worst / 1e9);
+    cr_assert_gt(probes, 10);
+    int alive_st;
+    cr_assert_eq(waitpid(B.pid, &alive_st, WNOHANG), 0, "%s: the broker died", what);
+    bbt_fresh_client_works(&B);
+    int st = bbt_broker_stop(&B);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: broker exit status %#x", what,
+              st);
+    fprintf(stderr, "test_hostile: %s: %llu attack operations, held at most %llu; %llu honest requests; %d probes, "
+                "slowest connect %.1f ms\n", what, (unsigned long long)atomic_load(&sh->attack_ops),
+                (unsigned long long)atomic_load(&sh->held_max),
+                (unsigned long long)atomic_load(&sh->honest_done), probes, (double)worst / 1e6);
+}
+
+Test(hostile, overlapping_input_and_output)
+{
+    under_attack(overlap_main, "overlapping requests");
+    cr_assert_gt(atomic_load(&sh->attack_ops), 10);
+    cr_assert_eq(atomic_load(&sh->attack_wrong), 0,
+                 "an overlapping request was not refused with BB_EINVAL");
+}
+
+Test(hostile, six_hundred_operator_sessions)
+{
+    under_attack(operators_main, "600 operator sessions");
+    cr_assert_lt(atomic_load(&sh->held_max), 600, "the attacker held every session it asked for");
+}
+
+Test(hostile, six_hundred_connections_without_hello)
+{
+    under_attack(half_open_main, "600 connections without HELLO");
+    cr_assert_gt(atomic_load(&sh->attack_ops), 600);
+}

@@ -1,0 +1,295 @@
+/* A model's queues (broker/queue.c, struct bb__queues) on their own: the
+ * dispatch order of a level (own deadlines first with EDF, then fair-queueing
+ * tags, then arrival), arrival order for the oldest request, the deadline
+ * heap, removal from anywhere, taking a whole level, growing, and a long
+ * random sequence checked against a plain sorted reference. */
+#include <criterion/criterion.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue.h"
+
+TestSuite(queue, .timeout = 60);
+
+static struct bb__req reqs[4096];
+
+static struct bb__req *mk(int i, int level, uint64_t ftag, uint64_t deadline, bool own)
+{
+    struct bb__req *r = &reqs[i];
+    memset(r, 0, sizeof *r);
+    r->slot = (uint32_t)i;
+    r->level = (uint8_t)level;
+    r->ftag = r->fstart = ftag;
+    r->deadline_ns = deadline;
+    r->own_deadline = own;
+    r->bytes = 100 + (uint64_t)i;
+    return r;
+}
+
+Test(queue, fairness_tags_then_arrival_within_a_level)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    /* Tags 5, 3, 3, 9: the two 3s in arrival order, then 5, then 9. */
+    uint64_t tags[] = {5, 3, 3, 9};
+    for (int i = 0; i < 4; i++)
+        bb__queue_push(&q, mk(i, 2, tags[i], UINT64_MAX, false), NULL);
+    cr_assert_eq(q.queued, 4);
+    cr_assert_eq(q.level_bytes[2], 100 + 101 + 102 + 103);
+    int want[] = {1, 2, 0, 3};
+    for (int k = 0; k < 4; k++) {
+        struct bb__req *r = bb__queue_top(&q, 2);
+        cr_assert_eq(r, &reqs[want[k]], "pop %d: slot %u", k, r->slot);
+        bb__queue_remove(&q, r);
+    }
+    cr_assert_null(bb__queue_top(&q, 2));
+    cr_assert_eq(q.queued, 0);
+    cr_assert_eq(q.level_bytes[2], 0);
+    bb__queues_fini(&q);
+}
+
+Test(queue, fairness_off_is_arrival_order)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, false), 0);
+    uint64_t tags[] = {5, 3, 9, 1};
+    for (int i = 0; i < 4; i++)
+        bb__queue_push(&q, mk(i, 0, tags[i], UINT64_MAX, false), NULL);
+    for (int k = 0; k < 4; k++) {
+        struct bb__req *r = bb__queue_top(&q, 0);
+        cr_assert_eq(r->slot, (uint32_t)k);
+        bb__queue_remove(&q, r);
+    }
+    bb__queues_fini(&q);
+}
+
+/* With EDF on, requests carrying their own timeout go first, earliest
+ * deadline first; a deadline from the model's default does not count. */
+Test(queue, own_deadlines_first_with_edf)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
+    bb__queue_push(&q, mk(2, 1, 3, 100, false), NULL); /* a default deadline: fair order */
+    bb__queue_push(&q, mk(3, 1, 4, 500, true), NULL);
+    int want[] = {3, 1, 0, 2};
+    for (int k = 0; k < 4; k++) {
+        struct bb__req *r = bb__queue_top(&q, 1);
+        cr_assert_eq(r->slot, (uint32_t)want[k], "pop %d: slot %u", k, r->slot);
+        bb__queue_remove(&q, r);
+    }
+    bb__queues_fini(&q);
+    /* Without EDF (priorities off) the own deadline does not reorder. */
+    cr_assert_eq(bb__queues_init(&q, 16, false, true), 0);
+    bb__queue_push(&q, mk(0, 0, 1, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 0, 2, 100, true), NULL);
+    cr_assert_eq(bb__queue_top(&q, 0)->slot, 0);
+    bb__queues_fini(&q);
+}
+
+/* A client's fair-queueing round is one heap entry: requests that join its
+ * head wait behind it in arrival order and take its place when it goes, with
+ * the round's key, ahead of a later round of smaller tag from elsewhere. */
+Test(queue, rounds_share_one_heap_entry)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    struct bb__req *a = mk(0, 2, 5, UINT64_MAX, false);
+    cr_assert(bb__queue_push(&q, a, NULL), "the first of a round is a head");
+    cr_assert_not(bb__queue_push(&q, mk(1, 2, 5, UINT64_MAX, false), a), "joins a's round");
+    cr_assert_not(bb__queue_push(&q, mk(2, 2, 5, UINT64_MAX, false), a));
+    cr_assert(bb__queue_push(&q, mk(3, 2, 7, UINT64_MAX, false), a), "another tag: its own round");
+    cr_assert(bb__queue_push(&q, mk(4, 2, 6, UINT64_MAX, false), NULL));
+    cr_assert_eq(q.levels[2].n, 3, "three rounds in the heap");
+    cr_assert_eq(q.level_n[2], 5);
+    int want[] = {0, 1, 2, 4, 3};
+    for (int k = 0; k < 5; k++) {
+        struct bb__req *r = bb__queue_top(&q, 2);
+        cr_assert_eq(r->slot, (uint32_t)want[k], "pop %d: slot %u", k, r->slot);
+        bb__queue_remove(&q, r);
+    }
+    cr_assert_eq(q.queued, 0);
+    /* A member leaves from the middle of its round; the round goes on. */
+    a = mk(0, 2, 5, UINT64_MAX, false);
+    bb__queue_push(&q, a, NULL);
+    bb__queue_push(&q, mk(1, 2, 5, UINT64_MAX, false), a);
+    bb__queue_push(&q, mk(2, 2, 5, UINT64_MAX, false), a);
+    bb__queue_remove(&q, &reqs[1]);
+    bb__queue_remove(&q, a);
+    cr_assert_eq(bb__queue_top(&q, 2), &reqs[2]);
+    struct bb__req *out[4];
+    cr_assert_eq(bb__queue_take_level(&q, 2, out), 1);
+    bb__queues_fini(&q);
+}
+
+Test(queue, oldest_is_arrival_order_across_removals)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    for (int i = 0; i < 5; i++)
+        bb__queue_push(&q, mk(i, 3, (uint64_t)(10 - i), UINT64_MAX, false), NULL);
+    cr_assert_eq(bb__level_oldest(&q, 3)->slot, 0);
+    bb__queue_remove(&q, &reqs[0]);
+    bb__queue_remove(&q, &reqs[2]);
+    cr_assert_eq(bb__level_oldest(&q, 3)->slot, 1);
+    bb__queue_remove(&q, &reqs[1]);
+    cr_assert_eq(bb__level_oldest(&q, 3)->slot, 3);
+    cr_assert_eq(bb__queue_top(&q, 3)->slot, 4, "the smallest tag left");
+    cr_assert_null(bb__level_oldest(&q, 0));
+    bb__queues_fini(&q);
+}
+
+Test(queue, deadline_heap)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    uint64_t dl[] = {700, UINT64_MAX, 300, 500, UINT64_MAX, 100};
+    for (int i = 0; i < 6; i++)
+        bb__deadline_push(&q, mk(i, 0, 0, dl[i], true));
+    cr_assert_eq(q.deadlines.n, 4, "no deadline, not in the heap");
+    cr_assert_eq(reqs[1].dl_pos, UINT32_MAX);
+    cr_assert_eq(bb__deadline_top(&q)->slot, 5);
+    bb__deadline_remove(&q, &reqs[3]); /* from the middle */
+    bb__deadline_remove(&q, &reqs[1]); /* not in it: no effect */
+    cr_assert_eq(q.deadlines.n, 3);
+    int want[] = {5, 2, 0};
+    for (int k = 0; k < 3; k++) {
+        struct bb__req *r = bb__deadline_top(&q);
+        cr_assert_eq(r->slot, (uint32_t)want[k]);
+        bb__deadline_remove(&q, r);
+        cr_assert_eq(r->dl_pos, UINT32_MAX);
+    }
+    cr_assert_null(bb__deadline_top(&q));
+    bb__queues_fini(&q);
+}
+
+Test(queue, take_level_empties_it)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    for (int i = 0; i < 6; i++)
+        bb__queue_push(&q, mk(i, i % 2, (uint64_t)i, UINT64_MAX, false), NULL);
+    struct bb__req *out[16];
+    cr_assert_eq(bb__queue_take_level(&q, 1, out), 3);
+    bool seen[6] = {0};
+    for (int k = 0; k < 3; k++) {
+        cr_assert_eq(out[k]->level, 1);
+        cr_assert_eq(out[k]->pos, UINT32_MAX);
+        seen[out[k]->slot] = true;
+    }
+    cr_assert(seen[1] && seen[3] && seen[5]);
+    cr_assert_null(bb__queue_top(&q, 1));
+    cr_assert_null(bb__level_oldest(&q, 1));
+    cr_assert_eq(q.level_bytes[1], 0);
+    cr_assert_eq(q.queued, 3, "level 0 untouched");
+    cr_assert_eq(bb__queue_top(&q, 0)->slot, 0);
+    bb__queues_fini(&q);
+}
+
+Test(queue, reserve_grows_and_keeps_order)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 2, true, true), 0);
+    bb__queue_push(&q, mk(0, 0, 9, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 0, 8, UINT64_MAX, false), NULL);
+    uint32_t have = 0;
+    cr_assert_eq(bb__queues_reserve(&q, 64, &have), 0);
+    cr_assert_eq(have, 64);
+    for (int i = 2; i < 64; i++)
+        bb__queue_push(&q, mk(i, 0, (uint64_t)(100 + i), UINT64_MAX, false), NULL);
+    cr_assert_eq(bb__queue_top(&q, 0)->slot, 1);
+    cr_assert_eq(bb__queues_reserve(&q, 8, &have), 0, "never shrinks");
+    cr_assert_eq(have, 64);
+    bb__queues_fini(&q);
+}
+
+/* ---- Random operations against a reference ---- */
+
+static uint64_t rnd(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* The level order of queue.c, written out plainly. */
+static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool edf)
+{
+    uint64_t ka = edf && a->own_deadline ? a->deadline_ns : UINT64_MAX;
+    uint64_t kb = edf && b->own_deadline ? b->deadline_ns : UINT64_MAX;
+    if (ka != kb)
+        return ka < kb;
+    if (a->ftag != b->ftag)
+        return a->ftag < b->ftag;
+    return a->seq < b->seq;
+}
+
+Test(queue, random_operations_match_a_reference)
+{
+    enum { N = 4096, STEPS = 200000 };
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, N, true, true), 0);
+    static bool in_q[N];
+    uint64_t s = 88172645463325252ull;
+    uint32_t count = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t op = rnd(&s) % 10;
+        if (op < 5 && count < N) {
+            int i;
+            do
+                i = (int)(rnd(&s) % N);
+            while (in_q[i]);
+            bool own = rnd(&s) % 3 == 0;
+            uint64_t dl = rnd(&s) % 4 ? 1000 + rnd(&s) % 100000 : UINT64_MAX;
+            struct bb__req *r = mk(i, (int)(rnd(&s) % 4), rnd(&s) % 64, dl, own && dl != UINT64_MAX);
+            bb__queue_push(&q, r, NULL);
+            bb__deadline_push(&q, r);
+            in_q[i] = true;
+            count++;
+        } else if (op < 8 && count) {
+            int i;
+            do
+                i = (int)(rnd(&s) % N);
+            while (!in_q[i]);
+            bb__queue_remove(&q, &reqs[i]);
+            bb__deadline_remove(&q, &reqs[i]);
+            in_q[i] = false;
+            count--;
+        } else if (count) {
+            int l = (int)(rnd(&s) % 4);
+            struct bb__req *top = bb__queue_top(&q, l);
+            if (!top)
+                continue;
+            bb__queue_remove(&q, top);
+            bb__deadline_remove(&q, top);
+            in_q[top->slot] = false;
+            count--;
+        }
+        if (step % 97 != 0)
+            continue;
+        /* Every level's top is the reference minimum; oldest is the lowest seq;
+         * the deadline top is the earliest deadline. */
+        cr_assert_eq(q.queued, count);
+        for (int l = 0; l < 4; l++) {
+            struct bb__req *best = NULL, *oldest = NULL;
+            for (int i = 0; i < N; i++) {
+                if (!in_q[i] || reqs[i].level != l)
+                    continue;
+                if (!best || ref_before(&reqs[i], best, true))
+                    best = &reqs[i];
+                if (!oldest || reqs[i].seq < oldest->seq)
+                    oldest = &reqs[i];
+            }
+            cr_assert_eq(bb__queue_top(&q, l), best, "step %d level %d", step, l);
+            cr_assert_eq(bb__level_oldest(&q, l), oldest, "step %d level %d", step, l);
+        }
+        struct bb__req *dtop = bb__deadline_top(&q);
+        for (int i = 0; i < N; i++)
+            if (in_q[i] && reqs[i].deadline_ns != UINT64_MAX)
+                cr_assert_geq(reqs[i].deadline_ns, dtop->deadline_ns, "step %d", step);
+    }
+    bb__queues_fini(&q);
+}

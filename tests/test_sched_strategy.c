@@ -1,0 +1,86 @@
+/* Scheduling against a real broker: custom strategy plugins: one that is
+ * obeyed, and the ones the broker refuses.
+ * Each test starts its own broker (sched_util.h). */
+#include <criterion/criterion.h>
+
+#include <sys/wait.h>
+
+#include "sched_util.h"
+
+TestSuite(sched_strategy, .fini = sch_fini, .timeout = 120);
+
+Test(sched_strategy, custom_strategy_plugin_is_obeyed)
+{
+    const char *log = sch_rec_path();
+    sch_start_cfg(REC_MODEL("cs", 0, "max_batch_size = 2\nmax_starvation_us = 0\n"
+                                 "strategy = " BB_STRATEGY_LOWFIRST "\nstrategy.min_queued = 3\n"),
+              log);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "cs");
+    bb_request *crit = sch_req_new(m, 64, 64, 1), *high = sch_req_new(m, 64, 64, 2);
+    sch_submit(crit, BB_PRIORITY_CRITICAL, 0, 0, 1);
+    sch_submit(high, BB_PRIORITY_HIGH, 0, 0, 2);
+    /* Two queued, the strategy wants three: nothing runs, though the
+     * backend is idle (any built-in would have dispatched at once). */
+    cr_assert_eq(bb_wait(crit, 200000000), BB_ETIMEDOUT, "dispatched with 2 queued");
+    cr_assert_eq(bb_request_status(high), BB_EPENDING);
+    /* A third: batch of 2 filled from LOW up, so the critical one stays. */
+    bb_request *low = sch_req_new(m, 64, 64, 3);
+    sch_submit(low, BB_PRIORITY_LOW, 0, 0, 3);
+    cr_assert_eq(sch_finish(low, 5000), 0);
+    cr_assert_eq(sch_finish(high, 5000), 0);
+    cr_assert(sch_echo_ok(low, 3) && sch_echo_ok(high, 2));
+    cr_assert_eq(bb_wait(crit, 200000000), BB_ETIMEDOUT, "one queued: must wait");
+    /* Two NORMAL: three queued again; the NORMAL ones go before CRITICAL. */
+    bb_request *n1 = sch_req_new(m, 64, 64, 4), *n2 = sch_req_new(m, 64, 64, 5);
+    sch_submit(n1, BB_PRIORITY_NORMAL, 0, 0, 4);
+    sch_submit(n2, BB_PRIORITY_NORMAL, 0, 0, 5);
+    cr_assert_eq(sch_finish(n1, 5000), 0);
+    cr_assert_eq(sch_finish(n2, 5000), 0);
+    cr_assert_eq(bb_wait(crit, 200000000), BB_ETIMEDOUT);
+    /* Two more CRITICAL: the first two critical ones run, one is left. */
+    bb_request *c2 = sch_req_new(m, 64, 64, 6), *c3 = sch_req_new(m, 64, 64, 7);
+    sch_submit(c2, BB_PRIORITY_CRITICAL, 0, 0, 6);
+    sch_submit(c3, BB_PRIORITY_CRITICAL, 0, 0, 7);
+    cr_assert_eq(sch_finish(crit, 5000), 0);
+    cr_assert_eq(sch_finish(c2, 5000), 0);
+    cr_assert(sch_echo_ok(crit, 1) && sch_echo_ok(c2, 6));
+    cr_assert_eq(bb_wait(c3, 200000000), BB_ETIMEDOUT);
+    cr_assert_eq(bb_cancel(c3), 0);
+    cr_assert_eq(sch_finish(c3, 5000), BB_ECANCELED);
+
+    int nb = sch_rec_read(log);
+    cr_assert_eq(nb, 3, "%d batches", nb);
+    static const uint64_t want_ids[3][2] = {{3, 2}, {4, 5}, {1, 6}};
+    static const unsigned want_prios[3][2] = {{4, 2}, {3, 3}, {1, 1}};
+    for (int b = 0; b < 3; b++) {
+        cr_assert_eq(sch_recs[b].n, 2, "batch %d has %u requests", b, sch_recs[b].n);
+        for (int i = 0; i < 2; i++) {
+            cr_assert_eq(sch_recs[b].ids[i], want_ids[b][i], "batch %d item %d: id %llu", b, i,
+                         (unsigned long long)sch_recs[b].ids[i]);
+            cr_assert_eq(sch_recs[b].prios[i], want_prios[b][i]);
+        }
+    }
+    bb_disconnect(c);
+}
+
+/* The broker refuses a strategy it cannot trust, and the plugin's own
+ * refusal of its strategy.* keys, instead of serving with something else. */
+static void start_must_fail(const char *text)
+{
+    int rc = bbt_broker_start(&B, text, NULL);
+    cr_assert_eq(rc, -1, "the broker started with:\n%s", text);
+    cr_assert(WIFEXITED(B.exit_status) && WEXITSTATUS(B.exit_status) != 0,
+              "the broker did not exit with an error (status %#x)", B.exit_status);
+}
+
+Test(sched_strategy, bad_strategies_are_refused)
+{
+    start_must_fail("[model.x]\nbackend = synthetic\nstrategy = " BB_STRATEGY_BADABI "\n");
+    start_must_fail("[model.x]\nbackend = synthetic\nstrategy = " BB_STRATEGY_LOWFIRST "\n");
+    start_must_fail("[model.x]\nbackend = synthetic\nstrategy = " BB_STRATEGY_LOWFIRST
+                    "\nstrategy.min_queued = 0\n");
+    start_must_fail("[model.x]\nbackend = synthetic\nstrategy = latency\n"
+                    "strategy.min_queued = 3\n");
+    start_must_fail("[model.x]\nbackend = synthetic\nstrategy = /nonexistent/strategy.so\n");
+}
