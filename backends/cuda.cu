@@ -739,7 +739,8 @@ extern "C" BB_BACKEND_EXPORT const bb_backend_ops *bb_backend_entry(void)
 /* bb-cuda-alone (bench/): the network alone on device-resident inputs, the
  * reference the broker's GPU rows are held against (docs/performance.md):
  * per batch size, the GEMMs and activations only (no gather, no scatter),
- * direct and as a graph.
+ * direct and as a graph, one batch at a time (launch, wait): its time per
+ * batch, requests/s, and the percentiles of each batch's launch-to-end.
  *   bb-cuda-alone WEIGHTS [DEVICE] [SECONDS_PER_SIZE] */
 #include <chrono>
 
@@ -775,7 +776,7 @@ int main(int argc, char **argv)
     std::vector<float> host(size_t(64) * st->net.in_dim);
     for (size_t i = 0; i < host.size(); i++) host[i] = float(i % 255) / 255.0f;
     cudaMemcpy(s.x, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
-    printf("batch,graph,us_per_batch,requests_per_s\n");
+    printf("batch,graph,us_per_batch,requests_per_s,p50_us,p99_us\n");
     for (uint32_t n : {1u, 8u, 16u, 32u, 64u}) {
         for (int graph = 0; graph < 2; graph++) {
             /* Layers only: the device-resident matrix s.x is the input. */
@@ -806,24 +807,28 @@ int main(int argc, char **argv)
                 cudaGraphDestroy(g);
             }
             uint64_t iters = 0;
+            std::vector<float> lat; /* each batch's launch to its end, us */
             auto t0 = std::chrono::steady_clock::now();
             double el = 0;
             do {
                 for (int k = 0; k < 100; k++) {
+                    auto b0 = std::chrono::steady_clock::now();
                     if (graph) cudaGraphLaunch(exec, s.stream);
                     else layers();
                     cudaStreamSynchronize(s.stream);
+                    lat.push_back(std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - b0).count());
                 }
                 iters += 100;
                 el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             } while (el < secs);
+            std::sort(lat.begin(), lat.end());
             cudaError_t e = cudaGetLastError();
             if (e != cudaSuccess) {
                 fprintf(stderr, "bb-cuda-alone: %s\n", cudaGetErrorString(e));
                 return 1;
             }
-            printf("%u,%s,%.1f,%.0f\n", n, graph ? "on" : "off", el / double(iters) * 1e6,
-                   double(iters) * n / el);
+            printf("%u,%s,%.1f,%.0f,%.1f,%.1f\n", n, graph ? "on" : "off", el / double(iters) * 1e6,
+                   double(iters) * n / el, double(lat[lat.size() / 2]), double(lat[lat.size() * 99 / 100]));
             if (exec) cudaGraphExecDestroy(exec);
         }
     }

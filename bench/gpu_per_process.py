@@ -47,6 +47,10 @@ def worker(rank, args, batch, barrier, start, results):
             model(x[i:i + batch].to(args.device)).cpu()
         torch.cuda.synchronize()
         barrier.wait()
+        # The parent sets the start time once every worker is ready.
+        while start.value == 0.0:
+            time.sleep(0.001)
+        time.sleep(max(0.0, start.value - time.perf_counter()))
         t_end = start.value + args.seconds
         i = rank * 997
         done = 0

@@ -145,9 +145,14 @@ check() {
     "$BIN/bb-cuda-alone" "$MODELS/fmnist.bbdense" 0 "$SECS" | tee "$OUT/alone.csv" || failed=1
 
     echo "== the broker, $PROCS client processes (bb-bench, cuda backend)"
-    local graph
-    for graph in on off; do
-        cat >"$OUT/cuda-$graph.ini" <<EOF
+    # graph on and off at 8 in flight per client (128 in all: two batches of
+    # 64, the closed loop's latency-bound case), then graph on at 32 in flight
+    # (the GPU never waits for a batch to form), with a second executor
+    # instance as a variant of the same run.
+    local run graph conc
+    for run in on-8 off-8 on-32; do
+        graph=${run%-*} conc=${run#*-}
+        cat >"$OUT/cuda-$run.ini" <<EOF
 [broker]
 socket = $OUT/bb.sock
 plugin_dir = $PLUGINS
@@ -161,10 +166,12 @@ instances = 1
 param.weights = $MODELS/fmnist.bbdense
 param.graph = $graph
 EOF
-        "$BIN/bb-bench" --spawn-broker "$OUT/cuda-$graph.ini" --broker-bin "$BIN/batchbroker" \
-            --model fmnist --dataset fmnist --clients "$PROCS" --concurrency 8 --wait sleep \
-            --duration "$SECS" --warmup 1 --baseline inproc-all --json "$OUT/broker-graph-$graph.json" \
-            </dev/null | tee "$OUT/broker-graph-$graph.txt" || failed=1
+        local variant=()
+        [ "$conc" = 32 ] && variant=(--variant model.fmnist.instances=2)
+        "$BIN/bb-bench" --spawn-broker "$OUT/cuda-$run.ini" --broker-bin "$BIN/batchbroker" \
+            --model fmnist --dataset fmnist --clients "$PROCS" --concurrency "$conc" --wait sleep \
+            --duration "$SECS" --warmup 1 --baseline inproc-all "${variant[@]}" \
+            --json "$OUT/broker-$run.json" </dev/null | tee "$OUT/broker-$run.txt" || failed=1
     done
 
     echo "== $PROCS Python processes, each with its own model on the GPU (bench/gpu_per_process.py)"
@@ -190,24 +197,30 @@ import csv, json, os, sys
 out = sys.argv[1]
 rows = list(csv.DictReader(open(os.path.join(out, "alone.csv")))) if os.path.getsize(os.path.join(out, "alone.csv")) else []
 alone = {(int(r["batch"]), r["graph"]): float(r["requests_per_s"]) for r in rows}
-alone_us = {(int(r["batch"]), r["graph"]): float(r["us_per_batch"]) for r in rows}
+alone_p99 = {(int(r["batch"]), r["graph"]): float(r["p99_us"]) for r in rows}
 pp = json.load(open(os.path.join(out, "per-process.json")))["rows"] if os.path.exists(os.path.join(out, "per-process.json")) else []
-for g in ("on", "off"):
-    p = os.path.join(out, f"broker-graph-{g}.json")
+def line(name, r, graph):
+    if not r.get("ok"):
+        return f"{name}: failed: {r.get('error')}"
+    rps, p99 = r["throughput_rps"], r["latency_us"]["p99"]
+    s = f"{name}: {rps:.0f} req/s, p50 {r['latency_us']['p50']:.0f} us, p99 {p99:.0f} us"
+    if "batch" in r:
+        s += f", batch {r['batch']['avg']:.1f}"
+    a = alone.get((64, graph))
+    if a:
+        s += f"; vs alone at batch 64: {rps / a:.2f}x throughput, p99 {p99 / alone_p99[(64, graph)]:.2f}x its p99"
+    if pp:
+        s += f"; vs {pp[0]['processes']} processes at batch 1: {rps / pp[0]['requests_per_s']:.1f}x"
+    return s
+for run in ("on-8", "off-8", "on-32"):
+    p = os.path.join(out, f"broker-{run}.json")
     if not os.path.exists(p):
         continue
     b = json.load(open(p))
-    if not b.get("ok"):
-        print(f"broker (graph {g}): failed: {b.get('error')}")
-        continue
-    rps, p99, batch = b["throughput_rps"], b["latency_us"]["p99"], b["batch"]["avg"]
-    line = f"broker (graph {g}): {rps:.0f} req/s, p99 {p99:.0f} us, batch {batch:.1f}"
-    a = alone.get((64, g))
-    if a:
-        line += f"; vs alone at batch 64: {rps / a:.2f}x throughput, p99 / alone batch time {p99 / alone_us[(64, g)]:.2f}x"
-    if pp:
-        line += f"; vs {pp[0]['processes']} processes at batch 1: {rps / pp[0]['requests_per_s']:.1f}x"
-    print(line)
+    graph, conc = run.split("-")
+    print(line(f"broker (graph {graph}, {conc} in flight per client)", b, graph))
+    for k, v in (b.get("variants") or {}).items():
+        print(line(f"  {k}", v, graph))
 PY
 }
 
