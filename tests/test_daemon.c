@@ -43,19 +43,24 @@ static long held_back(const struct bbt_broker *b)
 /* A peer that is refused over and over gets a few lines logged and the rest
  * counted, not one line each: 500 refusals, at most 10 lines, and a report
  * of the other 490 once the 5 s window ends. */
-Test(daemon, refusals_are_logged_at_a_bounded_rate)
+/* 500 connections refused for reason `what` (a log line's text) make at
+ * most 10 lines, and the rate limiter's reports account for the rest. */
+static void refusals_are_bounded(const char *const *overrides, int hold, const char *what)
 {
-    struct bbt_start so = {.log = true,
-                           .overrides = (const char *const[]){"broker.allowed_uids=12345", NULL}};
+    struct bbt_start so = {.log = true, .overrides = overrides};
     cr_assert_eq(bbt_broker_start_ex(&B, &so), 0);
-    int before = bbt_log_count(&B, "not allowed");
+    int held[4];
+    for (int i = 0; i < hold; i++)
+        cr_assert_geq(held[i] = bbt_raw_connect(B.sock), 0);
+    int before = bbt_log_count(&B, what);
     for (int i = 0; i < 500; i++) {
         int fd = bbt_raw_connect(B.sock);
         cr_assert_geq(fd, 0);
         cr_assert(bbt_dropped(fd, 5000), "refused connection %d was kept", i);
         close(fd);
     }
-    int lines = bbt_log_count(&B, "not allowed") - before;
+    int lines = bbt_log_count(&B, what) - before;
+    cr_assert_geq(lines, 1, "the refusals were not logged at all");
     cr_assert_leq(lines, 10, "%d lines for 500 refusals", lines);
     /* The window that held lines back ends within ~5 s; its report follows. */
     for (int i = 0; i < 1000 && lines + held_back(&B) < 500; i++)
@@ -63,6 +68,22 @@ Test(daemon, refusals_are_logged_at_a_bounded_rate)
     cr_assert_eq(lines + held_back(&B), 500,
                  "%d lines logged and %ld reported held back, for 500 refusals", lines,
                  held_back(&B));
+    for (int i = 0; i < hold; i++)
+        close(held[i]);
+}
+
+Test(daemon, refusals_are_logged_at_a_bounded_rate)
+{
+    refusals_are_bounded((const char *const[]){"broker.allowed_uids=12345", NULL}, 0, "not allowed");
+}
+
+/* The same for a process at its limit (max_clients_per_pid) that keeps
+ * knocking: one uid at a cap must not flood the log either. */
+Test(daemon, refusals_at_a_limit_are_logged_at_a_bounded_rate)
+{
+    refusals_are_bounded((const char *const[]){"broker.max_clients_per_pid=2",
+                                               "broker.hello_timeout_ms=600000", NULL},
+                         2, "max_clients_per_pid reached");
 }
 
 /* The broker maps every client's segment: a process of the broker's own

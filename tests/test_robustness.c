@@ -572,6 +572,22 @@ Test(robust, hostile_control_messages)
     cr_assert_eq(rep.h.status, BB_EPROTO);
     cr_assert(dropped(fd));
     close(fd);
+    /* A HELLO asking for what this broker does not do, an unknown flag or a
+     * non-zero reserved word: refused with BB_EPROTO, then dropped. */
+    for (int k = 0; k < 2; k++) {
+        fd = raw_connect(B.sock);
+        struct bb_msg_hello h = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                 .version = BB_SHM_VERSION};
+        if (k == 0)
+            h.flags = 1u << 31;
+        else
+            h.reserved = 1;
+        cr_assert_eq(send(fd, &h, sizeof h, MSG_NOSIGNAL), (ssize_t)sizeof h);
+        cr_assert_eq(recv(fd, &rep, sizeof rep, 0), (ssize_t)sizeof rep, "HELLO %d got no reply", k);
+        cr_assert_eq(rep.h.status, BB_EPROTO, "HELLO %d: status %d", k, rep.h.status);
+        cr_assert(dropped(fd), "HELLO %d: session not ended", k);
+        close(fd);
+    }
     /* After a good operator HELLO: an unknown type, then a truncated STATS. */
     const struct bb_msg_hdr bad[] = {{.type = 999}, {.type = BB_MSG_STATS}};
     const size_t bad_len[] = {sizeof bad[0], sizeof bad[1]};

@@ -14,6 +14,12 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# scripts/run.sh builds what the README's next sections use after it: the
+# shared library (the compile lines below) and bb-bench.
+for t in bbclient bb-bench; do
+    grep -qE "^targets=\(.*[ (]$t( |\))" "$SRC/scripts/run.sh" || fail "scripts/run.sh does not build $t"
+done
+
 # The compile lines of README.md that build from the build tree.
 grep -E '^cc .*examples/hello\.c.* build/' "$SRC/README.md" >"$WORK/lines" || true
 [ "$(wc -l <"$WORK/lines")" -ge 2 ] || fail "README.md has no build-tree compile lines for examples/hello.c"
