@@ -1,7 +1,8 @@
-"""bb-bench's command line: -h, --version, and a spawned broker that leaves
-no log file behind."""
+"""bb-bench's command line: -h, --version, a spawned broker that leaves no
+log file behind, and the broker's batch histogram in the JSON."""
 
 import glob
+import json
 import os
 import subprocess
 
@@ -47,3 +48,28 @@ def test_a_broker_that_fails_to_start_is_shown(brokers):
     r = run([BENCH, "--spawn-broker", cfg, "--duration", "0.2", "--warmup", "0"], timeout=60)
     assert r.returncode != 0
     assert "spin_us" in r.stderr, r.stderr  # the broker's own message, from memory
+
+
+def test_json_carries_the_brokers_batch_histogram(brokers):
+    """The JSON's batch histogram is the broker's (log2 buckets of its
+    batches over the run), consistent with its batch count and mean."""
+    d = brokers.tmpdir
+    cfg = os.path.join(d, "hist.ini")
+    out = os.path.join(d, "hist.json")
+    with open(cfg, "w") as f:
+        f.write(f"[broker]\nsocket = {d}/hist.sock\nplugin_dir = {os.environ['BB_PLUGIN_DIR']}\n"
+                "[model.echo]\nbackend = echo\nmax_batch_size = 8\nmax_wait_us = 200\n")
+    r = run([BENCH, "--spawn-broker", cfg, "--clients", "2", "--concurrency", "8",
+             "--duration", "0.5", "--warmup", "0.1", "--json", out], timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        batch = json.load(f)["batch"]
+    assert batch["hist_kind"] == "log2", batch
+    hist = {int(k): v for k, v in batch["hist"].items()}
+    assert hist and all(k & (k - 1) == 0 and 1 <= k <= 8 for k in hist), hist
+    assert sum(hist.values()) == batch["batches"] > 0, batch
+    # Bucket k holds the batches of k/2 + 1 to k requests (1: of one).
+    total = batch["avg"] * batch["batches"]
+    low = sum((k // 2 + 1) * n for k, n in hist.items())
+    high = sum(k * n for k, n in hist.items())
+    assert low * 0.999 <= total <= high * 1.001, (batch, low, high)
