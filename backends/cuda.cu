@@ -816,7 +816,8 @@ int main(int argc, char **argv)
                     if (graph) cudaGraphLaunch(exec, s.stream);
                     else layers();
                     cudaStreamSynchronize(s.stream);
-                    lat.push_back(std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - b0).count());
+                    auto b1 = std::chrono::steady_clock::now();
+                    lat.push_back(std::chrono::duration<float, std::micro>(b1 - b0).count());
                 }
                 iters += 100;
                 el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

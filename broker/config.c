@@ -522,6 +522,12 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
 {
     unsigned char *p = (unsigned char *)base + k->offset;
     uint64_t v;
+    if (value[0] == ';') {
+        /* inih keeps it right after the '=', but the dump writes
+         * "key = value", where it would read back as a comment. */
+        snprintf(msg, msglen, "%s: a value cannot begin with ';' (a comment)", key);
+        return -1;
+    }
     switch (k->type) {
     case BB__CT_UINT:
     case BB__CT_BYTES:

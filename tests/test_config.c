@@ -424,6 +424,22 @@ Test(config, dump_round_trip)
     free(again);
 }
 
+/* A value that begins with ';' (right after the '=', where inih does not
+ * take it for a comment) could not come back through the dump, which writes
+ * "key = value": refused, in the file and in -o alike. Found by fuzz_config. */
+Test(config, value_may_not_begin_with_a_semicolon)
+{
+    expect_error("[model.a]\nbackend =;echo\n", 2, "cannot begin with ';'");
+    expect_error("[broker]\nsocket =;x\n", 2, "cannot begin with ';'");
+    struct bb__broker_config *cfg = new_cfg();
+    char err[512];
+    cr_assert_eq(bb__config_set_arg(cfg, "model.a.param.x=;y", err, sizeof err), -1);
+    cr_assert(strstr(err, "cannot begin with ';'"), "%s", err);
+    /* Inside a value it is only a character. */
+    cr_assert_eq(bb__config_set_arg(cfg, "model.a.param.x=y;z", err, sizeof err), 0, "%s", err);
+    free(cfg);
+}
+
 Test(config, set_overrides)
 {
     struct bb__broker_config *cfg = new_cfg();
