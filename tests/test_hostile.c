@@ -31,6 +31,9 @@
 #define NOBODY 65534
 #define HONEST 2
 #define ATTACK_NS 4000000000ull
+/* The issue's acceptance: a new client connects within 1 s throughout an
+ * attack (a bound on denial of service, not a speed: honest connects take
+ * milliseconds even under the sanitizers). */
 #define PROBE_BOUND_NS 1000000000ull
 
 static struct bbt_broker B;
