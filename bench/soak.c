@@ -22,7 +22,6 @@
  * status), DIR/broker.log. Exit status 0 if every check passed. Counting the
  * broker's descriptors needs root: the broker is not dumpable, so its
  * /proc/PID/fd belongs to root. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -40,6 +39,7 @@
 #include <unistd.h>
 
 #include "batchbroker/client.h"
+#include "procfs_internal.h"
 
 #define MAX_CLIENTS 64
 #define NCODES 32                 /* -status of BB_E* codes, 0 = ok */
@@ -238,36 +238,6 @@ static pid_t start_broker(const char *bin, const char *plugin_dir, const char *c
     return pid;
 }
 
-static long status_kb(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long v = -1;
-    size_t len = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, len) == 0 && line[len] == ':')
-            v = strtol(line + len + 1, NULL, 10);
-    fclose(f);
-    return v;
-}
-
-static int count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
-    int n = 0;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n - 2;
-}
-
 static void reap_clients(int *running, uint64_t *abandoned, int *failed)
 {
     int st;
@@ -360,8 +330,8 @@ int main(int argc, char **argv)
         usleep(10000);
     }
     usleep(200000); /* the probe's session ends */
-    int fds_idle_start = count_fds(broker);
-    long anon_start = status_kb(broker, "RssAnon");
+    int fds_idle_start = bb__proc_count_fds(broker);
+    long anon_start = bb__proc_status_kb(broker, "RssAnon");
     if (fds_idle_start < 0)
         fprintf(stderr, "bb-soak: cannot read /proc/%d/fd (run as root): descriptors not "
                         "counted\n", (int)broker);
@@ -441,10 +411,10 @@ int main(int argc, char **argv)
             for (int m = 0; m < 2; m++)
                 for (int k = 0; k < NOUT; k++)
                     answered += atomic_load(&sh->outcome[m][k]);
-            long anon = status_kb(broker, "RssAnon");
+            long anon = bb__proc_status_kb(broker, "RssAnon");
             fprintf(t, "%.1f\t%ld\t%ld\t%ld\t%d\t%d\t%llu\t%d\t%d\n", (double)(now - t0) / 1e9,
-                    status_kb(broker, "VmRSS"), anon, status_kb(broker, "RssShmem"),
-                    count_fds(broker), running, (unsigned long long)answered, kills, reloads);
+                    bb__proc_status_kb(broker, "VmRSS"), anon, bb__proc_status_kb(broker, "RssShmem"),
+                    bb__proc_count_fds(broker), running, (unsigned long long)answered, kills, reloads);
             fflush(t);
             if (anon_warm < 0 && now - t0 >= warm_ns)
                 anon_warm = anon;
@@ -461,14 +431,14 @@ int main(int argc, char **argv)
     /* Back to idle: every session the broker held is gone. */
     int fds_idle_end = -1;
     for (int i = 0; i < 200; i++) {
-        fds_idle_end = count_fds(broker);
+        fds_idle_end = bb__proc_count_fds(broker);
         if (fds_idle_end <= fds_idle_start)
             break;
         usleep(50000);
     }
-    long anon_end = status_kb(broker, "RssAnon");
+    long anon_end = bb__proc_status_kb(broker, "RssAnon");
     fprintf(t, "%.1f\t%ld\t%ld\t%ld\t%d\t%d\t%s\t%d\t%d\n", (double)(now_ns() - t0) / 1e9,
-            status_kb(broker, "VmRSS"), anon_end, status_kb(broker, "RssShmem"), fds_idle_end, 0,
+            bb__proc_status_kb(broker, "VmRSS"), anon_end, bb__proc_status_kb(broker, "RssShmem"), fds_idle_end, 0,
             "idle", kills, reloads);
     fclose(t);
     int bst = -1;

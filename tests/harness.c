@@ -3,10 +3,8 @@
 
 #include "batchbroker/protocol.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -521,38 +519,6 @@ bool bbt_dropped(int fd, int timeout_ms)
         if (n == 0 || (n < 0 && errno == ECONNRESET))
             return true;
     }
-}
-
-long bbt_proc_status_kb(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    long v = -1;
-    size_t len = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, len) == 0 && line[len] == ':') {
-            v = strtol(line + len + 1, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
-int bbt_count_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d)
-        return -1;
-    int n = 0;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n - 2;
 }
 
 unsigned bbt_free_port(void)

@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include "batchbroker/client.h"
+#include "procfs_internal.h" /* bb__proc_status_kb, bb__proc_count_fds */
 
 #ifndef BB_BROKER_BIN
 #define BB_BROKER_BIN "batchbroker"
@@ -135,8 +136,6 @@ int bbt_raw_hello(int fd, uint32_t flags, uint32_t max_inflight);
  * within timeout_ms. */
 bool bbt_dropped(int fd, int timeout_ms);
 
-/* A line of /proc/PID/status, e.g. "RssAnon", in KiB; -1 if absent. */
-long bbt_proc_status_kb(pid_t pid, const char *field);
 
 /* A TCP port on 127.0.0.1 that nobody listens on now (a broker binds it a
  * moment later), or 0. */
@@ -149,8 +148,6 @@ unsigned bbt_free_port(void);
 int bbt_http(const char *src, unsigned port, const char *method, const char *path, char *buf,
              size_t cap);
 
-/* Open descriptors of process pid (/proc/PID/fd), or -1. */
-int bbt_count_fds(pid_t pid);
 
 /* xorshift64* PRNG. */
 static inline uint64_t bbt_rand(uint64_t *s)

@@ -116,13 +116,13 @@ Test(admission, many_slots_cost_no_private_memory_up_front)
      * session may not be reaped yet). */
     BBT_START_OK(&B, "broker.max_inflight=65536", "broker.max_uid_slots=1048576");
     bbt_fresh_client_works(&B);
-    long before = bbt_proc_status_kb(B.pid, "RssAnon");
+    long before = bb__proc_status_kb(B.pid, "RssAnon");
     cr_assert_gt(before, 0);
     struct bb_client_opts o = {.max_inflight = 65536};
     bb_client *c[4];
     for (int i = 0; i < 4; i++)
         c[i] = bbt_connect_ok(&B, &o);
-    long after = bbt_proc_status_kb(B.pid, "RssAnon");
+    long after = bb__proc_status_kb(B.pid, "RssAnon");
     cr_assert_lt(after - before, 4 * 1024,
                  "4 clients of 65536 slots cost the broker %ld KiB of private memory",
                  after - before);

@@ -472,7 +472,7 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
     start_with_metrics(port, NULL);
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "echo");
-    int base_fds = bbt_count_fds(B.pid);
+    int base_fds = bb__proc_count_fds(B.pid);
 
     static int fds[FLOOD];
     static bool sent[FLOOD], closed[FLOOD];
@@ -511,7 +511,7 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
                 }
             }
         }
-        int now_fds = bbt_count_fds(B.pid);
+        int now_fds = bb__proc_count_fds(B.pid);
         if (now_fds > max_fds)
             max_fds = now_fds;
         /* The broker's own work goes on. */

@@ -617,12 +617,12 @@ Test(robust, client_churn_leaks_no_descriptors)
      * descriptors (socket, pidfd, notify, and a doorbell eventfd without the
      * futex doorbell), all in one pass: no session is left. */
     bb_client *probe = bbt_connect_ok(&B, NULL);
-    int with_one = bbt_count_fds(B.pid);
+    int with_one = bb__proc_count_fds(B.pid);
     bb_disconnect(probe);
     int before = with_one;
     for (int i = 0; i < 1000 && before > with_one - 3; i++) {
         bbt_msleep(2);
-        before = bbt_count_fds(B.pid);
+        before = bb__proc_count_fds(B.pid);
     }
     cr_assert(before > 0 && before <= with_one - 3, "the probe's session never ended (%d, %d)",
               with_one, before);
@@ -649,7 +649,7 @@ Test(robust, client_churn_leaks_no_descriptors)
     int after = -1;
     for (int i = 0; i < 200; i++) {
         bbt_msleep(10);
-        after = bbt_count_fds(B.pid);
+        after = bb__proc_count_fds(B.pid);
         if (after <= before)
             break;
     }
