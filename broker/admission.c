@@ -88,7 +88,9 @@ void bb__admission_fini(struct bb__admission *a)
     pthread_mutex_destroy(&a->mu);
 }
 
-uint32_t bb__admission_uid_cap(const struct bb__broker_config *cfg)
+/* The sessions one uid may hold: max_clients_per_uid, or when that is 0,
+ * max_clients less an eighth of it (at least one place) kept for others. */
+static uint32_t uid_cap(const struct bb__broker_config *cfg)
 {
     if (cfg->max_clients_per_uid)
         return cfg->max_clients_per_uid;
@@ -127,7 +129,7 @@ int bb__admission_connect(struct bb__admission *a, const struct bb__broker_confi
     struct bb__adm_entry *p = pid > 0 ? entry(a, BB__ADM_PID | (uint32_t)pid, 0) : NULL;
     if (a->sessions >= a->cap) {
         *why = "max_clients reached";
-    } else if (u && u->sessions >= bb__admission_uid_cap(cfg)) {
+    } else if (u && u->sessions >= uid_cap(cfg)) {
         *why = cfg->max_clients_per_uid ? "max_clients_per_uid reached"
                                         : "max_clients_per_uid reached (the default keeps an "
                                           "eighth of max_clients for other uids)";

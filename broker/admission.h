@@ -47,10 +47,6 @@ struct bb__admission {
 int bb__admission_init(struct bb__admission *a, uint32_t max_clients);
 void bb__admission_fini(struct bb__admission *a);
 
-/* The sessions one uid may hold: max_clients_per_uid, or when that is 0,
- * max_clients less an eighth of it (at least one place) kept for others. */
-uint32_t bb__admission_uid_cap(const struct bb__broker_config *cfg);
-
 /* A new connection of uid from pid (0: unknown, e.g. another pid namespace,
  * counted by uid only). Returns 0 with the session counted, or BB_EMAXCLIENTS with
  * the limit's key in *why. */

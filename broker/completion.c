@@ -22,7 +22,9 @@
 #include "util_internal.h"
 #include "worker.h"
 
-void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
+/* A completion into the client's slot (no wake-up, no ring entry). */
+static void publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status,
+                    uint32_t out_len)
 {
     struct bb_shm_slot *s = &cl->slots[slot];
     s->status = status;
@@ -50,7 +52,8 @@ static void mark_dirty(struct bb__client *c)
     }
 }
 
-void bb__cq_add(struct bb__client *c, uint32_t slot)
+/* Queue a completion-ring entry (the slot was published already). */
+static void cq_add(struct bb__client *c, uint32_t slot)
 {
     if (c->dead)
         return;
@@ -65,12 +68,12 @@ void bb__cq_add(struct bb__client *c, uint32_t slot)
 
 void bb__answer(struct bb__client *c, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
 {
-    bb__publish(c, slot, gen, status, out_len);
+    publish(c, slot, gen, status, out_len);
     if (c->dead)
         return;
     c->wake_due = true;
     mark_dirty(c);
-    bb__cq_add(c, slot);
+    cq_add(c, slot);
 }
 
 static void flush_client(struct bb__client *c)
@@ -104,7 +107,7 @@ void bb__completion_flush(struct bb__worker *w)
 void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags)
 {
     if (flags & BB__RET_CQ)
-        bb__cq_add(c, slot);
+        cq_add(c, slot);
     if ((flags & BB__RET_WAKE) && !c->dead) {
         c->wake_due = true;
         mark_dirty(c);
@@ -136,7 +139,7 @@ void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out
     /* Idle before done: the resubmission must find the record free (this
      * release pairs with the intake's acquire). */
     atomic_store_explicit(&r->state, BB__REQ_IDLE, memory_order_release);
-    bb__publish(c, slot, gen, status, out_len);
+    publish(c, slot, gen, status, out_len);
     bb__completion_return(m->w, c, slot, BB__RET_CQ | BB__RET_WAKE | BB__RET_PUT);
 }
 

@@ -13,15 +13,11 @@ struct bb__req;
 struct bb__stamps;
 struct bb__worker;
 
-/* Publish a completion to the client's slot (no wake-up, no ring entry). */
-void bb__publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
 /* Wake the client's sleeping waiters, if any, after publishing (any thread). */
 void bb__wake_client(struct bb__client *cl);
 /* Dispatcher: publish, then queue a completion-ring entry and a wake-up; both
  * go out in bb__completion_flush at the end of the pass. */
 void bb__answer(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);
-/* Queue a completion-ring entry (the slot was published already). */
-void bb__cq_add(struct bb__client *cl, uint32_t slot);
 /* Publish the completion-ring entries and send the wake-ups of every client
  * this pass answered: one release store and one wake-up per client. */
 void bb__completion_flush(struct bb__worker *w);
