@@ -19,6 +19,7 @@
 #include "mailbox.h"
 #include "model.h"
 #include "session.h"
+#include "uring.h"
 #include "util_internal.h"
 #include "worker.h"
 
@@ -33,6 +34,19 @@ static void publish(struct bb__client *cl, uint32_t slot, uint32_t gen, int stat
     atomic_store_explicit(&s->shm_done_gen, gen, memory_order_release);
 }
 
+/* The io_uring this thread queues its futex wake-ups on, or NULL: a system
+ * call each (executors, a backend's threads). A dispatcher's ring: the
+ * wake-ups of a pass go out in one io_uring_enter at its end, and the clients
+ * they wake preempt it once, not once per system call (64 sleeping clients
+ * on the 2-vCPU VM: 1.6-1.8 M requests/s without, 2.0-2.1 M with). An
+ * executor's own ring gained nothing measurable (synthetic_8clients). */
+static _Thread_local struct io_uring *wake_ring;
+
+void bb__wake_ring_use(struct io_uring *ring)
+{
+    wake_ring = ring;
+}
+
 void bb__wake_client(struct bb__client *cl)
 {
     /* Orders the publishes before the sleeper check (protocol.h). */
@@ -41,7 +55,10 @@ void bb__wake_client(struct bb__client *cl)
     if (atomic_load_explicit(&h->shm_sleepers, memory_order_relaxed) == 0)
         return;
     atomic_fetch_add_explicit(&h->shm_wake_seq, 1, memory_order_release);
-    bb__futex_wake(&h->shm_wake_seq);
+    if (wake_ring)
+        bb__uring_futex_wake(wake_ring, &h->shm_wake_seq);
+    else
+        bb__futex_wake(&h->shm_wake_seq);
 }
 
 static void mark_dirty(struct bb__client *c)

@@ -12,9 +12,14 @@ struct bb__model;
 struct bb__req;
 struct bb__stamps;
 struct bb__worker;
+struct io_uring;
 
-/* Wake the client's sleeping waiters, if any, after publishing (any thread). */
+/* Wake the client's sleeping waiters, if any, after publishing (any thread).
+ * On a thread that named a wake ring, the wake-up is queued there and goes
+ * out when that ring is next submitted. */
 void bb__wake_client(struct bb__client *cl);
+/* This thread's ring for wake-ups (NULL: a futex system call each). */
+void bb__wake_ring_use(struct io_uring *ring);
 /* Dispatcher: publish, then queue a completion-ring entry and a wake-up; both
  * go out in bb__completion_flush at the end of the pass. */
 void bb__answer(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);

@@ -2,6 +2,7 @@
  * submitted first), then one prep and the user_data. */
 #include "uring.h"
 
+#include <limits.h>
 #include <linux/futex.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -61,10 +62,23 @@ void bb__uring_futex_wait(struct io_uring *ring, _Atomic uint32_t *word, uint32_
     io_uring_sqe_set_data64(sqe, ud);
 }
 
+#define BB__IORING_OP_FUTEX_WAKE 52
+
+void bb__uring_futex_wake(struct io_uring *ring, _Atomic uint32_t *word)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_rw(BB__IORING_OP_FUTEX_WAKE, sqe, BB__FUTEX2_SIZE_U32, (void *)word, 0, INT_MAX);
+    sqe->rw_flags = 0; /* futex_flags */
+    sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS; /* a failure only posts a completion */
+    io_uring_sqe_set_data64(sqe, 0);
+}
+
 int bb__uring_has_futex(struct io_uring *ring)
 {
     struct io_uring_probe *p = io_uring_get_probe_ring(ring);
-    int ok = p && io_uring_opcode_supported(p, BB__IORING_OP_FUTEX_WAIT);
+    int ok = p && io_uring_opcode_supported(p, BB__IORING_OP_FUTEX_WAIT) &&
+             io_uring_opcode_supported(p, BB__IORING_OP_FUTEX_WAKE);
     io_uring_free_probe(p);
     return ok;
 }

@@ -26,7 +26,10 @@ void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud);
 /* Wait (shared futex, 32 bits) until *word != val or a FUTEX_WAKE. liburing
  * 2.3 has no helper: the SQE is made by hand (IORING_OP_FUTEX_WAIT, Linux 6.7). */
 void bb__uring_futex_wait(struct io_uring *ring, _Atomic uint32_t *word, uint32_t val, uint64_t ud);
-/* True if the kernel has io_uring futex operations. */
+/* Wake every waiter of a shared futex word (IORING_OP_FUTEX_WAKE, made by
+ * hand too). No completion unless it fails; a failure's carries user_data 0. */
+void bb__uring_futex_wake(struct io_uring *ring, _Atomic uint32_t *word);
+/* True if the kernel has io_uring futex operations (wait and wake). */
 int bb__uring_has_futex(struct io_uring *ring);
 /* Cancel the operation tagged ud; its own completion is tagged BB__UD_CANCEL. */
 void bb__uring_cancel(struct io_uring *ring, uint64_t ud);

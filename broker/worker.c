@@ -272,6 +272,7 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
         return -1;
     }
     bool has_futex = bb__uring_has_futex(&w->ring);
+    w->futex_ops = has_futex;
     if (b->cfg->doorbell == 1 && !has_futex) {
         bb_error("doorbell = futex, but this kernel has no io_uring futex operations (Linux "
                  "6.7+); use doorbell = eventfd or auto");
@@ -456,6 +457,8 @@ int bb__worker_run(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
     bb__topo_pin(&b->topo, w->node);
+    if (w->futex_ops)
+        bb__wake_ring_use(&w->ring); /* submitted at the end of each pass */
     if (w->id == 0 && b->listen_fd >= 0)
         arm_accept(w);
     arm_wake(w);

@@ -51,6 +51,7 @@ struct bb__worker {
     bool accept_paused;            /* accept failed (EMFILE?): re-armed at the next heartbeat */
 
     uint64_t spin_ns;
+    bool futex_ops;                /* the kernel's io_uring has futex wait and wake */
     uint64_t last_heartbeat_ns;
     bool stopping;                 /* this worker has begun the shutdown */
     bool drained;                  /* and has nothing left of its own */

@@ -38,8 +38,8 @@ bb_criterion_test(test_alloc ${CMAKE_CURRENT_LIST_DIR}/test_alloc.c ${PROJECT_SO
 bb_criterion_test(test_dedup ${CMAKE_CURRENT_LIST_DIR}/test_dedup.c ${PROJECT_SOURCE_DIR}/broker/dedup.c
                   ${PROJECT_SOURCE_DIR}/broker/queue.c ${PROJECT_SOURCE_DIR}/broker/completion.c
                   ${PROJECT_SOURCE_DIR}/broker/mailbox.c ${PROJECT_SOURCE_DIR}/broker/metrics.c
-                  ${PROJECT_SOURCE_DIR}/broker/log.c)
-target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH)
+                  ${PROJECT_SOURCE_DIR}/broker/uring.c ${PROJECT_SOURCE_DIR}/broker/log.c)
+target_link_libraries(test_dedup PRIVATE PkgConfig::XXHASH PkgConfig::URING)
 
 # Observability: the metrics endpoint, bb_model_stats' phases, bbctl profile.
 bb_criterion_test(test_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c ${CMAKE_CURRENT_LIST_DIR}/harness.c
