@@ -276,19 +276,37 @@ static struct bb__batch *pop(struct bb__model *m)
 }
 
 /* The next batch, or NULL to stop: spin for the broker's spin_us, then sleep
- * on q_seq after announcing it in q_sleepers (seq_cst, then re-check). */
-static struct bb__batch *take_batch(struct bb__model *m)
+ * on q_seq after announcing it in q_sleepers (seq_cst, then re-check).
+ *
+ * A spin pays only where the next batch comes within spin_us. Where it did
+ * not in SPIN_TRIES waits in a row (the dispatcher waits for clients that
+ * sleep while a long batch runs: a GPU, the synthetic backend's sleep), the
+ * executor sleeps at once until a wait, timed sleep included, shows that a
+ * spin would have caught the batch again. */
+#define SPIN_TRIES 3
+
+static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in)
 {
+    uint64_t spin = atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed);
+    uint64_t start = spin ? bb__now_ns() : 0;
+    bool spun = false;
     for (;;) {
-        uint64_t spin = atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed);
-        uint64_t spin_end = spin ? bb__now_ns() + spin : 0;
+        uint64_t spin_end = spin && in->spin_credit && !spun ? start + spin : 0;
         for (unsigned i = 1;; i++) {
             if (atomic_load_explicit(&m->q_stop, memory_order_acquire))
                 return NULL;
             if (atomic_load_explicit(&m->q_len, memory_order_relaxed)) {
                 struct bb__batch *b = pop(m);
-                if (b)
-                    return b; /* else another executor took it */
+                if (b) {
+                    if (spin_end)
+                        in->spin_credit = SPIN_TRIES; /* the spin caught it */
+                    else if (spin)
+                        in->spin_credit = bb__now_ns() - start <= spin
+                                              ? SPIN_TRIES
+                                              : in->spin_credit - (in->spin_credit > 0);
+                    return b;
+                }
+                /* else another executor took it */
             }
             if (!spin_end || ((i & 63) == 0 && bb__now_ns() >= spin_end))
                 break;
@@ -297,6 +315,7 @@ static struct bb__batch *take_batch(struct bb__model *m)
             else
                 bb__cpu_relax();
         }
+        spun = true; /* one spin a wait; the rest of it asleep */
         uint32_t seq = atomic_load_explicit(&m->q_seq, memory_order_relaxed);
         atomic_fetch_add_explicit(&m->q_sleepers, 1, memory_order_seq_cst);
         if (!atomic_load_explicit(&m->q_len, memory_order_seq_cst) &&
@@ -318,14 +337,14 @@ static void *executor_main(void *arg)
         uint32_t max = m->plugin.ops->max_inflight;
         for (;;) {
             wait_inflight(in, max);
-            if (!(b = take_batch(m)))
+            if (!(b = take_batch(m, in)))
                 break;
             submit_async(m, in, b);
         }
         wait_inflight(in, 1); /* fini only once nothing is in flight */
         return NULL;
     }
-    while ((b = take_batch(m))) {
+    while ((b = take_batch(m, in))) {
         bb__batch_run(m, in, b);
         push_done(m->w, b);
     }
@@ -401,6 +420,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
         struct bb__instance *in = &m->inst[i];
         in->model = m;
         in->index = i;
+        in->spin_credit = SPIN_TRIES;
         pthread_mutex_init(&in->mu, NULL);
         pthread_mutex_init(&in->slot_mu, NULL);
         pthread_cond_init(&in->slot_cv, NULL);

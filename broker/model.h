@@ -37,6 +37,8 @@ struct bb__instance {
     pthread_mutex_t slot_mu;
     pthread_cond_t slot_cv;
     uint32_t inflight;
+    /* Its executor's: spin for the next batch while this is not 0 (take_batch). */
+    uint8_t spin_credit;
 };
 
 struct bb__model {

@@ -332,6 +332,32 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
  * home) with requests already waiting, or is waiting for a batch to fill, a
  * doorbell per arrival buys nothing: the arrivals are collected a little
  * later in one pass instead. */
+/* Spinning pays only where the work it waits for comes within spin_us. Where
+ * it did not in SPIN_TRIES idle episodes in a row (timed from the last
+ * progress to the next, sleep included), the worker sleeps at once in such
+ * episodes until one shows that a spin would have caught its work again. Two
+ * kinds of episode, counted apart: a batch of this worker's models running
+ * and none of them with a request queued, where the next event is most
+ * likely the batch's end (a backend slower than spin_us, a GPU, is not worth
+ * a spin, and its executor wakes this worker); and the rest, where it is the
+ * next submission. */
+#define SPIN_TRIES 3
+
+static int awaiting_batch(const struct bb__worker *w)
+{
+    const struct bb__broker *b = w->b;
+    int running = 0;
+    for (uint32_t i = 0; i < b->nmodels; i++) {
+        const struct bb__model *m = &b->models[i];
+        if (m->w != w)
+            continue;
+        if (m->q.queued || m->q.grouped)
+            return 0;
+        running |= m->running != 0;
+    }
+    return running;
+}
+
 static uint64_t coalesce_window(struct bb__worker *w)
 {
     uint64_t win = COALESCE_MAX_NS;
@@ -464,8 +490,10 @@ int bb__worker_run(struct bb__worker *w)
     arm_wake(w);
     if (w->futex_bell)
         arm_bell(w);
-    uint64_t idle_since = bb__now_ns();
+    uint64_t idle_since = bb__now_ns(), episode = 0;
     unsigned spins = 0;
+    int kind = -1; /* of the idle episode under way: 1 awaiting a batch's end */
+    uint8_t credit[2] = {SPIN_TRIES, SPIN_TRIES};
     for (;;) {
         if ((atomic_load(b->stop_flag) || atomic_load(&b->stopping)) && !w->stopping)
             begin_shutdown(w);
@@ -508,10 +536,18 @@ int bb__worker_run(struct bb__worker *w)
         if (now - w->last_heartbeat_ns >= HEARTBEAT_NS)
             heartbeat(w, now);
         if (progress) {
+            if (kind >= 0)
+                credit[kind] = now - episode <= w->spin_ns ? SPIN_TRIES
+                                                           : credit[kind] - (credit[kind] > 0);
+            kind = -1;
             idle_since = now;
             continue;
         }
-        if (now - idle_since < w->spin_ns) {
+        if (kind < 0) {
+            kind = awaiting_batch(w);
+            episode = idle_since;
+        }
+        if (credit[kind] && now - idle_since < w->spin_ns) {
             /* Yield now and then: a client sharing this core needs it to
              * make the progress we spin for. Not too often: where more
              * threads spin than there are CPUs, a spinner that yields at
