@@ -162,6 +162,10 @@ static const struct bb__config_key bb__keys[] = {
      NULL, 1, "Longest the oldest queued request waits for its batch to fill."},
     {BB__SEC_MODEL, "instances", BB__CT_UINT, BB__MODEL(instances), 0, 64, "1", NULL, NULL, 0,
      "Backend executor threads; 0 = the backend runs in the dispatcher thread."},
+    {BB__SEC_MODEL, "inline_max_us", BB__CT_UINT, BB__MODEL(inline_max_us), 0, 1000, "2", NULL,
+     NULL, 1,
+     "With executors: a synchronous batch expected to take at most this runs in the dispatcher "
+     "while every executor is idle, saving the hand-off; 0 = always hand batches over."},
     {BB__SEC_MODEL, "max_queue", BB__CT_UINT, BB__MODEL(max_queue), 1, 1048576, "4096", NULL, NULL,
      1, "Queued requests beyond which submissions fail at once with BB_EBUSY."},
     {BB__SEC_MODEL, "default_priority", BB__CT_ENUM, BB__MODEL(default_priority),

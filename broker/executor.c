@@ -238,6 +238,18 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
         return true;
     }
     m->running++;
+    if (m->running == 1 && !m->plugin.ops->submit && m->expected_batch_ns &&
+        m->expected_batch_ns <= (uint64_t)m->cfg.inline_max_us * 1000) {
+        /* Every executor is idle (none holds a batch, none is queued), so
+         * no state is in use, and a batch expected (the EWMA from cut to
+         * end, a hand-off included where it had one) to take less than
+         * inline_max_us runs here, on instance 0: handing it over and back
+         * costs more, two context switches where the executor shares this
+         * CPU (docs/performance.md). Reap counts it out of running. */
+        bb__batch_run(m, &m->inst[0], b);
+        bb__batch_reap(b);
+        return true;
+    }
     pthread_mutex_lock(&m->q_mu);
     b->next = NULL;
     if (m->q_tail)

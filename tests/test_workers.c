@@ -1,4 +1,5 @@
-/* Dispatcher workers (broker/broker.c, mailbox.c, topology.c).
+/* Dispatcher workers (broker/broker.c, mailbox.c, topology.c) and which
+ * thread runs a batch (broker/executor.c).
  *
  * Every other suite also runs with two workers on a fake two-node topology
  * (the *_2workers ctest variants). This one checks what only several workers
@@ -19,13 +20,15 @@
 #include "test_util.h"
 
 static struct bbt_broker B;
-static char rec_log[108];
+static char rec_log[108], tid_log[108];
 
 static void cleanup(void)
 {
     bbt_cleanup_all();
     if (rec_log[0])
         unlink(rec_log);
+    if (tid_log[0])
+        unlink(tid_log);
 }
 
 TestSuite(workers, .fini = cleanup, .timeout = 60);
@@ -151,4 +154,72 @@ Test(workers, batches_span_the_clients_of_every_worker)
     cr_assert_eq(total, 2 * PER_CLIENT, "%d requests ran, %d submitted", total, 2 * PER_CLIENT);
     cr_assert(mixed, "no batch held requests of the clients of both workers");
     munmap(sh, sizeof *sh);
+}
+
+/* Runs n requests one at a time through a recorder model with one executor
+ * and these settings; returns how many batches ran on the broker's main
+ * thread, its one dispatcher (worker 0 is the main thread). */
+static int batches_on_the_dispatcher(unsigned inline_max_us, unsigned batch_us, int n)
+{
+    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
+    bbt_unique_path(tid_log, sizeof tid_log, ".tid");
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.threads = %s\n"
+             "param.batch_us = %u\ninstances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n"
+             "inline_max_us = %u\n",
+             BB_SCHED_RECORDER, rec_log, tid_log, batch_us, inline_max_us);
+    /* One worker whatever $BBT_BROKER_OVERRIDES says: a test's own
+     * overrides win. */
+    const char *ov[] = {"broker.workers=1", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0);
+    bb_model *m = bbt_open_ok(c, "rec");
+    for (int i = 0; i < n; i++) {
+        char in[64], out[64];
+        size_t len = 0;
+        bbt_fill(in, sizeof in, (uint64_t)i);
+        cr_assert_eq(bb_infer(m, in, sizeof in, out, sizeof out, &len, NULL, 10000000000ll), 0);
+        cr_assert(len == sizeof in && bbt_check(out, sizeof out, (uint64_t)i), "request %d", i);
+    }
+    bb_disconnect(c);
+    pid_t pid = B.pid;
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+    FILE *f = fopen(tid_log, "r");
+    cr_assert_not_null(f, "the backend ran no batch");
+    long tid;
+    int total = 0, on_main = 0;
+    while (fscanf(f, "%ld", &tid) == 1) {
+        total++;
+        on_main += tid == (long)pid;
+    }
+    fclose(f);
+    cr_assert_eq(total, n, "%d batches for %d requests", total, n);
+    unlink(rec_log);
+    unlink(tid_log);
+    return on_main;
+}
+
+/* The recorder takes some tens of microseconds a batch (it opens and
+ * appends to two files): under inline_max_us = 1000, once the model has
+ * measured that, the dispatcher runs its batches itself while the executor
+ * idles; the first batch has no measurement yet and goes to the executor. */
+Test(workers, quick_batches_skip_the_hand_off)
+{
+    int n = 200, on_main = batches_on_the_dispatcher(1000, 0, n);
+    cr_assert_gt(on_main, n / 2, "only %d of %d quick batches ran on the dispatcher", on_main, n);
+    cr_assert_lt(on_main, n, "the first batch, with nothing measured, ran on the dispatcher");
+}
+
+Test(workers, inline_max_us_0_hands_every_batch_over)
+{
+    int on_main = batches_on_the_dispatcher(0, 0, 50);
+    cr_assert_eq(on_main, 0, "%d batches ran on the dispatcher", on_main);
+}
+
+Test(workers, slow_batches_go_to_the_executor)
+{
+    int on_main = batches_on_the_dispatcher(1000, 3000, 20);
+    cr_assert_eq(on_main, 0, "%d batches of 3 ms ran on the dispatcher", on_main);
 }

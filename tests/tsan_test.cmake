@@ -33,9 +33,11 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   add_dependencies(tsan_stress bb_backend_asyncecho_tsan)
   add_test(NAME tsan_stress COMMAND tsan_stress)
   # The same with two workers: requests and completions cross the mailboxes.
+  # Every batch on an executor there (inline_max_us = 0); the test above also
+  # runs echo's quick batches in the dispatcher while the executors idle.
   add_test(NAME tsan_stress_2workers COMMAND tsan_stress)
   set_tests_properties(tsan_stress_2workers PROPERTIES
-    ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
+    ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2 model.echo.inline_max_us=0")
   add_test(NAME tsan_stress_async COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
   add_test(NAME tsan_stress_async_2workers COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
   set_tests_properties(tsan_stress_async_2workers PROPERTIES

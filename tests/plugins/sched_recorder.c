@@ -9,6 +9,8 @@
  *             where <id> is the input's first 8 bytes as a little-endian
  *             unsigned integer (0 for a shorter input), in hex.
  *   batch_us  time per batch, slept (default 0).
+ *   threads   (optional) a second log: the id (gettid) of the thread that ran
+ *             each batch, one line per batch.
  *
  * Output: a copy of the input, like the synthetic backend. */
 #include <errno.h>
@@ -17,24 +19,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "batchbroker/backend.h"
 #include "batchbroker/client.h"
 
 struct rec_state {
-    char file[256];
+    char file[256], threads[256];
     unsigned long batch_us;
 };
 
 static int rec_init(const struct bb_param *params, size_t nparams, void **state, char *err,
                     size_t errlen)
 {
-    struct rec_state st = {.file = ""};
+    struct rec_state st = {.file = "", .threads = ""};
     for (size_t i = 0; i < nparams; i++) {
         const char *k = params[i].key, *v = params[i].value;
         if (!strcmp(k, "file")) {
             snprintf(st.file, sizeof st.file, "%s", v);
+        } else if (!strcmp(k, "threads")) {
+            snprintf(st.threads, sizeof st.threads, "%s", v);
         } else if (!strcmp(k, "batch_us")) {
             char *end;
             errno = 0;
@@ -58,6 +63,16 @@ static int rec_init(const struct bb_param *params, size_t nparams, void **state,
     *p = st;
     *state = p;
     return 0;
+}
+
+static void append(const char *file, const char *line, size_t len)
+{
+    int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        ssize_t w = write(fd, line, len);
+        (void)w;
+        close(fd);
+    }
 }
 
 static int rec_process(void *state, struct bb_batch *batch)
@@ -91,11 +106,10 @@ static int rec_process(void *state, struct bb_batch *batch)
             out->status = BB_ETOOBIG;
     }
     line[used++] = '\n';
-    int fd = open(st->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        ssize_t w = write(fd, line, (size_t)used);
-        (void)w;
-        close(fd);
+    append(st->file, line, (size_t)used);
+    if (st->threads[0]) {
+        used = snprintf(line, sizeof line, "%ld\n", (long)syscall(SYS_gettid));
+        append(st->threads, line, (size_t)used);
     }
     return 0;
 }
