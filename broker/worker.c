@@ -326,12 +326,6 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         bb__control_expire(w, now);
 }
 
-/* How long the dispatcher may sleep without being rung, or 0: the shortest
- * window any model allows (its home publishes it each pass, batcher.c). While
- * every model either has all its executors busy (a finishing batch wakes its
- * home) with requests already waiting, or is waiting for a batch to fill, a
- * doorbell per arrival buys nothing: the arrivals are collected a little
- * later in one pass instead. */
 /* Spinning pays only where the work it waits for comes within spin_us. Where
  * it did not in SPIN_TRIES idle episodes in a row (timed from the last
  * progress to the next, sleep included), the worker sleeps at once in such
@@ -358,6 +352,12 @@ static int awaiting_batch(const struct bb__worker *w)
     return running;
 }
 
+/* How long the dispatcher may sleep without being rung, or 0: the shortest
+ * window any model allows (its home publishes it each pass, batcher.c). While
+ * every model either has all its executors busy (a finishing batch wakes its
+ * home) with requests already waiting, or is waiting for a batch to fill, a
+ * doorbell per arrival buys nothing: the arrivals are collected a little
+ * later in one pass instead. */
 static uint64_t coalesce_window(struct bb__worker *w)
 {
     uint64_t win = COALESCE_MAX_NS;
