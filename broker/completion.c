@@ -47,6 +47,12 @@ void bb__wake_ring_use(struct io_uring *ring)
     wake_ring = ring;
 }
 
+void bb__wake_ring_flush(void)
+{
+    if (wake_ring && io_uring_sq_ready(wake_ring))
+        io_uring_submit(wake_ring);
+}
+
 void bb__wake_client(struct bb__client *cl)
 {
     /* Orders the publishes before the sleeper check (protocol.h). */

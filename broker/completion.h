@@ -20,6 +20,8 @@ struct io_uring;
 void bb__wake_client(struct bb__client *cl);
 /* This thread's ring for wake-ups (NULL: a futex system call each). */
 void bb__wake_ring_use(struct io_uring *ring);
+/* Submit this thread's ring now if it holds anything (a no-op without one). */
+void bb__wake_ring_flush(void);
 /* Dispatcher: publish, then queue a completion-ring entry and a wake-up; both
  * go out in bb__completion_flush at the end of the pass. */
 void bb__answer(struct bb__client *cl, uint32_t slot, uint32_t gen, int status, uint32_t out_len);

@@ -38,6 +38,8 @@
 #include "util_internal.h"
 #include "worker.h"
 
+#define WAKE_NOW_NS 20000u
+
 /* The batch as the backend sees it. */
 static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
 {
@@ -99,15 +101,21 @@ static void publish(struct bb__batch *b, int rc)
             woken[nwoken++] = cl;
         bb__wake_client(cl);
     }
+    /* On a dispatcher the wake-ups wait for the end of its pass, where they
+     * go out together; after a slow batch, not behind whatever the pass
+     * does next (the next batch of an instances = 0 model, say). */
+    if (b->ts.end - b->ts.start > WAKE_NOW_NS)
+        bb__wake_ring_flush();
     b->ts.done = b->profile ? bb__now_ns() : b->ts.end;
 }
 
-void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
+void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b,
+                   bool clock_start)
 {
     prepare(m, in, b);
     if (m->lock_process)
         pthread_mutex_lock(&in->mu);
-    b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
+    b->ts.start = b->profile || clock_start ? bb__now_ns() : b->ts.cut;
     int rc = m->plugin.ops->process(in->state, &b->api);
     b->ts.end = bb__now_ns();
     if (m->lock_process)
@@ -198,6 +206,11 @@ void bb__batch_reap(struct bb__batch *b)
     /* Expected batch time for drop_late and the strategies: an EWMA. */
     uint64_t took = b->ts.end - b->ts.cut;
     m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
+    /* The backend's own time, for inline_max_us: an executor's batch is
+     * timed from its start, so no hand-off or wake-up counts (an inline
+     * one from its cut unless profiled: formation is part of it). */
+    uint64_t ran = b->ts.end - b->ts.start;
+    m->run_ns = m->run_ns ? (m->run_ns * 7 + ran) / 8 : ran;
     if (bb__adaptive_batch(&m->adapt, b->n, took))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->max_running)
@@ -233,20 +246,22 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
             submit_async(m, &m->inst[0], b);
             return false;
         }
-        bb__batch_run(m, &m->inst[0], b);
+        bb__batch_run(m, &m->inst[0], b, false);
         bb__batch_reap(b);
         return true;
     }
     m->running++;
-    if (m->running == 1 && !m->plugin.ops->submit && m->expected_batch_ns &&
-        m->expected_batch_ns <= (uint64_t)m->cfg.inline_max_us * 1000) {
+    if (m->running == 1 && !m->plugin.ops->submit && !m->lock_process && m->run_ns &&
+        m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000) {
         /* Every executor is idle (none holds a batch, none is queued), so
-         * no state is in use, and a batch expected (the EWMA from cut to
-         * end, a hand-off included where it had one) to take less than
-         * inline_max_us runs here, on instance 0: handing it over and back
-         * costs more, two context switches where the executor shares this
-         * CPU (docs/performance.md). Reap counts it out of running. */
-        bb__batch_run(m, &m->inst[0], b);
+         * no state is in use, and a batch whose backend is expected (run_ns)
+         * to take less than inline_max_us runs here, on instance 0: handing
+         * it over and back costs more, two context switches where the
+         * executor shares this CPU (docs/performance.md). Never where
+         * process() takes the instance's lock (ABI 1 register_memory: the
+         * registration thread may hold it for milliseconds). Reap counts
+         * it out of running. */
+        bb__batch_run(m, &m->inst[0], b, false);
         bb__batch_reap(b);
         return true;
     }
@@ -357,7 +372,7 @@ static void *executor_main(void *arg)
         return NULL;
     }
     while ((b = take_batch(m, in))) {
-        bb__batch_run(m, in, b);
+        bb__batch_run(m, in, b, true);
         push_done(m->w, b);
     }
     return NULL;

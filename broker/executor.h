@@ -18,8 +18,11 @@ void bb__executor_stop(struct bb__model *m);
 /* Hand a formed batch to a free executor; with instances = 0 run and reap it
  * here and return true. */
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b);
-/* Run a batch on an instance and publish its completions to the clients. */
-void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b);
+/* Run a batch on an instance and publish its completions to the clients;
+ * clock_start: read the clock when process() starts even if the batch is not
+ * profiled (executors: their batches' run time must not include the wait). */
+void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b,
+                   bool clock_start);
 /* Dispatcher side: account for a finished batch and let go of its clients. */
 void bb__batch_reap(struct bb__batch *b);
 /* A free batch for the model (one per executor exists). */

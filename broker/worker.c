@@ -514,6 +514,9 @@ int bb__worker_run(struct bb__worker *w)
             if (b->models[i].w == w)
                 progress += bb__batcher_poll(&b->models[i], now, &next);
         bb__completion_flush(w);
+        /* The pass's wake-ups out before a sweep may unmap a header. */
+        if (io_uring_sq_ready(&w->ring))
+            io_uring_submit(&w->ring);
         bb__mailbox_flush(w, b->workers);
         if (w->need_sweep)
             bb__session_sweep(w);
@@ -588,8 +591,10 @@ int bb__worker_run(struct bb__worker *w)
         if (w->clients[i])
             bb__session_kill(w, w->clients[i], "broker shutdown");
     bb__completion_flush(w);
+    io_uring_submit(&w->ring);
     bb__session_sweep(w);
     io_uring_submit(&w->ring);
+    bb__wake_ring_use(NULL); /* the ring goes with bb__worker_fini */
     return 0;
 }
 
