@@ -305,13 +305,10 @@ static struct bb__batch *pop(struct bb__model *m)
 /* The next batch, or NULL to stop: spin for the broker's spin_us, then sleep
  * on q_seq after announcing it in q_sleepers (seq_cst, then re-check).
  *
- * A spin pays only where the next batch comes within spin_us. Where it did
- * not in SPIN_TRIES waits in a row (the dispatcher waits for clients that
- * sleep while a long batch runs: a GPU, the synthetic backend's sleep), the
- * executor sleeps at once until a wait, timed sleep included, shows that a
- * spin would have caught the batch again. */
-#define SPIN_TRIES 3
-
+ * The spin rule (bb__spin_credit) over its waits: where the next batch keeps
+ * coming later than spin_us (the dispatcher waits for clients that sleep
+ * while a long batch runs: a GPU, the synthetic backend's sleep), the
+ * executor sleeps at once. */
 static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in)
 {
     uint64_t spin = atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed);
@@ -325,12 +322,9 @@ static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in
             if (atomic_load_explicit(&m->q_len, memory_order_relaxed)) {
                 struct bb__batch *b = pop(m);
                 if (b) {
-                    if (spin_end)
-                        in->spin_credit = SPIN_TRIES; /* the spin caught it */
-                    else if (spin)
-                        in->spin_credit = bb__now_ns() - start <= spin
-                                              ? SPIN_TRIES
-                                              : in->spin_credit - (in->spin_credit > 0);
+                    if (spin) /* caught while spinning: no clock needed */
+                        in->spin_credit = bb__spin_credit(
+                            in->spin_credit, spin_end ? 0 : bb__now_ns() - start, spin);
                     return b;
                 }
                 /* else another executor took it */
@@ -447,7 +441,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
         struct bb__instance *in = &m->inst[i];
         in->model = m;
         in->index = i;
-        in->spin_credit = SPIN_TRIES;
+        in->spin_credit = BB__SPIN_TRIES;
         pthread_mutex_init(&in->mu, NULL);
         pthread_mutex_init(&in->slot_mu, NULL);
         pthread_cond_init(&in->slot_cv, NULL);

@@ -326,17 +326,12 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         bb__control_expire(w, now);
 }
 
-/* Spinning pays only where the work it waits for comes within spin_us. Where
- * it did not in SPIN_TRIES idle episodes in a row (timed from the last
- * progress to the next, sleep included), the worker sleeps at once in such
- * episodes until one shows that a spin would have caught its work again. Two
- * kinds of episode, counted apart: a batch of this worker's models running
- * and none of them with a request queued, where the next event is most
- * likely the batch's end (a backend slower than spin_us, a GPU, is not worth
- * a spin, and its executor wakes this worker); and the rest, where it is the
- * next submission. */
-#define SPIN_TRIES 3
-
+/* The spin rule (bb__spin_credit) over idle episodes, timed from the last
+ * progress to the next, sleep included. Two kinds of episode, counted apart:
+ * a batch of this worker's models running and none of them with a request
+ * queued, where the next event is most likely the batch's end (a backend
+ * slower than spin_us, a GPU, is not worth a spin, and its executor wakes
+ * this worker); and the rest, where it is the next submission. */
 static int awaiting_batch(const struct bb__worker *w)
 {
     const struct bb__broker *b = w->b;
@@ -493,7 +488,7 @@ int bb__worker_run(struct bb__worker *w)
     uint64_t idle_since = bb__now_ns(), episode = 0;
     unsigned spins = 0;
     int kind = -1; /* of the idle episode under way: 1 awaiting a batch's end */
-    uint8_t credit[2] = {SPIN_TRIES, SPIN_TRIES};
+    uint8_t credit[2] = {BB__SPIN_TRIES, BB__SPIN_TRIES};
     for (;;) {
         if ((atomic_load(b->stop_flag) || atomic_load(&b->stopping)) && !w->stopping)
             begin_shutdown(w);
@@ -540,8 +535,7 @@ int bb__worker_run(struct bb__worker *w)
             heartbeat(w, now);
         if (progress) {
             if (kind >= 0)
-                credit[kind] = now - episode <= w->spin_ns ? SPIN_TRIES
-                                                           : credit[kind] - (credit[kind] > 0);
+                credit[kind] = bb__spin_credit(credit[kind], now - episode, w->spin_ns);
             kind = -1;
             idle_since = now;
             continue;

@@ -60,6 +60,16 @@ struct bb__worker {
     struct bb__worker_metrics metrics; /* written by this worker, read by scrapes */
 };
 
+/* The spin rule of dispatchers and executors: spinning pays only where the
+ * work it waits for comes within spin_us. A wait (spin and sleep together)
+ * that a spin would have caught restores the credit; one that it would not
+ * have spends one; with none left the thread sleeps at once. */
+#define BB__SPIN_TRIES 3
+static inline uint8_t bb__spin_credit(uint8_t credit, uint64_t waited_ns, uint64_t spin_ns)
+{
+    return waited_ns <= spin_ns ? BB__SPIN_TRIES : (uint8_t)(credit - (credit > 0));
+}
+
 /* Returns 0, or -1 on a system failure (logged). Runs on the thread that
  * creates the broker; the worker pins itself to node when it starts. */
 int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int node);
