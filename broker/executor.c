@@ -236,31 +236,36 @@ void bb__batch_put(struct bb__model *m, struct bb__batch *b)
     m->free_batches = b;
 }
 
+/* Whether the dispatcher runs this synchronous batch itself: with
+ * instances = 0, and where the model's executors are all idle (none holds a
+ * batch, none is queued, so no state is in use) and its batches are
+ * expected (run_ns) to take at most inline_max_us: handing one over and
+ * back costs more, two context switches where the executor shares this
+ * CPU (docs/performance.md). Never where process() takes the instance's
+ * lock (ABI 1 register_memory: the registration thread may hold it for
+ * milliseconds). */
+static bool runs_here(const struct bb__model *m)
+{
+    if (m->plugin.ops->submit)
+        return false;
+    if (m->ninstances == 0)
+        return true;
+    return m->running == 0 && !m->lock_process && m->run_ns &&
+           m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000;
+}
+
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
-    if (m->ninstances == 0) {
-        if (m->plugin.ops->submit) {
-            /* The dispatcher submits; the completion comes back through
-             * the done stack like an executor's. */
-            m->running++;
-            submit_async(m, &m->inst[0], b);
-            return false;
-        }
-        bb__batch_run(m, &m->inst[0], b, false);
-        bb__batch_reap(b);
-        return true;
+    bool here = runs_here(m);
+    if (m->max_running)
+        m->running++; /* reap counts it out the same way */
+    if (m->ninstances == 0 && m->plugin.ops->submit) {
+        /* The dispatcher submits; the completion comes back through the
+         * done stack like an executor's. */
+        submit_async(m, &m->inst[0], b);
+        return false;
     }
-    m->running++;
-    if (m->running == 1 && !m->plugin.ops->submit && !m->lock_process && m->run_ns &&
-        m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000) {
-        /* Every executor is idle (none holds a batch, none is queued), so
-         * no state is in use, and a batch whose backend is expected (run_ns)
-         * to take less than inline_max_us runs here, on instance 0: handing
-         * it over and back costs more, two context switches where the
-         * executor shares this CPU (docs/performance.md). Never where
-         * process() takes the instance's lock (ABI 1 register_memory: the
-         * registration thread may hold it for milliseconds). Reap counts
-         * it out of running. */
+    if (here) {
         bb__batch_run(m, &m->inst[0], b, false);
         bb__batch_reap(b);
         return true;
