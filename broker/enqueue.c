@@ -56,7 +56,7 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
     int level = m->cfg.priorities ? r->prio - 1 : 0;
     int st = r->status ? r->status : check(m, c, r, level);
     if (st < 0) {
-        bb__finish(m, r, st, 0, 0, now); /* never queued: nothing to release */
+        bb__finish(m, r, st, 0, NULL, false); /* never queued: nothing to release */
         return;
     }
     bb__adaptive_arrival(&m->adapt, 1);
@@ -89,7 +89,7 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
         if (rc == 2)
             return; /* answered from the cache */
         if (rc < 0) {
-            bb__finish(m, r, rc, 0, 0, now);
+            bb__finish(m, r, rc, 0, NULL, false);
             return;
         }
         if (rc == 1) { /* rides on an identical request */
