@@ -313,6 +313,7 @@ void bench_result_add(struct bench_run_result *acc, const struct bench_run_resul
         acc->completed += one->completed;
         acc->failed += one->failed;
         acc->bad_output += one->bad_output;
+        acc->correct += one->correct;
         acc->submitted += one->submitted;
         if (!acc->first_error) acc->first_error = one->first_error;
         acc->seconds += one->seconds;

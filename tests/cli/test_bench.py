@@ -1,10 +1,13 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
-log file behind, and the broker's batch histogram in the JSON."""
+log file behind, the broker's batch histogram in the JSON, and the accuracy
+of several rounds merged."""
 
 import glob
 import json
 import os
 import subprocess
+
+import pytest
 
 from brokerproc import build_path, run
 
@@ -73,3 +76,23 @@ def test_json_carries_the_brokers_batch_histogram(brokers):
     low = sum((k // 2 + 1) * n for k, n in hist.items())
     high = sum(k * n for k, n in hist.items())
     assert low * 0.999 <= total <= high * 1.001, (batch, low, high)
+
+
+def test_rounds_merge_the_accuracy(brokers):
+    """With --rounds, the merged accuracy counts every round's correct
+    answers (it once counted the first round's only, over all rounds'
+    completions: half the accuracy with two rounds)."""
+    weights = build_path("models", "fmnist.bbdense")
+    plugin = os.path.join(os.environ["BB_PLUGIN_DIR"], "bb_backend_blas.so")
+    if not (os.path.exists(weights) and os.path.exists(plugin)):
+        pytest.skip("needs the blas backend and the demo model (OpenBLAS, Fashion-MNIST)")
+    out = os.path.join(brokers.tmpdir, "rounds.json")
+    r = run([BENCH, "--no-broker", "--baseline", "inproc", "--model", "fmnist", "--dataset",
+             "fmnist", "--backend", "blas", "--param", f"weights={weights}", "--concurrency",
+             "4", "--max-batch", "4", "--max-wait-us", "0", "--duration", "0.3", "--warmup", "0",
+             "--rounds", "2", "--json", out], timeout=120)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        res = json.load(f)
+    inproc = res["baselines"]["inproc"]
+    assert inproc["accuracy"] >= 0.85, inproc
