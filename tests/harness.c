@@ -88,6 +88,9 @@ bool bbt_check(const void *p, size_t len, uint64_t id)
 void bbt_unique_path(char *buf, size_t len, const char *suffix)
 {
     snprintf(buf, len, "/tmp/bbt-%d-%u%s", (int)getpid(), path_counter++, suffix ? suffix : "");
+    /* A file left there by an earlier process of the same pid (pids wrap)
+     * is stale: a test appending to it would read that one's lines too. */
+    unlink(buf);
 }
 
 int bbt_write_file(char *buf, size_t len, const char *suffix, const char *text)

@@ -144,6 +144,8 @@ static void stop(struct bbt_broker *b)
 
 static void start_async(struct bbt_broker *b, const char *instances, const char *extra)
 {
+    if (stats_path[0])
+        unlink(stats_path); /* a second broker of the test: cleanup() sees the last path only */
     bbt_unique_path(stats_path, sizeof stats_path, ".stats");
     char inst[64], stats[160], more[200];
     snprintf(inst, sizeof inst, "model.a.instances=%s", instances);
