@@ -8,14 +8,19 @@
  *               rows with single-threaded OpenBLAS calls
  *   gemv_below  auto (default), or N: batches (or a thread's share) of fewer
  *               than N requests run one GEMV per request and layer instead
- *               of one GEMM per layer. auto measures both on this network at
- *               init, for 1 to 16 rows, and uses GEMV at the sizes where it
- *               was faster: which sizes those are depends on the CPU and the
- *               OpenBLAS kernel it picks (docs/backends/blas.md)
+ *               of one GEMM per layer
+ *   gemm_rows   auto (default), or N: a call takes at most N rows, a larger
+ *               share runs as several (0: one call, whatever its size)
+ *   With both auto, init times the network on this CPU at 1 to 16 rows both
+ *   ways and as one GEMM at 24, 32, 48 and 64, and runs each share in the
+ *   pieces that cost least by those times: OpenBLAS 0.3.21 packs the weights
+ *   on every GEMM but skips that at a few small sizes, so on some CPUs a
+ *   batch of 32 runs faster as eight GEMMs of 4 than as one
+ *   (docs/backends/blas.md). With a fixed gemv_below, gemm_rows auto is 0.
  *
  * Backend ABI 2: init2 allocates every buffer a batch of up to max_batch_size
  * requests needs (at most 1024; larger batches grow them once) and logs the
- * measured GEMV sizes to the broker's log.
+ * plan it measured to the broker's log.
  *
  * Threads: OpenBLAS 0.3.21 keeps one thread count for the whole process
  * (openblas_set_num_threads; libblas.so.3 of Debian's openblas-pthread is an
@@ -55,7 +60,8 @@
 extern void openblas_set_num_threads(int num_threads);
 
 #define BLAS_MAX_THREADS 64u
-#define CALIBRATE_MAX 16u /* GEMM won at every larger size measured */
+#define CALIBRATE_MAX 16u /* both ways at 1..16 rows; GEMV won at no larger size */
+#define PLAN_MAX 64u      /* the plan covers shares of up to this many rows */
 
 /* One thread's share of a batch and its private matrices. */
 struct part {
@@ -72,6 +78,10 @@ struct blas_state {
     struct bbd_net net;
     uint32_t threads;
     uint64_t gemv_sizes;       /* bit n-1: n rows run as n GEMVs (n <= 64) */
+    /* A share of n <= PLAN_MAX rows runs its first piece[n] rows in one call,
+     * the rest by the plan of what is left; a larger share runs as blocks of
+     * PLAN_MAX by the plan, or whole where piece[PLAN_MAX] is PLAN_MAX. */
+    uint8_t piece[PLAN_MAX + 1];
     struct part *parts;        /* [threads] */
     /* The batch being run (valid requests only). */
     const struct bb_view **in;
@@ -109,36 +119,72 @@ static int grow(struct part *p, uint32_t rows)
     return 0;
 }
 
-/* The rows as one matrix: in place when they are equally spaced (stride in
- * floats returned in *ld), else gathered into p->x. */
-static const float *input_matrix(struct part *p, size_t *ld)
+/* Rows [first, first + count) of the batch as one matrix: in place when
+ * they are equally spaced (stride in floats returned in *ld), else gathered
+ * into p->x. */
+static const float *input_matrix(struct part *p, uint32_t first, uint32_t count, size_t *ld)
 {
-    const struct bb_view **in = p->st->in + p->first;
+    const struct bb_view **in = p->st->in + first;
     size_t row = (size_t)p->st->net.in_dim * sizeof(float);
     uintptr_t base = (uintptr_t)in[0]->ptr;
     bool inplace = base % sizeof(float) == 0;
     size_t stride = row;
-    if (inplace && p->count > 1) {
+    if (inplace && count > 1) {
         uintptr_t next = (uintptr_t)in[1]->ptr;
         /* The distance becomes the GEMM's int leading dimension. */
         inplace = next > base && (next - base) % sizeof(float) == 0 && next - base >= row &&
                   (next - base) / sizeof(float) <= INT_MAX;
         stride = inplace ? next - base : row;
-        for (uint32_t i = 2; inplace && i < p->count; i++)
+        for (uint32_t i = 2; inplace && i < count; i++)
             inplace = (uintptr_t)in[i]->ptr == base + i * stride;
     }
     if (inplace) {
         *ld = stride / sizeof(float);
         return (const float *)in[0]->ptr;
     }
-    for (uint32_t i = 0; i < p->count; i++)
+    for (uint32_t i = 0; i < count; i++)
         memcpy(p->x + (size_t)i * p->st->net.in_dim, in[i]->ptr, row);
     *ld = p->st->net.in_dim;
     return p->x;
 }
 
-/* y[r][j] = act(sum_k x[r][k] w[j][k] + b[j]) for every layer, rows of this
- * part only; the last layer's rows are copied out to the clients. */
+/* y[r][j] = act(sum_k x[r][k] w[j][k] + b[j]) for every layer, on rows
+ * [first, first + count) in one call per layer (one GEMM, or one GEMV per
+ * row); the last layer's rows are copied out to the clients. */
+static void run_rows(struct part *p, uint32_t first, uint32_t count)
+{
+    const struct bbd_net *net = &p->st->net;
+    size_t ldx;
+    const float *x = input_matrix(p, first, count, &ldx);
+    float *y = p->a, *spare = p->b;
+    bool gemv = count <= 64 && (p->st->gemv_sizes >> (count - 1) & 1);
+    for (uint32_t l = 0; l < net->nlayers; l++) {
+        const struct bbd_layer *L = &net->layers[l];
+        for (uint32_t r = 0; r < count; r++)
+            memcpy(y + (size_t)r * L->out, L->b, L->out * sizeof(float));
+        if (gemv) {
+            for (uint32_t r = 0; r < count; r++)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)L->out, (int)L->in, 1.0f, L->w,
+                            (int)L->in, x + r * ldx, 1, 1.0f, y + (size_t)r * L->out, 1);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)count, (int)L->out,
+                        (int)L->in, 1.0f, x, (int)ldx, L->w, (int)L->in, 1.0f, y, (int)L->out);
+        }
+        bbd_activate(L->act, y, count, L->out, L->out);
+        x = y;
+        ldx = L->out;
+        y = spare;
+        spare = (float *)x;
+    }
+    size_t bytes = (size_t)net->out_dim * sizeof(float);
+    for (uint32_t r = 0; r < count; r++) {
+        struct bb_outbuf *o = p->st->out[first + r];
+        memcpy(o->ptr, x + (size_t)r * net->out_dim, bytes);
+        o->len = bytes;
+    }
+}
+
+/* This thread's share, in the pieces of the plan. */
 static void run_part(struct part *p)
 {
     p->rc = 0;
@@ -147,34 +193,21 @@ static void run_part(struct part *p)
         p->rc = BB_ENOMEM;
         return;
     }
-    const struct bbd_net *net = &p->st->net;
-    size_t ldx;
-    const float *x = input_matrix(p, &ldx);
-    float *y = p->a, *spare = p->b;
-    bool gemv = p->count <= 64 && (p->st->gemv_sizes >> (p->count - 1) & 1);
-    for (uint32_t l = 0; l < net->nlayers; l++) {
-        const struct bbd_layer *L = &net->layers[l];
-        for (uint32_t r = 0; r < p->count; r++)
-            memcpy(y + (size_t)r * L->out, L->b, L->out * sizeof(float));
-        if (gemv) {
-            for (uint32_t r = 0; r < p->count; r++)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)L->out, (int)L->in, 1.0f, L->w,
-                            (int)L->in, x + r * ldx, 1, 1.0f, y + (size_t)r * L->out, 1);
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p->count, (int)L->out,
-                        (int)L->in, 1.0f, x, (int)ldx, L->w, (int)L->in, 1.0f, y, (int)L->out);
-        }
-        bbd_activate(L->act, y, p->count, L->out, L->out);
-        x = y;
-        ldx = L->out;
-        y = spare;
-        spare = (float *)x;
+    const uint8_t *piece = p->st->piece;
+    uint32_t at = p->first, left = p->count;
+    if (left > PLAN_MAX && piece[PLAN_MAX] == PLAN_MAX) {
+        run_rows(p, at, left); /* one GEMM already beats pieces at PLAN_MAX */
+        return;
     }
-    size_t bytes = (size_t)net->out_dim * sizeof(float);
-    for (uint32_t r = 0; r < p->count; r++) {
-        struct bb_outbuf *o = p->st->out[p->first + r];
-        memcpy(o->ptr, x + (size_t)r * net->out_dim, bytes);
-        o->len = bytes;
+    while (left) {
+        uint32_t block = left < PLAN_MAX ? left : PLAN_MAX;
+        left -= block;
+        while (block) {
+            uint32_t k = piece[block];
+            run_rows(p, at, k);
+            at += k;
+            block -= k;
+        }
     }
 }
 
@@ -231,20 +264,47 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-/* gemv_below = auto: time the network both ways at 1..CALIBRATE_MAX rows (zero
- * inputs, best of three) and keep GEMV where it won. A few milliseconds at
- * init; a busy CPU may misjudge a size, which costs speed, never results. */
-static int calibrate(struct blas_state *st)
+/* Seconds one call of n rows takes (the part's own zeroed rows, in place),
+ * the best of three after a warm-up. */
+static double time_rows(struct part *p, uint32_t n)
 {
+    double best = 1e9;
+    for (int rep = 0; rep < 4; rep++) {
+        double t0 = now_s();
+        run_rows(p, 0, n);
+        double t = now_s() - t0;
+        if (rep > 0 && t < best) best = t;
+    }
+    return best;
+}
+
+/* The plan for fixed params: GEMM calls of at most `rows` (0: any). */
+static void plan_fixed(struct blas_state *st, uint32_t rows)
+{
+    for (uint32_t n = 1; n <= PLAN_MAX; n++)
+        st->piece[n] = (uint8_t)(rows && rows < n ? rows : n);
+}
+
+/* Measure and plan (init, a few milliseconds; a busy CPU may misjudge a
+ * size, which costs speed, never results). GEMV against one GEMM at 1 to
+ * CALIBRATE_MAX rows; with `pieces`, also one GEMM at 24, 32, 48 and 64
+ * rows, the sizes between estimated on the line between those, and every
+ * share of n rows planned as the pieces of least total time (a piece being
+ * a measured size, or the whole share): cost[n] = min over first pieces c
+ * of one(c) + cost[n - c]. A plan of fewer calls must be 5% slower to lose,
+ * so noise does not split a batch for nothing. */
+static int calibrate(struct blas_state *st, bool pieces)
+{
+    static const uint32_t large[] = {24, 32, 48, PLAN_MAX};
     struct part *p = &st->parts[0];
-    if (grow(p, CALIBRATE_MAX) < 0) return BB_ENOMEM;
-    memset(p->x, 0, (size_t)CALIBRATE_MAX * st->net.in_dim * sizeof(float));
-    struct bb_view views[CALIBRATE_MAX];
-    const struct bb_view *in[CALIBRATE_MAX];
-    struct bb_outbuf outs[CALIBRATE_MAX], *out[CALIBRATE_MAX];
-    float *sink = malloc((size_t)CALIBRATE_MAX * st->net.out_dim * sizeof(float));
+    if (grow(p, PLAN_MAX) < 0) return BB_ENOMEM;
+    memset(p->x, 0, (size_t)PLAN_MAX * st->net.in_dim * sizeof(float));
+    struct bb_view views[PLAN_MAX];
+    const struct bb_view *in[PLAN_MAX];
+    struct bb_outbuf outs[PLAN_MAX], *out[PLAN_MAX];
+    float *sink = malloc((size_t)PLAN_MAX * st->net.out_dim * sizeof(float));
     if (!sink) return BB_ENOMEM;
-    for (uint32_t i = 0; i < CALIBRATE_MAX; i++) {
+    for (uint32_t i = 0; i < PLAN_MAX; i++) {
         /* Rows of the part's own matrix: equally spaced, used in place. */
         views[i] = (struct bb_view){p->x + (size_t)i * st->net.in_dim, st->net.in_dim * 4u};
         in[i] = &views[i];
@@ -253,26 +313,47 @@ static int calibrate(struct blas_state *st)
     }
     st->in = in;
     st->out = out;
+    double one[PLAN_MAX + 1] = {0}; /* one call of n rows; 0: not measured */
     uint64_t found = 0;
     for (uint32_t n = 1; n <= CALIBRATE_MAX; n++) {
-        double best[2] = {1e9, 1e9};
-        p->first = 0;
-        p->count = n;
-        for (int rep = 0; rep < 4; rep++) {
-            for (int way = 0; way < 2; way++) {
-                st->gemv_sizes = way ? UINT64_MAX : 0;
-                double t0 = now_s();
-                run_part(p);
-                double t = now_s() - t0;
-                if (rep > 0 && t < best[way]) best[way] = t; /* rep 0 warms up */
-            }
-        }
-        if (best[1] < best[0]) found |= 1ull << (n - 1);
+        st->gemv_sizes = 0;
+        double gemm = time_rows(p, n);
+        st->gemv_sizes = UINT64_MAX;
+        double gemv = time_rows(p, n);
+        if (gemv < gemm) found |= 1ull << (n - 1);
+        one[n] = gemv < gemm ? gemv : gemm;
     }
+    st->gemv_sizes = 0;
+    if (pieces)
+        for (size_t i = 0; i < sizeof large / sizeof large[0]; i++)
+            one[large[i]] = time_rows(p, large[i]);
     st->gemv_sizes = found;
     st->in = NULL;
     st->out = NULL;
     free(sink);
+    if (!pieces)
+        return 0; /* the caller's plan_fixed stands */
+    double cost[PLAN_MAX + 1] = {0};
+    for (uint32_t n = 1, lo = 1; n <= PLAN_MAX; n++) {
+        double whole = one[n];
+        if (whole > 0)
+            lo = n;
+        else { /* on the line from the last measured size to the next */
+            uint32_t hi = n + 1;
+            while (one[hi] <= 0) hi++;
+            whole = one[lo] + (one[hi] - one[lo]) * (n - lo) / (hi - lo);
+        }
+        cost[n] = whole;
+        st->piece[n] = (uint8_t)n;
+        for (uint32_t c = n - 1; c >= 1; c--) {
+            if (one[c] <= 0) continue;
+            double t = one[c] + cost[n - c];
+            if (t < cost[n] * 0.95) {
+                cost[n] = t;
+                st->piece[n] = (uint8_t)c;
+            }
+        }
+    }
     return 0;
 }
 
@@ -304,6 +385,23 @@ static void describe_gemv(uint64_t sizes, char *buf, size_t len)
     if (!buf[0]) snprintf(buf, len, "none");
 }
 
+/* The calls of a share of n rows, for the log: "64", "4x8", "32+4x2+3". */
+static void describe_pieces(const struct blas_state *st, uint32_t n, char *buf, size_t len)
+{
+    size_t at = 0;
+    buf[0] = 0;
+    while (n && at < len) {
+        uint32_t k = st->piece[n], times = 0;
+        while (n >= k && st->piece[n] == k) {
+            n -= k;
+            times++;
+        }
+        int w = times > 1 ? snprintf(buf + at, len - at, "%s%ux%u", at ? "+" : "", k, times)
+                          : snprintf(buf + at, len - at, "%s%u", at ? "+" : "", k);
+        at += w > 0 ? (size_t)w : 0;
+    }
+}
+
 /* Room for a batch of `rows` requests now, so that batches up to that size
  * allocate nothing: the request lists and each thread's matrices (its share,
  * as blas_process splits). */
@@ -327,8 +425,8 @@ static int preallocate(struct blas_state *st, uint32_t rows)
 static int blas_init2(const struct bb_init_args *a, void **state, char *err, size_t errlen)
 {
     const char *weights = NULL;
-    uint32_t threads = 1, gemv_below = 0;
-    bool gemv_auto = true;
+    uint32_t threads = 1, gemv_below = 0, gemm_rows = 0;
+    bool gemv_auto = true, rows_auto = true;
     for (size_t i = 0; i < a->nparams; i++) {
         const char *k = a->params[i].key, *v = a->params[i].value;
         if (!strcmp(k, "weights")) {
@@ -345,9 +443,16 @@ static int blas_init2(const struct bb_init_args *a, void **state, char *err, siz
                 snprintf(err, errlen, "blas: gemv_below = \"%s\": expected auto or 0 to 65536", v);
                 return BB_EINVAL;
             }
+        } else if (!strcmp(k, "gemm_rows")) {
+            rows_auto = !strcmp(v, "auto");
+            if (!rows_auto && parse_uint(v, 0, 65536, &gemm_rows) < 0) {
+                snprintf(err, errlen, "blas: gemm_rows = \"%s\": expected auto or 0 to 65536", v);
+                return BB_EINVAL;
+            }
         } else {
             snprintf(err, errlen,
-                     "blas: unknown param \"%s\" (known: weights, threads, gemv_below)", k);
+                     "blas: unknown param \"%s\" (known: weights, threads, gemv_below, gemm_rows)",
+                     k);
             return BB_EINVAL;
         }
     }
@@ -386,15 +491,18 @@ static int blas_init2(const struct bb_init_args *a, void **state, char *err, siz
             return BB_ENOMEM;
         }
     }
-    if (gemv_auto && calibrate(st) < 0) goto nomem;
+    plan_fixed(st, gemm_rows);
+    if (gemv_auto && calibrate(st, rows_auto) < 0) goto nomem;
     if (preallocate(st, a->max_batch_size < PREALLOCATE_MAX ? a->max_batch_size : PREALLOCATE_MAX) < 0)
         goto nomem;
-    char sizes[160], msg[256];
+    char sizes[160], calls[4][48], msg[512];
     describe_gemv(st->gemv_sizes, sizes, sizeof sizes);
+    for (uint32_t i = 0; i < 4; i++) describe_pieces(st, 8u << i, calls[i], sizeof calls[i]);
     snprintf(msg, sizeof msg,
-             "blas: %u layer(s), %u inputs, %u outputs, %u thread(s); GEMV at batch sizes %s (%s)",
-             st->net.nlayers, st->net.in_dim, st->net.out_dim, threads, sizes,
-             gemv_auto ? "measured" : "gemv_below");
+             "blas: %u layer(s), %u inputs, %u outputs, %u thread(s); GEMV at batch sizes %s; "
+             "calls at 8, 16, 32, 64 rows: %s, %s, %s, %s (%s)",
+             st->net.nlayers, st->net.in_dim, st->net.out_dim, threads, sizes, calls[0], calls[1],
+             calls[2], calls[3], gemv_auto && rows_auto ? "measured" : "params");
     a->log(a->log_ctx, BB_BACKEND_LOG_INFO, msg);
     *state = st;
     return 0;

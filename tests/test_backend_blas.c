@@ -141,23 +141,31 @@ Test(blas, loader_names_what_is_wrong)
 
 /* ---- the backend on small networks --------------------------------------- */
 
-/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size)
- * or NULL for the default (auto). */
-static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
+/* plan: up to two more params ("gemv_below=...", "gemm_rows=..."), or NULL
+ * for the default (both auto: measured at init). */
+static struct bbt_plugin open_blas_plan(const char *weights, const char *threads,
+                                        const char *plan1, const char *plan2)
 {
     char wparam[600], tparam[64], err[512];
     snprintf(wparam, sizeof wparam, "weights=%s", weights);
     snprintf(tparam, sizeof tparam, "threads=%s", threads);
-    const char *kv[] = {wparam, tparam, gemv, NULL};
+    const char *kv[] = {wparam, tparam, plan1, plan2, NULL};
     struct bbt_plugin p;
     int rc = bbt_plugin_open(&p, "blas", kv, err, sizeof err);
     cr_assert_eq(rc, 0, "blas init: %s", err);
     return p;
 }
 
+/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size),
+ * each share in one call. */
+static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
+{
+    return open_blas_plan(weights, threads, gemv, NULL);
+}
+
 static struct bbt_plugin open_blas(const char *weights, const char *threads)
 {
-    return open_blas_gemv(weights, threads, NULL);
+    return open_blas_plan(weights, threads, NULL, NULL);
 }
 
 Test(blas, every_activation_matches_a_double_reference)
@@ -167,11 +175,19 @@ Test(blas, every_activation_matches_a_double_reference)
         char path[108];
         struct bbd_net net;
         bbt_net_file(s, 2, 10 + act, path, sizeof path, &net);
-        /* Every size through both paths: GEMM only, GEMV only. */
-        for (uint32_t step = 0; step < 10; step++) {
-            uint32_t n = 1 + 8 * (step % 5);
-            struct bbt_plugin p = open_blas_gemv(path, "1", step < 5 ? "gemv_below=0" : "gemv_below=65");
-            bbt_check_against_reference(&p, &net, n, n, step < 5 ? "GEMM" : "GEMV");
+        /* Sizes through every path: one GEMM, GEMVs, GEMMs of 3 rows at
+         * most (1, 9, 17, ...: whole pieces and a last one of 2), the
+         * measured plan; 70 rows run as blocks of 64 in pieces. */
+        static const char *const way[][3] = {{"gemv_below=0", NULL, "GEMM"},
+                                             {"gemv_below=65", NULL, "GEMV"},
+                                             {"gemv_below=0", "gemm_rows=3", "GEMMs of 3"},
+                                             {NULL, NULL, "measured plan"}};
+        static const uint32_t sizes[] = {1, 9, 17, 25, 33, 70};
+        for (uint32_t step = 0; step < 24; step++) {
+            uint32_t n = sizes[step % 6];
+            const char *const *w = way[step / 6];
+            struct bbt_plugin p = open_blas_plan(path, "1", w[0], w[1]);
+            bbt_check_against_reference(&p, &net, n, n, w[2]);
             bbt_plugin_close(&p);
         }
         bbd_free(&net);
@@ -219,7 +235,9 @@ Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
     unsigned char *b = bbt_make_net(s, 2, 6, &len);
     char path[108];
     bbt_write_bytes(path, sizeof path, b, len);
-    struct bbt_plugin p = open_blas(path, "1");
+    /* One GEMM for the batch: which rows share a call must not differ
+     * between the layouts (pieces would group the reversed rows otherwise). */
+    struct bbt_plugin p = open_blas_gemv(path, "1", "gemv_below=0");
     enum { N = 24, STRIDE = 23 }; /* floats between rows: padded, in place */
     float *strided = calloc(N * STRIDE + 1, sizeof(float));
     char *unaligned = calloc(N * 20 * 4 + 8, 1);
@@ -274,6 +292,7 @@ Test(blas, params_are_checked)
         {{"weights=/etc/passwd", "threads=0", NULL}, "threads = \"0\": expected 1 to 64"},
         {{"threads=two", NULL}, "threads = \"two\""},
         {{"gemv_below=-1", NULL}, "gemv_below = \"-1\""},
+        {{"gemm_rows=some", NULL}, "gemm_rows = \"some\": expected auto or 0 to 65536"},
         {{"weight=/x", NULL}, "unknown param \"weight\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
