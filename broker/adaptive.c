@@ -30,9 +30,13 @@
  * whose time is nearly linear in the batch size (a CPU) gains little from
  * waiting, one with a large fixed cost per batch (a GPU) gains a lot.
  *
- * A change detector watches the last BB_ADAPT_RECENT batches: when their
- * mean relative residual against the fit passes 30%, the backend has sped
- * up or slowed down, and the window restarts from those batches.
+ * The fit leaves out the batches far off it (a preempted executor's), and
+ * a change detector watches the last BB_ADAPT_RECENT batches: when the
+ * median of their times against the fit's predictions is off by more than
+ * 30%, the backend has sped up or slowed down, and the window restarts from
+ * those batches. The median, not the mean: single batches several times
+ * their time (a preemption, a small batch's call overhead) restarted the
+ * window several times a second on a 2-CPU host.
  */
 #include "adaptive.h"
 
@@ -42,6 +46,8 @@
 #define HEADROOM 1.2
 #define CHANGE_THRESHOLD 0.30
 #define MIN_R2 0.30
+#define OUTLIER_MADS 4.0    /* bb__adaptive_fit: off by this many median deviations */
+#define OUTLIER_MIN 0.25    /* ... and by at least 25% */
 #define GREEDY_UTIL 0.5     /* below this backend use, never wait for company */
 #define FILL_SPREAD 1.2     /* Poisson arrivals fill a batch later than the mean */
 #define BUDGET_MIN 0.25     /* the SLO feedback never shrinks the budget below */
@@ -62,25 +68,29 @@ void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cf
     a->budget = 0.8;
 }
 
-struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
+/* Least squares over the samples not marked out (out may be NULL). */
+static struct bb__fit ols(const double *xs, const double *ys, uint32_t n, const bool *out)
 {
     struct bb__fit f = {0};
-    uint32_t n = a->count;
-    if (n == 0)
+    double sx = 0, sy = 0, m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!out || !out[i]) {
+            sx += xs[i];
+            sy += ys[i];
+            m++;
+        }
+    if (m == 0)
         return f;
-    double sx = 0, sy = 0;
+    double mx = sx / m, my = sy / m, sxx = 0, sxy = 0, syy = 0;
     for (uint32_t i = 0; i < n; i++) {
-        sx += a->xs[i];
-        sy += a->ys[i];
-    }
-    double mx = sx / n, my = sy / n, sxx = 0, sxy = 0, syy = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        double dx = a->xs[i] - mx, dy = a->ys[i] - my;
+        if (out && out[i])
+            continue;
+        double dx = xs[i] - mx, dy = ys[i] - my;
         sxx += dx * dx;
         sxy += dx * dy;
         syy += dy * dy;
     }
-    if (n < 4 || sxx < 1e-9) {
+    if (m < 4 || sxx < 1e-9) {
         /* One batch size only: the split between a and b is unknown; the
          * conservative reading is that all of it is per-batch cost. */
         f.a_ns = my;
@@ -99,8 +109,77 @@ struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
         f.b_ns = my / mx;
     }
     f.r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 1.0;
-    f.valid = f.r2 >= MIN_R2 || syy <= 1e-9 * my * my * n;
+    f.valid = f.r2 >= MIN_R2 || syy <= 1e-9 * my * my * m;
     return f;
+}
+
+static void sort(double *v, uint32_t n)
+{
+    for (uint32_t i = 1; i < n; i++) /* insertion: at most a window's 128 */
+        for (uint32_t k = i; k > 0 && v[k - 1] > v[k]; k--) {
+            double t = v[k];
+            v[k] = v[k - 1];
+            v[k - 1] = t;
+        }
+}
+
+static double median(double *v, uint32_t n)
+{
+    sort(v, n);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Least squares, then again without the outliers: the samples off the fit
+ * by more than OUTLIER_MADS times the median relative deviation (at least
+ * OUTLIER_MIN). A batch whose executor was preempted takes several times
+ * its time on a crowded host, and a few of those pulled the plain fit
+ * off every other batch (and its r2 under MIN_R2). */
+struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
+{
+    uint32_t n = a->count;
+    struct bb__fit f = ols(a->xs, a->ys, n, NULL);
+    if (!f.valid || n < 8)
+        return f;
+    bool out[BB_ADAPT_WINDOW];
+    double dev[BB_ADAPT_WINDOW];
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < n; i++) {
+            double pred = f.a_ns + f.b_ns * a->xs[i];
+            dev[i] = fabs(a->ys[i] / (pred > 1 ? pred : 1) - 1);
+        }
+        double sorted[BB_ADAPT_WINDOW];
+        memcpy(sorted, dev, n * sizeof *dev);
+        double limit = OUTLIER_MADS * median(sorted, n);
+        if (limit < OUTLIER_MIN)
+            limit = OUTLIER_MIN;
+        uint32_t kept = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            out[i] = dev[i] > limit;
+            kept += !out[i];
+        }
+        if (kept == n || kept < n / 2)
+            break; /* nothing to drop, or no majority to trust */
+        struct bb__fit g = ols(a->xs, a->ys, n, out);
+        if (!g.valid)
+            break;
+        f = g;
+    }
+    return f;
+}
+
+/* The median of the last BB_ADAPT_RECENT batches' times against the fit's
+ * prediction: a batch that met a preemption, or small ones off by their
+ * call overhead, do not move it; a backend that sped up or slowed down
+ * moves them all. */
+static double recent_ratio(const struct bb__adaptive *a)
+{
+    double ratio[BB_ADAPT_RECENT];
+    for (uint32_t i = 0; i < BB_ADAPT_RECENT; i++) {
+        uint32_t j = (a->head + BB_ADAPT_WINDOW - 1 - i) % BB_ADAPT_WINDOW;
+        double pred = a->fit.a_ns + a->fit.b_ns * a->xs[j];
+        ratio[i] = a->ys[j] / (pred > 1 ? pred : 1);
+    }
+    return median(ratio, BB_ADAPT_RECENT);
 }
 
 bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns)
@@ -114,14 +193,7 @@ bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns)
         a->count++;
     if (!a->fit.valid || a->count < 2 * BB_ADAPT_RECENT)
         return false;
-    double rel = 0;
-    for (uint32_t i = 1; i <= BB_ADAPT_RECENT; i++) {
-        uint32_t j = (a->head + BB_ADAPT_WINDOW - i) % BB_ADAPT_WINDOW;
-        double pred = a->fit.a_ns + a->fit.b_ns * a->xs[j];
-        rel += (a->ys[j] - pred) / (pred > 1 ? pred : 1);
-    }
-    rel /= BB_ADAPT_RECENT;
-    if (fabs(rel) <= CHANGE_THRESHOLD)
+    if (fabs(recent_ratio(a) - 1) <= CHANGE_THRESHOLD)
         return false;
     /* The backend changed speed: keep only the recent batches. */
     double xs[BB_ADAPT_RECENT], ys[BB_ADAPT_RECENT];

@@ -256,6 +256,29 @@ static void publish_coalesce(struct bb__model *m)
     atomic_store_explicit(&m->coalesce_ns, win, memory_order_relaxed);
 }
 
+/* How many batches a cut makes: the queued requests shared among idle
+ * executors, or 1. A CPU backend's executors run on cores of their own, so
+ * a batch that would take every queued request while other executors idle
+ * finishes sooner in parallel shares (a closed loop of N requests in flight
+ * with k executors: batches of N / k keep them all busy, where one batch of
+ * N leaves k - 1 idle and the clients waiting on it). Only while each share
+ * still carries the per-batch cost, by the adaptive fit: b * share >= a; a
+ * fit with no per-request cost (one batch size seen), or none, never
+ * splits. A GPU's or an asynchronous backend's instances share one device:
+ * never. */
+static uint32_t share_parts(const struct bb__model *m)
+{
+    if (!m->parallel || m->running + 1 >= m->max_running || m->q.queued < 2)
+        return 1;
+    const struct bb__fit *f = &m->adapt.fit;
+    if (!f->valid || f->b_ns <= 0)
+        return 1;
+    uint32_t idle = m->max_running - m->running;
+    double min_share = f->a_ns / f->b_ns;
+    double parts = min_share > 1 ? (double)m->q.queued / min_share : (double)m->q.queued;
+    return parts >= idle ? idle : parts >= 2 ? (uint32_t)parts : 1;
+}
+
 static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns);
 
 int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns)
@@ -286,6 +309,7 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         return 0;
     }
     progress += (int)expire(m, now);
+    uint32_t parts = 0; /* batches still to cut of a shared queue */
     while (m->q.queued > 0) {
         bool free_exec = m->max_running == 0 || m->running < m->max_running;
         if (!free_exec)
@@ -293,7 +317,7 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         struct bb_queue_state qs;
         queue_state(m, now, &qs);
         uint64_t recheck = UINT64_MAX;
-        if (!m->strategy->should_dispatch(m->strategy_state, &qs, &recheck)) {
+        if (!parts && !m->strategy->should_dispatch(m->strategy_state, &qs, &recheck)) {
             m->filling = true;
             m->fill_wait_us = qs.max_wait_us;
             if (recheck < *next_ns)
@@ -304,7 +328,12 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         b->ts.cut = now;
         b->profile = bb__metrics_time_batch(&m->metrics, now, m->w->profile,
                                             m->w->profile_max_rate);
-        struct cut c = {.m = m, .b = b, .max = m->cfg.max_batch_size,
+        if (!parts)
+            parts = share_parts(m);
+        uint32_t share = (m->q.queued + parts - 1) / parts;
+        parts--;
+        struct cut c = {.m = m, .b = b,
+                        .max = share < m->cfg.max_batch_size ? share : m->cfg.max_batch_size,
                         .bytes_left = m->cfg.max_batch_bytes ? m->cfg.max_batch_bytes : UINT64_MAX};
         take_starved(&c, now);
         if (b->n < c.max) {

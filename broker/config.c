@@ -260,7 +260,7 @@ static const struct bb__config_key bb__keys[] = {
      60000, "100", NULL, NULL, 1, "How often the adaptive controller re-decides."},
     {BB__SEC_MODEL, "hardware", BB__CT_ENUM, BB__MODEL(hardware), 0, 2, "auto", NULL,
      bb__hardware_names, 0,
-     "Adaptive starting batch target: cpu 32, gpu 128, auto asks the backend."},
+     "Adaptive starting batch target: cpu 32, gpu 128, auto asks the backend. A cpu model with several executors shares a cut among the idle ones; a gpu model never splits one."},
     {BB__SEC_MODEL, "auto_tune", BB__CT_ENUM, BB__MODEL(auto_tune), 0, 1, "off", NULL,
      bb__onoff_names, 0,
      "Sweep batch sizes 1, 2, 4, ... in the first tune_duration_s of traffic to learn "

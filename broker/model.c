@@ -85,6 +85,7 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
         return -1;
     /* Adaptive starting point: the hardware the config or the backend names. */
     uint32_t hw = m->cfg.hardware ? m->cfg.hardware : m->plugin.ops->hardware;
+    m->parallel = hw != BB_BACKEND_HW_GPU && !m->plugin.ops->submit;
     struct bb__adaptive_cfg acfg = {
         .max_batch_size = m->cfg.max_batch_size,
         .max_wait_us = m->cfg.max_wait_us,

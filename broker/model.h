@@ -83,6 +83,7 @@ struct bb__model {
      * batch runs and is reaped before the dispatcher goes on). */
     uint32_t max_running;
     bool lock_process;             /* ABI 1 with register_memory: take inst->mu */
+    bool parallel;                 /* executors on CPUs of their own: batcher.c share_parts */
     struct bb__batch *free_batches;
     /* The executors' queue: the home worker appends under q_mu, executors
      * take under it. An idle executor spins (spin_us) on q_len before it

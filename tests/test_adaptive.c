@@ -163,6 +163,41 @@ Test(adaptive, detects_a_slower_backend)
     cr_assert(f.a_ns > 2e6, "the new fit sees the slower backend (a = %f)", f.a_ns);
 }
 
+/* A backend whose executor shares its CPU: 2 us a batch and 4 us a
+ * request, but one batch in eight is preempted and takes four times its
+ * time, and one in sixteen twenty times. The fit must see the backend, not
+ * the preemptions (a plain least-squares fit put a, b and r2 well off),
+ * and the window must not restart: it did, several times a second on a
+ * 2-CPU host, while the change detector averaged each batch's relative
+ * error (one batch 20x off moves the mean of 16 by 119%). */
+static double preempted(uint32_t n, int i)
+{
+    double t = 2000.0 + 4000.0 * n;
+    return i % 16 == 5 ? 20 * t : i % 8 == 1 ? 4 * t : t;
+}
+
+Test(adaptive, preempted_batches_move_neither_the_fit_nor_the_detector)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    static const uint32_t sizes[] = {1, 2, 32, 16, 64, 3, 40, 8, 48, 1, 24, 64, 4, 32, 2, 56};
+    for (int i = 0; i < 128; i++)
+        bb__adaptive_batch(&a, sizes[i % 16], (uint64_t)preempted(sizes[i % 16], i));
+    bb__adaptive_tick(&a, 1, 0, true);
+    bb__adaptive_tick(&a, 1 + 200 * MS, 0, false);
+    struct bb__fit f = a.fit;
+    cr_assert(f.valid, "r2 = %f", f.r2);
+    cr_assert(fabs(f.a_ns - 2000) < 200 && fabs(f.b_ns - 4000) < 100, "a = %f, b = %f", f.a_ns,
+              f.b_ns);
+    for (int i = 0; i < 256; i++) {
+        uint32_t n = sizes[(i * 7) % 16];
+        cr_assert_not(bb__adaptive_batch(&a, n, (uint64_t)preempted(n, i)), "a change at batch %d",
+                      i);
+    }
+    cr_assert_eq(a.changes, 0);
+}
+
 Test(adaptive, tick_follows_the_arrival_rate)
 {
     struct bb__adaptive a;

@@ -225,3 +225,86 @@ Test(workers, slow_batches_go_to_the_executor)
     int on_main = batches_on_the_dispatcher(1000, 3000, 20);
     cr_assert_eq(on_main, 0, "%d batches of 3 ms ran on the dispatcher", on_main);
 }
+
+/* A burst of 16 on a model of two idle executors, the recorder taking 300
+ * us a request (max_batch_size 16, adaptive off: the burst is cut when all
+ * of it is queued). Returns how many of `bursts` bursts, after the fit has
+ * seen batches of 1 and of 16, ran as one batch of 16 (*whole) and as two
+ * of 8 (*halves). */
+static void bursts_on_two_executors(const char *hardware, int bursts, int *whole, int *halves)
+{
+    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.item_us = 300\n"
+             "instances = 2\nmax_batch_size = 16\nmax_wait_us = 20000\nadaptive = off\n"
+             "adaptation_interval_ms = 5\nhardware = %s\n",
+             BB_SCHED_RECORDER, rec_log, hardware);
+    cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0);
+    bb_model *m = bbt_open_ok(c, "rec");
+    /* Lone requests (each cut at max_wait_us), then bursts: two sizes, and
+     * a pause for the fit (at the model's first pass after an adaptation
+     * interval). */
+    int warm = 10;
+    for (int k = 0; k < warm + bursts; k++) {
+        int n = k < 6 ? 1 : 16;
+        if (k == warm)
+            usleep(20000);
+        bb_request *r[16];
+        for (int i = 0; i < n; i++) {
+            cr_assert_eq(bb_request_new(m, 64, 64, &r[i]), 0);
+            bbt_fill(bb_request_input(r[i]), 64, (uint64_t)(k * 16 + i));
+            cr_assert_eq(bb_submit(r[i], NULL), 0);
+        }
+        for (int i = 0; i < n; i++) {
+            size_t len;
+            cr_assert_eq(bb_wait(r[i], 10000000000ll), 0);
+            cr_assert_eq(bb_request_status(r[i]), 0);
+            const void *out = bb_request_output(r[i], &len);
+            cr_assert(len == 64 && bbt_check(out, 64, (uint64_t)(k * 16 + i)), "request %d.%d", k, i);
+            bb_request_free(r[i]);
+        }
+    }
+    bb_disconnect(c);
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+    FILE *f = fopen(rec_log, "r");
+    cr_assert_not_null(f, "the backend ran no batch");
+    char line[8192];
+    unsigned sizes[256];
+    int nb = 0;
+    while (nb < 256 && fgets(line, sizeof line, f))
+        cr_assert_eq(sscanf(line, "n=%u", &sizes[nb++]), 1, "recorder line: %s", line);
+    fclose(f);
+    unlink(rec_log);
+    /* The bursts' batches, from the last back to the first of the counted. */
+    *whole = *halves = 0;
+    int rows = 0;
+    for (int i = nb - 1; i >= 0 && rows < 16 * bursts; i--) {
+        rows += (int)sizes[i];
+        *whole += sizes[i] == 16;
+        *halves += sizes[i] == 8;
+    }
+    *halves /= 2;
+}
+
+/* A CPU backend's executors run on cores of their own: a cut that would
+ * take every queued request while both idle is shared between them. */
+Test(workers, a_burst_is_shared_among_idle_executors)
+{
+    int whole, halves;
+    bursts_on_two_executors("cpu", 10, &whole, &halves);
+    /* Not always: a client's next burst may come between an executor's
+     * answer and the dispatcher counting that executor idle again. */
+    cr_assert_geq(halves, 5, "%d of 10 bursts ran as two batches of 8, %d as one", halves, whole);
+}
+
+/* A GPU's instances share one device: nothing is gained by splitting. */
+Test(workers, a_gpu_model_keeps_its_burst_whole)
+{
+    int whole, halves;
+    bursts_on_two_executors("gpu", 10, &whole, &halves);
+    cr_assert_eq(halves, 0, "%d of 10 bursts were split", halves);
+    cr_assert_geq(whole, 9, "%d of 10 bursts ran as one batch", whole);
+}

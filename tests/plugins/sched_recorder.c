@@ -9,6 +9,7 @@
  *             where <id> is the input's first 8 bytes as a little-endian
  *             unsigned integer (0 for a shorter input), in hex.
  *   batch_us  time per batch, slept (default 0).
+ *   item_us   time per request of the batch, slept too (default 0).
  *   threads   (optional) a second log: the id (gettid) of the thread that ran
  *             each batch, one line per batch.
  *
@@ -27,7 +28,7 @@
 
 struct rec_state {
     char file[256], threads[256];
-    unsigned long batch_us;
+    unsigned long batch_us, item_us;
 };
 
 static int rec_init(const struct bb_param *params, size_t nparams, void **state, char *err,
@@ -40,14 +41,15 @@ static int rec_init(const struct bb_param *params, size_t nparams, void **state,
             snprintf(st.file, sizeof st.file, "%s", v);
         } else if (!strcmp(k, "threads")) {
             snprintf(st.threads, sizeof st.threads, "%s", v);
-        } else if (!strcmp(k, "batch_us")) {
+        } else if (!strcmp(k, "batch_us") || !strcmp(k, "item_us")) {
             char *end;
             errno = 0;
-            st.batch_us = strtoul(v, &end, 10);
+            unsigned long us = strtoul(v, &end, 10);
             if (errno || *end || end == v) {
-                snprintf(err, errlen, "sched_recorder: batch_us = \"%s\": expected an integer", v);
+                snprintf(err, errlen, "sched_recorder: %s = \"%s\": expected an integer", k, v);
                 return BB_EINVAL;
             }
+            *(k[0] == 'b' ? &st.batch_us : &st.item_us) = us;
         } else {
             snprintf(err, errlen, "sched_recorder: unknown param \"%s\"", k);
             return BB_EINVAL;
@@ -78,9 +80,9 @@ static void append(const char *file, const char *line, size_t len)
 static int rec_process(void *state, struct bb_batch *batch)
 {
     struct rec_state *st = state;
-    if (st->batch_us) {
-        struct timespec ts = {.tv_sec = (time_t)(st->batch_us / 1000000),
-                              .tv_nsec = (long)(st->batch_us % 1000000) * 1000L};
+    unsigned long us = st->batch_us + st->item_us * batch->n;
+    if (us) {
+        struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000L};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
             ;
     }
