@@ -133,12 +133,14 @@ static double median(double *v, uint32_t n)
  * by more than OUTLIER_MADS times the median relative deviation (at least
  * OUTLIER_MIN). A batch whose executor was preempted takes several times
  * its time on a crowded host, and a few of those pulled the plain fit
- * off every other batch (and its r2 under MIN_R2). */
+ * off every other batch, or its r2 under MIN_R2: the refit is tried for a
+ * first fit that is not valid, too (not for one batch size only, which no
+ * refit can tell apart). */
 struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
 {
     uint32_t n = a->count;
     struct bb__fit f = ols(a->xs, a->ys, n, NULL);
-    if (!f.valid || n < 8)
+    if (n < 8 || (!f.valid && f.b_ns <= 0))
         return f;
     bool out[BB_ADAPT_WINDOW];
     double dev[BB_ADAPT_WINDOW];
@@ -160,7 +162,7 @@ struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
         if (kept == n || kept < n / 2)
             break; /* nothing to drop, or no majority to trust */
         struct bb__fit g = ols(a->xs, a->ys, n, out);
-        if (!g.valid)
+        if (!g.valid && f.valid)
             break;
         f = g;
     }

@@ -198,6 +198,24 @@ Test(adaptive, preempted_batches_move_neither_the_fit_nor_the_detector)
     cr_assert_eq(a.changes, 0);
 }
 
+/* Preemptions bad enough to put a plain fit's r2 under MIN_R2 (one batch in
+ * eight twenty times its time): the fit without them is valid. */
+Test(adaptive, a_fit_ruined_by_outliers_is_refit_without_them)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    static const uint32_t sizes[] = {1, 2, 32, 16, 64, 3, 40, 8};
+    for (int i = 0; i < 128; i++) {
+        double t = 2000.0 + 4000.0 * sizes[i % 8];
+        bb__adaptive_batch(&a, sizes[i % 8], (uint64_t)(i % 8 == 3 ? 20 * t : t));
+    }
+    struct bb__fit f = bb__adaptive_fit(&a);
+    cr_assert(f.valid, "r2 = %f", f.r2);
+    cr_assert(fabs(f.a_ns - 2000) < 200 && fabs(f.b_ns - 4000) < 100, "a = %f, b = %f", f.a_ns,
+              f.b_ns);
+}
+
 Test(adaptive, tick_follows_the_arrival_rate)
 {
     struct bb__adaptive a;
