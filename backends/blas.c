@@ -10,7 +10,8 @@
  *               than N requests run one GEMV per request and layer instead
  *               of one GEMM per layer
  *   gemm_rows   auto (default), or N: a call takes at most N rows, a larger
- *               share runs as several (0: one call, whatever its size)
+ *               share runs as calls of N rows and the rest (0: one call,
+ *               whatever its size)
  *   With both auto, init times the network on this CPU at 1 to 16 rows both
  *   ways and as one GEMM at 24, 32, 48 and 64, and runs each share in the
  *   pieces that cost least by those times: OpenBLAS 0.3.21 packs the weights
@@ -78,9 +79,12 @@ struct blas_state {
     struct bbd_net net;
     uint32_t threads;
     uint64_t gemv_sizes;       /* bit n-1: n rows run as n GEMVs (n <= 64) */
-    /* A share of n <= PLAN_MAX rows runs its first piece[n] rows in one call,
-     * the rest by the plan of what is left; a larger share runs as blocks of
-     * PLAN_MAX by the plan, or whole where piece[PLAN_MAX] is PLAN_MAX. */
+    /* rows: a fixed gemm_rows (UINT32_MAX for 0: every share in one call),
+     * or 0 for the measured plan: a share of n <= PLAN_MAX rows runs its
+     * first piece[n] rows in one call, the rest by the plan of what is left;
+     * a larger share runs as blocks of PLAN_MAX by the plan, or whole where
+     * piece[PLAN_MAX] is PLAN_MAX. */
+    uint32_t rows;
     uint8_t piece[PLAN_MAX + 1];
     struct part *parts;        /* [threads] */
     /* The batch being run (valid requests only). */
@@ -194,7 +198,16 @@ static void run_part(struct part *p)
         return;
     }
     const uint8_t *piece = p->st->piece;
-    uint32_t at = p->first, left = p->count;
+    uint32_t at = p->first, left = p->count, rows = p->st->rows;
+    if (rows) { /* fixed: pieces of `rows`, the last smaller */
+        while (left) {
+            uint32_t k = rows < left ? rows : left;
+            run_rows(p, at, k);
+            at += k;
+            left -= k;
+        }
+        return;
+    }
     if (left > PLAN_MAX && piece[PLAN_MAX] == PLAN_MAX) {
         run_rows(p, at, left); /* one GEMM already beats pieces at PLAN_MAX */
         return;
@@ -278,21 +291,24 @@ static double time_rows(struct part *p, uint32_t n)
     return best;
 }
 
-/* The plan for fixed params: GEMM calls of at most `rows` (0: any). */
+/* The plan for a fixed gemm_rows: calls of at most `rows` (0: any). */
 static void plan_fixed(struct blas_state *st, uint32_t rows)
 {
-    for (uint32_t n = 1; n <= PLAN_MAX; n++)
+    st->rows = rows ? rows : UINT32_MAX;
+    for (uint32_t n = 1; n <= PLAN_MAX; n++) /* for the log */
         st->piece[n] = (uint8_t)(rows && rows < n ? rows : n);
 }
 
 /* Measure and plan (init, a few milliseconds; a busy CPU may misjudge a
  * size, which costs speed, never results). GEMV against one GEMM at 1 to
  * CALIBRATE_MAX rows; with `pieces`, also one GEMM at 24, 32, 48 and 64
- * rows, the sizes between estimated on the line between those, and every
- * share of n rows planned as the pieces of least total time (a piece being
- * a measured size, or the whole share): cost[n] = min over first pieces c
- * of one(c) + cost[n - c]. A plan of fewer calls must be 5% slower to lose,
- * so noise does not split a batch for nothing. */
+ * rows, the sizes between estimated on the line between those GEMM times,
+ * and every share of n rows planned as the pieces of least total time (a
+ * piece being a measured size, or the whole share): cost[n] = min over
+ * first pieces c of one(c) + cost[n - c]. The whole share is the first
+ * candidate and larger first pieces come before smaller ones; a candidate
+ * must beat the best so far by 5%, so noise does not split a batch for
+ * nothing. */
 static int calibrate(struct blas_state *st, bool pieces)
 {
     static const uint32_t large[] = {24, 32, 48, PLAN_MAX};
@@ -314,34 +330,36 @@ static int calibrate(struct blas_state *st, bool pieces)
     st->in = in;
     st->out = out;
     double one[PLAN_MAX + 1] = {0}; /* one call of n rows; 0: not measured */
+    double gemm[PLAN_MAX + 1] = {0}; /* the same as one GEMM, for the line */
     uint64_t found = 0;
     for (uint32_t n = 1; n <= CALIBRATE_MAX; n++) {
         st->gemv_sizes = 0;
-        double gemm = time_rows(p, n);
+        gemm[n] = time_rows(p, n);
         st->gemv_sizes = UINT64_MAX;
         double gemv = time_rows(p, n);
-        if (gemv < gemm) found |= 1ull << (n - 1);
-        one[n] = gemv < gemm ? gemv : gemm;
+        if (gemv < gemm[n]) found |= 1ull << (n - 1);
+        one[n] = gemv < gemm[n] ? gemv : gemm[n];
     }
     st->gemv_sizes = 0;
     if (pieces)
         for (size_t i = 0; i < sizeof large / sizeof large[0]; i++)
-            one[large[i]] = time_rows(p, large[i]);
+            one[large[i]] = gemm[large[i]] = time_rows(p, large[i]);
     st->gemv_sizes = found;
     st->in = NULL;
     st->out = NULL;
     free(sink);
     if (!pieces)
         return 0; /* the caller's plan_fixed stands */
+    st->rows = 0;
     double cost[PLAN_MAX + 1] = {0};
     for (uint32_t n = 1, lo = 1; n <= PLAN_MAX; n++) {
         double whole = one[n];
         if (whole > 0)
             lo = n;
-        else { /* on the line from the last measured size to the next */
+        else { /* one GEMM: on the line from the last measured size to the next */
             uint32_t hi = n + 1;
             while (one[hi] <= 0) hi++;
-            whole = one[lo] + (one[hi] - one[lo]) * (n - lo) / (hi - lo);
+            whole = gemm[lo] + (gemm[hi] - gemm[lo]) * (n - lo) / (hi - lo);
         }
         cost[n] = whole;
         st->piece[n] = (uint8_t)n;
@@ -502,7 +520,10 @@ static int blas_init2(const struct bb_init_args *a, void **state, char *err, siz
              "blas: %u layer(s), %u inputs, %u outputs, %u thread(s); GEMV at batch sizes %s; "
              "calls at 8, 16, 32, 64 rows: %s, %s, %s, %s (%s)",
              st->net.nlayers, st->net.in_dim, st->net.out_dim, threads, sizes, calls[0], calls[1],
-             calls[2], calls[3], gemv_auto && rows_auto ? "measured" : "params");
+             calls[2], calls[3],
+             gemv_auto && rows_auto ? "measured"
+             : gemv_auto            ? "GEMV sizes measured, gemm_rows fixed"
+                                    : "params");
     a->log(a->log_ctx, BB_BACKEND_LOG_INFO, msg);
     *state = st;
     return 0;

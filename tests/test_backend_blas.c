@@ -176,14 +176,16 @@ Test(blas, every_activation_matches_a_double_reference)
         struct bbd_net net;
         bbt_net_file(s, 2, 10 + act, path, sizeof path, &net);
         /* Sizes through every path: one GEMM, GEMVs, GEMMs of 3 rows at
-         * most (1, 9, 17, ...: whole pieces and a last one of 2), the
-         * measured plan; 70 rows run as blocks of 64 in pieces. */
+         * most (1, 9, 17, ...: whole pieces and a last one of 2), of 48
+         * (70 = 48 + 22), the measured plan (70 rows: blocks of 64 in
+         * pieces, or one GEMM). */
         static const char *const way[][3] = {{"gemv_below=0", NULL, "GEMM"},
                                              {"gemv_below=65", NULL, "GEMV"},
                                              {"gemv_below=0", "gemm_rows=3", "GEMMs of 3"},
+                                             {"gemv_below=0", "gemm_rows=48", "GEMMs of 48"},
                                              {NULL, NULL, "measured plan"}};
         static const uint32_t sizes[] = {1, 9, 17, 25, 33, 70};
-        for (uint32_t step = 0; step < 24; step++) {
+        for (uint32_t step = 0; step < 30; step++) {
             uint32_t n = sizes[step % 6];
             const char *const *w = way[step / 6];
             struct bbt_plugin p = open_blas_plan(path, "1", w[0], w[1]);
