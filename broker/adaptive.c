@@ -134,13 +134,17 @@ static double median(double *v, uint32_t n)
  * OUTLIER_MIN). A batch whose executor was preempted takes several times
  * its time on a crowded host, and a few of those pulled the plain fit
  * off every other batch, or its r2 under MIN_R2: the refit is tried for a
- * first fit that is not valid, too (not for one batch size only, which no
- * refit can tell apart). */
+ * first fit that is not valid, too (not where all batches had one size,
+ * which no refit can tell apart). The limit is at least the median
+ * deviation, so at least half the samples are kept. */
 struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
 {
     uint32_t n = a->count;
     struct bb__fit f = ols(a->xs, a->ys, n, NULL);
-    if (n < 8 || (!f.valid && f.b_ns <= 0))
+    bool sizes = false;
+    for (uint32_t i = 1; i < n && !sizes; i++)
+        sizes = a->xs[i] != a->xs[0];
+    if (n < 8 || !sizes)
         return f;
     bool out[BB_ADAPT_WINDOW];
     double dev[BB_ADAPT_WINDOW];
@@ -159,8 +163,8 @@ struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a)
             out[i] = dev[i] > limit;
             kept += !out[i];
         }
-        if (kept == n || kept < n / 2)
-            break; /* nothing to drop, or no majority to trust */
+        if (kept == n)
+            break; /* nothing to drop */
         struct bb__fit g = ols(a->xs, a->ys, n, out);
         if (!g.valid && f.valid)
             break;

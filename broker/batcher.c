@@ -211,8 +211,8 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
     uint32_t wait;
     uint32_t target = bb__model_target(m, &wait);
     uint64_t expected = m->expected_batch_ns;
-    if (m->adapt.fit.valid)
-        expected = (uint64_t)(m->adapt.fit.a_ns + m->adapt.fit.b_ns * target);
+    if (m->adapt.fit.valid) /* the fit is the backend's time: add the hand-off */
+        expected = (uint64_t)(m->adapt.fit.a_ns + m->adapt.fit.b_ns * target) + m->handoff_ns;
     *qs = (struct bb_queue_state){.now_ns = now, .queued = m->q.queued,
                                   .batch_target = target,
                                   .max_batch_size = m->cfg.max_batch_size,
@@ -265,10 +265,12 @@ static void publish_coalesce(struct bb__model *m)
  * still carries the per-batch cost, by the adaptive fit: b * share >= a; a
  * fit with no per-request cost (one batch size seen), or none, never
  * splits. A GPU's or an asynchronous backend's instances share one device:
- * never. */
+ * never; nor batches quick enough to run on the dispatcher (inline_max_us),
+ * which would run the shares one after the other. */
 static uint32_t share_parts(const struct bb__model *m)
 {
-    if (!m->parallel || m->running + 1 >= m->max_running || m->q.queued < 2)
+    if (!m->parallel || m->running + 1 >= m->max_running || m->q.queued < 2 ||
+        bb__executor_runs_here(m))
         return 1;
     const struct bb__fit *f = &m->adapt.fit;
     if (!f->valid || f->b_ns <= 0)
@@ -345,6 +347,8 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             bb__batch_put(m, b);
             break;
         }
+        if (b->n < c.max)
+            parts = 0; /* it held requests back: the rest waits for should_dispatch */
         progress += (int)b->n;
         if (bb__executor_submit(m, b))
             now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */

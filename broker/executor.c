@@ -214,6 +214,9 @@ void bb__batch_reap(struct bb__batch *b)
      * and it varied the samples enough to keep restarting the fit. */
     uint64_t ran = b->ts.end - b->ts.start;
     m->run_ns = m->run_ns ? (m->run_ns * 7 + ran) / 8 : ran;
+    /* What the fit leaves out, for the strategies' expected batch time. */
+    uint64_t handoff = b->ts.start - b->ts.cut;
+    m->handoff_ns = (m->handoff_ns * 7 + handoff) / 8;
     if (bb__adaptive_batch(&m->adapt, b->n, ran))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->max_running)
@@ -239,7 +242,7 @@ void bb__batch_put(struct bb__model *m, struct bb__batch *b)
     m->free_batches = b;
 }
 
-/* Whether the dispatcher runs this synchronous batch itself: with
+/* Whether the dispatcher runs a synchronous batch itself: with
  * instances = 0, and where the model's executors are all idle (none holds a
  * batch, none is queued, so no state is in use) and its batches are
  * expected (run_ns) to take at most inline_max_us: handing one over and
@@ -247,7 +250,7 @@ void bb__batch_put(struct bb__model *m, struct bb__batch *b)
  * CPU (docs/performance.md). Never where process() takes the instance's
  * lock (ABI 1 register_memory: the registration thread may hold it for
  * milliseconds). */
-static bool runs_here(const struct bb__model *m)
+bool bb__executor_runs_here(const struct bb__model *m)
 {
     if (m->plugin.ops->submit)
         return false;
@@ -259,7 +262,7 @@ static bool runs_here(const struct bb__model *m)
 
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
-    bool here = runs_here(m);
+    bool here = bb__executor_runs_here(m);
     if (m->max_running)
         m->running++; /* reap counts it out the same way */
     if (m->ninstances == 0 && m->plugin.ops->submit) {

@@ -63,6 +63,7 @@ struct bb__model {
     void *strategy_dl;
     uint64_t expected_batch_ns;    /* EWMA of batch service time */
     uint64_t run_ns;               /* EWMA of the backend's time a batch (inline_max_us) */
+    uint64_t handoff_ns;           /* EWMA of cut to the backend's start (queue_state) */
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
     _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets it) */
     bool filling;                  /* last pass: requests wait for the batch to fill */

@@ -226,20 +226,21 @@ Test(workers, slow_batches_go_to_the_executor)
     cr_assert_eq(on_main, 0, "%d batches of 3 ms ran on the dispatcher", on_main);
 }
 
-/* A burst of 16 on a model of two idle executors, the recorder taking 300
- * us a request (max_batch_size 16, adaptive off: the burst is cut when all
- * of it is queued). Returns how many of `bursts` bursts, after the fit has
- * seen batches of 1 and of 16, ran as one batch of 16 (*whole) and as two
- * of 8 (*halves). */
-static void bursts_on_two_executors(const char *hardware, int bursts, int *whole, int *halves)
+/* A burst of 16 on a model of two idle executors, the recorder taking
+ * item_us a request (max_batch_size 16, adaptive off: the burst is cut when
+ * all of it is queued), with these further model lines. Returns how many of
+ * `bursts` bursts, after the fit has seen batches of 1 and of 16, ran as one
+ * batch of 16 (*whole) and as two of 8 (*halves). */
+static void bursts_on_two_executors(unsigned item_us, const char *more, int bursts, int *whole,
+                                    int *halves)
 {
     bbt_unique_path(rec_log, sizeof rec_log, ".rec");
     char cfg[1024];
     snprintf(cfg, sizeof cfg,
-             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.item_us = 300\n"
+             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.item_us = %u\n"
              "instances = 2\nmax_batch_size = 16\nmax_wait_us = 20000\nadaptive = off\n"
-             "adaptation_interval_ms = 5\nhardware = %s\n",
-             BB_SCHED_RECORDER, rec_log, hardware);
+             "adaptation_interval_ms = 5\n%s\n",
+             BB_SCHED_RECORDER, rec_log, item_us, more);
     cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
     bb_client *c;
     cr_assert_eq(bbt_connect(&B, &c), 0);
@@ -304,7 +305,7 @@ static void bursts_on_two_executors(const char *hardware, int bursts, int *whole
 Test(workers, a_burst_is_shared_among_idle_executors)
 {
     int whole, halves;
-    bursts_on_two_executors("cpu", 10, &whole, &halves);
+    bursts_on_two_executors(300, "hardware = cpu", 10, &whole, &halves);
     /* Not always: a burst may reach the broker in two passes on a loaded
      * machine, the first with fewer than 16 queued. */
     cr_assert_geq(halves, 5, "%d of 10 bursts ran as two batches of 8, %d as one", halves, whole);
@@ -314,7 +315,17 @@ Test(workers, a_burst_is_shared_among_idle_executors)
 Test(workers, a_gpu_model_keeps_its_burst_whole)
 {
     int whole, halves;
-    bursts_on_two_executors("gpu", 10, &whole, &halves);
+    bursts_on_two_executors(300, "hardware = gpu", 10, &whole, &halves);
+    cr_assert_eq(halves, 0, "%d of 10 bursts were split", halves);
+    cr_assert_geq(whole, 9, "%d of 10 bursts ran as one batch", whole);
+}
+
+/* Batches quick enough to run on the dispatcher (inline_max_us) would run
+ * the shares one after the other there: not split. */
+Test(workers, a_burst_that_runs_on_the_dispatcher_stays_whole)
+{
+    int whole, halves;
+    bursts_on_two_executors(30, "hardware = cpu\ninline_max_us = 1000", 10, &whole, &halves);
     cr_assert_eq(halves, 0, "%d of 10 bursts were split", halves);
     cr_assert_geq(whole, 9, "%d of 10 bursts ran as one batch", whole);
 }
