@@ -112,8 +112,11 @@ struct bench_opts {
 
 /* inproc: each client thread runs its own copy of the backend on its own
  * requests; inproc-all: all the clients' requests in flight in one thread of
- * one process, batched together (the whole batch in one process). */
-enum { BENCH_BASE_INPROC, BENCH_BASE_INPROC_ALL, BENCH_BASE_SHM, BENCH_BASE_UDS, BENCH_NBASE };
+ * one process, batched together (the whole batch in one process);
+ * inproc-eager: inproc with max_wait_us 0 (each thread runs what it has as
+ * soon as it waits: a client that does not wait for company it lacks). */
+enum { BENCH_BASE_INPROC, BENCH_BASE_INPROC_ALL, BENCH_BASE_INPROC_EAGER, BENCH_BASE_SHM,
+       BENCH_BASE_UDS, BENCH_NBASE };
 
 /* One client thread's results, written by that thread only and read by the
  * parent after waitpid (which orders the accesses). */
@@ -206,7 +209,7 @@ struct bench_xport {
 };
 
 /* inproc-all is bench_xport_inproc run by main.c with the load folded into
- * one thread. */
+ * one thread; inproc-eager, with max_wait_us 0. */
 extern const struct bench_xport bench_xport_broker, bench_xport_inproc, bench_xport_shm,
     bench_xport_uds;
 

@@ -69,10 +69,12 @@ static void usage(FILE *f)
 "                         outputs must be 10 class scores, and the accuracy is\n"
 "                         reported (for --model with the demo model, docs/backends/)\n"
 "baselines (same workload, same backend and batching policy):\n"
-"  --baseline LIST        comma-separated: inproc, inproc-all, shm, uds, all, none\n"
-"                         (default none); inproc: each client thread runs its own\n"
-"                         copy of the backend on its own requests; inproc-all: the\n"
-"                         requests of all clients in one thread of one process\n"
+"  --baseline LIST        comma-separated: inproc, inproc-all, inproc-eager, shm, uds,\n"
+"                         all, none (default none); inproc: each client thread runs\n"
+"                         its own copy of the backend on its own requests;\n"
+"                         inproc-all: the requests of all clients in one thread of\n"
+"                         one process; inproc-eager: inproc with max_wait_us 0 (each\n"
+"                         thread runs what it has without waiting for company)\n"
 "  --backend NAME|PATH    backend for the baselines when there is no config (default:\n"
 "                         the model name); --param KEY=VALUE (repeatable),\n"
 "  --max-batch N, --max-wait-us US   batching policy when there is no config\n"
@@ -138,6 +140,7 @@ static int parse_baselines(const char *s, unsigned *out)
     for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "inproc")) *out |= 1u << BENCH_BASE_INPROC;
         else if (!strcmp(t, "inproc-all")) *out |= 1u << BENCH_BASE_INPROC_ALL;
+        else if (!strcmp(t, "inproc-eager")) *out |= 1u << BENCH_BASE_INPROC_EAGER;
         else if (!strcmp(t, "shm")) *out |= 1u << BENCH_BASE_SHM;
         else if (!strcmp(t, "uds")) *out |= 1u << BENCH_BASE_UDS;
         else if (!strcmp(t, "all")) *out = (1u << BENCH_NBASE) - 1;
@@ -427,11 +430,12 @@ int main(int argc, char **argv)
     enum { MAXRUNS = 1 + 4 + BENCH_NBASE };
     const struct bench_xport *plan[MAXRUNS];
     const struct bench_opts *plan_opts[MAXRUNS];
-    static struct bench_opts vopts[4], all;
+    static struct bench_opts vopts[4], all, eager;
     static char vbuf[4][256];
     const char *vname[MAXRUNS] = {0};
     const struct bench_xport *base[BENCH_NBASE] = {&bench_xport_inproc, &bench_xport_inproc,
-                                                   &bench_xport_shm, &bench_xport_uds};
+                                                   &bench_xport_inproc, &bench_xport_shm,
+                                                   &bench_xport_uds};
     int n = 0;
     if (!o.no_broker) {
         plan_opts[n] = &o;
@@ -454,9 +458,15 @@ int main(int argc, char **argv)
     all = o;
     all.concurrency = o.clients * o.threads * o.concurrency;
     all.clients = all.threads = 1;
+    /* inproc-eager: the clients as they would batch without a broker and
+     * without waiting for company that only other processes could bring. */
+    eager = o;
+    eager.model.max_wait_us = 0;
     for (int b = 0; b < BENCH_NBASE; b++)
         if (o.baselines & (1u << b)) {
-            plan_opts[n] = b == BENCH_BASE_INPROC_ALL ? &all : &o;
+            plan_opts[n] = b == BENCH_BASE_INPROC_ALL     ? &all
+                           : b == BENCH_BASE_INPROC_EAGER ? &eager
+                                                          : &o;
             plan[n++] = base[b];
         }
     if (!n) {
@@ -476,7 +486,9 @@ int main(int argc, char **argv)
     for (uint32_t r = 0; r < rounds; r++)
         for (int i = 0; i < n; i++) {
             memset(one, 0, sizeof *one);
-            const char *name = plan_opts[i] == &all ? "inproc-all" : plan[i]->name;
+            const char *name = plan_opts[i] == &all     ? "inproc-all"
+                               : plan_opts[i] == &eager ? "inproc-eager"
+                                                        : plan[i]->name;
             if (vname[i])
                 snprintf(one->name_buf, sizeof one->name_buf, "broker:%s", vname[i]);
             fprintf(stderr, "bb-bench: running %s", vname[i] ? one->name_buf : name);

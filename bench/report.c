@@ -118,7 +118,7 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
     if (o->pmax != o->pmin) fprintf(f, "-%zu", o->pmax);
     fprintf(f, " B, wait %s, %.1f s after %.1f s warm-up\n\n",
             o->wait == BENCH_WAIT_SPIN ? "spin" : "sleep", o->duration_s, o->warmup_s);
-    fprintf(f, "%-10s %12s %9s %9s %9s %9s %9s %7s %8s %8s %8s %s\n", "run", "requests/s", "p50 us",
+    fprintf(f, "%-12s %12s %9s %9s %9s %9s %9s %7s %8s %8s %8s %s\n", "run", "requests/s", "p50 us",
             "p90 us", "p99 us", "p99.9 us", "max us", "batch", "srv cpu", "cli cpu", "cpu/req",
             "errors");
     struct bench_summary base = {0}, s;
@@ -126,14 +126,14 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
     for (int i = 0; i < n; i++) {
         const struct bench_run_result *r = runs[i];
         if (!r->ok) {
-            fprintf(f, "%-10s failed: %s\n", r->name, r->error);
+            fprintf(f, "%-12s failed: %s\n", r->name, r->error);
             continue;
         }
         bench_summarize(o, r, &s);
         char srv[16], batch[16];
         fmt_opt(srv, sizeof srv, r->cpu_server, "%.2f s");
         fmt_opt(batch, sizeof batch, s.has_batch ? s.batch_avg : -1, "%.1f");
-        fprintf(f, "%-10s %12.0f %9.2f %9.2f %9.2f %9.2f %9.1f %7s %8s %6.2f s %5.2f us %llu",
+        fprintf(f, "%-12s %12.0f %9.2f %9.2f %9.2f %9.2f %9.1f %7s %8s %6.2f s %5.2f us %llu",
                 r->name, s.tput, s.p50, s.p90, s.p99, s.p999, s.max, batch, srv, r->cpu_clients,
                 s.cpu_per_req_us, (unsigned long long)(r->failed + r->bad_output));
         if (r->first_error) fprintf(f, " (%s)", bb_errname(r->first_error));

@@ -1,6 +1,6 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
-log file behind, the broker's batch histogram in the JSON, and the accuracy
-of several rounds merged."""
+log file behind, the broker's batch histogram in the JSON, the accuracy of
+several rounds merged, and the inproc-eager baseline."""
 
 import glob
 import json
@@ -96,3 +96,21 @@ def test_rounds_merge_the_accuracy(brokers):
         res = json.load(f)
     inproc = res["baselines"]["inproc"]
     assert inproc["accuracy"] >= 0.85, inproc
+
+
+def test_inproc_eager_does_not_wait_for_company(brokers):
+    """inproc keeps the model's max_wait_us even where its thread can add
+    nothing to the batch; inproc-eager is the same client that runs what it
+    has at once. With a 100 ms wait and 4 in flight, inproc completes at most
+    4 requests per 100 ms; inproc-eager is bounded by the echo backend only."""
+    out = os.path.join(brokers.tmpdir, "eager.json")
+    plugin = os.path.join(os.environ["BB_PLUGIN_DIR"], "bb_backend_echo.so")
+    r = run([BENCH, "--no-broker", "--baseline", "inproc,inproc-eager", "--backend", plugin,
+             "--concurrency", "4", "--max-batch", "8", "--max-wait-us", "100000",
+             "--duration", "0.5", "--warmup", "0", "--json", out], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "inproc-eager" in r.stdout, r.stdout
+    with open(out) as f:
+        base = json.load(f)["baselines"]
+    assert base["inproc"]["completed"] <= 4 * 7, base["inproc"]
+    assert base["inproc-eager"]["completed"] >= 1000, base["inproc-eager"]
