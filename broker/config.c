@@ -741,6 +741,7 @@ struct bb__parse {
     FILE *file;
     const char *path;
     int lineno;          /* of the line inih is working on: we count reader calls */
+    int line_max;        /* characters a line may have: inih's buffer less '\n' and NUL */
     int err_line;        /* 0 until the first error */
     char err[512];
     enum bb__csect section;
@@ -823,6 +824,7 @@ static char *bb__read_line(char *str, int num, void *user)
     if (ps->err_line || !fgets(str, num, ps->file))
         return NULL;
     ps->lineno++;
+    ps->line_max = num - 2;
     size_t len = strlen(str);
     if (len && str[len - 1] != '\n' && !feof(ps->file)) {
         bb__fail(ps, ps->lineno, "line too long (at most %d characters)", num - 2);
@@ -876,6 +878,16 @@ static int bb__on_key(void *user, const char *section, const char *name, const c
             bb__fail(ps, ps->lineno, "unknown key '%s' in [broker]", name);
         else
             bb__fail(ps, ps->lineno, "unknown key '%s' in [model.%s]", name, ps->model->name);
+        return 0;
+    }
+    /* bb__config_dump writes the key back as "name = value": that line must
+     * fit the reader too, or the dump of an accepted file would not load
+     * (fuzz_config found a value that filled its line after "name=", with
+     * no blanks around the '='). */
+    size_t dumped = strlen(name) + 3 + strlen(value);
+    if (dumped > (size_t)ps->line_max) {
+        bb__fail(ps, ps->lineno, "line too long: '%s = VALUE' is %zu characters (at most %d)",
+                 name, dumped, ps->line_max);
         return 0;
     }
     char msg[384];
