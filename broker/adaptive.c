@@ -45,6 +45,7 @@
 
 #define HEADROOM 1.2
 #define CHANGE_THRESHOLD 0.30
+#define CHANGE_EVERY 4          /* batches between two looks of the change detector */
 #define MIN_R2 0.30
 #define OUTLIER_MADS 4.0    /* bb__adaptive_fit: off by this many median deviations */
 #define OUTLIER_MIN 0.25    /* ... and by at least 25% */
@@ -197,7 +198,9 @@ bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns)
     a->head = (a->head + 1) % BB_ADAPT_WINDOW;
     if (a->count < BB_ADAPT_WINDOW)
         a->count++;
-    if (!a->fit.valid || a->count < 2 * BB_ADAPT_RECENT)
+    /* Every CHANGE_EVERY batches: the median is a sort of 16, and a change
+     * found a few batches later costs nothing. */
+    if (!a->fit.valid || a->count < 2 * BB_ADAPT_RECENT || a->head % CHANGE_EVERY)
         return false;
     if (fabs(recent_ratio(a) - 1) <= CHANGE_THRESHOLD)
         return false;
