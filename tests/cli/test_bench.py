@@ -101,8 +101,9 @@ def test_rounds_merge_the_accuracy(brokers):
 def test_inproc_eager_does_not_wait_for_company(brokers):
     """inproc keeps the model's max_wait_us even where its thread can add
     nothing to the batch; inproc-eager is the same client that runs what it
-    has at once. With a 100 ms wait and 4 in flight, inproc completes at most
-    4 requests per 100 ms; inproc-eager is bounded by the echo backend only."""
+    has at once. With a 100 ms wait and 4 in flight (max_batch 8), every
+    inproc request waits its batch's 100 ms; an inproc-eager one waits for
+    no one. Bounds on the wait itself, generous either way."""
     out = os.path.join(brokers.tmpdir, "eager.json")
     plugin = os.path.join(os.environ["BB_PLUGIN_DIR"], "bb_backend_echo.so")
     r = run([BENCH, "--no-broker", "--baseline", "inproc,inproc-eager", "--backend", plugin,
@@ -112,5 +113,5 @@ def test_inproc_eager_does_not_wait_for_company(brokers):
     assert "inproc-eager" in r.stdout, r.stdout
     with open(out) as f:
         base = json.load(f)["baselines"]
-    assert base["inproc"]["completed"] <= 4 * 7, base["inproc"]
-    assert base["inproc-eager"]["completed"] >= 1000, base["inproc-eager"]
+    assert base["inproc"]["latency_us"]["p50"] >= 90000, base["inproc"]["latency_us"]
+    assert base["inproc-eager"]["latency_us"]["p50"] < 50000, base["inproc-eager"]["latency_us"]
