@@ -75,7 +75,7 @@ void bb__batcher_fail_all(struct bb__model *m, int status)
 
 static uint32_t expire(struct bb__model *m, uint64_t now)
 {
-    uint64_t horizon = now + (m->cfg.drop_late ? m->expected_batch_ns : 0);
+    uint64_t horizon = now + (m->cfg.drop_late ? bb__model_batch_ns(m) : 0);
     uint32_t n = 0;
     struct bb__req *r;
     while ((r = bb__deadline_top(&m->q)) && r->deadline_ns <= horizon) {
@@ -210,7 +210,7 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
 {
     uint32_t wait;
     uint32_t target = bb__model_target(m, &wait);
-    uint64_t expected = m->expected_batch_ns;
+    uint64_t expected = bb__model_batch_ns(m);
     if (m->adapt.fit.valid) /* the fit is the backend's time: add the hand-off */
         expected = (uint64_t)(m->adapt.fit.a_ns + m->adapt.fit.b_ns * target) + m->handoff_ns;
     *qs = (struct bb_queue_state){.now_ns = now, .queued = m->q.queued,
@@ -356,7 +356,7 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
     bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
     struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {
-        uint64_t at = d->deadline_ns - (m->cfg.drop_late ? m->expected_batch_ns : 0);
+        uint64_t at = d->deadline_ns - (m->cfg.drop_late ? bb__model_batch_ns(m) : 0);
         if (at < *next_ns)
             *next_ns = at;
     }

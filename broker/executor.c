@@ -203,20 +203,17 @@ void bb__batch_reap(struct bb__batch *b)
         bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }
     bb__metrics_batch(&m->metrics, b); /* reads e->group as a flag only: the groups are gone */
-    /* Expected batch time for drop_late and the strategies: an EWMA. */
-    uint64_t took = b->ts.end - b->ts.cut;
-    m->expected_batch_ns = m->expected_batch_ns ? (m->expected_batch_ns * 7 + took) / 8 : took;
     /* The backend's own time, for inline_max_us and the adaptive fit: an
      * executor's batch is timed from its start, so no hand-off or wake-up
      * counts (an inline one from its cut unless profiled: formation is part
      * of it). The fit models what a batch costs the backend; the wait for a
      * CPU that an executor may meet on a crowded host is no part of that,
-     * and it varied the samples enough to keep restarting the fit. */
-    uint64_t ran = b->ts.end - b->ts.start;
-    m->run_ns = m->run_ns ? (m->run_ns * 7 + ran) / 8 : ran;
-    /* What the fit leaves out, for the strategies' expected batch time. */
-    uint64_t handoff = b->ts.start - b->ts.cut;
-    m->handoff_ns = (m->handoff_ns * 7 + handoff) / 8;
+     * and it varied the samples enough to keep restarting the fit. The
+     * hand-off apart, for the expected time from cut to end. */
+    uint64_t ran = b->ts.end - b->ts.start, handoff = b->ts.start - b->ts.cut;
+    bool first = m->run_ns == 0 && m->handoff_ns == 0;
+    m->run_ns = first ? ran : (m->run_ns * 7 + ran) / 8;
+    m->handoff_ns = first ? handoff : (m->handoff_ns * 7 + handoff) / 8;
     if (bb__adaptive_batch(&m->adapt, b->n, ran))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->max_running)

@@ -61,9 +61,10 @@ struct bb__model {
     const struct bb_strategy_ops *strategy;
     void *strategy_state;
     void *strategy_dl;
-    uint64_t expected_batch_ns;    /* EWMA of batch service time */
-    uint64_t run_ns;               /* EWMA of the backend's time a batch (inline_max_us) */
-    uint64_t handoff_ns;           /* EWMA of cut to the backend's start (queue_state) */
+    /* EWMAs of a batch's time, from the backend's start to its end
+     * (inline_max_us, the adaptive fit) and from its cut to that start (the
+     * hand-off); their sum, bb__model_batch_ns, from cut to end. */
+    uint64_t run_ns, handoff_ns;
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
     _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets it) */
     bool filling;                  /* last pass: requests wait for the batch to fill */
@@ -106,6 +107,12 @@ struct bb__model {
         _Atomic uint64_t slo_violations;
     } pub;
 };
+
+/* Expected time of a batch from its cut to its end (drop_late, strategies). */
+static inline uint64_t bb__model_batch_ns(const struct bb__model *m)
+{
+    return m->run_ns + m->handoff_ns;
+}
 
 /* Load the backend and strategy, build the queues and start the executors of
  * model m (whose id and cfg are set), served by home worker w. On failure
