@@ -41,6 +41,7 @@
 #include "adaptive.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define HEADROOM 1.2
@@ -114,19 +115,16 @@ static struct bb__fit ols(const double *xs, const double *ys, uint32_t n, const 
     return f;
 }
 
-static void sort(double *v, uint32_t n)
+static int cmp_double(const void *a, const void *b)
 {
-    for (uint32_t i = 1; i < n; i++) /* insertion: at most a window's 128 */
-        for (uint32_t k = i; k > 0 && v[k - 1] > v[k]; k--) {
-            double t = v[k];
-            v[k] = v[k - 1];
-            v[k - 1] = t;
-        }
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
+/* Sorts v. */
 static double median(double *v, uint32_t n)
 {
-    sort(v, n);
+    qsort(v, n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
