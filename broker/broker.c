@@ -77,7 +77,9 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
 
 static void *worker_main(void *arg)
 {
-    bb__worker_run(arg);
+    struct bb__worker *w = arg;
+    bb__thread_name("bb-worker%u", w->id); /* worker 0 is the main thread */
+    bb__worker_run(w);
     return NULL;
 }
 

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "model.h"
 #include "session.h"
+#include "topology.h"
 #include "worker.h"
 
 enum { JOB_REGISTER = 1, JOB_RELEASE = 2 };
@@ -73,6 +74,7 @@ static void run_job(struct bb__registrar *r, struct bb__client *c)
 static void *registrar_main(void *arg)
 {
     struct bb__registrar *r = arg;
+    bb__thread_name("bb-registrar");
     pthread_mutex_lock(&r->mu);
     for (;;) {
         while (!r->head && !r->stop)

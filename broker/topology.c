@@ -3,8 +3,10 @@
 
 #include <numa.h>
 #include <numaif.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "log.h"
 
@@ -78,6 +80,16 @@ void bb__topo_pin(const struct bb__topology *t, int node)
         return;
     if (sched_setaffinity(0, sizeof t->cpus[node], &t->cpus[node]) < 0)
         bb_warn("cannot pin a thread to the CPUs of node %d", t->node_id[node]);
+}
+
+void bb__thread_name(const char *fmt, ...)
+{
+    char name[16]; /* TASK_COMM_LEN */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
 void bb__topo_bind(const struct bb__topology *t, void *p, size_t len, int node)

@@ -37,4 +37,4 @@ endforeach()
 bb_criterion_test(test_workers ${CMAKE_CURRENT_LIST_DIR}/test_workers.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 target_compile_definitions(test_workers PRIVATE BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>")
-add_dependencies(test_workers bb_test_sched_recorder)
+add_dependencies(test_workers bb_test_sched_recorder bb_backend_v1echo)

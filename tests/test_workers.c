@@ -7,6 +7,7 @@
  * model's batches still hold requests of clients of both. */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "client_internal.h"
 #include "harness.h"
 #include "test_util.h"
+#include "util_internal.h"
 
 static struct bbt_broker B;
 static char rec_log[108], tid_log[108];
@@ -328,4 +330,55 @@ Test(workers, a_burst_that_runs_on_the_dispatcher_stays_whole)
     bursts_on_two_executors(30, "hardware = cpu\ninline_max_us = 1000", 10, &whole, &halves);
     cr_assert_eq(halves, 0, "%d of 10 bursts were split", halves);
     cr_assert_geq(whole, 9, "%d of 10 bursts ran as one batch", whole);
+}
+
+/* Each thread of the broker carries a name that says what it does (top -H,
+ * perf, /proc/PID/task/TID/comm): the main thread, worker 0, keeps the
+ * program's; the others are bb-workerN, bb-registrar and bb-xI-MODEL (the
+ * executors), cut to the kernel's 15 characters. */
+Test(workers, threads_are_named_for_what_they_do)
+{
+    if (bb__ncpus() < 2)
+        cr_skip_test("two CPUs are needed for a fake two-node topology");
+    /* v1echo registers client memory: the broker starts its registrar. */
+    const char *cfg = "[model.echo]\nbackend = echo\ninstances = 2\n"
+                      "[model.a_model_with_a_long_name]\nbackend = echo\ninstances = 1\n"
+                      "[model.v1]\nbackend = " BB_TEST_PLUGIN_DIR "/bb_backend_v1echo.so\n"
+                      "instances = 1\n";
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    const char *want[] = {"batchbroker", "bb-worker1", "bb-registrar", "bb-x0-echo", "bb-x1-echo",
+                          "bb-x0-a_model_w", "bb-x0-v1"};
+    enum { NWANT = sizeof want / sizeof want[0] };
+    int found[NWANT] = {0}, others = 0;
+    char path[64], names[1024] = "";
+    snprintf(path, sizeof path, "/proc/%d/task", (int)B.pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[384], name[32] = "";
+        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f)
+            continue; /* the thread ended */
+        if (fgets(name, sizeof name, f))
+            name[strcspn(name, "\n")] = 0;
+        fclose(f);
+        snprintf(names + strlen(names), sizeof names - strlen(names), " %s", name);
+        int k = 0;
+        while (k < NWANT && strcmp(name, want[k]))
+            k++;
+        if (k < NWANT)
+            found[k]++;
+        else
+            others++;
+    }
+    closedir(d);
+    for (int k = 0; k < NWANT; k++)
+        cr_expect_eq(found[k], 1, "%d threads named %s; the broker's:%s", found[k], want[k], names);
+    cr_expect_eq(others, 0, "unnamed threads; the broker's:%s", names);
+    cr_assert_eq(bbt_broker_stop(&B), 0);
 }
