@@ -77,9 +77,7 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
 
 static void *worker_main(void *arg)
 {
-    struct bb__worker *w = arg;
-    bb__thread_name("bb-worker%u", w->id); /* worker 0 is the main thread */
-    bb__worker_run(w);
+    bb__worker_run(arg);
     return NULL;
 }
 
@@ -93,6 +91,7 @@ int bb__broker_run(struct bb__broker *b)
             break;
         }
         b->workers[i].started = true;
+        bb__thread_name(b->workers[i].thread, "bb-worker%u", i); /* 0 is the main thread */
     }
     int rc = bb__worker_run(&b->workers[0]);
     for (uint32_t i = 1; i < b->nworkers; i++)

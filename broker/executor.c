@@ -359,7 +359,6 @@ static void *executor_main(void *arg)
     struct bb__instance *in = arg;
     struct bb__model *m = in->model;
     bb__topo_pin(&m->w->b->topo, m->w->node); /* the home worker's node */
-    bb__thread_name("bb-x%u-%s", in->index, m->name);
     struct bb__batch *b;
     if (m->plugin.ops->submit) {
         /* A place first, then a batch: a batch taken by an instance with no
@@ -471,6 +470,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
             m->ninstances = i;
             return -1;
         }
+        bb__thread_name(m->inst[i].thread, "bb-x%u-%s", i, m->name);
     }
     return 0;
 }

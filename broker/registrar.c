@@ -74,7 +74,6 @@ static void run_job(struct bb__registrar *r, struct bb__client *c)
 static void *registrar_main(void *arg)
 {
     struct bb__registrar *r = arg;
-    bb__thread_name("bb-registrar");
     pthread_mutex_lock(&r->mu);
     for (;;) {
         while (!r->head && !r->stop)
@@ -110,6 +109,7 @@ int bb__registrar_start(struct bb__registrar *r, struct bb__broker *b, char *err
         return -1;
     }
     r->started = true;
+    bb__thread_name(r->thread, "bb-registrar");
     return 0;
 }
 

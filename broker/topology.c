@@ -6,7 +6,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 
 #include "log.h"
 
@@ -82,14 +81,14 @@ void bb__topo_pin(const struct bb__topology *t, int node)
         bb_warn("cannot pin a thread to the CPUs of node %d", t->node_id[node]);
 }
 
-void bb__thread_name(const char *fmt, ...)
+void bb__thread_name(pthread_t t, const char *fmt, ...)
 {
     char name[16]; /* TASK_COMM_LEN */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    prctl(PR_SET_NAME, name, 0, 0, 0);
+    pthread_setname_np(t, name);
 }
 
 void bb__topo_bind(const struct bb__topology *t, void *p, size_t len, int node)

@@ -6,6 +6,7 @@
 #ifndef BB_BROKER_TOPOLOGY_H
 #define BB_BROKER_TOPOLOGY_H
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,9 +27,10 @@ int bb__topo_init(struct bb__topology *t, unsigned fake_nodes, char *err, size_t
 int bb__topo_node_of_cpu(const struct bb__topology *t, int cpu);
 /* Pin the calling thread to a node's CPUs. */
 void bb__topo_pin(const struct bb__topology *t, int node);
-/* Name the calling thread (top -H, perf, /proc/PID/task/TID/comm), cut to
- * the kernel's 15 characters. */
-void bb__thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Name a thread (top -H, perf, /proc/PID/task/TID/comm), cut to the
+ * kernel's 15 characters. Its creator names it, so that the name is there
+ * before the broker answers anyone. */
+void bb__thread_name(pthread_t t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Ask the kernel to place the pages of [p, p+len) on the node (real
  * topologies only; a preference, not a hard binding). */
 void bb__topo_bind(const struct bb__topology *t, void *p, size_t len, int node);
