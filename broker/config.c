@@ -83,7 +83,8 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_BROKER, "spin_us", BB__CT_UINT, BB__BROKER(spin_us), 0, 1000000, "50", NULL, NULL, 1,
      "How long a worker busy-polls its rings (and an idle executor its queue) before it "
      "sleeps; 0 = never spin. A spin that keeps missing its work is skipped until one would "
-     "have caught it (docs/architecture.md)."},
+     "have caught it, and every spin for a second after yields let another task hold the "
+     "CPU well past spin_us (a busy host; docs/architecture.md)."},
     {BB__SEC_BROKER, "workers", BB__CT_UINT, BB__BROKER(workers), 0, 64, "auto", NULL, NULL, 0,
      "Dispatcher workers: auto = one per NUMA node; N = N workers over the nodes in turn. "
      "Each serves the clients of its node; a model's batches still span every client."},

@@ -288,10 +288,10 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     if (atomic_load_explicit(&m->q_sleepers, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
         syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-    } else if (m->exec_yield_mask == 0 &&
-               atomic_load_explicit(&m->exec_spin_ns, memory_order_relaxed)) {
+    } else if (m->exec_yield_mask == 0 && m->w->spin_ns &&
+               bb__spin_calm(&m->w->spin_guard, bb__now_ns())) {
         /* Few CPUs: the spinning executor most likely waits on our core. */
-        sched_yield();
+        bb__spin_yield(m->w->spin_ns, &m->w->spin_guard);
     }
     return false;
 }
@@ -323,7 +323,8 @@ static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in
     uint64_t start = spin ? bb__now_ns() : 0;
     bool spun = false;
     for (;;) {
-        uint64_t spin_end = spin && in->spin_credit && !spun ? start + spin : 0;
+        bool spins = spin && in->spin_credit && !spun && bb__spin_calm(&in->spin_guard, start);
+        uint64_t spin_end = spins ? start + spin : 0;
         for (unsigned i = 1;; i++) {
             if (atomic_load_explicit(&m->q_stop, memory_order_acquire))
                 return NULL;
@@ -339,10 +340,13 @@ static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in
             }
             if (!spin_end || ((i & 63) == 0 && bb__now_ns() >= spin_end))
                 break;
-            if ((i & m->exec_yield_mask) == 0)
-                sched_yield(); /* a thread sharing this core may be what we wait for */
-            else
+            if ((i & m->exec_yield_mask) == 0) {
+                /* A thread sharing this core may be what we wait for. */
+                if (bb__spin_yield(spin, &in->spin_guard) >= spin_end)
+                    break;
+            } else {
                 bb__cpu_relax();
+            }
         }
         spun = true; /* one spin a wait; the rest of it asleep */
         uint32_t seq = atomic_load_explicit(&m->q_seq, memory_order_relaxed);

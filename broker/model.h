@@ -17,6 +17,7 @@
 #include "plugin.h"
 #include "queue.h"
 #include "request.h"
+#include "util_internal.h"
 
 struct bb__worker;
 struct bb__client;
@@ -37,8 +38,10 @@ struct bb__instance {
     pthread_mutex_t slot_mu;
     pthread_cond_t slot_cv;
     uint32_t inflight;
-    /* Its executor's: spin for the next batch while this is not 0 (take_batch). */
+    /* Its executor's: spin for the next batch while this is not 0 and the
+     * guard allows (take_batch, bb__spin_yield). */
     uint8_t spin_credit;
+    struct bb__spin_guard spin_guard;
 };
 
 struct bb__model {

@@ -544,13 +544,13 @@ int bb__worker_run(struct bb__worker *w)
             kind = awaiting_batch(w);
             episode = idle_since;
         }
-        if (credit[kind] && now - idle_since < w->spin_ns) {
+        if (credit[kind] && now - idle_since < w->spin_ns && bb__spin_calm(&w->spin_guard, now)) {
             /* Yield now and then: a client sharing this core needs it to
              * make the progress we spin for. Not too often: where more
              * threads spin than there are CPUs, a spinner that yields at
              * every turn gives its share away to those that do not. */
             if ((++spins & 255) == 0)
-                sched_yield();
+                bb__spin_yield(w->spin_ns, &w->spin_guard);
             else
                 bb__cpu_relax();
             continue;

@@ -13,6 +13,7 @@
 
 #include "mailbox.h"
 #include "metrics.h"
+#include "util_internal.h"
 
 struct bb__broker;
 struct bb_shm_worker;
@@ -51,6 +52,7 @@ struct bb__worker {
     bool accept_paused;            /* accept failed (EMFILE?): re-armed at the next heartbeat */
 
     uint64_t spin_ns;
+    struct bb__spin_guard spin_guard; /* its spins on a busy host (bb__spin_yield) */
     bool futex_ops;                /* the kernel's io_uring has futex wait and wake */
     uint64_t last_heartbeat_ns;
     bool stopping;                 /* this worker has begun the shutdown */

@@ -730,8 +730,10 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     uint64_t next_check = start + LIVENESS_SLICE_NS;
 
     /* Spin: the broker answers in microseconds when it is awake. A budget
-     * of 0 sleeps at once (not even the 63 rounds between clock reads). */
-    for (unsigned i = 1; spin > 0; i++) {
+     * of 0 sleeps at once (not even the 63 rounds between clock reads), and
+     * so does a thread whose yields show a CPU-bound neighbour on its CPU. */
+    static _Thread_local struct bb__spin_guard guard;
+    for (unsigned i = 1; spin > 0 && bb__spin_calm(&guard, start); i++) {
         if (!is_pending(r))
             return 0;
         if ((i & 63) == 0) {
@@ -749,7 +751,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         /* Yield now and then: with more spinning threads than CPUs, the
          * broker thread we wait for may be the one that needs this CPU. */
         if ((i & 1023) == 0)
-            sched_yield();
+            bb__spin_yield((uint64_t)spin, &guard);
         else
             bb__cpu_relax();
     }

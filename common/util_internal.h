@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <linux/futex.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -34,6 +35,44 @@ static inline void bb__cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* A spinner's sched_yield, timed (the broker's dispatchers and executors,
+ * bb_wait). Where a CPU-bound task shares this CPU (a busy host), Linux's
+ * scheduler lets it run up to a whole time slice (EEVDF: 0.75 ms times
+ * 1 + log2 of the CPUs, so 1.5 to 3 ms) before the yielder comes back, and
+ * a spin that yields then costs far more than sleeping would. A yield is
+ * lost when it comes back later than the spin budget plus BB__SPIN_LOST_NS,
+ * longer than a co-operative neighbour holds the CPU (another spinner of
+ * the broker or a client, a client's submission). One now and then happens
+ * on any host (an idle 2-vCPU VM: about one a second); two within
+ * BB__SPIN_PAIR_NS mark the CPU as contended, and the thread then sleeps at
+ * once, without spinning, for BB__SPIN_CALM_NS before it tries again. */
+#define BB__SPIN_LOST_NS 500000ull
+#define BB__SPIN_PAIR_NS 100000000ull
+#define BB__SPIN_CALM_NS 1000000000ull
+struct bb__spin_guard {
+    uint64_t calm_after; /* no spinning before */
+    uint64_t last_lost;  /* the last lost yield */
+};
+
+static inline bool bb__spin_calm(const struct bb__spin_guard *g, uint64_t now)
+{
+    return now >= g->calm_after;
+}
+
+/* Returns the time after the yield. */
+static inline uint64_t bb__spin_yield(uint64_t spin_ns, struct bb__spin_guard *g)
+{
+    uint64_t t0 = bb__now_ns();
+    sched_yield();
+    uint64_t t1 = bb__now_ns();
+    if (t1 - t0 > spin_ns + BB__SPIN_LOST_NS) {
+        if (g->last_lost && t1 - g->last_lost < BB__SPIN_PAIR_NS)
+            g->calm_after = t1 + BB__SPIN_CALM_NS;
+        g->last_lost = t1;
+    }
+    return t1;
 }
 
 /* Shared (not FUTEX_PRIVATE) futex operations: the word lives in memory that
