@@ -290,7 +290,10 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
         syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     } else if (m->exec_yield_mask == 0 && m->w->spin_ns &&
                bb__spin_calm(&m->w->spin_guard, bb__now_ns())) {
-        /* Few CPUs: the spinning executor most likely waits on our core. */
+        /* Few CPUs: the spinning executor most likely waits on our core.
+         * Where it then runs the batch there for longer than the spin
+         * budget and 0.5 ms, the yield is lost as to a CPU-bound process:
+         * spinning beside such batches takes their CPU. */
         bb__spin_yield(m->w->spin_ns, &m->w->spin_guard);
     }
     return false;
@@ -341,8 +344,10 @@ static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in
             if (!spin_end || ((i & 63) == 0 && bb__now_ns() >= spin_end))
                 break;
             if ((i & m->exec_yield_mask) == 0) {
-                /* A thread sharing this core may be what we wait for. */
-                if (bb__spin_yield(spin, &in->spin_guard) >= spin_end)
+                /* A thread sharing this core may be what we wait for; a
+                 * batch that came while it ran counts as caught. */
+                if (bb__spin_yield(spin, &in->spin_guard) >= spin_end &&
+                    !atomic_load_explicit(&m->q_len, memory_order_relaxed))
                     break;
             } else {
                 bb__cpu_relax();

@@ -44,7 +44,9 @@ static inline void bb__cpu_relax(void)
  * a spin that yields then costs far more than sleeping would. A yield is
  * lost when it comes back later than the spin budget plus BB__SPIN_LOST_NS,
  * longer than a co-operative neighbour holds the CPU (another spinner of
- * the broker or a client, a client's submission). One now and then happens
+ * the broker or a client, a client's submission): the neighbour is
+ * CPU-bound, or the broker's own executor running a long batch on this
+ * CPU, and a spin there takes the CPU it needs. One now and then happens
  * on any host (an idle 2-vCPU VM: about one a second); two within
  * BB__SPIN_PAIR_NS mark the CPU as contended, and the thread then sleeps at
  * once, without spinning, for BB__SPIN_CALM_NS before it tries again. */

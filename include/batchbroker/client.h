@@ -212,8 +212,8 @@ BB_API int bb_submit(bb_request *r, const struct bb_submit_opts *opts);
 
 /* Wait for completion: timeout_ns 0 polls, < 0 waits forever. Spins for the
  * client's spin budget (bb_client_set_spin_ns, default 50 us), then sleeps;
- * for a second after its spin's yields showed a CPU-bound task holding this
- * thread's CPU, it sleeps at once.
+ * for a second after two of its spin's yields showed a CPU-bound task
+ * holding this thread's CPU for 0.5 ms past the budget, it sleeps at once.
  * Returns 0 once complete (read the outcome with bb_request_status),
  * BB_ETIMEDOUT, BB_EDISCONNECTED, BB_ESTATE (never submitted). */
 BB_API int bb_wait(bb_request *r, int64_t timeout_ns);
