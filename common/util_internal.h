@@ -63,18 +63,24 @@ static inline bool bb__spin_calm(const struct bb__spin_guard *g, uint64_t now)
     return now >= g->calm_after;
 }
 
-/* Returns the time after the yield. */
-static inline uint64_t bb__spin_yield(uint64_t spin_ns, struct bb__spin_guard *g)
+/* The rule over one yield that ran from t0 to t1; returns t1. */
+static inline uint64_t bb__spin_note(struct bb__spin_guard *g, uint64_t spin_ns, uint64_t t0,
+                                     uint64_t t1)
 {
-    uint64_t t0 = bb__now_ns();
-    sched_yield();
-    uint64_t t1 = bb__now_ns();
     if (t1 - t0 > spin_ns + BB__SPIN_LOST_NS) {
         if (g->last_lost && t1 - g->last_lost < BB__SPIN_PAIR_NS)
             g->calm_after = t1 + BB__SPIN_CALM_NS;
         g->last_lost = t1;
     }
     return t1;
+}
+
+/* Returns the time after the yield. */
+static inline uint64_t bb__spin_yield(uint64_t spin_ns, struct bb__spin_guard *g)
+{
+    uint64_t t0 = bb__now_ns();
+    sched_yield();
+    return bb__spin_note(g, spin_ns, t0, bb__now_ns());
 }
 
 /* Shared (not FUTEX_PRIVATE) futex operations: the word lives in memory that
