@@ -56,6 +56,8 @@ struct bb__client {
     struct bb__sq sq;
     struct bb__ring cq;
     uint32_t cq_unpublished;
+    uint32_t cq_dropped, cq_dropped_told; /* dropped CQ entries; shm_cq_overflow at flush */
+    bool cq_full;                  /* found full this pass: drop without looking */
     bool notify_due;
     struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */

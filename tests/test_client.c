@@ -1,6 +1,7 @@
 /* Client library against a real broker: bb_infer, request reuse, bb_wait
  * timeouts, cancel (by bb_cancel and by bb_request_free), bb_client_fd and
- * bb_client_poll, backpressure (BB_EBUSY), and many processes x threads with
+ * bb_client_poll, the count of completions an unread ring dropped,
+ * backpressure (BB_EBUSY), and many processes x threads with
  * distinct payloads, each of which must get exactly its own answer.
  *
  * Each test starts its own broker on a socket of its own (harness.h). */
@@ -452,6 +453,45 @@ Test(client, poll_loop_resubmitting_loses_no_completion)
         }
     }
     cr_assert_eq(done_total, want, "%ld of %ld completions reported", done_total, want);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* A client that waits with bb_wait alone never reads its completion ring:
+ * once the ring is full the broker drops each further entry and counts it in
+ * shm_cq_overflow (stored at the end of its pass). A client that then polls
+ * empties the ring, and the next completions are entries again. */
+Test(client, unread_completion_ring_counts_what_it_drops)
+{
+    START("model.echo.max_wait_us=0");
+    struct bb_client_opts opts = {.max_inflight = 8};
+    bb_client *c = bbt_connect_ok(&B, &opts);
+    bb_model *m = bbt_open_ok(c, "echo");
+    uint32_t cap = c->hdr->cq_entries;
+    enum { N = 100 };
+    cr_assert_lt(cap, N, "a ring of %u would not fill", cap);
+    char out[8];
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(bb_infer(m, "abc", 3, out, sizeof out, NULL, NULL, 5000000000ll), 0);
+    struct bb_shm_ring *cq = c->cq.shm;
+    uint64_t end = bbt_now_ns() + 10000000000ull;
+    while (atomic_load(&c->hdr->shm_cq_overflow) != N - cap && bbt_now_ns() < end)
+        usleep(1000);
+    cr_assert_eq(atomic_load(&c->hdr->shm_cq_overflow), N - cap, "%u dropped, want %u",
+                 atomic_load(&c->hdr->shm_cq_overflow), N - cap);
+    cr_assert_eq(atomic_load(&cq->shm_tail) - atomic_load(&cq->shm_head), cap);
+    /* Poll: the stale entries go, and three completions later the ring
+     * holds three. */
+    bb_request *done[64];
+    cr_assert_geq(bb_client_poll(c, done, 64), 0);
+    cr_assert_eq(atomic_load(&cq->shm_tail), atomic_load(&cq->shm_head));
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(bb_infer(m, "abc", 3, out, sizeof out, NULL, NULL, 5000000000ll), 0);
+    end = bbt_now_ns() + 10000000000ull;
+    while (atomic_load(&cq->shm_tail) - atomic_load(&cq->shm_head) != 3 && bbt_now_ns() < end)
+        usleep(1000);
+    cr_assert_eq(atomic_load(&cq->shm_tail) - atomic_load(&cq->shm_head), 3);
+    cr_assert_eq(atomic_load(&c->hdr->shm_cq_overflow), N - cap);
     bb_disconnect(c);
     bbt_broker_stop(&B);
 }
