@@ -65,7 +65,10 @@ void bb__adaptive_init(struct bb__adaptive *a, const struct bb__adaptive_cfg *cf
 /* One batch of n requests took service_ns. Returns true if it revealed a
  * change of the backend's speed (the window was restarted). */
 bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns);
-void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n);
+static inline void bb__adaptive_arrival(struct bb__adaptive *a, uint32_t n)
+{
+    a->arrivals += n;
+}
 /* n requests are queued now, counting one that just arrived. */
 static inline void bb__adaptive_queued(struct bb__adaptive *a, uint32_t n)
 {
@@ -76,7 +79,14 @@ static inline void bb__adaptive_queued(struct bb__adaptive *a, uint32_t n)
  * most requests recently queued at once (at least 1). */
 uint32_t bb__adaptive_target(const struct bb__adaptive *a);
 /* A request completed with latency lat_ns (submit -> completion). */
-void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns);
+static inline void bb__adaptive_done(struct bb__adaptive *a, uint64_t lat_ns)
+{
+    a->completed++;
+    if (a->cfg.slo_us && lat_ns > (uint64_t)a->cfg.slo_us * 1000) {
+        a->slo_violations++;
+        a->interval_violations++;
+    }
+}
 /* Least squares over the window; invalid without two distinct sizes. */
 struct bb__fit bb__adaptive_fit(const struct bb__adaptive *a);
 /* Run the controller if an interval has passed (or force). p99_us is the

@@ -102,7 +102,8 @@ static bool fits(struct cut *c, const struct bb__req *r)
     return c->b->n < c->max && (r->bytes <= c->bytes_left || c->b->n == 0);
 }
 
-/* r has left its level (one way or another): put it in the batch. */
+/* r has left its level (one way or another) and its bytes are off
+ * bytes_left: put it in the batch. */
 static void add_taken(struct cut *c, struct bb__req *r)
 {
     struct bb__model *m = c->m;
@@ -111,12 +112,11 @@ static void add_taken(struct cut *c, struct bb__req *r)
     if (r->fstart > m->q.vtime[r->level])
         m->q.vtime[r->level] = r->fstart;
     uint64_t bytes = r->bytes; /* what level_bytes and the limits count */
-    c->bytes_left = bytes < c->bytes_left ? c->bytes_left - bytes : 0;
     atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
     uint32_t i = b->n++;
-    b->ents[i] = (struct bb__entry){.cl = r->cl, .slot = r->slot, .gen = r->gen, .prio = r->prio,
-                                    .submit_ns = r->submit_ns, .enq_ns = r->enq_ns,
-                                    .bytes = bytes, .group = r->group};
+    b->ents[i] = (struct bb__entry){.cl = r->cl, .req = r, .slot = r->slot, .gen = r->gen,
+                                    .prio = r->prio, .submit_ns = r->submit_ns, .bytes = bytes,
+                                    .group = r->group};
     b->inputs[i] = (struct bb_view){.ptr = r->in, .len = r->in_len};
     b->outputs[i] = (struct bb_outbuf){.ptr = r->out, .cap = r->out_cap};
     b->prios[i] = r->prio;
@@ -128,6 +128,7 @@ static void add_taken(struct cut *c, struct bb__req *r)
 static void add(struct cut *c, struct bb__req *r)
 {
     bb__queue_remove(&c->m->q, r);
+    c->bytes_left = r->bytes < c->bytes_left ? c->bytes_left - r->bytes : 0;
     add_taken(c, r);
 }
 
@@ -169,15 +170,14 @@ static uint32_t take_many(void *q, int level, uint32_t max)
     uint32_t n = m->q.level_n[level];
     if (n && n <= max && m->q.level_bytes[level] <= c->bytes_left) {
         /* The whole level goes: no need to keep its heap in order. */
+        c->bytes_left -= m->q.level_bytes[level];
         bb__queue_take_level(&m->q, level, m->scratch);
-        for (uint32_t i = 0; i < n; i++)
-            add_taken(c, m->scratch[i]);
-        return n;
+    } else {
+        n = bb__queue_take_top(&m->q, level, max, &c->bytes_left, c->b->n == 0, m->scratch);
     }
-    uint32_t taken = 0;
-    while (taken < max && take(q, level) == 0)
-        taken++;
-    return taken;
+    for (uint32_t i = 0; i < n; i++)
+        add_taken(c, m->scratch[i]);
+    return n;
 }
 
 /* Requests that waited past max_starvation_us behind higher levels. */

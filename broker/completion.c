@@ -57,6 +57,11 @@ void bb__wake_client(struct bb__client *cl)
 {
     /* Orders the publishes before the sleeper check (protocol.h). */
     atomic_thread_fence(memory_order_seq_cst);
+    bb__wake_client_fenced(cl);
+}
+
+void bb__wake_client_fenced(struct bb__client *cl)
+{
     struct bb_shm_header *h = cl->hdr;
     if (atomic_load_explicit(&h->shm_sleepers, memory_order_relaxed) == 0)
         return;
@@ -80,22 +85,25 @@ static void cq_add(struct bb__client *c, uint32_t slot)
 {
     if (c->dead)
         return;
-    /* A ring found full is taken as full until the pass ends: a client that
-     * never reads its CQ (bb_wait alone) fills it, and then every completion
-     * would reload its head twice. */
-    if (!c->cq_full) {
-        int64_t space = bb__ring_space_for(&c->cq, c->cq_unpublished + 1);
-        if (space >= 0 && (uint32_t)space > c->cq_unpublished) {
-            bb__ring_put(&c->cq, c->cq_unpublished++, slot);
-            mark_dirty(c);
-            return;
-        }
-        c->cq_full = true;
+    int64_t space = bb__ring_space_for(&c->cq, c->cq_unpublished + 1);
+    if (space < 0 || (uint32_t)space <= c->cq_unpublished) {
+        /* Counted here, stored by bb__completion_tell_drops: a client that
+         * never reads its CQ (bb_wait alone) drops every entry, and a locked
+         * add on its header's line per request cost more than the entry. */
+        c->cq_dropped++;
+        return;
     }
-    /* Counted here and stored once at the pass's end (flush_client): a locked
-     * add on the client's header line per request cost more than the entry. */
-    c->cq_dropped++;
+    bb__ring_put(&c->cq, c->cq_unpublished++, slot);
     mark_dirty(c);
+}
+
+void bb__completion_tell_drops(struct bb__client *c)
+{
+    /* The broker alone writes it: a store of the running count, no add. */
+    if (c->cq_dropped != c->cq_dropped_told && !c->dead) {
+        c->cq_dropped_told = c->cq_dropped;
+        atomic_store_explicit(&c->hdr->shm_cq_overflow, c->cq_dropped, memory_order_relaxed);
+    }
 }
 
 void bb__answer(struct bb__client *c, uint32_t slot, uint32_t gen, int status, uint32_t out_len)
@@ -111,17 +119,11 @@ void bb__answer(struct bb__client *c, uint32_t slot, uint32_t gen, int status, u
 static void flush_client(struct bb__client *c)
 {
     c->dirty = false;
-    c->cq_full = false;
     if (c->dead)
         return;
     if (c->wake_due) {
         c->wake_due = false;
         bb__wake_client(c);
-    }
-    /* The broker alone writes it: a store of the running count, no add. */
-    if (c->cq_dropped != c->cq_dropped_told) {
-        c->cq_dropped_told = c->cq_dropped;
-        atomic_store_explicit(&c->hdr->shm_cq_overflow, c->cq_dropped, memory_order_relaxed);
     }
     if (c->cq_unpublished == 0)
         return;

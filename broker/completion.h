@@ -18,6 +18,12 @@ struct io_uring;
  * On a thread that named a wake ring, the wake-up is queued there and goes
  * out when that ring is next submitted. */
 void bb__wake_client(struct bb__client *cl);
+/* The same where the caller put a seq_cst fence between its publishing and
+ * this call: one fence for the clients of a whole batch. */
+void bb__wake_client_fenced(struct bb__client *cl);
+/* Store the count of completion-ring entries dropped since the last call in
+ * the client's shm_cq_overflow (the worker's heartbeat, every client). */
+void bb__completion_tell_drops(struct bb__client *c);
 /* This thread's ring for wake-ups (NULL: a futex system call each). */
 void bb__wake_ring_use(struct io_uring *ring);
 /* Submit this thread's ring now if it holds anything (a no-op without one). */

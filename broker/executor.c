@@ -81,17 +81,21 @@ static void publish(struct bb__batch *b, int rc)
         struct bb_shm_slot *s = &e->cl->slots[e->slot];
         s->status = st;
         s->out_len = (uint32_t)len;
-        atomic_store_explicit(&bb__session_req(e->cl, e->slot)->state, BB__REQ_IDLE,
-                              memory_order_release);
+        atomic_store_explicit(&e->req->state, BB__REQ_IDLE, memory_order_release);
         atomic_store_explicit(&s->shm_done_gen, e->gen, memory_order_release);
     }
-    /* One wake-up per client of the batch, not one per request. */
-    struct bb__client *woken[64];
+    /* One wake-up per client of the batch, not one per request. A client's
+     * requests mostly sit together (a fair-queueing round), so the list is
+     * searched only where the client changes. One fence orders every
+     * publish above before every client's sleeper check (protocol.h). */
+    atomic_thread_fence(memory_order_seq_cst);
+    struct bb__client *woken[64], *last = NULL;
     uint32_t nwoken = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__client *cl = b->ents[i].cl;
-        if (b->ents[i].group)
+        if (b->ents[i].group || cl == last)
             continue;
+        last = cl;
         uint32_t k = 0;
         while (k < nwoken && woken[k] != cl)
             k++;
@@ -99,7 +103,7 @@ static void publish(struct bb__batch *b, int rc)
             continue;
         if (nwoken < 64)
             woken[nwoken++] = cl;
-        bb__wake_client(cl);
+        bb__wake_client_fenced(cl);
     }
     /* On a dispatcher the wake-ups wait for the end of its pass, where they
      * go out together; after a slow batch, not behind whatever the pass

@@ -54,12 +54,18 @@ static inline uint32_t coarse_of(uint32_t f, uint64_t v)
     return c + (v > coarse_bound[c]);
 }
 
-/* n observations of v. */
-static inline void dist_add(struct bb__dist *d, uint64_t v, uint64_t n)
+/* n observations of v in the buckets, not the sum. */
+static inline void dist_count(struct bb__dist *d, uint64_t v, uint64_t n)
 {
     uint32_t f = bb__hist_index(v);
     bb__ctr_add(&d->fine[f], n);
     bb__ctr_add(&d->coarse[coarse_of(f, v)], n);
+}
+
+/* n observations of v. */
+static inline void dist_add(struct bb__dist *d, uint64_t v, uint64_t n)
+{
+    dist_count(d, v, n);
     bb__ctr_add(&d->sum_ns, v * n);
 }
 
@@ -118,13 +124,23 @@ void bb__metrics_answered(struct bb__metrics *m, unsigned prio, uint64_t submit_
     bb__ctr_add(&m->phase_count, 1);
 }
 
-/* Per request: a few loads, the queue wait, one histogram update (two when
- * timed) and a counter; the rest once a batch. */
+static inline void add_completed(struct bb__metrics *m, unsigned p, uint64_t n, uint64_t lat_sum)
+{
+    bb__ctr_add(&m->requests[p][BB_OUTCOME_COMPLETED], n);
+    bb__ctr_add(&m->dist[BB__DIST_LATENCY(p)].sum_ns, lat_sum);
+}
+
+/* Per request: a few loads, the queue wait and one histogram's buckets (two
+ * when timed); the counters and sums once a batch. */
 void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
 {
     const uint64_t cut = b->ts.cut, done = b->ts.done;
     const bool timed = b->profile;
-    uint64_t wait_sum = 0, lat_sum = 0, ntimed = 0;
+    uint64_t wait_sum = 0, lat_sum = 0, ntimed = 0, qwait_sum = 0;
+    /* Completions and latency sums in runs of one priority (a batch mostly
+     * holds one): added to the counters where the priority changes. */
+    unsigned run_p = 0;
+    uint64_t run_n = 0, run_lat = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         const struct bb__entry *e = &b->ents[i];
         uint64_t s = e->submit_ns; /* <= the pass that took it in <= cut */
@@ -139,15 +155,25 @@ void bb__metrics_batch(struct bb__metrics *m, const struct bb__batch *b)
         }
         unsigned p = prio_idx(e->prio);
         uint64_t lat = done > s ? done - s : 0;
-        bb__ctr_add(&m->requests[p][BB_OUTCOME_COMPLETED], 1);
-        dist_add(&m->dist[BB__DIST_LATENCY(p)], lat, 1);
+        if (p != run_p && run_n) {
+            add_completed(m, run_p, run_n, run_lat);
+            run_n = run_lat = 0;
+        }
+        run_p = p;
+        run_n++;
+        run_lat += lat;
+        dist_count(&m->dist[BB__DIST_LATENCY(p)], lat, 1);
         if (timed) {
-            dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_QUEUE)], wait, 1);
+            dist_count(&m->dist[BB__DIST_PHASE(BB_PHASE_QUEUE)], wait, 1);
+            qwait_sum += wait;
             lat_sum += lat;
             ntimed++;
         }
     }
+    if (run_n)
+        add_completed(m, run_p, run_n, run_lat);
     if (ntimed) {
+        bb__ctr_add(&m->dist[BB__DIST_PHASE(BB_PHASE_QUEUE)].sum_ns, qwait_sum);
         /* The batch's phases are every one of its requests' phases. */
         dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_FORMATION)], b->ts.start - cut, ntimed);
         dist_add(&m->dist[BB__DIST_PHASE(BB_PHASE_BACKEND)], b->ts.end - b->ts.start, ntimed);

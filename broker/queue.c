@@ -266,10 +266,9 @@ static void round_remove(struct bb__heap *h, struct bb__req *r)
     r->rnext = r->rhead = r->rtail = NULL;
 }
 
-void bb__queue_remove(struct bb__queues *q, struct bb__req *r)
+/* r leaves its level's arrival list and counts (not its heap). */
+static void level_unlink(struct bb__queues *q, int l, struct bb__req *r)
 {
-    int l = r->level;
-    round_remove(&q->levels[l], r);
     q->level_bytes[l] -= r->bytes;
     q->level_n[l]--;
     if (r->fifo_prev)
@@ -282,6 +281,49 @@ void bb__queue_remove(struct bb__queues *q, struct bb__req *r)
         q->fifo_tail[l] = r->fifo_prev;
     r->fifo_prev = r->fifo_next = NULL;
     q->queued--;
+}
+
+void bb__queue_remove(struct bb__queues *q, struct bb__req *r)
+{
+    int l = r->level;
+    round_remove(&q->levels[l], r);
+    level_unlink(q, l, r);
+}
+
+uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint64_t *bytes_left,
+                            bool any_first, struct bb__req **out)
+{
+    struct bb__heap *h = &q->levels[level];
+    uint32_t n = 0;
+    while (n < room && h->n) {
+        /* The top round's members, from its head, as long as they fit. The
+         * next round may be anyone's: back to the heap for it. */
+        struct bb__req *head = h->v[0], *r = head;
+        while (r && n < room && (r->bytes <= *bytes_left || (any_first && n == 0))) {
+            struct bb__req *next = r->rnext;
+            *bytes_left = r->bytes < *bytes_left ? *bytes_left - r->bytes : 0;
+            level_unlink(q, level, r);
+            r->pos = POS_NONE;
+            r->rnext = r->rhead = r->rtail = NULL;
+            out[n++] = r;
+            r = next;
+        }
+        if (r == head)
+            break; /* its head does not fit */
+        if (r) {
+            /* The rest of the round keeps the place, and the key, of its head. */
+            struct bb__req *tail = r;
+            for (struct bb__req *m = r; m; m = m->rnext) {
+                m->rhead = r;
+                tail = m;
+            }
+            r->rtail = tail;
+            place(0, h, 0, r);
+            break;
+        }
+        pop_w(0, h);
+    }
+    return n;
 }
 
 void bb__deadline_push(struct bb__queues *q, struct bb__req *r)

@@ -46,6 +46,12 @@ bool bb__queue_push(struct bb__queues *q, struct bb__req *r, struct bb__req *joi
 struct bb__req *bb__queue_top(struct bb__queues *q, int level);
 void bb__queue_remove(struct bb__queues *q, struct bb__req *r);
 struct bb__req *bb__level_oldest(struct bb__queues *q, int level);
+/* Take requests off the top of a level, in dispatch order, into out: at most
+ * room, each while its bytes fit *bytes_left (which it then lowers) or while
+ * nothing is taken yet when `any_first`. A round goes in one heap operation,
+ * not one per request. Returns how many; they are still in the deadline heap. */
+uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint64_t *bytes_left,
+                            bool any_first, struct bb__req **out);
 /* Empty a level at once (heap order, not sorted): out gets its requests,
  * still in the deadline heap. Returns how many. */
 uint32_t bb__queue_take_level(struct bb__queues *q, int level, struct bb__req **out);

@@ -56,9 +56,10 @@ struct bb__req {
  * the slot may be resubmitted the moment its completion is visible. */
 struct bb__entry {
     struct bb__client *cl;
+    struct bb__req *req;      /* its record, for the store that frees it: nothing else */
     uint32_t slot, gen;
     uint8_t prio;
-    uint64_t submit_ns, enq_ns, bytes;
+    uint64_t submit_ns, bytes;
     struct bb__group *group;  /* completed by the dispatcher for every member */
 };
 

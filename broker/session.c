@@ -132,21 +132,18 @@ int bb__session_map(struct bb__worker *w, struct bb__client *c, char *base, size
     return 0;
 }
 
-struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot)
+struct bb__req *bb__session_req_alloc(struct bb__client *c, uint32_t slot)
 {
-    struct bb__req **chunk = &c->req_chunks[slot >> BB__REQ_CHUNK_SHIFT];
-    if (!*chunk) {
-        struct bb__req *rs = calloc(BB__REQ_CHUNK, sizeof *rs);
-        if (!rs)
-            return NULL;
-        uint32_t first = slot & ~(BB__REQ_CHUNK - 1);
-        for (uint32_t i = 0; i < BB__REQ_CHUNK; i++) {
-            rs[i].cl = c;
-            rs[i].slot = first + i;
-        }
-        *chunk = rs;
+    struct bb__req *rs = calloc(BB__REQ_CHUNK, sizeof *rs);
+    if (!rs)
+        return NULL;
+    uint32_t first = slot & ~(BB__REQ_CHUNK - 1);
+    for (uint32_t i = 0; i < BB__REQ_CHUNK; i++) {
+        rs[i].cl = c;
+        rs[i].slot = first + i;
     }
-    return &(*chunk)[slot & (BB__REQ_CHUNK - 1)];
+    c->req_chunks[slot >> BB__REQ_CHUNK_SHIFT] = rs;
+    return &rs[slot & (BB__REQ_CHUNK - 1)];
 }
 
 void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd)

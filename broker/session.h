@@ -56,8 +56,7 @@ struct bb__client {
     struct bb__sq sq;
     struct bb__ring cq;
     uint32_t cq_unpublished;
-    uint32_t cq_dropped, cq_dropped_told; /* dropped CQ entries; shm_cq_overflow at flush */
-    bool cq_full;                  /* found full this pass: drop without looking */
+    uint32_t cq_dropped, cq_dropped_told; /* dropped CQ entries; told at the heartbeat */
     bool notify_due;
     struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
@@ -123,7 +122,12 @@ static inline struct bb__req *bb__session_req(const struct bb__client *c, uint32
 
 /* The record of slot, its chunk allocated on first use; NULL when memory is
  * short. Session owner only. */
-struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot);
+struct bb__req *bb__session_req_alloc(struct bb__client *c, uint32_t slot); /* the first use */
+static inline struct bb__req *bb__session_req_get(struct bb__client *c, uint32_t slot)
+{
+    struct bb__req *r = bb__session_req(c, slot);
+    return r ? r : bb__session_req_alloc(c, slot);
+}
 
 /* A queued or running request lets go of its session. */
 static inline void bb__session_put(struct bb__client *c)

@@ -319,6 +319,8 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
         arm_accept(w);
     }
     atomic_store_explicit(&w->page->shm_heartbeat_ns, now, memory_order_relaxed);
+    for (uint32_t i = 0; i < w->nlive; i++)
+        bb__completion_tell_drops(w->live[i]);
     bb__log_limit_flush(now);
     /* Connections still in their handshake and operator sessions are not
      * live: only then is there anything to expire. */

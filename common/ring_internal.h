@@ -84,19 +84,19 @@ static inline int64_t bb__ring_space(struct bb__ring *r)
  * unpublished. bb__ring_space reloads the consumer's head only when the
  * cached copy says the ring is full; one that adds several entries before
  * it publishes must not take a stale "almost full" for full, so this
- * reloads whenever the cached copy shows fewer than need free. */
+ * reloads whenever the cached copy shows fewer than need free, once: a ring
+ * that stays full (a consumer that never reads) costs one load a call. */
 static inline int64_t bb__ring_space_for(struct bb__ring *r, uint32_t need)
 {
-    int64_t space = bb__ring_space(r);
-    if (space >= 0 && (uint64_t)space < need) {
-        uint32_t cap = r->mask + 1;
+    uint32_t cap = r->mask + 1;
+    uint32_t used = r->local - r->peer_cached;
+    if (used > cap || cap - used < need) {
         r->peer_cached = atomic_load_explicit(&r->shm->shm_head, memory_order_acquire);
-        uint32_t used = r->local - r->peer_cached;
+        used = r->local - r->peer_cached;
         if (used > cap)
             return -1;
-        space = cap - used;
     }
-    return space;
+    return cap - used;
 }
 
 /* Producer: write entry i (0-based from the tail) before publishing. */

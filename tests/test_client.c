@@ -459,7 +459,7 @@ Test(client, poll_loop_resubmitting_loses_no_completion)
 
 /* A client that waits with bb_wait alone never reads its completion ring:
  * once the ring is full the broker drops each further entry and counts it in
- * shm_cq_overflow (stored at the end of its pass). A client that then polls
+ * shm_cq_overflow (stored at its worker's heartbeat). A client that then polls
  * empties the ring, and the next completions are entries again. */
 Test(client, unread_completion_ring_counts_what_it_drops)
 {

@@ -1,8 +1,9 @@
 /* A model's queues (broker/queue.c, struct bb__queues) on their own: the
  * dispatch order of a level (own deadlines first with EDF, then fair-queueing
  * tags, then arrival), arrival order for the oldest request, the deadline
- * heap, removal from anywhere, taking a whole level, growing, and a long
- * random sequence checked against a plain sorted reference. */
+ * heap, removal from anywhere, taking a whole level, growing, a long random
+ * sequence checked against a plain sorted reference, and taking off the top
+ * in rounds checked against taking one request at a time. */
 #include <criterion/criterion.h>
 
 #include <stdlib.h>
@@ -292,4 +293,108 @@ Test(queue, random_operations_match_a_reference)
                 cr_assert_geq(reqs[i].deadline_ns, dtop->deadline_ns, "step %d", step);
     }
     bb__queues_fini(&q);
+}
+
+/* bb__queue_take_top against what it replaces: top, check the fit, remove,
+ * one request at a time. Two queues get the same pushes (in rounds, as
+ * enqueue.c joins them), removals and takes; every take must give the same
+ * requests in the same order and leave the same bytes. */
+static struct bb__req twin_a[1024], twin_b[1024];
+
+static struct bb__req *mk_in(struct bb__req *arr, int i, int level, uint64_t ftag, uint64_t bytes)
+{
+    struct bb__req *r = &arr[i];
+    memset(r, 0, sizeof *r);
+    r->slot = (uint32_t)i;
+    r->level = (uint8_t)level;
+    r->ftag = r->fstart = ftag;
+    r->deadline_ns = UINT64_MAX;
+    r->bytes = bytes;
+    return r;
+}
+
+Test(queue, take_top_matches_taking_one_at_a_time)
+{
+    enum { N = 1024, CLIENTS = 8, STEPS = 100000 };
+    struct bb__queues qa = {0}, qb = {0};
+    cr_assert_eq(bb__queues_init(&qa, N, false, true), 0);
+    cr_assert_eq(bb__queues_init(&qb, N, false, true), 0);
+    static bool in_q[N];
+    struct bb__req *head_a[CLIENTS][4] = {{0}}, *head_b[CLIENTS][4] = {{0}};
+    uint32_t left[CLIENTS][4] = {{0}};
+    uint64_t tag[CLIENTS][4] = {{0}};
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    uint32_t count = 0, partial_rounds = 0;
+    struct bb__req *got[64];
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t op = rnd(&s) % 10;
+        if (op < 6 && count < N) {
+            int i;
+            do
+                i = (int)(rnd(&s) % N);
+            while (in_q[i]);
+            int c = (int)(rnd(&s) % CLIENTS), l = (int)(rnd(&s) % 4);
+            if (left[c][l] == 0) { /* a new round, with a later tag */
+                tag[c][l] += 1 + rnd(&s) % 3;
+                left[c][l] = 1 + (uint32_t)(rnd(&s) % 8);
+                head_a[c][l] = head_b[c][l] = NULL;
+            }
+            left[c][l]--;
+            uint64_t bytes = 1 + rnd(&s) % 100;
+            struct bb__req *ra = mk_in(twin_a, i, l, tag[c][l], bytes);
+            struct bb__req *rb = mk_in(twin_b, i, l, tag[c][l], bytes);
+            if (bb__queue_push(&qa, ra, head_a[c][l]))
+                head_a[c][l] = ra;
+            if (bb__queue_push(&qb, rb, head_b[c][l]))
+                head_b[c][l] = rb;
+            in_q[i] = true;
+            count++;
+        } else if (op < 7 && count) {
+            int i;
+            do
+                i = (int)(rnd(&s) % N);
+            while (!in_q[i]);
+            bb__queue_remove(&qa, &twin_a[i]);
+            bb__queue_remove(&qb, &twin_b[i]);
+            in_q[i] = false;
+            count--;
+        } else if (count) {
+            int l = (int)(rnd(&s) % 4);
+            uint32_t room = 1 + (uint32_t)(rnd(&s) % 64);
+            uint64_t budget = rnd(&s) % 2 ? UINT64_MAX : rnd(&s) % 3000;
+            bool any_first = rnd(&s) % 2;
+            uint64_t bytes_a = budget, bytes_b = budget;
+            uint32_t n = bb__queue_take_top(&qa, l, room, &bytes_a, any_first, got);
+            uint32_t k = 0;
+            for (struct bb__req *r; k < room && (r = bb__queue_top(&qb, l)); k++) {
+                if (r->bytes > bytes_b && !(any_first && k == 0))
+                    break;
+                bytes_b = r->bytes < bytes_b ? bytes_b - r->bytes : 0;
+                bb__queue_remove(&qb, r);
+                cr_assert_lt(k, n, "step %d: take_top stopped after %u, one at a time took more",
+                             step, n);
+                cr_assert_eq(got[k]->slot, r->slot, "step %d: request %u differs", step, k);
+                in_q[r->slot] = false;
+            }
+            cr_assert_eq(n, k, "step %d: take_top took %u, one at a time %u", step, n, k);
+            cr_assert_eq(bytes_a, bytes_b, "step %d", step);
+            count -= n;
+            struct bb__req *top = bb__queue_top(&qa, l);
+            if (n && top && top->rseq == got[n - 1]->rseq) /* the rest of its round */
+                partial_rounds++;
+        }
+        cr_assert_eq(qa.queued, count);
+        for (int l = 0; l < 4; l++) {
+            cr_assert_eq(qa.level_n[l], qb.level_n[l]);
+            cr_assert_eq(qa.level_bytes[l], qb.level_bytes[l]);
+            struct bb__req *ta = bb__queue_top(&qa, l), *tb = bb__queue_top(&qb, l);
+            cr_assert_eq(ta ? ta->slot : UINT32_MAX, tb ? tb->slot : UINT32_MAX, "step %d", step);
+            struct bb__req *oa = bb__level_oldest(&qa, l), *ob = bb__level_oldest(&qb, l);
+            cr_assert_eq(oa ? oa->slot : UINT32_MAX, ob ? ob->slot : UINT32_MAX, "step %d", step);
+        }
+    }
+    /* The sequence took rounds apart as well as whole. */
+    cr_assert_gt(partial_rounds, 100, "only %u takes split a round", partial_rounds);
+    bb__queues_fini(&qa);
+    bb__queues_fini(&qb);
 }
