@@ -165,6 +165,23 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
         bb__mailbox_post(home, c->w, BB__MSG_RET, c, slot, (uint16_t)flags);
 }
 
+void bb__completion_return_batch(struct bb__worker *home, const struct bb__entry *ents,
+                                 uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const struct bb__entry *e = &ents[i];
+        struct bb__client *c = e->cl;
+        if (e->group)
+            continue;
+        if (c->w != home) {
+            bb__mailbox_post(home, c->w, BB__MSG_RET, c, e->slot, BB__RET_CQ | BB__RET_PUT);
+            continue;
+        }
+        cq_add(c, e->slot);
+        bb__session_put(c);
+    }
+}
+
 void bb__finish(struct bb__model *m, struct bb__req *r, int status, uint32_t out_len,
                 const struct bb__stamps *t, bool profile)
 {

@@ -42,6 +42,12 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
                            unsigned flags);
 /* Client side of the same, on c's own worker. */
 void bb__completion_returned(struct bb__client *c, uint32_t slot, unsigned flags);
+/* Home side: the same with BB__RET_CQ | BB__RET_PUT for each of a batch's n
+ * entries (bb__batch_run published and woke them), a group's skipped. One
+ * call a batch: this is on every request's path. */
+struct bb__entry;
+void bb__completion_return_batch(struct bb__worker *home, const struct bb__entry *ents,
+                                 uint32_t n);
 
 /* Home side: answer request r with status (and out_len bytes of output
  * already in its buffer), count it (status 0: its phases are cut at the

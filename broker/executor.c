@@ -203,9 +203,8 @@ void bb__batch_reap(struct bb__batch *b)
         bb__adaptive_done(&m->adapt, b->ts.done > e->submit_ns ? b->ts.done - e->submit_ns : 0);
         e->cl->cm[m->id].inflight--;
         m->bytes -= e->bytes;
-        /* bb__batch_run published it and woke the client already. */
-        bb__completion_return(m->w, e->cl, e->slot, BB__RET_CQ | BB__RET_PUT);
     }
+    bb__completion_return_batch(m->w, b->ents, b->n);
     bb__metrics_batch(&m->metrics, b); /* reads e->group as a flag only: the groups are gone */
     /* The backend's own time, for inline_max_us and the adaptive fit: an
      * executor's batch is timed from its start, so no hand-off or wake-up
