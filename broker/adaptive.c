@@ -232,7 +232,7 @@ bool bb__adaptive_batch(struct bb__adaptive *a, uint32_t n, uint64_t service_ns)
     a->head = (a->head + 1) % BB_ADAPT_WINDOW;
     if (a->count < BB_ADAPT_WINDOW)
         a->count++;
-    /* Every CHANGE_EVERY batches: the median is a sort of 16, and a change
+    /* Every CHANGE_EVERY batches: the median is a selection of 16, and a change
      * found a few batches later costs nothing. */
     if (!a->fit.valid || a->count < 2 * BB_ADAPT_RECENT || a->head % CHANGE_EVERY)
         return false;

@@ -171,7 +171,8 @@ static uint32_t take_many(void *q, int level, uint32_t max)
     if (n && n <= max && m->q.level_bytes[level] <= c->bytes_left) {
         /* The whole level goes: no need to keep its heap in order. */
         c->bytes_left -= m->q.level_bytes[level];
-        bb__queue_take_level(&m->q, level, m->scratch);
+        uint32_t taken = bb__queue_take_level(&m->q, level, m->scratch);
+        bb_assert(taken == n, "a level holds level_n requests");
     } else {
         n = bb__queue_take_top(&m->q, level, max, &c->bytes_left, c->b->n == 0, m->scratch);
     }

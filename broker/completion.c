@@ -100,7 +100,7 @@ static void cq_add(struct bb__client *c, uint32_t slot)
 void bb__completion_tell_drops(struct bb__client *c)
 {
     /* The broker alone writes it: a store of the running count, no add. */
-    if (c->cq_dropped != c->cq_dropped_told && !c->dead) {
+    if (c->cq_dropped != c->cq_dropped_told) {
         c->cq_dropped_told = c->cq_dropped;
         atomic_store_explicit(&c->hdr->shm_cq_overflow, c->cq_dropped, memory_order_relaxed);
     }

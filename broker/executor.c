@@ -56,7 +56,8 @@ static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__bat
 
 /* Every request's completion to its client, and one wake-up per client:
  * on the executor, or on an asynchronous backend's thread. Reads only the
- * batch, never a request record (the slot may be resubmitted at once). */
+ * batch; of a request record it writes only the state that frees it (the
+ * slot may be resubmitted at once). */
 static void publish(struct bb__batch *b, int rc)
 {
     b->rc = rc;
