@@ -22,9 +22,7 @@ static int check(const struct bb__model *m, const struct bb__client *c, const st
                  int level)
 {
     uint64_t bytes = r->bytes;
-    if ((m->cfg.max_request_bytes && bytes > m->cfg.max_request_bytes) ||
-        (m->cfg.max_batch_bytes && bytes > m->cfg.max_batch_bytes) ||
-        (m->memory_limit && bytes > m->memory_limit))
+    if (bytes > m->request_bytes_max) /* max_request_bytes, max_batch_bytes, memory_limit_mb */
         return BB_ETOOBIG;
     if (atomic_load_explicit(&m->w->b->stopping, memory_order_relaxed))
         return BB_ESHUTDOWN;

@@ -54,6 +54,12 @@ void bb__model_apply(struct bb__model *m, const struct bb__model_config *cfg)
 {
     m->cfg = *cfg;
     m->memory_limit = (uint64_t)cfg->memory_limit_mb << 20;
+    /* What one request may hold: each of these limits, where set. */
+    const uint64_t limits[] = {cfg->max_request_bytes, cfg->max_batch_bytes, m->memory_limit};
+    m->request_bytes_max = UINT64_MAX;
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+        if (limits[i] && limits[i] < m->request_bytes_max)
+            m->request_bytes_max = limits[i];
     uint32_t have;
     if (bb__queues_reserve(&m->q, cfg->max_queue, &have) < 0) {
         bb_error("model %s: out of memory growing the queues; max_queue stays %u", cfg->name, have);

@@ -57,6 +57,7 @@ struct bb__model {
     uint64_t bytes;                /* input + output bytes queued and running */
     struct bb__req **scratch;      /* max_batch_size entries, for take_many */
     uint64_t memory_limit;         /* bytes, 0 = none */
+    uint64_t request_bytes_max;    /* the least of the three size limits (UINT64_MAX: none) */
     uint32_t nweights;
     struct { uint32_t uid, weight; } weights[32];
 

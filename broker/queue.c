@@ -266,11 +266,9 @@ static void round_remove(struct bb__heap *h, struct bb__req *r)
     r->rnext = r->rhead = r->rtail = NULL;
 }
 
-/* r leaves its level's arrival list and counts (not its heap). */
-static void level_unlink(struct bb__queues *q, int l, struct bb__req *r)
+/* r leaves its level's arrival list. */
+static inline void fifo_unlink(struct bb__queues *q, int l, struct bb__req *r)
 {
-    q->level_bytes[l] -= r->bytes;
-    q->level_n[l]--;
     if (r->fifo_prev)
         r->fifo_prev->fifo_next = r->fifo_next;
     else
@@ -280,14 +278,16 @@ static void level_unlink(struct bb__queues *q, int l, struct bb__req *r)
     else
         q->fifo_tail[l] = r->fifo_prev;
     r->fifo_prev = r->fifo_next = NULL;
-    q->queued--;
 }
 
 void bb__queue_remove(struct bb__queues *q, struct bb__req *r)
 {
     int l = r->level;
     round_remove(&q->levels[l], r);
-    level_unlink(q, l, r);
+    fifo_unlink(q, l, r);
+    q->level_bytes[l] -= r->bytes;
+    q->level_n[l]--;
+    q->queued--;
 }
 
 uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint64_t *bytes_left,
@@ -295,6 +295,7 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
 {
     struct bb__heap *h = &q->levels[level];
     uint32_t n = 0;
+    uint64_t bytes = 0;
     while (n < room && h->n) {
         /* The top round's members, from its head, as long as they fit. The
          * next round may be anyone's: back to the heap for it. */
@@ -302,7 +303,8 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
         while (r && n < room && (r->bytes <= *bytes_left || (any_first && n == 0))) {
             struct bb__req *next = r->rnext;
             *bytes_left = r->bytes < *bytes_left ? *bytes_left - r->bytes : 0;
-            level_unlink(q, level, r);
+            bytes += r->bytes;
+            fifo_unlink(q, level, r);
             r->pos = POS_NONE;
             r->rnext = r->rhead = r->rtail = NULL;
             out[n++] = r;
@@ -323,6 +325,9 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
         }
         pop_w(0, h);
     }
+    q->level_bytes[level] -= bytes;
+    q->level_n[level] -= n;
+    q->queued -= n;
     return n;
 }
 
