@@ -27,8 +27,9 @@
 #include "util_internal.h"
 #include "worker.h"
 
-_Static_assert(sizeof(((struct bb_shm_slot *)0)->pad0) <= sizeof(uint64_t),
-               "the reserved bytes are checked as one word");
+_Static_assert(offsetof(struct bb_shm_slot, pad0) == offsetof(struct bb_shm_slot, priority) + 1 &&
+                   sizeof(((struct bb_shm_slot *)0)->pad0) == sizeof(uint64_t) - 1,
+               "the priority and the reserved bytes are checked as one word");
 
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
 #define SUBMIT_CLOCK_SKEW_NS 60000000000ull
@@ -38,10 +39,15 @@ static int check(const struct bb__client *c, const struct bb_shm_slot *d)
     if (d->priority > BB_PRIORITY_LOW || (d->flags & ~(uint32_t)BB_SUBMIT_DEDUP))
         return BB_EINVAL;
     /* Reserved bytes must be zero, as io_uring requires of its SQEs: a later
-     * version may give them a meaning this one must not silently ignore. */
-    uint64_t reserved = 0;
-    memcpy(&reserved, d->pad0, sizeof d->pad0);
-    if (reserved)
+     * version may give them a meaning this one must not silently ignore. One
+     * load of the priority and the 7 bytes after it, against the priority
+     * alone (whatever the byte order), where a copy of the 7 was 19
+     * instructions. */
+    const char *p = (const char *)d + offsetof(struct bb_shm_slot, priority);
+    uint64_t word, prio_only = 0;
+    memcpy(&word, p, sizeof word);
+    memcpy(&prio_only, p, 1);
+    if (word != prio_only)
         return BB_EINVAL;
     /* Both buffers inside the heap; no overflow in off + len. */
     if (d->in_off < c->heap_lo || d->in_off > c->heap_hi || d->in_len > c->heap_hi - d->in_off ||
