@@ -241,8 +241,19 @@ struct bb__req *bb__level_oldest(struct bb__queues *q, int level)
     return q->fifo_head[level];
 }
 
+/* next, the first member left of a round whose head went, takes the head's
+ * place pos in the level heap (it has the same key); tail ends the round. */
+static void round_promote(struct bb__heap *h, uint32_t pos, struct bb__req *next,
+                          struct bb__req *tail)
+{
+    next->rtail = tail;
+    for (struct bb__req *m = next; m; m = m->rnext)
+        m->rhead = next;
+    place(0, h, pos, next);
+}
+
 /* Take r out of its round: a member leaves the chain; a head hands its heap
- * place to the next member, which has the same key, or leaves the heap. */
+ * place to the next member, or leaves the heap. */
 static void round_remove(struct bb__heap *h, struct bb__req *r)
 {
     if (r->pos == POS_CHAINED) {
@@ -253,12 +264,7 @@ static void round_remove(struct bb__heap *h, struct bb__req *r)
         if (head->rtail == r)
             head->rtail = p;
     } else if (r->rnext) {
-        struct bb__req *next = r->rnext;
-        next->rtail = r->rtail;
-        for (struct bb__req *m = next; m; m = m->rnext)
-            m->rhead = next;
-        h->v[r->pos] = next;
-        next->pos = r->pos;
+        round_promote(h, r->pos, r->rnext, r->rtail);
     } else {
         heap_remove(h, r);
     }
@@ -299,7 +305,7 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
     while (n < room && h->n) {
         /* The top round's members, from its head, as long as they fit. The
          * next round may be anyone's: back to the heap for it. */
-        struct bb__req *head = h->v[0], *r = head;
+        struct bb__req *head = h->v[0], *tail = head->rtail, *r = head;
         while (r && n < room && (r->bytes <= *bytes_left || (any_first && n == 0))) {
             struct bb__req *next = r->rnext;
             *bytes_left = r->bytes < *bytes_left ? *bytes_left - r->bytes : 0;
@@ -313,14 +319,7 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
         if (r == head)
             break; /* its head does not fit */
         if (r) {
-            /* The rest of the round keeps the place, and the key, of its head. */
-            struct bb__req *tail = r;
-            for (struct bb__req *m = r; m; m = m->rnext) {
-                m->rhead = r;
-                tail = m;
-            }
-            r->rtail = tail;
-            place(0, h, 0, r);
+            round_promote(h, 0, r, tail); /* the rest of the round */
             break;
         }
         pop_w(0, h);

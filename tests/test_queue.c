@@ -216,6 +216,16 @@ static uint64_t rnd(uint64_t *s)
     return *s;
 }
 
+/* A random record of n whose in-queue flag is `queued` (one exists). */
+static int pick(const bool *in_q, bool queued, int n, uint64_t *s)
+{
+    int i;
+    do
+        i = (int)(rnd(s) % (uint64_t)n);
+    while (in_q[i] != queued);
+    return i;
+}
+
 /* The level order of queue.c, written out plainly. */
 static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool edf)
 {
@@ -239,10 +249,7 @@ Test(queue, random_operations_match_a_reference)
     for (int step = 0; step < STEPS; step++) {
         uint64_t op = rnd(&s) % 10;
         if (op < 5 && count < N) {
-            int i;
-            do
-                i = (int)(rnd(&s) % N);
-            while (in_q[i]);
+            int i = pick(in_q, false, N, &s);
             bool own = rnd(&s) % 3 == 0;
             uint64_t dl = rnd(&s) % 4 ? 1000 + rnd(&s) % 100000 : UINT64_MAX;
             struct bb__req *r = mk(i, (int)(rnd(&s) % 4), rnd(&s) % 64, dl, own && dl != UINT64_MAX);
@@ -251,10 +258,7 @@ Test(queue, random_operations_match_a_reference)
             in_q[i] = true;
             count++;
         } else if (op < 8 && count) {
-            int i;
-            do
-                i = (int)(rnd(&s) % N);
-            while (!in_q[i]);
+            int i = pick(in_q, true, N, &s);
             bb__queue_remove(&q, &reqs[i]);
             bb__deadline_remove(&q, &reqs[i]);
             in_q[i] = false;
@@ -334,10 +338,7 @@ Test(queue, take_top_matches_taking_one_at_a_time)
     for (int step = 0; step < STEPS; step++) {
         uint64_t op = rnd(&s) % 10;
         if (op < 6 && count < N) {
-            int i;
-            do
-                i = (int)(rnd(&s) % N);
-            while (in_q[i]);
+            int i = pick(in_q, false, N, &s);
             int c = (int)(rnd(&s) % CLIENTS), l = (int)(rnd(&s) % 4);
             if (left[c][l] == 0) { /* a new round, with a later tag */
                 tag[c][l] += 1 + rnd(&s) % 3;
@@ -356,10 +357,7 @@ Test(queue, take_top_matches_taking_one_at_a_time)
             in_q[i] = true;
             count++;
         } else if (op < 7 && count) {
-            int i;
-            do
-                i = (int)(rnd(&s) % N);
-            while (!in_q[i]);
+            int i = pick(in_q, true, N, &s);
             bb__queue_remove(&qa, &twin_a[i]);
             bb__queue_remove(&qb, &twin_b[i]);
             in_q[i] = false;
