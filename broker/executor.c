@@ -292,13 +292,14 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     if (atomic_load_explicit(&m->q_sleepers, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&m->q_seq, 1, memory_order_relaxed);
         syscall(SYS_futex, &m->q_seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-    } else if (m->exec_yield_mask == 0 && m->w->spin_ns &&
-               bb__spin_calm(&m->w->spin_guard, bb__now_ns())) {
+    } else if (m->exec_yield_mask == 0 && m->w->spin_ns) {
         /* Few CPUs: the spinning executor most likely waits on our core.
          * Where it then runs the batch there for longer than the spin
          * budget and 0.5 ms, the yield is lost as to a CPU-bound process:
          * spinning beside such batches takes their CPU. */
-        bb__spin_yield(m->w->spin_ns, &m->w->spin_guard);
+        uint64_t now = bb__now_ns();
+        if (bb__spin_calm(&m->w->spin_guard, now))
+            bb__spin_yield(m->w->spin_ns, &m->w->spin_guard, now);
     }
     return false;
 }
@@ -350,7 +351,7 @@ static struct bb__batch *take_batch(struct bb__model *m, struct bb__instance *in
             if ((i & m->exec_yield_mask) == 0) {
                 /* A thread sharing this core may be what we wait for; a
                  * batch that came while it ran counts as caught. */
-                if (bb__spin_yield(spin, &in->spin_guard) >= spin_end &&
+                if (bb__spin_yield(spin, &in->spin_guard, bb__now_ns()) >= spin_end &&
                     !atomic_load_explicit(&m->q_len, memory_order_relaxed))
                     break;
             } else {

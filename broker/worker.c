@@ -552,7 +552,7 @@ int bb__worker_run(struct bb__worker *w)
              * threads spin than there are CPUs, a spinner that yields at
              * every turn gives its share away to those that do not. */
             if ((++spins & 255) == 0)
-                bb__spin_yield(w->spin_ns, &w->spin_guard);
+                bb__spin_yield(w->spin_ns, &w->spin_guard, now); /* a pass without progress ago */
             else
                 bb__cpu_relax();
             continue;

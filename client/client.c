@@ -751,7 +751,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         /* Yield now and then: with more spinning threads than CPUs, the
          * broker thread we wait for may be the one that needs this CPU. */
         if ((i & 1023) == 0)
-            bb__spin_yield((uint64_t)spin, &guard);
+            bb__spin_yield((uint64_t)spin, &guard, bb__now_ns());
         else
             bb__cpu_relax();
     }

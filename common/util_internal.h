@@ -75,10 +75,10 @@ static inline uint64_t bb__spin_note(struct bb__spin_guard *g, uint64_t spin_ns,
     return t1;
 }
 
-/* Returns the time after the yield. */
-static inline uint64_t bb__spin_yield(uint64_t spin_ns, struct bb__spin_guard *g)
+/* A yield from t0, a clock reading just taken (a caller that has one saves
+ * a read). Returns the time after the yield. */
+static inline uint64_t bb__spin_yield(uint64_t spin_ns, struct bb__spin_guard *g, uint64_t t0)
 {
-    uint64_t t0 = bb__now_ns();
     sched_yield();
     return bb__spin_note(g, spin_ns, t0, bb__now_ns());
 }

@@ -400,7 +400,7 @@ Test(workers, yields_that_let_a_neighbour_run_mark_the_cpu_contended)
 {
     /* A real yield within its budget marks nothing. */
     struct bb__spin_guard g = {0};
-    bb__spin_yield(UINT64_MAX - BB__SPIN_LOST_NS, &g);
+    bb__spin_yield(UINT64_MAX - BB__SPIN_LOST_NS, &g, bb__now_ns());
     cr_assert(g.calm_after == 0 && g.last_lost == 0);
     cr_assert(bb__spin_calm(&g, bb__now_ns()));
 
