@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Write the binary seed inputs of fuzz_control and fuzz_ingest (the formats
-are described at the top of each harness). Re-run after changing a format:
+"""Write the binary seed inputs of fuzz_control, fuzz_ingest and fuzz_bbdense
+(the formats are described at the top of each harness). Re-run after changing
+a format:
 
-    fuzz/seeds.py            # writes fuzz/corpus/fuzz_{control,ingest}/*
+    fuzz/seeds.py            # writes fuzz/corpus/fuzz_{control,ingest,bbdense}/*
 """
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAGIC, VERSION = 0x4B524242, 0x00020000
@@ -74,3 +76,23 @@ write("fuzz_ingest", "adaptive", b"".join(desc(i, 3, 8 * i, 512, 8 * i + 8, 512)
                                           for i in range(8)) + PASS)
 write("fuzz_ingest", "corrupt", desc(0, 0, 0, 64, 2, 64) + op(1, 0) + op(3, 0xff, 0xff, 0, 0)
       + PASS + op(4, 9, 0, 0, 0) + PASS + op(5, 0, 16, 0, 0, 8) + b"\xff" * 8 + PASS)
+
+
+# fuzz_bbdense: a control byte (bit 0 fixes the body length, bit 1 the CRC),
+# then a .bbdense image (docs/backends/model-format.md).
+def bbdense(layers, params=None):
+    """layers: (in, out, activation id); params: floats, else 0.5, -0.25, ..."""
+    table = b"".join(struct.pack("<IIII", i, o, a, 0) for i, o, a in layers)
+    n = sum(i * o + o for i, o, _ in layers)
+    vals = params if params is not None else [(k % 7 - 3) / 4 for k in range(n)]
+    body = table + struct.pack("<%df" % len(vals), *vals)
+    img = b"BBDENSE\0" + struct.pack("<IIIIQ", 1, len(layers), 0, 0, len(body)) + body
+    return img + struct.pack("<I", zlib.crc32(img))
+
+
+write("fuzz_bbdense", "mlp", b"\x03" + bbdense([(4, 3, 1), (3, 2, 4)]))
+write("fuzz_bbdense", "every-activation", b"\x03" + bbdense(
+    [(2, 3, 0), (3, 3, 1), (3, 2, 2), (2, 2, 3), (2, 2, 4)]))
+write("fuzz_bbdense", "raw", b"\x00" + bbdense([(3, 1, 3)]))
+write("fuzz_bbdense", "not-finite", b"\x03" + bbdense([(1, 1, 0)], [float("inf"), 0.0]))
+write("fuzz_bbdense", "chain-mismatch", b"\x03" + bbdense([(2, 2, 1), (3, 1, 0)])[:-4] + b"\0" * 4)
