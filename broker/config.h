@@ -68,6 +68,7 @@ struct bb__broker_config {
     char plugin_dir[256];
     uint32_t spin_us;
     uint32_t doorbell;          /* 0 auto, 1 futex, 2 eventfd */
+    uint32_t wake_offload_ms;   /* 0: the worker wakes its clients itself */
     uint32_t workers;           /* 0 = auto: one per NUMA node */
     uint32_t numa_fake_nodes;   /* 0 = the real topology */
     uint32_t max_clients;

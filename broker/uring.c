@@ -1,5 +1,6 @@
 /* io_uring submissions: an SQE is always available (a full queue is
- * submitted first), then one prep and the user_data. */
+ * submitted first; with a polling thread, until it has taken some), then
+ * one prep and the user_data. */
 #include "uring.h"
 
 #include <limits.h>
@@ -12,9 +13,11 @@
 static struct io_uring_sqe *get_sqe(struct io_uring *ring)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    if (!sqe) {
+    while (!sqe) {
         io_uring_submit(ring);
         sqe = io_uring_get_sqe(ring);
+        if (!(ring->flags & IORING_SETUP_SQPOLL))
+            break;
     }
     bb_assert(sqe, "the submission queue has room after a submit");
     return sqe;

@@ -46,6 +46,7 @@
 #include "util_internal.h"
 
 #define RING_ENTRIES 1024
+#define WAKER_ENTRIES 256 /* a full ring waits for the waker's thread */
 #define HEARTBEAT_NS 100000000ull
 #define IDLE_WAIT_NS 1000000000ull
 #define COALESCE_MAX_NS 1000000ull
@@ -279,6 +280,23 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
         return -1;
     }
     w->futex_bell = b->cfg->doorbell == 1 || (b->cfg->doorbell == 0 && has_futex);
+    if (b->cfg->wake_offload_ms) {
+        if (!has_futex) {
+            bb_error("wake_offload_ms = %u, but this kernel has no io_uring futex operations "
+                     "(Linux 6.7+); use wake_offload_ms = 0",
+                     b->cfg->wake_offload_ms);
+            return -1;
+        }
+        struct io_uring_params p = {.flags = IORING_SETUP_SQPOLL,
+                                    .sq_thread_idle = b->cfg->wake_offload_ms};
+        rc = io_uring_queue_init_params(WAKER_ENTRIES, &w->waker, &p);
+        if (rc < 0) {
+            bb_error("wake_offload_ms: io_uring with a polling thread (SQPOLL): %s",
+                     strerror(-rc));
+            return -1;
+        }
+        w->waker_on = true;
+    }
     rc = bb__worker_page_create(id, b->topo.node_id[node],
                                 w->futex_bell ? BB_WORKER_FUTEX_DOORBELL : 0, &w->page,
                                 &w->page_fd);
@@ -476,12 +494,29 @@ static bool drained(struct bb__worker *w)
     return w->mb.nout_dirty == 0 && !atomic_load_explicit(&w->mb.pending, memory_order_relaxed);
 }
 
+/* wake_offload_ms: the waker's kernel thread takes the pass's wake-ups from
+ * its ring by itself; a submit makes a system call only to wake it where it
+ * sleeps. A failed wake-up posts a completion, dropped here. With settle,
+ * before a sweep may unmap a client's header: wait until the thread has
+ * taken every wake-up, which it has then also made (the ring's head passes
+ * an entry once it is issued, and a futex wake-up completes as issued). */
+static void waker_flush(struct bb__worker *w, bool settle)
+{
+    if (io_uring_sq_ready(&w->waker))
+        io_uring_submit(&w->waker);
+    while (settle && io_uring_sq_ready(&w->waker)) {
+        bb__cpu_relax();
+        io_uring_submit(&w->waker);
+    }
+    io_uring_cq_advance(&w->waker, io_uring_cq_ready(&w->waker));
+}
+
 int bb__worker_run(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
     bb__topo_pin(&b->topo, w->node);
-    if (w->futex_ops)
-        bb__wake_ring_use(&w->ring); /* submitted at the end of each pass */
+    if (w->futex_ops) /* submitted at the end of each pass */
+        bb__wake_ring_use(w->waker_on ? &w->waker : &w->ring);
     if (w->id == 0 && b->listen_fd >= 0)
         arm_accept(w);
     arm_wake(w);
@@ -514,6 +549,8 @@ int bb__worker_run(struct bb__worker *w)
         /* The pass's wake-ups out before a sweep may unmap a header. */
         if (io_uring_sq_ready(&w->ring))
             io_uring_submit(&w->ring);
+        if (w->waker_on)
+            waker_flush(w, w->need_sweep);
         bb__mailbox_flush(w, b->workers);
         if (w->need_sweep)
             bb__session_sweep(w);
@@ -588,6 +625,8 @@ int bb__worker_run(struct bb__worker *w)
             bb__session_kill(w, w->clients[i], "broker shutdown");
     bb__completion_flush(w);
     io_uring_submit(&w->ring);
+    if (w->waker_on)
+        waker_flush(w, true);
     bb__session_sweep(w);
     io_uring_submit(&w->ring);
     bb__wake_ring_use(NULL); /* the ring goes with bb__worker_fini */
@@ -596,6 +635,8 @@ int bb__worker_run(struct bb__worker *w)
 
 void bb__worker_fini(struct bb__worker *w)
 {
+    if (w->waker_on)
+        io_uring_queue_exit(&w->waker);
     if (w->ring.ring_fd > 0)
         io_uring_queue_exit(&w->ring);
     if (w->wake_fd >= 0)

@@ -27,6 +27,8 @@ struct bb__worker {
     pthread_t thread;              /* workers other than the first */
     bool started;
     struct io_uring ring;
+    struct io_uring waker;         /* wake_offload_ms: its kernel thread wakes clients */
+    bool waker_on;
     int wake_fd;                   /* executors and signals ring it */
     struct bb_shm_worker *page;    /* the worker page its clients map read-only */
     int page_fd;

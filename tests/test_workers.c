@@ -387,6 +387,101 @@ Test(workers, threads_are_named_for_what_they_do)
     cr_assert_eq(bbt_broker_stop(&B), 0);
 }
 
+/* Client k of wakers_wake_their_clients: pinned to cpu, sleeps at once in
+ * bb_wait (no spin), and checks n echoed round trips. */
+static void sleeper_main(int k, int cpu, int n, struct shared *sh)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0)
+        _exit(2);
+    bb_client *c;
+    bb_model *m;
+    if (bb_connect(B.sock, NULL, &c) < 0 || bb_model_open(c, "echo", &m) < 0)
+        _exit(3);
+    bb_client_set_spin_ns(c, 0);
+    atomic_store(&sh->worker_id[k], (int)c->wpage->worker_id);
+    for (int i = 0; i < n; i++) {
+        char in[64], out[64];
+        size_t len = 0;
+        uint64_t id = (uint64_t)(k + 1) << 16 | (uint64_t)i;
+        bbt_fill(in, sizeof in, id);
+        if (bb_infer(m, in, sizeof in, out, sizeof out, &len, NULL, 10000000000ll) < 0 ||
+            len != sizeof in || !bbt_check(out, sizeof out, id))
+            atomic_fetch_add(&sh->failed, 1);
+    }
+    bb_disconnect(c);
+    _exit(0);
+}
+
+/* wake_offload_ms (worker.c waker_flush): each worker gets the kernel thread
+ * of an io_uring with SQPOLL, and the wake-ups of the clients it serves go
+ * through it. Echo with instances = 0 runs every batch on the dispatcher,
+ * so every completion's wake-up is the dispatcher's; two clients that sleep
+ * at once, one on each (fake) node, get every answer right. Every other
+ * suite runs with wake_offload_ms too (the *_waker ctest variants). */
+Test(workers, wakers_wake_their_clients)
+{
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int cpus[2], n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+        if (CPU_ISSET(cpu, &allowed))
+            cpus[n++] = cpu;
+    if (n < 2)
+        cr_skip_test("two CPUs are needed for a fake two-node topology");
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2",
+                        "broker.wake_offload_ms=1", NULL};
+    struct bbt_start o = {.config_text = "[model.echo]\nbackend = echo\ninstances = 0\n",
+                          .overrides = ov,
+                          .log = true};
+    if (bbt_broker_start_ex(&B, &o) != 0) {
+        if (bbt_log_count(&B, "wake_offload_ms") > 0)
+            cr_skip_test("this kernel cannot run wake_offload_ms (the broker's log says why)");
+        cr_assert_fail("broker did not start");
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)B.pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d);
+    int wakers = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char p[384], name[32] = "";
+        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
+        FILE *f = e->d_name[0] == '.' ? NULL : fopen(p, "r");
+        if (!f)
+            continue;
+        if (fgets(name, sizeof name, f))
+            wakers += strncmp(name, "iou-sqp-", 8) == 0;
+        fclose(f);
+    }
+    closedir(d);
+    cr_expect_eq(wakers, 2, "%d io_uring polling threads for 2 workers", wakers);
+
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[2];
+    for (int k = 0; k < 2; k++) {
+        fflush(NULL);
+        pids[k] = fork();
+        cr_assert_geq(pids[k], 0);
+        if (pids[k] == 0)
+            sleeper_main(k, cpus[k], 2000, sh);
+    }
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(bbt_waitpid_bounded(pids[k], 30000), 0, "client %d failed", k);
+    cr_assert_eq(atomic_load(&sh->failed), 0, "wrong or failed answers");
+    cr_assert_neq(atomic_load(&sh->worker_id[0]), atomic_load(&sh->worker_id[1]),
+                  "clients on CPUs %d and %d were both served by worker %d", cpus[0], cpus[1],
+                  atomic_load(&sh->worker_id[0]));
+    munmap(sh, sizeof *sh);
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+}
+
 /* The spin rule's guard against a busy host (util_internal.h
  * bb__spin_note, bb__spin_yield): a spinner's sched_yield that lets another
  * task run longer than the spin budget and BB__SPIN_LOST_NS is lost; two
