@@ -100,10 +100,10 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_BROKER, "wake_offload_ms", BB__CT_UINT, BB__BROKER(wake_offload_ms), 0, 60000, "0",
      NULL, NULL, 0,
      "0 = each worker wakes its sleeping clients itself. N = a kernel thread per worker "
-     "(io_uring SQPOLL; Linux 6.7+) makes those wake-ups, polling for them until N ms after "
-     "the last, then sleeping: the worker only queues them. For many sleeping clients on a "
-     "machine with CPUs to spare, where the worker's wake-ups bound throughput "
-     "(docs/architecture.md)."},
+     "(io_uring SQPOLL; Linux 6.7+) makes those wake-ups, polling for them at least N ms "
+     "after the last (in whole clock ticks), then sleeping: the worker only queues them. "
+     "For many sleeping clients on a machine with CPUs to spare, where the worker's "
+     "wake-ups bound throughput (docs/architecture.md)."},
     {BB__SEC_BROKER, "max_clients", BB__CT_UINT, BB__BROKER(max_clients), 1, 4096, "256", NULL,
      NULL, 0, "Most clients attached at once; further connections are refused."},
     {BB__SEC_BROKER, "default_segment_mb", BB__CT_UINT, BB__BROKER(default_segment_mb), 1, 4096,

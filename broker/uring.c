@@ -1,6 +1,6 @@
 /* io_uring submissions: an SQE is always available (a full queue is
- * submitted first; with a polling thread, until it has taken some), then
- * one prep and the user_data. */
+ * submitted first; with a polling thread, waited on until it takes some),
+ * then one prep and the user_data. */
 #include "uring.h"
 
 #include <limits.h>
@@ -13,11 +13,11 @@
 static struct io_uring_sqe *get_sqe(struct io_uring *ring)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    while (!sqe) {
+    if (!sqe) {
         io_uring_submit(ring);
+        if (ring->flags & IORING_SETUP_SQPOLL)
+            io_uring_sqring_wait(ring); /* asleep until its thread takes one */
         sqe = io_uring_get_sqe(ring);
-        if (!(ring->flags & IORING_SETUP_SQPOLL))
-            break;
     }
     bb_assert(sqe, "the submission queue has room after a submit");
     return sqe;

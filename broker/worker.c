@@ -287,9 +287,17 @@ int bb__worker_init(struct bb__worker *w, struct bb__broker *b, uint32_t id, int
                      b->cfg->wake_offload_ms);
             return -1;
         }
+        /* The polling thread takes its creator's CPUs: those of the
+         * worker's node, for as long as it takes to make it. */
         struct io_uring_params p = {.flags = IORING_SETUP_SQPOLL,
                                     .sq_thread_idle = b->cfg->wake_offload_ms};
+        cpu_set_t mine;
+        bool pinned = sched_getaffinity(0, sizeof mine, &mine) == 0;
+        if (pinned)
+            bb__topo_pin(&b->topo, node);
         rc = io_uring_queue_init_params(WAKER_ENTRIES, &w->waker, &p);
+        if (pinned)
+            sched_setaffinity(0, sizeof mine, &mine);
         if (rc < 0) {
             bb_error("wake_offload_ms: io_uring with a polling thread (SQPOLL): %s",
                      strerror(-rc));
@@ -496,18 +504,19 @@ static bool drained(struct bb__worker *w)
 
 /* wake_offload_ms: the waker's kernel thread takes the pass's wake-ups from
  * its ring by itself; a submit makes a system call only to wake it where it
- * sleeps. A failed wake-up posts a completion, dropped here. With settle,
- * before a sweep may unmap a client's header: wait until the thread has
- * taken every wake-up, which it has then also made (the ring's head passes
- * an entry once it is issued, and a futex wake-up completes as issued). */
-static void waker_flush(struct bb__worker *w, bool settle)
+ * sleeps. A failed wake-up posts a completion, dropped here.
+ *
+ * Nothing waits for the thread: a wake-up it makes after its client's
+ * segment was unmapped (a sweep, here or on the client's own worker after
+ * this one sent its reference back) finds no mapping and fails (EFAULT), or
+ * wakes once whatever waits on that address now. Every futex waiter, the
+ * client library's, the broker's and pthreads', re-checks its condition
+ * after a wake-up, so that costs a spurious wake-up at most. The worker has
+ * already made the wake-up's one store (shm_wake_seq) itself. */
+static void waker_flush(struct bb__worker *w)
 {
     if (io_uring_sq_ready(&w->waker))
         io_uring_submit(&w->waker);
-    while (settle && io_uring_sq_ready(&w->waker)) {
-        bb__cpu_relax();
-        io_uring_submit(&w->waker);
-    }
     io_uring_cq_advance(&w->waker, io_uring_cq_ready(&w->waker));
 }
 
@@ -550,7 +559,7 @@ int bb__worker_run(struct bb__worker *w)
         if (io_uring_sq_ready(&w->ring))
             io_uring_submit(&w->ring);
         if (w->waker_on)
-            waker_flush(w, w->need_sweep);
+            waker_flush(w);
         bb__mailbox_flush(w, b->workers);
         if (w->need_sweep)
             bb__session_sweep(w);
@@ -626,7 +635,7 @@ int bb__worker_run(struct bb__worker *w)
     bb__completion_flush(w);
     io_uring_submit(&w->ring);
     if (w->waker_on)
-        waker_flush(w, true);
+        waker_flush(w);
     bb__session_sweep(w);
     io_uring_submit(&w->ring);
     bb__wake_ring_use(NULL); /* the ring goes with bb__worker_fini */
