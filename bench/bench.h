@@ -160,6 +160,15 @@ struct bench_broker_stats {
 };
 
 /* What one run (the broker or a baseline) measured. */
+/* CPU seconds of a server's threads in the measured window, summed by name
+ * (two workers' io_uring threads share one): what is at 100%? */
+#define BENCH_MAX_THREAD_ROWS 12
+struct bench_thread_cpu {
+    char name[16];                  /* /proc/PID/task/TID/comm */
+    int threads;                    /* how many had the name */
+    double cpu_s;
+};
+
 struct bench_run_result {
     const char *name;
     char name_buf[160];             /* a variant's name: "broker:KEY=VALUE,..." */
@@ -172,6 +181,8 @@ struct bench_run_result {
     double seconds;                 /* length of the measured window */
     uint64_t t_meas, t_end;         /* the measured window, CLOCK_MONOTONIC ns */
     double cpu_server, cpu_clients; /* CPU seconds in the window; < 0 unknown */
+    struct bench_thread_cpu server_threads[BENCH_MAX_THREAD_ROWS]; /* most CPU first */
+    int nserver_threads;            /* 0 unknown */
     uint64_t batch_count[BENCH_MAX_BATCH + 1];
     int has_batch_hist;             /* batch_count is a real distribution */
     int has_broker_stats;
@@ -293,6 +304,21 @@ void bench_load_thread(const struct bench_env *env, const struct bench_xport *x,
 
 /* cpu.c: CPU seconds (user + system) of a process, or -1. */
 double bench_proc_cpu_s(pid_t pid);
+/* Every thread of pid now: its id, name and CPU seconds. Returns how many
+ * (at most max), or -1. */
+struct bench_task_cpu {
+    int tid;
+    char name[16];
+    double cpu_s;
+};
+int bench_proc_tasks(pid_t pid, struct bench_task_cpu *out, int max);
+/* Two snapshots of bench_proc_tasks to the rows of r->server_threads: a
+ * thread's CPU between them (all of it for one born in between; one that
+ * ended in between is missing), summed by name, most first. */
+void bench_thread_rows(const struct bench_task_cpu *a, int na, const struct bench_task_cpu *b,
+                       int nb, struct bench_run_result *r);
+/* Add one round's rows to the merged ones, by name. */
+void bench_thread_rows_add(struct bench_run_result *acc, const struct bench_run_result *one);
 double bench_self_cpu_s(void);
 int bench_pin_self(const int *cpus, int n, uint32_t idx);
 int bench_parse_cpus(const char *s, int *cpus, int max);

@@ -104,6 +104,22 @@ static void fmt_opt(char *buf, size_t n, double v, const char *fmt)
     else snprintf(buf, n, fmt, v);
 }
 
+/* A server of several threads: the CPU of each in the window, by name, most
+ * first ("iou-sqp-PID x2": two of that name). */
+static void print_threads(FILE *f, const struct bench_run_result *r)
+{
+    if (r->nserver_threads < 2 && !(r->nserver_threads == 1 && r->server_threads[0].threads > 1))
+        return;
+    fprintf(f, "%-8s   server threads:", "");
+    for (int i = 0; i < r->nserver_threads; i++) {
+        const struct bench_thread_cpu *t = &r->server_threads[i];
+        fprintf(f, "%s %s", i ? "," : "", t->name);
+        if (t->threads > 1) fprintf(f, " x%d", t->threads);
+        fprintf(f, " %.2f s", t->cpu_s);
+    }
+    fprintf(f, "\n");
+}
+
 void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_result *const *runs,
                        int n)
 {
@@ -143,6 +159,7 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
         if (s.has_overhead)
             fprintf(f, "%-8s   server's own CPU %.3f s vs backend %.3f s: %.1f%%\n", "",
                     s.own_s, s.backend_s, 100 * s.overhead_ratio);
+        print_threads(f, r);
         if (!strcmp(r->name, "broker")) {
             broker = r;
             base = s;
@@ -289,7 +306,16 @@ static void json_run(FILE *f, const struct bench_opts *o, const struct bench_run
     else fprintf(f, "null");
     fprintf(f, ", \"clients\": ");
     json_num(f, r->cpu_clients);
-    fprintf(f, "},\n%s\"cpu_us_per_request\": ", ind);
+    fprintf(f, ", \"broker_threads\": [");
+    for (int i = 0; i < r->nserver_threads; i++) {
+        const struct bench_thread_cpu *t = &r->server_threads[i];
+        fprintf(f, "%s{\"name\": ", i ? ", " : "");
+        json_str(f, t->name);
+        fprintf(f, ", \"threads\": %d, \"cpu_s\": ", t->threads);
+        json_num(f, t->cpu_s);
+        fprintf(f, "}");
+    }
+    fprintf(f, "]},\n%s\"cpu_us_per_request\": ", ind);
     json_num(f, s.cpu_per_req_us);
     if (s.has_overhead) {
         fprintf(f, ",\n%s\"backend_overhead\": {\"backend_s\": ", ind);

@@ -242,12 +242,18 @@ int bench_run(const struct bench_opts *o, const struct bench_xport *x, struct be
 
     uint64_t next_tick = t0;
     park_until(o, sh, sh->t_meas, &next_tick);
+    /* The server's threads before and after: a few hundred bytes of /proc
+     * each, read while the clients run (and counted in nobody's CPU). */
+    static struct bench_task_cpu t0s[256], t1s[256];
+    int nt0 = server > 0 ? bench_proc_tasks(server, t0s, 256) : -1;
     double s0 = server > 0 ? bench_proc_cpu_s(server) : -1;
     if (x->window) x->window(&env, 1);
     park_until(o, sh, sh->t_end, &next_tick);
     double s1 = server > 0 ? bench_proc_cpu_s(server) : -1;
+    int nt1 = server > 0 ? bench_proc_tasks(server, t1s, 256) : -1;
     if (x->window) x->window(&env, 2);
     if (s0 >= 0 && s1 >= 0) r->cpu_server = s1 - s0;
+    if (nt0 >= 0 && nt1 > 0) bench_thread_rows(t0s, nt0, t1s, nt1, r);
     tick_until_exit(o, sh, pids, &next_tick);
     rc = 0;
 reap:
@@ -320,6 +326,7 @@ void bench_result_add(struct bench_run_result *acc, const struct bench_run_resul
         acc->cpu_server = acc->cpu_server >= 0 && one->cpu_server >= 0
                               ? acc->cpu_server + one->cpu_server : -1;
         acc->cpu_clients += one->cpu_clients;
+        bench_thread_rows_add(acc, one);
         for (uint32_t b = 0; b <= BENCH_MAX_BATCH; b++) acc->batch_count[b] += one->batch_count[b];
         acc->has_broker_stats = acc->has_broker_stats && one->has_broker_stats;
         stats_delta(&acc->b1, one);

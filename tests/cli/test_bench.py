@@ -1,6 +1,6 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
-log file behind, the broker's batch histogram in the JSON, the accuracy of
-several rounds merged, and the inproc-eager baseline."""
+log file behind, the broker's batch histogram in the JSON, its threads' CPU,
+the accuracy of several rounds merged, and the inproc-eager baseline."""
 
 import glob
 import json
@@ -53,20 +53,28 @@ def test_a_broker_that_fails_to_start_is_shown(brokers):
     assert "spin_us" in r.stderr, r.stderr  # the broker's own message, from memory
 
 
+def spawned_run(brokers, name, echo_keys, *args):
+    """bb-bench over a broker it spawns with an echo model of these keys, 2
+    clients x 8 in flight for 0.5 s: (the run, its JSON)."""
+    d = brokers.tmpdir
+    cfg = os.path.join(d, f"{name}.ini")
+    out = os.path.join(d, f"{name}.json")
+    with open(cfg, "w") as f:
+        f.write(f"[broker]\nsocket = {d}/{name}.sock\n"
+                f"plugin_dir = {os.environ['BB_PLUGIN_DIR']}\n"
+                f"[model.echo]\nbackend = echo\n{echo_keys}")
+    r = run([BENCH, "--spawn-broker", cfg, "--clients", "2", "--concurrency", "8",
+             "--duration", "0.5", "--warmup", "0.1", "--json", out, *args], timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        return r, json.load(f)
+
+
 def test_json_carries_the_brokers_batch_histogram(brokers):
     """The JSON's batch histogram is the broker's (log2 buckets of its
     batches over the run), consistent with its batch count and mean."""
-    d = brokers.tmpdir
-    cfg = os.path.join(d, "hist.ini")
-    out = os.path.join(d, "hist.json")
-    with open(cfg, "w") as f:
-        f.write(f"[broker]\nsocket = {d}/hist.sock\nplugin_dir = {os.environ['BB_PLUGIN_DIR']}\n"
-                "[model.echo]\nbackend = echo\nmax_batch_size = 8\nmax_wait_us = 200\n")
-    r = run([BENCH, "--spawn-broker", cfg, "--clients", "2", "--concurrency", "8",
-             "--duration", "0.5", "--warmup", "0.1", "--json", out], timeout=60)
-    assert r.returncode == 0, r.stderr
-    with open(out) as f:
-        batch = json.load(f)["batch"]
+    _, res = spawned_run(brokers, "hist", "max_batch_size = 8\nmax_wait_us = 200\n")
+    batch = res["batch"]
     assert batch["hist_kind"] == "log2", batch
     hist = {int(k): v for k, v in batch["hist"].items()}
     assert hist and all(k & (k - 1) == 0 and 1 <= k <= 8 for k in hist), hist
@@ -76,6 +84,28 @@ def test_json_carries_the_brokers_batch_histogram(brokers):
     low = sum((k // 2 + 1) * n for k, n in hist.items())
     high = sum(k * n for k, n in hist.items())
     assert low * 0.999 <= total <= high * 1.001, (batch, low, high)
+
+
+def test_server_threads_are_shown_by_name(brokers):
+    """A spawned broker's threads, summed by name over the measured window:
+    the dispatcher (the program's name) and each executor of a model with
+    two instances; two rounds merge by name. The per-thread figures add up
+    to the server's CPU within the clock ticks of the reads."""
+    r, res = spawned_run(brokers, "thr", "instances = 2\ninline_max_us = 0\n", "--rounds", "2")
+    line = [ln for ln in r.stdout.splitlines() if "server threads:" in ln]
+    assert len(line) == 1, r.stdout
+    cpu = res["cpu_s"]
+    rows = {t["name"]: t for t in cpu["broker_threads"]}
+    assert {"bb-x0-echo", "bb-x1-echo"} <= set(rows), rows
+    assert all(t["threads"] == 1 and t["cpu_s"] >= 0 for t in rows.values()), rows
+    assert [t["cpu_s"] for t in cpu["broker_threads"]] == \
+        sorted((t["cpu_s"] for t in cpu["broker_threads"]), reverse=True)
+    # Each thread's figure and the process's are rounded to clock ticks
+    # apart (10 ms), at each of the two reads of each round.
+    slack = 0.01 * 2 * 2 * (len(rows) + 1)
+    assert abs(sum(t["cpu_s"] for t in rows.values()) - cpu["broker"]) <= slack, cpu
+    for name in rows:
+        assert name in line[0], (name, line[0])
 
 
 def test_rounds_merge_the_accuracy(brokers):
