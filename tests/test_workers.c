@@ -42,20 +42,88 @@ struct shared {
     _Atomic int worker_id[2];
 };
 
-/* Client process k, pinned to CPU k: the broker serves it from the worker of
- * that CPU's (fake) node. Its requests carry ids (k + 1) << 8 | i. */
-static void client_main(int k, int cpu, struct shared *sh)
+/* The first two CPUs this process may run on, for clients on two fake
+ * nodes; skips the test where there are fewer. */
+static void two_cpus(int cpus[2])
+{
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int n = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+        if (CPU_ISSET(cpu, &allowed))
+            cpus[n++] = cpu;
+    if (n < 2)
+        cr_skip_test("two CPUs are needed for a fake two-node topology");
+}
+
+/* In client process k: pin to cpu, connect, open model and note which
+ * worker serves the session. Exits the process on failure. */
+static void pinned_client(int k, int cpu, const char *model, struct shared *sh, bb_client **c,
+                          bb_model **m)
 {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     if (sched_setaffinity(0, sizeof set, &set) < 0)
         _exit(2);
+    if (bb_connect(B.sock, NULL, c) < 0 || bb_model_open(*c, model, m) < 0)
+        _exit(3);
+    atomic_store(&sh->worker_id[k], (int)(*c)->wpage->worker_id);
+}
+
+/* Shared results and two client processes, client k running main(k, cpus[k]). */
+static struct shared *fork_two(const int cpus[2], void (*main_fn)(int, int, struct shared *),
+                               pid_t pids[2])
+{
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    for (int k = 0; k < 2; k++) {
+        fflush(NULL);
+        pids[k] = fork();
+        cr_assert_geq(pids[k], 0);
+        if (pids[k] == 0)
+            main_fn(k, cpus[k], sh);
+    }
+    return sh;
+}
+
+/* The names of the threads of pid (/proc/PID/task/TID/comm); returns how
+ * many (at most max). */
+static int thread_names(pid_t pid, char names[][16], int max)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *e;
+    while (n < max && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[384];
+        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f)
+            continue; /* the thread ended */
+        if (!fgets(names[n], 16, f))
+            names[n][0] = 0;
+        names[n][strcspn(names[n], "\n")] = 0;
+        fclose(f);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Client process k, pinned to CPU k: the broker serves it from the worker of
+ * that CPU's (fake) node. Its requests carry ids (k + 1) << 8 | i. */
+static void client_main(int k, int cpu, struct shared *sh)
+{
     bb_client *c;
     bb_model *m;
-    if (bb_connect(B.sock, NULL, &c) < 0 || bb_model_open(c, "rec", &m) < 0)
-        _exit(3);
-    atomic_store(&sh->worker_id[k], (int)c->wpage->worker_id);
+    pinned_client(k, cpu, "rec", sh, &c, &m);
     atomic_fetch_add(&sh->ready, 1);
     while (!atomic_load(&sh->go))
         usleep(1000);
@@ -83,14 +151,8 @@ static void client_main(int k, int cpu, struct shared *sh)
 
 Test(workers, batches_span_the_clients_of_every_worker)
 {
-    cpu_set_t allowed;
-    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
-    int cpus[2], n = 0;
-    for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
-        if (CPU_ISSET(cpu, &allowed))
-            cpus[n++] = cpu;
-    if (n < 2)
-        cr_skip_test("two CPUs are needed for a fake two-node topology");
+    int cpus[2];
+    two_cpus(cpus);
 
     bbt_unique_path(rec_log, sizeof rec_log, ".rec");
     char cfg[1024];
@@ -105,18 +167,8 @@ Test(workers, batches_span_the_clients_of_every_worker)
              BB_SCHED_RECORDER, rec_log);
     cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
 
-    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                             -1, 0);
-    cr_assert_neq(sh, MAP_FAILED);
-    memset(sh, 0, sizeof *sh);
     pid_t pids[2];
-    for (int k = 0; k < 2; k++) {
-        fflush(NULL);
-        pids[k] = fork();
-        cr_assert_geq(pids[k], 0);
-        if (pids[k] == 0)
-            client_main(k, cpus[k], sh);
-    }
+    struct shared *sh = fork_two(cpus, client_main, pids);
     for (int i = 0; i < 1000 && atomic_load(&sh->ready) < 2; i++)
         bbt_msleep(10);
     cr_assert_eq(atomic_load(&sh->ready), 2, "the clients did not connect");
@@ -355,23 +407,15 @@ Test(workers, threads_are_named_for_what_they_do)
                           "bb-x0-a_model_w", "bb-x0-v1"};
     enum { NWANT = sizeof want / sizeof want[0] };
     int found[NWANT] = {0}, others = 0;
-    char path[64], names[1024] = "";
-    snprintf(path, sizeof path, "/proc/%d/task", (int)B.pid);
-    DIR *d = opendir(path);
-    cr_assert_not_null(d);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        char p[384], name[32] = "";
-        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
-        FILE *f = fopen(p, "r");
-        if (!f)
-            continue; /* the thread ended */
-        if (fgets(name, sizeof name, f))
-            name[strcspn(name, "\n")] = 0;
-        fclose(f);
-        snprintf(names + strlen(names), sizeof names - strlen(names), " %s", name);
+    char threads[64][16], names[1024] = "";
+    int nthreads = thread_names(B.pid, threads, 64);
+    for (int t = 0; t < nthreads; t++) {
+        const char *name = threads[t];
+        size_t used = strlen(names);
+        if (used + 1 + sizeof threads[t] <= sizeof names) {
+            names[used] = ' ';
+            strcpy(names + used + 1, name);
+        }
         int k = 0;
         while (k < NWANT && strcmp(name, want[k]))
             k++;
@@ -380,29 +424,23 @@ Test(workers, threads_are_named_for_what_they_do)
         else if (strncmp(name, "iou-", 4) && strncmp(name, "MHD-", 4))
             others++; /* not io_uring's workers, not a metrics endpoint's */
     }
-    closedir(d);
     for (int k = 0; k < NWANT; k++)
         cr_expect_eq(found[k], 1, "%d threads named %s; the broker's:%s", found[k], want[k], names);
     cr_expect_eq(others, 0, "threads of other names; the broker's:%s", names);
     cr_assert_eq(bbt_broker_stop(&B), 0);
 }
 
+#define SLEEPER_TRIPS 2000
+
 /* Client k of wakers_wake_their_clients: pinned to cpu, sleeps at once in
- * bb_wait (no spin), and checks n echoed round trips. */
-static void sleeper_main(int k, int cpu, int n, struct shared *sh)
+ * bb_wait (no spin), and checks SLEEPER_TRIPS echoed round trips. */
+static void sleeper_main(int k, int cpu, struct shared *sh)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0)
-        _exit(2);
     bb_client *c;
     bb_model *m;
-    if (bb_connect(B.sock, NULL, &c) < 0 || bb_model_open(c, "echo", &m) < 0)
-        _exit(3);
+    pinned_client(k, cpu, "echo", sh, &c, &m);
     bb_client_set_spin_ns(c, 0);
-    atomic_store(&sh->worker_id[k], (int)c->wpage->worker_id);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < SLEEPER_TRIPS; i++) {
         char in[64], out[64];
         size_t len = 0;
         uint64_t id = (uint64_t)(k + 1) << 16 | (uint64_t)i;
@@ -423,14 +461,8 @@ static void sleeper_main(int k, int cpu, int n, struct shared *sh)
  * suite runs with wake_offload_ms too (the *_waker ctest variants). */
 Test(workers, wakers_wake_their_clients)
 {
-    cpu_set_t allowed;
-    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
-    int cpus[2], n = 0;
-    for (int cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
-        if (CPU_ISSET(cpu, &allowed))
-            cpus[n++] = cpu;
-    if (n < 2)
-        cr_skip_test("two CPUs are needed for a fake two-node topology");
+    int cpus[2];
+    two_cpus(cpus);
     const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2",
                         "broker.wake_offload_ms=1", NULL};
     struct bbt_start o = {.config_text = "[model.echo]\nbackend = echo\ninstances = 0\n",
@@ -441,37 +473,14 @@ Test(workers, wakers_wake_their_clients)
             cr_skip_test("this kernel cannot run wake_offload_ms (the broker's log says why)");
         cr_assert_fail("broker did not start");
     }
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task", (int)B.pid);
-    DIR *d = opendir(path);
-    cr_assert_not_null(d);
-    int wakers = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char p[384], name[32] = "";
-        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
-        FILE *f = e->d_name[0] == '.' ? NULL : fopen(p, "r");
-        if (!f)
-            continue;
-        if (fgets(name, sizeof name, f))
-            wakers += strncmp(name, "iou-sqp-", 8) == 0;
-        fclose(f);
-    }
-    closedir(d);
+    char threads[64][16];
+    int nthreads = thread_names(B.pid, threads, 64), wakers = 0;
+    for (int t = 0; t < nthreads; t++)
+        wakers += strncmp(threads[t], "iou-sqp-", 8) == 0;
     cr_expect_eq(wakers, 2, "%d io_uring polling threads for 2 workers", wakers);
 
-    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                             -1, 0);
-    cr_assert_neq(sh, MAP_FAILED);
-    memset(sh, 0, sizeof *sh);
     pid_t pids[2];
-    for (int k = 0; k < 2; k++) {
-        fflush(NULL);
-        pids[k] = fork();
-        cr_assert_geq(pids[k], 0);
-        if (pids[k] == 0)
-            sleeper_main(k, cpus[k], 2000, sh);
-    }
+    struct shared *sh = fork_two(cpus, sleeper_main, pids);
     for (int k = 0; k < 2; k++)
         cr_assert_eq(bbt_waitpid_bounded(pids[k], 30000), 0, "client %d failed", k);
     cr_assert_eq(atomic_load(&sh->failed), 0, "wrong or failed answers");
