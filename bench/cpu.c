@@ -64,20 +64,21 @@ int bench_proc_tasks(pid_t pid, struct bench_task_cpu *out, int max)
     return n;
 }
 
-/* Add cpu to the row called name, making it if there is room. */
-static void add_row(struct bench_run_result *r, const char *name, int threads, double cpu)
+/* Add cpu to the row called name, made if there is room; returns the row,
+ * or NULL where there was none. */
+static struct bench_thread_cpu *add_row(struct bench_run_result *r, const char *name, double cpu)
 {
     int i = 0;
     while (i < r->nserver_threads && strcmp(r->server_threads[i].name, name)) i++;
     if (i == r->nserver_threads) {
-        if (i == BENCH_MAX_THREAD_ROWS) return;
+        if (i == BENCH_MAX_THREAD_ROWS) return NULL;
         snprintf(r->server_threads[i].name, sizeof r->server_threads[i].name, "%s", name);
         r->server_threads[i].threads = 0;
         r->server_threads[i].cpu_s = 0;
         r->nserver_threads++;
     }
-    r->server_threads[i].threads += threads;
     r->server_threads[i].cpu_s += cpu;
+    return &r->server_threads[i];
 }
 
 static int by_cpu_desc(const void *x, const void *y)
@@ -95,7 +96,8 @@ void bench_thread_rows(const struct bench_task_cpu *a, int na, const struct benc
         double before = 0;
         for (int i = 0; i < na; i++)
             if (a[i].tid == b[j].tid) before = a[i].cpu_s;
-        add_row(r, b[j].name, 1, b[j].cpu_s - before);
+        struct bench_thread_cpu *row = add_row(r, b[j].name, b[j].cpu_s - before);
+        if (row) row->threads++;
     }
     qsort(r->server_threads, (size_t)r->nserver_threads, sizeof r->server_threads[0], by_cpu_desc);
 }
@@ -109,11 +111,8 @@ void bench_thread_rows_add(struct bench_run_result *acc, const struct bench_run_
     /* A round's thread counts are each round's own: keep the largest. */
     for (int j = 0; j < one->nserver_threads; j++) {
         const struct bench_thread_cpu *t = &one->server_threads[j];
-        add_row(acc, t->name, 0, t->cpu_s);
-        for (int i = 0; i < acc->nserver_threads; i++)
-            if (!strcmp(acc->server_threads[i].name, t->name) &&
-                acc->server_threads[i].threads < t->threads)
-                acc->server_threads[i].threads = t->threads;
+        struct bench_thread_cpu *row = add_row(acc, t->name, t->cpu_s);
+        if (row && row->threads < t->threads) row->threads = t->threads;
     }
     qsort(acc->server_threads, (size_t)acc->nserver_threads, sizeof acc->server_threads[0],
           by_cpu_desc);

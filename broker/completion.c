@@ -165,6 +165,10 @@ void bb__completion_return(struct bb__worker *home, struct bb__client *c, uint32
         bb__mailbox_post(home, c->w, BB__MSG_RET, c, slot, (uint16_t)flags);
 }
 
+/* bb__completion_return with RET_CQ | RET_PUT for each of a batch's
+ * requests, written out: through the general call (its flag tests, the wake
+ * branch) it was 18 instructions a request more (callgrind, scale_sleep.ini,
+ * 64 x 8). */
 void bb__completion_return_batch(struct bb__worker *home, const struct bb__entry *ents,
                                  uint32_t n)
 {

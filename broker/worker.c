@@ -555,7 +555,8 @@ int bb__worker_run(struct bb__worker *w)
             if (b->models[i].w == w)
                 progress += bb__batcher_poll(&b->models[i], now, &next);
         bb__completion_flush(w);
-        /* The pass's wake-ups out before a sweep may unmap a header. */
+        /* The pass's wake-ups out before a sweep may unmap a header (those
+         * of a waker are not waited for: waker_flush). */
         if (io_uring_sq_ready(&w->ring))
             io_uring_submit(&w->ring);
         if (w->waker_on)
