@@ -12,6 +12,10 @@
  *   item_us   time per request of the batch, slept too (default 0).
  *   threads   (optional) a second log: the id (gettid) of the thread that ran
  *             each batch, one line per batch.
+ *   gate      (optional) a path: each batch first waits until that file
+ *             exists (looked for every millisecond, for 60 s at most), so
+ *             that a test holds a batch in the backend for as long as it
+ *             needs, without guessing a time.
  *
  * Output: a copy of the input, like the synthetic backend. */
 #include <errno.h>
@@ -20,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -27,20 +32,22 @@
 #include "batchbroker/client.h"
 
 struct rec_state {
-    char file[256], threads[256];
+    char file[256], threads[256], gate[256];
     unsigned long batch_us, item_us;
 };
 
 static int rec_init(const struct bb_param *params, size_t nparams, void **state, char *err,
                     size_t errlen)
 {
-    struct rec_state st = {.file = "", .threads = ""};
+    struct rec_state st = {.file = "", .threads = "", .gate = ""};
     for (size_t i = 0; i < nparams; i++) {
         const char *k = params[i].key, *v = params[i].value;
         if (!strcmp(k, "file")) {
             snprintf(st.file, sizeof st.file, "%s", v);
         } else if (!strcmp(k, "threads")) {
             snprintf(st.threads, sizeof st.threads, "%s", v);
+        } else if (!strcmp(k, "gate")) {
+            snprintf(st.gate, sizeof st.gate, "%s", v);
         } else if (!strcmp(k, "batch_us") || !strcmp(k, "item_us")) {
             char *end;
             errno = 0;
@@ -80,6 +87,11 @@ static void append(const char *file, const char *line, size_t len)
 static int rec_process(void *state, struct bb_batch *batch)
 {
     struct rec_state *st = state;
+    struct stat sb;
+    for (int i = 0; st->gate[0] && i < 60000 && stat(st->gate, &sb) != 0; i++) {
+        struct timespec ms = {.tv_nsec = 1000000L};
+        nanosleep(&ms, NULL);
+    }
     unsigned long us = st->batch_us + st->item_us * batch->n;
     if (us) {
         struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000L};
