@@ -70,8 +70,11 @@ if [ -n "$skipped" ]; then
     echo "test.sh: skipped parts of this build:"
     printf '%s\n' "$skipped" | sed 's/^-- /  /'
 fi
-if [ -f Testing/Temporary/LastTest.log ]; then
-    skipped=$(grep -hE '^(SKIPPED \[|SKIP: )' Testing/Temporary/LastTest.log | sort -u || true)
+# Skip reasons as each kind of test prints them: Criterion's [SKIP] (the
+# suites run --verbose), pytest -rs, and the probes' own lines.
+last_log="$BUILD_DIR/Testing/Temporary/LastTest.log"
+if [ -f "$last_log" ]; then
+    skipped=$(grep -hE '^(\[SKIP\] |SKIPPED \[|SKIPPED: |SKIP: |skipped: )' "$last_log" | sort -u || true)
     if [ -n "$skipped" ]; then
         echo "test.sh: skipped tests, and why:"
         printf '%s\n' "$skipped" | sed 's/^/  /'
