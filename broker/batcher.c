@@ -28,13 +28,17 @@ void bb__request_unlink(struct bb__model *m, struct bb__req *r)
         bb__dedup_leave(m, r);
 }
 
-void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen)
+void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t sub)
 {
-    /* Only a request queued here is ours to read: SUBMITTED is a newer
-     * submission of the slot on its way (behind this cancel), whose record
-     * the client's worker may be writing. */
-    int st = atomic_load_explicit(&r->state, memory_order_relaxed);
-    if ((st != BB__REQ_QUEUED && st != BB__REQ_GROUPED) || r->gen != gen)
+    /* A cancel from another worker may come after its request finished here
+     * and the client submitted the slot again, to this model or another, on
+     * this worker or another. Only a request queued here is ours to touch,
+     * and only the submission the cancel names: a newer one has a newer
+     * `sub`, which every store of a newer state publishes (release, paired
+     * with this acquire), so reading its state means reading its `sub`. */
+    int st = atomic_load_explicit(&r->state, memory_order_acquire);
+    if ((st != BB__REQ_QUEUED && st != BB__REQ_GROUPED) ||
+        atomic_load_explicit(&r->sub, memory_order_relaxed) != sub)
         return; /* running (finishes normally), complete, or resubmitted since */
     bb__request_unlink(m, r);
     bb__complete_one(m, r, BB_ECANCELED);

@@ -18,8 +18,9 @@ int bb__batcher_poll(struct bb__model *m, uint64_t now, uint64_t *next_ns);
  * deadline heap, dedup group) without completing it. */
 void bb__request_unlink(struct bb__model *m, struct bb__req *r);
 
-/* Cancel r if it is still queued as generation gen (BB_ECANCELED). */
-void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t gen);
+/* Cancel r (BB_ECANCELED) if it is still queued in m as its submission
+ * number `sub` (r->sub). */
+void bb__batcher_cancel(struct bb__model *m, struct bb__req *r, uint32_t sub);
 
 /* Client c is gone: drop its queued requests on the models homed at w. */
 void bb__batcher_drop_client(struct bb__worker *w, struct bb__client *c);

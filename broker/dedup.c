@@ -190,17 +190,17 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
             /* A more urgent member represents the group from its own level. */
             struct bb__req *old = g->rep;
             bb__queue_remove(&m->q, old);
-            atomic_store_explicit(&old->state, BB__REQ_GROUPED, memory_order_relaxed);
+            atomic_store_explicit(&old->state, BB__REQ_GROUPED, memory_order_release);
             m->q.grouped++;
             r->in = g->in;
             r->out = g->out;
             r->out_cap = g->out_cap;
             g->rep = r;
-            atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_relaxed);
+            atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_release);
             bb__queue_push(&m->q, r, NULL);
             bb__deadline_push(&m->q, r);
         } else {
-            atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_relaxed);
+            atomic_store_explicit(&r->state, BB__REQ_GROUPED, memory_order_release);
             m->q.grouped++;
             bb__deadline_push(&m->q, r);
         }
@@ -283,7 +283,7 @@ void bb__dedup_leave(struct bb__model *m, struct bb__req *r)
             nr->in = g->in;
             nr->out = g->out;
             nr->out_cap = g->out_cap;
-            atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_relaxed);
+            atomic_store_explicit(&nr->state, BB__REQ_QUEUED, memory_order_release);
             bb__queue_push(&m->q, nr, NULL);
             g->rep = nr;
         }

@@ -104,7 +104,11 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     /* The client's clock stamp serves latency figures only, and only if sane. */
     r->submit_ns = (d.submit_ns <= now && now - d.submit_ns < SUBMIT_CLOCK_SKEW_NS) ? d.submit_ns : now;
     r->enq_ns = now;
-    atomic_store_explicit(&r->state, BB__REQ_SUBMITTED, memory_order_relaxed);
+    atomic_store_explicit(&r->sub, atomic_load_explicit(&r->sub, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    /* Release: a home that reads this state, or a later one, reads this
+     * submission's `sub` too (bb__batcher_cancel). */
+    atomic_store_explicit(&r->state, BB__REQ_SUBMITTED, memory_order_release);
     c->refs++; /* until the home gives it back (bb__completion_returned) */
     if (m->w == w)
         bb__enqueue(m, r, now);
@@ -119,10 +123,11 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
     if (st != BB__REQ_SUBMITTED && st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = &w->b->models[r->model];
+    uint32_t sub = atomic_load_explicit(&r->sub, memory_order_relaxed);
     if (m->w == w)
-        bb__batcher_cancel(m, r, r->gen);
-    else
-        bb__mailbox_post(w, m->w, BB__MSG_CANCEL, r, r->gen, 0);
+        bb__batcher_cancel(m, r, sub);
+    else /* the model travels with it: by the time it arrives r may be another's */
+        bb__mailbox_post(w, m->w, BB__MSG_CANCEL, r, sub, (uint16_t)m->id);
 }
 
 int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)

@@ -21,7 +21,8 @@ struct bb__worker;
 
 enum {
     BB__MSG_SUBMIT = 1, /* p: request; to its model's home: enqueue it */
-    BB__MSG_CANCEL,     /* p: request, aux: its generation; to the home: cancel if queued */
+    BB__MSG_CANCEL,     /* p: request, aux: its submission (r->sub), flags: its model;
+                         * to the home: cancel if that submission is queued there */
     BB__MSG_DROP,       /* p: session; to a home: its client died, drop what it queued there */
     BB__MSG_RET,        /* p: session, aux: slot; back to the session's worker: flags */
     BB__MSG_SESSION,    /* p: session; to the worker that will serve it (after HELLO) */

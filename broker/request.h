@@ -30,6 +30,10 @@ struct bb__req {
     uint8_t level;            /* queue level 0..3 */
     uint8_t own_deadline;     /* the client gave timeout_us: orders by deadline */
     uint32_t slot, gen, model;
+    /* Submissions of this record so far, written by its client's worker only
+     * (intake.c): a cancel names the submission it is for by this, never by
+     * the client's gen, which the client may use again. */
+    _Atomic uint32_t sub;
     /* As the client asked, for the model's home to interpret (enqueue.c). */
     uint32_t timeout_us, flags;
     int32_t status;           /* < 0: the intake refused it, the home answers */

@@ -185,7 +185,7 @@ static int handle_mail(struct bb__worker *w, uint64_t now)
             bb__enqueue(&b->models[r->model], r, now);
             break;
         case BB__MSG_CANCEL:
-            bb__batcher_cancel(&b->models[r->model], r, msg->aux);
+            bb__batcher_cancel(&b->models[msg->flags], r, msg->aux);
             break;
         case BB__MSG_DROP:
             bb__batcher_drop_client(w, msg->p);

@@ -528,3 +528,87 @@ Test(workers, yields_that_let_a_neighbour_run_mark_the_cpu_contended)
     cr_assert(!bb__spin_calm(&g, back + BB__SPIN_CALM_NS - 1));
     cr_assert(bb__spin_calm(&g, back + BB__SPIN_CALM_NS));
 }
+
+/* ---- A cancel that arrives after its request is gone ---- */
+
+/* Publish n SQ entries at once (the last first, so that one drain takes
+ * them all) and ring: what bb_submit and bb_cancel do, by hand, so that a
+ * slot can be submitted with a generation the library would not use. */
+static void push_entries(bb_client *c, const uint32_t *e, uint32_t n)
+{
+    uint32_t pos = atomic_fetch_add(&c->sq_reserve, n);
+    for (uint32_t i = n; i-- > 0;)
+        atomic_store_explicit(&c->sq_entries[(pos + i) & c->sq_mask],
+                              e[i] | BB_SQE_LAP(pos + i, c->sq_lg), memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    bb__client_ring(c);
+}
+
+static void describe(bb_request *r, uint32_t model, uint32_t gen, uint32_t timeout_us)
+{
+    struct bb_shm_slot *s = r->slot;
+    memset(s, 0, offsetof(struct bb_shm_slot, shm_done_gen));
+    s->gen = gen;
+    s->model_id = model;
+    s->in_off = r->in_off;
+    s->out_off = r->out_off;
+    s->in_len = 8;
+    s->out_cap = 8;
+    s->timeout_us = timeout_us;
+}
+
+/* Wait (bounded, 20 s) until the slot shows generation gen done. */
+static void await_done(bb_request *r, uint32_t gen)
+{
+    for (int i = 0; i < 20000; i++) {
+        if (atomic_load_explicit(&r->slot->shm_done_gen, memory_order_acquire) == gen)
+            return;
+        bbt_msleep(1);
+    }
+    cr_assert_fail("slot %u: generation %u never completed", r->index, gen);
+}
+
+/* A client cancels slot S, queued for model A on the other worker; the
+ * cancel waits in its worker's outbox while that worker runs a long inline
+ * batch, S times out at A's home meanwhile, and the client submits S again,
+ * with the same generation, to model B on its own worker. The late cancel
+ * must leave the new submission alone: it belongs to another model, which
+ * another thread owns (it used to cancel it, from the wrong thread). */
+Test(workers, a_late_cancel_leaves_the_next_submission_alone)
+{
+    const char *echo = "backend = echo\nmax_batch_size = 64\nmax_wait_us = 500000\nadaptive = off\n";
+    const char *slow = "backend = synthetic\nparam.batch_us = 1000000\nparam.mode = sleep\n"
+                       "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n";
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "[model.e0]\n%s[model.e1]\n%s[model.s2]\n%s[model.s3]\n%s", echo,
+             echo, slow, slow);
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", "broker.spin_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    /* Model i lives on worker i mod 2: A on the other worker, B and the
+     * slow model on the client's own. */
+    bool on0 = c->wpage->worker_id == 0;
+    bb_model *a = bbt_open_ok(c, on0 ? "e1" : "e0"), *b = bbt_open_ok(c, on0 ? "e0" : "e1"),
+             *slowm = bbt_open_ok(c, on0 ? "s2" : "s3");
+    bb_request *s, *x;
+    cr_assert_eq(bb_request_new(a, 8, 8, &s), 0);
+    cr_assert_eq(bb_request_new(slowm, 8, 8, &x), 0);
+    const uint32_t gen = 100;
+    describe(s, a->id, gen, 50000); /* queued at A's home for 50 ms, then BB_ETIMEDOUT */
+    push_entries(c, &s->index, 1);
+    bbt_msleep(10);
+    describe(x, slowm->id, gen, 0);
+    uint32_t both[2] = {x->index, s->index | BB_SQE_CANCEL};
+    push_entries(c, both, 2);
+    await_done(s, gen);
+    cr_assert_eq(s->slot->status, BB_ETIMEDOUT, "S should time out while the cancel waits: %s",
+                 bb_errname(s->slot->status));
+    describe(s, b->id, gen, 0);
+    atomic_store_explicit(&s->slot->shm_done_gen, 0, memory_order_relaxed);
+    push_entries(c, &s->index, 1);
+    await_done(s, gen);
+    cr_assert_eq(s->slot->status, 0, "the new submission came back %s",
+                 bb_errname(s->slot->status));
+    await_done(x, gen);
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+}
