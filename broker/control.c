@@ -1,19 +1,23 @@
 /* The control socket: admission (SO_PEERCRED), the HELLO that gives a
  * client its segment (passed with SCM_RIGHTS), and the small request/reply
  * messages of include/batchbroker/protocol.h. Messages are handled inline by the
- * dispatcher; they are rare and never block (the sockets are non-blocking). */
+ * dispatcher; they are rare and never block (the sockets are non-blocking),
+ * and a session that floods its socket is read a few at a time. */
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "control.h"
 
@@ -145,9 +149,24 @@ void bb__control_accept(struct bb__worker *w, int fd)
     bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
+/* Descriptors in flight to a peer that never reads them are charged to the
+ * broker's uid (RLIMIT_NOFILE: at the limit every HELLO reply fails) and keep
+ * their memory, even after the broker closed its end. So no message with
+ * descriptors goes to a peer that has left this many bytes of replies
+ * unread (the kernel counts each small message at its buffer size: 768
+ * bytes on Linux 6.18, so about five), which a client that reads its round
+ * trips never does: a timed-out one leaves one. */
+#define UNREAD_MAX 4096
+
+/* Messages read from one session's socket a pass (bb__control_readable). */
+#define CTL_PER_PASS 16
+
 /* One message with descriptors attached (SCM_RIGHTS). */
 static bool send_fds(int sock, const void *msg, size_t len, const int *fds, int nfds)
 {
+    int unread = 0;
+    if (ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX)
+        return false;
     char cbuf[CMSG_SPACE(4 * sizeof(int))];
     memset(cbuf, 0, sizeof cbuf);
     struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
@@ -354,6 +373,13 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         return;
     }
     if (!c->attached) {
+        /* Until the HELLO is answered (the segment may be with the
+         * registration thread, the session on its way to another worker)
+         * the client has nothing to say. */
+        if (c->said_hello) {
+            bb__session_kill(w, c, "message before the HELLO reply");
+            return;
+        }
         if (h->type != BB_MSG_HELLO) {
             bb__session_kill(w, c, "first message is not HELLO");
             return;
@@ -379,6 +405,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             return;
         }
         c->hello = *hello;
+        c->said_hello = true;
         if (hello->flags & BB_HELLO_OPERATOR) {
             /* Tools stay with the acceptor: they have no segment to place. */
             struct bb_msg_hello_reply rep = {.h = {.type = BB_MSG_HELLO_REPLY},
@@ -492,8 +519,17 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         struct bb_msg_metrics metrics;
         char raw[512];
     } buf;
-    /* A session that moves to another worker stops reading here. */
-    while (!c->dead && c->w == w) {
+    /* A session that moves to another worker stops reading here. One that
+     * keeps its socket full (a METRICS reply costs the dispatcher far more
+     * than the request costs the client) is read CTL_PER_PASS messages a
+     * pass, so that the worker's clients and rings are served in between:
+     * the rest waits on the worker's backlog (bb__control_backlog). */
+    for (int k = 0; !c->dead && c->w == w; k++) {
+        if (k == CTL_PER_PASS) {
+            c->ctl_backlog = true;
+            w->ctl_backlog = true;
+            return;
+        }
         ssize_t n = recv(c->sock, &buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
@@ -506,6 +542,25 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
         c->last_msg_ns = bb__now_ns();
         handle_message(w, c, &buf, (size_t)n);
     }
+}
+
+int bb__control_backlog(struct bb__worker *w)
+{
+    if (!w->ctl_backlog)
+        return 0;
+    w->ctl_backlog = false;
+    int served = 0;
+    for (uint32_t i = 0; i < w->b->cfg->max_clients; i++) {
+        struct bb__client *c = w->clients[i];
+        if (!c || !c->ctl_backlog)
+            continue;
+        c->ctl_backlog = false;
+        if (!c->dead && c->w == w) {
+            bb__control_readable(w, c);
+            served++;
+        }
+    }
+    return served;
 }
 
 void bb__control_expire(struct bb__worker *w, uint64_t now)

@@ -18,8 +18,11 @@ void bb__control_hello(struct bb__worker *w, struct bb__client *c);
 /* The registration thread registered the session's segment (registrar.c):
  * answer the HELLO, unless the client left meanwhile. */
 void bb__control_registered(struct bb__worker *w, struct bb__client *c);
-/* The session's socket is readable: handle every queued message. */
+/* The session's socket is readable: handle its queued messages, up to a
+ * number a pass; a session with more goes on the worker's backlog. */
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
+/* Read on for the sessions of the backlog, once a pass; returns how many. */
+int bb__control_backlog(struct bb__worker *w);
 /* Drop the worker's sessions past hello_timeout_ms without a HELLO and its
  * operator sessions idle past operator_idle_timeout_ms (heartbeat). */
 void bb__control_expire(struct bb__worker *w, uint64_t now);

@@ -39,6 +39,8 @@ struct bb__client {
     uid_t uid;
     gid_t gid;                     /* as SO_PEERCRED gave them at connect */
     bool attached, dead;
+    bool said_hello;               /* anything more before the reply kills it */
+    bool ctl_backlog;              /* messages left on its socket (control.c) */
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */

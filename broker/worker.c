@@ -545,6 +545,7 @@ int bb__worker_run(struct bb__worker *w)
         int progress = reap_cqes(w);
         progress += reap_done(w);
         progress += reap_registered(w);
+        progress += bb__control_backlog(w);
         /* One clock read a pass: a spinning dispatcher makes many passes,
          * and the clock was a quarter of its time (perf, echo_spin #2). */
         uint64_t now = bb__now_ns();

@@ -52,6 +52,7 @@ struct bb__worker {
     uint32_t ndirty;
     bool need_sweep;               /* a dead client may have dropped to 0 refs */
     bool accept_paused;            /* accept failed (EMFILE?): re-armed at the next heartbeat */
+    bool ctl_backlog;              /* a session's socket was left with messages (control.c) */
 
     uint64_t spin_ns;
     struct bb__spin_guard spin_guard; /* its spins on a busy host (bb__spin_yield) */

@@ -1,7 +1,8 @@
 /* Hostile local clients next to honest ones (issue 11's acceptance): a client
  * that submits requests whose input and output overlap, one that tries to
- * hold 600 operator sessions, and one that keeps re-opening 600 connections
- * that never say HELLO. While each attack runs, honest clients in other
+ * hold 600 operator sessions, one that keeps re-opening 600 connections
+ * that never say HELLO, and one that keeps its session's socket full of
+ * METRICS requests. While each attack runs, honest clients in other
  * processes check every answer byte for byte, and a new client connects
  * (and gets an answer) every 100 ms: each connect must succeed within 1 s,
  * a generous bound on purpose, since the property is "not locked out".
@@ -13,6 +14,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -194,6 +196,59 @@ static int half_open_main(void)
     return 0;
 }
 
+/* Ask for a model's metrics dump (72 KiB that the dispatcher writes into a
+ * memfd) as fast as the socket takes the 16-byte requests, reading the
+ * replies on a second thread so that the session stays up: each request
+ * costs the broker far more than it costs the attacker. */
+static void *metrics_reader(void *p)
+{
+    int fd = *(int *)p;
+    for (;;) {
+        char buf[256], cbuf[CMSG_SPACE(4 * sizeof(int))];
+        struct iovec io = {.iov_base = buf, .iov_len = sizeof buf};
+        struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
+                            .msg_controllen = sizeof cbuf};
+        if (recvmsg(fd, &mh, MSG_CMSG_CLOEXEC) <= 0)
+            return NULL;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < n; i++) {
+                int got;
+                memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof got);
+                close(got);
+            }
+        }
+        atomic_fetch_add(&sh->attack_ops, 1);
+    }
+}
+
+static int metrics_flood_main(void)
+{
+    atomic_fetch_add(&sh->ready, 1);
+    const struct bb_msg_metrics req = {.h = {.type = BB_MSG_METRICS}, .format = BB_METRICS_DUMP};
+    while (!atomic_load(&sh->stop)) {
+        int fd = bbt_raw_connect(B.sock);
+        if (fd < 0)
+            continue;
+        if (bbt_raw_hello(fd, BB_HELLO_OPERATOR, 0) != 0) {
+            close(fd);
+            continue;
+        }
+        pthread_t reader;
+        if (pthread_create(&reader, NULL, metrics_reader, &fd) != 0)
+            return 1;
+        while (!atomic_load(&sh->stop) &&
+               send(fd, &req, sizeof req, MSG_NOSIGNAL) == (ssize_t)sizeof req)
+            ;
+        shutdown(fd, SHUT_RDWR);
+        pthread_join(reader, NULL);
+        close(fd);
+    }
+    return 0;
+}
+
 /* ---- The scenario ---- */
 
 static void under_attack(int (*attacker)(void), const char *what)
@@ -275,4 +330,10 @@ Test(hostile, six_hundred_connections_without_hello)
 {
     under_attack(half_open_main, "600 connections without HELLO");
     cr_assert_gt(atomic_load(&sh->attack_ops), 600);
+}
+
+Test(hostile, a_flood_of_metrics_requests)
+{
+    under_attack(metrics_flood_main, "a flood of METRICS requests");
+    cr_assert_gt(atomic_load(&sh->attack_ops), 100, "the attacker hardly got any reply");
 }

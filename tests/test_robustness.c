@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -602,6 +603,81 @@ Test(robust, hostile_control_messages)
         cr_assert(dropped(fd), "message %d did not end the session", k);
         close(fd);
     }
+    cr_assert(broker_alive(&B));
+    bbt_fresh_client_works(&B);
+}
+
+/* A client may say nothing between its HELLO and the reply: a second HELLO
+ * there, while the registration thread has the segment of the first (v1echo
+ * registers client memory) or while it is answered inline (echo only),
+ * ends the session, and nothing of the first is charged twice or lost. */
+Test(robust, a_second_hello_before_the_reply)
+{
+    for (int registering = 0; registering < 2; registering++) {
+        const char *cfg = registering ? "[model.echo]\nbackend = echo\n"
+                                        "[model.v1]\nbackend = " BB_TEST_PLUGIN_DIR
+                                        "/bb_backend_v1echo.so\ninstances = 1\n"
+                                      : "[model.echo]\nbackend = echo\n";
+        cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
+        for (int round = 0; round < 20; round++) {
+            int fd = raw_connect(B.sock);
+            struct bb_msg_hello h = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                     .version = BB_SHM_VERSION, .cpu = -1, .max_inflight = 1};
+            for (int k = 0; k < 2; k++)
+                cr_assert_eq(send(fd, &h, sizeof h, MSG_NOSIGNAL), (ssize_t)sizeof h);
+            cr_assert(dropped(fd), "round %d: a second HELLO did not end the session", round);
+            close(fd);
+        }
+        cr_assert(broker_alive(&B));
+        bbt_fresh_client_works(&B);
+        /* The broker asserts that a uid without sessions holds no segment
+         * (admission.c): charged twice, it would abort by now. */
+        cr_assert_eq(bbt_broker_stop(&B), 0);
+    }
+}
+
+/* Descriptors in flight to a peer that never reads them count against the
+ * broker's uid and keep their memory even after the broker lets go: an
+ * operator that asks for metrics again and again without reading gets a few
+ * replies, then loses the session. */
+Test(robust, unread_metrics_replies_end_the_session)
+{
+    START(&B, NULL);
+    int fd = raw_connect(B.sock);
+    cr_assert_eq(bbt_raw_hello(fd, BB_HELLO_OPERATOR, 0), 0);
+    const struct bb_msg_metrics req = {.h = {.type = BB_MSG_METRICS}, .format = BB_METRICS_DUMP};
+    for (int i = 0; i < 50; i++)
+        if (send(fd, &req, sizeof req, MSG_NOSIGNAL) != (ssize_t)sizeof req)
+            break; /* dropped already */
+    /* Read nothing until the broker has hung up (or 10 s have passed). */
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    for (int i = 0; i < 100 && !(p.revents & (POLLRDHUP | POLLHUP)); i++)
+        poll(&p, 1, 100);
+    int replies = 0, fds = 0, resets = 0;
+    for (;;) {
+        struct bb_msg_metrics_reply rep;
+        char cbuf[CMSG_SPACE(4 * sizeof(int))];
+        struct iovec io = {.iov_base = &rep, .iov_len = sizeof rep};
+        struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
+                            .msg_controllen = sizeof cbuf};
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        /* The broker left requests unread: a reset first, then the replies. */
+        if (n < 0 && errno == ECONNRESET && resets++ == 0)
+            continue;
+        if (n <= 0)
+            break;
+        replies++;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+            int got;
+            memcpy(&got, CMSG_DATA(cm), sizeof got);
+            close(got);
+            fds++;
+        }
+    }
+    close(fd);
+    cr_assert(p.revents & (POLLRDHUP | POLLHUP), "the session outlived %d unread replies", replies);
+    cr_assert_gt(fds, 0, "not even the first reply came");
+    cr_assert_leq(fds, 10, "%d descriptors sent to a peer that read none of them", fds);
     cr_assert(broker_alive(&B));
     bbt_fresh_client_works(&B);
 }
