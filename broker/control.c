@@ -151,22 +151,26 @@ void bb__control_accept(struct bb__worker *w, int fd)
 
 /* Descriptors in flight to a peer that never reads them are charged to the
  * broker's uid (RLIMIT_NOFILE: at the limit every HELLO reply fails) and keep
- * their memory, even after the broker closed its end. So no message with
- * descriptors goes to a peer that has left this many bytes of replies
- * unread (the kernel counts each small message at its buffer size: 768
- * bytes on Linux 6.18, so about five), which a client that reads its round
- * trips never does: a timed-out one leaves one. */
+ * their memory, even after the broker closed its end. METRICS is the one
+ * request a session may repeat that is answered with a descriptor: a session
+ * that asks again with this many bytes of replies unread (the kernel counts
+ * each small message at its buffer size: 768 bytes on Linux 6.18, so about
+ * five) ends instead. A client that reads its round trips never does: a
+ * timed-out one leaves one. */
 #define UNREAD_MAX 4096
 
 /* Messages read from one session's socket a pass (bb__control_readable). */
 #define CTL_PER_PASS 16
 
+static bool replies_unread(int sock)
+{
+    int unread = 0;
+    return ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX;
+}
+
 /* One message with descriptors attached (SCM_RIGHTS). */
 static bool send_fds(int sock, const void *msg, size_t len, const int *fds, int nfds)
 {
-    int unread = 0;
-    if (ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX)
-        return false;
     char cbuf[CMSG_SPACE(4 * sizeof(int))];
     memset(cbuf, 0, sizeof cbuf);
     struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
@@ -332,6 +336,10 @@ static int memfd_of(const void *data, size_t len, int *out)
  * memfd, so that a reader that takes its time costs the dispatcher nothing. */
 static void handle_metrics(struct bb__worker *w, struct bb__client *c, const struct bb_msg_metrics *req)
 {
+    if (replies_unread(c->sock)) {
+        bb__session_kill(w, c, "replies left unread");
+        return;
+    }
     struct bb_msg_metrics_reply rep = {.h = {.type = BB_MSG_METRICS_REPLY}};
     void *doc = NULL;
     size_t len = 0;
