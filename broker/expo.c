@@ -217,7 +217,7 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
               g_wait, 1e-6);
     per_model(&pg, b, "batchbroker_profiler_stride", "gauge",
               "0 while the profiler is off ([broker] profile); else it times one batch in "
-              "this many (1 = every batch; more only above 100000 batches a second).",
+              "this many (1 = every batch; more only above profile_max_rate batches a second).",
               g_stride, 1);
 
     uint64_t clients = 0, seg = 0;

@@ -246,7 +246,7 @@ enum bb_msg_type {
 #define BB_HELLO_OPERATOR 1u /* tools such as bbctl: statistics only, no segment */
 /* The client refuses this broker (its uid is not one the client trusts) and
  * says so before it hangs up, so that the broker can log why; no reply.
- * Since ABI 1.1; an older broker ignores it. */
+ * Since ABI 2.0. */
 #define BB_HELLO_DISTRUST 2u
 
 struct bb_msg_hdr {

@@ -26,7 +26,7 @@ Errors are exceptions named after the C codes (bb.BB_EBUSY, bb.BB_ETIMEDOUT,
 """
 
 from ._lib import library_path, version
-from .errors import BY_CODE, BatchBrokerError, check, error_for
+from .errors import BY_CODE, CODES, BatchBrokerError, check, error_for
 from .client import (Client, Model, ModelStats, ModelTuning, Priority, Request,
                      SUBMIT_DEDUP, default_socket, submit_opts)
 from .aio import AsyncClient, AsyncModel
@@ -36,7 +36,7 @@ __version__ = version()
 # The BB_E* exception classes, at the package's top level too.
 globals().update({cls.name: cls for cls in BY_CODE.values()})
 
-__all__ = ["AsyncClient", "AsyncModel", "BatchBrokerError", "BY_CODE", "Client", "Model",
+__all__ = ["AsyncClient", "AsyncModel", "BatchBrokerError", "BY_CODE", "CODES", "Client", "Model",
            "ModelStats", "ModelTuning", "Priority", "Request", "SUBMIT_DEDUP", "check", "default_socket",
            "connect", "error_for", "library_path", "submit_opts", "version"] + \
           [cls.name for cls in BY_CODE.values()]
