@@ -168,6 +168,18 @@ static bool replies_unread(int sock)
     return ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX;
 }
 
+/* Why: a process that forks, lets the child keep the socket and exits
+ * before reading its HELLO reply would otherwise leave that reply's
+ * descriptors (and the segment's pages) referenced from a socket the broker
+ * no longer counts: in a loop, unbounded memory, and descriptors in flight
+ * charged to the broker's uid until the kernel refuses every HELLO reply
+ * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
+bool bb__control_held_elsewhere(const struct bb__client *c)
+{
+    int unread = 0;
+    return ioctl(c->sock, SIOCOUTQ, &unread) == 0 && unread > 0;
+}
+
 /* One message with descriptors attached (SCM_RIGHTS). */
 static bool send_fds(int sock, const void *msg, size_t len, const int *fds, int nfds)
 {
@@ -588,6 +600,8 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
             bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
         else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
             bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");
+        else if (c->pid_gone && !bb__control_held_elsewhere(c))
+            bb__session_kill(w, c, "process exited");
     }
 }
 

@@ -3,6 +3,7 @@
 #ifndef BB_BROKER_CONTROL_H
 #define BB_BROKER_CONTROL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct bb__client;
@@ -23,8 +24,15 @@ void bb__control_registered(struct bb__worker *w, struct bb__client *c);
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
 /* Read on for the sessions of the backlog, once a pass; returns how many. */
 int bb__control_backlog(struct bb__worker *w);
-/* Drop the worker's sessions past hello_timeout_ms without a HELLO and its
- * operator sessions idle past operator_idle_timeout_ms (heartbeat). */
+/* The process that connected has exited (pidfd) but replies to it lie
+ * unread on its socket, which therefore another process holds (the dead
+ * one's descriptors are closed before its pidfd fires): the session lives
+ * on, and counts against its uid, until they are read or the socket
+ * closes (bb__control_expire looks at every heartbeat). */
+bool bb__control_held_elsewhere(const struct bb__client *c);
+/* Drop the worker's sessions past hello_timeout_ms without a HELLO, its
+ * operator sessions idle past operator_idle_timeout_ms, and those of exited
+ * processes whose replies have been read since (heartbeat). */
 void bb__control_expire(struct bb__worker *w, uint64_t now);
 /* After a reload: end the worker's sessions whose uid and gid the allow-lists
  * no longer admit, attached clients and operators alike. */

@@ -41,6 +41,7 @@ struct bb__client {
     bool attached, dead;
     bool said_hello;               /* anything more before the reply kills it */
     bool ctl_backlog;              /* messages left on its socket (control.c) */
+    bool pid_gone;                 /* its process exited, another holds the socket */
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */

@@ -103,6 +103,13 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
         bb__session_arm(w, c, BB__UD_DOORBELL);
         return;
     case BB__UD_PIDFD:
+        if (bb__control_held_elsewhere(c)) {
+            bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
+                            "process holds: kept until they are read or the socket closes",
+                            c->id, (int)c->pid);
+            c->pid_gone = true; /* the heartbeat looks again (bb__control_expire) */
+            return;
+        }
         bb__session_kill(w, c, "process exited");
         return;
     }

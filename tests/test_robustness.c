@@ -682,6 +682,65 @@ Test(robust, unread_metrics_replies_end_the_session)
     bbt_fresh_client_works(&B);
 }
 
+/* A process that says HELLO, leaves the socket to a child and exits before
+ * reading the reply leaves that reply's descriptors and segment referenced
+ * from the child's socket. The session lives on, counted against its uid,
+ * until the child closes the socket: with max_clients_per_uid = 3 and two
+ * such sessions, a third client gets in and a fourth is refused (it used
+ * to get in, the two dropped when their processes exited, and a loop of
+ * such processes pinned memory and descriptors without bound). */
+Test(robust, a_session_left_to_a_child_still_counts)
+{
+    START(&B, "broker.max_clients_per_uid=3");
+    int release[2];
+    cr_assert_eq(pipe(release), 0);
+    for (int k = 0; k < 2; k++) {
+        fflush(NULL);
+        pid_t p = fork();
+        cr_assert_geq(p, 0);
+        if (p == 0) {
+            close(release[1]);
+            int fd = bbt_raw_connect(B.sock);
+            struct bb_msg_hello h = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                     .version = BB_SHM_VERSION, .cpu = -1, .max_inflight = 1};
+            if (fd < 0 || send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h)
+                _exit(1);
+            bbt_msleep(100); /* the reply is there, unread */
+            if (fork() == 0) { /* holds the socket until the test closes the pipe */
+                char x;
+                ssize_t n = read(release[0], &x, 1);
+                _exit(n < 0);
+            }
+            _exit(0);
+        }
+        int st = bbt_waitpid_bounded(p, 10000);
+        cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+    }
+    close(release[0]);
+    bbt_msleep(300); /* the broker sees both exits */
+    bb_client *third = NULL, *fourth = NULL;
+    int rc = BB_EMAXCLIENTS; /* the harness's probe connection may still count a moment */
+    for (int i = 0; i < 200 && rc != 0; i++) {
+        rc = bb_connect(B.sock, NULL, &third);
+        if (rc != 0)
+            bbt_msleep(5);
+    }
+    cr_assert_eq(rc, 0, "the third client: %s", bb_errname(rc));
+    cr_assert_eq(bb_connect(B.sock, NULL, &fourth), BB_EMAXCLIENTS,
+                 "the two sessions held by children no longer count");
+    close(release[1]); /* the children close their sockets */
+    rc = BB_EMAXCLIENTS;
+    for (int i = 0; i < 500 && rc != 0; i++) {
+        rc = bb_connect(B.sock, NULL, &fourth);
+        if (rc != 0)
+            bbt_msleep(10);
+    }
+    cr_assert_eq(rc, 0, "the sessions outlived their sockets: %s", bb_errname(rc));
+    bb_disconnect(fourth);
+    bb_disconnect(third);
+    cr_assert(broker_alive(&B));
+}
+
 /* ---- Churn ---- */
 
 /* Clients that come and go (cleanly, or abandoning requests) leave nothing
