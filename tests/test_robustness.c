@@ -37,6 +37,17 @@ static bool broker_alive(struct bbt_broker *b)
     return b->pid > 0 && waitpid(b->pid, &st, WNOHANG) == 0;
 }
 
+/* bb_connect, again every 10 ms for up to 5 s while places are taken (a
+ * connection the broker is still letting go of counts a moment longer). */
+static int connect_when_free(bb_client **c)
+{
+    int rc = BB_EMAXCLIENTS;
+    for (int i = 0; i < 500 && rc != 0; i++)
+        if ((rc = bb_connect(B.sock, NULL, c)) != 0)
+            bbt_msleep(10);
+    return rc;
+}
+
 /* ---- The well-behaved client: pipelined, verified requests ---- */
 
 struct worker_result {
@@ -719,22 +730,12 @@ Test(robust, a_session_left_to_a_child_still_counts)
     close(release[0]);
     bbt_msleep(300); /* the broker sees both exits */
     bb_client *third = NULL, *fourth = NULL;
-    int rc = BB_EMAXCLIENTS; /* the harness's probe connection may still count a moment */
-    for (int i = 0; i < 200 && rc != 0; i++) {
-        rc = bb_connect(B.sock, NULL, &third);
-        if (rc != 0)
-            bbt_msleep(5);
-    }
+    int rc = connect_when_free(&third);
     cr_assert_eq(rc, 0, "the third client: %s", bb_errname(rc));
     cr_assert_eq(bb_connect(B.sock, NULL, &fourth), BB_EMAXCLIENTS,
                  "the two sessions held by children no longer count");
     close(release[1]); /* the children close their sockets */
-    rc = BB_EMAXCLIENTS;
-    for (int i = 0; i < 500 && rc != 0; i++) {
-        rc = bb_connect(B.sock, NULL, &fourth);
-        if (rc != 0)
-            bbt_msleep(10);
-    }
+    rc = connect_when_free(&fourth);
     cr_assert_eq(rc, 0, "the sessions outlived their sockets: %s", bb_errname(rc));
     bb_disconnect(fourth);
     bb_disconnect(third);
@@ -803,19 +804,9 @@ Test(robust, max_clients_refuses_extra_client)
     START(&B, "broker.max_clients=2", "broker.max_clients_per_uid=2");
     bb_client *a = NULL, *b = NULL, *x = NULL;
     /* The harness's probe connection may still be counted for a moment. */
-    int rc = BB_EMAXCLIENTS;
-    for (int i = 0; i < 200 && rc != 0; i++) {
-        rc = bb_connect(B.sock, NULL, &a);
-        if (rc != 0)
-            bbt_msleep(5);
-    }
+    int rc = connect_when_free(&a);
     cr_assert_eq(rc, 0);
-    rc = BB_EMAXCLIENTS;
-    for (int i = 0; i < 200 && rc != 0; i++) {
-        rc = bb_connect(B.sock, NULL, &b);
-        if (rc != 0)
-            bbt_msleep(5);
-    }
+    rc = connect_when_free(&b);
     cr_assert_eq(rc, 0);
     for (int i = 0; i < 20; i++) {
         rc = bb_connect(B.sock, NULL, &x);
@@ -824,12 +815,7 @@ Test(robust, max_clients_refuses_extra_client)
     cr_assert_str_eq(bb_errname(BB_EMAXCLIENTS), "BB_EMAXCLIENTS");
     cr_assert(strstr(bb_strerror(BB_EMAXCLIENTS), "max_clients"));
     bb_disconnect(a);
-    rc = BB_EMAXCLIENTS;
-    for (int i = 0; i < 200 && rc != 0; i++) {
-        rc = bb_connect(B.sock, NULL, &x);
-        if (rc != 0)
-            bbt_msleep(5);
-    }
+    rc = connect_when_free(&x);
     cr_assert_eq(rc, 0, "a freed client slot is reused: %s", bb_errname(rc));
     bb_disconnect(x);
     bb_disconnect(b);
