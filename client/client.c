@@ -554,7 +554,10 @@ static void reap_orphans_locked(bb_client *c)
         return;
     for (uint32_t i = 0; i < c->nslots && c->norphans; i++) {
         bb_request *r = &c->reqs[i];
-        if (kind_of(r) == BB__REQ_ORPHAN && (!is_pending(r) || atomic_load(&c->dead))) {
+        /* Not while pending, even with the broker gone: a batch that was
+         * running when the session ended still finishes and writes the
+         * output, which would land on the allocator's links. */
+        if (kind_of(r) == BB__REQ_ORPHAN && !is_pending(r)) {
             c->norphans--;
             release_locked(c, r);
         }
@@ -592,6 +595,12 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
         return BB_ENOMEM;
     }
     c->free_reqs = r->next_free;
+    /* A reused slot must not show its previous request's outcome, not even
+     * to a bb_client_poll that finds it LIVE the moment it is. */
+    atomic_store_explicit(&r->gen, 0, memory_order_relaxed);
+    atomic_store_explicit(&r->polled_gen, 0, memory_order_relaxed);
+    r->cancel_gen = 0;
+    r->tag = 0;
     set_kind(r, BB__REQ_LIVE);
     pthread_mutex_unlock(&c->lock);
 
@@ -601,10 +610,6 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
     r->out_off = r->in_off + in_round;
     r->in_cap = r->in_len = (uint32_t)input_bytes;
     r->out_cap = (uint32_t)output_capacity;
-    r->cancel_gen = 0;
-    r->tag = 0;
-    /* A reused slot must not show its previous request's outcome. */
-    atomic_store_explicit(&r->gen, 0, memory_order_relaxed);
     *out = r;
     return 0;
 }
@@ -719,9 +724,13 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         return BB_ESTATE;
     if (!is_pending(r))
         return 0;
+    /* A broker already known dead answers nothing more: say so at once, as
+     * every return on a timeout below does (a caller that waits in slices
+     * shorter than the liveness check would otherwise never learn it). */
+    if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
     if (timeout_ns == 0)
-        return atomic_load_explicit(&r->c->dead, memory_order_relaxed) ? BB_EDISCONNECTED
-                                                                       : BB_ETIMEDOUT;
+        return BB_ETIMEDOUT;
     bb_client *c = r->c;
     uint64_t start = bb__now_ns();
     uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
@@ -739,7 +748,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         if ((i & 63) == 0) {
             uint64_t now = bb__now_ns();
             if (now >= deadline)
-                return BB_ETIMEDOUT;
+                return broker_gone(c) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
             if (now >= spin_end)
                 break;
             if (now >= next_check) {
@@ -768,7 +777,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         uint64_t now = bb__now_ns();
         int rc = 0;
         if (now >= deadline) {
-            rc = BB_ETIMEDOUT;
+            rc = broker_gone(c) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
         } else if (now >= next_check) {
             /* A poll() costs a system call: once a slice, not before every
              * sleep (sleeps are slices, so a dead broker is still seen). */
@@ -827,8 +836,8 @@ void bb_request_free(bb_request *r)
     if (!r || kind_of(r) != BB__REQ_LIVE)
         return;
     bb_client *c = r->c;
-    bool pending = is_pending(r) && !atomic_load(&c->dead);
-    if (pending && r->cancel_gen != gen_of(r)) {
+    bool pending = is_pending(r);
+    if (pending && !atomic_load(&c->dead) && r->cancel_gen != gen_of(r)) {
         r->cancel_gen = gen_of(r);
         sq_push(c, r->index | BB_SQE_CANCEL);
     }
@@ -931,8 +940,13 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
             if (idx >= c->nslots)
                 continue;
             bb_request *r = &c->reqs[idx];
-            if (kind_of(r) == BB__REQ_LIVE && gen_of(r) && !is_pending(r))
+            /* Once per completion: an entry left by an earlier submission of
+             * the slot (an orphan's, say) must not report this one twice. */
+            uint32_t gen = gen_of(r);
+            if (kind_of(r) == BB__REQ_LIVE && gen && !is_pending(r) &&
+                atomic_exchange_explicit(&r->polled_gen, gen, memory_order_relaxed) != gen) {
                 out[got++] = r;
+            }
         }
         bb__ring_consume(&c->cq, used);
     }

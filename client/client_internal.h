@@ -32,6 +32,7 @@ struct bb_request {
      * shm_done_gen (acquire) and c->lock. */
     _Atomic uint32_t gen;    /* generation of the last submission; 0 = never */
     uint32_t cancel_gen;     /* generation a cancel was sent for */
+    _Atomic uint32_t polled_gen; /* generation bb_client_poll reported last */
     _Atomic int kind;        /* BB__REQ_*; changed under c->lock */
     uint64_t off;            /* heap block (offset into the heap) */
     uint64_t in_off, out_off;/* segment offsets */

@@ -215,7 +215,9 @@ BB_API int bb_submit(bb_request *r, const struct bb_submit_opts *opts);
  * for a second after two of its spin's yields showed a CPU-bound task
  * holding this thread's CPU for 0.5 ms past the budget, it sleeps at once.
  * Returns 0 once complete (read the outcome with bb_request_status),
- * BB_ETIMEDOUT, BB_EDISCONNECTED, BB_ESTATE (never submitted). */
+ * BB_ETIMEDOUT, BB_EDISCONNECTED (the broker is gone: at once when that is
+ * known, and in place of BB_ETIMEDOUT, however short the wait),
+ * BB_ESTATE (never submitted). */
 BB_API int bb_wait(bb_request *r, int64_t timeout_ns);
 
 /* Cancel a pending request: if the broker has not dispatched it yet it
