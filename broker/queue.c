@@ -1,9 +1,12 @@
 /* A model's queues, dispatcher-only.
  *
- * Per priority level, a binary heap in dispatch order: with priorities on,
- * requests that carry their own timeout first, earliest deadline first; then
- * by fair-queueing tag (round-robin across clients, weighted; the arrival
- * sequence when fairness is off); arrival breaks ties. The heap holds rounds:
+ * Per priority level, a binary heap in dispatch order. With fairness on, by
+ * fair-queueing tag (round-robin across clients, weighted), and within one
+ * tag (a client's round) requests that carry their own timeout first,
+ * earliest deadline first (with priorities on): a deadline reorders its
+ * client's own requests, never another client's round, so no timeout a
+ * client picks pushes the others back. With fairness off, own deadlines
+ * first (priorities on), then arrival. Arrival breaks ties. The heap holds rounds:
  * the requests of one client's fair-queueing round share their tags, so only
  * the first (the head) is a heap entry and the others wait behind it in
  * arrival order; taking a head promotes the next into its place with the
@@ -23,10 +26,16 @@
  * copy specialised for its order, so the comparisons inline. */
 #define BB__INLINE static inline __attribute__((always_inline))
 
+/* which: BB__ORDER_* (queue.h). */
 BB__INLINE bool before(int which, const struct bb__req *a, const struct bb__req *b)
 {
-    if (which)
+    if (which == BB__ORDER_DEADLINE)
         return a->deadline_ns != b->deadline_ns ? a->deadline_ns < b->deadline_ns : a->seq < b->seq;
+    if (which == BB__ORDER_FAIR_FIRST) {
+        if (a->ftag != b->ftag)
+            return a->ftag < b->ftag;
+        return a->okey != b->okey ? a->okey < b->okey : a->rseq < b->rseq;
+    }
     if (a->okey != b->okey)
         return a->okey < b->okey;
     return a->ftag != b->ftag ? a->ftag < b->ftag : a->rseq < b->rseq;
@@ -38,7 +47,7 @@ BB__INLINE bool before(int which, const struct bb__req *a, const struct bb__req 
 BB__INLINE void place(int which, struct bb__heap *h, uint32_t i, struct bb__req *r)
 {
     h->v[i] = r;
-    *(which ? &r->dl_pos : &r->pos) = i;
+    *(which == BB__ORDER_DEADLINE ? &r->dl_pos : &r->pos) = i;
 }
 
 BB__INLINE void sift_up(int which, struct bb__heap *h, uint32_t i)
@@ -75,7 +84,7 @@ BB__INLINE void push_w(int which, struct bb__heap *h, struct bb__req *r)
 {
     bb_assert(h->n < h->cap, "a heap holds at most max_queue requests");
     h->v[h->n] = r;
-    *(which ? &r->dl_pos : &r->pos) = h->n++;
+    *(which == BB__ORDER_DEADLINE ? &r->dl_pos : &r->pos) = h->n++;
     sift_up(which, h, h->n - 1);
 }
 
@@ -105,7 +114,7 @@ BB__INLINE void pop_w(int which, struct bb__heap *h)
 
 BB__INLINE void remove_w(int which, struct bb__heap *h, struct bb__req *r)
 {
-    uint32_t *pos = which ? &r->dl_pos : &r->pos;
+    uint32_t *pos = which == BB__ORDER_DEADLINE ? &r->dl_pos : &r->pos;
     uint32_t i = *pos;
     bb_assert(i < h->n && h->v[i] == r, "a request sits in its heap where its index says");
     if (i == 0) {
@@ -125,18 +134,30 @@ BB__INLINE void remove_w(int which, struct bb__heap *h, struct bb__req *r)
 
 static void heap_push(struct bb__heap *h, struct bb__req *r)
 {
-    if (h->which)
-        push_w(1, h, r);
+    if (h->which == BB__ORDER_DEADLINE)
+        push_w(BB__ORDER_DEADLINE, h, r);
+    else if (h->which == BB__ORDER_FAIR_FIRST)
+        push_w(BB__ORDER_FAIR_FIRST, h, r);
     else
-        push_w(0, h, r);
+        push_w(BB__ORDER_LEVEL, h, r);
 }
 
 static void heap_remove(struct bb__heap *h, struct bb__req *r)
 {
-    if (h->which)
-        remove_w(1, h, r);
+    if (h->which == BB__ORDER_DEADLINE)
+        remove_w(BB__ORDER_DEADLINE, h, r);
+    else if (h->which == BB__ORDER_FAIR_FIRST)
+        remove_w(BB__ORDER_FAIR_FIRST, h, r);
     else
-        remove_w(0, h, r);
+        remove_w(BB__ORDER_LEVEL, h, r);
+}
+
+static void heap_pop(struct bb__heap *h)
+{
+    if (h->which == BB__ORDER_FAIR_FIRST)
+        pop_w(BB__ORDER_FAIR_FIRST, h);
+    else
+        pop_w(BB__ORDER_LEVEL, h);
 }
 
 static int heap_init(struct bb__heap *h, uint32_t cap, int which, bool edf)
@@ -165,9 +186,10 @@ static int heap_reserve(struct bb__heap *h, uint32_t cap)
 int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness)
 {
     q->fairness = fairness;
-    int rc = heap_init(&q->deadlines, cap, 1, false);
+    int rc = heap_init(&q->deadlines, cap, BB__ORDER_DEADLINE, false);
     for (int l = 0; l < 4; l++)
-        rc |= heap_init(&q->levels[l], cap, 0, edf);
+        rc |= heap_init(&q->levels[l], cap,
+                        edf && fairness ? BB__ORDER_FAIR_FIRST : BB__ORDER_LEVEL, edf);
     return rc;
 }
 
@@ -249,7 +271,7 @@ static void round_promote(struct bb__heap *h, uint32_t pos, struct bb__req *next
     next->rtail = tail;
     for (struct bb__req *m = next; m; m = m->rnext)
         m->rhead = next;
-    place(0, h, pos, next);
+    place(BB__ORDER_LEVEL, h, pos, next); /* a level heap: pos, whatever its order */
 }
 
 /* Take r out of its round: a member leaves the chain; a head hands its heap
@@ -322,7 +344,7 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
             round_promote(h, 0, r, tail); /* the rest of the round */
             break;
         }
-        pop_w(0, h);
+        heap_pop(h);
     }
     q->level_bytes[level] -= bytes;
     q->level_n[level] -= n;

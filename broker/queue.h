@@ -10,8 +10,13 @@
 
 #include "request.h"
 
-/* A binary heap of requests; `which` selects the order and the index field
- * (0: a level's dispatch order, pos; 1: deadline order, dl_pos). */
+/* A binary heap's order (queue.c says each): a level's dispatch order, own
+ * deadlines first, then fair-queueing tag; the same with the tag first (a
+ * deadline orders only its client's round); deadline order. The level
+ * orders index the request's pos, the deadline order its dl_pos. */
+enum { BB__ORDER_LEVEL, BB__ORDER_DEADLINE, BB__ORDER_FAIR_FIRST };
+
+/* A binary heap of requests, in order `which` (BB__ORDER_*). */
 struct bb__heap {
     struct bb__req **v;
     uint32_t n, cap;

@@ -215,7 +215,7 @@ int sch_flood_main(void *p)
     if (bb_model_open(c, a->model, &m) != 0)
         return 11;
     bb_request *rs[256];
-    struct bb_submit_opts o = {.priority = a->prio};
+    struct bb_submit_opts o = {.priority = a->prio, .timeout_us = a->timeout_us};
     for (int i = 0; i < a->depth; i++) {
         if (bb_request_new(m, 64, 64, &rs[i]) != 0)
             return 12;

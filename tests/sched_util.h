@@ -65,6 +65,7 @@ struct flood_arg {
     int prio;
     int depth;                /* requests kept in flight */
     uint64_t run_ns;          /* stop after this long even without `stop` */
+    uint32_t timeout_us;      /* each request's own timeout (0: none) */
 };
 
 /* Start a broker from INI text built like printf. */

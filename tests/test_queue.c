@@ -1,6 +1,6 @@
 /* A model's queues (broker/queue.c, struct bb__queues) on their own: the
- * dispatch order of a level (own deadlines first with EDF, then fair-queueing
- * tags, then arrival), arrival order for the oldest request, the deadline
+ * dispatch order of a level (fair-queueing tags, own deadlines first within
+ * a tag, then arrival; own deadlines first when fairness is off), arrival order for the oldest request, the deadline
  * heap, removal from anywhere, taking a whole level, growing, a long random
  * sequence checked against a plain sorted reference, and taking off the top
  * in rounds checked against taking one request at a time. */
@@ -28,6 +28,17 @@ static struct bb__req *mk(int i, int level, uint64_t ftag, uint64_t deadline, bo
     return r;
 }
 
+/* Take level's top n times: the slots must come in the order of want. */
+static void expect_order(struct bb__queues *q, int level, const int *want, int n)
+{
+    for (int k = 0; k < n; k++) {
+        struct bb__req *r = bb__queue_top(q, level);
+        cr_assert_not_null(r, "pop %d: the level is empty", k);
+        cr_assert_eq(r->slot, (uint32_t)want[k], "pop %d: slot %u", k, r->slot);
+        bb__queue_remove(q, r);
+    }
+}
+
 Test(queue, fairness_tags_then_arrival_within_a_level)
 {
     struct bb__queues q = {0};
@@ -39,11 +50,7 @@ Test(queue, fairness_tags_then_arrival_within_a_level)
     cr_assert_eq(q.queued, 4);
     cr_assert_eq(q.level_bytes[2], 100 + 101 + 102 + 103);
     int want[] = {1, 2, 0, 3};
-    for (int k = 0; k < 4; k++) {
-        struct bb__req *r = bb__queue_top(&q, 2);
-        cr_assert_eq(r, &reqs[want[k]], "pop %d: slot %u", k, r->slot);
-        bb__queue_remove(&q, r);
-    }
+    expect_order(&q, 2, want, 4);
     cr_assert_null(bb__queue_top(&q, 2));
     cr_assert_eq(q.queued, 0);
     cr_assert_eq(q.level_bytes[2], 0);
@@ -57,36 +64,46 @@ Test(queue, fairness_off_is_arrival_order)
     uint64_t tags[] = {5, 3, 9, 1};
     for (int i = 0; i < 4; i++)
         bb__queue_push(&q, mk(i, 0, tags[i], UINT64_MAX, false), NULL);
-    for (int k = 0; k < 4; k++) {
-        struct bb__req *r = bb__queue_top(&q, 0);
-        cr_assert_eq(r->slot, (uint32_t)k);
-        bb__queue_remove(&q, r);
-    }
+    expect_order(&q, 0, (const int[]){0, 1, 2, 3}, 4);
     bb__queues_fini(&q);
 }
 
-/* With EDF on, requests carrying their own timeout go first, earliest
- * deadline first; a deadline from the model's default does not count. */
+/* With EDF on and fairness off, requests carrying their own timeout go
+ * first, earliest deadline first; a deadline from the model's default does
+ * not count. */
 Test(queue, own_deadlines_first_with_edf)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, false), 0);
     bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
     bb__queue_push(&q, mk(2, 1, 3, 100, false), NULL); /* a default deadline: fair order */
     bb__queue_push(&q, mk(3, 1, 4, 500, true), NULL);
     int want[] = {3, 1, 0, 2};
-    for (int k = 0; k < 4; k++) {
-        struct bb__req *r = bb__queue_top(&q, 1);
-        cr_assert_eq(r->slot, (uint32_t)want[k], "pop %d: slot %u", k, r->slot);
-        bb__queue_remove(&q, r);
-    }
+    expect_order(&q, 1, want, 4);
     bb__queues_fini(&q);
     /* Without EDF (priorities off) the own deadline does not reorder. */
     cr_assert_eq(bb__queues_init(&q, 16, false, true), 0);
     bb__queue_push(&q, mk(0, 0, 1, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 0, 2, 100, true), NULL);
     cr_assert_eq(bb__queue_top(&q, 0)->slot, 0);
+    bb__queues_fini(&q);
+}
+
+/* With fairness on, the fair-queueing tag comes first: an own deadline
+ * orders the requests of one tag (a client's round), never a later round
+ * ahead of an earlier one, so no timeout a client picks pushes the others
+ * back. */
+Test(queue, own_deadlines_order_only_their_round_with_fairness)
+{
+    struct bb__queues q = {0};
+    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
+    bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
+    bb__queue_push(&q, mk(2, 1, 1, 100, true), NULL); /* the first round: ahead of slot 0 */
+    bb__queue_push(&q, mk(3, 1, 4, 50, true), NULL);  /* the earliest, in a later round */
+    int want[] = {2, 0, 1, 3};
+    expect_order(&q, 1, want, 4);
     bb__queues_fini(&q);
 }
 
@@ -226,11 +243,13 @@ static int pick(const bool *in_q, bool queued, int n, uint64_t *s)
     return i;
 }
 
-/* The level order of queue.c, written out plainly. */
-static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool edf)
+/* The level order of queue.c, written out plainly (EDF on). */
+static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool fair)
 {
-    uint64_t ka = edf && a->own_deadline ? a->deadline_ns : UINT64_MAX;
-    uint64_t kb = edf && b->own_deadline ? b->deadline_ns : UINT64_MAX;
+    uint64_t ka = a->own_deadline ? a->deadline_ns : UINT64_MAX;
+    uint64_t kb = b->own_deadline ? b->deadline_ns : UINT64_MAX;
+    if (fair && a->ftag != b->ftag)
+        return a->ftag < b->ftag;
     if (ka != kb)
         return ka < kb;
     if (a->ftag != b->ftag)
@@ -238,12 +257,13 @@ static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool ed
     return a->seq < b->seq;
 }
 
-Test(queue, random_operations_match_a_reference)
+static void random_operations(bool fair)
 {
     enum { N = 4096, STEPS = 200000 };
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, N, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, N, true, fair), 0);
     static bool in_q[N];
+    memset(in_q, 0, sizeof in_q);
     uint64_t s = 88172645463325252ull;
     uint32_t count = 0;
     for (int step = 0; step < STEPS; step++) {
@@ -283,7 +303,7 @@ Test(queue, random_operations_match_a_reference)
             for (int i = 0; i < N; i++) {
                 if (!in_q[i] || reqs[i].level != l)
                     continue;
-                if (!best || ref_before(&reqs[i], best, true))
+                if (!best || ref_before(&reqs[i], best, fair))
                     best = &reqs[i];
                 if (!oldest || reqs[i].seq < oldest->seq)
                     oldest = &reqs[i];
@@ -297,6 +317,12 @@ Test(queue, random_operations_match_a_reference)
                 cr_assert_geq(reqs[i].deadline_ns, dtop->deadline_ns, "step %d", step);
     }
     bb__queues_fini(&q);
+}
+
+Test(queue, random_operations_match_a_reference)
+{
+    random_operations(true);
+    random_operations(false);
 }
 
 /* bb__queue_take_top against what it replaces: top, check the fit, remove,
@@ -329,6 +355,7 @@ Test(queue, take_top_matches_taking_one_at_a_time)
     cr_assert_eq(bb__queues_init(&qa, N, true, true), 0);
     cr_assert_eq(bb__queues_init(&qb, N, true, true), 0);
     static bool in_q[N];
+    memset(in_q, 0, sizeof in_q);
     struct bb__req *head_a[CLIENTS][4] = {{0}}, *head_b[CLIENTS][4] = {{0}};
     uint32_t left[CLIENTS][4] = {{0}};
     uint64_t tag[CLIENTS][4] = {{0}};

@@ -14,13 +14,14 @@ TestSuite(sched_fairness, .fini = sch_fini, .timeout = 120);
 /* A flooding process keeps 128 requests queued; the light client (this
  * process) sends 20 requests one at a time. For each, count how many flood
  * requests completed while it waited: with fair queueing it overtakes the
- * flood's backlog (a batch or two), in FIFO it waits for all of it. Returns
- * the median. */
-static uint64_t flood_completions_per_light_request(void)
+ * flood's backlog (a batch or two), in FIFO it waits for all of it. The
+ * flood's requests carry their own timeout of flood_timeout_us (0: none).
+ * Returns the median. */
+static uint64_t flood_completions_per_light_request(uint32_t flood_timeout_us)
 {
     struct flood_shared *sh = sch_shared_page(sizeof *sh);
     struct flood_arg fa = {.sh = sh, .model = "f", .prio = BB_PRIORITY_NORMAL, .depth = 128,
-                           .run_ns = 60000000000ull};
+                           .run_ns = 60000000000ull, .timeout_us = flood_timeout_us};
     pid_t pid = sch_spawn(sch_flood_main, &fa);
     sch_wait_flag(&sh->ready, 1, "the flood");
     for (int i = 0; i < 5000 && atomic_load(&sh->done) < 200; i++)
@@ -57,7 +58,19 @@ static uint64_t flood_completions_per_light_request(void)
 Test(sched_fairness, light_client_is_served_through_a_flood)
 {
     sch_start_cfg(FAIR_MODEL("on", 0));
-    uint64_t median = flood_completions_per_light_request();
+    uint64_t median = flood_completions_per_light_request(0);
+    cr_assert_leq(median, 32, "the light client waited for %llu flood requests (backlog 128)",
+                  (unsigned long long)median);
+}
+
+/* Deadlines order a client's own round, not others': a flood whose every
+ * request carries a far timeout (an hour) still gets one round in turn, and
+ * the light client without one is served through it (it used to wait for
+ * the whole backlog: every own deadline went before every request without). */
+Test(sched_fairness, a_flood_with_far_deadlines_gets_no_precedence)
+{
+    sch_start_cfg(FAIR_MODEL("on", 0));
+    uint64_t median = flood_completions_per_light_request(UINT32_MAX);
     cr_assert_leq(median, 32, "the light client waited for %llu flood requests (backlog 128)",
                   (unsigned long long)median);
 }
@@ -66,7 +79,7 @@ Test(sched_fairness, light_client_is_served_through_a_flood)
 Test(sched_fairness, without_fairness_light_client_waits_for_the_backlog)
 {
     sch_start_cfg(FAIR_MODEL("off", 0));
-    uint64_t median = flood_completions_per_light_request();
+    uint64_t median = flood_completions_per_light_request(0);
     cr_assert_geq(median, 64, "FIFO, yet the light client overtook the flood (%llu)",
                   (unsigned long long)median);
 }
@@ -78,7 +91,7 @@ Test(sched_fairness, without_fairness_light_client_waits_for_the_backlog)
 Test(sched_fairness, starvation_guard_does_not_undo_fairness_within_a_level)
 {
     sch_start_cfg(FAIR_MODEL("on", 20000));
-    uint64_t median = flood_completions_per_light_request();
+    uint64_t median = flood_completions_per_light_request(0);
     cr_assert_leq(median, 32,
                   "the light client waited for %llu flood requests (backlog 128): requests "
                   "of its own level older than max_starvation_us were served first, in FIFO",
