@@ -64,7 +64,12 @@ def test_errors_arrive_as_exceptions(brokers):
         async with bb.AsyncClient(b.sock) as client:
             slow = client.model("slow")
             first = asyncio.ensure_future(slow.submit(b"a"))
-            await asyncio.sleep(0.05)
+            # Until the first runs: queued beside it, the second (its own
+            # timeout first within the client's round) would run before it.
+            for _ in range(1000):
+                await asyncio.sleep(0.005)
+                if slow.stats().running == 1:
+                    break
             second = asyncio.ensure_future(slow.submit(b"b", timeout=0.05))
             third = asyncio.ensure_future(slow.submit(b"c"))
             with pytest.raises(bb.BB_EBUSY):
