@@ -104,13 +104,29 @@ static struct bb__fit ols(const double *xs, const double *ys, uint32_t n, const 
     f.a_ns = my - f.b_ns * mx;
     if (f.b_ns < 0) { /* noise: time does not fall with size */
         f.b_ns = 0;
-        f.a_ns = my;
-    }
-    if (f.a_ns < 0) {
+        f.a_ns = my; /* the least-squares constant */
+    } else if (f.a_ns < 0) {
+        /* Time grows faster than the batch (superlinear, as the blas
+         * backend's GEMMs were measured): the least-squares line through 0. */
+        double sxy0 = 0, sxx0 = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!out || !out[i]) {
+                sxy0 += xs[i] * ys[i];
+                sxx0 += xs[i] * xs[i];
+            }
         f.a_ns = 0;
-        f.b_ns = my / mx;
+        f.b_ns = sxy0 / sxx0;
     }
-    f.r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 1.0;
+    /* r2 of the line returned: a clamped line explains less of the
+     * variation than the unclamped one (a flat line none), whose r2 made it
+     * valid. Floored at 0: a line through 0 can fit worse than the mean. */
+    double ssr = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!out || !out[i]) {
+            double r = ys[i] - (f.a_ns + f.b_ns * xs[i]);
+            ssr += r * r;
+        }
+    f.r2 = syy > 0 ? fmax(0, 1 - ssr / syy) : 1.0;
     f.valid = f.r2 >= MIN_R2 || syy <= 1e-9 * my * my * m;
     return f;
 }

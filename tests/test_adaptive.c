@@ -51,6 +51,47 @@ Test(adaptive, fit_with_one_size_is_not_valid)
     cr_assert_float_eq(f.b_ns, 0, 1e-9);
 }
 
+/* The fit of 32 batches, alternately of n0 requests taking t0 ns and of n1
+ * taking t1. */
+static struct bb__fit fit_of_two_sizes(uint32_t n0, uint64_t t0, uint32_t n1, uint64_t t1)
+{
+    struct bb__adaptive a;
+    struct bb__adaptive_cfg c = cfg_default();
+    bb__adaptive_init(&a, &c);
+    for (int i = 0; i < 32; i++)
+        bb__adaptive_batch(&a, i % 2 ? n1 : n0, i % 2 ? t1 : t0);
+    return bb__adaptive_fit(&a);
+}
+
+/* A line clamped to b >= 0 or a >= 0 is refit by least squares under that
+ * constraint, and its r2 is its own: it kept the r2 (1.0) and validity of
+ * the line it replaced, so a flat line that explains none of the variation
+ * passed for a valid constant cost. */
+Test(adaptive, a_fit_clamped_to_no_per_request_cost_is_the_mean_and_not_valid)
+{
+    /* Time falls with size (1 request 100 us, 32 requests 50 us): a
+     * constant, the mean, that explains nothing. */
+    struct bb__fit f = fit_of_two_sizes(1, 100000, 32, 50000);
+    cr_assert_float_eq(f.a_ns, 75000, 1e-6);
+    cr_assert_float_eq(f.b_ns, 0, 1e-12);
+    cr_assert_float_eq(f.r2, 0, 1e-9);
+    cr_assert_not(f.valid, "a flat line through a falling cost is no model of it");
+}
+
+Test(adaptive, a_fit_clamped_to_no_per_batch_cost_is_the_line_through_0)
+{
+    /* Superlinear (8 requests 30 us, 16 requests 110 us, as the blas
+     * backend's GEMM is measured: the unclamped line has a < 0): the
+     * least-squares line through 0, b = sum(n t) / sum(n^2) = 6.25 us
+     * (it was 5.83, the mean time over the mean size); it predicts 50 and
+     * 100 us, so r2 = 1 - 500 / 3200. */
+    struct bb__fit f = fit_of_two_sizes(8, 30000, 16, 110000);
+    cr_assert_float_eq(f.a_ns, 0, 1e-12);
+    cr_assert_float_eq(f.b_ns, 6250, 1e-6, "b = %f", f.b_ns);
+    cr_assert_float_eq(f.r2, 1 - 500.0 / 3200, 1e-9, "r2 = %f", f.r2);
+    cr_assert(f.valid);
+}
+
 static const struct bb__fit linear = {.a_ns = 1e6, .b_ns = 5e4, .r2 = 1, .valid = true};
 
 Test(adaptive, low_load_does_not_wait_for_company)
