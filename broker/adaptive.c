@@ -279,6 +279,18 @@ static uint32_t clampu(double v, uint32_t lo, uint32_t hi)
     return (uint32_t)v;
 }
 
+/* Whether a batch target of c is worth waiting for (bb__adaptive_decide):
+ * it fills within max_fill, a request's expected p99 - its wait for the
+ * batch to fill (with FILL_SPREAD for the Poisson spread), then the batch
+ * running ahead of it, then its own - stays within slo, and the company
+ * still pays. */
+static bool grows(double c, double lam, double a, double b, double max_fill, double slo,
+                  double n_pays)
+{
+    double fill = FILL_SPREAD * (c - 1) / lam;
+    return fill <= max_fill && fill + 2 * (a + b * c) <= slo && c - 1 < n_pays;
+}
+
 void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fit *fit,
                          double rate_rps, double budget, uint32_t *target, uint32_t *wait_us,
                          double *best)
@@ -310,22 +322,28 @@ void bb__adaptive_decide(const struct bb__adaptive_cfg *cfg, const struct bb__fi
     if (cfg->optimize == BB_OPTIMIZE_LATENCY || util1 < GREEDY_UTIL)
         return;
     /* Throughput under load: larger batches spend less of the backend on
-     * per-batch cost. Grow n while the batch fills within max_wait_us and a
-     * request's expected p99 - its wait for the batch to fill (with 20% for
-     * the Poisson spread), then the batch running ahead of it, then its own -
-     * stays within the share `budget` of the SLO. */
+     * per-batch cost. The target is the largest n that grows() allows: it
+     * fills within max_wait_us, its p99 stays within the share `budget` of
+     * the SLO, and the company still pays. */
     double max_fill = (double)cfg->max_wait_us * 1000;
     double slo = cfg->slo_us ? budget * (double)cfg->slo_us * 1000 : INFINITY;
     /* Past a/n <= GAIN_MIN * (a/n + b), i.e. n >= a (1 - GAIN_MIN) / (GAIN_MIN b),
      * more company saves less than GAIN_MIN of a request's backend time. */
     double n_pays = b > 0 ? a * (1 - GAIN_MIN) / (GAIN_MIN * b) : INFINITY;
-    double n = 1;
-    for (double c = 2; c <= max; c++) {
-        double fill = FILL_SPREAD * (c - 1) / lam;
-        if (fill > max_fill || fill + 2 * (a + b * c) > slo || c - 1 >= n_pays)
-            break;
-        n = c;
+    /* The largest such n, by bisection: each bound only tightens as n grows
+     * (b >= 0, which the fit ensures; in floating point too, every step is
+     * monotone), so this is the n that trying every size in turn found, in
+     * at most 17 tries instead of up to 65535 (84 us a decision at
+     * max_batch_size = 65536 with b = 0). */
+    uint32_t lo = 1, hi = max; /* lo grows, or is 1; no size past hi does */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo + 1) / 2;
+        if (grows(mid, lam, a, b, max_fill, slo, n_pays))
+            lo = mid;
+        else
+            hi = mid - 1;
     }
+    double n = lo;
     if (n < 2)
         return; /* no room for waiting: greedy */
     *best = n;

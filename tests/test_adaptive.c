@@ -1,6 +1,7 @@
 /* Unit tests of the adaptive estimator and controller on simulated traces:
  * no broker, no wall clock; the tests feed batches and advance time. */
 #include <criterion/criterion.h>
+#include <criterion/logging.h>
 #include <math.h>
 
 #include "adaptive.h"
@@ -383,6 +384,69 @@ Test(adaptive, only_a_per_batch_cost_is_worth_waiting_for)
     const struct bb__fit gpu = {.a_ns = 30000, .b_ns = 200, .r2 = 1, .valid = true};
     bb__adaptive_decide(&c, &gpu, 20000, 1.0, &target, &wait, &best);
     cr_assert_eq(target, 17);
+}
+
+/* The throughput policy's target, found by trying every size from 2 up, as
+ * bb__adaptive_decide did before it bisected: the largest n that fills
+ * within max_wait_us, whose p99 fits the budget, and whose company pays. */
+static uint32_t target_by_scan(const struct bb__adaptive_cfg *c, const struct bb__fit *f,
+                               double rate_rps, double budget)
+{
+    double lam = rate_rps / 1e9, max_fill = c->max_wait_us * 1000.0;
+    double slo = c->slo_us ? budget * c->slo_us * 1000.0 : INFINITY;
+    double n_pays = f->b_ns > 0 ? f->a_ns * 0.9 / (0.1 * f->b_ns) : INFINITY;
+    uint32_t n = 1;
+    for (uint32_t k = 2; k <= c->max_batch_size; k++) {
+        double fill = 1.2 * (k - 1) / lam;
+        if (fill > max_fill || fill + 2 * (f->a_ns + f->b_ns * k) > slo || k - 1 >= n_pays)
+            break;
+        n = k;
+    }
+    return n;
+}
+
+/* The bisection finds what the scan over every size found, up to the
+ * largest max_batch_size, whichever bound stops the growth. */
+Test(adaptive, the_target_is_the_largest_size_every_bound_allows)
+{
+    static const uint32_t maxes[] = {1, 2, 3, 17, 64, 100, 4096, 65535, 65536};
+    static const uint32_t waits[] = {0, 1, 50, 1000, 100000};
+    static const uint32_t slos[] = {0, 300, 20000, 1000000};
+    static const double as[] = {0, 2000, 30000, 1e6};
+    static const double bs[] = {0, 200, 5000, 5e4};
+    static const double rates[] = {1e3, 2e4, 8e4, 1e6, 1e8};
+    unsigned grown = 0, cases = 0;
+    for (size_t im = 0; im < sizeof maxes / sizeof *maxes; im++)
+        for (size_t iw = 0; iw < sizeof waits / sizeof *waits; iw++)
+            for (size_t is = 0; is < sizeof slos / sizeof *slos; is++)
+                for (size_t ia = 0; ia < sizeof as / sizeof *as; ia++)
+                    for (size_t ib = 0; ib < sizeof bs / sizeof *bs; ib++)
+                        for (size_t ir = 0; ir < sizeof rates / sizeof *rates; ir++) {
+                            struct bb__adaptive_cfg c = cfg_default();
+                            c.max_batch_size = maxes[im];
+                            c.max_wait_us = waits[iw];
+                            c.slo_us = slos[is];
+                            const struct bb__fit f = {.a_ns = as[ia], .b_ns = bs[ib], .r2 = 1,
+                                                      .valid = true};
+                            uint32_t target, wait;
+                            double best;
+                            bb__adaptive_decide(&c, &f, rates[ir], 0.8, &target, &wait, &best);
+                            /* Saturation and the greedy cases decide before
+                             * any growth: leave them out. */
+                            if (1.2 * rates[ir] / 1e9 * bs[ib] >= 1 ||
+                                rates[ir] / 1e9 * (as[ia] + bs[ib]) < 0.5)
+                                continue;
+                            uint32_t want = target_by_scan(&c, &f, rates[ir], 0.8);
+                            cr_assert_eq(target, want,
+                                         "max %u, wait %u us, slo %u us, a %g, b %g, %g req/s: "
+                                         "target %u, the scan %u",
+                                         c.max_batch_size, c.max_wait_us, c.slo_us, as[ia], bs[ib],
+                                         rates[ir], target, want);
+                            cases++;
+                            grown += want > 1;
+                        }
+    cr_assert_gt(grown, 100, "%u of %u cases grow a batch", grown, cases);
+    cr_log_info("%u of %u cases grow a batch", grown, cases);
 }
 
 /* The target never exceeds the most requests recently queued at once: with
