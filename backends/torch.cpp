@@ -20,8 +20,10 @@
  * otherwise the rows are gathered once into a tensor this instance keeps.
  * Integer inputs are always gathered: a model may index with them, and a
  * client that rewrote an index between the bounds check and its use could
- * make libtorch read out of bounds. The output tensor's rows are copied
- * straight into the clients' output buffers.
+ * make libtorch read out of bounds. Inputs are gathered, too, for a model
+ * that writes its input (probed at init): the views are read-only client
+ * memory. The output tensor's rows are copied straight into the clients'
+ * output buffers.
  *
  * Every exception (c10::Error and anything else) is caught: at init it is a
  * refusal with the message, in process() it fails the batch with the message
@@ -74,6 +76,7 @@ struct State {
     int threads = 1;
     torch::Device device{torch::kCPU};
     at::Tensor gather;             /* [cap, in_numel], grown on demand */
+    bool copy_inputs = false;      /* forward() writes its input: never pass client memory */
     std::vector<uint32_t> valid;   /* indices of the batch's well-formed requests */
 };
 
@@ -216,6 +219,28 @@ void destroy(State *st)
     delete st;
 }
 
+/* Whether forward() writes into its input (x.mul_(2), x.sub_(m).div_(s),
+ * ReLU(inplace=True) on it): the input views are read-only client memory,
+ * which a zero-copy batch tensor would hand it. Probed on an ordinary tensor
+ * of one request and of two, outside InferenceMode (whose tensors keep no
+ * version counter): an in-place op bumps the counter; a write that bypasses
+ * it (through .data) still changes the values. Throws what forward()
+ * throws. */
+bool writes_input(State &st)
+{
+    at::NoGradGuard no_grad;
+    for (int64_t n = 1; n <= 2; n++) {
+        std::vector<int64_t> shape{n};
+        shape.insert(shape.end(), st.in_shape.begin(), st.in_shape.end());
+        at::Tensor x = at::full(shape, 0.5, at::TensorOptions().dtype(st.in_type));
+        const at::Tensor before = x.clone();
+        const auto version = x._version();
+        run(st, x, n);
+        if (x._version() != version || !x.equal(before)) return true;
+    }
+    return false;
+}
+
 int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) noexcept
 {
     State *st = nullptr;
@@ -349,6 +374,22 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
             destroy(st);
             return BB_EINVAL;
         }
+        /* Only float inputs on the CPU are ever passed in place (integers are
+         * gathered, a GPU gets a copy). A model that throws on this input but
+         * not on zeros cannot be told apart: copied too. */
+        if (at::isFloatingType(st->in_type) && st->device.is_cpu()) {
+            std::string why;
+            try {
+                st->copy_inputs = writes_input(*st);
+                if (st->copy_inputs) why = "the model writes its input";
+            } catch (const std::exception &e) {
+                st->copy_inputs = true;
+                why = "the write probe failed (" + error_text(e) + ")";
+            }
+            if (st->copy_inputs)
+                a->log(a->log_ctx, BB_BACKEND_LOG_INFO,
+                       ("torch: " + st->path + ": " + why + ": inputs are copied").c_str());
+        }
         a->log(a->log_ctx, BB_BACKEND_LOG_INFO,
                ("torch: " + st->path + " on " + st->device.str() + ", " +
                 std::to_string(st->threads) + " intra-op thread(s)")
@@ -383,7 +424,7 @@ at::Tensor input_tensor(State &st, const bb_batch *batch)
     /* Addresses as integers: the rows may lie in different clients' segments. */
     auto addr = [&](int64_t i) { return uintptr_t(batch->inputs[st.valid[size_t(i)]].ptr); };
     const uintptr_t first = addr(0);
-    bool inplace = at::isFloatingType(st.in_type) && first % esize == 0;
+    bool inplace = !st.copy_inputs && at::isFloatingType(st.in_type) && first % esize == 0;
     uintptr_t stride = st.in_bytes;
     if (inplace && m > 1) {
         inplace = addr(1) > first;
@@ -400,8 +441,9 @@ at::Tensor input_tensor(State &st, const bb_batch *batch)
             s *= sizes[d];
         }
         strides[0] = int64_t(stride) / int64_t(esize);
-        /* from_blob never frees, nor (for our part) writes: the cast from
-         * the const view only satisfies its signature. */
+        /* from_blob never frees, nor writes (a model that writes its input
+         * never gets here: copy_inputs): the cast from the const view only
+         * satisfies its signature. */
         return torch::from_blob(reinterpret_cast<void *>(first), sizes, strides, opts);
     }
     if (!st.gather.defined() || st.gather.size(0) < m) {

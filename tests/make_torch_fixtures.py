@@ -5,6 +5,9 @@
               returns the first 10 values of each row doubled; for the
               exception path of process()
   tuple.pt    returns a tuple, not a tensor; refused at init
+  mutates.pt  forward(x) doubles x in place and returns the first 10 values
+              of each row: a model that writes its input, which must never
+              be the client's memory
 
 usage: make_torch_fixtures.py DIR
 """
@@ -21,6 +24,12 @@ class Raises(torch.nn.Module):
         return x.flatten(1)[:, :10] * 2
 
 
+class Mutates(torch.nn.Module):
+    def forward(self, x):
+        x.mul_(2.0)
+        return x.flatten(1)[:, :10]
+
+
 class Tuple(torch.nn.Module):
     def forward(self, x):
         return x, x
@@ -29,7 +38,7 @@ class Tuple(torch.nn.Module):
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for name, mod in (("raises", Raises()), ("tuple", Tuple())):
+    for name, mod in (("raises", Raises()), ("tuple", Tuple()), ("mutates", Mutates())):
         path = os.path.join(out, name + ".pt")
         torch.jit.script(mod).save(path + ".tmp")
         os.replace(path + ".tmp", path)

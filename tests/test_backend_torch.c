@@ -1,8 +1,9 @@
 /* torch backend (backends/torch.cpp): params and shapes, the in-place and
- * gathered input paths, per-request size checks, exceptions in forward(),
- * files refused at start-up, and the full Fashion-MNIST test set through a
- * broker from 4 client processes (the TorchScript file holds the same
- * weights as fmnist.bbdense, so the same exact reference applies). */
+ * gathered input paths, a model that writes its input, per-request size
+ * checks, exceptions in forward(), files refused at start-up, and the full
+ * Fashion-MNIST test set through a broker from 4 client processes (the
+ * TorchScript file holds the same weights as fmnist.bbdense, so the same
+ * exact reference applies). */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <stdio.h>
@@ -145,6 +146,71 @@ Test(torch, an_exception_in_forward_fails_the_batch_with_its_message)
     x[1][7] = 0;
     cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "%s", msg);
     bbt_plugin_close(&p);
+}
+
+/* A model that writes its input (x.mul_(2)) is found at init and gets
+ * copies: the client's input, read-only shared memory, is never written,
+ * and the answers are those of the model on the input as sent. */
+static struct bbt_broker B;
+
+Test(torch, a_model_that_writes_its_input_never_writes_the_clients)
+{
+    char pt[512], text[800];
+    need_file("mutates.pt", pt, sizeof pt);
+    /* In process, a batch of four requests in a row (which would be one
+     * strided view of their memory). */
+    struct bbt_plugin p = open_torch(pt, "784", NULL);
+    static float x[4][784];
+    float out[4][10];
+    struct bb_view in[4];
+    struct bb_outbuf o[4];
+    for (int i = 0; i < 4; i++) {
+        for (int k = 0; k < 784; k++) x[i][k] = 1.0f;
+        in[i] = (struct bb_view){x[i], sizeof x[i]};
+        o[i] = (struct bb_outbuf){.ptr = out[i], .cap = sizeof out[i]};
+    }
+    char msg[256];
+    cr_assert_eq(run(&p, 4, in, o, msg, sizeof msg), 0, "%s", msg);
+    for (int i = 0; i < 4; i++) {
+        for (int k = 0; k < 784; k++) cr_assert_eq(x[i][k], 1.0f, "input %d[%d] written", i, k);
+        for (int k = 0; k < 10; k++) cr_assert_eq(out[i][k], 2.0f, "output %d[%d]", i, k);
+    }
+    bbt_plugin_close(&p);
+
+    /* Through a broker, from a client's shared memory, twice. */
+    snprintf(text, sizeof text,
+             "[model.doubler]\nbackend = torch\nparam.model = %s\nparam.input_shape = 784\n"
+             "param.output_shape = 10\n",
+             pt);
+    struct bbt_start so = {.config_text = text, .log = true,
+                           .overrides = (const char *const[]){"broker.log_level=info", NULL}};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0, "broker (status %#x)", B.exit_status);
+    cr_assert_geq(bbt_log_count(&B, "the model writes its input: inputs are copied"), 1,
+                  "init says why the inputs are copied");
+    bb_client *c;
+    bb_model *m;
+    bb_request *r;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    cr_assert_eq(bb_model_open(c, "doubler", &m), 0);
+    cr_assert_eq(bb_request_new(m, 784 * sizeof(float), 10 * sizeof(float), &r), 0);
+    float *shm = bb_request_input(r);
+    for (int k = 0; k < 784; k++) shm[k] = 1.0f;
+    for (int round = 0; round < 2; round++) {
+        cr_assert_eq(bb_submit(r, NULL), 0);
+        cr_assert_eq(bb_wait(r, 30000000000ll), 0);
+        cr_assert_eq(bb_request_status(r), 0, "%s", bb_strerror(bb_request_status(r)));
+        size_t len;
+        const float *y = bb_request_output(r, &len);
+        cr_assert_eq(len, 10 * sizeof(float));
+        for (int k = 0; k < 10; k++)
+            cr_assert_eq(y[k], 2.0f, "round %d: output[%d] = %g", round, k, y[k]);
+        for (int k = 0; k < 784; k++)
+            cr_assert_eq(shm[k], 1.0f, "round %d: the client's input[%d] became %g", round, k,
+                         shm[k]);
+    }
+    bb_request_free(r);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
 }
 
 Test(torch, params_are_checked)
