@@ -88,6 +88,9 @@ int bb__broker_run(struct bb__broker *b)
         if (rc) {
             bb_error("cannot start worker %u: %s", i, strerror(rc));
             atomic_store(&b->stopping, true);
+            /* Those that never ran have nothing to drain: the shutdown waits
+             * for every worker to count itself drained. */
+            atomic_fetch_add(&b->drained, b->nworkers - i);
             break;
         }
         b->workers[i].started = true;

@@ -97,8 +97,10 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
     }
     account(m, cm, r);
     atomic_store_explicit(&r->state, BB__REQ_QUEUED, memory_order_release); /* batcher.c: cancel */
-    if (bb__queue_push(&m->q, r, cm->round_head[l]))
+    if (bb__queue_push(&m->q, r, cm->round_head[l])) {
         cm->round_head[l] = r;
+        r->round_ref = &cm->round_head[l]; /* queue.c keeps it true */
+    }
     bb__deadline_push(&m->q, r);
     bb__adaptive_queued(&m->adapt, m->q.queued);
 }

@@ -86,6 +86,13 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
         return;
     }
     struct bb__model *m = &w->b->models[d.model_id];
+    if (m->w != w && w->stopping) {
+        /* Another home may have left already: once every worker is
+         * stopping (none leaves before), nothing crosses with a reference.
+         * Its own home would refuse it the same way (enqueue.c). */
+        bb__answer(c, slot, d.gen, BB_ESHUTDOWN, 0);
+        return;
+    }
     r->status = check(c, &d);
     r->gen = d.gen;
     r->model = d.model_id;

@@ -5,7 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int bb__log_level = BB_LOG_INFO;
+_Atomic int bb__log_level = BB_LOG_INFO;
 
 void bb__log(int level, const char *file, int line, const char *fmt, ...)
 {
@@ -49,7 +49,7 @@ static void limit_roll(struct bb__log_limit *l, uint64_t now)
         return;
     uint32_t held = atomic_exchange_explicit(&l->suppressed, 0, memory_order_relaxed);
     atomic_store_explicit(&l->lines, 0, memory_order_relaxed);
-    if (held && l->level <= bb__log_level)
+    if (held && l->level <= atomic_load_explicit(&bb__log_level, memory_order_relaxed))
         bb__log(l->level, l->file, l->line,
                 "(rate limit) %u more lines from here were not logged in the last %.1f s", held,
                 (double)(now - start) / 1e9);

@@ -9,14 +9,14 @@
 #include <stdlib.h>
 
 enum { BB_LOG_ERROR = 0, BB_LOG_WARN = 1, BB_LOG_INFO = 2, BB_LOG_DEBUG = 3 };
-extern int bb__log_level;
+extern _Atomic int bb__log_level; /* reload writes it while every thread logs */
 
 void bb__log(int level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 #define bb_log(level, ...)                                                      \
     do {                                                                        \
-        if ((level) <= bb__log_level) bb__log((level), __FILE__, __LINE__, __VA_ARGS__); \
+        if ((level) <= atomic_load_explicit(&bb__log_level, memory_order_relaxed)) bb__log((level), __FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 #define bb_error(...) bb_log(BB_LOG_ERROR, __VA_ARGS__)
 #define bb_warn(...) bb_log(BB_LOG_WARN, __VA_ARGS__)
@@ -50,7 +50,7 @@ void bb__log_limit_flush(uint64_t now_ns);
 #define bb_log_limited(level, ...)                                                   \
     do {                                                                              \
         static struct bb__log_limit bb__lim_;                                         \
-        if ((level) <= bb__log_level &&                                               \
+        if ((level) <= atomic_load_explicit(&bb__log_level, memory_order_relaxed) &&                                               \
             bb__log_limit_take(&bb__lim_, (level), __FILE__, __LINE__))               \
             bb__log((level), __FILE__, __LINE__, __VA_ARGS__);                        \
     } while (0)

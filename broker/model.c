@@ -170,9 +170,14 @@ void bb__model_unregister(struct bb__model *m, const struct bb_segment *seg)
 
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
 {
+    return bb__model_target_pinned(m, atomic_load_explicit(&m->pinned, memory_order_relaxed),
+                                   wait_us);
+}
+
+uint32_t bb__model_target_pinned(const struct bb__model *m, uint32_t pinned, uint32_t *wait_us)
+{
     uint32_t max = m->cfg.max_batch_size;
     *wait_us = m->cfg.max_wait_us;
-    uint32_t pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
     if (pinned)
         return pinned < max ? pinned : max;
     if (m->cfg.adaptive) {
@@ -220,8 +225,9 @@ void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t n
     s->queued = (uint32_t)bb__ctr_get(&m->metrics.queued);
     s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
     s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
-    if (s->pinned) /* a pin shows at once: it reads only the pin and the configuration */
-        s->batch_target = bb__model_target(m, &s->wait_us);
+    if (s->pinned) /* a pin shows at once: the pin read above and the configuration only
+                    * (not the home's adaptive state, were an unpin to land meanwhile) */
+        s->batch_target = bb__model_target_pinned(m, s->pinned, &s->wait_us);
     s->changes = atomic_load_explicit(&m->pub.changes, memory_order_relaxed);
     s->fit_a_us = atomic_load_explicit(&m->pub.fit_a_us, memory_order_relaxed);
     s->fit_b_us = atomic_load_explicit(&m->pub.fit_b_us, memory_order_relaxed);

@@ -143,6 +143,9 @@ void bb__model_unregister(struct bb__model *m, const struct bb_segment *seg);
 
 /* The batch target and wait the model is working with now. */
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us);
+/* The same for a pin value already read (0: none); with a pin it reads only
+ * the configuration, so any worker may call it. */
+uint32_t bb__model_target_pinned(const struct bb__model *m, uint32_t pinned, uint32_t *wait_us);
 
 /* The model called name among n, or NULL. */
 struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const char *name);

@@ -221,6 +221,7 @@ bool bb__queue_push(struct bb__queues *q, struct bb__req *r, struct bb__req *joi
     int l = r->level;
     struct bb__heap *h = &q->levels[l];
     r->seq = q->seq++;
+    r->round_ref = NULL;
     if (!q->fairness)
         r->ftag = r->fstart = r->seq;
     r->okey = h->edf && r->own_deadline ? r->deadline_ns : UINT64_MAX;
@@ -265,6 +266,22 @@ struct bb__req *bb__level_oldest(struct bb__queues *q, int level)
 
 /* next, the first member left of a round whose head went, takes the head's
  * place pos in the level heap (it has the same key); tail ends the round. */
+/* head leaves its heap place: the client's record of its round follows to
+ * next, the member that takes the place, or is cleared. Nothing reads a
+ * record after it left: its slot may be submitted again at once, to another
+ * model on another worker, which then writes it (enqueue.c passes the
+ * record as the round to join). */
+static void round_handover(struct bb__req *head, struct bb__req *next)
+{
+    struct bb__req **ref = head->round_ref;
+    head->round_ref = NULL;
+    if (ref && *ref == head) {
+        *ref = next;
+        if (next)
+            next->round_ref = ref;
+    }
+}
+
 static void round_promote(struct bb__heap *h, uint32_t pos, struct bb__req *next,
                           struct bb__req *tail)
 {
@@ -286,8 +303,10 @@ static void round_remove(struct bb__heap *h, struct bb__req *r)
         if (head->rtail == r)
             head->rtail = p;
     } else if (r->rnext) {
+        round_handover(r, r->rnext);
         round_promote(h, r->pos, r->rnext, r->rtail);
     } else {
+        round_handover(r, NULL);
         heap_remove(h, r);
     }
     r->pos = POS_NONE;
@@ -341,9 +360,11 @@ uint32_t bb__queue_take_top(struct bb__queues *q, int level, uint32_t room, uint
         if (r == head)
             break; /* its head does not fit */
         if (r) {
+            round_handover(head, r);
             round_promote(h, 0, r, tail); /* the rest of the round */
             break;
         }
+        round_handover(head, NULL);
         heap_pop(h);
     }
     q->level_bytes[level] -= bytes;
@@ -370,7 +391,8 @@ uint32_t bb__queue_take_level(struct bb__queues *q, int level, struct bb__req **
 {
     struct bb__heap *h = &q->levels[level];
     uint32_t n = 0;
-    for (uint32_t i = 0; i < h->n; i++)
+    for (uint32_t i = 0; i < h->n; i++) {
+        round_handover(h->v[i], NULL);
         for (struct bb__req *r = h->v[i], *next; r; r = next) {
             next = r->rnext;
             r->pos = POS_NONE;
@@ -378,6 +400,7 @@ uint32_t bb__queue_take_level(struct bb__queues *q, int level, struct bb__req **
             r->rnext = r->rhead = r->rtail = NULL;
             out[n++] = r;
         }
+    }
     h->n = 0;
     q->fifo_head[level] = q->fifo_tail[level] = NULL;
     q->level_bytes[level] = 0;

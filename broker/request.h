@@ -50,6 +50,10 @@ struct bb__req {
     /* A fair-queueing round (queue.c): the requests of one client that share
      * their tags sit behind one heap entry, its head, in arrival order. */
     struct bb__req *rhead, *rtail, *rnext;
+    /* While r heads a round: its client's record of that round
+     * (round_head in enqueue.c), which queue.c moves on or clears when r
+     * leaves its heap place, so that it never names a record that left. */
+    struct bb__req **round_ref;
     uint64_t rseq;            /* the head's arrival sequence: the round's heap key */
     struct bb__req *fifo_prev, *fifo_next; /* arrival order within the level */
     struct bb__group *group;  /* dedup group, or NULL */

@@ -330,7 +330,7 @@ static bool work_pending(struct bb__worker *w)
         atomic_load_explicit(&w->registered, memory_order_relaxed) ||
         atomic_load_explicit(&w->mb.pending, memory_order_relaxed) ||
         (atomic_load(b->stop_flag) && !w->stopping) || atomic_load(&b->quiesce) ||
-        (w->id == 0 && b->reload_flag && atomic_load(b->reload_flag)))
+        (w->id == 0 && !w->stopping && b->reload_flag && atomic_load(b->reload_flag)))
         return true;
     for (uint32_t i = 0; i < w->nlive; i++)
         if (bb__sq_ready(&w->live[i]->sq, 1))
@@ -547,7 +547,9 @@ int bb__worker_run(struct bb__worker *w)
             begin_shutdown(w);
         if (w->id != 0 && atomic_load(&b->quiesce))
             park(w);
-        if (w->id == 0 && b->reload_flag && atomic_exchange(b->reload_flag, 0))
+        /* Not once stopping: a drained worker may have left, and would never
+         * park for the reload. */
+        if (w->id == 0 && !w->stopping && b->reload_flag && atomic_exchange(b->reload_flag, 0))
             reload(w);
         int progress = reap_cqes(w);
         progress += reap_done(w);

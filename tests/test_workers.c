@@ -8,7 +8,9 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -611,4 +613,120 @@ Test(workers, a_late_cancel_leaves_the_next_submission_alone)
                  bb_errname(s->slot->status));
     await_done(x, gen);
     cr_assert_eq(bbt_broker_stop(&B), 0);
+}
+
+/* ---- Shutdown ---- */
+
+/* A model whose batches take 20 ms, one request each. */
+#define SLOW_20MS                                                                          \
+    "backend = synthetic\nparam.batch_us = 20000\nparam.mode = sleep\ninstances = 1\n"    \
+    "max_batch_size = 1\nmax_wait_us = 0\n"
+
+/* A broker with two workers on two fake nodes, started with this process
+ * on every CPU it may use (the broker inherits them). */
+static void start_two_workers(const char *cfg, const cpu_set_t *all)
+{
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", "broker.spin_us=0", NULL};
+    cr_assert_eq(sched_setaffinity(0, sizeof *all, all), 0);
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+}
+
+/* SIGHUP during a shutdown. Worker 0 drains at once; worker 1 finishes its
+ * client's last batch (20 ms) and leaves. A reload that worker 0 took up
+ * just after worker 1 left waited for it to park, for ever. SIGHUP comes
+ * around the end of that batch, a little later each round. */
+Test(workers, a_reload_during_shutdown_does_not_hang_it)
+{
+    int cpus[2];
+    two_cpus(cpus);
+    cpu_set_t all, one;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    CPU_ZERO(&one);
+    CPU_SET(cpus[1], &one);
+    const char *cfg = "[model.e0]\nbackend = echo\n[model.s1]\n" SLOW_20MS;
+    for (int round = 0; round < 30; round++) {
+        start_two_workers(cfg, &all);
+        cr_assert_eq(sched_setaffinity(0, sizeof one, &one), 0);
+        bb_client *c = bbt_connect_ok(&B, NULL);
+        cr_assert_eq(c->wpage->worker_id, 1, "a client on the second CPU is worker 1's");
+        bb_model *m = bbt_open_ok(c, "s1");
+        bb_request *r;
+        cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
+        cr_assert_eq(bb_submit(r, NULL), 0);
+        bbt_msleep(5);
+        cr_assert_eq(kill(B.pid, SIGTERM), 0);
+        usleep(14700 + 30 * (useconds_t)round);
+        kill(B.pid, SIGHUP);
+        int st = bbt_broker_wait(&B, 10000);
+        cr_assert(st != -1, "round %d: the broker did not exit within 10 s", round);
+        bb_disconnect(c);
+    }
+}
+
+struct late_submitter {
+    bb_client *c;
+    bb_request *r;
+    uint32_t model;
+    _Atomic int stop;
+};
+
+/* Submit r again and again by hand (the library would refuse once the
+ * broker says SHUTDOWN), 0 to 200 µs apart, each after the last answer. */
+static void *submit_late(void *p)
+{
+    struct late_submitter *ls = p;
+    uint64_t seed = (uint64_t)bbt_now_ns();
+    for (uint32_t gen = 1; !atomic_load(&ls->stop); gen++) {
+        describe(ls->r, ls->model, gen, 0);
+        push_entries(ls->c, &ls->r->index, 1);
+        while (!atomic_load(&ls->stop) &&
+               atomic_load_explicit(&ls->r->slot->shm_done_gen, memory_order_acquire) != gen)
+            usleep(20);
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        usleep((useconds_t)((seed >> 33) % 200));
+    }
+    return NULL;
+}
+
+/* A submission that reaches worker 0 after it drained, for a model of worker
+ * 1, which had drained too and left: it used to travel to worker 1 and wait
+ * there for ever, and so did the broker's exit. */
+Test(workers, a_submission_during_shutdown_does_not_hang_it)
+{
+    int cpus[2];
+    two_cpus(cpus);
+    cpu_set_t all, on[2];
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    for (int k = 0; k < 2; k++) {
+        CPU_ZERO(&on[k]);
+        CPU_SET(cpus[k], &on[k]);
+    }
+    const char *cfg = "[model.e0]\nbackend = echo\n[model.e1]\nbackend = echo\n"
+                      "[model.s2]\nbackend = echo\n[model.s3]\n" SLOW_20MS;
+    for (int round = 0; round < 40; round++) {
+        start_two_workers(cfg, &all);
+        bb_client *c[2];
+        for (int k = 0; k < 2; k++) {
+            cr_assert_eq(sched_setaffinity(0, sizeof on[k], &on[k]), 0);
+            c[k] = bbt_connect_ok(&B, NULL);
+            cr_assert_eq(c[k]->wpage->worker_id, (uint32_t)k);
+        }
+        cr_assert_eq(sched_setaffinity(0, sizeof all, &all), 0);
+        bb_model *e1 = bbt_open_ok(c[0], "e1"), *s3 = bbt_open_ok(c[1], "s3");
+        struct late_submitter ls = {.c = c[0], .model = e1->id};
+        bb_request *busy;
+        cr_assert_eq(bb_request_new(e1, 8, 8, &ls.r), 0);
+        cr_assert_eq(bb_request_new(s3, 8, 8, &busy), 0);
+        cr_assert_eq(bb_submit(busy, NULL), 0); /* worker 1 is busy for 20 ms */
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, submit_late, &ls), 0);
+        bbt_msleep(5);
+        cr_assert_eq(kill(B.pid, SIGTERM), 0);
+        int st = bbt_broker_wait(&B, 10000);
+        atomic_store(&ls.stop, 1);
+        pthread_join(t, NULL);
+        cr_assert(st != -1, "round %d: the broker did not exit within 10 s", round);
+        for (int k = 0; k < 2; k++)
+            bb_disconnect(c[k]);
+    }
 }
