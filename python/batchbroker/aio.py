@@ -80,12 +80,21 @@ class AsyncClient(Client):
                 return
 
     def _fail_all(self, code):
-        """The broker is gone: fail every pending future and stop watching."""
+        """The broker is gone: fail every pending future and every task
+        waiting for a slot, and stop watching."""
         self._stop_watching()
         pending, self._pending = self._pending, {}
         for fut, req in pending.values():
             if not fut.done():
                 fut.set_exception(error_for(code, f"request on {req.model.name}"))
+        self._fail_room_waiters(code, "the broker is gone")
+
+    def _fail_room_waiters(self, code, why):
+        # No slot will come: the requests that would free one failed too.
+        waiters, self._room_waiters = self._room_waiters, collections.deque()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(error_for(code, f"waiting for a request slot: {why}"))
 
     def _stop_watching(self):
         if self._watching:
@@ -117,21 +126,36 @@ class AsyncClient(Client):
             raise
 
     async def _new_request(self, model, in_bytes, out_bytes):
-        while True:
-            try:
-                req = model.request(in_bytes, out_bytes)
-                self._owned += 1
-                return req
-            except BY_CODE[CODES["BB_ENOMEM"]]:
-                if self._owned == 0:
-                    raise  # nothing of ours will free room: it cannot fit
-            fut = self._loop.create_future()
-            self._room_waiters.append(fut)
-            await fut
+        fut = None
+        try:
+            while True:
+                if not self._watching:
+                    raise error_for(_BB_EDISCONNECTED, "the broker is gone" if self._c
+                                    else "the client was closed")
+                try:
+                    req = model.request(in_bytes, out_bytes)
+                    self._owned += 1
+                    return req
+                except BY_CODE[CODES["BB_ENOMEM"]]:
+                    if self._owned == 0:
+                        raise  # nothing of ours will free room: it cannot fit
+                fut = self._loop.create_future()
+                self._room_waiters.append(fut)
+                await fut
+        except BaseException:
+            # Each freed slot wakes one waiter: one that leaves without
+            # using its wake-up (cancelled before it ran, or failed since)
+            # passes it on, or the next waiter sleeps on beside a free slot.
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._wake_room_waiter()
+            raise
 
     def _free_request(self, req):
         req.close()
         self._owned -= 1
+        self._wake_room_waiter()
+
+    def _wake_room_waiter(self):
         while self._room_waiters:
             fut = self._room_waiters.popleft()
             if not fut.done():
@@ -145,7 +169,8 @@ class AsyncClient(Client):
         return await model.submit(data, **kwargs)
 
     def close(self):
-        """Fail what is pending (BB_EDISCONNECTED), stop watching, disconnect."""
+        """Fail what is pending and what waits for a slot (BB_EDISCONNECTED),
+        stop watching, disconnect."""
         if self._c is None:
             return
         self._stop_watching()
@@ -153,6 +178,7 @@ class AsyncClient(Client):
         for fut, _req in pending.values():
             if not fut.done():
                 fut.set_exception(error_for(_BB_EDISCONNECTED, "the client was closed"))
+        self._fail_room_waiters(_BB_EDISCONNECTED, "the client was closed")
         super().close()
 
     async def aclose(self):

@@ -120,3 +120,53 @@ def test_broker_death_fails_pending_futures(brokers):
             with pytest.raises(bb.BatchBrokerError):
                 await slow.submit(b"after")
     run(main())
+
+
+async def _outcomes(tasks, timeout=10):
+    """Each task's exception (or result) once all end, failing the test if
+    any is still pending after timeout seconds."""
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    assert not pending, f"{len(pending)} of {len(tasks)} tasks still pending"
+    return [t.exception() or t.result() for t in tasks]
+
+
+@pytest.mark.parametrize("end", ["broker death", "close"])
+def test_tasks_waiting_for_a_slot_fail_with_the_client(brokers, end):
+    """Two slots, six submissions: when the broker dies, or the client is
+    closed, the four waiting for a slot fail with BB_EDISCONNECTED too."""
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock, max_inflight=2) as client:
+            slow = client.model("slow")
+            tasks = [asyncio.ensure_future(slow.submit(b"x")) for _ in range(6)]
+            await asyncio.sleep(0.05)
+            b.kill() if end == "broker death" else client.close()
+            for r in await _outcomes(tasks):
+                assert isinstance(r, bb.BB_EDISCONNECTED), r
+    run(main())
+
+
+def test_a_cancelled_waiter_passes_its_slot_on(brokers):
+    """One slot: A runs, W1 and W2 wait. A's slot frees and wakes W1, which
+    is cancelled before it runs: W2 must get the slot."""
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock, max_inflight=1) as client:
+            slow = client.model("slow")
+
+            async def a():
+                y = await slow.submit(b"a")  # on return its slot is freed, W1 woken
+                w1.cancel()                   # before W1 runs
+                return y
+
+            first = asyncio.ensure_future(a())
+            w1 = asyncio.ensure_future(slow.submit(b"w1"))
+            w2 = asyncio.ensure_future(slow.submit(b"w2"))
+            assert await first == b"a"
+            with pytest.raises(asyncio.CancelledError):
+                await w1
+            assert await asyncio.wait_for(w2, 10) == b"w2"
+    run(main())
+
