@@ -14,6 +14,7 @@ segment, so drop every view before ``Client.close()``.
 import ctypes
 import enum
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -200,6 +201,10 @@ class Client(_Closable):
     def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None,
                  timeout_ms=0):
         self._c = None
+        # Guards _requests, which threads change as they make and close
+        # requests while another polls or closes. Re-entrant: a Request
+        # collected while this thread holds it closes itself.
+        self._lock = threading.RLock()
         opts = _lib.ClientOpts(segment_bytes=int(segment_bytes), max_inflight=int(max_inflight),
                                timeout_ms=int(timeout_ms))
         out = ctypes.c_void_p()
@@ -208,9 +213,10 @@ class Client(_Closable):
         check(lib.bb_connect(p, ctypes.byref(opts), ctypes.byref(out)), f"connect {where}")
         self._c = out.value
         self._models = {}
-        # Live Request objects, closed before the segment goes; weak, so that
-        # a request nobody holds is collected (and its slot freed).
-        self._requests = weakref.WeakSet()
+        # Live Request objects by handle, closed before the segment goes;
+        # weak, so that a request nobody holds is collected (and its slot
+        # freed). Read and changed under _lock only.
+        self._requests = {}
         if spin_ns is not None:
             self.set_spin(spin_ns)
 
@@ -252,15 +258,21 @@ class Client(_Closable):
         broker is gone and nothing is left."""
         arr = (ctypes.c_void_p * max_events)()
         n = check(lib.bb_client_poll(self._handle(), arr, max_events), "poll")
-        by_ptr = {r._r: r for r in self._requests}
-        return [by_ptr[arr[i]] for i in range(n) if arr[i] in by_ptr]
+        with self._lock:
+            refs = [self._requests.get(arr[i]) for i in range(n)]
+        found = [ref() for ref in refs if ref is not None]
+        return [r for r in found if r is not None]
 
     def close(self):
         """Free every request, disconnect and unmap the segment. Idempotent."""
         if self._c is None:
             return
-        for r in list(self._requests):
-            r.close()
+        with self._lock:
+            refs = list(self._requests.values())
+        for ref in refs:
+            r = ref()
+            if r is not None:
+                r.close()
         lib.bb_disconnect(self._c)
         self._c = None
         self._models.clear()
@@ -409,7 +421,8 @@ class Request(_Closable):
         self.input_capacity = input_bytes
         self.output_capacity = output_bytes
         self._input_addr = lib.bb_request_input(self._r)
-        self.client._requests.add(self)
+        with self.client._lock:
+            self.client._requests[self._r] = weakref.ref(self)
 
     def _view(self, addr, n):
         """A memoryview of n bytes of the segment at addr that holds a
@@ -522,9 +535,11 @@ class Request(_Closable):
         """Free the slot (a pending request is canceled first). Idempotent."""
         if self._r is None:
             return
+        # Forget the handle first: once freed, it may be another request's.
+        with self.client._lock:
+            self.client._requests.pop(self._r, None)
         if not self.client.closed:
             lib.bb_request_free(self._r)
-        self.client._requests.discard(self)
         self._r = None
 
     def __repr__(self):

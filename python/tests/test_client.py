@@ -3,6 +3,8 @@ zero copy), priorities, timeouts, dedup, cancel, statistics, errors."""
 
 import ctypes
 import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -211,3 +213,50 @@ def test_poll_and_fileno(broker):
                 seen.add(r.tag)
                 assert bytes(r.output) == bytes([r.tag]) * 4
         assert seen == set(range(10))
+
+
+def test_poll_while_other_threads_make_requests(broker):
+    """poll() while other threads make and close requests: it must not
+    iterate the live requests as they change (RuntimeError, with the
+    completions bb_client_poll had already handed over lost)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches within poll's lookup
+    stop = threading.Event()
+    errors = []
+
+    def churn(model):
+        try:
+            while not stop.is_set():
+                for r in [model.request(8) for _ in range(16)]:
+                    r.close()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    try:
+        with bb.Client(broker.sock) as c:
+            echo = c.model("echo")
+            c.fileno()
+            keep = [echo.request(8) for _ in range(600)]  # a set worth iterating
+            threads = [threading.Thread(target=churn, args=(echo,)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            polls = 0
+            try:
+                while polls < 5000:
+                    for i, r in enumerate(keep[:10]):
+                        r.write(bytes([i]) * 8)
+                        r.submit(tag=i)
+                    seen = set()
+                    end = time.monotonic() + 10
+                    while len(seen) < 10 and time.monotonic() < end:
+                        seen.update(r.tag for r in c.poll())
+                        polls += 1
+                    assert seen == set(range(10))
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            assert not errors, errors
+    finally:
+        sys.setswitchinterval(old)
+
