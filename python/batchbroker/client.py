@@ -195,7 +195,8 @@ class Client(_Closable):
     call (open, stats) against a broker that does not answer (0:
     $BATCHBROKER_TIMEOUT_MS, else 5000); past it they raise BB_ETIMEDOUT.
     Use it as a context manager, or call close(). One Client may be shared by
-    threads; do not use it in a child after fork().
+    threads (close() waits for their calls in flight); do not use it in a
+    child after fork().
     """
 
     def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None,
@@ -205,6 +206,14 @@ class Client(_Closable):
         # requests while another polls or closes. Re-entrant: a Request
         # collected while this thread holds it closes itself.
         self._lock = threading.RLock()
+        # bb_disconnect must not run while another thread is inside the
+        # library with this client: _call counts those calls in _calls, a
+        # list whose append and pop are atomic under the GIL (a lock taken
+        # twice a call would double the cost of a short call), and close()
+        # sets _closing, then waits on _idle until the list is empty.
+        self._calls = []
+        self._closing = False
+        self._idle = threading.Condition(self._lock)
         opts = _lib.ClientOpts(segment_bytes=int(segment_bytes), max_inflight=int(max_inflight),
                                timeout_ms=int(timeout_ms))
         out = ctypes.c_void_p()
@@ -220,14 +229,27 @@ class Client(_Closable):
         if spin_ns is not None:
             self.set_spin(spin_ns)
 
-    def _handle(self):
-        if self._c is None:
-            raise error_for(CODES["BB_EINVAL"], "the client is closed")
-        return self._c
+    def _call(self, fn, *args):
+        """fn(*args): a call into the library that uses this client (its
+        handle, a model's or a request's), counted so that close() waits
+        for it. Raises BB_EINVAL once the client is closed or closing."""
+        self._calls.append(None)  # before the check: close() then waits for it
+        try:
+            if self._closing or self._c is None:
+                raise error_for(CODES["BB_EINVAL"], "the client is closed")
+            return fn(*args)
+        finally:
+            self._leave()
+
+    def _leave(self):
+        self._calls.pop()
+        if self._closing:
+            with self._lock:  # close() holds it until it waits: no lost wake-up
+                self._idle.notify_all()
 
     def set_spin(self, ns):
         """How long a wait spins before it sleeps, in nanoseconds (0 = sleep at once)."""
-        lib.bb_client_set_spin_ns(self._handle(), int(ns))
+        self._call(lib.bb_client_set_spin_ns, self._c, int(ns))
 
     def model(self, name, *, output_dtype=None, output_shape=None):
         """Open a model by name (BB_ENOMODEL if the broker serves none of that name).
@@ -240,7 +262,7 @@ class Client(_Closable):
         m = self._models.get(key)
         if m is None:
             out = ctypes.c_void_p()
-            check(lib.bb_model_open(self._handle(), name.encode(), ctypes.byref(out)),
+            check(self._call(lib.bb_model_open, self._c, name.encode(), ctypes.byref(out)),
                   f"model {name!r}")
             m = self._model_class(self, name, out.value, output_dtype, output_shape)
             self._models[key] = m
@@ -250,32 +272,46 @@ class Client(_Closable):
 
     def fileno(self):
         """bb_client_fd: readable when a request completes or the broker goes away."""
-        return check(lib.bb_client_fd(self._handle()), "client fd")
+        return check(self._call(lib.bb_client_fd, self._c), "client fd")
 
     def poll(self, max_events=256):
         """bb_client_poll: the requests (of this client's live Request objects)
         that completed since the last call. Raises BB_EDISCONNECTED once the
         broker is gone and nothing is left."""
         arr = (ctypes.c_void_p * max_events)()
-        n = check(lib.bb_client_poll(self._handle(), arr, max_events), "poll")
+        n = check(self._call(lib.bb_client_poll, self._c, arr, max_events), "poll")
         with self._lock:
             refs = [self._requests.get(arr[i]) for i in range(n)]
         found = [ref() for ref in refs if ref is not None]
         return [r for r in found if r is not None]
 
     def close(self):
-        """Free every request, disconnect and unmap the segment. Idempotent."""
+        """Free every request, disconnect and unmap the segment. Idempotent.
+        Waits first for the calls other threads are making with this client
+        to return (a wait within its 100 ms slice, a control call within
+        timeout_ms); their next call raises BB_EINVAL."""
         if self._c is None:
             return
         with self._lock:
-            refs = list(self._requests.values())
-        for ref in refs:
-            r = ref()
-            if r is not None:
-                r.close()
-        lib.bb_disconnect(self._c)
-        self._c = None
-        self._models.clear()
+            if self._closing:  # another thread closes it: wait for that
+                while self._c is not None:
+                    self._idle.wait()
+                return
+            self._closing = True
+            while self._calls:
+                self._idle.wait()
+            # Under the lock: a Request closing in another thread waits,
+            # then finds its handle gone.
+            for ref in list(self._requests.values()):
+                r = ref()
+                if r is not None and r._r is not None:
+                    lib.bb_request_free(r._r)
+                    r._r = None
+            self._requests.clear()
+            lib.bb_disconnect(self._c)
+            self._c = None
+            self._models.clear()
+            self._idle.notify_all()
 
     @property
     def closed(self):
@@ -294,10 +330,6 @@ class Model:
         self._m = handle
         self.output_dtype = output_dtype
         self.output_shape = tuple(output_shape) if output_shape is not None else None
-
-    def _handle(self):
-        self.client._handle()
-        return self._m
 
     def request(self, input_bytes, output_bytes=None):
         """A reusable request with input_bytes of input and output_bytes
@@ -376,7 +408,8 @@ class Model:
     def stats(self):
         """The broker's figures for this model (a ModelStats)."""
         s = _lib.ModelStatsC()
-        check(lib.bb_model_stats(self._handle(), ctypes.byref(s)), f"stats of {self.name}")
+        check(self.client._call(lib.bb_model_stats, self._m, ctypes.byref(s)),
+              f"stats of {self.name}")
         if s.size != ctypes.sizeof(s):
             raise RuntimeError(f"libbatchbroker's struct bb_model_stats is {s.size} bytes, "
                                f"this package expects {ctypes.sizeof(s)}: mismatched versions")
@@ -385,13 +418,14 @@ class Model:
     def tuning(self):
         """The adaptive batch sizing state (a ModelTuning)."""
         t = _lib.ModelTuningC()
-        check(lib.bb_model_tuning(self._handle(), ctypes.byref(t)), f"tuning of {self.name}")
+        check(self.client._call(lib.bb_model_tuning, self._m, ctypes.byref(t)),
+              f"tuning of {self.name}")
         return _from_struct(ModelTuning, t)
 
     def pin(self, target):
         """Fix the batch target (1..max_batch_size) for every client; root or
         the broker's own user only (BB_EPERM). pin(0) or unpin() releases it."""
-        check(lib.bb_model_pin(self._handle(), int(target)), f"pin {self.name}")
+        check(self.client._call(lib.bb_model_pin, self._m, int(target)), f"pin {self.name}")
 
     def unpin(self):
         self.pin(0)
@@ -414,14 +448,20 @@ class Request(_Closable):
     def __init__(self, model, input_bytes, output_bytes):
         self.model = model
         self.client = model.client
-        out = ctypes.c_void_p()
-        check(lib.bb_request_new(model._handle(), input_bytes, output_bytes, ctypes.byref(out)),
-              f"request of {input_bytes} + {output_bytes} bytes on {model.name}")
-        self._r = out.value
+        self._r = None
         self.input_capacity = input_bytes
         self.output_capacity = output_bytes
-        self._input_addr = lib.bb_request_input(self._r)
+        self.client._call(self._new, model._m, input_bytes, output_bytes)
+
+    def _new(self, m, input_bytes, output_bytes):
+        # One counted call, so that close() cannot come between the
+        # allocation and the registration that lets it free the request.
+        out = ctypes.c_void_p()
+        check(lib.bb_request_new(m, input_bytes, output_bytes, ctypes.byref(out)),
+              f"request of {input_bytes} + {output_bytes} bytes on {self.model.name}")
+        self._input_addr = lib.bb_request_input(out.value)
         with self.client._lock:
+            self._r = out.value
             self.client._requests[self._r] = weakref.ref(self)
 
     def _view(self, addr, n):
@@ -438,6 +478,10 @@ class Request(_Closable):
             raise error_for(CODES["BB_EINVAL"], "the request is closed")
         return self._r
 
+    def _call(self, fn, *args):
+        """fn(handle, *args), counted (Client._call)."""
+        return self.client._call(fn, self._handle(), *args)
+
     @property
     def input(self):
         """Writable memoryview of the whole input buffer, in shared memory."""
@@ -452,7 +496,7 @@ class Request(_Closable):
 
     def set_input_len(self, n):
         """Send only the first n bytes of the input buffer (default: all of it)."""
-        check(lib.bb_request_set_input_len(self._handle(), int(n)), "set_input_len")
+        check(self._call(lib.bb_request_set_input_len, int(n)), "set_input_len")
 
     def write(self, data):
         """Copy data into the input buffer and send exactly that many bytes."""
@@ -466,13 +510,13 @@ class Request(_Closable):
         """Submit (or resubmit, once complete). See submit_opts for the arguments.
         A full queue is not raised here: the request completes with BB_EBUSY."""
         opts = submit_opts(priority, timeout, dedup, tag)
-        check(lib.bb_submit(self._handle(), ctypes.byref(opts)), "submit")
+        check(self._call(lib.bb_submit, ctypes.byref(opts)), "submit")
         return self
 
     @property
     def status(self):
         """0 once completed successfully, BB_EPENDING (-5) while pending, else the code."""
-        return lib.bb_request_status(self._handle())
+        return self._call(lib.bb_request_status)
 
     def done(self):
         return self.status != CODES["BB_EPENDING"]
@@ -480,21 +524,22 @@ class Request(_Closable):
     def wait(self, timeout=None):
         """Wait for completion (timeout in seconds, None = forever) and raise
         the request's error if it failed. Returns self."""
-        r = self._handle()
+        # One counted call a slice: Client.close() in another thread waits
+        # for the slice under way, not for the whole wait.
         if timeout is None:
             while True:
-                rc = lib.bb_wait(r, _WAIT_SLICE_NS)
+                rc = self._call(lib.bb_wait, _WAIT_SLICE_NS)
                 if rc != CODES["BB_ETIMEDOUT"]:  # else: another slice
                     break
         else:
             left = int(timeout * 1e9)
             while True:
-                rc = lib.bb_wait(r, min(left, _WAIT_SLICE_NS))
+                rc = self._call(lib.bb_wait, min(left, _WAIT_SLICE_NS))
                 left -= _WAIT_SLICE_NS
                 if rc != CODES["BB_ETIMEDOUT"] or left <= 0:
                     break
         check(rc, "wait")
-        check(lib.bb_request_status(r), f"request on {self.model.name}")
+        check(self._call(lib.bb_request_status), f"request on {self.model.name}")
         return self
 
     @property
@@ -502,7 +547,7 @@ class Request(_Closable):
         """Read-only memoryview of the output, in shared memory (no copy).
         Valid until the request is submitted again or closed."""
         n = ctypes.c_size_t()
-        p = lib.bb_request_output(self._handle(), ctypes.byref(n))
+        p = self._call(lib.bb_request_output, ctypes.byref(n))
         if not p:
             check(self.status, "output")
             return memoryview(b"")
@@ -521,7 +566,7 @@ class Request(_Closable):
     def cancel(self):
         """Ask the broker to drop the request if it has not run yet (it then
         completes with BB_ECANCELED). False if it was not pending."""
-        rc = lib.bb_cancel(self._handle())
+        rc = self._call(lib.bb_cancel)
         if rc == CODES["BB_ESTATE"]:  # not pending
             return False
         check(rc, "cancel")
@@ -529,18 +574,24 @@ class Request(_Closable):
 
     @property
     def tag(self):
-        return lib.bb_request_tag(self._handle())
+        return self._call(lib.bb_request_tag)
 
     def close(self):
         """Free the slot (a pending request is canceled first). Idempotent."""
         if self._r is None:
             return
-        # Forget the handle first: once freed, it may be another request's.
-        with self.client._lock:
-            self.client._requests.pop(self._r, None)
-        if not self.client.closed:
-            lib.bb_request_free(self._r)
-        self._r = None
+        client = self.client
+        with client._lock:
+            r, self._r = self._r, None
+            if r is None or client._c is None:
+                return  # bb_disconnect freed it
+            # Forget the handle first: once freed, it may be another request's.
+            client._requests.pop(r, None)
+            client._calls.append(None)  # even while closing: close() waits for it
+        try:
+            lib.bb_request_free(r)
+        finally:
+            client._leave()
 
     def __repr__(self):
         return (f"<batchbroker.Request {self.model.name} {self.input_capacity}+"

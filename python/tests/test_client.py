@@ -3,6 +3,7 @@ zero copy), priorities, timeouts, dedup, cancel, statistics, errors."""
 
 import ctypes
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -260,3 +261,43 @@ def test_poll_while_other_threads_make_requests(broker):
     finally:
         sys.setswitchinterval(old)
 
+
+# Run in a child: before Client.close() waited for the calls in flight, it
+# unmapped the segment under a waiting thread (SIGSEGV).
+_CLOSE_WHILE_WAITING = """
+import sys, threading, time
+import batchbroker as bb
+
+c = bb.Client(sys.argv[1])
+slow = c.model("slow")
+reqs = [slow.submit(b"runs"), slow.submit(b"queued")]
+got = []
+
+def waiter(r):
+    try:
+        r.wait()
+        got.append("completed")
+    except bb.BatchBrokerError as e:
+        got.append(e.name)
+
+threads = [threading.Thread(target=waiter, args=(r,)) for r in reqs]
+for t in threads:
+    t.start()
+time.sleep(0.05)  # both are waiting by now (the first runs for 300 ms)
+c.close()
+for t in threads:
+    t.join(10)
+assert not any(t.is_alive() for t in threads)
+print(sorted(got))
+"""
+
+
+def test_close_while_another_thread_waits(brokers):
+    """Client.close() while other threads wait on its requests: close waits
+    for their calls into the library to return, then frees; the waiters
+    get the closed client's error."""
+    b = brokers.start(overrides=SLOW)
+    p = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_WAITING, b.sock],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.split("\n")[-2] == "['BB_EINVAL', 'BB_EINVAL']", p.stdout
