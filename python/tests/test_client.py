@@ -216,6 +216,21 @@ def test_poll_and_fileno(broker):
         assert seen == set(range(10))
 
 
+def test_wait_sees_a_dead_broker(brokers):
+    """A wait longer than one 100 ms slice ends with BB_EDISCONNECTED when the
+    broker dies, not with slice after slice of BB_ETIMEDOUT until its end."""
+    b = brokers.start(overrides=SLOW)
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        running = slow.submit(b"runs")
+        queued = slow.submit(b"queued")
+        b.kill()
+        with pytest.raises(bb.BB_EDISCONNECTED):
+            queued.wait(30)
+        with pytest.raises(bb.BB_EDISCONNECTED):
+            running.result()  # no timeout: it would never end
+
+
 def test_poll_while_other_threads_make_requests(broker):
     """poll() while other threads make and close requests: it must not
     iterate the live requests as they change (RuntimeError, with the
