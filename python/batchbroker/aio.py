@@ -14,7 +14,9 @@ round trip on the control socket each).
         results = await asyncio.gather(*(model.submit(x) for x in xs))
 
 Cancelling the task that awaits a request cancels the request in the broker
-(if it has not run yet) and frees its slot.
+if it has not run yet; one already running completes all the same. Its
+slot (model.submit) is freed, and a prepared Request (model.run) can be
+submitted again, once the broker lets go of it.
 """
 
 import asyncio
@@ -23,11 +25,18 @@ import ctypes
 
 from . import _lib
 from .client import Client, Model, _nbytes
-from .errors import BY_CODE, CODES, error_for
+from .errors import BY_CODE, CODES, BatchBrokerError, error_for
 
 lib = _lib.lib
 
 _BB_EDISCONNECTED = CODES["BB_EDISCONNECTED"]
+_BB_EPENDING = CODES["BB_EPENDING"]
+
+
+def _ignore_outcome(fut):
+    # A submission nobody awaits any more: its error is retrieved here.
+    if not fut.cancelled():
+        fut.exception()
 
 
 class AsyncClient(Client):
@@ -107,7 +116,12 @@ class AsyncClient(Client):
     async def submit(self, request, *, priority=None, timeout=None, dedup=False, tag=0):
         """Submit a prepared Request and wait for it without blocking the
         loop; returns the Request (read ``request.output``), or raises its
-        error. timeout (seconds) is the broker's deadline for it."""
+        error. timeout (seconds) is the broker's deadline for it. If an
+        earlier submit of this request was cancelled while the broker ran
+        it, waits for that one to complete first."""
+        prev = self._pending.get(request._r)
+        if prev is not None and request.status == _BB_EPENDING:
+            await asyncio.wait((prev[0],))  # its outcome is nobody's; never cancelled
         if not self._watching:
             raise error_for(_BB_EDISCONNECTED, "the broker is gone")
         fut = self._loop.create_future()
@@ -121,8 +135,22 @@ class AsyncClient(Client):
         try:
             return await fut
         except asyncio.CancelledError:
-            self._pending.pop(r, None)
-            request.cancel()
+            try:
+                request.cancel()
+            except BatchBrokerError:
+                pass  # the broker is gone or the client closed: nothing runs
+            if self._watching and request.status == _BB_EPENDING:
+                # A cancel cannot stop a batch that runs (and a queued one
+                # completes when the broker sees the cancel): a future for
+                # this submission, that no task awaits, stays in _pending
+                # until the broker lets go of the request; its next submit
+                # and _free_request wait for that. (Not asyncio.shield on
+                # every await: that costs each request a few microseconds.)
+                left = self._loop.create_future()
+                left.add_done_callback(_ignore_outcome)
+                self._pending[r] = (left, request)
+            else:
+                self._pending.pop(r, None)
             raise
 
     async def _new_request(self, model, in_bytes, out_bytes):
@@ -151,6 +179,13 @@ class AsyncClient(Client):
             raise
 
     def _free_request(self, req):
+        entry = self._pending.get(req._r)
+        if entry is not None and not entry[0].done():
+            # Cancelled while the broker may still run it: its slot is the
+            # broker's until then, so it counts as ours, and wakes a waiter
+            # only when it is really free.
+            entry[0].add_done_callback(lambda _fut: self._free_request(req))
+            return
         req.close()
         self._owned -= 1
         self._wake_room_waiter()

@@ -170,3 +170,37 @@ def test_a_cancelled_waiter_passes_its_slot_on(brokers):
             assert await asyncio.wait_for(w2, 10) == b"w2"
     run(main())
 
+
+def test_a_cancelled_run_still_completes(brokers):
+    """A Request whose await was cancelled while its batch ran: the batch
+    completes, and the next run of that Request waits for it, then runs."""
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock) as client:
+            slow = client.model("slow")
+            with slow.request(8) as r:
+                r.write(b"running!")
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(slow.run(r), 0.05)  # a cancel cannot stop a batch
+                assert await slow.run(r) is r
+                assert bytes(r.output) == b"running!"
+            s = stats_when(slow, lambda s: s.completed == 2)
+            assert s.completed == 2 and s.cancelled == 0
+    run(main())
+
+
+def test_a_cancelled_submit_gives_its_slot_back(brokers):
+    """The slot of a model.submit cancelled while its batch ran stays the
+    broker's until the batch ends: submissions wait for it meanwhile
+    instead of failing with BB_ENOMEM."""
+    b = brokers.start(overrides=SLOW)
+
+    async def main():
+        async with bb.AsyncClient(b.sock, max_inflight=1) as client:
+            slow = client.model("slow")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(slow.submit(b"a"), 0.05)
+            assert await asyncio.gather(slow.submit(b"b"), slow.submit(b"c")) == [b"b", b"c"]
+            assert client._owned == 0
+    run(main())
