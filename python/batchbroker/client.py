@@ -247,13 +247,6 @@ class Client(_Closable):
             with self._lock:  # close() holds it until it waits: no lost wake-up
                 self._idle.notify_all()
 
-    def _broker_gone(self):
-        """Whether the broker has gone away. bb_wait looks only once its
-        own call has lasted 100 ms, which a wait cut in 100 ms slices never
-        reaches; bb_client_poll with room for nothing looks each time and
-        collects no completion (what is left to collect stays readable)."""
-        return self._call(lib.bb_client_poll, self._c, None, 0) == CODES["BB_EDISCONNECTED"]
-
     def set_spin(self, ns):
         """How long a wait spins before it sleeps, in nanoseconds (0 = sleep at once)."""
         self._call(lib.bb_client_set_spin_ns, self._c, int(ns))
@@ -539,13 +532,12 @@ class Request(_Closable):
                             else min(left, _WAIT_SLICE_NS))
             if rc != CODES["BB_ETIMEDOUT"]:
                 break
+            # bb_wait says BB_EDISCONNECTED, not BB_ETIMEDOUT, once the
+            # broker is gone, however short the slice: no slice loops for ever.
             if left is not None:
                 left -= _WAIT_SLICE_NS
                 if left <= 0:
                     break
-            if self.client._broker_gone():
-                rc = self._call(lib.bb_wait, 0)  # complete after all, else BB_EDISCONNECTED
-                break
         check(rc, "wait")
         check(self._call(lib.bb_request_status), f"request on {self.model.name}")
         return self
