@@ -103,7 +103,11 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
         .tune_ns = m->cfg.auto_tune ? (uint64_t)m->cfg.tune_duration_s * 1000000000ull : 0,
     };
     bb__adaptive_init(&m->adapt, &acfg);
-    if (bb__queues_init(&m->q, m->cfg.max_queue, m->cfg.priorities, m->cfg.fairness) < 0 ||
+    /* strategy = deadline asks for the earliest deadline across clients:
+     * its levels keep own deadlines ahead of the fair-queueing order. */
+    bool tags_first = m->cfg.fairness && strcmp(m->cfg.strategy, "deadline") != 0;
+    if (bb__queues_init(&m->q, m->cfg.max_queue, m->cfg.priorities, m->cfg.fairness,
+                        tags_first) < 0 ||
         bb__dedup_init(m) < 0 || !(m->scratch = calloc(m->cfg.max_batch_size, sizeof *m->scratch))) {
         snprintf(err, errlen, "model %s: out of memory", m->cfg.name);
         return -1;

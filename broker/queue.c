@@ -183,13 +183,14 @@ static int heap_reserve(struct bb__heap *h, uint32_t cap)
     return 0;
 }
 
-int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness)
+int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness, bool tags_first)
 {
     q->fairness = fairness;
     int rc = heap_init(&q->deadlines, cap, BB__ORDER_DEADLINE, false);
     for (int l = 0; l < 4; l++)
         rc |= heap_init(&q->levels[l], cap,
-                        edf && fairness ? BB__ORDER_FAIR_FIRST : BB__ORDER_LEVEL, edf);
+                        edf && fairness && tags_first ? BB__ORDER_FAIR_FIRST : BB__ORDER_LEVEL,
+                        edf);
     return rc;
 }
 

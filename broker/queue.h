@@ -37,8 +37,11 @@ struct bb__queues {
     bool fairness;                 /* else the arrival sequence orders a level */
 };
 
-/* Room for cap requests; edf: levels order own deadlines first. */
-int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness);
+/* Room for cap requests; edf: own deadlines order a level (priorities on);
+ * fairness: fair-queueing tags do (else arrival); tags_first: the tags come
+ * before own deadlines (BB__ORDER_FAIR_FIRST), else after (strategy =
+ * deadline). */
+int bb__queues_init(struct bb__queues *q, uint32_t cap, bool edf, bool fairness, bool tags_first);
 /* Grow to cap (never shrinks). Returns 0, or -1 with the capacity reached in
  * *have (the smallest of the heaps). */
 int bb__queues_reserve(struct bb__queues *q, uint32_t cap, uint32_t *have);

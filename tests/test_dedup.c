@@ -70,7 +70,7 @@ static void setup_with(void (*cfg)(struct bb__model_config *))
         cfg(&m.cfg);
     m.w = &w;
     bb__metrics_init(&m.metrics, "dedup", 32, bb__now_ns());
-    cr_assert_eq(bb__queues_init(&m.q, 64, true, true), 0);
+    cr_assert_eq(bb__queues_init(&m.q, 64, true, true, true), 0);
     cr_assert_eq(bb__dedup_init(&m), 0);
     client_init(&fc[0], 1000);
     client_init(&fc[1], 2000);

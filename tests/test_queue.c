@@ -42,7 +42,7 @@ static void expect_order(struct bb__queues *q, int level, const int *want, int n
 Test(queue, fairness_tags_then_arrival_within_a_level)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     /* Tags 5, 3, 3, 9: the two 3s in arrival order, then 5, then 9. */
     uint64_t tags[] = {5, 3, 3, 9};
     for (int i = 0; i < 4; i++)
@@ -60,7 +60,7 @@ Test(queue, fairness_tags_then_arrival_within_a_level)
 Test(queue, fairness_off_is_arrival_order)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, false), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, false, true), 0);
     uint64_t tags[] = {5, 3, 9, 1};
     for (int i = 0; i < 4; i++)
         bb__queue_push(&q, mk(i, 0, tags[i], UINT64_MAX, false), NULL);
@@ -74,7 +74,7 @@ Test(queue, fairness_off_is_arrival_order)
 Test(queue, own_deadlines_first_with_edf)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, false), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, false, true), 0);
     bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
     bb__queue_push(&q, mk(2, 1, 3, 100, false), NULL); /* a default deadline: fair order */
@@ -83,7 +83,7 @@ Test(queue, own_deadlines_first_with_edf)
     expect_order(&q, 1, want, 4);
     bb__queues_fini(&q);
     /* Without EDF (priorities off) the own deadline does not reorder. */
-    cr_assert_eq(bb__queues_init(&q, 16, false, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, false, true, true), 0);
     bb__queue_push(&q, mk(0, 0, 1, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 0, 2, 100, true), NULL);
     cr_assert_eq(bb__queue_top(&q, 0)->slot, 0);
@@ -97,7 +97,7 @@ Test(queue, own_deadlines_first_with_edf)
 Test(queue, own_deadlines_order_only_their_round_with_fairness)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     bb__queue_push(&q, mk(0, 1, 1, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 1, 2, 900, true), NULL);
     bb__queue_push(&q, mk(2, 1, 1, 100, true), NULL); /* the first round: ahead of slot 0 */
@@ -113,7 +113,7 @@ Test(queue, own_deadlines_order_only_their_round_with_fairness)
 Test(queue, rounds_share_one_heap_entry)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     struct bb__req *a = mk(0, 2, 5, UINT64_MAX, false);
     cr_assert(bb__queue_push(&q, a, NULL), "the first of a round is a head");
     cr_assert_not(bb__queue_push(&q, mk(1, 2, 5, UINT64_MAX, false), a), "joins a's round");
@@ -145,7 +145,7 @@ Test(queue, rounds_share_one_heap_entry)
 Test(queue, oldest_is_arrival_order_across_removals)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     for (int i = 0; i < 5; i++)
         bb__queue_push(&q, mk(i, 3, (uint64_t)(10 - i), UINT64_MAX, false), NULL);
     cr_assert_eq(bb__level_oldest(&q, 3)->slot, 0);
@@ -162,7 +162,7 @@ Test(queue, oldest_is_arrival_order_across_removals)
 Test(queue, deadline_heap)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     uint64_t dl[] = {700, UINT64_MAX, 300, 500, UINT64_MAX, 100};
     for (int i = 0; i < 6; i++)
         bb__deadline_push(&q, mk(i, 0, 0, dl[i], true));
@@ -186,7 +186,7 @@ Test(queue, deadline_heap)
 Test(queue, take_level_empties_it)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 16, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 16, true, true, true), 0);
     for (int i = 0; i < 6; i++)
         bb__queue_push(&q, mk(i, i % 2, (uint64_t)i, UINT64_MAX, false), NULL);
     struct bb__req *out[16];
@@ -209,7 +209,7 @@ Test(queue, take_level_empties_it)
 Test(queue, reserve_grows_and_keeps_order)
 {
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, 2, true, true), 0);
+    cr_assert_eq(bb__queues_init(&q, 2, true, true, true), 0);
     bb__queue_push(&q, mk(0, 0, 9, UINT64_MAX, false), NULL);
     bb__queue_push(&q, mk(1, 0, 8, UINT64_MAX, false), NULL);
     uint32_t have = 0;
@@ -244,11 +244,11 @@ static int pick(const bool *in_q, bool queued, int n, uint64_t *s)
 }
 
 /* The level order of queue.c, written out plainly (EDF on). */
-static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool fair)
+static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool tags_first)
 {
     uint64_t ka = a->own_deadline ? a->deadline_ns : UINT64_MAX;
     uint64_t kb = b->own_deadline ? b->deadline_ns : UINT64_MAX;
-    if (fair && a->ftag != b->ftag)
+    if (tags_first && a->ftag != b->ftag)
         return a->ftag < b->ftag;
     if (ka != kb)
         return ka < kb;
@@ -257,11 +257,12 @@ static bool ref_before(const struct bb__req *a, const struct bb__req *b, bool fa
     return a->seq < b->seq;
 }
 
-static void random_operations(bool fair)
+/* fair: fairness on; tags_first: the fair-queueing tag before own deadlines. */
+static void random_operations(bool fair, bool tags_first)
 {
     enum { N = 4096, STEPS = 200000 };
     struct bb__queues q = {0};
-    cr_assert_eq(bb__queues_init(&q, N, true, fair), 0);
+    cr_assert_eq(bb__queues_init(&q, N, true, fair, tags_first), 0);
     static bool in_q[N];
     memset(in_q, 0, sizeof in_q);
     uint64_t s = 88172645463325252ull;
@@ -303,7 +304,7 @@ static void random_operations(bool fair)
             for (int i = 0; i < N; i++) {
                 if (!in_q[i] || reqs[i].level != l)
                     continue;
-                if (!best || ref_before(&reqs[i], best, fair))
+                if (!best || ref_before(&reqs[i], best, fair && tags_first))
                     best = &reqs[i];
                 if (!oldest || reqs[i].seq < oldest->seq)
                     oldest = &reqs[i];
@@ -321,8 +322,9 @@ static void random_operations(bool fair)
 
 Test(queue, random_operations_match_a_reference)
 {
-    random_operations(true);
-    random_operations(false);
+    random_operations(true, true);
+    random_operations(true, false); /* strategy = deadline */
+    random_operations(false, true);
 }
 
 /* bb__queue_take_top against what it replaces: top, check the fit, remove,
@@ -352,8 +354,8 @@ Test(queue, take_top_matches_taking_one_at_a_time)
     struct bb__queues qa = {0}, qb = {0};
     /* EDF on: a request with its own deadline goes before the rounds and
      * joins none (its key differs), as with priorities on. */
-    cr_assert_eq(bb__queues_init(&qa, N, true, true), 0);
-    cr_assert_eq(bb__queues_init(&qb, N, true, true), 0);
+    cr_assert_eq(bb__queues_init(&qa, N, true, true, true), 0);
+    cr_assert_eq(bb__queues_init(&qb, N, true, true, true), 0);
     static bool in_q[N];
     memset(in_q, 0, sizeof in_q);
     struct bb__req *head_a[CLIENTS][4] = {{0}}, *head_b[CLIENTS][4] = {{0}};

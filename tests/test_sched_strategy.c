@@ -2,6 +2,8 @@
  * obeyed, and the ones the broker refuses.
  * Each test starts its own broker (sched_util.h). */
 #include <criterion/criterion.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <sys/wait.h>
 
@@ -62,6 +64,51 @@ Test(sched_strategy, custom_strategy_plugin_is_obeyed)
         }
     }
     bb_disconnect(c);
+}
+
+/* The two orders of a level with fairness on. Nine requests of one client
+ * queue behind its blocker, held in the backend (its gate), the last with
+ * its own timeout: the blocker and seven fill the client's first round
+ * (fair_quantum 8), the eighth and the ninth its second. The default
+ * strategy keeps the rounds, a deadline ordering only its own: the ninth
+ * runs eighth, ahead of its round's other request. strategy = deadline
+ * takes the earliest deadline across everything: the ninth runs first. */
+static int position_of_the_timed_request(const char *strategy)
+{
+    const char *log = sch_rec_path(), *gate = sch_rec_path();
+    sch_start_cfg(REC_MODEL("d", 0, "max_batch_size = 1\nstrategy = %s\nparam.gate = %s\n"),
+                  log, strategy, gate);
+    bb_client *c;
+    bb_model *m;
+    bb_request *blocker = sch_blocked("d", 64, &c, &m);
+    bb_request *rs[9];
+    for (int i = 0; i < 9; i++) {
+        rs[i] = sch_req_new(m, 64, 64, 10 + (uint64_t)i);
+        sch_submit(rs[i], 0, i == 8 ? 60000000 : 0, 0, 10 + (uint64_t)i);
+    }
+    sch_wait_queued(m, 9);
+    int fd = open(gate, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    cr_assert(fd >= 0);
+    close(fd);
+    cr_assert_eq(sch_finish(blocker, 5000), 0);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(sch_finish(rs[i], 5000), 0);
+    int nb = sch_rec_read(log), pos = -1;
+    cr_assert_eq(nb, 10, "%d batches", nb);
+    for (int b = 1; b < nb; b++)
+        if (sch_recs[b].ids[0] == 18)
+            pos = b - 1;
+    bb_disconnect(c);
+    sch_fini();
+    return pos;
+}
+
+Test(sched_strategy, deadline_strategy_orders_across_rounds_the_default_does_not)
+{
+    int pos = position_of_the_timed_request("throughput");
+    cr_assert_eq(pos, 7, "a deadline jumped rounds: position %d", pos);
+    cr_assert_eq(position_of_the_timed_request("deadline"), 0,
+                 "strategy = deadline did not take the earliest deadline first");
 }
 
 /* The broker refuses a strategy it cannot trust, and the plugin's own

@@ -50,8 +50,10 @@ struct bb_queue_state {
     uint32_t reserved[7];
 };
 
-/* The head of one level, in that level's order (earliest deadline first, then
- * round-robin across clients / arrival). */
+/* The head of one level, in that level's order: round-robin across clients
+ * (their rounds), requests with their own deadline first within a round,
+ * then arrival; with fairness off, or for strategy = deadline, own
+ * deadlines first (earliest first), then round-robin / arrival. */
 struct bb_candidate {
     uint64_t deadline_ns;         /* absolute; UINT64_MAX = none */
     uint64_t enq_ns;
