@@ -159,8 +159,10 @@ void bb__control_accept(struct bb__worker *w, int fd)
  * timed-out one leaves one. */
 #define UNREAD_MAX 4096
 
-/* Messages read from one session's socket a pass (bb__control_readable). */
+/* What one session's control messages may cost a worker a pass
+ * (bb__control_readable): 16 small ones, or 2 METRICS (a render each). */
 #define CTL_PER_PASS 16
+#define CTL_METRICS_COST 8
 
 static bool replies_unread(int sock)
 {
@@ -541,11 +543,16 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
     } buf;
     /* A session that moves to another worker stops reading here. One that
      * keeps its socket full (a METRICS reply costs the dispatcher far more
-     * than the request costs the client) is read CTL_PER_PASS messages a
-     * pass, so that the worker's clients and rings are served in between:
-     * the rest waits on the worker's backlog (bb__control_backlog). */
-    for (int k = 0; !c->dead && c->w == w; k++) {
-        if (k == CTL_PER_PASS) {
+     * than the request costs the client) gets CTL_PER_PASS a pass, however
+     * many times its socket polls readable in it, so that the worker's
+     * clients and rings are served in between: the rest waits on the
+     * worker's backlog (bb__control_backlog). */
+    if (c->ctl_pass != w->passes) {
+        c->ctl_pass = w->passes;
+        c->ctl_spent = 0;
+    }
+    while (!c->dead && c->w == w) {
+        if (c->ctl_spent >= CTL_PER_PASS) {
             c->ctl_backlog = true;
             w->ctl_backlog = true;
             return;
@@ -560,6 +567,9 @@ void bb__control_readable(struct bb__worker *w, struct bb__client *c)
             return;
         }
         c->last_msg_ns = bb__now_ns();
+        c->ctl_spent += (size_t)n >= sizeof buf.metrics.h && buf.metrics.h.type == BB_MSG_METRICS
+                            ? CTL_METRICS_COST
+                            : 1;
         handle_message(w, c, &buf, (size_t)n);
     }
 }

@@ -41,6 +41,8 @@ struct bb__client {
     bool attached, dead;
     bool said_hello;               /* anything more before the reply kills it */
     bool ctl_backlog;              /* messages left on its socket (control.c) */
+    uint64_t ctl_pass;             /* the worker's pass that ctl_spent counts */
+    uint32_t ctl_spent;            /* of its control budget in that pass */
     bool pid_gone;                 /* its process exited, another holds the socket */
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */

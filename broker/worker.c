@@ -551,6 +551,7 @@ int bb__worker_run(struct bb__worker *w)
          * park for the reload. */
         if (w->id == 0 && !w->stopping && b->reload_flag && atomic_exchange(b->reload_flag, 0))
             reload(w);
+        w->passes++;
         int progress = reap_cqes(w);
         progress += reap_done(w);
         progress += reap_registered(w);

@@ -58,6 +58,7 @@ struct bb__worker {
     struct bb__spin_guard spin_guard; /* its spins on a busy host (bb__spin_yield) */
     bool futex_ops;                /* the kernel's io_uring has futex wait and wake */
     uint64_t last_heartbeat_ns;
+    uint64_t passes;               /* of its loop: per-pass budgets (control.c) */
     bool stopping;                 /* this worker has begun the shutdown */
     bool drained;                  /* and has nothing left of its own */
     bool profile;                  /* [broker] profile: time the phases of batches */
