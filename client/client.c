@@ -103,6 +103,20 @@ static bool broker_gone(bb_client *c)
     return false;
 }
 
+/* broker_gone at most once a liveness slice per client, for the waits that
+ * time out: a caller that loops on short waits learns of a dead broker
+ * within a slice, and makes no system call a wait otherwise. */
+static bool broker_gone_now_and_then(bb_client *c, uint64_t now)
+{
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return true;
+    uint64_t last = atomic_load_explicit(&c->gone_checked_ns, memory_order_relaxed);
+    if (now - last < (uint64_t)LIVENESS_SLICE_NS)
+        return false;
+    atomic_store_explicit(&c->gone_checked_ns, now, memory_order_relaxed);
+    return broker_gone(c);
+}
+
 /* The HELLO reply and its descriptors: the segment, the worker page, the
  * notify eventfd, and (without the futex doorbell) the doorbell eventfd; fds
  * gets them with -1 for any not sent. */
@@ -527,9 +541,11 @@ static inline int kind_of(const bb_request *r)
     return atomic_load_explicit(&((bb_request *)r)->kind, memory_order_relaxed);
 }
 
+/* Release: a reused slot's reset (bb_request_new) comes before the LIVE a
+ * concurrent bb_client_poll reads with acquire. */
 static inline void set_kind(bb_request *r, int kind)
 {
-    atomic_store_explicit(&r->kind, kind, memory_order_relaxed);
+    atomic_store_explicit(&r->kind, kind, memory_order_release);
 }
 
 static inline bool is_pending(const bb_request *r)
@@ -748,7 +764,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         if ((i & 63) == 0) {
             uint64_t now = bb__now_ns();
             if (now >= deadline)
-                return broker_gone(c) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
+                return broker_gone_now_and_then(c, now) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
             if (now >= spin_end)
                 break;
             if (now >= next_check) {
@@ -777,7 +793,7 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
         uint64_t now = bb__now_ns();
         int rc = 0;
         if (now >= deadline) {
-            rc = broker_gone(c) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
+            rc = broker_gone_now_and_then(c, now) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
         } else if (now >= next_check) {
             /* A poll() costs a system call: once a slice, not before every
              * sleep (sleeps are slices, so a dead broker is still seen). */
@@ -942,8 +958,10 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
             bb_request *r = &c->reqs[idx];
             /* Once per completion: an entry left by an earlier submission of
              * the slot (an orphan's, say) must not report this one twice. */
+            if (atomic_load_explicit(&r->kind, memory_order_acquire) != BB__REQ_LIVE)
+                continue; /* acquire: then gen is this request's (set_kind) */
             uint32_t gen = gen_of(r);
-            if (kind_of(r) == BB__REQ_LIVE && gen && !is_pending(r) &&
+            if (gen && !is_pending(r) &&
                 atomic_exchange_explicit(&r->polled_gen, gen, memory_order_relaxed) != gen) {
                 out[got++] = r;
             }

@@ -75,6 +75,7 @@ struct bb_client {
     uint32_t ctl_lost;       /* replies of timed-out round trips still to skip (ctl_lock) */
     int timeout_ms;          /* connect and control round trips */
     _Atomic int dead;        /* broker gone */
+    _Atomic uint64_t gone_checked_ns; /* last look at the socket for a timed-out wait */
     _Atomic int64_t spin_ns;
 };
 

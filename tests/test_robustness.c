@@ -716,7 +716,9 @@ Test(robust, a_session_left_to_a_child_still_counts)
                                      .version = BB_SHM_VERSION, .cpu = -1, .max_inflight = 1};
             if (fd < 0 || send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h)
                 _exit(1);
-            bbt_msleep(100); /* the reply is there, unread */
+            struct pollfd rp = {.fd = fd, .events = POLLIN};
+            if (poll(&rp, 1, 10000) != 1) /* the reply is there, unread */
+                _exit(2);
             if (fork() == 0) { /* holds the socket until the test closes the pipe */
                 char x;
                 ssize_t n = read(release[0], &x, 1);

@@ -207,10 +207,11 @@ class Client(_Closable):
         # collected while this thread holds it closes itself.
         self._lock = threading.RLock()
         # bb_disconnect must not run while another thread is inside the
-        # library with this client: _call counts those calls in _calls, a
-        # list whose append and pop are atomic under the GIL (a lock taken
-        # twice a call would double the cost of a short call), and close()
-        # sets _closing, then waits on _idle until the list is empty.
+        # library with this client: _call notes each call's thread in
+        # _calls, a list whose append and remove are atomic under the GIL (a
+        # lock taken twice a call would double the cost of a short call),
+        # and close() sets _closing, then waits on _idle until the list is
+        # empty (refusing where its own thread is in it).
         self._calls = []
         self._closing = False
         self._idle = threading.Condition(self._lock)
@@ -233,16 +234,17 @@ class Client(_Closable):
         """fn(*args): a call into the library that uses this client (its
         handle, a model's or a request's), counted so that close() waits
         for it. Raises BB_EINVAL once the client is closed or closing."""
-        self._calls.append(None)  # before the check: close() then waits for it
+        me = threading.get_ident()
+        self._calls.append(me)  # before the check: close() then waits for it
         try:
             if self._closing or self._c is None:
                 raise error_for(CODES["BB_EINVAL"], "the client is closed")
             return fn(*args)
         finally:
-            self._leave()
+            self._leave(me)
 
-    def _leave(self):
-        self._calls.pop()
+    def _leave(self, me):
+        self._calls.remove(me)  # this thread's entry (close() looks for its own)
         if self._closing:
             with self._lock:  # close() holds it until it waits: no lost wake-up
                 self._idle.notify_all()
@@ -297,9 +299,20 @@ class Client(_Closable):
                 while self._c is not None:
                     self._idle.wait()
                 return
+            me = threading.get_ident()
+            if me in self._calls:
+                # A signal handler (or the like) on a thread that is inside a
+                # call with this client: waiting would wait for ourselves.
+                raise error_for(CODES["BB_ESTATE"], "close() from inside a call of this "
+                                "thread with the client (a signal handler?)")
             self._closing = True
-            while self._calls:
-                self._idle.wait()
+            try:
+                while self._calls:
+                    self._idle.wait()
+            except BaseException:  # interrupted (Ctrl-C): the client stays open
+                self._closing = False
+                self._idle.notify_all()
+                raise
             # Under the lock: a Request closing in another thread waits,
             # then finds its handle gone.
             for ref in list(self._requests.values()):
@@ -587,11 +600,12 @@ class Request(_Closable):
                 return  # bb_disconnect freed it
             # Forget the handle first: once freed, it may be another request's.
             client._requests.pop(r, None)
-            client._calls.append(None)  # even while closing: close() waits for it
+            me = threading.get_ident()
+            client._calls.append(me)  # even while closing: close() waits for it
         try:
             lib.bb_request_free(r)
         finally:
-            client._leave()
+            client._leave(me)
 
     def __repr__(self):
         return (f"<batchbroker.Request {self.model.name} {self.input_capacity}+"

@@ -181,8 +181,14 @@ def test_a_cancelled_run_still_completes(brokers):
             slow = client.model("slow")
             with slow.request(8) as r:
                 r.write(b"running!")
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(slow.run(r), 0.05)  # a cancel cannot stop a batch
+                first = asyncio.ensure_future(slow.run(r))
+                for _ in range(1000):  # until its batch runs: a cancel cannot stop it then
+                    await asyncio.sleep(0.005)
+                    if slow.stats().running == 1:
+                        break
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
                 assert await slow.run(r) is r
                 assert bytes(r.output) == b"running!"
             s = stats_when(slow, lambda s: s.completed == 2)

@@ -316,3 +316,51 @@ def test_close_while_another_thread_waits(brokers):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
     assert p.stdout.split("\n")[-2] == "['BB_EINVAL', 'BB_EINVAL']", p.stdout
+
+
+def test_close_refuses_to_wait_for_its_own_thread(broker):
+    """close() from inside a call of its own thread (a signal handler that
+    interrupts a wait, say) would wait for itself: it refuses instead."""
+    c = bb.Client(broker.sock)
+    c._calls.append(threading.get_ident())  # as _call notes a call under way
+    with pytest.raises(bb.BB_ESTATE):
+        c.close()
+    c._calls.remove(threading.get_ident())
+    assert c.model("echo").infer(b"still open") == b"still open"
+    c.close()
+    assert c.closed
+
+
+def test_an_interrupted_close_leaves_the_client_open(broker):
+    """A close() interrupted while it waits for another thread's call (Ctrl-C)
+    leaves the client usable, and a later close() works."""
+    import signal
+    c = bb.Client(broker.sock)
+    inside, done = threading.Event(), threading.Event()
+
+    def a_long_call():  # as _call notes a call under way, until told
+        me = threading.get_ident()
+        c._calls.append(me)
+        inside.set()
+        done.wait(30)
+        c._leave(me)
+    other = threading.Thread(target=a_long_call)
+    other.start()
+    assert inside.wait(10)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            c.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not c.closed and not c._closing
+    done.set()
+    other.join(10)
+    assert c.model("echo").infer(b"still open") == b"still open"
+    c.close()
+    assert c.closed
