@@ -170,11 +170,11 @@ static bool replies_unread(int sock)
     return ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX;
 }
 
-/* Why: a process that forks, lets the child keep the socket and exits
- * before reading its HELLO reply would otherwise leave that reply's
- * descriptors (and the segment's pages) referenced from a socket the broker
- * no longer counts: in a loop, unbounded memory, and descriptors in flight
- * charged to the broker's uid until the kernel refuses every HELLO reply
+/* A process that forks, lets the child keep the socket and exits before
+ * reading its HELLO reply would otherwise leave that reply's descriptors
+ * (and the segment's pages) referenced from a socket the broker no longer
+ * counts: in a loop, unbounded memory, and descriptors in flight charged to
+ * the broker's uid until the kernel refuses every HELLO reply
  * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
 bool bb__control_held_elsewhere(const struct bb__client *c)
 {
