@@ -12,6 +12,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 #include <ini.h>
 #include <netinet/in.h>
 
@@ -58,6 +60,8 @@ struct bb__config_key {
 /* Where a key's value lives: offset and size of the member. */
 #define BB__BROKER(f) offsetof(struct bb__broker_config, f), sizeof(((struct bb__broker_config *)0)->f)
 #define BB__MODEL(f) offsetof(struct bb__model_config, f), sizeof(((struct bb__model_config *)0)->f)
+/* A configuration file is at most this big (bb__config_build). */
+#define CONFIG_MAX_BYTES (1 << 20)
 #define BB__STR(s) #s
 #define BB__XSTR(s) BB__STR(s)
 
@@ -920,9 +924,22 @@ int bb__config_load(struct bb__broker_config *cfg, const char *path, char *err, 
         return -1;
     }
     memcpy(ps.cfg, cfg, sizeof *cfg);
-    ps.file = fopen(path, "r");
+    /* A regular file of a sane size only: a reload reads it on a dispatcher,
+     * which a FIFO (open blocks until a writer comes) or an endless file
+     * would hold for as long as it lasts. O_NONBLOCK changes nothing for a
+     * regular file. */
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    const char *why = fd < 0 ? strerror(errno)
+                      : fstat(fd, &st) < 0 ? strerror(errno)
+                      : !S_ISREG(st.st_mode) ? "not a regular file"
+                      : st.st_size > CONFIG_MAX_BYTES ? "larger than 1 MiB"
+                      : NULL;
+    ps.file = why ? NULL : fdopen(fd, "r");
     if (!ps.file) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        snprintf(err, errlen, "%s: %s", path, why ? why : strerror(errno));
+        if (fd >= 0)
+            close(fd);
         free(ps.cfg);
         return -1;
     }

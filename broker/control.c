@@ -267,6 +267,14 @@ static void answer_hello(struct bb__worker *w, struct bb__client *c, int memfd)
 
 void bb__control_hello(struct bb__worker *w, struct bb__client *c)
 {
+    /* A reload may have dropped its uid while the session travelled here
+     * from the acceptor: neither worker's revocation saw it then. */
+    struct ucred cr = {.pid = c->pid, .uid = c->uid, .gid = c->gid};
+    if (!bb__allowed(w->b->cfg, &cr)) {
+        send_status(c->sock, BB_MSG_HELLO_REPLY, BB_EPERM);
+        bb__session_kill(w, c, "no longer allowed");
+        return;
+    }
     const struct bb_msg_hello *h = &c->hello;
     int memfd = -1;
     char *base = NULL;

@@ -464,7 +464,8 @@ static void reload(struct bb__worker *w)
     pthread_cond_broadcast(&b->qcv);
     pthread_mutex_unlock(&b->qmu);
     bb__control_revoke(w); /* allowed_uids/gids are reloadable; park() does the others' */
-    bb_info("configuration reloaded: %s", changed ? changed_keys : "no reloadable key changed");
+    bb_info_limited("configuration reloaded: %s",
+                    changed ? changed_keys : "no reloadable key changed");
     if (skipped[0])
         bb_warn("reload: these changes need a restart and were not applied: %s", skipped);
 }

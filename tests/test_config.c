@@ -1,6 +1,7 @@
 /* Configuration table: defaults, parsing, every error with its file:line,
  * overrides, the dump round trip and the help text. */
 #include <criterion/criterion.h>
+#include <sys/stat.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,6 +378,30 @@ Test(config, failed_load_leaves_config_alone)
     cr_assert(strstr(err, "/nonexistent/bb.ini"), "%s", err);
     free(cfg);
     free(ref);
+}
+
+/* Only a regular file of at most 1 MiB: a reload reads it on a dispatcher,
+ * which a FIFO (its open waits for a writer) or an endless file would hold. */
+Test(config, only_a_regular_file_of_a_sane_size)
+{
+    char path[64], err[512];
+    snprintf(path, sizeof path, "/tmp/bbt-fifo-%d.ini", (int)getpid());
+    unlink(path);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    struct bb__broker_config *cfg = new_cfg();
+    cr_assert_eq(bb__config_load(cfg, path, err, sizeof err), -1, "a FIFO was read");
+    unlink(path);
+    cr_assert(strstr(err, path) && strstr(err, "not a regular file"), "%s", err);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("[broker]\n", f);
+    for (int i = 0; i < (1 << 20) / 8; i++)
+        fputs("; pad  \n", f);
+    fclose(f);
+    cr_assert_eq(bb__config_load(cfg, path, err, sizeof err), -1, "a 1 MiB file was read");
+    unlink(path);
+    cr_assert(strstr(err, "larger than 1 MiB"), "%s", err);
+    free(cfg);
 }
 
 /* Where each backend key was set is bookkeeping, not configuration: two
