@@ -164,10 +164,12 @@ void bb__control_accept(struct bb__worker *w, int fd)
 #define CTL_PER_PASS 16
 #define CTL_METRICS_COST 8
 
-static bool replies_unread(int sock)
+/* Bytes of replies sent on sock that its peer has not read yet; -1 if the
+ * kernel does not say. */
+static int unread_bytes(int sock)
 {
     int unread = 0;
-    return ioctl(sock, SIOCOUTQ, &unread) < 0 || unread > UNREAD_MAX;
+    return ioctl(sock, SIOCOUTQ, &unread) < 0 ? -1 : unread;
 }
 
 /* A process that forks, lets the child keep the socket and exits before
@@ -178,8 +180,7 @@ static bool replies_unread(int sock)
  * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
 bool bb__control_held_elsewhere(const struct bb__client *c)
 {
-    int unread = 0;
-    return ioctl(c->sock, SIOCOUTQ, &unread) == 0 && unread > 0;
+    return unread_bytes(c->sock) > 0;
 }
 
 /* One message with descriptors attached (SCM_RIGHTS). */
@@ -358,7 +359,8 @@ static int memfd_of(const void *data, size_t len, int *out)
  * memfd, so that a reader that takes its time costs the dispatcher nothing. */
 static void handle_metrics(struct bb__worker *w, struct bb__client *c, const struct bb_msg_metrics *req)
 {
-    if (replies_unread(c->sock)) {
+    int unread = unread_bytes(c->sock);
+    if (unread < 0 || unread > UNREAD_MAX) {
         bb__session_kill(w, c, "replies left unread");
         return;
     }
