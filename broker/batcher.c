@@ -55,7 +55,9 @@ void bb__batcher_drop_client(struct bb__worker *w, struct bb__client *c)
         int st = atomic_load_explicit(&r->state, memory_order_relaxed);
         if (st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
             continue;
-        struct bb__model *m = &w->b->models[r->model];
+        /* The model its own worker filed it with (a per_worker model's
+         * replica there, not this worker's). */
+        struct bb__model *m = c->w->route[r->model];
         if (m->w != w)
             continue; /* queued at another home: its DROP message finds it */
         bb__request_unlink(m, r);

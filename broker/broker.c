@@ -50,18 +50,52 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     if (n > 1 || b->topo.nnodes > 1)
         bb_info("%u worker(s) on %d %sNUMA node(s)", n, b->topo.nnodes,
                 b->topo.fake ? "fake " : "");
+    uint32_t nrep = 0;
+    for (uint32_t i = 0; i < b->nmodels; i++)
+        if (cfg->models[i].formation == BB__FORMATION_PER_WORKER)
+            nrep += n - 1;
+    if (nrep && !(b->replicas = calloc(nrep, sizeof *b->replicas))) {
+        bb_error("out of memory");
+        return -1;
+    }
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        struct bb__model *m = &b->models[i];
-        m->id = i;
-        m->cfg = cfg->models[i];
-        if (bb__model_start(m, &b->workers[i % n], cfg->plugin_dir, err, sizeof err) < 0) {
-            bb_error("%s", err);
-            return -2; /* a model the configuration describes cannot start */
+        /* The home first (b->models[i]), then, per_worker, a replica on each
+         * worker after it. */
+        bool per_worker = cfg->models[i].formation == BB__FORMATION_PER_WORKER;
+        struct bb__model **link = NULL;
+        for (uint32_t k = 0; k < (per_worker ? n : 1); k++) {
+            struct bb__model *m = k ? &b->replicas[b->nreplicas++] : &b->models[i];
+            struct bb__worker *w = &b->workers[(i + k) % n];
+            m->id = i;
+            m->cfg = cfg->models[i];
+            if (link)
+                *link = m;
+            if (bb__model_start(m, w, cfg->plugin_dir, err, sizeof err) < 0) {
+                bb_error("%s", err);
+                return -2; /* a model the configuration describes cannot start */
+            }
+            link = &m->sibling;
+            w->route[i] = m;
+            b->registers = b->registers || bb__model_registers(m);
         }
-        bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
-                "worker %u", m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size,
-                m->cfg.max_wait_us, m->cfg.instances, m->w->id);
-        b->registers = b->registers || bb__model_registers(m);
+        for (struct bb__model *m = &b->models[i]; m->sibling; m = m->sibling)
+            m->metrics.next = &m->sibling->metrics;
+        for (uint32_t k = 0; k < n; k++)
+            if (!b->workers[k].route[i])
+                b->workers[k].route[i] = &b->models[i];
+        struct bb__model *m = &b->models[i];
+        if (per_worker && n > 1 && !m->parallel)
+            bb_warn("model %s: formation = per_worker with a GPU or asynchronous backend: each "
+                    "of the %u workers forms batches of its own clients only, smaller than one "
+                    "shared queue's; formation = shared keeps them whole", m->cfg.name, n);
+        if (per_worker)
+            bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
+                    "formation per_worker on %u worker(s)", m->cfg.name, m->plugin.ops->name,
+                    m->cfg.max_batch_size, m->cfg.max_wait_us, m->cfg.instances, n);
+        else
+            bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
+                    "worker %u", m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size,
+                    m->cfg.max_wait_us, m->cfg.instances, m->w->id);
     }
     if (b->registers && bb__registrar_start(&b->reg, b, err, sizeof err) < 0) {
         bb_error("%s", err);
@@ -128,6 +162,8 @@ void bb__broker_fini(struct bb__broker *b)
     bb__registrar_stop(&b->reg);
     for (uint32_t i = 0; b->models && i < b->nmodels; i++)
         bb__model_stop(&b->models[i]);
+    for (uint32_t i = 0; i < b->nreplicas; i++)
+        bb__model_stop(&b->replicas[i]);
     for (uint32_t i = 0; b->workers && i < b->nworkers; i++)
         if (b->workers[i].b)
             bb__worker_fini(&b->workers[i]);
@@ -137,5 +173,6 @@ void bb__broker_fini(struct bb__broker *b)
     }
     free(b->workers);
     free(b->models);
+    free(b->replicas);
     bb__admission_fini(&b->adm);
 }

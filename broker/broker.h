@@ -21,8 +21,10 @@ struct bb__http;
 struct bb__broker {
     struct bb__broker_config *cfg;  /* the running configuration; reload updates it */
     struct bb__topology topo;
-    struct bb__model *models;
+    struct bb__model *models;       /* by id; a per_worker model's first replica */
     uint32_t nmodels;
+    struct bb__model *replicas;     /* the other workers' replicas of per_worker models */
+    uint32_t nreplicas;
     struct bb__worker *workers;     /* workers[0] accepts and handles reloads */
     uint32_t nworkers;
     int listen_fd;

@@ -70,6 +70,7 @@ static const char *const bb__prio_names[] = {"critical", "high", "normal", "low"
 static const char *const bb__onoff_names[] = {"off", "on", NULL};
 static const char *const bb__optimize_names[] = {"throughput", "latency", NULL};
 static const char *const bb__hardware_names[] = {"auto", "cpu", "gpu", NULL};
+static const char *const bb__formation_names[] = {"shared", "per_worker", NULL};
 static const char *const bb__doorbell_names[] = {"auto", "futex", "eventfd", NULL};
 static const char *const bb__scope_names[] = {"global", "uid", NULL};
 
@@ -273,6 +274,13 @@ static const struct bb__config_key bb__keys[] = {
     {BB__SEC_MODEL, "hardware", BB__CT_ENUM, BB__MODEL(hardware), 0, 2, "auto", NULL,
      bb__hardware_names, 0,
      "Adaptive starting batch target: cpu 32, gpu 128, auto asks the backend. A cpu model with several executors shares a cut among the idle ones; a gpu model never splits one."},
+    {BB__SEC_MODEL, "formation", BB__CT_ENUM, BB__MODEL(formation), 0, 1, "shared", NULL,
+     bb__formation_names, 0,
+     "shared = one queue across the clients of every worker, batches formed on the model's "
+     "home worker; per_worker = each dispatcher worker batches its own clients' requests "
+     "with backend instances of its own (instances, max_queue and memory_limit_mb apply per "
+     "worker), so one model's batches form in parallel but never mix workers. For CPU "
+     "backends at rates one dispatcher cannot form; never for a GPU model."},
     {BB__SEC_MODEL, "auto_tune", BB__CT_ENUM, BB__MODEL(auto_tune), 0, 1, "off", NULL,
      bb__onoff_names, 0,
      "Sweep batch sizes 1, 2, 4, ... in the first tune_duration_s of traffic to learn "

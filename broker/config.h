@@ -19,6 +19,8 @@ struct bb__kv {
     char value[256];
 };
 
+enum { BB__FORMATION_SHARED, BB__FORMATION_PER_WORKER };
+
 struct bb__model_config {
     char name[64];
     char backend[256];          /* built-in plugin name or path to a .so */
@@ -55,6 +57,7 @@ struct bb__model_config {
     uint32_t latency_slo_us;    /* 0 = none */
     uint32_t adaptation_interval_ms;
     uint32_t hardware;          /* 0 auto, 1 cpu, 2 gpu */
+    uint32_t formation;         /* BB__FORMATION_* */
     uint32_t auto_tune;
     uint32_t tune_duration_s;
     size_t nsparams;            /* strategy.* keys, for a custom strategy's init */

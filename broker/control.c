@@ -490,7 +490,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             reply(w, c, &rep, sizeof rep.h);
             return;
         }
-        struct bb__model *m = &w->b->models[req.model_id];
+        struct bb__model *m = w->route[req.model_id];
         snprintf(rep.name, sizeof rep.name, "%s", m->cfg.name);
         bb__model_stats(m, w, bb__now_ns(), &rep.s);
         reply(w, c, &rep, sizeof rep);
@@ -516,7 +516,9 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         if (m && req.target > m->cfg.max_batch_size) {
             rep.status = BB_EINVAL;
         } else if (m) {
-            uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
+            uint32_t was = atomic_load_explicit(&m->pinned, memory_order_relaxed);
+            for (struct bb__model *x = m; x; x = x->sibling) /* every replica's */
+                was = atomic_exchange_explicit(&x->pinned, req.target, memory_order_relaxed);
             bb_info_limited("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
                     req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);

@@ -83,21 +83,23 @@ static const char *const outcome_names[BB_OUTCOMES] = {"completed", "failed", "t
 static const char *const phase_names[BB_PHASES] = {"queue_wait", "formation", "backend",
                                                    "delivery"};
 
-/* One _seconds histogram series: coarse buckets made cumulative, the count
- * taken from them (so it equals the +Inf bucket whatever the writer did
- * meanwhile), the sum in seconds. */
+/* One _seconds histogram series (distribution `dist` of m, summed over its
+ * replicas): coarse buckets made cumulative, the count taken from them (so
+ * it equals the +Inf bucket whatever the writers did meanwhile), the sum in
+ * seconds. */
 static void seconds_series(struct page *pg, const char *name, const char *labels,
-                           const struct bb__dist *d)
+                           const struct bb__metrics *m, int dist)
 {
+    const struct bb__dist *d = &m->dist[dist];
     uint64_t cum = 0;
     for (int c = 0; c < BB_PROM_BOUNDS; c++) {
-        cum += bb__ctr_get(&d->coarse[c]);
+        cum += bb__metrics_total(m, &d->coarse[c]);
         put(pg, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels, bb__prom_bound_text[c],
             (unsigned long long)cum);
     }
-    cum += bb__ctr_get(&d->coarse[BB_PROM_BOUNDS]);
+    cum += bb__metrics_total(m, &d->coarse[BB_PROM_BOUNDS]);
     put(pg, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
-    put(pg, "%s_sum{%s} %.9f\n", name, labels, (double)bb__ctr_get(&d->sum_ns) / 1e9);
+    put(pg, "%s_sum{%s} %.9f\n", name, labels, (double)bb__metrics_total(m, &d->sum_ns) / 1e9);
     put(pg, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
 }
 
@@ -114,7 +116,7 @@ static void seconds_family(struct page *pg, const struct bb__broker *b, const ch
         for (int k = 0; k < n; k++) {
             snprintf(labels, sizeof labels, "model=\"%s\",%s=\"%s\"",
                      label(m->name, lv, sizeof lv), key, values[k]);
-            seconds_series(pg, name, labels, &m->dist[first + k]);
+            seconds_series(pg, name, labels, m, first + k);
         }
     }
 }
@@ -138,10 +140,12 @@ static void per_model(struct page *pg, const struct bb__broker *b, const char *n
     }
 }
 
-static uint64_t g_submitted(const struct bb__metrics *m) { return bb__ctr_get(&m->submitted); }
-static uint64_t g_dedup(const struct bb__metrics *m) { return bb__ctr_get(&m->deduplicated); }
-static uint64_t g_queued(const struct bb__metrics *m) { return bb__ctr_get(&m->queued); }
-static uint64_t g_running(const struct bb__metrics *m) { return bb__ctr_get(&m->running); }
+/* Counts and depths are summed over a model's replicas; the batch target,
+ * wait and stride are the first replica's (each replica adapts its own). */
+static uint64_t g_submitted(const struct bb__metrics *m) { return bb__metrics_total(m, &m->submitted); }
+static uint64_t g_dedup(const struct bb__metrics *m) { return bb__metrics_total(m, &m->deduplicated); }
+static uint64_t g_queued(const struct bb__metrics *m) { return bb__metrics_total(m, &m->queued); }
+static uint64_t g_running(const struct bb__metrics *m) { return bb__metrics_total(m, &m->running); }
 static uint64_t g_target(const struct bb__metrics *m) { return bb__ctr_get(&m->batch_target); }
 static uint64_t g_wait(const struct bb__metrics *m) { return bb__ctr_get(&m->wait_us); }
 static uint64_t g_stride(const struct bb__metrics *m) { return bb__ctr_get(&m->profile_stride); }
@@ -166,7 +170,7 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
                     "batchbroker_requests_total{model=\"%s\",priority=\"%s\",outcome=\"%s\"} "
                     "%llu\n",
                     label(m->name, lv, sizeof lv), prio_names[p], outcome_names[o],
-                    (unsigned long long)bb__ctr_get(&m->requests[p][o]));
+                    (unsigned long long)bb__metrics_total(m, &m->requests[p][o]));
     }
     per_model(&pg, b, "batchbroker_submissions_total", "counter",
               "Submissions the broker read for the model, accepted or not.", g_submitted, 1);
@@ -182,7 +186,7 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
         label(m->name, lv, sizeof lv);
         uint64_t cum = 0;
         for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++) {
-            cum += bb__ctr_get(&m->batch_size[k]);
+            cum += bb__metrics_total(m, &m->batch_size[k]);
             if (k == 0 || (1u << (k - 1)) < m->max_batch_size) /* up to the first bound >= max */
                 put(&pg, "batchbroker_batch_size_bucket{model=\"%s\",le=\"%u\"} %llu\n", lv,
                     1u << k, (unsigned long long)cum);
@@ -190,7 +194,7 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
         put(&pg, "batchbroker_batch_size_bucket{model=\"%s\",le=\"+Inf\"} %llu\n", lv,
             (unsigned long long)cum);
         put(&pg, "batchbroker_batch_size_sum{model=\"%s\"} %llu\n", lv,
-            (unsigned long long)bb__ctr_get(&m->batched));
+            (unsigned long long)bb__metrics_total(m, &m->batched));
         put(&pg, "batchbroker_batch_size_count{model=\"%s\"} %llu\n", lv,
             (unsigned long long)cum);
     }

@@ -85,7 +85,7 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
         bb__answer(c, slot, d.gen, BB_ENOMODEL, 0); /* no model to count it */
         return;
     }
-    struct bb__model *m = &w->b->models[d.model_id];
+    struct bb__model *m = w->route[d.model_id];
     if (m->w != w && w->stopping) {
         /* Another home may have left already: once every worker is
          * stopping (none leaves before), nothing crosses with a reference.
@@ -129,7 +129,7 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
     int st = r ? atomic_load_explicit(&r->state, memory_order_relaxed) : BB__REQ_IDLE;
     if (st != BB__REQ_SUBMITTED && st != BB__REQ_QUEUED && st != BB__REQ_GROUPED)
         return; /* running (finishes normally) or already complete */
-    struct bb__model *m = &w->b->models[r->model];
+    struct bb__model *m = w->route[r->model];
     uint32_t sub = atomic_load_explicit(&r->sub, memory_order_relaxed);
     if (m->w == w)
         bb__batcher_cancel(m, r, sub);

@@ -295,12 +295,13 @@ double bb__metrics_window_p99_us(const struct bb__metrics *m)
 
 void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_stats *o)
 {
+#define T(field) bb__metrics_total(m, &m->field)
     uint64_t by_outcome[BB_OUTCOMES] = {0}, lat_sum = 0;
     for (int p = 0; p < BB__NPRIO; p++) {
         for (int k = 0; k < BB_OUTCOMES; k++)
-            by_outcome[k] += bb__ctr_get(&m->requests[p][k]);
-        o->completed_by_priority[p + 1] = bb__ctr_get(&m->requests[p][BB_OUTCOME_COMPLETED]);
-        lat_sum += bb__ctr_get(&m->dist[BB__DIST_LATENCY(p)].sum_ns);
+            by_outcome[k] += T(requests[p][k]);
+        o->completed_by_priority[p + 1] = T(requests[p][BB_OUTCOME_COMPLETED]);
+        lat_sum += T(dist[BB__DIST_LATENCY(p)].sum_ns);
     }
     o->completed_by_priority[0] = 0;
     o->completed = by_outcome[BB_OUTCOME_COMPLETED];
@@ -309,33 +310,31 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->rejected = by_outcome[BB_OUTCOME_REJECTED];
     o->cancelled = by_outcome[BB_OUTCOME_CANCELLED];
     o->latency_sum_ns = lat_sum;
-    o->submitted = bb__ctr_get(&m->submitted);
-    o->deduplicated = bb__ctr_get(&m->deduplicated);
+    o->submitted = T(submitted);
+    o->deduplicated = T(deduplicated);
     o->batches = 0;
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++) {
-        o->batch_size_hist[k] = bb__ctr_get(&m->batch_size[k]);
+        o->batch_size_hist[k] = T(batch_size[k]);
         o->batches += o->batch_size_hist[k];
     }
-    uint64_t batched = bb__ctr_get(&m->batched);
+    uint64_t batched = T(batched);
     o->avg_batch_size = o->batches ? (double)batched / (double)o->batches : 0;
-    o->avg_queue_wait_us = batched ? (double)bb__ctr_get(&m->wait_sum_ns) / (double)batched / 1e3 : 0;
+    o->avg_queue_wait_us = batched ? (double)T(wait_sum_ns) / (double)batched / 1e3 : 0;
     o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
-    o->running = (uint32_t)bb__ctr_get(&m->running);
-    o->phase_count = bb__ctr_get(&m->phase_count);
-    o->timed_latency_sum_ns = bb__ctr_get(&m->timed_latency_ns);
+    o->running = (uint32_t)T(running);
+    o->phase_count = T(phase_count);
+    o->timed_latency_sum_ns = T(timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++)
-        o->phase_sum_ns[k] = bb__ctr_get(&m->dist[BB__DIST_PHASE(k)].sum_ns);
+        o->phase_sum_ns[k] = T(dist[BB__DIST_PHASE(k)].sum_ns);
+#undef T
 
-    /* The window: percentiles, throughput. */
+    /* The window: percentiles, throughput; each replica's own window (they
+     * rotate apart), the histograms merged and the rates added. */
     uint64_t all[BB_HIST_BUCKETS] = {0}, one[BB_HIST_BUCKETS];
-    uint64_t start = now, done_then = 0;
-    WINDOW_READ(m, {
-        start = bb__ctr_get(&w_->start_ns);
-        done_then = bb__ctr_get(&w_->completed);
-    });
     for (int p = 0; p < BB__NPRIO; p++) {
         memset(one, 0, sizeof one);
-        bb__metrics_window_add(m, BB__DIST_LATENCY(p), one);
+        for (const struct bb__metrics *x = m; x; x = x->next)
+            bb__metrics_window_add(x, BB__DIST_LATENCY(p), one);
         o->latency_p50_by_priority_us[p + 1] = (double)bb__hist_quantile(one, 0.50) / 1e3;
         o->latency_p99_by_priority_us[p + 1] = (double)bb__hist_quantile(one, 0.99) / 1e3;
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)
@@ -346,20 +345,30 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->latency_p99_us = (double)bb__hist_quantile(all, 0.99) / 1e3;
     for (int k = 0; k < BB_PHASES; k++) {
         memset(one, 0, sizeof one);
-        bb__metrics_window_add(m, BB__DIST_PHASE(k), one);
+        for (const struct bb__metrics *x = m; x; x = x->next)
+            bb__metrics_window_add(x, BB__DIST_PHASE(k), one);
         o->phase_p50_us[k] = (double)bb__hist_quantile(one, 0.50) / 1e3;
         o->phase_p99_us[k] = (double)bb__hist_quantile(one, 0.99) / 1e3;
     }
-    double span = now > start ? (double)(now - start) : 0;
-    o->window_s = span / 1e9;
-    if (span < 1e6)
-        span = 1e6;
-    o->throughput_rps = (double)(o->completed > done_then ? o->completed - done_then : 0) /
-                        (span / 1e9);
+    o->throughput_rps = 0;
+    for (const struct bb__metrics *x = m; x; x = x->next) {
+        uint64_t start = now, done_then = 0, done = completed_total(x);
+        WINDOW_READ(x, {
+            start = bb__ctr_get(&w_->start_ns);
+            done_then = bb__ctr_get(&w_->completed);
+        });
+        double span = now > start ? (double)(now - start) : 0;
+        if (x == m)
+            o->window_s = span / 1e9;
+        if (span < 1e6)
+            span = 1e6;
+        o->throughput_rps += (double)(done > done_then ? done - done_then : 0) / (span / 1e9);
+    }
 }
 
 void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_dump *o)
 {
+#define T(field) bb__metrics_total(m, &m->field)
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->version = BB_DUMP_VERSION;
@@ -370,28 +379,29 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->max_batch_size = m->max_batch_size;
     o->batch_target = (uint32_t)bb__ctr_get(&m->batch_target);
     o->wait_us = (uint32_t)bb__ctr_get(&m->wait_us);
-    o->queued = (uint32_t)bb__ctr_get(&m->queued);
-    o->running = (uint32_t)bb__ctr_get(&m->running);
+    o->queued = (uint32_t)T(queued);
+    o->running = (uint32_t)T(running);
     o->profile_stride = (uint32_t)bb__ctr_get(&m->profile_stride);
-    o->submitted = bb__ctr_get(&m->submitted);
-    o->deduplicated = bb__ctr_get(&m->deduplicated);
-    o->batched = bb__ctr_get(&m->batched);
+    o->submitted = T(submitted);
+    o->deduplicated = T(deduplicated);
+    o->batched = T(batched);
     for (int p = 0; p < BB__NPRIO; p++) {
         for (int k = 0; k < BB_OUTCOMES; k++)
-            o->requests[p][k] = bb__ctr_get(&m->requests[p][k]);
-        o->latency_sum_ns[p] = bb__ctr_get(&m->dist[BB__DIST_LATENCY(p)].sum_ns);
+            o->requests[p][k] = T(requests[p][k]);
+        o->latency_sum_ns[p] = T(dist[BB__DIST_LATENCY(p)].sum_ns);
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)
-            o->latency[p][f] = bb__ctr_get(&m->dist[BB__DIST_LATENCY(p)].fine[f]);
+            o->latency[p][f] = T(dist[BB__DIST_LATENCY(p)].fine[f]);
     }
     for (uint32_t k = 0; k < BB_BATCH_SIZE_BUCKETS; k++) {
-        o->batch_size[k] = bb__ctr_get(&m->batch_size[k]);
+        o->batch_size[k] = T(batch_size[k]);
         o->batches += o->batch_size[k];
     }
-    o->phase_count = bb__ctr_get(&m->phase_count);
-    o->timed_latency_sum_ns = bb__ctr_get(&m->timed_latency_ns);
+    o->phase_count = T(phase_count);
+    o->timed_latency_sum_ns = T(timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++) {
-        o->phase_sum_ns[k] = bb__ctr_get(&m->dist[BB__DIST_PHASE(k)].sum_ns);
+        o->phase_sum_ns[k] = T(dist[BB__DIST_PHASE(k)].sum_ns);
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)
-            o->phase[k][f] = bb__ctr_get(&m->dist[BB__DIST_PHASE(k)].fine[f]);
+            o->phase[k][f] = T(dist[BB__DIST_PHASE(k)].fine[f]);
     }
+#undef T
 }

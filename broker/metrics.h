@@ -99,6 +99,9 @@ struct bb__metrics {
      * configuration, which a reload rewrites). */
     char name[BB_MAX_MODEL_NAME];
     uint32_t max_batch_size;
+    /* formation = per_worker: the next replica's figures, each written by its
+     * own worker; readers of the first (b->models[id]) report the sum. */
+    const struct bb__metrics *next;
 
     bb__ctr submitted, deduplicated;
     bb__ctr batched;                 /* requests that ran in a batch */
@@ -214,6 +217,17 @@ static inline void bb__metrics_tick(struct bb__metrics *m, uint64_t now)
 }
 
 /* ---- readers (any thread) ---- */
+
+/* A counter or gauge of m summed over m and its replicas (m->next): field is
+ * the address of the figure in m itself. */
+static inline uint64_t bb__metrics_total(const struct bb__metrics *m, const bb__ctr *field)
+{
+    size_t off = (size_t)((const char *)field - (const char *)m);
+    uint64_t sum = 0;
+    for (const struct bb__metrics *x = m; x; x = x->next)
+        sum += bb__ctr_get((const bb__ctr *)(const void *)((const char *)x + off));
+    return sum;
+}
 
 /* The window's histogram of distribution `dist` added into out[BB_HIST_BUCKETS].
  * Returns the window's start (CLOCK_MONOTONIC ns). */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "broker.h"
 #include "dedup.h"
 #include "executor.h"
 #include "log.h"
@@ -207,14 +208,18 @@ void bb__model_publish(struct bb__model *m)
 void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t now,
                      struct bb_wire_stats *s)
 {
-    bb__metrics_fill(&m->metrics, now, s);
+    const struct bb__metrics *all = &w->b->models[m->id].metrics;
+    bb__metrics_fill(all, now, s); /* every replica's figures */
     s->max_batch_size = m->cfg.max_batch_size; /* configuration: a reload parks every worker */
     s->instances = m->cfg.instances;
     s->adaptive = m->cfg.adaptive;
     s->pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
-    if (m->w == w) { /* the home: its own state, fresh */
+    if (m->w == w) { /* the home: its own state, fresh; the other replicas' depth */
         const struct bb__adaptive *a = &m->adapt;
         s->queued = m->q.queued + m->q.grouped;
+        for (const struct bb__metrics *x = all; x; x = x->next)
+            if (x != &m->metrics)
+                s->queued += (uint32_t)bb__ctr_get(&x->queued);
         s->batch_target = bb__model_target(m, &s->wait_us);
         s->changes = a->changes;
         s->fit_a_us = a->fit.a_ns / 1e3;
@@ -226,7 +231,7 @@ void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t n
         s->slo_violations = a->slo_violations;
         return;
     }
-    s->queued = (uint32_t)bb__ctr_get(&m->metrics.queued);
+    s->queued = (uint32_t)bb__metrics_total(all, &all->queued);
     s->batch_target = (uint32_t)bb__ctr_get(&m->metrics.batch_target);
     s->wait_us = (uint32_t)bb__ctr_get(&m->metrics.wait_us);
     if (s->pinned) /* a pin shows at once: the pin read above and the configuration only

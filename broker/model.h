@@ -52,6 +52,11 @@ struct bb__model {
     char name[64];
     struct bb__plugin plugin;
     struct bb__worker *w;          /* home worker: queues, batches, statistics */
+    /* formation = per_worker: the next worker's replica of this model (the
+     * same id and configuration; queues, backend instances and statistics of
+     * its own, on that worker), NULL-terminated from b->models[id]. Set
+     * before the workers start; each worker finds its own in w->route. */
+    struct bb__model *sibling;
 
     struct bb__queues q;           /* queue.c, home worker only */
     uint64_t bytes;                /* input + output bytes queued and running */
@@ -153,8 +158,9 @@ struct bb__model *bb__model_find(struct bb__model *models, uint32_t n, const cha
 /* Home: copy what other threads read of the adaptive state (m->pub). */
 void bb__model_publish(struct bb__model *m);
 
-/* Statistics for the STATS message, on any worker: the home reads its own
- * state, another worker what the home published. */
+/* Statistics for the STATS message on worker w, for m = w->route[id]: the
+ * figures of every replica summed; the batch target and adaptive state of m,
+ * read directly where w is its home, else what the home published. */
 void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t now,
                      struct bb_wire_stats *out);
 

@@ -8,7 +8,8 @@
  *
  *   - register: at HELLO the worker maps the new segment and queues the
  *     session here (holding a reference) instead of answering. This thread
- *     hands the segment to every instance of every model that registers,
+ *     hands the segment to every instance of every model that registers
+ *     among those its worker files requests with (w->route),
  *     then puts the session on its worker's `registered` stack and wakes it;
  *     the worker answers the HELLO then (control.c), so the client's first
  *     request comes after its segment was registered everywhere. Batches of
@@ -58,15 +59,15 @@ static void run_job(struct bb__registrar *r, struct bb__client *c)
 {
     struct bb__broker *b = r->b;
     if (c->reg_job == JOB_REGISTER) {
-        for (uint32_t i = 0; i < b->nmodels; i++)
-            if (bb__model_registers(&b->models[i]))
-                bb__model_register(&b->models[i], &c->seg);
+        for (uint32_t i = 0; i < b->nmodels; i++) /* the models its worker files with */
+            if (bb__model_registers(c->w->route[i]))
+                bb__model_register(c->w->route[i], &c->seg);
         hand_back(c); /* c is the worker's again */
         return;
     }
     for (uint32_t i = 0; i < b->nmodels; i++)
-        if (bb__model_registers(&b->models[i]))
-            bb__model_unregister(&b->models[i], &c->seg);
+        if (bb__model_registers(c->w->route[i]))
+            bb__model_unregister(c->w->route[i], &c->seg);
     munmap(c->seg.base, c->seg.len);
     free(c);
 }

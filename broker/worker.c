@@ -176,7 +176,6 @@ static int handle_mail(struct bb__worker *w, uint64_t now)
     const struct bb__msgbuf *mb = bb__mailbox_take(w);
     if (!mb)
         return 0;
-    struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < mb->n; i++) {
         const struct bb__msg *msg = &mb->v[i];
         struct bb__req *r = msg->p;
@@ -189,10 +188,10 @@ static int handle_mail(struct bb__worker *w, uint64_t now)
                 r->enq_ns = now;
             if (r->submit_ns > now)
                 r->submit_ns = now;
-            bb__enqueue(&b->models[r->model], r, now);
+            bb__enqueue(w->route[r->model], r, now);
             break;
         case BB__MSG_CANCEL:
-            bb__batcher_cancel(&b->models[msg->flags], r, msg->aux);
+            bb__batcher_cancel(w->route[msg->flags], r, msg->aux);
             break;
         case BB__MSG_DROP:
             bb__batcher_drop_client(w, msg->p);
@@ -372,7 +371,7 @@ static int awaiting_batch(const struct bb__worker *w)
     const struct bb__broker *b = w->b;
     int running = 0;
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        const struct bb__model *m = &b->models[i];
+        const struct bb__model *m = w->route[i];
         if (m->w != w)
             continue;
         if (m->q.queued || m->q.grouped)
@@ -393,7 +392,7 @@ static uint64_t coalesce_window(struct bb__worker *w)
     uint64_t win = COALESCE_MAX_NS;
     struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        uint64_t hint = atomic_load_explicit(&b->models[i].coalesce_ns, memory_order_relaxed);
+        uint64_t hint = atomic_load_explicit(&w->route[i]->coalesce_ns, memory_order_relaxed);
         if (hint < win)
             win = hint;
     }
@@ -455,10 +454,11 @@ static void reload(struct bb__worker *w)
     w->profile = b->cfg->profile;
     w->profile_max_rate = b->cfg->profile_max_rate;
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        struct bb__model *m = &b->models[i];
-        bb__model_apply(m, &b->cfg->models[i]);
-        atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
-        b->cfg->models[i].max_queue = m->cfg.max_queue; /* what the queues could take */
+        for (struct bb__model *m = &b->models[i]; m; m = m->sibling) {
+            bb__model_apply(m, &b->cfg->models[i]);
+            atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
+        }
+        b->cfg->models[i].max_queue = b->models[i].cfg.max_queue; /* what the queues could take */
     }
     atomic_store(&b->quiesce, false);
     pthread_cond_broadcast(&b->qcv);
@@ -486,8 +486,8 @@ static void begin_shutdown(struct bb__worker *w)
     }
     atomic_store_explicit(&w->page->shm_broker_state, BB_BROKER_SHUTDOWN, memory_order_release);
     for (uint32_t i = 0; i < b->nmodels; i++)
-        if (b->models[i].w == w)
-            bb__batcher_fail_all(&b->models[i], BB_ESHUTDOWN);
+        if (w->route[i]->w == w)
+            bb__batcher_fail_all(w->route[i], BB_ESHUTDOWN);
     /* The others may be asleep: each wakes and stops its own models. */
     for (uint32_t i = 0; i < b->nworkers; i++)
         if (&b->workers[i] != w)
@@ -500,7 +500,7 @@ static bool drained(struct bb__worker *w)
 {
     struct bb__broker *b = w->b;
     for (uint32_t i = 0; i < b->nmodels; i++) {
-        struct bb__model *m = &b->models[i];
+        struct bb__model *m = w->route[i];
         if (m->w == w && (m->running || m->q.queued || m->q.grouped))
             return false;
     }
@@ -564,8 +564,8 @@ int bb__worker_run(struct bb__worker *w)
         progress += drain_all(w, now);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < b->nmodels; i++)
-            if (b->models[i].w == w)
-                progress += bb__batcher_poll(&b->models[i], now, &next);
+            if (w->route[i]->w == w)
+                progress += bb__batcher_poll(w->route[i], now, &next);
         bb__completion_flush(w);
         /* The pass's wake-ups out before a sweep may unmap a header (those
          * of a waker are not waited for: waker_flush). */

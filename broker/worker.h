@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "mailbox.h"
 #include "metrics.h"
 #include "util_internal.h"
@@ -39,6 +40,11 @@ struct bb__worker {
     _Atomic(struct bb__client *) registered; /* sessions back from the registration thread */
 
     struct bb__mailbox mb;         /* messages from the other workers (mailbox.h) */
+    /* Per model id, the model this worker files its clients' requests with:
+     * b->models[id] (formation = shared: at its home, maybe another worker),
+     * or its own replica (per_worker). Every model whose home is this worker
+     * is here once. Set before the workers start, read-only after. */
+    struct bb__model *route[BB_MAX_MODELS];
 
     /* Its session table: index and generation tag io_uring completions. */
     struct bb__client **clients;

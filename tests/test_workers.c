@@ -151,6 +151,48 @@ static void client_main(int k, int cpu, struct shared *sh)
     _exit(0);
 }
 
+/* A recorder log line: which clients' requests the batch held (bit k for
+ * client k; a request of nobody's fails the test), counted into *total. */
+static unsigned batch_clients(const char *line, int *total)
+{
+    unsigned nb = 0, who = 0;
+    int off = 0;
+    cr_assert_eq(sscanf(line, "n=%u bytes=%*u%n", &nb, &off), 1, "recorder line: %s", line);
+    const char *p = line + off;
+    for (unsigned i = 0; i < nb; i++) {
+        unsigned long long id;
+        unsigned prio;
+        int used = 0;
+        cr_assert_eq(sscanf(p, " %llx:%u%n", &id, &prio, &used), 2, "recorder line: %s", line);
+        p += used;
+        cr_assert((id >> 8) == 1 || (id >> 8) == 2, "a request that no client sent: %s", line);
+        who |= 1u << ((id >> 8) - 1);
+        (*total)++;
+    }
+    return who;
+}
+
+/* Start the broker with cfg, run client_main on two clients pinned to cpus
+ * (served by different workers) until both have their answers, all right. */
+static void two_clients_on_two_workers(const char *cfg, const int cpus[2])
+{
+    cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
+
+    pid_t pids[2];
+    struct shared *sh = fork_two(cpus, client_main, pids);
+    for (int i = 0; i < 1000 && atomic_load(&sh->ready) < 2; i++)
+        bbt_msleep(10);
+    cr_assert_eq(atomic_load(&sh->ready), 2, "the clients did not connect");
+    cr_assert_neq(atomic_load(&sh->worker_id[0]), atomic_load(&sh->worker_id[1]),
+                  "clients on CPUs %d and %d were both served by worker %d", cpus[0], cpus[1],
+                  atomic_load(&sh->worker_id[0]));
+    atomic_store(&sh->go, 1);
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(bbt_waitpid_bounded(pids[k], 20000), 0, "client %d failed", k);
+    cr_assert_eq(atomic_load(&sh->failed), 0, "wrong answers");
+    munmap(sh, sizeof *sh);
+}
+
 Test(workers, batches_span_the_clients_of_every_worker)
 {
     int cpus[2];
@@ -167,20 +209,7 @@ Test(workers, batches_span_the_clients_of_every_worker)
              "instances = 1\nmax_batch_size = 16\nmax_wait_us = 300000\nadaptive = off\n"
              "fairness = on\n",
              BB_SCHED_RECORDER, rec_log);
-    cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
-
-    pid_t pids[2];
-    struct shared *sh = fork_two(cpus, client_main, pids);
-    for (int i = 0; i < 1000 && atomic_load(&sh->ready) < 2; i++)
-        bbt_msleep(10);
-    cr_assert_eq(atomic_load(&sh->ready), 2, "the clients did not connect");
-    cr_assert_neq(atomic_load(&sh->worker_id[0]), atomic_load(&sh->worker_id[1]),
-                  "clients on CPUs %d and %d were both served by worker %d", cpus[0], cpus[1],
-                  atomic_load(&sh->worker_id[0]));
-    atomic_store(&sh->go, 1);
-    for (int k = 0; k < 2; k++)
-        cr_assert_eq(bbt_waitpid_bounded(pids[k], 20000), 0, "client %d failed", k);
-    cr_assert_eq(atomic_load(&sh->failed), 0, "wrong answers");
+    two_clients_on_two_workers(cfg, cpus);
 
     /* One batch must hold requests of both clients. */
     FILE *f = fopen(rec_log, "r");
@@ -188,28 +217,67 @@ Test(workers, batches_span_the_clients_of_every_worker)
     char line[4096];
     bool mixed = false;
     int total = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned nb = 0;
-        int off = 0;
-        cr_assert_eq(sscanf(line, "n=%u bytes=%*u%n", &nb, &off), 1, "recorder line: %s", line);
-        bool seen[2] = {false, false};
-        char *p = line + off;
-        for (unsigned i = 0; i < nb; i++) {
-            unsigned long long id;
-            unsigned prio;
-            int used = 0;
-            cr_assert_eq(sscanf(p, " %llx:%u%n", &id, &prio, &used), 2, "recorder line: %s", line);
-            p += used;
-            if ((id >> 8) == 1 || (id >> 8) == 2)
-                seen[(id >> 8) - 1] = true;
-            total++;
-        }
-        mixed = mixed || (seen[0] && seen[1]);
-    }
+    while (fgets(line, sizeof line, f))
+        mixed = mixed || batch_clients(line, &total) == 3;
     fclose(f);
     cr_assert_eq(total, 2 * PER_CLIENT, "%d requests ran, %d submitted", total, 2 * PER_CLIENT);
     cr_assert(mixed, "no batch held requests of the clients of both workers");
-    munmap(sh, sizeof *sh);
+}
+
+/* formation = per_worker: each worker forms the batches of its own clients
+ * with an executor of its own, so no batch mixes the two clients, their
+ * batches run on different threads, and STATS counts both replicas. */
+Test(workers, per_worker_formation_batches_each_workers_clients_apart)
+{
+    int cpus[2];
+    two_cpus(cpus);
+
+    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
+    bbt_unique_path(tid_log, sizeof tid_log, ".tid");
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n"
+             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.threads = %s\n"
+             "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
+             "max_wait_us = 200000\nadaptive = off\n",
+             BB_SCHED_RECORDER, rec_log, tid_log);
+    two_clients_on_two_workers(cfg, cpus);
+
+    /* Batch by batch (the two logs line up): whose requests, which thread. */
+    FILE *f = fopen(rec_log, "r"), *t = fopen(tid_log, "r");
+    cr_assert(f && t, "the backend ran no batch");
+    char line[4096], tl[64];
+    long tid_of[2] = {0, 0};
+    int total = 0, batches = 0;
+    while (fgets(line, sizeof line, f)) {
+        cr_assert_not_null(fgets(tl, sizeof tl, t), "a batch without its thread line");
+        long tid = atol(tl);
+        unsigned who = batch_clients(line, &total);
+        cr_assert(who == 1 || who == 2, "a batch mixed the two workers' clients: %s", line);
+        int client = who == 1 ? 0 : 1;
+        cr_assert(tid_of[client] == 0 || tid_of[client] == tid,
+                  "client %d's batches ran on two threads", client);
+        tid_of[client] = tid;
+        batches++;
+    }
+    fclose(f);
+    fclose(t);
+    cr_assert_eq(total, 2 * PER_CLIENT, "%d requests ran, %d submitted", total, 2 * PER_CLIENT);
+    cr_assert(tid_of[0] && tid_of[1] && tid_of[0] != tid_of[1],
+              "the two workers' batches ran on one executor");
+
+    /* STATS, served on either worker, sums the replicas. */
+    bb_client *c;
+    bb_model *m;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    cr_assert_eq(bb_model_open(c, "rec", &m), 0);
+    struct bb_model_stats st;
+    cr_assert_eq(bb_model_stats(m, &st), 0);
+    cr_assert_eq(st.completed, 2 * PER_CLIENT, "STATS: %llu completed",
+                 (unsigned long long)st.completed);
+    cr_assert_eq(st.batches, (uint64_t)batches, "STATS: %llu batches, the backend ran %d",
+                 (unsigned long long)st.batches, batches);
+    bb_disconnect(c);
 }
 
 /* Runs n requests one at a time through a recorder model with one executor
