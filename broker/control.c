@@ -228,21 +228,29 @@ static int make_segment(struct bb__broker *b, struct bb__client *c, const struct
     return bb__segment_create(c->id, n, seg, base, lay, memfd);
 }
 
-/* The worker that serves a client: the one of the NUMA node its process
- * ran on when it said HELLO (the client's hint; a lie only misplaces it), the
- * least loaded if several serve that node. */
-static struct bb__worker *worker_for(struct bb__broker *b, int32_t cpu)
+/* The worker that serves client c: the one of the NUMA node its process ran
+ * on when it said HELLO (the client's hint; a lie only misplaces it), the one
+ * with the fewest clients placed on it if several serve that node. Counted
+ * here, at the choice (only the acceptor chooses), not when the session
+ * arrives there: a burst of HELLOs would otherwise all see the same counts
+ * (and the acceptor's table, which holds every connection still in its
+ * handshake, look the busiest) and go to one worker. */
+static struct bb__worker *worker_for(struct bb__broker *b, struct bb__client *c, int32_t cpu)
 {
     int node = bb__topo_node_of_cpu(&b->topo, cpu);
     struct bb__worker *best = NULL;
     for (uint32_t i = 0; i < b->nworkers; i++) {
         struct bb__worker *x = &b->workers[i];
         if (x->node == node &&
-            (!best || atomic_load_explicit(&x->nclients, memory_order_relaxed) <
-                          atomic_load_explicit(&best->nclients, memory_order_relaxed)))
+            (!best || atomic_load_explicit(&x->placed, memory_order_relaxed) <
+                          atomic_load_explicit(&best->placed, memory_order_relaxed)))
             best = x;
     }
-    return best ? best : &b->workers[0];
+    if (!best)
+        best = &b->workers[0];
+    atomic_fetch_add_explicit(&best->placed, 1, memory_order_relaxed);
+    c->placed = true;
+    return best;
 }
 
 /* The HELLO's answer: the segment's memfd (closed here), the worker page and
@@ -448,7 +456,7 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
             (void)n;
             return;
         }
-        struct bb__worker *to = worker_for(w->b, hello->cpu);
+        struct bb__worker *to = worker_for(w->b, c, hello->cpu);
         if (to == w)
             bb__control_hello(w, c);
         else

@@ -220,6 +220,8 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
     free(c->cm);
     bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
     table_remove(w, c);
+    if (c->placed) /* sessions move only at HELLO: w is where it was placed */
+        atomic_fetch_sub_explicit(&w->placed, 1, memory_order_relaxed);
     atomic_fetch_sub(&b->nclients, 1);
     if (c->attached && c->base)
         bb__gauge_add(&w->metrics.segment_bytes, -(int64_t)c->size);

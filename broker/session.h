@@ -39,6 +39,7 @@ struct bb__client {
     uid_t uid;
     gid_t gid;                     /* as SO_PEERCRED gave them at connect */
     bool attached, dead;
+    bool placed;                   /* counted in its worker's `placed` (control.c worker_for) */
     bool said_hello;               /* anything more before the reply kills it */
     bool ctl_backlog;              /* messages left on its socket (control.c) */
     uint64_t ctl_pass;             /* the worker's pass that ctl_spent counts */

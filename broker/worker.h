@@ -49,7 +49,8 @@ struct bb__worker {
     /* Its session table: index and generation tag io_uring completions. */
     struct bb__client **clients;
     uint32_t *client_gen;
-    _Atomic uint32_t nclients;     /* in the table (written by the owner, read by the acceptor) */
+    _Atomic uint32_t nclients;     /* in the table, connections in their handshake included */
+    _Atomic uint32_t placed;       /* sessions placed here at HELLO and not yet destroyed */
     bool exiting;                  /* past its loop: the other workers may be gone */
     uint64_t *db_bufs;             /* per table index: doorbell read targets */
     struct bb__client **live;      /* attached, alive clients with a segment: the hot loops */

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -278,6 +279,56 @@ Test(workers, per_worker_formation_batches_each_workers_clients_apart)
     cr_assert_eq(st.batches, (uint64_t)batches, "STATS: %llu batches, the backend ran %d",
                  (unsigned long long)st.batches, batches);
     bb_disconnect(c);
+}
+
+/* Clients that connect at once to two workers of one node are shared out
+ * evenly: the acceptor counts each placement as it makes it. */
+Test(workers, a_burst_of_clients_is_shared_among_the_workers_of_a_node)
+{
+    enum { N = 8 };
+    cr_assert_eq(bbt_broker_start(&B, "[broker]\nworkers = 2\n", NULL), 0,
+                 "broker did not start");
+    struct burst {
+        _Atomic int ready, go, placed, done;
+        _Atomic int on[2];
+    } *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[N];
+    for (int k = 0; k < N; k++) {
+        fflush(NULL);
+        pids[k] = fork();
+        cr_assert_geq(pids[k], 0);
+        if (pids[k] == 0) {
+            atomic_fetch_add(&sh->ready, 1);
+            while (!atomic_load(&sh->go))
+                ;
+            bb_client *c;
+            if (bb_connect(B.sock, NULL, &c) < 0)
+                _exit(3);
+            uint32_t id = c->wpage->worker_id;
+            if (id > 1)
+                _exit(4);
+            atomic_fetch_add(&sh->on[id], 1);
+            atomic_fetch_add(&sh->placed, 1);
+            while (atomic_load(&sh->placed) < N && !atomic_load(&sh->done))
+                usleep(1000); /* every session stays until all are placed */
+            bb_disconnect(c);
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < 1000 && atomic_load(&sh->ready) < N; i++)
+        bbt_msleep(10);
+    atomic_store(&sh->go, 1);
+    for (int i = 0; i < 1000 && atomic_load(&sh->placed) < N; i++)
+        bbt_msleep(10);
+    atomic_store(&sh->done, 1);
+    for (int k = 0; k < N; k++)
+        cr_assert_eq(bbt_waitpid_bounded(pids[k], 20000), 0, "client %d failed", k);
+    int a = atomic_load(&sh->on[0]), b = atomic_load(&sh->on[1]);
+    cr_assert_eq(a + b, N);
+    cr_assert(abs(a - b) <= 1, "%d clients on worker 0, %d on worker 1", a, b);
+    munmap(sh, sizeof *sh);
 }
 
 /* Runs n requests one at a time through a recorder model with one executor
