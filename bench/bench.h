@@ -79,6 +79,7 @@ struct bench_opts {
                                  * dataset be one class score per class */
     const struct bb__fmnist *dataset; /* --dataset: inputs are its images, in turn */
     uint32_t clients, threads, concurrency;
+    int client_per_thread;      /* broker: a bb_client per thread, not one per process */
     double rate;                /* total requests/s over all threads; 0 = closed loop */
     double duration_s, warmup_s;
     size_t pmin, pmax, out_cap;

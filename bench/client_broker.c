@@ -1,5 +1,6 @@
 /* The system under test: requests through libbatchbroker to a broker, one
- * bb_client per client process shared by its threads. */
+ * bb_client per client process shared by its threads (--client-per-thread:
+ * one per thread). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@ struct bthread {
     struct bproc *p;
     bb_request **r;
     uint32_t n;
+    struct bproc *own; /* --client-per-thread: the thread's own client */
 };
 
 static pid_t broker_pid;    /* parent only */
@@ -52,17 +54,18 @@ static void b_server_stop(struct bench_env *env)
     broker_spawned = 0;
 }
 
-static int b_proc_open(struct bench_env *env, int proc, void **out)
+/* A client for `threads` threads of process proc (all of them, or one). */
+static int connect_client(struct bench_env *env, int proc, uint32_t threads, struct bproc **out)
 {
     const struct bench_opts *o = env->o;
     struct bproc *p = calloc(1, sizeof *p);
     if (!p) return -1;
     p->env = env;
     uint64_t per_req = ((o->pmax + 63) & ~63ull) + ((o->out_cap + 63) & ~63ull);
-    uint64_t need = (uint64_t)o->threads * o->concurrency * per_req;
+    uint64_t need = (uint64_t)threads * o->concurrency * per_req;
     struct bb_client_opts co = {0};
     if (2 * need > (64u << 20)) co.segment_bytes = (size_t)((2 * need + (1u << 20) - 1) & ~((1ull << 20) - 1));
-    if ((uint64_t)o->threads * o->concurrency > 1024) co.max_inflight = o->threads * o->concurrency;
+    if ((uint64_t)threads * o->concurrency > 1024) co.max_inflight = threads * o->concurrency;
     int rc = bb_connect(o->socket, &co, &p->c);
     if (rc == 0) rc = bb_model_open(p->c, o->model.name, &p->m);
     if (rc < 0) {
@@ -74,6 +77,18 @@ static int b_proc_open(struct bench_env *env, int proc, void **out)
     bb_client_set_spin_ns(p->c, o->wait == BENCH_WAIT_SPIN ? o->spin_ns : 0);
     *out = p;
     return 0;
+}
+
+static int b_proc_open(struct bench_env *env, int proc, void **out)
+{
+    if (env->o->client_per_thread) { /* the threads connect */
+        struct bproc *p = calloc(1, sizeof *p);
+        if (!p) return -1;
+        p->env = env;
+        *out = p;
+        return 0;
+    }
+    return connect_client(env, proc, env->o->threads, (struct bproc **)out);
 }
 
 static void b_proc_close(void *ps)
@@ -89,6 +104,7 @@ static void b_thread_close(void *th)
     if (!t) return;
     for (uint32_t i = 0; i < t->n; i++) bb_request_free(t->r[i]);
     free(t->r);
+    if (t->own) b_proc_close(t->own);
     free(t);
 }
 
@@ -102,8 +118,13 @@ static int b_thread_open(void *ps, int thread, uint32_t slots, void **out)
         return -1;
     }
     t->p = p;
+    if (o->client_per_thread && connect_client(p->env, thread, 1, &t->own) < 0) {
+        b_thread_close(t);
+        return -1;
+    }
+    bb_model *m = t->own ? t->own->m : p->m;
     for (; t->n < slots; t->n++) {
-        int rc = bb_request_new(p->m, o->pmax, o->out_cap, &t->r[t->n]);
+        int rc = bb_request_new(m, o->pmax, o->out_cap, &t->r[t->n]);
         if (rc < 0) {
             bench_fail(p->env->sh, "thread %d: bb_request_new(%zu, %zu) #%u: %s", thread, o->pmax,
                        o->out_cap, t->n, bb_strerror(rc));

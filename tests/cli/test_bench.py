@@ -1,6 +1,7 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
 log file behind, the broker's batch histogram in the JSON, its threads' CPU,
-the accuracy of several rounds merged, and the inproc-eager baseline."""
+the accuracy of several rounds merged, the inproc-eager baseline, and a
+client per thread."""
 
 import glob
 import json
@@ -141,3 +142,26 @@ def test_inproc_eager_does_not_wait_for_company(brokers):
         base = json.load(f)["baselines"]
     assert base["inproc"]["latency_us"]["p50"] >= 90000, base["inproc"]["latency_us"]
     assert base["inproc-eager"]["latency_us"]["p50"] < 50000, base["inproc-eager"]["latency_us"]
+
+
+def test_client_per_thread_connects_each_thread(brokers):
+    """--client-per-thread gives each thread a session of its own: a broker
+    that admits one session a process serves two threads that share one,
+    and refuses the second thread's own."""
+    keys = "max_batch_size = 8\n"
+    d = brokers.tmpdir
+    cfg = os.path.join(d, "cpt.ini")
+    with open(cfg, "w") as f:
+        f.write(f"[broker]\nsocket = {d}/cpt.sock\nmax_clients_per_pid = 1\n"
+                f"plugin_dir = {os.environ['BB_PLUGIN_DIR']}\n[model.echo]\nbackend = echo\n{keys}")
+    args = [BENCH, "--spawn-broker", cfg, "--clients", "1", "--threads", "2", "--concurrency", "4",
+            "--duration", "0.3", "--warmup", "0.1"]
+    r = run(args, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "(a bb_client per thread)" not in r.stdout
+    r = run(args + ["--client-per-thread"], timeout=60)
+    assert r.returncode != 0, r.stdout
+    assert "refused the connection" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    _, res = spawned_run(brokers, "cpt2", keys, "--threads", "2", "--client-per-thread")
+    assert res["config"]["client_per_thread"] is True, res["config"]
+    assert res["completed"] > 0 and res["failed"] == 0, res
