@@ -26,12 +26,17 @@
  * output buffers.
  *
  * Every exception (c10::Error and anything else) is caught: at init it is a
- * refusal with the message, in process() it fails the batch with the message
- * in batch->errmsg. Init also runs the model on a zero input of one and of
+ * refusal with the message. In process(), a batch whose forward() throws is
+ * run again in halves, split until the rows that throw alone are found
+ * (isolate()): those fail with BB_EBACKEND, the others are answered, so that
+ * one client's input that makes the model raise fails no other client's
+ * request; where every row throws, the batch fails with the message in
+ * batch->errmsg. Init also runs the model on a zero input of one and of
  * two requests and checks the output shape, so that a model that does not
  * fit its params is refused when the broker starts (--check), not at the
  * first request. */
 #include <dlfcn.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -77,7 +82,12 @@ struct State {
     torch::Device device{torch::kCPU};
     at::Tensor gather;             /* [cap, in_numel], grown on demand */
     bool copy_inputs = false;      /* forward() writes its input: never pass client memory */
-    std::vector<uint32_t> valid;   /* indices of the batch's well-formed requests */
+    std::vector<uint32_t> valid;   /* indices of the batch's rows that forward() runs now */
+    /* The broker's log, for requests failed alone (isolate()): at most a line
+     * a second, with how many since the last. */
+    void (*log)(void *, int, const char *) = nullptr;
+    void *log_ctx = nullptr;
+    uint64_t isolated_failures = 0, last_log_ns = 0;
 };
 
 void copy_msg(char *dst, size_t cap, const std::string &msg)
@@ -346,6 +356,8 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
             });
         }
         openblas_single_thread();
+        st->log = a->log;
+        st->log_ctx = a->log_ctx;
         try {
             st->module = torch::jit::load(st->path, st->device);
             st->module.eval();
@@ -457,11 +469,67 @@ at::Tensor input_tensor(State &st, const bb_batch *batch)
     return st.gather.narrow(0, 0, m).view(sizes);
 }
 
+/* One forward over the batch's rows `rows`, their outputs written. */
+void run_rows(State &st, bb_batch *batch, const std::vector<uint32_t> &rows)
+{
+    st.valid = rows;
+    const int64_t m = int64_t(rows.size());
+    at::Tensor y = run(st, input_tensor(st, batch), m);
+    const auto *src = static_cast<const char *>(y.data_ptr());
+    for (int64_t r = 0; r < m; r++) {
+        bb_outbuf *o = &batch->outputs[rows[size_t(r)]];
+        memcpy(o->ptr, src + size_t(r) * st.out_bytes, st.out_bytes);
+        o->len = st.out_bytes;
+    }
+}
+
+/* forward() threw on rows that it may take one by one: a model that raises
+ * on some inputs (an assertion on their values, say) must fail only the
+ * requests that carry them, not the other clients' requests batched with
+ * them. Each half is run again, and a half that throws is split in turn:
+ * k bad rows among m cost about 2k log2(m) forwards of shrinking size, not m.
+ * A row that throws alone fails with BB_EBACKEND; the first message is kept
+ * in err. Returns how many rows failed. Out of memory is not retried. */
+size_t isolate(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err)
+{
+    size_t failed = 0;
+    const size_t mid = rows.size() / 2;
+    const std::vector<uint32_t> halves[2] = {
+        std::vector<uint32_t>(rows.begin(), rows.begin() + long(mid)),
+        std::vector<uint32_t>(rows.begin() + long(mid), rows.end())};
+    for (const auto &part : halves) {
+        try {
+            run_rows(st, batch, part);
+            continue;
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception &e) {
+            if (err.empty()) err = error_text(e);
+        }
+        if (part.size() == 1) {
+            batch->outputs[part[0]].status = BB_EBACKEND;
+            batch->outputs[part[0]].len = 0;
+            failed++;
+        } else {
+            failed += isolate(st, batch, part, err);
+        }
+    }
+    return failed;
+}
+
+uint64_t mono_ns()
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
 int torch_process(void *state, bb_batch *batch) noexcept
 {
     auto *st = static_cast<State *>(state);
+    std::string err;
     try {
-        st->valid.clear();
+        st->valid.clear(); /* its capacity serves every batch */
         for (uint32_t i = 0; i < batch->n; i++) {
             bb_outbuf *o = &batch->outputs[i];
             o->len = 0;
@@ -472,13 +540,32 @@ int torch_process(void *state, bb_batch *batch) noexcept
         if (st->valid.empty()) return 0;
         ensure_threads(*st);
         c10::InferenceMode guard;
-        const int64_t m = int64_t(st->valid.size());
-        at::Tensor y = run(*st, input_tensor(*st, batch), m);
-        const auto *src = static_cast<const char *>(y.data_ptr());
-        for (int64_t r = 0; r < m; r++) {
-            bb_outbuf *o = &batch->outputs[st->valid[size_t(r)]];
-            memcpy(o->ptr, src + size_t(r) * st->out_bytes, st->out_bytes);
-            o->len = st->out_bytes;
+        try {
+            run_rows(*st, batch, st->valid);
+            return 0;
+        } catch (const std::bad_alloc &) {
+            throw;
+        } catch (const std::exception &e) {
+            if (st->valid.size() == 1) throw;
+            err = error_text(e);
+        }
+        const std::vector<uint32_t> rows = st->valid;
+        size_t failed = isolate(*st, batch, rows, err);
+        if (failed == rows.size()) {
+            copy_msg(batch->errmsg, batch->errmsg_cap, "torch: " + err);
+            for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
+            return BB_EBACKEND;
+        }
+        st->isolated_failures += failed;
+        uint64_t now = mono_ns();
+        if (st->log && now - st->last_log_ns >= 1000000000ull) {
+            st->log(st->log_ctx, BB_BACKEND_LOG_WARN,
+                    ("torch: forward() failed on " + std::to_string(st->isolated_failures) +
+                     " request(s) run apart from their batches since the last such line, the "
+                     "others answered; e.g. " + err)
+                        .c_str());
+            st->isolated_failures = 0;
+            st->last_log_ns = now;
         }
         return 0;
     } catch (const std::bad_alloc &) {

@@ -125,26 +125,65 @@ Test(torch, a_request_of_the_wrong_size_fails_alone)
     bbt_plugin_close(&p);
 }
 
-Test(torch, an_exception_in_forward_fails_the_batch_with_its_message)
+static void reset_outputs(struct bb_outbuf *o, float (*out)[10], int n)
+{
+    for (int i = 0; i < n; i++)
+        o[i] = (struct bb_outbuf){.ptr = out[i], .cap = 10 * sizeof(float)};
+}
+
+/* raises.pt raises on any negative input. A batch is run again in halves
+ * until the rows that raise alone are found: they fail, the others (other
+ * clients' requests) are answered; a batch whose every row raises fails
+ * with the model's message. */
+Test(torch, an_exception_in_forward_fails_only_the_rows_that_raise)
 {
     char pt[512];
     need_file("raises.pt", pt, sizeof pt);
     struct bbt_plugin p = open_torch(pt, "784", NULL);
-    static float x[2][784];
-    float out[2][10];
-    struct bb_view in[2] = {{x[0], 3136}, {x[1], 3136}};
-    struct bb_outbuf o[2] = {{.ptr = out[0], .cap = 40}, {.ptr = out[1], .cap = 40}};
+    enum { N = 8 };
+    static float x[N][784];
+    float out[N][10];
+    struct bb_view in[N];
+    struct bb_outbuf o[N];
     char msg[256];
-    x[0][5] = 1.5f;
-    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "%s", msg);
-    cr_assert_eq(out[0][5], 3.0f);
-    x[1][7] = -1;
-    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), BB_EBACKEND);
-    cr_assert(strstr(msg, "negative input"), "errmsg: %s", msg);
-    cr_assert_eq(o[0].len + o[1].len, 0);
+    for (int i = 0; i < N; i++) {
+        x[i][5] = (float)(i + 1);
+        in[i] = (struct bb_view){x[i], sizeof x[i]};
+    }
+    reset_outputs(o, out, N);
+    cr_assert_eq(run(&p, N, in, o, msg, sizeof msg), 0, "%s", msg);
+    for (int i = 0; i < N; i++)
+        cr_assert(o[i].status == 0 && o[i].len == 40 && out[i][5] == 2.0f * (float)(i + 1));
+
+    /* Rows 2 and 5 raise: only they fail. */
+    x[2][7] = -1;
+    x[5][700] = -1;
+    reset_outputs(o, out, N);
+    memset(out, 0, sizeof out);
+    cr_assert_eq(run(&p, N, in, o, msg, sizeof msg), 0, "%s", msg);
+    for (int i = 0; i < N; i++) {
+        if (i == 2 || i == 5) {
+            cr_assert_eq(o[i].status, BB_EBACKEND, "row %d", i);
+            cr_assert_eq(o[i].len, 0);
+        } else {
+            cr_assert(o[i].status == 0 && o[i].len == 40 && out[i][5] == 2.0f * (float)(i + 1),
+                      "row %d: status %d, len %u, %g", i, o[i].status, o[i].len, out[i][5]);
+        }
+    }
+
+    /* Every row raises (two rows, one row): the batch fails with the message. */
+    for (uint32_t n = 1; n <= 2; n++) {
+        struct bb_view bad[2] = {in[2], in[5]};
+        reset_outputs(o, out, N);
+        cr_assert_eq(run(&p, n, bad, o, msg, sizeof msg), BB_EBACKEND);
+        cr_assert(strstr(msg, "negative input"), "errmsg: %s", msg);
+        cr_assert_eq(o[0].len + o[1].len, 0);
+    }
     /* The instance still works afterwards. */
-    x[1][7] = 0;
-    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "%s", msg);
+    x[2][7] = 0;
+    x[5][700] = 0;
+    reset_outputs(o, out, N);
+    cr_assert_eq(run(&p, N, in, o, msg, sizeof msg), 0, "%s", msg);
     bbt_plugin_close(&p);
 }
 
