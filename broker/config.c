@@ -92,7 +92,8 @@ static const struct bb__config_key bb__keys[] = {
      "CPU well past spin_us (a busy host; docs/architecture.md)."},
     {BB__SEC_BROKER, "workers", BB__CT_UINT, BB__BROKER(workers), 0, 64, "auto", NULL, NULL, 0,
      "Dispatcher workers: auto = one per NUMA node; N = N workers over the nodes in turn. "
-     "Each serves the clients of its node; a model's batches still span every client."},
+     "Each serves the clients of its node (shared out evenly among a node's workers); a "
+     "model's batches still span every client, unless its formation = per_worker."},
     {BB__SEC_BROKER, "numa_fake_nodes", BB__CT_UINT, BB__BROKER(numa_fake_nodes), 0, 64, "0",
      NULL, NULL, 0,
      "For testing: pretend the CPUs form this many NUMA nodes (pins threads to those "
