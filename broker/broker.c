@@ -68,6 +68,8 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
             struct bb__worker *w = &b->workers[(i + k) % n];
             m->id = i;
             m->cfg = cfg->models[i];
+            m->replica = k;
+            m->nreplicas = per_worker ? n : 1;
             if (link)
                 *link = m;
             if (bb__model_start(m, w, cfg->plugin_dir, err, sizeof err) < 0) {

@@ -429,9 +429,11 @@ static int init_instance(struct bb__model *m, struct bb__instance *in,
     const struct bb_backend_ops *ops = m->plugin.ops;
     if (!ops->init2)
         return ops->init(params, m->cfg.nparams, &in->state, err, errlen);
+    /* Numbered over every replica of the model (formation = per_worker):
+     * a backend that spreads its instances over devices spreads them all. */
     struct bb_init_args a = {.size = sizeof a,
-                             .instance = in->index,
-                             .instances = m->ninst,
+                             .instance = m->replica * m->ninst + in->index,
+                             .instances = m->nreplicas * m->ninst,
                              .numa_node = m->w->b->topo.node_id[m->w->node],
                              .max_batch_size = m->cfg.max_batch_size,
                              .model = m->name,

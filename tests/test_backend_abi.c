@@ -142,7 +142,9 @@ static void stop(struct bbt_broker *b)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit status %#x", st);
 }
 
-static void start_async(struct bbt_broker *b, const char *instances, const char *extra)
+/* extra2: one more -o, or NULL. */
+static void start_async2(struct bbt_broker *b, const char *instances, const char *extra,
+                         const char *extra2)
 {
     if (stats_path[0])
         unlink(stats_path); /* a second broker of the test: cleanup() sees the last path only */
@@ -152,7 +154,12 @@ static void start_async(struct bbt_broker *b, const char *instances, const char 
     snprintf(stats, sizeof stats, "model.a.param.stats=%s", stats_path);
     snprintf(more, sizeof more, "%s", extra ? extra : "model.a.param.delay_us=0");
     BBT_START_OK(b, "model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so", "model.a.max_batch_size=8",
-                 "model.a.max_wait_us=200", "model.a.adaptive=off", inst, stats, more);
+                 "model.a.max_wait_us=200", "model.a.adaptive=off", inst, stats, more, extra2);
+}
+
+static void start_async(struct bbt_broker *b, const char *instances, const char *extra)
+{
+    start_async2(b, instances, extra, NULL);
 }
 
 /* What every asynchronous run must show: nothing breached, everything
@@ -232,6 +239,23 @@ Test(abi, async_instances_and_clients)
     cr_assert_eq(SUM("instance"), 0 + 1, "instances 0 and 1");
     cr_assert_eq(stat_of("instances", true, NULL), 2);
     cr_assert_geq(SUM("registers"), 2 * 4);
+}
+
+/* formation = per_worker on two workers: each worker's replica has its two
+ * instances, numbered over the model (0 to 3 of 4), so that a backend that
+ * spreads instances over devices spreads the replicas' too. */
+Test(abi, per_worker_replicas_number_their_instances_apart)
+{
+    struct bbt_broker b;
+    start_async2(&b, "2", "model.a.formation=per_worker", "broker.workers=2");
+    clients(&b, "a", 4, 20, 16);
+    stop(&b);
+    assert_clean();
+    int lines;
+    stat_of("instance", false, &lines);
+    cr_assert_eq(lines, 4, "two replicas of two instances");
+    cr_assert_eq(SUM("instance"), 0 + 1 + 2 + 3, "instances 0 to 3");
+    cr_assert_eq(SUM("instances"), 4 * 4, "each of 4");
 }
 
 /* A refused submit (fail_submit) or a failed completion (fail_complete) fails

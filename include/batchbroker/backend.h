@@ -126,7 +126,7 @@ enum {
 struct bb_init_args {
     uint32_t size;                  /* sizeof(struct bb_init_args) of the broker */
     uint32_t instance;              /* 0 .. instances-1 */
-    uint32_t instances;             /* of this model (at least 1) */
+    uint32_t instances;             /* of this model, over all its replicas (at least 1) */
     int32_t numa_node;              /* node its executor is pinned to; -1 unknown */
     uint32_t max_batch_size;        /* no batch holds more requests */
     uint32_t reserved0;             /* 0 */
