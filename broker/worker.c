@@ -454,11 +454,14 @@ static void reload(struct bb__worker *w)
     w->profile = b->cfg->profile;
     w->profile_max_rate = b->cfg->profile_max_rate;
     for (uint32_t i = 0; i < b->nmodels; i++) {
+        uint32_t took = b->cfg->models[i].max_queue;
         for (struct bb__model *m = &b->models[i]; m; m = m->sibling) {
             bb__model_apply(m, &b->cfg->models[i]);
             atomic_store_explicit(&m->exec_spin_ns, w->spin_ns, memory_order_relaxed);
+            if (m->cfg.max_queue < took)
+                took = m->cfg.max_queue;
         }
-        b->cfg->models[i].max_queue = b->models[i].cfg.max_queue; /* what the queues could take */
+        b->cfg->models[i].max_queue = took; /* what the queues could take, all of them */
     }
     atomic_store(&b->quiesce, false);
     pthread_cond_broadcast(&b->qcv);
