@@ -27,11 +27,11 @@
  *
  * Every exception (c10::Error and anything else) is caught: at init it is a
  * refusal with the message. In process(), a batch whose forward() throws is
- * run again in halves, split until the rows that throw alone are found
- * (isolate()): those fail with BB_EBACKEND, the others are answered, so that
- * one client's input that makes the model raise fails no other client's
- * request; where every row throws, the batch fails with the message in
- * batch->errmsg. Init also runs the model on a zero input of one and of
+ * run again in halves, split until the rows that throw are found (isolate(),
+ * within a budget of extra calls; one client's rows are not split): those
+ * fail with BB_EBACKEND, the others are answered, so that one client's input
+ * that makes the model raise fails no other client's request; where every
+ * row fails, the batch fails with the message in batch->errmsg. Init also runs the model on a zero input of one and of
  * two requests and checks the output shape, so that a model that does not
  * fit its params is refused when the broker starts (--check), not at the
  * first request. */
@@ -483,14 +483,35 @@ void run_rows(State &st, bb_batch *batch, const std::vector<uint32_t> &rows)
     }
 }
 
+/* Whether rows all belong to one client: one segment, not the broker's own
+ * memory (segment 0: a deduplicated request's private copy, anyone's). */
+bool one_client(const bb_batch *batch, const std::vector<uint32_t> &rows)
+{
+    if (!batch->segments || batch->segments[rows[0]] == 0) return false;
+    for (uint32_t i : rows)
+        if (batch->segments[i] != batch->segments[rows[0]]) return false;
+    return true;
+}
+
+void fail_rows(bb_batch *batch, const std::vector<uint32_t> &rows)
+{
+    for (uint32_t i : rows) {
+        batch->outputs[i].status = BB_EBACKEND;
+        batch->outputs[i].len = 0;
+    }
+}
+
 /* forward() threw on rows that it may take one by one: a model that raises
  * on some inputs (an assertion on their values, say) must fail only the
  * requests that carry them, not the other clients' requests batched with
- * them. Each half is run again, and a half that throws is split in turn:
- * k bad rows among m cost about 2k log2(m) forwards of shrinking size, not m.
- * A row that throws alone fails with BB_EBACKEND; the first message is kept
- * in err. Returns how many rows failed. Out of memory is not retried. */
-size_t isolate(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err)
+ * them. Each half is run again, and a half that throws is split in turn,
+ * except where all its rows are one client's (they fail together: that
+ * client's inputs cost the others nothing more) or the batch's budget of
+ * extra forward calls is spent (*budget; then the half fails whole). A row
+ * that throws alone fails with BB_EBACKEND; the first message is kept in
+ * err. Returns how many rows failed. Out of memory is not retried. */
+size_t isolate(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err,
+               unsigned *budget)
 {
     size_t failed = 0;
     const size_t mid = rows.size() / 2;
@@ -498,20 +519,27 @@ size_t isolate(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, st
         std::vector<uint32_t>(rows.begin(), rows.begin() + long(mid)),
         std::vector<uint32_t>(rows.begin() + long(mid), rows.end())};
     for (const auto &part : halves) {
+        if (*budget == 0) {
+            fail_rows(batch, part);
+            failed += part.size();
+            continue;
+        }
+        --*budget;
         try {
             run_rows(st, batch, part);
             continue;
         } catch (const std::bad_alloc &) {
             throw;
+        } catch (const c10::OutOfMemoryError &) {
+            throw;
         } catch (const std::exception &e) {
             if (err.empty()) err = error_text(e);
         }
-        if (part.size() == 1) {
-            batch->outputs[part[0]].status = BB_EBACKEND;
-            batch->outputs[part[0]].len = 0;
-            failed++;
+        if (part.size() == 1 || one_client(batch, part)) {
+            fail_rows(batch, part);
+            failed += part.size();
         } else {
-            failed += isolate(st, batch, part, err);
+            failed += isolate(st, batch, part, err, budget);
         }
     }
     return failed;
@@ -545,12 +573,19 @@ int torch_process(void *state, bb_batch *batch) noexcept
             return 0;
         } catch (const std::bad_alloc &) {
             throw;
+        } catch (const c10::OutOfMemoryError &) {
+            throw;
         } catch (const std::exception &e) {
-            if (st->valid.size() == 1) throw;
+            if (st->valid.size() == 1 || one_client(batch, st->valid)) throw;
             err = error_text(e);
         }
         const std::vector<uint32_t> rows = st->valid;
-        size_t failed = isolate(*st, batch, rows, err);
+        /* Extra forward calls: enough to find two bad rows among the batch
+         * (each costs two calls a level), and no more, whatever the inputs. */
+        unsigned levels = 0;
+        while ((size_t(1) << levels) < rows.size()) levels++;
+        unsigned budget = 4 * levels;
+        size_t failed = isolate(*st, batch, rows, err, &budget);
         if (failed == rows.size()) {
             copy_msg(batch->errmsg, batch->errmsg_cap, "torch: " + err);
             for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
@@ -558,7 +593,7 @@ int torch_process(void *state, bb_batch *batch) noexcept
         }
         st->isolated_failures += failed;
         uint64_t now = mono_ns();
-        if (st->log && now - st->last_log_ns >= 1000000000ull) {
+        if (failed && st->log && now - st->last_log_ns >= 1000000000ull) {
             st->log(st->log_ctx, BB_BACKEND_LOG_WARN,
                     ("torch: forward() failed on " + std::to_string(st->isolated_failures) +
                      " request(s) run apart from their batches since the last such line, the "

@@ -171,6 +171,38 @@ Test(torch, an_exception_in_forward_fails_only_the_rows_that_raise)
         }
     }
 
+    /* Rows 2 and 5 again, but rows 0-3 are one client's and 4-7 another's
+     * (segments): a half of one client's rows fails whole, unsplit. */
+    static const uint32_t segs[N] = {1, 1, 1, 1, 2, 2, 2, 2};
+    reset_outputs(o, out, N);
+    {
+        uint8_t prio[N] = {0};
+        struct bb_batch b = {.n = N, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg, .segments = segs};
+        cr_assert_eq(p.ops->process(p.state, &b), BB_EBACKEND, "both clients' rows raise");
+    }
+    x[5][700] = 0;
+    reset_outputs(o, out, N);
+    {
+        uint8_t prio[N] = {0};
+        struct bb_batch b = {.n = N, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg, .segments = segs};
+        cr_assert_eq(p.ops->process(p.state, &b), 0, "%s", msg);
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(o[i].status, i < 4 ? BB_EBACKEND : 0, "row %d", i);
+
+    /* Seven rows of eight raise: isolating each would take 14 more forward
+     * calls; the budget (4 a level, 12) runs out first and the batch fails
+     * whole, at a bounded cost, rather than answer its one good row. */
+    for (int i = 0; i < 7; i++)
+        x[i][3] = -1;
+    reset_outputs(o, out, N);
+    cr_assert_eq(run(&p, N, in, o, msg, sizeof msg), BB_EBACKEND);
+    for (int i = 0; i < 7; i++)
+        x[i][3] = 0;
+    x[5][700] = -1;
+
     /* Every row raises (two rows, one row): the batch fails with the message. */
     for (uint32_t n = 1; n <= 2; n++) {
         struct bb_view bad[2] = {in[2], in[5]};
