@@ -80,6 +80,7 @@ struct bench_opts {
     const struct bb__fmnist *dataset; /* --dataset: inputs are its images, in turn */
     uint32_t clients, threads, concurrency;
     int client_per_thread;      /* broker: a bb_client per thread, not one per process */
+    uint32_t lanes;             /* broker: lanes of each process's client (bb_connect_lanes) */
     double rate;                /* total requests/s over all threads; 0 = closed loop */
     double duration_s, warmup_s;
     size_t pmin, pmax, out_cap;

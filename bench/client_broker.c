@@ -62,11 +62,13 @@ static int connect_client(struct bench_env *env, int proc, uint32_t threads, str
     if (!p) return -1;
     p->env = env;
     uint64_t per_req = ((o->pmax + 63) & ~63ull) + ((o->out_cap + 63) & ~63ull);
-    uint64_t need = (uint64_t)threads * o->concurrency * per_req;
+    uint32_t lanes = o->lanes > 1 && threads > 1 ? o->lanes : 1;
+    uint32_t per_lane = (threads + lanes - 1) / lanes; /* threads on each lane, at most */
+    uint64_t need = (uint64_t)per_lane * o->concurrency * per_req;
     struct bb_client_opts co = {0};
     if (2 * need > (64u << 20)) co.segment_bytes = (size_t)((2 * need + (1u << 20) - 1) & ~((1ull << 20) - 1));
-    if ((uint64_t)threads * o->concurrency > 1024) co.max_inflight = threads * o->concurrency;
-    int rc = bb_connect(o->socket, &co, &p->c);
+    if ((uint64_t)per_lane * o->concurrency > 1024) co.max_inflight = per_lane * o->concurrency;
+    int rc = bb_connect_lanes(o->socket, &co, lanes, &p->c);
     if (rc == 0) rc = bb_model_open(p->c, o->model.name, &p->m);
     if (rc < 0) {
         bench_fail(env->sh, "client %d: %s: %s", proc, o->socket, bb_strerror(rc));

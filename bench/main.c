@@ -48,6 +48,8 @@ static void usage(FILE *f)
 "load:\n"
 "  --clients N            client processes (default 1)\n"
 "  --threads T            threads per process (default 1)\n"
+"  --lanes N              each process's client has N lanes (bb_connect_lanes: N sessions\n"
+"                         behind the one bb_client its threads share; default 1)\n"
 "  --client-per-thread    each thread connects a bb_client (a broker session) of its own\n"
 "                         instead of sharing its process's: several workers can serve\n"
 "                         one process's threads (broker only; baselines unchanged)\n"
@@ -166,7 +168,7 @@ enum {
     OPT_PAYLOAD, OPT_OUT, OPT_PRIO, OPT_WAIT, OPT_SPIN, OPT_CPUS, OPT_SCPUS, OPT_SEED,
     OPT_NO_VERIFY, OPT_BASELINE, OPT_BACKEND, OPT_PARAM, OPT_MAX_BATCH, OPT_MAX_WAIT, OPT_JSON,
     OPT_LABEL, OPT_SCENARIO, OPT_TRACE, OPT_OPTIMIZE, OPT_SLO, OPT_DATASET, OPT_HELP,
-    OPT_VERSION, OPT_BROKER_OPT, OPT_VARIANT, OPT_ROUNDS, OPT_CLIENT_PER_THREAD,
+    OPT_VERSION, OPT_BROKER_OPT, OPT_VARIANT, OPT_ROUNDS, OPT_CLIENT_PER_THREAD, OPT_LANES,
 };
 
 static const struct option long_opts[] = {
@@ -174,7 +176,7 @@ static const struct option long_opts[] = {
     {"config", 1, 0, OPT_CONFIG}, {"broker-bin", 1, 0, OPT_BROKER_BIN},
     {"broker-pid", 1, 0, OPT_BROKER_PID}, {"no-broker", 0, 0, OPT_NO_BROKER},
     {"clients", 1, 0, OPT_CLIENTS}, {"threads", 1, 0, OPT_THREADS},
-    {"client-per-thread", 0, 0, OPT_CLIENT_PER_THREAD},
+    {"client-per-thread", 0, 0, OPT_CLIENT_PER_THREAD}, {"lanes", 1, 0, OPT_LANES},
     {"concurrency", 1, 0, OPT_CONC}, {"rate", 1, 0, OPT_RATE}, {"duration", 1, 0, OPT_DURATION},
     {"warmup", 1, 0, OPT_WARMUP}, {"payload", 1, 0, OPT_PAYLOAD}, {"out-bytes", 1, 0, OPT_OUT},
     {"priority-mix", 1, 0, OPT_PRIO}, {"wait", 1, 0, OPT_WAIT}, {"spin-ns", 1, 0, OPT_SPIN},
@@ -286,6 +288,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         case OPT_SEED: o->seed = strtoull(optarg, NULL, 0); break;
         case OPT_NO_VERIFY: o->verify = 0; break;
         case OPT_CLIENT_PER_THREAD: o->client_per_thread = 1; break;
+        case OPT_LANES: if (parse_u32(optarg, 1, &o->lanes) || o->lanes > BB_MAX_LANES) return bad(name, optarg); break;
         case OPT_BASELINE: if (parse_baselines(optarg, &o->baselines)) return bad(name, optarg); break;
         case OPT_BACKEND: mf->backend = optarg; break;
         case OPT_PARAM:

@@ -129,6 +129,7 @@ void bench_print_table(FILE *f, const struct bench_opts *o, struct bench_run_res
     for (size_t i = 0; i < m->nparams; i++) fprintf(f, ", %s=%s", m->params[i].key, m->params[i].value);
     fprintf(f, "\nload: %u client(s) x %u thread(s)%s, ", o->clients, o->threads,
             o->client_per_thread ? " (a bb_client per thread)" : "");
+    if (o->lanes > 1) fprintf(f, "%u lanes a client, ", o->lanes);
     if (o->rate > 0) fprintf(f, "open loop %.0f req/s (max %u in flight/thread)", o->rate, o->concurrency);
     else fprintf(f, "closed loop, %u in flight/thread", o->concurrency);
     fprintf(f, ", payload %zu", o->pmin);
@@ -372,9 +373,9 @@ static void json_config(FILE *f, const struct bench_opts *o)
     fprintf(f, "}, \"max_batch_size\": %u, \"max_wait_us\": %u, \"instances\": %u, "
                "\"broker_spin_us\": %ld,\n",
             m->max_batch_size, m->max_wait_us, m->instances, m->spin_us);
-    fprintf(f, "    \"clients\": %u, \"threads\": %u, \"client_per_thread\": %s, "
+    fprintf(f, "    \"clients\": %u, \"threads\": %u, \"client_per_thread\": %s, \"lanes\": %u, "
                "\"concurrency\": %u, \"rate\": ", o->clients, o->threads,
-            o->client_per_thread ? "true" : "false", o->concurrency);
+            o->client_per_thread ? "true" : "false", o->lanes > 1 ? o->lanes : 1, o->concurrency);
     json_num(f, o->rate);
     fprintf(f, ", \"mode\": \"%s\", \"duration_s\": ", o->rate > 0 ? "open" : "closed");
     json_num(f, o->duration_s);

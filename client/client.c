@@ -8,6 +8,7 @@
  * broker (doorbell) or to sleep ourselves after the spin budget.
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdint.h>
@@ -384,12 +385,53 @@ fail:
     return rc;
 }
 
+int bb_connect_lanes(const char *socket_path, const struct bb_client_opts *opts,
+                     unsigned lanes, bb_client **out)
+{
+    if (!out)
+        return BB_EINVAL;
+    *out = NULL;
+    if (lanes < 1 || lanes > BB_MAX_LANES)
+        return BB_EINVAL;
+    bb_client *c;
+    int rc = bb_connect(socket_path, opts, &c);
+    if (rc < 0 || lanes == 1) {
+        *out = rc < 0 ? NULL : c;
+        return rc;
+    }
+    c->more = calloc(lanes - 1, sizeof *c->more);
+    if (!c->more) {
+        bb_disconnect(c);
+        return BB_ENOMEM;
+    }
+    for (unsigned k = 1; k < lanes; k++) {
+        rc = bb_connect(socket_path, opts, &c->more[k - 1]);
+        if (rc < 0) {
+            bb_disconnect(c);
+            return rc;
+        }
+        c->nmore = k;
+    }
+    *out = c;
+    return 0;
+}
+
+/* Lane k of c (0: c itself). */
+static inline bb_client *lane_of(bb_client *c, uint32_t k)
+{
+    return k ? c->more[k - 1] : c;
+}
+
 void bb_disconnect(bb_client *c)
 {
     if (!c)
         return;
+    for (uint32_t k = 0; k < c->nmore; k++)
+        bb_disconnect(c->more[k]); /* frees the lanes' models */
+    free(c->more);
     for (bb_model *m = c->models, *next; m; m = next) {
         next = m->next;
+        free(m->lane);
         free(m);
     }
     free(c->reqs);
@@ -430,10 +472,22 @@ int bb_model_open(bb_client *c, const char *name, bb_model **out)
     m->max_batch_size = rep.max_batch_size;
     m->max_request_bytes = rep.max_request_bytes;
     strcpy(m->name, name);
+    if (c->nmore && !(m->lane = calloc(c->nmore + 1, sizeof *m->lane))) {
+        free(m);
+        return BB_ENOMEM;
+    }
     pthread_mutex_lock(&c->lock);
     m->next = c->models;
     c->models = m;
     pthread_mutex_unlock(&c->lock);
+    if (m->lane) {
+        /* The same model on every lane. One that fails leaves this handle
+         * (and the lanes' opened so far) to bb_disconnect. */
+        m->lane[0] = m;
+        for (uint32_t k = 1; k <= c->nmore; k++)
+            if ((rc = bb_model_open(c->more[k - 1], name, &m->lane[k])) < 0)
+                return rc;
+    }
     *out = m;
     return 0;
 }
@@ -580,11 +634,9 @@ static void reap_orphans_locked(bb_client *c)
     }
 }
 
-int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_request **out)
+static int request_new(bb_model *m, size_t input_bytes, size_t output_capacity,
+                       bb_request **out)
 {
-    if (!m || !out || input_bytes > UINT32_MAX || output_capacity > UINT32_MAX)
-        return BB_EINVAL;
-    *out = NULL;
     bb_client *c = m->c;
     if (atomic_load_explicit(&c->dead, memory_order_relaxed))
         return BB_EDISCONNECTED;
@@ -628,6 +680,33 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
     r->out_cap = (uint32_t)output_capacity;
     *out = r;
     return 0;
+}
+
+/* The lane of the calling thread among n: threads are numbered in the order
+ * they first ask, and take the lanes in turn. */
+static _Atomic unsigned lane_threads;
+static _Thread_local unsigned thread_seq = UINT_MAX;
+
+static unsigned thread_lane(unsigned n)
+{
+    if (thread_seq == UINT_MAX)
+        thread_seq = atomic_fetch_add_explicit(&lane_threads, 1, memory_order_relaxed) % 65536u;
+    return thread_seq % n;
+}
+
+int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_request **out)
+{
+    if (!m || !out || input_bytes > UINT32_MAX || output_capacity > UINT32_MAX)
+        return BB_EINVAL;
+    *out = NULL;
+    if (!m->lane)
+        return request_new(m, input_bytes, output_capacity, out);
+    /* The thread's own lane; a full one lends the others'. */
+    uint32_t n = m->c->nmore + 1, first = thread_lane(n);
+    int rc = BB_ENOMEM;
+    for (uint32_t k = 0; k < n && rc == BB_ENOMEM; k++)
+        rc = request_new(m->lane[(first + k) % n], input_bytes, output_capacity, out);
+    return rc;
 }
 
 void *bb_request_input(bb_request *r)
@@ -910,13 +989,24 @@ int bb_client_fd(const bb_client *cc)
     if (!cc)
         return BB_EINVAL;
     bb_client *c = (bb_client *)cc; /* made once, on first use: not const */
+    /* The other lanes' own descriptors first (each an epoll set that is
+     * readable while its lane has something), outside this lane's lock. */
+    int inner[BB_MAX_LANES];
+    for (uint32_t k = 0; k < c->nmore; k++)
+        if ((inner[k] = bb_client_fd(c->more[k])) < 0)
+            return inner[k];
     pthread_mutex_lock(&c->lock);
     int fd = c->event_fd;
     if (fd < 0) {
         fd = epoll_create1(EPOLL_CLOEXEC);
         struct epoll_event done = {.events = EPOLLIN}, hup = {.events = EPOLLRDHUP};
-        if (fd >= 0 && (epoll_ctl(fd, EPOLL_CTL_ADD, c->notify_fd, &done) < 0 ||
-                        epoll_ctl(fd, EPOLL_CTL_ADD, c->sock, &hup) < 0)) {
+        bool ok = fd >= 0 && epoll_ctl(fd, EPOLL_CTL_ADD, c->notify_fd, &done) == 0 &&
+                  epoll_ctl(fd, EPOLL_CTL_ADD, c->sock, &hup) == 0;
+        for (uint32_t k = 0; ok && k < c->nmore; k++) {
+            struct epoll_event lane = {.events = EPOLLIN};
+            ok = epoll_ctl(fd, EPOLL_CTL_ADD, inner[k], &lane) == 0;
+        }
+        if (!ok && fd >= 0) {
             close(fd);
             fd = -1;
         }
@@ -929,10 +1019,32 @@ int bb_client_fd(const bb_client *cc)
     return fd;
 }
 
+static int poll_lane(bb_client *c, bb_request **out, int max);
+
 int bb_client_poll(bb_client *c, bb_request **out, int max)
 {
     if (!c || (!out && max > 0) || max < 0)
         return BB_EINVAL;
+    if (!c->nmore)
+        return poll_lane(c, out, max);
+    /* Every lane, from a different one each call so that a full `out` does
+     * not always leave the same lanes for later. */
+    uint32_t n = c->nmore + 1;
+    uint32_t first = atomic_fetch_add_explicit(&c->poll_next, 1, memory_order_relaxed) % n;
+    int got = 0;
+    bool gone = false;
+    for (uint32_t k = 0; k < n; k++) {
+        int rc = poll_lane(lane_of(c, (first + k) % n), out ? out + got : NULL, max - got);
+        if (rc == BB_EDISCONNECTED)
+            gone = true;
+        else
+            got += rc;
+    }
+    return got == 0 && gone ? BB_EDISCONNECTED : got;
+}
+
+static int poll_lane(bb_client *c, bb_request **out, int max)
+{
     /* Clear readiness before looking at the ring: a completion published
      * after this read rings the eventfd again. */
     uint64_t cnt;
@@ -981,6 +1093,9 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
 
 void bb_client_set_spin_ns(bb_client *c, int64_t spin_ns)
 {
-    if (c)
-        atomic_store(&c->spin_ns, spin_ns < 0 ? 0 : spin_ns);
+    if (!c)
+        return;
+    atomic_store(&c->spin_ns, spin_ns < 0 ? 0 : spin_ns);
+    for (uint32_t k = 0; k < c->nmore; k++)
+        bb_client_set_spin_ns(c->more[k], spin_ns);
 }

@@ -18,6 +18,9 @@ struct bb_model {
     uint64_t max_request_bytes;
     char name[BB_MAX_MODEL_NAME];
     struct bb_model *next;
+    /* bb_connect_lanes: the model as each lane opened it (lane[0] is this
+     * one); NULL on a client of one lane. */
+    struct bb_model **lane;
 };
 
 enum { BB__REQ_FREE = 0, BB__REQ_LIVE, BB__REQ_ORPHAN };
@@ -74,6 +77,11 @@ struct bb_client {
     pthread_mutex_t ctl_lock;/* one control round trip at a time */
     uint32_t ctl_lost;       /* replies of timed-out round trips still to skip (ctl_lock) */
     int timeout_ms;          /* connect and control round trips */
+    /* bb_connect_lanes: the sessions of lanes 1 .. nmore (this one is lane
+     * 0), each a client of its own; a request belongs to one lane. */
+    bb_client **more;
+    uint32_t nmore;
+    _Atomic uint32_t poll_next; /* the lane bb_client_poll looks at first */
     _Atomic int dead;        /* broker gone */
     _Atomic uint64_t gone_checked_ns; /* last look at the socket for a timed-out wait */
     _Atomic int64_t spin_ns;

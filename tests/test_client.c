@@ -414,6 +414,146 @@ Test(client, client_fd_and_poll)
     bbt_broker_stop(&B);
 }
 
+/* ---- lanes (bb_connect_lanes) ---- */
+
+#define LANE_THREADS 4
+#define LANE_REQS 8
+
+struct lane_thread {
+    bb_model *m;
+    int k;
+    bb_request *r[LANE_REQS];
+    bb_client *lane;
+    int failed;
+};
+
+/* A thread of the lanes test: its requests, rounds of round trips with
+ * payloads of its own, the lane they came from. */
+static void *lane_main(void *arg)
+{
+    struct lane_thread *t = arg;
+    for (int i = 0; i < LANE_REQS; i++)
+        if (bb_request_new(t->m, 64, 64, &t->r[i]) < 0) {
+            t->failed++;
+            return NULL;
+        }
+    t->lane = t->r[0]->c;
+    for (int i = 1; i < LANE_REQS; i++)
+        t->failed += t->r[i]->c != t->lane; /* all from its own lane */
+    for (int round = 0; round < 50; round++) {
+        for (int i = 0; i < LANE_REQS; i++) {
+            bbt_fill(bb_request_input(t->r[i]), 64, (uint64_t)t->k << 32 | (uint64_t)round << 8 | (uint64_t)i);
+            t->failed += bb_submit(t->r[i], NULL) != 0;
+        }
+        for (int i = 0; i < LANE_REQS; i++) {
+            size_t n;
+            const void *out;
+            if (bb_wait(t->r[i], 10000000000ll) != 0 || bb_request_status(t->r[i]) != 0 ||
+                !(out = bb_request_output(t->r[i], &n)) || n != 64 ||
+                !bbt_check(out, 64, (uint64_t)t->k << 32 | (uint64_t)round << 8 | (uint64_t)i))
+                t->failed++;
+        }
+    }
+    return NULL;
+}
+
+/* One client of two lanes shared by four threads: the threads' requests come
+ * from both lanes, whose sessions two different workers serve; every answer
+ * is the thread's own; bb_client_fd and bb_client_poll report the
+ * completions of both lanes, each once. */
+Test(client, lanes_serve_one_clients_threads_from_two_workers)
+{
+    START("broker.workers=2", "model.echo.max_wait_us=100");
+    bb_client *c;
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, 0, &c), BB_EINVAL);
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, BB_MAX_LANES + 1, &c), BB_EINVAL);
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, 2, &c), 0);
+    bb_model *m = bbt_open_ok(c, "echo");
+    struct lane_thread t[LANE_THREADS] = {{0}};
+    pthread_t th[LANE_THREADS];
+    for (int k = 0; k < LANE_THREADS; k++) {
+        t[k] = (struct lane_thread){.m = m, .k = k + 1};
+        cr_assert_eq(pthread_create(&th[k], NULL, lane_main, &t[k]), 0);
+    }
+    for (int k = 0; k < LANE_THREADS; k++)
+        pthread_join(th[k], NULL);
+    bb_client *lanes[2] = {NULL, NULL};
+    for (int k = 0; k < LANE_THREADS; k++) {
+        cr_assert_eq(t[k].failed, 0, "thread %d: %d failures", k, t[k].failed);
+        if (!lanes[0] || lanes[0] == t[k].lane)
+            lanes[0] = t[k].lane;
+        else
+            lanes[1] = t[k].lane;
+    }
+    cr_assert(lanes[1], "every thread's requests came from one lane");
+    cr_assert_neq(lanes[0]->wpage->worker_id, lanes[1]->wpage->worker_id,
+                  "both lanes are served by worker %u", lanes[0]->wpage->worker_id);
+
+    /* Completions of both lanes through the one descriptor, each once. */
+    int fd = bb_client_fd(c);
+    cr_assert(fd >= 0);
+    enum { N = LANE_THREADS * LANE_REQS };
+    bb_request *all[N];
+    int seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        all[i] = t[i / LANE_REQS].r[i % LANE_REQS];
+        cr_assert_eq(bb_submit(all[i], NULL), 0);
+    }
+    int got = 0;
+    uint64_t end = bbt_now_ns() + 10000000000ull;
+    while (got < N && bbt_now_ns() < end) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0)
+            continue;
+        bb_request *done[5];
+        int k = bb_client_poll(c, done, 5);
+        cr_assert(k >= 0 && k <= 5, "bb_client_poll: %d", k);
+        for (int j = 0; j < k; j++) {
+            int idx = -1;
+            for (int i = 0; i < N; i++)
+                if (all[i] == done[j])
+                    idx = i;
+            cr_assert(idx >= 0 && !seen[idx], "request %d reported twice or not ours", idx);
+            seen[idx] = 1;
+            got++;
+        }
+    }
+    cr_assert_eq(got, N, "%d of %d completions reported through the fd", got, N);
+    bb_request *extra[4];
+    cr_assert_eq(bb_client_poll(c, extra, 4), 0, "nothing left to report");
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* A thread whose lane is full takes a slot of another lane; when every lane
+ * is full, BB_ENOMEM. */
+Test(client, a_full_lane_lends_the_others)
+{
+    START("model.echo.max_wait_us=0");
+    struct bb_client_opts o = {.max_inflight = 4};
+    bb_client *c;
+    cr_assert_eq(bb_connect_lanes(B.sock, &o, 2, &c), 0);
+    bb_model *m = bbt_open_ok(c, "echo");
+    bb_request *r[9];
+    int from_first = 0;
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(bb_request_new(m, 16, 16, &r[i]), 0, "request %d", i);
+        from_first += r[i]->c == r[0]->c;
+    }
+    cr_assert_eq(from_first, 4, "%d of 8 from the thread's own lane", from_first);
+    cr_assert_eq(bb_request_new(m, 16, 16, &r[8]), BB_ENOMEM);
+    for (int i = 0; i < 8; i++) {
+        bbt_fill(bb_request_input(r[i]), 16, 900 + (uint64_t)i);
+        cr_assert_eq(bb_submit(r[i], NULL), 0);
+        cr_assert_eq(bb_wait(r[i], 10000000000ll), 0);
+        size_t n;
+        const void *p = bb_request_output(r[i], &n);
+        cr_assert(p && n == 16 && bbt_check(p, 16, 900 + (uint64_t)i));
+    }
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
 /* An event loop that resubmits each request as soon as it is reported keeps
  * the completion ring partly full all the time: the broker must reload the
  * client's head before it calls the ring full, or it drops completions

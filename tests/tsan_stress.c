@@ -10,6 +10,8 @@
  * (TSAN_OPTIONS exitcode=66 makes a reported race fail the broker's exit).
  *
  *   tsan_stress [BACKEND.so]
+ * $TSAN_STRESS_LANES = N: the shared client has N lanes (bb_connect_lanes),
+ * its threads' requests spread over N sessions.
  * BACKEND (the instrumented tests/plugins/asyncecho.c) makes the model
  * asynchronous: batches complete on the plugin's thread, two in flight per
  * instance, and client segments are registered on the broker's registration
@@ -170,7 +172,9 @@ int main(int argc, char **argv)
         return 1;
     }
     bb_client *c;
-    if (bbt_connect(&b, &c) < 0 || bb_model_open(c, "echo", &model) < 0) {
+    const char *lanes = getenv("TSAN_STRESS_LANES");
+    int crc = lanes ? bb_connect_lanes(b.sock, NULL, (unsigned)atoi(lanes), &c) : bbt_connect(&b, &c);
+    if (crc < 0 || bb_model_open(c, "echo", &model) < 0) {
         fprintf(stderr, "tsan_stress: cannot connect\n");
         bbt_cleanup_all();
         return 1;

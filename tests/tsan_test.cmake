@@ -46,12 +46,17 @@ if(BB_TSAN_TEST AND NOT BB_SANITIZE)
   add_test(NAME tsan_stress_per_worker COMMAND tsan_stress)
   set_tests_properties(tsan_stress_per_worker PROPERTIES
     ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2 model.echo.formation=per_worker model.echo.inline_max_us=0")
+  # One client of four lanes (bb_connect_lanes) over two workers, per_worker:
+  # the client library's lanes under TSan too.
+  add_test(NAME tsan_stress_lanes COMMAND tsan_stress)
+  set_tests_properties(tsan_stress_lanes PROPERTIES
+    ENVIRONMENT "TSAN_STRESS_LANES=4;BBT_BROKER_OVERRIDES=broker.workers=2 model.echo.formation=per_worker model.echo.inline_max_us=0")
   add_test(NAME tsan_stress_async COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
   add_test(NAME tsan_stress_async_2workers COMMAND tsan_stress $<TARGET_FILE:bb_backend_asyncecho_tsan>)
   set_tests_properties(tsan_stress_async_2workers PROPERTIES
     ENVIRONMENT "BBT_BROKER_OVERRIDES=broker.workers=2 broker.numa_fake_nodes=2")
-  set_tests_properties(tsan_stress tsan_stress_2workers tsan_stress_per_worker tsan_stress_async
-    tsan_stress_async_2workers PROPERTIES TIMEOUT 300)
+  set_tests_properties(tsan_stress tsan_stress_2workers tsan_stress_per_worker tsan_stress_lanes
+    tsan_stress_async tsan_stress_async_2workers PROPERTIES TIMEOUT 300)
 
   # The statistics' single-writer contract on its own, with window copies
   # every few ms of a fake clock instead of every 5 s.

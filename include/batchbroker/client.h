@@ -168,6 +168,23 @@ struct bb_model_stats {
 BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts,
                       bb_client **out);
 
+/* bb_connect with `lanes` sessions behind one client (1 .. BB_MAX_LANES; 1 is
+ * bb_connect): each lane has a segment, slots and rings of its own, sized by
+ * opts, and the broker serves each from the least loaded of its workers, so
+ * the threads of one process that share a client are served by several
+ * dispatchers. A thread's requests come from its own lane (the threads of a
+ * process are numbered in the order they first make a request, and take
+ * lanes in turn; a full lane lends its neighbours'); bb_model_open opens the
+ * model on every lane; bb_client_poll and bb_client_fd cover every lane.
+ * Meant for many submitting threads at rates one dispatcher cannot serve,
+ * with several workers (`workers = N`) and, for one model's batches to form
+ * in parallel too, `formation = per_worker`. Each lane counts as a client
+ * against the broker's max_clients and its per-uid and per-process shares.
+ * Returns what bb_connect returns. */
+#define BB_MAX_LANES 64
+BB_API int bb_connect_lanes(const char *socket_path, const struct bb_client_opts *opts,
+                            unsigned lanes, bb_client **out);
+
 /* The socket bb_connect(NULL, ...) uses: $BATCHBROKER_SOCKET if set, else
  * $XDG_RUNTIME_DIR/batchbroker.sock if XDG_RUNTIME_DIR is set, else for root
  * /run/batchbroker/batchbroker.sock, else /tmp/batchbroker-UID/batchbroker.sock

@@ -78,6 +78,8 @@ class ModelTuningC(ctypes.Structure):
 # name: (result type, argument types)
 _PROTOTYPES = {
     "bb_connect": (c_int, [c_char_p, ctypes.POINTER(ClientOpts), ctypes.POINTER(c_void_p)]),
+    "bb_connect_lanes": (c_int, [c_char_p, ctypes.POINTER(ClientOpts), ctypes.c_uint,
+                                 ctypes.POINTER(c_void_p)]),
     "bb_default_socket": (c_int, [ctypes.c_char_p, c_size_t]),
     "bb_disconnect": (None, [c_void_p]),
     "bb_model_open": (c_int, [c_void_p, c_char_p, ctypes.POINTER(c_void_p)]),

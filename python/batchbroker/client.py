@@ -194,13 +194,17 @@ class Client(_Closable):
     broker's defaults). timeout_ms bounds the connection and each control
     call (open, stats) against a broker that does not answer (0:
     $BATCHBROKER_TIMEOUT_MS, else 5000); past it they raise BB_ETIMEDOUT.
+    lanes > 1 puts that many broker sessions behind the one client (each with
+    segment_bytes and max_inflight of its own), so that the threads sharing
+    it are served by several broker workers (bb_connect_lanes: a thread's
+    requests come from its own lane).
     Use it as a context manager, or call close(). One Client may be shared by
     threads (close() waits for their calls in flight); do not use it in a
     child after fork().
     """
 
     def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None,
-                 timeout_ms=0):
+                 timeout_ms=0, lanes=1):
         self._c = None
         # Guards _requests, which threads change as they make and close
         # requests while another polls or closes. Re-entrant: a Request
@@ -220,7 +224,8 @@ class Client(_Closable):
         out = ctypes.c_void_p()
         p = None if path is None else (path.encode() if isinstance(path, str) else bytes(path))
         where = path or os.environ.get("BATCHBROKER_SOCKET") or default_socket()
-        check(lib.bb_connect(p, ctypes.byref(opts), ctypes.byref(out)), f"connect {where}")
+        check(lib.bb_connect_lanes(p, ctypes.byref(opts), int(lanes), ctypes.byref(out)),
+              f"connect {where}")
         self._c = out.value
         self._models = {}
         # Live Request objects by handle, closed before the segment goes;

@@ -216,6 +216,58 @@ def test_poll_and_fileno(broker):
         assert seen == set(range(10))
 
 
+def test_lanes_share_one_client_among_threads(brokers):
+    """Client(lanes=2): threads sharing the client submit through two broker
+    sessions (two workers serve them), every answer is the thread's own,
+    and poll() reports the completions of both lanes."""
+    import select
+    b = brokers.start(overrides=["broker.workers=2"])
+    with pytest.raises(bb.BatchBrokerError):
+        bb.Client(b.sock, lanes=0)
+    with bb.Client(b.sock, lanes=2) as c:
+        echo = c.model("echo")
+        errors = []
+
+        def work(k):
+            try:
+                for i in range(200):
+                    data = bytes([k, i % 256]) * 8
+                    if echo.infer(data) != data:
+                        errors.append((k, i))
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        stats_when(echo, lambda s: s.completed == 800)
+
+        # Requests made on two threads: two lanes, one fileno and poll().
+        reqs = []
+
+        def make(k):
+            for i in range(5):
+                r = echo.request(4)
+                r.write(bytes([10 * k + i]) * 4)
+                reqs.append(r)
+        for k in range(2):
+            t = threading.Thread(target=make, args=(k,))
+            t.start()
+            t.join()
+        for r in reqs:
+            r.submit(tag=r.input[0])
+        seen = set()
+        end = time.monotonic() + 10
+        while len(seen) < 10 and time.monotonic() < end:
+            select.select([c.fileno()], [], [], 1)
+            for r in c.poll():
+                seen.add(r.tag)
+                assert bytes(r.output) == bytes([r.tag]) * 4
+        assert seen == {0, 1, 2, 3, 4, 10, 11, 12, 13, 14}
+
+
 def test_wait_sees_a_dead_broker(brokers):
     """A wait longer than one 100 ms slice ends with BB_EDISCONNECTED when the
     broker dies, not with slice after slice of BB_ETIMEDOUT until its end."""

@@ -1,7 +1,7 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
 log file behind, the broker's batch histogram in the JSON, its threads' CPU,
-the accuracy of several rounds merged, the inproc-eager baseline, and a
-client per thread."""
+the accuracy of several rounds merged, the inproc-eager baseline, a client
+per thread and a client of several lanes."""
 
 import glob
 import json
@@ -164,4 +164,22 @@ def test_client_per_thread_connects_each_thread(brokers):
     assert "refused the connection" in r.stdout + r.stderr, (r.stdout, r.stderr)
     _, res = spawned_run(brokers, "cpt2", keys, "--threads", "2", "--client-per-thread")
     assert res["config"]["client_per_thread"] is True, res["config"]
+    assert res["completed"] > 0 and res["failed"] == 0, res
+
+
+def test_lanes_are_passed_to_the_client(brokers):
+    """--lanes N connects each process's client with N lanes: a broker that
+    admits one session a process refuses it; the JSON says how many."""
+    d = brokers.tmpdir
+    cfg = os.path.join(d, "lanes.ini")
+    with open(cfg, "w") as f:
+        f.write(f"[broker]\nsocket = {d}/lanes.sock\nmax_clients_per_pid = 1\n"
+                f"plugin_dir = {os.environ['BB_PLUGIN_DIR']}\n[model.echo]\nbackend = echo\n")
+    args = [BENCH, "--spawn-broker", cfg, "--threads", "2", "--duration", "0.3", "--warmup", "0.1"]
+    r = run(args + ["--lanes", "2"], timeout=60)
+    assert r.returncode != 0 and "refused the connection" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    r = run([BENCH, "--lanes", "0"])
+    assert r.returncode == 2, r.stderr
+    _, res = spawned_run(brokers, "lanes2", "", "--threads", "2", "--lanes", "2")
+    assert res["config"]["lanes"] == 2, res["config"]
     assert res["completed"] > 0 and res["failed"] == 0, res
