@@ -35,6 +35,19 @@
 
 /* ---- Control socket ---- */
 
+/* A client of several lanes ends as one: the first lane found gone (the
+ * broker died, or ended that session) marks every lane gone and closes their
+ * sessions, so that every call and every lane agree (BB_EDISCONNECTED) and
+ * the broker reclaims the others. */
+static void lanes_gone(bb_client *head)
+{
+    for (uint32_t k = 0; k <= head->nmore; k++) {
+        bb_client *l = k ? head->more[k - 1] : head;
+        atomic_store(&l->dead, 1);
+        shutdown(l->sock, SHUT_RDWR);
+    }
+}
+
 /* The broker answers control messages one by one, in order. A round trip
  * that timed out leaves its reply to come later: the next one skips it
  * first, or times out again without sending while the broker stays stuck. */
@@ -85,8 +98,11 @@ static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *re
     else if ((size_t)n != rep_len)
         rc = BB_EPROTO;
 out:
-    if (rc == BB_EDISCONNECTED)
+    if (rc == BB_EDISCONNECTED) {
         atomic_store(&c->dead, 1);
+        if (c->head)
+            lanes_gone(c->head);
+    }
     pthread_mutex_unlock(&c->ctl_lock);
     return rc;
 }
@@ -99,6 +115,8 @@ static bool broker_gone(bb_client *c)
     struct pollfd p = {.fd = c->sock, .events = POLLRDHUP};
     if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
         atomic_store(&c->dead, 1);
+        if (c->head)
+            lanes_gone(c->head);
         return true;
     }
     return false;
@@ -411,7 +429,9 @@ int bb_connect_lanes(const char *socket_path, const struct bb_client_opts *opts,
             return rc;
         }
         c->nmore = k;
+        c->more[k - 1]->head = c;
     }
+    c->head = c;
     *out = c;
     return 0;
 }

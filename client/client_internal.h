@@ -81,6 +81,7 @@ struct bb_client {
      * 0), each a client of its own; a request belongs to one lane. */
     bb_client **more;
     uint32_t nmore;
+    bb_client *head;         /* of a client of several lanes: lane 0; else NULL */
     _Atomic uint32_t poll_next; /* the lane bb_client_poll looks at first */
     _Atomic int dead;        /* broker gone */
     _Atomic uint64_t gone_checked_ns; /* last look at the socket for a timed-out wait */

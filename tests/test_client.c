@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,6 +524,43 @@ Test(client, lanes_serve_one_clients_threads_from_two_workers)
     cr_assert_eq(got, N, "%d of %d completions reported through the fd", got, N);
     bb_request *extra[4];
     cr_assert_eq(bb_client_poll(c, extra, 4), 0, "nothing left to report");
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* One lane's session ending (here: its socket shut, as the broker ends a
+ * session for its own faults) ends the whole client: every lane is marked
+ * gone and closed, and every call says BB_EDISCONNECTED, not only those of
+ * the threads on that lane. */
+Test(client, a_lane_gone_ends_the_whole_client)
+{
+    START("broker.workers=2", "broker.numa_fake_nodes=0", "model.echo.max_wait_us=0");
+    bb_client *c;
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, 3, &c), 0);
+    bb_model *m = bbt_open_ok(c, "echo");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 16, 16, &r), 0);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    cr_assert_eq(bb_wait(r, 10000000000ll), 0);
+    /* Its completion-ring entry may come a little after bb_wait returns. */
+    bb_request *done[4];
+    int reported = 0;
+    for (int i = 0; i < 1000 && !reported; i++) {
+        reported = bb_client_poll(c, done, 4);
+        if (!reported)
+            bbt_msleep(1);
+    }
+    cr_assert_eq(reported, 1);
+    shutdown(c->more[0]->sock, SHUT_RDWR);
+    cr_assert_eq(bb_client_poll(c, done, 4), BB_EDISCONNECTED);
+    cr_assert(atomic_load(&c->dead) && atomic_load(&c->more[0]->dead) &&
+                  atomic_load(&c->more[1]->dead),
+              "every lane is gone");
+    bb_request *r2;
+    cr_assert_eq(bb_request_new(m, 16, 16, &r2), BB_EDISCONNECTED);
+    cr_assert_eq(bb_client_poll(c, done, 4), BB_EDISCONNECTED);
+    struct pollfd p = {.fd = bb_client_fd(c), .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 1000), 1, "the client's descriptor shows the end");
     bb_disconnect(c);
     bbt_broker_stop(&B);
 }

@@ -180,7 +180,10 @@ BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts
  * with several workers (`workers = N`) and, for one model's batches to form
  * in parallel too, `formation = per_worker`. Each lane counts as a client
  * against the broker's max_clients and its per-uid and per-process shares.
- * Returns what bb_connect returns. */
+ * The client ends as one: a lane whose session ends (the broker's exit, or
+ * the broker dropping that session) ends every lane, and the calls of every
+ * thread return BB_EDISCONNECTED from then on. Returns what bb_connect
+ * returns. */
 #define BB_MAX_LANES 64
 BB_API int bb_connect_lanes(const char *socket_path, const struct bb_client_opts *opts,
                             unsigned lanes, bb_client **out);
