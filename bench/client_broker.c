@@ -62,7 +62,7 @@ static int connect_client(struct bench_env *env, int proc, uint32_t threads, str
     if (!p) return -1;
     p->env = env;
     uint64_t per_req = ((o->pmax + 63) & ~63ull) + ((o->out_cap + 63) & ~63ull);
-    uint32_t lanes = o->lanes > 1 && threads > 1 ? o->lanes : 1;
+    uint32_t lanes = o->lanes > 1 ? o->lanes : 1; /* main.c: only with several threads */
     uint32_t per_lane = (threads + lanes - 1) / lanes; /* threads on each lane, at most */
     uint64_t need = (uint64_t)per_lane * o->concurrency * per_req;
     struct bb_client_opts co = {0};

@@ -49,7 +49,8 @@ static void usage(FILE *f)
 "  --clients N            client processes (default 1)\n"
 "  --threads T            threads per process (default 1)\n"
 "  --lanes N              each process's client has N lanes (bb_connect_lanes: N sessions\n"
-"                         behind the one bb_client its threads share; default 1)\n"
+"                         behind the one bb_client its threads share; default 1; needs\n"
+"                         --threads 2 or more)\n"
 "  --client-per-thread    each thread connects a bb_client (a broker session) of its own\n"
 "                         instead of sharing its process's: several workers can serve\n"
 "                         one process's threads (broker only; baselines unchanged)\n"
@@ -347,6 +348,11 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         }
         o->pmin = o->pmax = BB_FMNIST_DIM * sizeof(float);
         if (!mf->has_out) o->out_cap = 64;
+    }
+    if (o->lanes > 1 && (o->client_per_thread || o->threads < 2)) {
+        fprintf(stderr, "bb-bench: --lanes spreads a client shared by several threads: it needs "
+                        "--threads 2 or more, and no --client-per-thread\n");
+        return 2;
     }
     if (!conc_given && o->rate > 0) o->concurrency = 256;
     if (!o->pmax && !o->pmin && o->out_cap == 0) o->out_cap = 1;

@@ -420,7 +420,8 @@ static void backend_log(void *ctx, int level, const char *msg)
 {
     const struct bb__instance *in = ctx;
     level = level < BB_LOG_ERROR ? BB_LOG_ERROR : level > BB_LOG_DEBUG ? BB_LOG_DEBUG : level;
-    bb_log(level, "model %s, instance %u: %s", in->model->name, in->index, msg ? msg : "");
+    bb_log(level, "model %s, instance %u: %s", in->model->name,
+           bb__instance_number(in->model, in->index), msg ? msg : "");
 }
 
 static int init_instance(struct bb__model *m, struct bb__instance *in,
@@ -432,7 +433,7 @@ static int init_instance(struct bb__model *m, struct bb__instance *in,
     /* Numbered over every replica of the model (formation = per_worker):
      * a backend that spreads its instances over devices spreads them all. */
     struct bb_init_args a = {.size = sizeof a,
-                             .instance = m->replica * m->ninst + in->index,
+                             .instance = bb__instance_number(m, in->index),
                              .instances = m->nreplicas * m->ninst,
                              .numa_node = m->w->b->topo.node_id[m->w->node],
                              .max_batch_size = m->cfg.max_batch_size,
@@ -486,7 +487,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
             m->ninstances = i;
             return -1;
         }
-        bb__thread_name(m->inst[i].thread, "bb-x%u-%s", i, m->name);
+        bb__thread_name(m->inst[i].thread, "bb-x%u-%s", bb__instance_number(m, i), m->name);
     }
     return 0;
 }

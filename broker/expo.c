@@ -229,7 +229,7 @@ char *bb__expo_page(const struct bb__broker *b, size_t *len)
         clients += bb__ctr_get(&b->workers[i].metrics.clients);
         seg += bb__ctr_get(&b->workers[i].metrics.segment_bytes);
     }
-    family(&pg, "batchbroker_clients", "gauge", "Attached client processes (with a segment).");
+    family(&pg, "batchbroker_clients", "gauge", "Attached client sessions (with a segment).");
     put(&pg, "batchbroker_clients %llu\n", (unsigned long long)clients);
     family(&pg, "batchbroker_segment_memory_bytes", "gauge",
            "Shared memory mapped for client segments, including the segments of clients gone "

@@ -118,6 +118,13 @@ struct bb__model {
     } pub;
 };
 
+/* The number of m's instance `index` over every replica of the model (the
+ * backend's init2, its log lines, the executor's thread name). */
+static inline uint32_t bb__instance_number(const struct bb__model *m, uint32_t index)
+{
+    return m->replica * m->ninst + index;
+}
+
 /* Expected time of a batch from its cut to its end (drop_late, strategies). */
 static inline uint64_t bb__model_batch_ns(const struct bb__model *m)
 {

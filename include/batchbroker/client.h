@@ -170,16 +170,19 @@ BB_API int bb_connect(const char *socket_path, const struct bb_client_opts *opts
 
 /* bb_connect with `lanes` sessions behind one client (1 .. BB_MAX_LANES; 1 is
  * bb_connect): each lane has a segment, slots and rings of its own, sized by
- * opts, and the broker serves each from the least loaded of its workers, so
- * the threads of one process that share a client are served by several
- * dispatchers. A thread's requests come from its own lane (the threads of a
+ * opts, and the broker serves each from the worker of the connecting CPU's
+ * NUMA node with the fewest sessions placed on it, so that, where that node
+ * has several workers (`workers = N`), the threads of one process that share
+ * a client are served by several dispatchers. A thread's requests come from its own lane (the threads of a
  * process are numbered in the order they first make a request, and take
  * lanes in turn; a full lane lends its neighbours'); bb_model_open opens the
  * model on every lane; bb_client_poll and bb_client_fd cover every lane.
  * Meant for many submitting threads at rates one dispatcher cannot serve,
  * with several workers (`workers = N`) and, for one model's batches to form
- * in parallel too, `formation = per_worker`. Each lane counts as a client
- * against the broker's max_clients and its per-uid and per-process shares.
+ * in parallel too, `formation = per_worker`. Each lane is a session of its
+ * own: it counts against the broker's max_clients and its per-uid and
+ * per-process shares, and it has its own fair-queueing turn and its own
+ * max_inflight_per_client.
  * The client ends as one: a lane whose session ends (the broker's exit, or
  * the broker dropping that session) ends every lane, and the calls of every
  * thread return BB_EDISCONNECTED from then on. Returns what bb_connect

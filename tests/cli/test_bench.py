@@ -180,6 +180,9 @@ def test_lanes_are_passed_to_the_client(brokers):
     assert r.returncode != 0 and "refused the connection" in r.stdout + r.stderr, (r.stdout, r.stderr)
     r = run([BENCH, "--lanes", "0"])
     assert r.returncode == 2, r.stderr
+    for extra in (["--threads", "1"], ["--threads", "2", "--client-per-thread"]):
+        r = run([BENCH, "--lanes", "2", *extra])
+        assert r.returncode == 2 and "--lanes" in r.stderr, (extra, r.stderr)
     _, res = spawned_run(brokers, "lanes2", "", "--threads", "2", "--lanes", "2")
     assert res["config"]["lanes"] == 2, res["config"]
     assert res["completed"] > 0 and res["failed"] == 0, res
