@@ -7,7 +7,13 @@
  * nothing but the cache lines it reads, and a slow or hostile HTTP client
  * can only tie up this thread. The limits below bound what such a client
  * can hold: connections in all and per address, an idle timeout, and memory
- * per connection; what is over a limit is closed at once. */
+ * per connection; what is over a limit is closed at once. The idle timeout
+ * counts from the last byte, so a client that trickles a header line every
+ * few seconds would hold its connection for ever: a watchdog thread also
+ * closes every connection that has not sent a whole request within
+ * HTTP_REQUEST_S of its start or of its last answer (shutdown() of its
+ * socket, under the lock that the library's close notification takes, so
+ * never a descriptor the library has closed and reused). */
 #include "http.h"
 
 #include <errno.h>
@@ -17,10 +23,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -33,11 +42,114 @@
 #define HTTP_TIMEOUT_S 10u    /* idle, or stalled mid-request */
 #define HTTP_MEMORY 16384u    /* per connection: a GET needs little */
 #define HTTP_BACKLOG SOMAXCONN /* the kernel queues a burst; we accept and sort it */
+#define HTTP_REQUEST_S 10u    /* to send a whole request, idle or not */
+#define HTTP_TRACKED (HTTP_CONNECTIONS + 8u)
+
+/* A connection the watchdog watches: its socket, and since when it has owed
+ * a whole request (0: one is being answered). */
+struct watched {
+    int fd;
+    uint64_t since_ns;
+};
 
 struct bb__http {
     struct MHD_Daemon *d;
     const struct bb__broker *b;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop, watching;
+    pthread_t watchdog;
+    struct watched conns[HTTP_TRACKED]; /* fd -1: free */
 };
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The watched entry of conn (its socket context), or NULL. */
+static struct watched *watched_of(struct bb__http *h, struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Library thread: a connection starts (watched from now) or closes (no longer,
+ * before the library closes its socket). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct bb__http *h = cls;
+    pthread_mutex_lock(&h->mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = NULL;
+        for (unsigned i = 0; ci && i < HTTP_TRACKED; i++)
+            if (h->conns[i].fd < 0) {
+                h->conns[i] = (struct watched){.fd = ci->connect_fd, .since_ns = mono_ns()};
+                *socket_context = &h->conns[i];
+                break;
+            }
+    } else if (*socket_context) {
+        ((struct watched *)*socket_context)->fd = -1;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Library thread: a request has come whole (being answered), or its answer
+ * went out (the next one is owed from now). */
+static void request_arrived(struct bb__http *h, struct MHD_Connection *conn)
+{
+    pthread_mutex_lock(&h->mu);
+    struct watched *w = watched_of(h, conn);
+    if (w)
+        w->since_ns = 0;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    (void)req_cls;
+    (void)code;
+    struct bb__http *h = cls;
+    pthread_mutex_lock(&h->mu);
+    struct watched *w = watched_of(h, conn);
+    if (w)
+        w->since_ns = mono_ns();
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Once a second: shut the socket of every connection that has owed a whole
+ * request for HTTP_REQUEST_S; the library then sees it end and closes it. */
+static void *watchdog_main(void *arg)
+{
+    struct bb__http *h = arg;
+    pthread_mutex_lock(&h->mu);
+    while (!h->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&h->cv, &h->mu, &until);
+        uint64_t now = mono_ns();
+        for (unsigned i = 0; i < HTTP_TRACKED; i++) {
+            struct watched *w = &h->conns[i];
+            if (w->fd >= 0 && w->since_ns && now - w->since_ns > HTTP_REQUEST_S * 1000000000ull) {
+                bb_debug("metrics http: a connection sent no whole request in %u s: closed",
+                         HTTP_REQUEST_S);
+                shutdown(w->fd, SHUT_RDWR);
+                w->since_ns = 0; /* once */
+            }
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
 
 /* libmicrohttpd's own messages ("reached per-IP limit", ...): one a refused
  * connection, so a flood would flood the log; debug only. */
@@ -76,7 +188,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)upload_data;
     (void)upload_data_size;
     (void)req_cls;
-    const struct bb__http *h = cls;
+    struct bb__http *h = cls;
+    request_arrived(h, conn);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return answer(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n", "GET, HEAD");
     if (strcmp(url, "/metrics") != 0)
@@ -143,6 +256,14 @@ int bb__http_start(struct bb__broker *b, struct bb__http **out)
         return -1;
     }
     h->b = b;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    for (unsigned i = 0; i < HTTP_TRACKED; i++)
+        h->conns[i].fd = -1;
     /* The server's thread inherits this mask: SIGTERM, SIGINT and SIGHUP stay
      * with the threads that expect them. */
     sigset_t block, old;
@@ -160,11 +281,20 @@ int bb__http_start(struct bb__broker *b, struct bb__http **out)
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, HTTP_PER_ADDRESS,
                             MHD_OPTION_CONNECTION_TIMEOUT, HTTP_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                             MHD_OPTION_END);
+    if (h->d)
+        h->watching = pthread_create(&h->watchdog, NULL, watchdog_main, h) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (!h->d) {
+    if (!h->d || !h->watching) {
         bb_error("metrics_listen = %s: cannot start the HTTP server", where);
-        close(fd);
+        if (h->d)
+            MHD_stop_daemon(h->d);
+        else
+            close(fd);
+        pthread_cond_destroy(&h->cv);
+        pthread_mutex_destroy(&h->mu);
         free(h);
         return -1;
     }
@@ -177,6 +307,13 @@ void bb__http_stop(struct bb__http *h)
 {
     if (!h)
         return;
+    pthread_mutex_lock(&h->mu);
+    h->stop = true;
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(h->watchdog, NULL);
     MHD_stop_daemon(h->d); /* joins its thread, closes the listening socket */
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
     free(h);
 }

@@ -539,6 +539,82 @@ Test(metrics, connection_flood_is_dropped, .timeout = 240)
     bb_disconnect(c);
 }
 
+/* A slowloris: connections from eight addresses (the per-address limit
+ * each, the whole connection limit together) that send a request line and
+ * then one header line a second, never the end of the request. The idle
+ * timeout never fires for them (a trickle a second resets it); the watchdog
+ * closes each once it has owed a whole request for 10 s, and a scrape gets
+ * through. The trickle runs on a thread of its own, so that a scrape that
+ * waits does not pause it. */
+enum { SLOW_ADDRS = 8, SLOW_PER = 8, SLOW_N = SLOW_ADDRS * SLOW_PER };
+
+struct slowloris {
+    int fds[SLOW_N];
+    _Atomic int nclosed, stop;
+};
+
+static void *trickle(void *arg)
+{
+    struct slowloris *sl = arg;
+    bool closed[SLOW_N] = {false};
+    while (!atomic_load(&sl->stop) && atomic_load(&sl->nclosed) < SLOW_N) {
+        bbt_msleep(1000);
+        for (int i = 0; i < SLOW_N; i++) {
+            if (closed[i])
+                continue;
+            struct pollfd p = {.fd = sl->fds[i], .events = POLLRDHUP};
+            static const char hdr[] = "X-Slow: 1\r\n";
+            if ((poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) ||
+                send(sl->fds[i], hdr, sizeof hdr - 1, MSG_NOSIGNAL) < 0) {
+                closed[i] = true;
+                atomic_fetch_add(&sl->nclosed, 1);
+            }
+        }
+    }
+    return NULL;
+}
+
+Test(metrics, a_slowloris_is_closed_and_scrapes_get_through, .timeout = 120)
+{
+    unsigned port = free_port_ok();
+    start_with_metrics(port, NULL);
+    static struct slowloris sl;
+    memset(&sl, 0, sizeof sl);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < SLOW_N; i++) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        char a[32];
+        snprintf(a, sizeof a, "127.0.0.%d", 2 + i / SLOW_PER);
+        inet_pton(AF_INET, a, &src.sin_addr);
+        sl.fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(sl.fds[i] >= 0);
+        cr_assert_eq(bind(sl.fds[i], (struct sockaddr *)&src, sizeof src), 0, "%s", strerror(errno));
+        cr_assert_eq(connect(sl.fds[i], (struct sockaddr *)&dst, sizeof dst), 0, "%s",
+                     strerror(errno));
+        static const char line[] = "GET /metrics HTTP/1.1\r\n";
+        cr_assert_eq(send(sl.fds[i], line, sizeof line - 1, MSG_NOSIGNAL),
+                     (ssize_t)(sizeof line - 1));
+    }
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, trickle, &sl), 0);
+    int st = -1;
+    uint64_t end = bbt_now_ns() + 60000000000ull;
+    while (st != 200 && bbt_now_ns() < end) {
+        bbt_msleep(500);
+        st = bbt_http("127.0.0.1", port, "GET", "/metrics", page, sizeof page);
+    }
+    for (int i = 0; i < 50 && atomic_load(&sl.nclosed) < SLOW_N; i++)
+        bbt_msleep(100);
+    atomic_store(&sl.stop, 1);
+    pthread_join(t, NULL);
+    for (int i = 0; i < SLOW_N; i++)
+        close(sl.fds[i]);
+    cr_assert_eq(st, 200, "no scrape got through the slowloris (last status %d)", st);
+    cr_assert_eq(atomic_load(&sl.nclosed), SLOW_N, "the broker closed %d of %d trickling connections",
+                 atomic_load(&sl.nclosed), SLOW_N);
+}
+
 /* ---- bb_model_stats ---- */
 
 Test(metrics, stats_phases_add_up)
