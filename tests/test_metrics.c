@@ -604,7 +604,7 @@ Test(metrics, a_slowloris_is_closed_and_scrapes_get_through, .timeout = 120)
         bbt_msleep(500);
         st = bbt_http("127.0.0.1", port, "GET", "/metrics", page, sizeof page);
     }
-    for (int i = 0; i < 50 && atomic_load(&sl.nclosed) < SLOW_N; i++)
+    for (int i = 0; i < 150 && atomic_load(&sl.nclosed) < SLOW_N; i++)
         bbt_msleep(100);
     atomic_store(&sl.stop, 1);
     pthread_join(t, NULL);
