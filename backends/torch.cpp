@@ -501,45 +501,53 @@ void fail_rows(bb_batch *batch, const std::vector<uint32_t> &rows)
     }
 }
 
-/* forward() threw on rows that it may take one by one: a model that raises
- * on some inputs (an assertion on their values, say) must fail only the
- * requests that carry them, not the other clients' requests batched with
- * them. Each half is run again, and a half that throws is split in turn,
- * except where all its rows are one client's (they fail together: that
- * client's inputs cost the others nothing more) or the batch's budget of
- * extra forward calls is spent (*budget; then the half fails whole). A row
- * that throws alone fails with BB_EBACKEND; the first message is kept in
- * err. Returns how many rows failed. Out of memory is not retried. */
-size_t isolate(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err,
-               unsigned *budget)
+/* One forward over rows, as run_rows; false, with the first message kept in
+ * err, where forward() threw. Out of memory is thrown on: not retried. */
+bool try_rows(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err)
 {
-    size_t failed = 0;
+    try {
+        run_rows(st, batch, rows);
+        return true;
+    } catch (const std::bad_alloc &) {
+        throw;
+    } catch (const c10::OutOfMemoryError &) {
+        throw;
+    } catch (const std::exception &e) {
+        if (err.empty()) err = error_text(e);
+        return false;
+    }
+}
+
+/* Run rows; where forward() throws, find the rows that make it throw: a
+ * model that raises on some inputs (an assertion on their values, say) must
+ * fail only the requests that carry them, not the other clients' requests
+ * batched with them. Each half is run again, and a half that throws is split
+ * in turn, except where all its rows are one client's (they fail together:
+ * that client's inputs cost the others nothing more). Each run of a half
+ * spends one of *budget; once it is spent, a half not yet run fails whole,
+ * unrun. A failed row gets BB_EBACKEND. Returns how many rows failed. */
+size_t settle(State &st, bb_batch *batch, const std::vector<uint32_t> &rows, std::string &err,
+              unsigned *budget)
+{
+    if (try_rows(st, batch, rows, err)) return 0;
+    if (rows.size() == 1 || one_client(batch, rows)) {
+        fail_rows(batch, rows);
+        return rows.size();
+    }
+    /* Copies, made before anything runs again: run_rows rewrites st.valid,
+     * which rows may be. */
     const size_t mid = rows.size() / 2;
     const std::vector<uint32_t> halves[2] = {
         std::vector<uint32_t>(rows.begin(), rows.begin() + long(mid)),
         std::vector<uint32_t>(rows.begin() + long(mid), rows.end())};
+    size_t failed = 0;
     for (const auto &part : halves) {
         if (*budget == 0) {
             fail_rows(batch, part);
             failed += part.size();
-            continue;
-        }
-        --*budget;
-        try {
-            run_rows(st, batch, part);
-            continue;
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const c10::OutOfMemoryError &) {
-            throw;
-        } catch (const std::exception &e) {
-            if (err.empty()) err = error_text(e);
-        }
-        if (part.size() == 1 || one_client(batch, part)) {
-            fail_rows(batch, part);
-            failed += part.size();
         } else {
-            failed += isolate(st, batch, part, err, budget);
+            --*budget;
+            failed += settle(st, batch, part, err, budget);
         }
     }
     return failed;
@@ -568,32 +576,22 @@ int torch_process(void *state, bb_batch *batch) noexcept
         if (st->valid.empty()) return 0;
         ensure_threads(*st);
         c10::InferenceMode guard;
-        try {
-            run_rows(*st, batch, st->valid);
-            return 0;
-        } catch (const std::bad_alloc &) {
-            throw;
-        } catch (const c10::OutOfMemoryError &) {
-            throw;
-        } catch (const std::exception &e) {
-            if (st->valid.size() == 1 || one_client(batch, st->valid)) throw;
-            err = error_text(e);
-        }
-        const std::vector<uint32_t> rows = st->valid;
         /* Extra forward calls: enough to find two bad rows among the batch
          * (each costs two calls a level), and no more, whatever the inputs. */
+        const size_t n = st->valid.size();
         unsigned levels = 0;
-        while ((size_t(1) << levels) < rows.size()) levels++;
+        while ((size_t(1) << levels) < n) levels++;
         unsigned budget = 4 * levels;
-        size_t failed = isolate(*st, batch, rows, err, &budget);
-        if (failed == rows.size()) {
+        size_t failed = settle(*st, batch, st->valid, err, &budget);
+        if (failed == 0) return 0;
+        if (failed == n) {
             copy_msg(batch->errmsg, batch->errmsg_cap, "torch: " + err);
             for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
             return BB_EBACKEND;
         }
         st->isolated_failures += failed;
         uint64_t now = mono_ns();
-        if (failed && st->log && now - st->last_log_ns >= 1000000000ull) {
+        if (st->log && now - st->last_log_ns >= 1000000000ull) {
             st->log(st->log_ctx, BB_BACKEND_LOG_WARN,
                     ("torch: forward() failed on " + std::to_string(st->isolated_failures) +
                      " request(s) run apart from their batches since the last such line, the "
