@@ -69,7 +69,6 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
             m->id = i;
             m->cfg = cfg->models[i];
             m->replica = k;
-            m->nreplicas = per_worker ? n : 1;
             if (link)
                 *link = m;
             if (bb__model_start(m, w, cfg->plugin_dir, err, sizeof err) < 0) {
@@ -90,14 +89,10 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
             bb_warn("model %s: formation = per_worker with a GPU or asynchronous backend: each "
                     "of the %u workers forms batches of its own clients only, smaller than one "
                     "shared queue's; formation = shared keeps them whole", m->cfg.name, n);
-        if (per_worker)
-            bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
-                    "formation per_worker on %u worker(s)", m->cfg.name, m->plugin.ops->name,
-                    m->cfg.max_batch_size, m->cfg.max_wait_us, m->cfg.instances, n);
-        else
-            bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, "
-                    "worker %u", m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size,
-                    m->cfg.max_wait_us, m->cfg.instances, m->w->id);
+        bb_info("model %s: backend %s, max_batch_size %u, max_wait_us %u, instances %u, %s %u%s",
+                m->cfg.name, m->plugin.ops->name, m->cfg.max_batch_size, m->cfg.max_wait_us,
+                m->cfg.instances, per_worker ? "formation per_worker on" : "worker",
+                per_worker ? n : m->w->id, per_worker ? " worker(s)" : "");
     }
     if (b->registers && bb__registrar_start(&b->reg, b, err, sizeof err) < 0) {
         bb_error("%s", err);

@@ -424,6 +424,13 @@ static void backend_log(void *ctx, int level, const char *msg)
            bb__instance_number(in->model, in->index), msg ? msg : "");
 }
 
+/* The model's instances over all its replicas (formation = per_worker: one
+ * replica a worker). */
+static uint32_t all_instances(const struct bb__model *m)
+{
+    return (m->cfg.formation == BB__FORMATION_PER_WORKER ? m->w->b->nworkers : 1) * m->ninst;
+}
+
 static int init_instance(struct bb__model *m, struct bb__instance *in,
                          const struct bb_param *params, char *err, size_t errlen)
 {
@@ -434,7 +441,7 @@ static int init_instance(struct bb__model *m, struct bb__instance *in,
      * a backend that spreads its instances over devices spreads them all. */
     struct bb_init_args a = {.size = sizeof a,
                              .instance = bb__instance_number(m, in->index),
-                             .instances = m->nreplicas * m->ninst,
+                             .instances = all_instances(m),
                              .numa_node = m->w->b->topo.node_id[m->w->node],
                              .max_batch_size = m->cfg.max_batch_size,
                              .model = m->name,

@@ -69,14 +69,6 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The watched entry of conn (its socket context), or NULL. */
-static struct watched *watched_of(struct bb__http *h, struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci ? ci->socket_context : NULL;
-}
-
 /* Library thread: a connection starts (watched from now) or closes (no longer,
  * before the library closes its socket). */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -101,14 +93,16 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     pthread_mutex_unlock(&h->mu);
 }
 
-/* Library thread: a request has come whole (being answered), or its answer
- * went out (the next one is owed from now). */
-static void request_arrived(struct bb__http *h, struct MHD_Connection *conn)
+/* Library thread: a request has come whole (being answered: since 0), or its
+ * answer went out (the next one is owed from now). */
+static void owed_since(struct bb__http *h, struct MHD_Connection *conn, uint64_t since_ns)
 {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct watched *w = ci ? ci->socket_context : NULL; /* NULL: not watched */
     pthread_mutex_lock(&h->mu);
-    struct watched *w = watched_of(h, conn);
     if (w)
-        w->since_ns = 0;
+        w->since_ns = since_ns;
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -117,12 +111,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 {
     (void)req_cls;
     (void)code;
-    struct bb__http *h = cls;
-    pthread_mutex_lock(&h->mu);
-    struct watched *w = watched_of(h, conn);
-    if (w)
-        w->since_ns = mono_ns();
-    pthread_mutex_unlock(&h->mu);
+    owed_since(cls, conn, mono_ns());
 }
 
 /* Once a second: shut the socket of every connection that has owed a whole
@@ -189,7 +178,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)upload_data_size;
     (void)req_cls;
     struct bb__http *h = cls;
-    request_arrived(h, conn);
+    owed_since(h, conn, 0);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return answer(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n", "GET, HEAD");
     if (strcmp(url, "/metrics") != 0)

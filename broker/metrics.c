@@ -293,9 +293,11 @@ double bb__metrics_window_p99_us(const struct bb__metrics *m)
     return (double)bb__hist_quantile(h, 0.99) / 1e3;
 }
 
+/* A figure of m summed over its replicas (bb__metrics_total). */
+#define T(field) bb__metrics_total(m, &m->field)
+
 void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_stats *o)
 {
-#define T(field) bb__metrics_total(m, &m->field)
     uint64_t by_outcome[BB_OUTCOMES] = {0}, lat_sum = 0;
     for (int p = 0; p < BB__NPRIO; p++) {
         for (int k = 0; k < BB_OUTCOMES; k++)
@@ -326,7 +328,6 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
     o->timed_latency_sum_ns = T(timed_latency_ns);
     for (int k = 0; k < BB_PHASES; k++)
         o->phase_sum_ns[k] = T(dist[BB__DIST_PHASE(k)].sum_ns);
-#undef T
 
     /* The window: percentiles, throughput; each replica's own window (they
      * rotate apart), the histograms merged and the rates added. */
@@ -368,7 +369,6 @@ void bb__metrics_fill(const struct bb__metrics *m, uint64_t now, struct bb_wire_
 
 void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_dump *o)
 {
-#define T(field) bb__metrics_total(m, &m->field)
     memset(o, 0, sizeof *o);
     o->size = sizeof *o;
     o->version = BB_DUMP_VERSION;
@@ -403,5 +403,6 @@ void bb__metrics_dump(const struct bb__metrics *m, uint64_t now, struct bb_wire_
         for (uint32_t f = 0; f < BB_HIST_BUCKETS; f++)
             o->phase[k][f] = T(dist[BB__DIST_PHASE(k)].fine[f]);
     }
-#undef T
 }
+
+#undef T

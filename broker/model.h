@@ -57,7 +57,7 @@ struct bb__model {
      * its own, on that worker), NULL-terminated from b->models[id]. Set
      * before the workers start; each worker finds its own in w->route. */
     struct bb__model *sibling;
-    uint32_t replica, nreplicas;   /* this one's place among them (0: b->models[id]) */
+    uint32_t replica;              /* this one's place among them (0: b->models[id]) */
 
     struct bb__queues q;           /* queue.c, home worker only */
     uint64_t bytes;                /* input + output bytes queued and running */
