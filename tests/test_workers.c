@@ -225,6 +225,16 @@ Test(workers, batches_span_the_clients_of_every_worker)
     cr_assert(mixed, "no batch held requests of the clients of both workers");
 }
 
+/* A config of `before`, then model "rec": the recorder logging its batches
+ * to a new rec_log and their threads to a new tid_log, then `after`. */
+static void recorder_config(char *cfg, size_t cap, const char *before, const char *after)
+{
+    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
+    bbt_unique_path(tid_log, sizeof tid_log, ".tid");
+    snprintf(cfg, cap, "%s[model.rec]\nbackend = %s\nparam.file = %s\nparam.threads = %s\n%s",
+             before, BB_SCHED_RECORDER, rec_log, tid_log, after);
+}
+
 /* formation = per_worker: each worker forms the batches of its own clients
  * with an executor of its own, so no batch mixes the two clients, their
  * batches run on different threads, and STATS counts both replicas. */
@@ -233,15 +243,10 @@ Test(workers, per_worker_formation_batches_each_workers_clients_apart)
     int cpus[2];
     two_cpus(cpus);
 
-    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
-    bbt_unique_path(tid_log, sizeof tid_log, ".tid");
     char cfg[1024];
-    snprintf(cfg, sizeof cfg,
-             "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n"
-             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.threads = %s\n"
-             "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
-             "max_wait_us = 200000\nadaptive = off\n",
-             BB_SCHED_RECORDER, rec_log, tid_log);
+    recorder_config(cfg, sizeof cfg, "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n",
+                    "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
+                    "max_wait_us = 200000\nadaptive = off\n");
     two_clients_on_two_workers(cfg, cpus);
 
     /* Batch by batch (the two logs line up): whose requests, which thread. */
@@ -336,14 +341,12 @@ Test(workers, a_burst_of_clients_is_shared_among_the_workers_of_a_node)
  * thread, its one dispatcher (worker 0 is the main thread). */
 static int batches_on_the_dispatcher(unsigned inline_max_us, unsigned batch_us, int n)
 {
-    bbt_unique_path(rec_log, sizeof rec_log, ".rec");
-    bbt_unique_path(tid_log, sizeof tid_log, ".tid");
-    char cfg[1024];
-    snprintf(cfg, sizeof cfg,
-             "[model.rec]\nbackend = %s\nparam.file = %s\nparam.threads = %s\n"
+    char cfg[1024], more[256];
+    snprintf(more, sizeof more,
              "param.batch_us = %u\ninstances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n"
              "inline_max_us = %u\n",
-             BB_SCHED_RECORDER, rec_log, tid_log, batch_us, inline_max_us);
+             batch_us, inline_max_us);
+    recorder_config(cfg, sizeof cfg, "", more);
     /* One worker whatever $BBT_BROKER_OVERRIDES says: a test's own
      * overrides win. */
     const char *ov[] = {"broker.workers=1", NULL};
