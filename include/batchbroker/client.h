@@ -273,8 +273,10 @@ BB_API int bb_infer(bb_model *m, const void *in, size_t in_len, void *out, size_
  * any request of this client completes, and when the broker goes away; then
  * call bb_client_poll. Level-triggered: once the broker is gone it stays
  * readable, so stop watching it when bb_client_poll says BB_EDISCONNECTED.
- * Made on the first call; valid until bb_disconnect. Returns the descriptor,
- * BB_EINVAL, or BB_ESYS. */
+ * Made on the first call; valid until bb_disconnect. Completions ring it from
+ * the first call on: one that came before does not, so call bb_client_poll
+ * once after taking the descriptor (or take it before submitting). Returns
+ * the descriptor, BB_EINVAL, or BB_ESYS. */
 BB_API int bb_client_fd(const bb_client *c);
 
 /* Collect up to max requests that completed since the last call (in completion
