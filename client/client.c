@@ -33,6 +33,35 @@
 /* A sleeping waiter re-checks that the broker is alive this often. */
 #define LIVENESS_SLICE_NS 100000000ll
 
+/* ---- fork() ----
+ *
+ * A child made by fork() inherits the segment's mapping and the control
+ * socket, which it shares with the parent, but its copies of the submission
+ * counter, the slot table and the allocator go their own way: a submission,
+ * a cancel or a control message from it would overwrite the parent's ring
+ * entries or take the parent's replies. A fork handler counts the forks in
+ * the child; a client made under another count refuses every call that
+ * reaches the broker or the segment (BB_EFORKED), one relaxed load and a
+ * compare on the hot path. */
+static _Atomic uint32_t fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+}
+
+static void watch_forks(void)
+{
+    /* Fails only for want of memory; then nothing is detected, as before. */
+    (void)pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static inline bool forked(const bb_client *c)
+{
+    return c->fork_gen != atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
 /* ---- Control socket ---- */
 
 /* A client of several lanes ends as one: the first lane found gone (the
@@ -54,6 +83,8 @@ static void lanes_gone(bb_client *head)
 static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *rep,
                          size_t rep_len, uint32_t want_type)
 {
+    if (forked(c))
+        return BB_EFORKED;
     if (atomic_load_explicit(&c->dead, memory_order_relaxed))
         return BB_EDISCONNECTED;
     pthread_mutex_lock(&c->ctl_lock);
@@ -278,9 +309,11 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         return BB_EINVAL;
     }
 
+    pthread_once(&fork_once, watch_forks);
     bb_client *c = calloc(1, sizeof *c);
     if (!c)
         return BB_ENOMEM;
+    c->fork_gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
     c->sock = c->doorbell_fd = c->notify_fd = c->event_fd = -1;
     atomic_init(&c->spin_ns, DEFAULT_SPIN_NS);
     pthread_mutex_init(&c->lock, NULL);
@@ -719,6 +752,8 @@ int bb_request_new(bb_model *m, size_t input_bytes, size_t output_capacity, bb_r
     if (!m || !out || input_bytes > UINT32_MAX || output_capacity > UINT32_MAX)
         return BB_EINVAL;
     *out = NULL;
+    if (forked(m->c))
+        return BB_EFORKED;
     if (!m->lane)
         return request_new(m, input_bytes, output_capacity, out);
     /* The thread's own lane; a full one lends the others'. */
@@ -788,6 +823,8 @@ int bb_submit(bb_request *r, const struct bb_submit_opts *opts)
     if (!r || kind_of(r) != BB__REQ_LIVE)
         return BB_EINVAL;
     bb_client *c = r->c;
+    if (forked(c))
+        return BB_EFORKED;
     if (opts && (opts->priority < 0 || opts->priority > BB_PRIORITY_LOW))
         return BB_EINVAL;
     if (is_pending(r))
@@ -822,6 +859,8 @@ int bb_cancel(bb_request *r)
 {
     if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
+    if (forked(r->c))
+        return BB_EFORKED;
     if (!is_pending(r) || r->cancel_gen == gen_of(r))
         return BB_ESTATE;
     if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
@@ -835,6 +874,8 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
 {
     if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
+    if (forked(r->c))
+        return BB_EFORKED;
     if (gen_of(r) == 0)
         return BB_ESTATE;
     if (!is_pending(r))
@@ -951,6 +992,10 @@ void bb_request_free(bb_request *r)
     if (!r || kind_of(r) != BB__REQ_LIVE)
         return;
     bb_client *c = r->c;
+    /* A fork child's copy: no cancel into the parent's ring, and no lock
+     * that a thread of the parent may have held at the fork. */
+    if (forked(c))
+        return;
     bool pending = is_pending(r);
     if (pending && !atomic_load(&c->dead) && r->cancel_gen != gen_of(r)) {
         r->cancel_gen = gen_of(r);
@@ -1008,6 +1053,8 @@ int bb_client_fd(const bb_client *cc)
 {
     if (!cc)
         return BB_EINVAL;
+    if (forked(cc))
+        return BB_EFORKED;
     bb_client *c = (bb_client *)cc; /* made once, on first use: not const */
     /* The other lanes' own descriptors first (each an epoll set that is
      * readable while its lane has something), outside this lane's lock. */
@@ -1045,6 +1092,8 @@ int bb_client_poll(bb_client *c, bb_request **out, int max)
 {
     if (!c || (!out && max > 0) || max < 0)
         return BB_EINVAL;
+    if (forked(c))
+        return BB_EFORKED;
     if (!c->nmore)
         return poll_lane(c, out, max);
     /* Every lane, from a different one each call so that a full `out` does

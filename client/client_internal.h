@@ -83,6 +83,7 @@ struct bb_client {
     uint32_t nmore;
     bb_client *head;         /* of a client of several lanes: lane 0; else NULL */
     _Atomic uint32_t poll_next; /* the lane bb_client_poll looks at first */
+    uint32_t fork_gen;       /* bb__fork_gen at connect: another value means a fork() child */
     _Atomic int dead;        /* broker gone */
     _Atomic uint64_t gone_checked_ns; /* last look at the socket for a timed-out wait */
     _Atomic int64_t spin_ns;

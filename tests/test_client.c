@@ -1,5 +1,5 @@
 /* Client library against a real broker: bb_infer, request reuse, bb_wait
- * timeouts, cancel (by bb_cancel and by bb_request_free), bb_client_fd and
+ * timeouts, cancel (by bb_cancel and by bb_request_free), fork(), bb_client_fd and
  * bb_client_poll, the count of completions an unread ring dropped,
  * backpressure (BB_EBUSY), and many processes x threads with
  * distinct payloads, each of which must get exactly its own answer.
@@ -353,6 +353,92 @@ Test(client, cancel_by_free)
                   (unsigned long long)k);
         bb_request_free(r);
     }
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
+/* ---- fork() ---- */
+
+/* In a child made by fork(), every call that would reach the broker or the
+ * shared segment says BB_EFORKED, and freeing the inherited requests and
+ * client there touches nothing of the parent's: its pending request is not
+ * canceled, its submission ring is not written, and it goes on being served.
+ * (Before BB_EFORKED the child's submit went into the parent's ring and its
+ * free canceled the parent's pending request.) */
+#define CHILD_EXPECT(cond)                                                                \
+    do {                                                                                  \
+        if (!(cond))                                                                      \
+            _exit(__LINE__ % 200 + 1); /* the line, for the parent's message */           \
+    } while (0)
+
+Test(client, a_fork_child_is_refused_and_leaves_the_parent_alone)
+{
+    START(SLOW_MODEL(300000), "model.echo.max_wait_us=0");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *slow = bbt_open_ok(c, "slow");
+    bb_model *echo = bbt_open_ok(c, "echo");
+    bb_request *pending, *done;
+    cr_assert_eq(bb_request_new(slow, 64, 64, &pending), 0);
+    cr_assert_eq(bb_submit(pending, NULL), 0);
+    cr_assert_eq(bb_request_new(echo, 64, 64, &done), 0);
+    bbt_fill(bb_request_input(done), 64, 7);
+    cr_assert_eq(bb_submit(done, NULL), 0);
+    cr_assert_eq(bb_wait(done, 5000000000ll), 0);
+
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        bb_request *r = (bb_request *)1;
+        bb_model *m = NULL;
+        struct bb_model_stats st;
+        bb_request *got[4];
+        char out[64];
+        CHILD_EXPECT(bb_submit(done, NULL) == BB_EFORKED);
+        CHILD_EXPECT(bb_request_new(echo, 64, 64, &r) == BB_EFORKED && r == NULL);
+        CHILD_EXPECT(bb_infer(echo, "x", 1, out, sizeof out, NULL, NULL, 1000000000ll) ==
+                     BB_EFORKED);
+        CHILD_EXPECT(bb_wait(pending, 0) == BB_EFORKED);
+        CHILD_EXPECT(bb_wait(done, -1) == BB_EFORKED);
+        CHILD_EXPECT(bb_cancel(pending) == BB_EFORKED);
+        CHILD_EXPECT(bb_model_open(c, "echo", &m) == BB_EFORKED && m == NULL);
+        CHILD_EXPECT(bb_model_stats(echo, &st) == BB_EFORKED);
+        CHILD_EXPECT(bb_client_fd(c) == BB_EFORKED);
+        CHILD_EXPECT(bb_client_poll(c, got, 4) == BB_EFORKED);
+        /* The inherited copies go; the parent's request stays pending. */
+        bb_request_free(pending);
+        bb_request_free(done);
+        bb_disconnect(c);
+        /* A client of its own serves the child. */
+        bb_client *own;
+        CHILD_EXPECT(bb_connect(B.sock, NULL, &own) == 0);
+        CHILD_EXPECT(bb_model_open(own, "echo", &m) == 0);
+        size_t n = 0;
+        CHILD_EXPECT(bb_infer(m, "child", 5, out, sizeof out, &n, NULL, 5000000000ll) == 0);
+        CHILD_EXPECT(n == 5 && memcmp(out, "child", 5) == 0);
+        bb_disconnect(own);
+        _exit(0);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the child's check at line %d (mod 200) failed", WEXITSTATUS(status) - 1);
+
+    /* The parent's pending request completes, not canceled, and the parent
+     * is served as before. */
+    cr_assert_eq(bb_wait(pending, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(pending), 0, "the child's free canceled it: %s",
+                 bb_errname(bb_request_status(pending)));
+    for (uint64_t id = 1; id <= 100; id++) {
+        bbt_fill(bb_request_input(done), 64, id);
+        cr_assert_eq(bb_submit(done, NULL), 0);
+        cr_assert_eq(bb_wait(done, 5000000000ll), 0);
+        cr_assert_eq(bb_request_status(done), 0);
+        size_t len;
+        const void *o = bb_request_output(done, &len);
+        cr_assert(len == 64 && bbt_check(o, 64, id), "request %llu: another's answer",
+                  (unsigned long long)id);
+    }
+    cr_assert_eq(bbt_stats_of(echo).failed, 0);
     bb_disconnect(c);
     bbt_broker_stop(&B);
 }

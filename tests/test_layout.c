@@ -351,6 +351,7 @@ Test(layout, status_codes)
     cr_expect_eq(BB_ENOBROKER, -16);
     cr_expect_eq(BB_EMAXCLIENTS, -17);
     cr_expect_eq(BB_EUNTRUSTED, -18);
+    cr_expect_eq(BB_EFORKED, -19);
     cr_expect_eq(BB_PRIORITY_DEFAULT, 0);
     cr_expect_eq(BB_PRIORITY_CRITICAL, 1);
     cr_expect_eq(BB_PRIORITY_HIGH, 2);

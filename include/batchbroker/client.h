@@ -15,8 +15,11 @@
  * threads. One bb_request must be used by one thread at a time, except that any
  * thread may bb_wait on it.
  *
- * Caveats: do not fork() with a live client and use it in the child; do not
- * unmap or close the client's descriptors behind its back.
+ * fork(): a client belongs to the process that connected it. In a child made
+ * by fork() every call that would reach the broker or the shared segment
+ * returns BB_EFORKED and changes nothing the parent uses; bb_request_free and
+ * bb_disconnect there release the child's copy only. Connect again in the
+ * child. Do not unmap or close the client's descriptors behind its back.
  */
 #ifndef BATCHBROKER_CLIENT_H
 #define BATCHBROKER_CLIENT_H
@@ -66,7 +69,9 @@ extern "C" {
     X(EMAXCLIENTS, -17, "broker refused the connection: max_clients reached "   \
                         "(or this uid's or process's share of it)")             \
     X(EUNTRUSTED, -18, "the broker runs as a uid this client does not trust "   \
-                       "(trusted: root, its own uid, $BATCHBROKER_TRUSTED_UIDS)")
+                       "(trusted: root, its own uid, $BATCHBROKER_TRUSTED_UIDS)")  \
+    X(EFORKED, -19, "the client was connected before fork(): connect again in "  \
+                    "this process")
 
 enum bb_error {
 #define BB__ERR_ENUM(name, code, msg) BB_##name = (code),

@@ -199,8 +199,10 @@ class Client(_Closable):
     it are served by several broker workers (bb_connect_lanes: a thread's
     requests come from its own lane).
     Use it as a context manager, or call close(). One Client may be shared by
-    threads (close() waits for their calls in flight); do not use it in a
-    child after fork().
+    threads (close() waits for their calls in flight). A client belongs to
+    the process that made it: in a child after fork() (multiprocessing's
+    fork start method included) its calls raise BB_EFORKED and close()
+    releases the child's copy only; make a new Client in the child.
     """
 
     def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, spin_ns=None,
@@ -227,6 +229,7 @@ class Client(_Closable):
         check(lib.bb_connect_lanes(p, ctypes.byref(opts), int(lanes), ctypes.byref(out)),
               f"connect {where}")
         self._c = out.value
+        _live_clients.add(self)
         self._models = {}
         # Live Request objects by handle, closed before the segment goes;
         # weak, so that a request nobody holds is collected (and its slot
@@ -234,6 +237,14 @@ class Client(_Closable):
         self._requests = {}
         if spin_ns is not None:
             self.set_spin(spin_ns)
+
+    def _forget_other_threads(self):
+        """In a fork child: the parent's other threads are gone, and so are
+        their calls; a lock one of them held would never be released."""
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._calls = []
+        self._closing = False
 
     def _call(self, fn, *args):
         """fn(*args): a call into the library that uses this client (its
@@ -337,6 +348,18 @@ class Client(_Closable):
 
     def __repr__(self):
         return f"<batchbroker.Client {'closed' if self._c is None else hex(self._c)}>"
+
+
+# Every open Client, for the fork handler below.
+_live_clients = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for c in list(_live_clients):
+        c._forget_other_threads()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Model:

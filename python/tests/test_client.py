@@ -416,3 +416,60 @@ def test_an_interrupted_close_leaves_the_client_open(broker):
     assert c.model("echo").infer(b"still open") == b"still open"
     c.close()
     assert c.closed
+
+
+_FORK_CHILD = """
+import os, sys, threading
+import batchbroker as bb
+
+c = bb.Client(sys.argv[1])
+echo, slow = c.model("echo"), c.model("slow")
+assert echo.infer(b"before") == b"before"
+pending = slow.submit(b"slow")
+waiting = threading.Event()
+
+def waiter():  # inside a call with the client when the fork comes
+    waiting.set()
+    pending.wait()
+
+t = threading.Thread(target=waiter)
+t.start()
+waiting.wait()
+pid = os.fork()
+if pid == 0:
+    code = 0
+    try:
+        echo.infer(b"child")
+        code = 2
+    except bb.BB_EFORKED:
+        pass
+    try:
+        pending.cancel()
+        code = 3
+    except bb.BB_EFORKED:
+        pass
+    pending.close()
+    c.close()  # no wait for the parent's thread, whose call is not here
+    with bb.Client(sys.argv[1]) as own:
+        if own.model("echo").infer(b"own") != b"own":
+            code = 4
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+t.join(30)
+assert not t.is_alive()
+print("child", os.waitstatus_to_exitcode(status))
+print("pending", pending.status)
+print("after", echo.infer(b"after"))
+c.close()
+"""
+
+
+def test_a_fork_child_gets_bb_eforked_and_leaves_the_parent_alone(brokers):
+    """In a fork child, the inherited client raises BB_EFORKED, and closing
+    it (and its requests) there neither waits for the parent's threads nor
+    cancels the parent's pending request; a new Client serves the child."""
+    b = brokers.start(overrides=SLOW)
+    p = subprocess.run([sys.executable, "-c", _FORK_CHILD, b.sock],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout.split("\n")[-4:] == ["child 0", "pending 0", "after b'after'", ""], p.stdout
