@@ -189,6 +189,8 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));
     if (c->pidfd >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
+    if (c->notify_busy) /* a write its client keeps from completing */
+        bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_NOTIFY, c->idx, c->gen));
     /* io_uring holds its own file references until the cancels land. */
     int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)

@@ -63,7 +63,7 @@ struct bb__client {
     struct bb__ring cq;
     uint32_t cq_unpublished;
     uint32_t cq_dropped, cq_dropped_told; /* dropped CQ entries; told at the heartbeat */
-    bool notify_due;
+    bool notify_busy;              /* a write of the notify eventfd is on the io_uring */
     struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
     struct bb__client_model *cm;   /* per model: fairness and in-flight counts */

@@ -40,6 +40,13 @@ void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint
     io_uring_sqe_set_data64(sqe, ud);
 }
 
+void bb__uring_write(struct io_uring *ring, int fd, const void *buf, unsigned len, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_write(sqe, fd, buf, len, 0);
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
 void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud)
 {
     /* One connection per accept, re-armed once the dispatcher has handled

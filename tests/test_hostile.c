@@ -14,7 +14,9 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -342,4 +344,62 @@ Test(hostile, a_flood_of_metrics_requests)
 {
     under_attack(metrics_flood_main, "a flood of METRICS requests");
     cr_assert_gt(atomic_load(&sh->attack_ops), 0, "the attacker got no reply at all");
+}
+
+/* ---- Descriptors a client shares with the broker ----
+ *
+ * The notify and doorbell eventfds reach the client by SCM_RIGHTS: the same
+ * open file description as the broker's, whose status flags (O_NONBLOCK) the
+ * client may change with fcntl. */
+
+/* This process and the clients it makes stay on one CPU: with two workers
+ * on a fake two-node topology, every session here is served by one worker. */
+static void stay_on_one_cpu(void)
+{
+    cpu_set_t set;
+    cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &set))
+        cpu++;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    cr_assert_eq(sched_setaffinity(0, sizeof set, &set), 0);
+}
+
+/* A client that makes its notify eventfd blocking and fills its counter: the
+ * broker's next signal of it must not block the dispatcher, which serves
+ * every other client of its worker (and, worker 0, every new connection). */
+Test(hostile, a_blocking_full_notify_descriptor_stalls_nobody)
+{
+    const char *ov[] = {"model.echo.max_wait_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0, "broker (status %#x)", B.exit_status);
+    stay_on_one_cpu();
+    bb_client *bad = bbt_connect_ok(&B, NULL);
+    bb_model *bm = bbt_open_ok(bad, "echo");
+    int fd = bad->notify_fd;
+    cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);
+    const uint64_t full = 0xfffffffffffffffeull;
+    cr_assert_eq(write(fd, &full, sizeof full), (ssize_t)sizeof full);
+    atomic_store(&bad->hdr->shm_notify, 1); /* what bb_client_fd does */
+    char out[16];
+    size_t n = 0;
+    /* Its completion is published before the signal: the answer arrives. */
+    cr_assert_eq(bb_infer(bm, "x", 1, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    bbt_msleep(100);
+
+    struct bb_client_opts opts = {.timeout_ms = 5000};
+    bb_client *good;
+    int rc = bb_connect(B.sock, &opts, &good);
+    cr_assert_eq(rc, 0, "a new client could not connect: %s", bb_errname(rc));
+    bb_model *gm = bbt_open_ok(good, "echo");
+    rc = bb_infer(gm, "fine", 4, out, sizeof out, &n, NULL, 5000000000ll);
+    cr_assert(rc == 0 && n == 4 && memcmp(out, "fine", 4) == 0, "another client: %s",
+              bb_errname(rc));
+    /* The blocking client itself is still served. */
+    cr_assert_eq(bb_infer(bm, "y", 1, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    bb_disconnect(good);
+    bb_disconnect(bad);
+    bbt_fresh_client_works(&B);
+    int st = bbt_broker_stop(&B);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit status %#x", st);
 }
