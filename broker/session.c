@@ -69,7 +69,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->uid = cr->uid;
     c->gid = cr->gid;
     c->refs = 1;
-    c->accepted_ns = c->last_msg_ns = bb__now_ns();
+    c->accepted_ns = c->last_msg_ns = c->sq_empty_ns = bb__now_ns();
     table_insert(w, c);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);

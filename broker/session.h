@@ -48,6 +48,7 @@ struct bb__client {
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
+    uint64_t sq_empty_ns;          /* the last pass that found its submission ring empty */
     uint64_t last_msg_ns;          /* an idle operator session is dropped */
     uint64_t models_open;          /* bit per model id */
     uint32_t adm_slots;            /* what admission charged its uid (admission.h) */
