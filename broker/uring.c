@@ -15,9 +15,11 @@ static struct io_uring_sqe *get_sqe(struct io_uring *ring)
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) {
         io_uring_submit(ring);
-        if (ring->flags & IORING_SETUP_SQPOLL)
-            io_uring_sqring_wait(ring); /* asleep until its thread takes one */
-        sqe = io_uring_get_sqe(ring);
+        /* With a polling thread: asleep until it takes one. The wait may
+         * end with the queue still full (it returned 0 with no room under
+         * load, and the assertion below ended the broker), so wait again. */
+        while (!(sqe = io_uring_get_sqe(ring)) && (ring->flags & IORING_SETUP_SQPOLL))
+            io_uring_sqring_wait(ring);
     }
     bb_assert(sqe, "the submission queue has room after a submit");
     return sqe;
