@@ -14,7 +14,6 @@
 #include "completion.h"
 
 #include <stdatomic.h>
-#include <unistd.h>
 
 #include "mailbox.h"
 #include "model.h"
@@ -130,10 +129,18 @@ static void flush_client(struct bb__client *c)
     bb__ring_publish(&c->cq, c->cq_unpublished);
     c->cq_unpublished = 0;
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&c->hdr->shm_notify, memory_order_relaxed)) {
-        uint64_t one = 1;
-        ssize_t n = write(c->notify, &one, sizeof one);
-        (void)n;
+    if (atomic_load_explicit(&c->hdr->shm_notify, memory_order_relaxed) && !c->notify_busy) {
+        /* Never write(): the client holds this open file description too
+         * and may clear its O_NONBLOCK and fill the counter, and a write()
+         * would then block the dispatcher, every client of this worker with
+         * it. io_uring writes at once where there is room (the pass's
+         * submit, after the tail above) and otherwise waits for it off this
+         * thread. One write in flight a client: the descriptor is readable
+         * until it completes anyway. */
+        static const uint64_t one = 1;
+        c->notify_busy = true;
+        bb__uring_write(&c->w->ring, c->notify, &one, sizeof one,
+                        bb__ud_make(BB__UD_NOTIFY, c->idx, c->gen));
     }
 }
 

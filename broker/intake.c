@@ -32,7 +32,6 @@ _Static_assert(offsetof(struct bb_shm_slot, pad0) == offsetof(struct bb_shm_slot
                "the priority and the reserved bytes are checked as one word");
 
 #define DRAIN_BUDGET 1024           /* entries per client per pass: fairness */
-#define SUBMIT_CLOCK_SKEW_NS 60000000000ull
 
 static int check(const struct bb__client *c, const struct bb_shm_slot *d)
 {
@@ -108,8 +107,12 @@ static void submit(struct bb__worker *w, struct bb__client *c, uint32_t slot, ui
     r->out = r->cl_out = ok ? c->base + d.out_off : NULL;
     r->out_cap = r->cl_out_cap = d.out_cap;
     r->bytes = (uint64_t)d.in_len + d.out_cap;
-    /* The client's clock stamp serves latency figures only, and only if sane. */
-    r->submit_ns = (d.submit_ns <= now && now - d.submit_ns < SUBMIT_CLOCK_SKEW_NS) ? d.submit_ns : now;
+    /* The client's clock stamp, for the latency figures and the adaptive
+     * controller's SLO (every client's batches), within what the broker saw:
+     * not before the last pass that found the ring without this entry (a
+     * client that back-dated it 30 s made each request an SLO violation),
+     * not after now. */
+    r->submit_ns = d.submit_ns > now ? now : d.submit_ns < c->sq_empty_ns ? c->sq_empty_ns : d.submit_ns;
     r->enq_ns = now;
     atomic_store_explicit(&r->sub, atomic_load_explicit(&r->sub, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -140,8 +143,10 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
 int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)
 {
     uint32_t n = bb__sq_ready(&c->sq, DRAIN_BUDGET);
-    if (n == 0)
+    if (n == 0) {
+        c->sq_empty_ns = now;
         return 0;
+    }
     /* The descriptors were just written on the client's core: start all the
      * cache-line transfers at once instead of one miss per request. */
     for (uint32_t i = 0; i < n && i < 32; i++) {
@@ -164,5 +169,7 @@ int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)
             return (int)i;
     }
     bb__sq_consume(&c->sq, n);
+    if (n < DRAIN_BUDGET) /* else entries wait, maybe older than now */
+        c->sq_empty_ns = now;
     return (int)n;
 }

@@ -69,7 +69,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->uid = cr->uid;
     c->gid = cr->gid;
     c->refs = 1;
-    c->accepted_ns = c->last_msg_ns = bb__now_ns();
+    c->accepted_ns = c->last_msg_ns = c->sq_empty_ns = bb__now_ns();
     table_insert(w, c);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -189,6 +189,8 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));
     if (c->pidfd >= 0)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
+    if (c->notify_busy) /* a write its client keeps from completing */
+        bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_NOTIFY, c->idx, c->gen));
     /* io_uring holds its own file references until the cancels land. */
     int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)

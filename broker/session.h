@@ -48,6 +48,7 @@ struct bb__client {
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
+    uint64_t sq_empty_ns;          /* the last pass that found its submission ring empty */
     uint64_t last_msg_ns;          /* an idle operator session is dropped */
     uint64_t models_open;          /* bit per model id */
     uint32_t adm_slots;            /* what admission charged its uid (admission.h) */
@@ -63,7 +64,7 @@ struct bb__client {
     struct bb__ring cq;
     uint32_t cq_unpublished;
     uint32_t cq_dropped, cq_dropped_told; /* dropped CQ entries; told at the heartbeat */
-    bool notify_due;
+    bool notify_busy;              /* a write of the notify eventfd is on the io_uring */
     struct bb__req **req_chunks;   /* nslots / BB__REQ_CHUNK pointers, NULL until used */
     uint32_t refs;                 /* 1 while connected + 1 per queued/running request */
     struct bb__client_model *cm;   /* per model: fairness and in-flight counts */

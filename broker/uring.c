@@ -15,9 +15,11 @@ static struct io_uring_sqe *get_sqe(struct io_uring *ring)
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) {
         io_uring_submit(ring);
-        if (ring->flags & IORING_SETUP_SQPOLL)
-            io_uring_sqring_wait(ring); /* asleep until its thread takes one */
-        sqe = io_uring_get_sqe(ring);
+        /* With a polling thread: asleep until it takes one. The wait may
+         * end with the queue still full (it returned 0 with no room under
+         * load, and the assertion below ended the broker), so wait again. */
+        while (!(sqe = io_uring_get_sqe(ring)) && (ring->flags & IORING_SETUP_SQPOLL))
+            io_uring_sqring_wait(ring);
     }
     bb_assert(sqe, "the submission queue has room after a submit");
     return sqe;
@@ -37,6 +39,13 @@ void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint
 {
     struct io_uring_sqe *sqe = get_sqe(ring);
     io_uring_prep_read(sqe, fd, buf, len, 0);
+    io_uring_sqe_set_data64(sqe, ud);
+}
+
+void bb__uring_write(struct io_uring *ring, int fd, const void *buf, unsigned len, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(ring);
+    io_uring_prep_write(sqe, fd, buf, len, 0);
     io_uring_sqe_set_data64(sqe, ud);
 }
 

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 enum { BB__UD_ACCEPT = 1, BB__UD_WAKE, BB__UD_SOCK, BB__UD_DOORBELL, BB__UD_PIDFD, BB__UD_CANCEL,
-       BB__UD_BELL };
+       BB__UD_BELL, BB__UD_NOTIFY };
 
 static inline uint64_t bb__ud_make(int type, uint32_t idx, uint32_t gen)
 {
@@ -22,6 +22,8 @@ static inline uint32_t bb__ud_idx(uint64_t ud) { return (uint32_t)(ud & 0xffffff
 
 void bb__uring_poll(struct io_uring *ring, int fd, unsigned mask, int multishot, uint64_t ud);
 void bb__uring_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t ud);
+/* buf must stay valid until the completion. */
+void bb__uring_write(struct io_uring *ring, int fd, const void *buf, unsigned len, uint64_t ud);
 void bb__uring_accept(struct io_uring *ring, int fd, uint64_t ud);
 /* Wait (shared futex, 32 bits) until *word != val or a FUTEX_WAKE. liburing
  * 2.3 has no helper: the SQE is made by hand (IORING_OP_FUTEX_WAIT, Linux 6.7). */

@@ -102,6 +102,9 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
         }
         bb__session_arm(w, c, BB__UD_DOORBELL);
         return;
+    case BB__UD_NOTIFY:
+        c->notify_busy = false; /* done, or failed: the next flush writes again */
+        return;
     case BB__UD_PIDFD:
         if (bb__control_held_elsewhere(c)) {
             bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
@@ -159,6 +162,7 @@ static int reap_cqes(struct bb__worker *w)
             case BB__UD_SOCK:
             case BB__UD_DOORBELL:
             case BB__UD_PIDFD:
+            case BB__UD_NOTIFY:
                 on_client_cqe(w, type, bb__ud_idx(ud), bb__ud_gen(ud), cqe);
                 break;
             default:

@@ -14,7 +14,9 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -342,4 +344,120 @@ Test(hostile, a_flood_of_metrics_requests)
 {
     under_attack(metrics_flood_main, "a flood of METRICS requests");
     cr_assert_gt(atomic_load(&sh->attack_ops), 0, "the attacker got no reply at all");
+}
+
+/* ---- Descriptors a client shares with the broker ----
+ *
+ * The notify and doorbell eventfds reach the client by SCM_RIGHTS: the same
+ * open file description as the broker's, whose status flags (O_NONBLOCK) the
+ * client may change with fcntl. */
+
+/* This process and the clients it makes stay on one CPU: with two workers
+ * on a fake two-node topology, every session here is served by one worker. */
+static void stay_on_one_cpu(void)
+{
+    cpu_set_t set;
+    cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &set))
+        cpu++;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    cr_assert_eq(sched_setaffinity(0, sizeof set, &set), 0);
+}
+
+/* A client that makes its notify eventfd blocking and fills its counter: the
+ * broker's next signal of it must not block the dispatcher, which serves
+ * every other client of its worker (and, worker 0, every new connection). */
+Test(hostile, a_blocking_full_notify_descriptor_stalls_nobody)
+{
+    const char *ov[] = {"model.echo.max_wait_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0, "broker (status %#x)", B.exit_status);
+    stay_on_one_cpu();
+    bb_client *bad = bbt_connect_ok(&B, NULL);
+    bb_model *bm = bbt_open_ok(bad, "echo");
+    int fd = bad->notify_fd;
+    cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);
+    const uint64_t full = 0xfffffffffffffffeull;
+    cr_assert_eq(write(fd, &full, sizeof full), (ssize_t)sizeof full);
+    atomic_store(&bad->hdr->shm_notify, 1); /* what bb_client_fd does */
+    char out[16];
+    size_t n = 0;
+    /* Its completion is published before the signal: the answer arrives. */
+    cr_assert_eq(bb_infer(bm, "x", 1, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    bbt_msleep(100);
+
+    struct bb_client_opts opts = {.timeout_ms = 5000};
+    bb_client *good;
+    int rc = bb_connect(B.sock, &opts, &good);
+    cr_assert_eq(rc, 0, "a new client could not connect: %s", bb_errname(rc));
+    bb_model *gm = bbt_open_ok(good, "echo");
+    rc = bb_infer(gm, "fine", 4, out, sizeof out, &n, NULL, 5000000000ll);
+    cr_assert(rc == 0 && n == 4 && memcmp(out, "fine", 4) == 0, "another client: %s",
+              bb_errname(rc));
+    /* The blocking client itself is still served. */
+    cr_assert_eq(bb_infer(bm, "y", 1, out, sizeof out, &n, NULL, 5000000000ll), 0);
+    bb_disconnect(good);
+    bb_disconnect(bad);
+    bbt_fresh_client_works(&B);
+    int st = bbt_broker_stop(&B);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit status %#x", st);
+}
+
+/* Submit r of client c with the descriptor's submit_ns set to `stamp`, as
+ * bb_submit would otherwise (the library stamps the clock itself), and wait
+ * for the completion in the slot. */
+static void submit_stamped(bb_client *c, bb_model *m, bb_request *r, uint64_t stamp)
+{
+    struct bb_shm_slot *s = r->slot;
+    uint32_t gen = atomic_load(&s->shm_done_gen) + 1;
+    gen = gen ? gen : 1;
+    s->gen = gen;
+    s->model_id = m->id;
+    s->in_off = r->in_off;
+    s->out_off = r->out_off;
+    s->in_len = 1;
+    s->out_cap = r->out_cap;
+    s->tag = 0;
+    s->submit_ns = stamp;
+    s->timeout_us = 0;
+    s->flags = 0;
+    s->priority = 0;
+    uint32_t pos = atomic_fetch_add(&c->sq_reserve, 1);
+    atomic_store_explicit(&c->sq_entries[pos & c->sq_mask], r->index | BB_SQE_LAP(pos, c->sq_lg),
+                          memory_order_release);
+    bb__client_ring(c);
+    for (int i = 0; i < 5000 && atomic_load(&s->shm_done_gen) != gen; i++)
+        bbt_msleep(1);
+    cr_assert_eq(atomic_load(&s->shm_done_gen), gen, "no completion");
+    cr_assert_eq(s->status, 0, "%s", bb_errname(s->status));
+}
+
+/* The latency a model's adaptive controller holds to latency_slo_us is
+ * counted from the client's own clock stamp. A client that back-dates it
+ * (by 30 s here, well inside what the broker took as sane) must not make
+ * its requests late: each would count as an SLO violation and shrink the
+ * batches of every client of the model. The broker saw the ring without
+ * the request when it last looked, so it cannot have been submitted before. */
+Test(hostile, a_back_dated_submission_is_not_late)
+{
+    const char *ov[] = {"model.echo.max_wait_us=0", "model.echo.latency_slo_us=5000000", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0, "broker (status %#x)", B.exit_status);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 64, 64, &r), 0);
+    for (int i = 0; i < 40; i++)
+        submit_stamped(c, m, r, bbt_now_ns() - 30000000000ull);
+    /* A model's figures are published at its adaptation interval (100 ms):
+     * wait for a few, then read them. */
+    bbt_msleep(1500);
+    struct bb_model_tuning t;
+    cr_assert_eq(bb_model_tuning(m, &t), 0);
+    cr_assert_eq(t.slo_violations, 0, "%llu requests counted late, p99 %.0f us",
+                 (unsigned long long)t.slo_violations, t.latency_p99_us);
+    cr_assert_lt(t.latency_p99_us, 5000000.0);
+    bb_disconnect(c);
+    int st = bbt_broker_stop(&B);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "broker exit status %#x", st);
 }
