@@ -815,7 +815,7 @@ void bb__client_ring(bb_client *c)
     }
     uint64_t one = 1;
     ssize_t n = write(c->doorbell_fd, &one, sizeof one);
-    (void)n; /* EAGAIN means the counter is already non-zero: awake enough */
+    (void)n; /* blocking, but the broker reads the counter back to 0: never full */
 }
 
 int bb_submit(bb_request *r, const struct bb_submit_opts *opts)

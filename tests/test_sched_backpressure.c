@@ -148,7 +148,10 @@ Test(sched_backpressure, ebusy_at_the_per_client_limit)
 /* memory_limit_mb counts input + output of everything queued and running. */
 Test(sched_backpressure, memory_limit_rejects_and_too_big_fails)
 {
-    sch_start_cfg(SLOW_ONE("b", 100000, "memory_limit_mb = 1\n"));
+    /* The blocker runs 1 s: the four submissions are all counted while it
+     * runs even on a loaded machine (at 100 ms a busy CI host let it finish
+     * first, and the third request found room). */
+    sch_start_cfg(SLOW_ONE("b", 1000000, "memory_limit_mb = 1\n"));
     bb_client *c = bbt_connect_ok(&B, NULL);
     bb_model *m = bbt_open_ok(c, "b");
     const size_t half = 153600; /* in = out = 150 KiB: 300 KiB a request */
