@@ -173,7 +173,10 @@ int bbd_parse(const void *buf, size_t len, struct bbd_net *net, char *err, size_
 int bbd_load(const char *path, struct bbd_net *net, char *err, size_t errlen)
 {
     memset(net, 0, sizeof *net);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: the open of a FIFO would otherwise wait for a writer
+     * forever, before the regular-file check below could refuse it. Reads of
+     * a regular file ignore the flag. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fail(err, errlen, BB_EINVAL, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {

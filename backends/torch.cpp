@@ -36,6 +36,7 @@
  * fit its params is refused when the broker starts (--check), not at the
  * first request. */
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -337,6 +338,14 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
 
         if (access(st->path.c_str(), R_OK) != 0) {
             copy_msg(err, errlen, "torch: " + st->path + ": " + strerror(errno));
+            destroy(st);
+            return BB_EINVAL;
+        }
+        /* libtorch's open of a FIFO would wait for a writer forever (and
+         * through SIGTERM): only a regular file is read. */
+        struct stat sb;
+        if (stat(st->path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            copy_msg(err, errlen, "torch: " + st->path + ": not a regular file");
             destroy(st);
             return BB_EINVAL;
         }

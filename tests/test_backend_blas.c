@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -303,6 +304,23 @@ Test(blas, params_are_checked)
         cr_assert(strstr(err, cases[i].msg), "case %zu: \"%s\" does not say \"%s\"", i, err,
                   cases[i].msg);
     }
+}
+
+/* A FIFO (or any file whose open waits) named as the weights: refused as
+ * not a regular file at once, not an open() that waits for a writer forever
+ * (batchbroker --check hung there, deaf to SIGTERM). */
+Test(blas, a_fifo_as_weights_is_refused_without_waiting, .timeout = 30)
+{
+    char path[108], kv[160], err[512];
+    bbt_unique_path(path, sizeof path, ".fifo");
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+    snprintf(kv, sizeof kv, "weights=%s", path);
+    const char *kvs[] = {kv, NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "blas", kvs, err, sizeof err);
+    unlink(path);
+    cr_assert_lt(rc, 0, "a FIFO was accepted as weights");
+    cr_assert(strstr(err, path) && strstr(err, "not a regular file"), "%s", err);
 }
 
 /* ---- Fashion-MNIST -------------------------------------------------------- */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -318,6 +319,23 @@ Test(torch, params_are_checked)
                   cases[i].msg);
         cr_log_info("case %zu: %s", i, err);
     }
+}
+
+/* A FIFO named as the model: refused as not a regular file at once, not an
+ * open() that waits for a writer forever (batchbroker --check hung there,
+ * deaf to SIGTERM). */
+Test(torch, a_fifo_as_model_is_refused_without_waiting, .timeout = 30)
+{
+    char path[108], kv[160], err[512];
+    bbt_unique_path(path, sizeof path, ".fifo");
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+    snprintf(kv, sizeof kv, "model=%s", path);
+    const char *kvs[] = {kv, "input_shape=784", "output_shape=10", NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "torch", kvs, err, sizeof err);
+    unlink(path);
+    cr_assert_lt(rc, 0, "a FIFO was accepted as a model");
+    cr_assert(strstr(err, path) && strstr(err, "not a regular file"), "%s", err);
 }
 
 /* batchbroker --check with a bad TorchScript file: exit 2, the message names
