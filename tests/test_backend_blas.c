@@ -117,6 +117,8 @@ Test(blas, loader_names_what_is_wrong)
         {12, 65, "65 layers"},
         {16, 1, "must be 0"},
         {t0 + 8, 9, "unknown activation id 9"},
+        {t0 + 12, 7, "layer 0: reserved field is 7, must be 0"},
+        {20, 1, "must be 0"},
         {t1, 5, "layer 1 takes 5 inputs, layer 0 gives 4"},
         {t0, 0, "layer 0 is 0 -> 4"},
         {t0 + 4, 70000, "dimensions 1 to 65536"},
