@@ -282,6 +282,49 @@ Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
     free(b);
 }
 
+/* gemv_below = N runs every call of fewer than N rows as GEMVs, above 64
+ * rows too: a GEMV row's result does not depend on the rows around it, so
+ * a batch of 80 gives, bit for bit, what each row gives alone. */
+Test(blas, gemv_below_holds_above_64_rows)
+{
+    const struct bbt_layer_spec s[] = {{96, 24, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 1, 12, &len);
+    char path[108];
+    bbt_write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin many = open_blas_plan(path, "1", "gemv_below=100", "gemm_rows=0");
+    struct bbt_plugin alone = open_blas_gemv(path, "1", "gemv_below=2");
+    enum { N = 80, IN = 96, OUT = 24 };
+    float *x = calloc(N * IN, sizeof(float)), (*y)[OUT] = calloc(N, sizeof *y);
+    float one[OUT];
+    struct bb_view in[N];
+    struct bb_outbuf o[N];
+    uint8_t prio[N] = {0};
+    char msg[128] = "";
+    uint64_t rng = 21;
+    for (int i = 0; i < N * IN; i++) x[i] = (float)((bbt_rand(&rng) % 20001) / 10000.0 - 1);
+    for (int i = 0; i < N; i++) {
+        in[i] = (struct bb_view){x + i * IN, IN * 4};
+        o[i] = (struct bb_outbuf){.ptr = y[i], .cap = OUT * 4};
+    }
+    struct bb_batch batch = {.n = N, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg};
+    cr_assert_eq(many.ops->process(many.state, &batch), 0, "%s", msg);
+    for (int i = 0; i < N; i++) {
+        struct bb_outbuf o1 = {.ptr = one, .cap = sizeof one};
+        struct bb_batch b1 = {.n = 1, .inputs = &in[i], .outputs = &o1, .priorities = prio,
+                              .errmsg = msg, .errmsg_cap = sizeof msg};
+        cr_assert_eq(alone.ops->process(alone.state, &b1), 0, "%s", msg);
+        cr_assert_eq(memcmp(y[i], one, sizeof one), 0, "row %d: not the GEMV's bits", i);
+    }
+    bbt_plugin_close(&many);
+    bbt_plugin_close(&alone);
+    free(x);
+    free(y);
+    unlink(path);
+    free(b);
+}
+
 Test(blas, params_are_checked)
 {
     char err[512];
