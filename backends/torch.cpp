@@ -593,7 +593,9 @@ int torch_process(void *state, bb_batch *batch) noexcept
         unsigned budget = 4 * levels;
         size_t failed = settle(*st, batch, st->valid, err, &budget);
         if (failed == 0) return 0;
-        if (failed == n) {
+        /* A batch failure gives every request BB_EBACKEND: only where no
+         * request failed alone (a wrong size) with its own code. */
+        if (failed == n && n == batch->n) {
             copy_msg(batch->errmsg, batch->errmsg_cap, "torch: " + err);
             for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
             return BB_EBACKEND;

@@ -220,6 +220,28 @@ Test(torch, an_exception_in_forward_fails_only_the_rows_that_raise)
     bbt_plugin_close(&p);
 }
 
+/* A request of the wrong size in a batch whose every other row raises keeps
+ * its own BB_EINVAL: the batch is not failed whole (the broker would then
+ * give every request BB_EBACKEND), only the rows that raise fail. */
+Test(torch, a_wrong_size_request_keeps_its_code_when_the_others_raise)
+{
+    char pt[512];
+    need_file("raises.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "784", NULL);
+    static float x[2][785];
+    float out[2][10];
+    x[1][3] = -1;
+    struct bb_view in[2] = {{x[0], 785 * 4}, {x[1], 784 * 4}};
+    struct bb_outbuf o[2];
+    char msg[256];
+    reset_outputs(o, out, 2);
+    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "the batch failed whole: %s", msg);
+    cr_assert_eq(o[0].status, BB_EINVAL);
+    cr_assert_eq(o[1].status, BB_EBACKEND);
+    cr_assert_eq(o[0].len + o[1].len, 0);
+    bbt_plugin_close(&p);
+}
+
 /* A model that writes its input (x.mul_(2)) is found at init and gets
  * copies: the client's input, read-only shared memory, is never written,
  * and the answers are those of the model on the input as sent. */
