@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "batchbroker/backend.h"
@@ -77,6 +78,16 @@ Test(cuda, files_are_checked_before_the_device)
     const char *kv3[] = {"weights=/etc/passwd", NULL};
     cr_assert_lt(bbt_plugin_open(&p, "cuda", kv3, err, sizeof err), 0);
     cr_assert(strstr(err, "/etc/passwd: not a .bbdense file"), "%s", err);
+    /* A FIFO: refused at once, not an open() waiting for a writer forever. */
+    char fifo[108], wf[160];
+    bbt_unique_path(fifo, sizeof fifo, ".fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo %s", fifo);
+    snprintf(wf, sizeof wf, "weights=%s", fifo);
+    const char *kv5[] = {wf, NULL};
+    int frc = bbt_plugin_open(&p, "cuda", kv5, err, sizeof err);
+    unlink(fifo);
+    cr_assert_lt(frc, 0);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file"), "%s", err);
 
     const struct bbt_layer_spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_IDENTITY}};
     size_t len;
