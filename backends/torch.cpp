@@ -378,16 +378,17 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
         }
         /* The model must take [n, input_shape...] of dtype and give
          * [n, output_shape...], for one request and for two. */
+        int64_t n = 1; /* the batch size that failed, for the message */
         try {
             c10::InferenceMode guard;
             ensure_threads(*st);
-            for (int64_t n = 1; n <= 2; n++) {
+            for (; n <= 2; n++) {
                 std::vector<int64_t> shape{n};
                 shape.insert(shape.end(), st->in_shape.begin(), st->in_shape.end());
                 run(*st, at::zeros(shape, at::TensorOptions().dtype(st->in_type)), n);
             }
         } catch (const std::exception &e) {
-            std::vector<int64_t> shape{1};
+            std::vector<int64_t> shape{n};
             shape.insert(shape.end(), st->in_shape.begin(), st->in_shape.end());
             copy_msg(err, errlen, "torch: " + st->path + " does not fit input " +
                                       shape_text(shape) + " " + dtype_name(st->in_type) +

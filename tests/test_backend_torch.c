@@ -309,11 +309,13 @@ Test(torch, a_model_that_writes_its_input_never_writes_the_clients)
 
 Test(torch, params_are_checked)
 {
-    char pt[512], tuple[512], m[600], t[600], err[512];
+    char pt[512], tuple[512], batch1[512], m[600], t[600], b1[600], err[512];
     need_file("fmnist.pt", pt, sizeof pt);
     need_file("tuple.pt", tuple, sizeof tuple);
+    need_file("batch1.pt", batch1, sizeof batch1);
     snprintf(m, sizeof m, "model=%s", pt);
     snprintf(t, sizeof t, "model=%s", tuple);
+    snprintf(b1, sizeof b1, "model=%s", batch1);
     struct {
         const char *kv[6];
         const char *msg;
@@ -332,6 +334,8 @@ Test(torch, params_are_checked)
         {{m, "input_shape=784", "output_shape=12", NULL}, "expected [1,12]"},
         {{m, "input_shape=784", "output_shape=10", "dtype=int64", NULL}, "does not fit"},
         {{t, "input_shape=784", "output_shape=10", NULL}, "not a tensor"},
+        /* Fits one request, not two: the message names the batch that failed. */
+        {{b1, "input_shape=784", "output_shape=10", NULL}, "does not fit input [2,784]"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct bbt_plugin p;
