@@ -75,6 +75,13 @@ Test(cuda, files_are_checked_before_the_device)
     const char *kv2[] = {"weights=/etc/passwd", "graph=maybe", NULL};
     cr_assert_lt(bbt_plugin_open(&p, "cuda", kv2, err, sizeof err), 0);
     cr_assert(strstr(err, "graph = \"maybe\""), "%s", err);
+    /* Only digits: no sign, no blanks (strtol would take " +1" and "-0"). */
+    const char *bad_devices[] = {"device=+1", "device= 1", "device=-0", "device=1x"};
+    for (size_t i = 0; i < sizeof bad_devices / sizeof bad_devices[0]; i++) {
+        const char *kvd[] = {"weights=/etc/passwd", bad_devices[i], NULL};
+        cr_assert_lt(bbt_plugin_open(&p, "cuda", kvd, err, sizeof err), 0);
+        cr_assert(strstr(err, "expected a device ordinal or auto"), "%s: %s", bad_devices[i], err);
+    }
     const char *kv3[] = {"weights=/etc/passwd", NULL};
     cr_assert_lt(bbt_plugin_open(&p, "cuda", kv3, err, sizeof err), 0);
     cr_assert(strstr(err, "/etc/passwd: not a .bbdense file"), "%s", err);
