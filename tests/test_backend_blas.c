@@ -159,7 +159,7 @@ static struct bbt_plugin open_blas_plan(const char *weights, const char *threads
     return p;
 }
 
-/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size),
+/* gemv: "gemv_below=..." (0: GEMM at every size, 65536: GEMV at every size),
  * each share in one call. */
 static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
 {
@@ -183,7 +183,7 @@ Test(blas, every_activation_matches_a_double_reference)
          * (70 = 48 + 22), the measured plan (70 rows: blocks of 64 in
          * pieces, or one GEMM). */
         static const char *const way[][3] = {{"gemv_below=0", NULL, "GEMM"},
-                                             {"gemv_below=65", NULL, "GEMV"},
+                                             {"gemv_below=65536", NULL, "GEMV"},
                                              {"gemv_below=0", "gemm_rows=3", "GEMMs of 3"},
                                              {"gemv_below=0", "gemm_rows=48", "GEMMs of 48"},
                                              {NULL, NULL, "measured plan"}};
