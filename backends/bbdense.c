@@ -108,8 +108,11 @@ int bbd_parse(const void *buf, size_t len, struct bbd_net *net, char *err, size_
         if (in == 0 || out == 0 || in > BBD_MAX_DIM || out > BBD_MAX_DIM)
             return fail(err, errlen, BB_EINVAL, "layer %u is %u -> %u (dimensions 1 to %u)", l,
                         in, out, BBD_MAX_DIM);
-        if (act >= BBD_NACT || res)
+        if (act >= BBD_NACT)
             return fail(err, errlen, BB_EINVAL, "layer %u: unknown activation id %u", l, act);
+        if (res)
+            return fail(err, errlen, BB_EINVAL, "layer %u: reserved field is %u, must be 0", l,
+                        res);
         if (l > 0 && in != le32(t - BBD_LAYER_BYTES + 4))
             return fail(err, errlen, BB_EINVAL, "layer %u takes %u inputs, layer %u gives %u", l,
                         in, l - 1, le32(t - BBD_LAYER_BYTES + 4));
@@ -173,7 +176,10 @@ int bbd_parse(const void *buf, size_t len, struct bbd_net *net, char *err, size_
 int bbd_load(const char *path, struct bbd_net *net, char *err, size_t errlen)
 {
     memset(net, 0, sizeof *net);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: the open of a FIFO would otherwise wait for a writer
+     * forever, before the regular-file check below could refuse it. Reads of
+     * a regular file ignore the flag. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fail(err, errlen, BB_EINVAL, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {

@@ -6,9 +6,9 @@
  *   threads     threads of this instance, 1..64 (default 1): the batch's rows
  *               are split between them, each running the whole network on its
  *               rows with single-threaded OpenBLAS calls
- *   gemv_below  auto (default), or N: batches (or a thread's share) of fewer
- *               than N requests run one GEMV per request and layer instead
- *               of one GEMM per layer
+ *   gemv_below  auto (default), or N: calls (a batch, a thread's share or a
+ *               piece of gemm_rows) of fewer than N requests run one GEMV per
+ *               request and layer instead of one GEMM per layer
  *   gemm_rows   auto (default), or N: a call takes at most N rows, a larger
  *               share runs as calls of N rows and the rest (0: one call,
  *               whatever its size)
@@ -79,6 +79,7 @@ struct blas_state {
     struct bbd_net net;
     uint32_t threads;
     uint64_t gemv_sizes;       /* bit n-1: n rows run as n GEMVs (n <= 64) */
+    uint32_t gemv_below;       /* a fixed gemv_below, for calls above 64 rows; 0: auto */
     /* rows: a fixed gemm_rows (UINT32_MAX for 0: every share in one call),
      * or 0 for the measured plan: a share of n <= PLAN_MAX rows runs its
      * first piece[n] rows in one call, the rest by the plan of what is left;
@@ -161,7 +162,8 @@ static void run_rows(struct part *p, uint32_t first, uint32_t count)
     size_t ldx;
     const float *x = input_matrix(p, first, count, &ldx);
     float *y = p->a, *spare = p->b;
-    bool gemv = count <= 64 && (p->st->gemv_sizes >> (count - 1) & 1);
+    bool gemv = count <= 64 ? (p->st->gemv_sizes >> (count - 1) & 1) != 0
+                            : count < p->st->gemv_below;
     for (uint32_t l = 0; l < net->nlayers; l++) {
         const struct bbd_layer *L = &net->layers[l];
         for (uint32_t r = 0; r < count; r++)
@@ -497,6 +499,7 @@ static int blas_init2(const struct bb_init_args *a, void **state, char *err, siz
     st->threads = threads;
     st->gemv_sizes = gemv_below > 64 ? UINT64_MAX
                      : gemv_below ? (1ull << (gemv_below - 1)) - 1 : 0;
+    st->gemv_below = gemv_auto ? 0 : gemv_below;
     st->parts = calloc(threads, sizeof *st->parts);
     if (!st->parts) goto nomem;
     for (uint32_t t = 0; t < threads; t++) st->parts[t].st = st;

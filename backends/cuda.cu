@@ -446,7 +446,7 @@ int cuda_init2(const bb_init_args *a, void **state, char *err, size_t errlen) no
             char *end;
             errno = 0;
             long d = strtol(v, &end, 10);
-            if (!*v || *end || errno || d < 0 || d > 1024) {
+            if (!*v || strspn(v, "0123456789") != strlen(v) || *end || errno || d > 1024) {
                 st->err = std::string("cuda: device = \"") + v + "\": expected a device ordinal or auto";
                 return refuse(st, err, errlen, BB_EINVAL);
             }

@@ -36,6 +36,7 @@
  * fit its params is refused when the broker starts (--check), not at the
  * first request. */
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -340,6 +341,14 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
             destroy(st);
             return BB_EINVAL;
         }
+        /* libtorch's open of a FIFO would wait for a writer forever (and
+         * through SIGTERM): only a regular file is read. */
+        struct stat sb;
+        if (stat(st->path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            copy_msg(err, errlen, "torch: " + st->path + ": not a regular file");
+            destroy(st);
+            return BB_EINVAL;
+        }
         if (interop) {
             /* Process-wide, and throws once the pool has started or when set
              * twice: the first instance that asks sets it. */
@@ -369,16 +378,17 @@ int torch_init2(const bb_init_args *a, void **state, char *err, size_t errlen) n
         }
         /* The model must take [n, input_shape...] of dtype and give
          * [n, output_shape...], for one request and for two. */
+        int64_t n = 1; /* the batch size that failed, for the message */
         try {
             c10::InferenceMode guard;
             ensure_threads(*st);
-            for (int64_t n = 1; n <= 2; n++) {
+            for (; n <= 2; n++) {
                 std::vector<int64_t> shape{n};
                 shape.insert(shape.end(), st->in_shape.begin(), st->in_shape.end());
                 run(*st, at::zeros(shape, at::TensorOptions().dtype(st->in_type)), n);
             }
         } catch (const std::exception &e) {
-            std::vector<int64_t> shape{1};
+            std::vector<int64_t> shape{n};
             shape.insert(shape.end(), st->in_shape.begin(), st->in_shape.end());
             copy_msg(err, errlen, "torch: " + st->path + " does not fit input " +
                                       shape_text(shape) + " " + dtype_name(st->in_type) +
@@ -584,7 +594,9 @@ int torch_process(void *state, bb_batch *batch) noexcept
         unsigned budget = 4 * levels;
         size_t failed = settle(*st, batch, st->valid, err, &budget);
         if (failed == 0) return 0;
-        if (failed == n) {
+        /* A batch failure gives every request BB_EBACKEND: only where no
+         * request failed alone (a wrong size) with its own code. */
+        if (failed == n && n == batch->n) {
             copy_msg(batch->errmsg, batch->errmsg_cap, "torch: " + err);
             for (uint32_t i = 0; i < batch->n; i++) batch->outputs[i].len = 0;
             return BB_EBACKEND;

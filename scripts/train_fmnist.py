@@ -34,11 +34,17 @@ def read_idx(path, ndim):
     """An IDX file (big-endian magic 0x00000800 | ndim, dims, uint8 data)."""
     with gzip.open(path, "rb") as f:
         raw = f.read()
-    magic, = struct.unpack(">I", raw[:4])
-    if magic != 0x800 | ndim:
+    if len(raw) < 4 + 4 * ndim or struct.unpack(">I", raw[:4])[0] != 0x800 | ndim:
         sys.exit(f"train_fmnist: {path}: not an IDX file of {ndim} dimension(s)")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    return dims, raw[4 + 4 * ndim:]
+    data = raw[4 + 4 * ndim:]
+    want = 1
+    for d in dims:
+        want *= d
+    if len(data) != want:
+        sys.exit(f"train_fmnist: {path}: {dims} needs {want} bytes of data, the file has "
+                 f"{len(data)} (truncated or corrupt)")
+    return dims, data
 
 
 def load(data, split, torch):

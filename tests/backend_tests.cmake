@@ -28,13 +28,13 @@ if(BB_HAVE_TORCH)
   if(BB_PYTHON_TORCH)
     add_custom_command(
       OUTPUT ${BB_MODEL_DIR}/raises.pt ${BB_MODEL_DIR}/tuple.pt
-             ${BB_MODEL_DIR}/mutates.pt
+             ${BB_MODEL_DIR}/mutates.pt ${BB_MODEL_DIR}/batch1.pt
       COMMAND "${BB_PYTHON_TORCH}" ${CMAKE_CURRENT_LIST_DIR}/make_torch_fixtures.py ${BB_MODEL_DIR}
       DEPENDS ${CMAKE_CURRENT_LIST_DIR}/make_torch_fixtures.py
       COMMENT "TorchScript fixtures of test_backend_torch"
       VERBATIM)
     add_custom_target(bb_torch_fixtures DEPENDS ${BB_MODEL_DIR}/raises.pt ${BB_MODEL_DIR}/tuple.pt
-                                                ${BB_MODEL_DIR}/mutates.pt)
+                                                ${BB_MODEL_DIR}/mutates.pt ${BB_MODEL_DIR}/batch1.pt)
     add_dependencies(test_backend_torch bb_torch_fixtures)
   endif()
 endif()

@@ -8,6 +8,8 @@
   mutates.pt  forward(x) doubles x in place and returns the first 10 values
               of each row: a model that writes its input, which must never
               be the client's memory
+  batch1.pt   forward(x) = x.view(1, -1)[:, :10]: fits a batch of one
+              request only (a batch size fixed when traced); refused at init
 
 usage: make_torch_fixtures.py DIR
 """
@@ -30,6 +32,11 @@ class Mutates(torch.nn.Module):
         return x.flatten(1)[:, :10]
 
 
+class Batch1(torch.nn.Module):
+    def forward(self, x):
+        return x.view(1, -1)[:, :10]
+
+
 class Tuple(torch.nn.Module):
     def forward(self, x):
         return x, x
@@ -38,7 +45,8 @@ class Tuple(torch.nn.Module):
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for name, mod in (("raises", Raises()), ("tuple", Tuple()), ("mutates", Mutates())):
+    for name, mod in (("raises", Raises()), ("tuple", Tuple()), ("mutates", Mutates()),
+                      ("batch1", Batch1())):
         path = os.path.join(out, name + ".pt")
         torch.jit.script(mod).save(path + ".tmp")
         os.replace(path + ".tmp", path)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -116,6 +117,8 @@ Test(blas, loader_names_what_is_wrong)
         {12, 65, "65 layers"},
         {16, 1, "must be 0"},
         {t0 + 8, 9, "unknown activation id 9"},
+        {t0 + 12, 7, "layer 0: reserved field is 7, must be 0"},
+        {20, 1, "must be 0"},
         {t1, 5, "layer 1 takes 5 inputs, layer 0 gives 4"},
         {t0, 0, "layer 0 is 0 -> 4"},
         {t0 + 4, 70000, "dimensions 1 to 65536"},
@@ -156,7 +159,7 @@ static struct bbt_plugin open_blas_plan(const char *weights, const char *threads
     return p;
 }
 
-/* gemv: "gemv_below=..." (0: GEMM at every size, 65: GEMV at every size),
+/* gemv: "gemv_below=..." (0: GEMM at every size, 65536: GEMV at every size),
  * each share in one call. */
 static struct bbt_plugin open_blas_gemv(const char *weights, const char *threads, const char *gemv)
 {
@@ -180,7 +183,7 @@ Test(blas, every_activation_matches_a_double_reference)
          * (70 = 48 + 22), the measured plan (70 rows: blocks of 64 in
          * pieces, or one GEMM). */
         static const char *const way[][3] = {{"gemv_below=0", NULL, "GEMM"},
-                                             {"gemv_below=65", NULL, "GEMV"},
+                                             {"gemv_below=65536", NULL, "GEMV"},
                                              {"gemv_below=0", "gemm_rows=3", "GEMMs of 3"},
                                              {"gemv_below=0", "gemm_rows=48", "GEMMs of 48"},
                                              {NULL, NULL, "measured plan"}};
@@ -279,6 +282,49 @@ Test(blas, in_place_and_gathered_inputs_give_the_same_bits)
     free(b);
 }
 
+/* gemv_below = N runs every call of fewer than N rows as GEMVs, above 64
+ * rows too: a GEMV row's result does not depend on the rows around it, so
+ * a batch of 80 gives, bit for bit, what each row gives alone. */
+Test(blas, gemv_below_holds_above_64_rows)
+{
+    const struct bbt_layer_spec s[] = {{96, 24, BBD_ACT_IDENTITY}};
+    size_t len;
+    unsigned char *b = bbt_make_net(s, 1, 12, &len);
+    char path[108];
+    bbt_write_bytes(path, sizeof path, b, len);
+    struct bbt_plugin many = open_blas_plan(path, "1", "gemv_below=100", "gemm_rows=0");
+    struct bbt_plugin alone = open_blas_gemv(path, "1", "gemv_below=2");
+    enum { N = 80, IN = 96, OUT = 24 };
+    float *x = calloc(N * IN, sizeof(float)), (*y)[OUT] = calloc(N, sizeof *y);
+    float one[OUT];
+    struct bb_view in[N];
+    struct bb_outbuf o[N];
+    uint8_t prio[N] = {0};
+    char msg[128] = "";
+    uint64_t rng = 21;
+    for (int i = 0; i < N * IN; i++) x[i] = (float)((bbt_rand(&rng) % 20001) / 10000.0 - 1);
+    for (int i = 0; i < N; i++) {
+        in[i] = (struct bb_view){x + i * IN, IN * 4};
+        o[i] = (struct bb_outbuf){.ptr = y[i], .cap = OUT * 4};
+    }
+    struct bb_batch batch = {.n = N, .inputs = in, .outputs = o, .priorities = prio,
+                             .errmsg = msg, .errmsg_cap = sizeof msg};
+    cr_assert_eq(many.ops->process(many.state, &batch), 0, "%s", msg);
+    for (int i = 0; i < N; i++) {
+        struct bb_outbuf o1 = {.ptr = one, .cap = sizeof one};
+        struct bb_batch b1 = {.n = 1, .inputs = &in[i], .outputs = &o1, .priorities = prio,
+                              .errmsg = msg, .errmsg_cap = sizeof msg};
+        cr_assert_eq(alone.ops->process(alone.state, &b1), 0, "%s", msg);
+        cr_assert_eq(memcmp(y[i], one, sizeof one), 0, "row %d: not the GEMV's bits", i);
+    }
+    bbt_plugin_close(&many);
+    bbt_plugin_close(&alone);
+    free(x);
+    free(y);
+    unlink(path);
+    free(b);
+}
+
 Test(blas, params_are_checked)
 {
     char err[512];
@@ -303,6 +349,23 @@ Test(blas, params_are_checked)
         cr_assert(strstr(err, cases[i].msg), "case %zu: \"%s\" does not say \"%s\"", i, err,
                   cases[i].msg);
     }
+}
+
+/* A FIFO (or any file whose open waits) named as the weights: refused as
+ * not a regular file at once, not an open() that waits for a writer forever
+ * (batchbroker --check hung there, deaf to SIGTERM). */
+Test(blas, a_fifo_as_weights_is_refused_without_waiting, .timeout = 30)
+{
+    char path[108], kv[160], err[512];
+    bbt_unique_path(path, sizeof path, ".fifo");
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+    snprintf(kv, sizeof kv, "weights=%s", path);
+    const char *kvs[] = {kv, NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "blas", kvs, err, sizeof err);
+    unlink(path);
+    cr_assert_lt(rc, 0, "a FIFO was accepted as weights");
+    cr_assert(strstr(err, path) && strstr(err, "not a regular file"), "%s", err);
 }
 
 /* ---- Fashion-MNIST -------------------------------------------------------- */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "batchbroker/backend.h"
@@ -74,9 +75,26 @@ Test(cuda, files_are_checked_before_the_device)
     const char *kv2[] = {"weights=/etc/passwd", "graph=maybe", NULL};
     cr_assert_lt(bbt_plugin_open(&p, "cuda", kv2, err, sizeof err), 0);
     cr_assert(strstr(err, "graph = \"maybe\""), "%s", err);
+    /* Only digits: no sign, no blanks (strtol would take " +1" and "-0"). */
+    const char *bad_devices[] = {"device=+1", "device= 1", "device=-0", "device=1x"};
+    for (size_t i = 0; i < sizeof bad_devices / sizeof bad_devices[0]; i++) {
+        const char *kvd[] = {"weights=/etc/passwd", bad_devices[i], NULL};
+        cr_assert_lt(bbt_plugin_open(&p, "cuda", kvd, err, sizeof err), 0);
+        cr_assert(strstr(err, "expected a device ordinal or auto"), "%s: %s", bad_devices[i], err);
+    }
     const char *kv3[] = {"weights=/etc/passwd", NULL};
     cr_assert_lt(bbt_plugin_open(&p, "cuda", kv3, err, sizeof err), 0);
     cr_assert(strstr(err, "/etc/passwd: not a .bbdense file"), "%s", err);
+    /* A FIFO: refused at once, not an open() waiting for a writer forever. */
+    char fifo[108], wf[160];
+    bbt_unique_path(fifo, sizeof fifo, ".fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo %s", fifo);
+    snprintf(wf, sizeof wf, "weights=%s", fifo);
+    const char *kv5[] = {wf, NULL};
+    int frc = bbt_plugin_open(&p, "cuda", kv5, err, sizeof err);
+    unlink(fifo);
+    cr_assert_lt(frc, 0);
+    cr_assert(strstr(err, fifo) && strstr(err, "not a regular file"), "%s", err);
 
     const struct bbt_layer_spec s[] = {{16, 8, BBD_ACT_RELU}, {8, 4, BBD_ACT_IDENTITY}};
     size_t len;

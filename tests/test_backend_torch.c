@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -219,6 +220,28 @@ Test(torch, an_exception_in_forward_fails_only_the_rows_that_raise)
     bbt_plugin_close(&p);
 }
 
+/* A request of the wrong size in a batch whose every other row raises keeps
+ * its own BB_EINVAL: the batch is not failed whole (the broker would then
+ * give every request BB_EBACKEND), only the rows that raise fail. */
+Test(torch, a_wrong_size_request_keeps_its_code_when_the_others_raise)
+{
+    char pt[512];
+    need_file("raises.pt", pt, sizeof pt);
+    struct bbt_plugin p = open_torch(pt, "784", NULL);
+    static float x[2][785];
+    float out[2][10];
+    x[1][3] = -1;
+    struct bb_view in[2] = {{x[0], 785 * 4}, {x[1], 784 * 4}};
+    struct bb_outbuf o[2];
+    char msg[256];
+    reset_outputs(o, out, 2);
+    cr_assert_eq(run(&p, 2, in, o, msg, sizeof msg), 0, "the batch failed whole: %s", msg);
+    cr_assert_eq(o[0].status, BB_EINVAL);
+    cr_assert_eq(o[1].status, BB_EBACKEND);
+    cr_assert_eq(o[0].len + o[1].len, 0);
+    bbt_plugin_close(&p);
+}
+
 /* A model that writes its input (x.mul_(2)) is found at init and gets
  * copies: the client's input, read-only shared memory, is never written,
  * and the answers are those of the model on the input as sent. */
@@ -286,11 +309,13 @@ Test(torch, a_model_that_writes_its_input_never_writes_the_clients)
 
 Test(torch, params_are_checked)
 {
-    char pt[512], tuple[512], m[600], t[600], err[512];
+    char pt[512], tuple[512], batch1[512], m[600], t[600], b1[600], err[512];
     need_file("fmnist.pt", pt, sizeof pt);
     need_file("tuple.pt", tuple, sizeof tuple);
+    need_file("batch1.pt", batch1, sizeof batch1);
     snprintf(m, sizeof m, "model=%s", pt);
     snprintf(t, sizeof t, "model=%s", tuple);
+    snprintf(b1, sizeof b1, "model=%s", batch1);
     struct {
         const char *kv[6];
         const char *msg;
@@ -309,6 +334,8 @@ Test(torch, params_are_checked)
         {{m, "input_shape=784", "output_shape=12", NULL}, "expected [1,12]"},
         {{m, "input_shape=784", "output_shape=10", "dtype=int64", NULL}, "does not fit"},
         {{t, "input_shape=784", "output_shape=10", NULL}, "not a tensor"},
+        /* Fits one request, not two: the message names the batch that failed. */
+        {{b1, "input_shape=784", "output_shape=10", NULL}, "does not fit input [2,784]"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct bbt_plugin p;
@@ -318,6 +345,23 @@ Test(torch, params_are_checked)
                   cases[i].msg);
         cr_log_info("case %zu: %s", i, err);
     }
+}
+
+/* A FIFO named as the model: refused as not a regular file at once, not an
+ * open() that waits for a writer forever (batchbroker --check hung there,
+ * deaf to SIGTERM). */
+Test(torch, a_fifo_as_model_is_refused_without_waiting, .timeout = 30)
+{
+    char path[108], kv[160], err[512];
+    bbt_unique_path(path, sizeof path, ".fifo");
+    cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo %s", path);
+    snprintf(kv, sizeof kv, "model=%s", path);
+    const char *kvs[] = {kv, "input_shape=784", "output_shape=10", NULL};
+    struct bbt_plugin p;
+    int rc = bbt_plugin_open(&p, "torch", kvs, err, sizeof err);
+    unlink(path);
+    cr_assert_lt(rc, 0, "a FIFO was accepted as a model");
+    cr_assert(strstr(err, path) && strstr(err, "not a regular file"), "%s", err);
 }
 
 /* batchbroker --check with a bad TorchScript file: exit 2, the message names
