@@ -273,6 +273,9 @@ int main(int argc, char **argv)
     if (cmd == CMD_PIN && parse_u32(args[1], 1, UINT32_MAX, &target) < 0)
         return usage_error("pin: target '%s' is not a batch size (1..max_batch_size; "
                            "'unpin MODEL' releases a pin)", args[1]);
+    struct bbctl_profile_args prof;
+    if (cmd == CMD_PROFILE && bbctl_profile_args(nargs + 1, argv + optind, &prof) != 0)
+        return 2;
 
     int fd = connect_operator(path);
     if (fd < 0) {
@@ -313,7 +316,7 @@ int main(int argc, char **argv)
         break;
     }
     case CMD_PROFILE:
-        rc = bbctl_profile(fd, path, nargs + 1, argv + optind);
+        rc = bbctl_profile(fd, path, &prof);
         break;
     case CMD_TOP:
         for (;;) {

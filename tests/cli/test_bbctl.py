@@ -68,6 +68,29 @@ def test_usage_errors_exit_2_without_a_broker(tmp_path, args):
     assert "bbctl --help" in r.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["profile"], ["profile", "--html"], ["profile", "--bogus", "x", "--html", "REPORT"],
+    ["profile", "--html", "REPORT", "--seconds", "0"],
+    ["profile", "--html", "REPORT", "--seconds", "abc"],
+])
+def test_profile_usage_errors_exit_2_without_a_broker(tmp_path, args):
+    # Like every other command's: found before the broker is asked anything,
+    # and no report file is made.
+    report = str(tmp_path / "r.html")
+    r = bbctl(str(tmp_path / "none.sock"), *[report if a == "REPORT" else a for a in args])
+    assert r.returncode == 2, (args, r.returncode, r.stderr)
+    assert "bbctl --help" in r.stderr and "no broker" not in r.stderr, r.stderr
+    assert not os.path.exists(report)
+
+
+def test_profile_of_no_such_model_leaves_the_report_alone(broker, tmp_path):
+    report = tmp_path / "r.html"
+    report.write_text("last week's report\n")
+    r = bbctl(broker.sock, "profile", "--html", str(report), "--model", "nope")
+    assert r.returncode == 1 and "no such model" in r.stderr, r
+    assert report.read_text() == "last week's report\n"
+
+
 def test_no_broker_says_so(tmp_path):
     r = bbctl(str(tmp_path / "none.sock"), "stats")
     assert r.returncode == 1
