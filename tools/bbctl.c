@@ -17,13 +17,21 @@
 #include "fetch.h"
 #include "profile.h"
 
+/* A failed send or recv: the 5 s of SO_SNDTIMEO / SO_RCVTIMEO ran out (a
+ * stopped or hung broker), or the broker went away. */
+static int io_error(ssize_t n)
+{
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT : BB_EDISCONNECTED;
+}
+
 static int roundtrip(int fd, const void *req, size_t len, void *rep, size_t cap)
 {
-    if (send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len)
-        return BB_EDISCONNECTED;
-    ssize_t n = recv(fd, rep, cap, 0);
+    ssize_t n = send(fd, req, len, MSG_NOSIGNAL);
+    if (n != (ssize_t)len)
+        return io_error(n);
+    n = recv(fd, rep, cap, 0);
     if (n <= 0)
-        return BB_EDISCONNECTED;
+        return io_error(n);
     const struct bb_msg_hdr *h = rep;
     if ((size_t)n < sizeof *h)
         return BB_EPROTO;
@@ -62,7 +70,7 @@ static int connect_operator(const char *path)
     do
         n = recv(fd, &rep, sizeof rep, 0);
     while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
-    int rc = n <= 0 ? BB_EDISCONNECTED
+    int rc = n <= 0 ? io_error(n)
              : (size_t)n < sizeof rep.h || rep.h.type != BB_MSG_HELLO_REPLY ? BB_EPROTO
                                                                             : rep.h.status;
     if (rc < 0) {

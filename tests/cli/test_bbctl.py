@@ -91,6 +91,19 @@ def test_profile_of_no_such_model_leaves_the_report_alone(broker, tmp_path):
     assert report.read_text() == "last week's report\n"
 
 
+def test_a_stopped_broker_times_out(broker):
+    # SIGSTOP: the kernel still accepts the connection and queues the HELLO;
+    # what ends is the 5 s wait for the reply, which bbctl(1) documents as
+    # BB_ETIMEDOUT (the broker did not disconnect).
+    broker.signal(signal.SIGSTOP)
+    try:
+        r = bbctl(broker.sock, "health")
+    finally:
+        broker.signal(signal.SIGCONT)
+    assert r.returncode == 1
+    assert "BB_ETIMEDOUT" in r.stderr, r.stderr
+
+
 def test_no_broker_says_so(tmp_path):
     r = bbctl(str(tmp_path / "none.sock"), "stats")
     assert r.returncode == 1
