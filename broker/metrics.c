@@ -89,7 +89,6 @@ void bb__metrics_init(struct bb__metrics *m, const char *name, uint32_t max_batc
     snprintf(m->name, sizeof m->name, "%s", name);
     m->max_batch_size = max_batch_size;
     m->stride = 1;
-    m->stride_check_ns = now;
     m->win_due_ns = now + WINDOW_HALF_NS;
     bb__ctr_set(&m->win[0].start_ns, now);
     bb__ctr_set(&m->win[1].start_ns, now);

@@ -178,8 +178,12 @@ static inline bool bb__metrics_time_batch(struct bb__metrics *m, uint64_t now, b
     if (!profile)
         return false;
     uint64_t seq = m->cuts++;
-    if ((seq & 1023) == 0) /* every 1024 cuts: the rate they came at sets the stride */
-        bb__metrics_set_stride(m, now, max_rate);
+    if ((seq & 1023) == 0) { /* every 1024 cuts: the rate they came at sets the stride */
+        if (seq)
+            bb__metrics_set_stride(m, now, max_rate);
+        else /* the first starts the count: the time since start is no rate */
+            m->stride_check_ns = now;
+    }
     return (seq & (m->stride - 1)) == 0;
 }
 

@@ -717,6 +717,29 @@ Test(metrics, profile_samples_past_max_rate)
     bb_disconnect(c);
 }
 
+/* Below profile_max_rate every batch is timed, the first ones included:
+ * the stride is set by the rate of 1024 cuts, not by one cut over the time
+ * since the broker started (which made a low max_rate time one batch in up
+ * to 64 from the first). */
+Test(metrics, profile_times_every_batch_below_max_rate)
+{
+    start_with_metrics(free_port_ok(), "broker.profile_max_rate=100");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "echo");
+    char in[64] = {0}, out[64];
+    size_t len;
+    for (int i = 0; i < 20; i++) /* one at a time: 20 batches of one */
+        cr_assert_eq(bb_infer(m, in, sizeof in, out, sizeof out, &len, NULL, 5000000000ll), 0);
+    struct bb_model_stats st = bbt_settled_stats(m);
+    cr_assert_eq(st.completed, 20);
+    cr_assert_eq(st.batches, 20);
+    cr_assert_eq(st.phase_count, 20, "%llu of 20 requests timed",
+                 (unsigned long long)st.phase_count);
+    bbt_msleep(300); /* the stride gauge: published once an adaptation interval */
+    cr_assert_eq(bbt_stats_of(m).profile_stride, 1);
+    bb_disconnect(c);
+}
+
 /* A cancel is counted as cancelled, not as a failure. */
 Test(metrics, cancel_counted_apart)
 {

@@ -17,17 +17,30 @@
 #include "fetch.h"
 #include "profile.h"
 
-static int roundtrip(int fd, const void *req, size_t len, void *rep, size_t cap)
+/* A failed send or recv: the 5 s of SO_SNDTIMEO / SO_RCVTIMEO ran out (a
+ * stopped or hung broker), or the broker went away. */
+static int io_error(ssize_t n)
 {
-    if (send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len)
-        return BB_EDISCONNECTED;
-    ssize_t n = recv(fd, rep, cap, 0);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT : BB_EDISCONNECTED;
+}
+
+/* One request and its reply of `type`, cap bytes long (a newer broker's
+ * longer reply is truncated to it; a shorter one, an older broker's, is not
+ * understood: BB_EPROTO, as protocol.md says). Returns the reply's status. */
+static int roundtrip(int fd, const void *req, size_t len, uint32_t type, void *rep, size_t cap)
+{
+    ssize_t n = send(fd, req, len, MSG_NOSIGNAL);
+    if (n != (ssize_t)len)
+        return io_error(n);
+    n = recv(fd, rep, cap, 0);
     if (n <= 0)
-        return BB_EDISCONNECTED;
+        return io_error(n);
     const struct bb_msg_hdr *h = rep;
-    if ((size_t)n < sizeof *h)
+    if ((size_t)n < sizeof *h || h->type != type)
         return BB_EPROTO;
-    return h->status;
+    if (h->status < 0)
+        return h->status;
+    return (size_t)n == cap ? 0 : BB_EPROTO;
 }
 
 static int connect_operator(const char *path)
@@ -62,7 +75,7 @@ static int connect_operator(const char *path)
     do
         n = recv(fd, &rep, sizeof rep, 0);
     while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
-    int rc = n <= 0 ? BB_EDISCONNECTED
+    int rc = n <= 0 ? io_error(n)
              : (size_t)n < sizeof rep.h || rep.h.type != BB_MSG_HELLO_REPLY ? BB_EPROTO
                                                                             : rep.h.status;
     if (rc < 0) {
@@ -79,7 +92,7 @@ static int walk_models(int fd, void (*row)(const struct bb_msg_stats_reply *, vo
     for (uint32_t id = 0;; id++) {
         struct bb_msg_stats req = {.h = {.type = BB_MSG_STATS}, .model_id = id};
         struct bb_msg_stats_reply rep;
-        int rc = roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
+        int rc = roundtrip(fd, &req, sizeof req, BB_MSG_STATS_REPLY, &rep, sizeof rep);
         if (rc == BB_ENOMODEL)
             return (int)id;
         if (rc < 0)
@@ -157,7 +170,7 @@ static int pin(int fd, const char *model, uint32_t target)
     if (rc >= 0) {
         strcpy(req.name, model); /* fits: the broker's name did */
         struct bb_msg_hdr rep;
-        rc = roundtrip(fd, &req, sizeof req, &rep, sizeof rep);
+        rc = roundtrip(fd, &req, sizeof req, BB_MSG_PIN_REPLY, &rep, sizeof rep);
     }
     if (rc < 0) {
         fprintf(stderr, "bbctl: %s %s: %s (%s)\n", target ? "pin" : "unpin", model,
@@ -273,27 +286,29 @@ int main(int argc, char **argv)
     if (cmd == CMD_PIN && parse_u32(args[1], 1, UINT32_MAX, &target) < 0)
         return usage_error("pin: target '%s' is not a batch size (1..max_batch_size; "
                            "'unpin MODEL' releases a pin)", args[1]);
+    struct bbctl_profile_args prof;
+    if (cmd == CMD_PROFILE && bbctl_profile_args(nargs + 1, argv + optind, &prof) != 0)
+        return 2;
 
     int fd = connect_operator(path);
     if (fd < 0) {
         fprintf(stderr, "bbctl: %s: %s (%s)\n", path, bb_strerror(fd), bb_errname(fd));
         return 1;
     }
-    int rc = 0;
+    int rc = 0, err = 0; /* err: a walk over the models that failed */
     switch (cmd) {
     case CMD_HEALTH:
-        rc = walk_models(fd, stats_row, NULL);
-        if (rc >= 0)
+        err = walk_models(fd, stats_row, NULL);
+        if (err >= 0)
             printf("ok\n");
-        rc = rc < 0;
         break;
     case CMD_STATS:
         print_stats_header();
-        rc = walk_models(fd, stats_row, NULL) < 0;
+        err = walk_models(fd, stats_row, NULL);
         break;
     case CMD_TUNING:
         print_tuning_header();
-        rc = walk_models(fd, tuning_row, NULL) < 0;
+        err = walk_models(fd, tuning_row, NULL);
         break;
     case CMD_PIN:
     case CMD_UNPIN:
@@ -313,7 +328,7 @@ int main(int argc, char **argv)
         break;
     }
     case CMD_PROFILE:
-        rc = bbctl_profile(fd, path, nargs + 1, argv + optind);
+        rc = bbctl_profile(fd, path, &prof);
         break;
     case CMD_TOP:
         for (;;) {
@@ -324,10 +339,9 @@ int main(int argc, char **argv)
                  * open a new one, once. */
                 close(fd);
                 fd = connect_operator(path);
-                if (fd < 0 || walk_models(fd, stats_row, NULL) < 0) {
-                    rc = 1;
+                err = fd < 0 ? fd : walk_models(fd, stats_row, NULL);
+                if (err < 0)
                     break;
-                }
             }
             fflush(stdout);
             struct timespec ts = {(time_t)interval, (long)((interval - (time_t)interval) * 1e9)};
@@ -335,8 +349,10 @@ int main(int argc, char **argv)
         }
         break;
     }
-    if (rc && cmd != CMD_PIN && cmd != CMD_UNPIN && cmd != CMD_METRICS && cmd != CMD_PROFILE)
-        fprintf(stderr, "bbctl: %s: the broker stopped answering\n", path);
+    if (err < 0) {
+        fprintf(stderr, "bbctl: %s: %s (%s)\n", path, bb_strerror(err), bb_errname(err));
+        rc = 1;
+    }
     if (fd >= 0)
         close(fd);
     return rc;

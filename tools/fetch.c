@@ -36,7 +36,7 @@ int bbctl_fetch(int sock, uint32_t format, uint32_t model_id, char **out, size_t
         n = send(sock, &req, sizeof req, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n != (ssize_t)sizeof req)
-        return BB_EDISCONNECTED;
+        return n < 0 && errno == EAGAIN ? BB_ETIMEDOUT : BB_EDISCONNECTED;
     struct bb_msg_metrics_reply rep;
     char cbuf[CMSG_SPACE(4 * sizeof(int))];
     struct iovec iov = {.iov_base = &rep, .iov_len = sizeof rep};
@@ -45,8 +45,8 @@ int bbctl_fetch(int sock, uint32_t format, uint32_t model_id, char **out, size_t
     do
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    if (n <= 0)
-        return BB_EDISCONNECTED;
+    if (n <= 0) /* EAGAIN: SO_RCVTIMEO ran out */
+        return n < 0 && errno == EAGAIN ? BB_ETIMEDOUT : BB_EDISCONNECTED;
     int fd = -1;
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&

@@ -9,7 +9,7 @@
 
 /* Ask the broker on operator session sock for a METRICS document (format
  * BB_METRICS_*). Returns 0 with a malloc'ed, NUL-terminated copy in *out
- * (*len bytes without the NUL), or BB_EDISCONNECTED, BB_EPROTO, BB_ENOMODEL,
+ * (*len bytes without the NUL), or BB_EDISCONNECTED, BB_ETIMEDOUT, BB_EPROTO, BB_ENOMODEL,
  * BB_EINVAL, BB_ENOMEM, BB_ESYS. */
 int bbctl_fetch(int sock, uint32_t format, uint32_t model_id, char **out, size_t *len);
 

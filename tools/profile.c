@@ -565,42 +565,44 @@ static void write_report(FILE *f, const char *socket, struct prof *ps, int n, do
     fprintf(f, "</body>\n</html>\n");
 }
 
-static void usage_profile(void)
+static int usage_profile(void)
 {
-    fprintf(stderr, "usage: bbctl profile --html FILE [--seconds N] [--model NAME]\n");
+    fprintf(stderr, "usage: bbctl profile --html FILE [--seconds N] [--model NAME]\n"
+                    "Try 'bbctl --help' for the commands.\n");
+    return 2;
 }
 
-int bbctl_profile(int sock, const char *socket_path, int argc, char **argv)
+int bbctl_profile_args(int argc, char **argv, struct bbctl_profile_args *out)
 {
-    const char *html = NULL, *only = NULL;
-    double seconds = 10;
+    *out = (struct bbctl_profile_args){.seconds = 10};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 < argc && !strcmp(a, "--html")) {
-            html = argv[++i];
+            out->html = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--model")) {
-            only = argv[++i];
+            out->only = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--seconds")) {
             char *end;
-            seconds = strtod(argv[++i], &end);
-            if (*end || end == argv[i] || !(seconds > 0 && seconds <= 86400)) {
-                fprintf(stderr, "bbctl: profile: --seconds %s: want 0 < N <= 86400\n", argv[i]);
+            out->seconds = strtod(argv[++i], &end);
+            if (*end || end == argv[i] || !(out->seconds > 0 && out->seconds <= 86400)) {
+                fprintf(stderr, "bbctl: profile: --seconds %s: want 0 < N <= 86400\n"
+                                "Try 'bbctl --help' for the commands.\n", argv[i]);
                 return 2;
             }
         } else {
-            usage_profile();
-            return 2;
+            return usage_profile();
         }
     }
-    if (!html) {
-        usage_profile();
-        return 2;
-    }
-    FILE *out = fopen(html, "w");
-    if (!out) {
-        fprintf(stderr, "bbctl: profile: %s: %s\n", html, strerror(errno));
-        return 1;
-    }
+    return out->html ? 0 : usage_profile();
+}
+
+int bbctl_profile(int sock, const char *socket_path, const struct bbctl_profile_args *a)
+{
+    const char *html = a->html, *only = a->only;
+    double seconds = a->seconds;
+    /* Opened once the models are known: a mistyped --model leaves an
+     * existing report as it was. */
+    FILE *out = NULL;
     static struct prof ps[MAX_MODELS];
     static struct bb_wire_dump scratch;
     int n = 0, rc = 0;
@@ -629,7 +631,10 @@ int bbctl_profile(int sock, const char *socket_path, int argc, char **argv)
     }
     if (rc == 0 && n == 0) {
         fprintf(stderr, "bbctl: profile: %s\n", only ? "no such model" : "the broker has no model");
-        fclose(out);
+        return 1;
+    }
+    if (rc == 0 && !(out = fopen(html, "w"))) {
+        fprintf(stderr, "bbctl: profile: %s: %s\n", html, strerror(errno));
         return 1;
     }
     struct sigaction sa = {.sa_handler = on_stop}; /* no SA_RESTART: the sleep ends */
@@ -665,7 +670,8 @@ int bbctl_profile(int sock, const char *socket_path, int argc, char **argv)
     }
     if (rc < 0) {
         fprintf(stderr, "bbctl: profile: %s: %s\n", socket_path, bb_strerror(rc));
-        fclose(out);
+        if (out)
+            fclose(out);
         return 1;
     }
     double took = ps[0].s[ps[0].n - 1].t;

@@ -4,7 +4,10 @@ and a refusal says why."""
 
 import os
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -66,6 +69,91 @@ def test_usage_errors_exit_2_without_a_broker(tmp_path, args):
     r = bbctl(str(tmp_path / "none.sock"), *args)
     assert r.returncode == 2, (args, r.returncode, r.stderr)
     assert "bbctl --help" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["profile"], ["profile", "--html"], ["profile", "--bogus", "x", "--html", "REPORT"],
+    ["profile", "--html", "REPORT", "--seconds", "0"],
+    ["profile", "--html", "REPORT", "--seconds", "abc"],
+])
+def test_profile_usage_errors_exit_2_without_a_broker(tmp_path, args):
+    # Like every other command's: found before the broker is asked anything,
+    # and no report file is made.
+    report = str(tmp_path / "r.html")
+    r = bbctl(str(tmp_path / "none.sock"), *[report if a == "REPORT" else a for a in args])
+    assert r.returncode == 2, (args, r.returncode, r.stderr)
+    assert "bbctl --help" in r.stderr and "no broker" not in r.stderr, r.stderr
+    assert not os.path.exists(report)
+
+
+def test_profile_of_no_such_model_leaves_the_report_alone(broker, tmp_path):
+    report = tmp_path / "r.html"
+    report.write_text("last week's report\n")
+    r = bbctl(broker.sock, "profile", "--html", str(report), "--model", "nope")
+    assert r.returncode == 1 and "no such model" in r.stderr, r
+    assert report.read_text() == "last week's report\n"
+
+
+def test_a_stopped_broker_times_out(broker):
+    # SIGSTOP: the kernel still accepts the connection and queues the HELLO;
+    # what ends is the 5 s wait for the reply, which bbctl(1) documents as
+    # BB_ETIMEDOUT (the broker did not disconnect).
+    broker.signal(signal.SIGSTOP)
+    try:
+        r = bbctl(broker.sock, "health")
+    finally:
+        broker.signal(signal.SIGCONT)
+    assert r.returncode == 1
+    assert "BB_ETIMEDOUT" in r.stderr, r.stderr
+
+
+def fake_broker(path, stats_reply):
+    """A broker of another build on path, for one bbctl session: it admits the
+    operator, answers STATS of model 0 with stats_reply and of the others
+    with BB_ENOMODEL."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve():
+        c, _ = srv.accept()
+        with c:
+            while True:
+                m = c.recv(512)
+                if len(m) < 8:
+                    return
+                kind, = struct.unpack_from("<I", m)
+                if kind == 1:  # HELLO -> HELLO_REPLY
+                    c.send(struct.pack("<IiIIQ", 2, 0, 0, 1, 0))
+                elif kind == 5 and struct.unpack_from("<I", m, 8)[0] == 0:
+                    c.send(stats_reply)
+                else:  # STATS_REPLY, BB_ENOMODEL
+                    c.send(struct.pack("<Ii", 6, -7))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+@pytest.mark.parametrize("reply", [
+    # An older broker's statistics: the name and a prefix of the figures.
+    struct.pack("<Ii", 6, 0) + b"ghost".ljust(64, b"\0") + b"\x01" * 16,
+    # A reply of another type, as long as the real one.
+    struct.pack("<Ii", 4, 0) + b"ghost".ljust(64, b"\0") + b"\x01" * 592,
+])
+def test_a_reply_bbctl_does_not_understand_is_eproto(tmp_path, reply):
+    # protocol.md: a reply shorter than the client expects is BB_EPROTO;
+    # bbctl must not print the figures it did not get.
+    sock = str(tmp_path / "fake.sock")
+    srv, t = fake_broker(sock, reply)
+    try:
+        r = bbctl(sock, "stats")
+    finally:
+        srv.close()
+    t.join(5)
+    assert r.returncode == 1, r
+    assert "ghost" not in r.stdout, r.stdout
+    assert "BB_EPROTO" in r.stderr, r.stderr
 
 
 def test_no_broker_says_so(tmp_path):
