@@ -524,9 +524,8 @@ static void handle_message(struct bb__worker *w, struct bb__client *c, const voi
         if (m && req.target > m->cfg.max_batch_size) {
             rep.status = BB_EINVAL;
         } else if (m) {
+            /* m is the first replica, which holds the pin for every one. */
             uint32_t was = atomic_exchange_explicit(&m->pinned, req.target, memory_order_relaxed);
-            for (struct bb__model *x = m->sibling; x; x = x->sibling) /* every replica's */
-                atomic_store_explicit(&x->pinned, req.target, memory_order_relaxed);
             bb_info_limited("model %s: batch target %s%u by client %u (pid %d)", m->cfg.name,
                     req.target ? "pinned to " : "released, was ", req.target ? req.target : was,
                     c->id, (int)c->pid);

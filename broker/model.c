@@ -173,10 +173,17 @@ void bb__model_unregister(struct bb__model *m, const struct bb_segment *seg)
     }
 }
 
+/* The operator's pin, kept on the first replica for all of them: two pins
+ * from sessions on different workers could otherwise leave the replicas
+ * each with another. */
+static uint32_t pin_of(const struct bb__model *m)
+{
+    return atomic_load_explicit(&m->w->b->models[m->id].pinned, memory_order_relaxed);
+}
+
 uint32_t bb__model_target(const struct bb__model *m, uint32_t *wait_us)
 {
-    return bb__model_target_pinned(m, atomic_load_explicit(&m->pinned, memory_order_relaxed),
-                                   wait_us);
+    return bb__model_target_pinned(m, pin_of(m), wait_us);
 }
 
 uint32_t bb__model_target_pinned(const struct bb__model *m, uint32_t pinned, uint32_t *wait_us)
@@ -213,7 +220,7 @@ void bb__model_stats(struct bb__model *m, const struct bb__worker *w, uint64_t n
     s->max_batch_size = m->cfg.max_batch_size; /* configuration: a reload parks every worker */
     s->instances = m->cfg.instances;
     s->adaptive = m->cfg.adaptive;
-    s->pinned = atomic_load_explicit(&m->pinned, memory_order_relaxed);
+    s->pinned = pin_of(m);
     if (m->w == w) { /* the home: its own state, fresh; the other replicas' depth */
         const struct bb__adaptive *a = &m->adapt;
         s->queued = m->q.queued + m->q.grouped;

@@ -76,7 +76,8 @@ struct bb__model {
      * hand-off); their sum, bb__model_batch_ns, from cut to end. */
     uint64_t run_ns, handoff_ns;
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
-    _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets it) */
+    _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets
+                                    * it; the first replica's holds for every replica) */
     bool filling;                  /* last pass: requests wait for the batch to fill */
     uint32_t fill_wait_us;         /* the wait the strategy was given then */
     /* How long any worker may sleep without its doorbell for this model's

@@ -173,11 +173,18 @@ static unsigned batch_clients(const char *line, int *total)
     return who;
 }
 
-/* Start the broker with cfg, run client_main on two clients pinned to cpus
- * (served by different workers) until both have their answers, all right. */
-static void two_clients_on_two_workers(const char *cfg, const int cpus[2])
+/* Start the broker with cfg, pin model "rec"'s batch target to `pin` (0:
+ * none) from a session of this process, run client_main on two clients
+ * pinned to cpus (served by different workers) until both have their
+ * answers, all right. */
+static void two_clients_on_two_workers(const char *cfg, const int cpus[2], uint32_t pin)
 {
     cr_assert_eq(bbt_broker_start(&B, cfg, NULL), 0, "broker did not start");
+    if (pin) {
+        bb_client *c = bbt_connect_ok(&B, NULL);
+        cr_assert_eq(bb_model_pin(bbt_open_ok(c, "rec"), pin), 0);
+        bb_disconnect(c);
+    }
 
     pid_t pids[2];
     struct shared *sh = fork_two(cpus, client_main, pids);
@@ -210,7 +217,7 @@ Test(workers, batches_span_the_clients_of_every_worker)
              "instances = 1\nmax_batch_size = 16\nmax_wait_us = 300000\nadaptive = off\n"
              "fairness = on\n",
              BB_SCHED_RECORDER, rec_log);
-    two_clients_on_two_workers(cfg, cpus);
+    two_clients_on_two_workers(cfg, cpus, 0);
 
     /* One batch must hold requests of both clients. */
     FILE *f = fopen(rec_log, "r");
@@ -247,7 +254,7 @@ Test(workers, per_worker_formation_batches_each_workers_clients_apart)
     recorder_config(cfg, sizeof cfg, "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n",
                     "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
                     "max_wait_us = 200000\nadaptive = off\n");
-    two_clients_on_two_workers(cfg, cpus);
+    two_clients_on_two_workers(cfg, cpus, 0);
 
     /* Batch by batch (the two logs line up): whose requests, which thread. */
     FILE *f = fopen(rec_log, "r"), *t = fopen(tid_log, "r");
@@ -284,6 +291,27 @@ Test(workers, per_worker_formation_batches_each_workers_clients_apart)
     cr_assert_eq(st.batches, (uint64_t)batches, "STATS: %llu batches, the backend ran %d",
                  (unsigned long long)st.batches, batches);
     bb_disconnect(c);
+}
+
+/* An operator's pin holds for every replica of a per_worker model, whichever
+ * worker served the session that pinned it (the pin is kept once, for all:
+ * two pins from sessions on two workers cannot leave the replicas apart).
+ * A pin is the dispatch threshold: pinned to each client's 4 requests, both
+ * replicas cut them at once; a replica that missed it would hold them for
+ * max_wait_us, 10 s. */
+Test(workers, a_pin_holds_for_every_replica)
+{
+    int cpus[2];
+    two_cpus(cpus);
+    char cfg[1024];
+    recorder_config(cfg, sizeof cfg, "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n",
+                    "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
+                    "max_wait_us = 10000000\nadaptive = off\n");
+    uint64_t start = bbt_now_ns();
+    two_clients_on_two_workers(cfg, cpus, PER_CLIENT);
+    double took = (double)(bbt_now_ns() - start) / 1e9;
+    cr_assert_lt(took, 5.0, "the clients waited %.1f s: a replica held its batch for "
+                 "max_wait_us, not cut at the pin", took);
 }
 
 /* Clients that connect at once to two workers of one node are shared out
