@@ -77,6 +77,21 @@ static void lanes_gone(bb_client *head)
     }
 }
 
+/* A socket call under SO_RCVTIMEO/SO_SNDTIMEO fails with EINTR on every
+ * signal, SA_RESTART or not, and a retry starts the timeout afresh: retry
+ * only while the client's timeout lasts since start_ns, or a process that
+ * takes a signal more often than that (a profiler's timer) never times out.
+ * Past it, errno becomes EAGAIN: the callers' timeout. */
+static bool retry_eintr(uint64_t start_ns, int timeout_ms)
+{
+    if (errno != EINTR)
+        return false;
+    if (bb__now_ns() - start_ns < (uint64_t)timeout_ms * 1000000u)
+        return true;
+    errno = EAGAIN;
+    return false;
+}
+
 /* The broker answers control messages one by one, in order. A round trip
  * that timed out leaves its reply to come later: the next one skips it
  * first, or times out again without sending while the broker stays stuck. */
@@ -90,11 +105,13 @@ static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *re
     pthread_mutex_lock(&c->ctl_lock);
     int rc = 0;
     ssize_t n;
+    uint64_t start;
     while (c->ctl_lost) {
         char stale[1024];
+        start = bb__now_ns();
         do
             n = recv(c->sock, stale, sizeof stale, 0);
-        while (n < 0 && errno == EINTR);
+        while (n < 0 && retry_eintr(start, c->timeout_ms));
         if (n <= 0) {
             rc = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT
                                                                     : BB_EDISCONNECTED;
@@ -102,16 +119,18 @@ static int ctl_roundtrip(bb_client *c, const void *req, size_t req_len, void *re
         }
         c->ctl_lost--;
     }
+    start = bb__now_ns();
     do
         n = send(c->sock, req, req_len, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
+    while (n < 0 && retry_eintr(start, c->timeout_ms));
     if (n != (ssize_t)req_len) {
         rc = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? BB_ETIMEDOUT : BB_EDISCONNECTED;
         goto out;
     }
+    start = bb__now_ns();
     do
         n = recv(c->sock, rep, rep_len, 0);
-    while (n < 0 && errno == EINTR);
+    while (n < 0 && retry_eintr(start, c->timeout_ms));
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         c->ctl_lost++;
         rc = BB_ETIMEDOUT;
@@ -170,7 +189,7 @@ static bool broker_gone_now_and_then(bb_client *c, uint64_t now)
 /* The HELLO reply and its descriptors: the segment, the worker page, the
  * notify eventfd, and (without the futex doorbell) the doorbell eventfd; fds
  * gets them with -1 for any not sent. */
-static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[4])
+static int recv_hello(int sock, int timeout_ms, struct bb_msg_hello_reply *rep, int fds[4])
 {
     char cbuf[CMSG_SPACE(4 * sizeof(int))];
     struct iovec iov = {.iov_base = rep, .iov_len = sizeof *rep};
@@ -178,9 +197,10 @@ static int recv_hello(int sock, struct bb_msg_hello_reply *rep, int fds[4])
                         .msg_controllen = sizeof cbuf};
     ssize_t n;
     int resets = 0;
+    uint64_t start = bb__now_ns();
     for (;;) {
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && retry_eintr(start, timeout_ms))
             continue;
         if (n < 0 && errno == ECONNRESET && resets++ == 0)
             continue; /* a refusal raced our HELLO: its reply is still queued */
@@ -336,7 +356,11 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
         rc = BB_ESYS;
         goto fail;
     }
-    if (connect(c->sock, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    uint64_t start = bb__now_ns();
+    while ((rc = connect(c->sock, (struct sockaddr *)&sa, sizeof sa)) < 0 &&
+           retry_eintr(start, c->timeout_ms))
+        ; /* a Unix connect interrupted while it waits for the backlog: not connected */
+    if (rc < 0) {
         /* No file, or a file nobody listens on (a broker that was killed);
          * EAGAIN: the backlog stayed full for SO_SNDTIMEO. */
         rc = (errno == ENOENT || errno == ECONNREFUSED) ? BB_ENOBROKER
@@ -378,7 +402,7 @@ int bb_connect(const char *socket_path, const struct bb_client_opts *opts, bb_cl
     (void)sent;
     struct bb_msg_hello_reply rep;
     int fds[4] = {-1, -1, -1, -1};
-    rc = recv_hello(c->sock, &rep, fds);
+    rc = recv_hello(c->sock, c->timeout_ms, &rep, fds);
     if (rc < 0)
         goto fail;
     int memfd = fds[0];

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1116,6 +1117,21 @@ static struct bb_model_stats stats_patiently(bb_model *m)
     return st;
 }
 
+/* bb_connect to the stopped broker B: its HELLO, then (with the backlog
+ * filled) its connect, time out. */
+static void connects_time_out(const struct bb_client_opts *o)
+{
+    bb_client *x = NULL;
+    int rc = bb_connect(B.sock, o, &x);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "HELLO to a stopped broker: %s", bb_errname(rc));
+    static int fds[4096];
+    int nfds = fill_backlog(fds, 4096);
+    rc = bb_connect(B.sock, o, &x);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "connect to a full backlog: %s", bb_errname(rc));
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+}
+
 /* A stopped broker (SIGSTOP), or one whose listen backlog is full, must not
  * hang bb_connect or a control call: each returns BB_ETIMEDOUT after the
  * client's timeout_ms (or $BATCHBROKER_TIMEOUT_MS). Once the broker runs
@@ -1134,19 +1150,12 @@ Test(client, connect_and_control_calls_time_out)
     int rc = bb_model_stats(m, &st);
     cr_assert_eq(rc, BB_ETIMEDOUT, "stats from a stopped broker: %s", bb_errname(rc));
     cr_assert_eq(bb_model_stats(m, &st), BB_ETIMEDOUT, "again, while the first reply is owed");
-    bb_client *x = NULL;
-    rc = bb_connect(B.sock, &quick, &x);
-    cr_assert_eq(rc, BB_ETIMEDOUT, "HELLO to a stopped broker: %s", bb_errname(rc));
-    static int fds[4096];
-    int nfds = fill_backlog(fds, 4096);
-    rc = bb_connect(B.sock, &quick, &x);
-    cr_assert_eq(rc, BB_ETIMEDOUT, "connect to a full backlog: %s", bb_errname(rc));
+    connects_time_out(&quick);
     setenv("BATCHBROKER_TIMEOUT_MS", "200", 1);
+    bb_client *x = NULL;
     rc = bb_connect(B.sock, NULL, &x);
     cr_assert_eq(rc, BB_ETIMEDOUT, "with $BATCHBROKER_TIMEOUT_MS: %s", bb_errname(rc));
     unsetenv("BATCHBROKER_TIMEOUT_MS");
-    for (int i = 0; i < nfds; i++)
-        close(fds[i]);
     cr_assert_eq(kill(B.pid, SIGCONT), 0);
     alarm(0);
     /* The broker answers the stale STATS; the client skips them. */
@@ -1158,6 +1167,44 @@ Test(client, connect_and_control_calls_time_out)
     size_t n;
     cr_assert_eq(bb_infer(m, "again", 5, out, sizeof out, &n, NULL, 10000000000ll), 0);
     cr_assert(n == 5 && memcmp(out, "again", 5) == 0);
+    bb_disconnect(c);
+}
+
+/* The same timeouts in a process that takes a signal more often than the
+ * timeout (a profiler's timer, a periodic SIGALRM): a socket call with
+ * SO_RCVTIMEO/SO_SNDTIMEO fails with EINTR on every signal, SA_RESTART or
+ * not, and retrying it with the full timeout again never timed out: each
+ * call hung for as long as the broker stayed stopped. A hang ends in the
+ * test's timeout. */
+static void on_tick(int sig)
+{
+    (void)sig;
+}
+
+Test(client, control_calls_time_out_under_a_periodic_signal, .timeout = 60)
+{
+    START("model.echo.max_wait_us=0");
+    struct bb_client_opts quick = {.timeout_ms = 300};
+    bb_client *c = bbt_connect_ok(&B, &quick);
+    bb_model *m = open_patiently(c, "echo");
+    struct sigaction sa = {.sa_handler = on_tick, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    cr_assert_eq(sigaction(SIGALRM, &sa, NULL), 0);
+    struct itimerval every_10ms = {.it_interval = {.tv_usec = 10000}, .it_value = {.tv_usec = 10000}};
+    cr_assert_eq(setitimer(ITIMER_REAL, &every_10ms, NULL), 0);
+    cr_assert_eq(kill(B.pid, SIGSTOP), 0);
+    wait_stopped(B.pid);
+    struct bb_model_stats st;
+    int rc = bb_model_stats(m, &st);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "stats from a stopped broker: %s", bb_errname(rc));
+    rc = bb_model_stats(m, &st);
+    cr_assert_eq(rc, BB_ETIMEDOUT, "again, while the first reply is owed: %s", bb_errname(rc));
+    connects_time_out(&quick);
+    struct itimerval off = {0};
+    setitimer(ITIMER_REAL, &off, NULL);
+    cr_assert_eq(kill(B.pid, SIGCONT), 0);
+    st = stats_patiently(m);
+    cr_assert_geq(st.submitted, 0);
     bb_disconnect(c);
 }
 
