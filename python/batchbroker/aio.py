@@ -50,21 +50,28 @@ class AsyncClient(Client):
 
     def __init__(self, path=None, *, segment_bytes=0, max_inflight=0, loop=None, spin_ns=0,
                  timeout_ms=0):
+        # The loop first, and what close() reads: a client that fails to
+        # start (no running loop) must not leave its session connected.
+        self._loop = loop or asyncio.get_running_loop()
+        self._watching = False
+        self._pending = {}  # request handle -> (future, Request)
         # spin_ns 0: nothing here waits in the C library, and a synchronous
         # wait on the loop's thread should not spin.
         super().__init__(path, segment_bytes=segment_bytes, max_inflight=max_inflight,
                          spin_ns=spin_ns, timeout_ms=timeout_ms)
-        self._loop = loop or asyncio.get_running_loop()
-        self._pending = {}  # request handle -> (future, Request)
         # Backpressure for AsyncModel.submit: with every slot (or all the
         # segment) taken, a submission waits for one of ours to be freed
         # instead of failing with BB_ENOMEM.
         self._owned = 0                   # requests AsyncModel.submit holds
         self._room_waiters = collections.deque()
         self._events = (ctypes.c_void_p * 256)()
-        self._fd = self.fileno()
+        try:
+            self._fd = self.fileno()
+            self._loop.add_reader(self._fd, self._on_readable)
+        except BaseException:
+            super().close()
+            raise
         self._watching = True
-        self._loop.add_reader(self._fd, self._on_readable)
 
     _model_class = None  # set below: AsyncModel
 

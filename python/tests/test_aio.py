@@ -3,6 +3,8 @@ bb_client_fd, many requests in flight from one loop, backpressure when the
 slots run out, task cancellation, and a broker that dies under it."""
 
 import asyncio
+import gc
+import os
 import time
 
 import numpy as np
@@ -210,3 +212,20 @@ def test_a_cancelled_submit_gives_its_slot_back(brokers):
             assert await asyncio.gather(slow.submit(b"b"), slow.submit(b"c")) == [b"b", b"c"]
             assert client._owned == 0
     run(main())
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_an_async_client_made_outside_a_loop_leaves_nothing_behind(broker):
+    """AsyncClient() with no running loop raises RuntimeError; the session it
+    had connected was left open (its close() failed on a missing attribute
+    inside __del__): descriptors, the mapping and a broker session leaked."""
+    gc.collect()
+    before = _open_fds()
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            bb.AsyncClient(broker.sock)
+        gc.collect()
+    assert _open_fds() == before
