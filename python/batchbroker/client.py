@@ -563,11 +563,14 @@ class Request(_Closable):
         return self.status != CODES["BB_EPENDING"]
 
     def wait(self, timeout=None):
-        """Wait for completion (timeout in seconds, None = forever) and raise
+        """Wait for completion (timeout in seconds, None = forever, <= 0 =
+        poll) and raise
         the request's error if it failed. Returns self."""
         # One counted call a slice: Client.close() in another thread waits
         # for the slice under way, not for the whole wait.
-        left = None if timeout is None else int(timeout * 1e9)
+        # A negative timeout polls, as a Future's does (bb_wait would take
+        # it as "for ever", in one call that nothing interrupts).
+        left = None if timeout is None else max(0, int(timeout * 1e9))
         while True:
             rc = self._call(lib.bb_wait, _WAIT_SLICE_NS if left is None
                             else min(left, _WAIT_SLICE_NS))

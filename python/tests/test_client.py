@@ -473,3 +473,25 @@ def test_a_fork_child_gets_bb_eforked_and_leaves_the_parent_alone(brokers):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
     assert p.stdout.split("\n")[-4:] == ["child 0", "pending 0", "after b'after'", ""], p.stdout
+
+
+def test_a_negative_wait_timeout_does_not_wait_forever(brokers):
+    """wait(-1) polls, as a Future's result(-1) does: it was passed to
+    bb_wait as a negative timeout, a wait for ever in one call that neither
+    Ctrl-C nor close() could end."""
+    b = brokers.start(overrides=SLOW)
+    with bb.Client(b.sock) as c:
+        slow = c.model("slow")
+        running = slow.submit(b"runs")
+        queued = slow.submit(b"queued")
+        got = []
+        t = threading.Thread(target=lambda: got.append(
+            pytest.raises(bb.BB_ETIMEDOUT, queued.wait, -1)))
+        t.start()
+        t.join(0.25)  # less than one batch: still pending
+        assert not t.is_alive(), "wait(-1) is still waiting"
+        assert got
+        with pytest.raises(bb.BB_ETIMEDOUT):
+            running.result(-0.5)
+        running.close()
+        queued.close()
