@@ -983,6 +983,8 @@ int bb_request_status(const bb_request *r)
 {
     if (!r || kind_of(r) == BB__REQ_FREE)
         return BB_EINVAL;
+    if (forked(r->c))
+        return BB_EFORKED; /* the slot is the parent's; so is its output */
     if (gen_of(r) == 0)
         return BB_ESTATE;
     if (is_pending(r))

@@ -405,6 +405,12 @@ Test(client, a_fork_child_is_refused_and_leaves_the_parent_alone)
         CHILD_EXPECT(bb_model_stats(echo, &st) == BB_EFORKED);
         CHILD_EXPECT(bb_client_fd(c) == BB_EFORKED);
         CHILD_EXPECT(bb_client_poll(c, got, 4) == BB_EFORKED);
+        /* Nor does it read the parent's outcomes (the slot's status, an
+         * output the parent may be overwriting with its next submission). */
+        size_t len = 1;
+        CHILD_EXPECT(bb_request_status(done) == BB_EFORKED);
+        CHILD_EXPECT(bb_request_status(pending) == BB_EFORKED);
+        CHILD_EXPECT(bb_request_output(done, &len) == NULL && len == 0);
         /* The inherited copies go; the parent's request stays pending. */
         bb_request_free(pending);
         bb_request_free(done);
