@@ -126,6 +126,9 @@ class AsyncClient(Client):
         error. timeout (seconds) is the broker's deadline for it. If an
         earlier submit of this request was cancelled while the broker ran
         it, waits for that one to complete first."""
+        if request.client is not self:
+            # Its completion would reach the other client, never this loop.
+            raise error_for(CODES["BB_EINVAL"], "the request belongs to another client")
         prev = self._pending.get(request._r)
         if prev is not None and request.status == _BB_EPENDING:
             await asyncio.wait((prev[0],))  # its outcome is nobody's; never cancelled

@@ -229,3 +229,21 @@ def test_an_async_client_made_outside_a_loop_leaves_nothing_behind(broker):
             bb.AsyncClient(broker.sock)
         gc.collect()
     assert _open_fds() == before
+
+
+def test_a_request_of_another_client_is_refused(broker):
+    """model.run(request) with a request of another client (the same model
+    name) is BB_EINVAL: its completion reaches the other client's
+    descriptor, never this loop's, so the await waited for ever."""
+    async def main():
+        with bb.Client(broker.sock) as other:
+            async with bb.AsyncClient(broker.sock) as client:
+                model = client.model("echo")
+                with other.model("echo").request(4) as r:
+                    r.write(b"abcd")
+                    with pytest.raises(bb.BB_EINVAL):
+                        await asyncio.wait_for(model.run(r), 5)
+                    with pytest.raises(bb.BB_EINVAL):
+                        await asyncio.wait_for(client.submit(r), 5)
+                    assert not client._pending
+    run(main())
