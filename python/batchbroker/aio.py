@@ -220,11 +220,15 @@ class AsyncClient(Client):
             return
         self._stop_watching()
         pending, self._pending = self._pending, {}
-        for fut, _req in pending.values():
-            if not fut.done():
-                fut.set_exception(error_for(_BB_EDISCONNECTED, "the client was closed"))
-        self._fail_room_waiters(_BB_EDISCONNECTED, "the client was closed")
-        super().close()
+        try:
+            for fut, _req in pending.values():
+                if not fut.done():
+                    fut.set_exception(error_for(_BB_EDISCONNECTED, "the client was closed"))
+            self._fail_room_waiters(_BB_EDISCONNECTED, "the client was closed")
+        finally:
+            # Even where a future's callbacks cannot be scheduled (its loop
+            # is closed: a client collected after asyncio.run returned).
+            super().close()
 
     async def aclose(self):
         self.close()

@@ -247,3 +247,26 @@ def test_a_request_of_another_client_is_refused(broker):
                         await asyncio.wait_for(client.submit(r), 5)
                     assert not client._pending
     run(main())
+
+
+def test_an_async_client_collected_after_its_loop_closed_disconnects(brokers):
+    """An AsyncClient left open, with a cancelled submission still running
+    in the broker, and collected after asyncio.run() closed its loop: failing
+    that submission's future raised 'Event loop is closed' inside close(),
+    before the disconnect, and __del__ swallowed it: the session leaked."""
+    b = brokers.start(overrides=SLOW)
+    gc.collect()
+    before = _open_fds()
+
+    async def main():
+        client = bb.AsyncClient(b.sock)
+        slow = client.model("slow")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(slow.submit(b"runs"), 0.05)
+        assert client._pending  # the broker still runs it
+        return client
+
+    client = asyncio.run(main())
+    del client
+    gc.collect()
+    assert _open_fds() == before
