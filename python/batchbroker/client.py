@@ -83,8 +83,11 @@ def submit_opts(priority=None, timeout=None, dedup=False, tag=0):
             us = 1
         if us > 0xFFFFFFFF:
             raise ValueError("timeout is longer than the broker's limit (about 71 minutes)")
+    tag = int(tag)
+    if not 0 <= tag <= 0xFFFFFFFFFFFFFFFF:  # ctypes would mask it to another tag
+        raise ValueError(f"tag {tag} is not an unsigned 64-bit integer")
     return _lib.SubmitOpts(priority=int(_priority(priority)), timeout_us=us,
-                           flags=SUBMIT_DEDUP if dedup else 0, tag=int(tag))
+                           flags=SUBMIT_DEDUP if dedup else 0, tag=tag)
 
 
 def _nbytes(data):

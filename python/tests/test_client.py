@@ -495,3 +495,12 @@ def test_a_negative_wait_timeout_does_not_wait_forever(brokers):
             running.result(-0.5)
         running.close()
         queued.close()
+
+
+def test_a_tag_out_of_range_is_refused():
+    """A tag must fit the slot's 64 bits: 2**64 + 5 came back as 5 and -1
+    as 2**64 - 1 (ctypes masks), a tag that was not the one given."""
+    for bad in (-1, 2**64, 2**64 + 5):
+        with pytest.raises(ValueError):
+            bb.submit_opts(tag=bad)
+    assert bb.submit_opts(tag=2**64 - 1).tag == 2**64 - 1
