@@ -254,7 +254,7 @@ def test_an_async_client_collected_after_its_loop_closed_disconnects(brokers):
     in the broker, and collected after asyncio.run() closed its loop: failing
     that submission's future raised 'Event loop is closed' inside close(),
     before the disconnect, and __del__ swallowed it: the session leaked."""
-    b = brokers.start(overrides=SLOW)
+    b = brokers.start(overrides=SLOW + ["model.slow.param.batch_us=3000000"])
     gc.collect()
     before = _open_fds()
 
