@@ -9,15 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <linux/sockios.h>
 
 #include "control.h"
 
@@ -164,14 +161,6 @@ void bb__control_accept(struct bb__worker *w, int fd)
 #define CTL_PER_PASS 16
 #define CTL_METRICS_COST 8
 
-/* Bytes of replies sent on sock that its peer has not read yet; -1 if the
- * kernel does not say. */
-static int unread_bytes(int sock)
-{
-    int unread = 0;
-    return ioctl(sock, SIOCOUTQ, &unread) < 0 ? -1 : unread;
-}
-
 /* A process that forks, lets the child keep the socket and exits before
  * reading its HELLO reply would otherwise leave that reply's descriptors
  * (and the segment's pages) referenced from a socket the broker no longer
@@ -180,7 +169,7 @@ static int unread_bytes(int sock)
  * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
 bool bb__control_held_elsewhere(const struct bb__client *c)
 {
-    return unread_bytes(c->sock) > 0;
+    return bb__session_unread(c->sock) > 0;
 }
 
 /* One message with descriptors attached (SCM_RIGHTS). */
@@ -367,7 +356,7 @@ static int memfd_of(const void *data, size_t len, int *out)
  * memfd, so that a reader that takes its time costs the dispatcher nothing. */
 static void handle_metrics(struct bb__worker *w, struct bb__client *c, const struct bb_msg_metrics *req)
 {
-    int unread = unread_bytes(c->sock);
+    int unread = bb__session_unread(c->sock);
     if (unread < 0 || unread > UNREAD_MAX) {
         bb__session_kill(w, c, "replies left unread");
         return;
@@ -619,6 +608,8 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
     uint64_t idle_ns = (uint64_t)b->cfg->operator_idle_timeout_ms * 1000000ull;
     for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
         struct bb__client *c = w->clients[i];
+        if (c && c->lingering && bb__session_unread(c->sock) <= 0)
+            bb__session_unlinger(c);
         if (!c || c->dead)
             continue;
         /* Neither a connection that never says HELLO nor a silent operator

@@ -13,8 +13,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "batchbroker/client.h"
 #include "admission.h"
@@ -191,9 +194,23 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
     if (c->notify_busy) /* a write its client keeps from completing */
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_NOTIFY, c->idx, c->gen));
+    /* Replies the peer has not read (a HELLO reply: the segment, the worker
+     * page and eventfds) stay in its socket after ours closes, their
+     * descriptors charged to the broker's uid (RLIMIT_NOFILE) and their
+     * memory referenced: the session keeps its place, segment and charge
+     * to its uid until the peer reads them or closes (the heartbeat looks,
+     * bb__session_unlinger). Dropped at once, a loop of peers that say
+     * HELLO, then something the broker ends them for, pinned descriptors
+     * and memory that no limit counted. The peer sees the end of the
+     * session after those replies all the same (shutdown). */
+    if (!w->exiting && c->sock >= 0 && bb__session_unread(c->sock) > 0) {
+        shutdown(c->sock, SHUT_RDWR);
+        c->lingering = true;
+        c->refs++;
+    }
     /* io_uring holds its own file references until the cancels land. */
     int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
-    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+    for (size_t i = c->lingering ? 1 : 0; i < sizeof fds / sizeof fds[0]; i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
             *fds[i] = -1;
@@ -213,9 +230,25 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     bb__session_put(c);
 }
 
+int bb__session_unread(int sock)
+{
+    int unread = 0;
+    return ioctl(sock, SIOCOUTQ, &unread) < 0 ? -1 : unread;
+}
+
+void bb__session_unlinger(struct bb__client *c)
+{
+    c->lingering = false;
+    bb__session_put(c); /* the socket closes with the session */
+}
+
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
 {
     struct bb__broker *b = w->b;
+    if (c->sock >= 0) { /* a lingering session's (or at broker exit) */
+        close(c->sock);
+        c->sock = -1;
+    }
     for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
         free(c->req_chunks[i]);
     free(c->req_chunks);
