@@ -358,10 +358,10 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
     for (uint32_t i = 0; i < w->nlive; i++)
         bb__completion_tell_drops(w->live[i]);
     bb__log_limit_flush(now);
-    /* Connections still in their handshake and operator sessions are not
-     * live: only then is there anything to expire. */
-    if (w->nclients != w->nlive)
-        bb__control_expire(w, now);
+    /* Handshakes, operators, sessions that outlived their process or
+     * linger with replies unread: a look at the table ten times a second
+     * (attached sessions are among them: nclients == nlive says nothing). */
+    bb__control_expire(w, now);
 }
 
 /* The spin rule (bb__spin_credit) over idle episodes, timed from the last

@@ -744,6 +744,60 @@ Test(robust, a_session_left_to_a_child_still_counts)
     cr_assert(broker_alive(&B));
 }
 
+/* The other half of the rule above: once the child has read the reply, the
+ * session of the process that exited ends (docs/caveats.md), the child's
+ * socket sees the hang-up. It used to live on whenever every other session
+ * of its worker was attached: the heartbeat looked at it only while one was
+ * not. */
+Test(robust, a_session_left_to_a_child_ends_once_its_reply_is_read)
+{
+    START(&B, NULL);
+    int result[2];
+    cr_assert_eq(pipe(result), 0);
+    fflush(NULL);
+    pid_t p = fork();
+    cr_assert_geq(p, 0);
+    if (p == 0) {
+        close(result[0]);
+        int fd = bbt_raw_connect(B.sock);
+        struct bb_msg_hello h = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                 .version = BB_SHM_VERSION, .cpu = -1, .max_inflight = 1};
+        if (fd < 0 || send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h)
+            _exit(1);
+        struct pollfd rp = {.fd = fd, .events = POLLIN};
+        if (poll(&rp, 1, 10000) != 1) /* the reply is there, unread */
+            _exit(2);
+        if (fork() == 0) {
+            bbt_msleep(300); /* the broker sees its parent exit */
+            struct bb_msg_hello_reply rep;
+            char cbuf[CMSG_SPACE(4 * sizeof(int))];
+            struct iovec io = {.iov_base = &rep, .iov_len = sizeof rep};
+            struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
+                                .msg_controllen = sizeof cbuf};
+            char verdict = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) > 0 ? 'k' : 'r';
+            if (verdict == 'k') { /* read: now the broker must let go within 5 s */
+                struct pollfd hp = {.fd = fd, .events = POLLRDHUP};
+                for (int i = 0; i < 50 && !(hp.revents & (POLLRDHUP | POLLHUP)); i++)
+                    poll(&hp, 1, 100);
+                verdict = hp.revents & (POLLRDHUP | POLLHUP) ? 'd' : 'k';
+            }
+            ssize_t n = write(result[1], &verdict, 1);
+            _exit(n != 1);
+        }
+        _exit(0);
+    }
+    close(result[1]);
+    int st = bbt_waitpid_bounded(p, 10000);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+    char verdict = 0;
+    cr_assert_eq(read(result[0], &verdict, 1), 1, "the holder never reported");
+    close(result[0]);
+    cr_assert_neq(verdict, 'r', "the HELLO reply was not there to read");
+    cr_assert_eq(verdict, 'd', "the session outlived its process after its reply was read");
+    cr_assert(broker_alive(&B));
+    bbt_fresh_client_works(&B);
+}
+
 /* A bare connection whose HELLO was answered (status 0, peeked at) and
  * whose reply, with its descriptors, is left unread; -1 if refused 500
  * times (a place the broker is still letting go of counts a moment). */
