@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -109,6 +110,16 @@ static void send_status(int fd, uint32_t type, int status)
     (void)n;
 }
 
+/* A session that outlives its process counts against its uid, not against
+ * a pid that the next process to get it would find taken. */
+static void forget_pid(struct bb__broker *b, struct bb__client *c)
+{
+    if (c->adm_pid > 0) {
+        bb__admission_forget_pid(&b->adm, c->adm_pid);
+        c->adm_pid = 0;
+    }
+}
+
 void bb__control_accept(struct bb__worker *w, int fd)
 {
     struct bb__broker *b = w->b;
@@ -141,8 +152,11 @@ void bb__control_accept(struct bb__worker *w, int fd)
     bb__session_arm(w, c, BB__UD_SOCK);
     /* pidfd: a forked child may keep the socket open after the client dies. */
     c->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
-    if (c->pidfd >= 0)
+    if (c->pidfd >= 0) {
         bb__session_arm(w, c, BB__UD_PIDFD);
+    } else if (errno == ESRCH) { /* gone already: its pid is free */
+        forget_pid(b, c);
+    }
     bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
@@ -167,9 +181,22 @@ void bb__control_accept(struct bb__worker *w, int fd)
  * counts: in a loop, unbounded memory, and descriptors in flight charged to
  * the broker's uid until the kernel refuses every HELLO reply
  * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
-bool bb__control_held_elsewhere(const struct bb__client *c)
+static bool held_elsewhere(const struct bb__client *c)
 {
     return bb__session_unread(c->sock) > 0;
+}
+
+void bb__control_pid_exited(struct bb__worker *w, struct bb__client *c)
+{
+    if (!held_elsewhere(c)) {
+        bb__session_kill(w, c, "process exited");
+        return;
+    }
+    bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
+                    "process holds: kept until they are read or the socket closes",
+                    c->id, (int)c->pid);
+    c->pid_gone = true; /* the heartbeat looks again (bb__control_expire) */
+    forget_pid(w->b, c);
 }
 
 /* One message with descriptors attached (SCM_RIGHTS). */
@@ -601,6 +628,13 @@ int bb__control_backlog(struct bb__worker *w)
     return served;
 }
 
+/* Whether the process of pidfd has exited (-1: unknown, taken as not). */
+static bool exited(int pidfd)
+{
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    return pidfd >= 0 && poll(&p, 1, 0) == 1;
+}
+
 void bb__control_expire(struct bb__worker *w, uint64_t now)
 {
     struct bb__broker *b = w->b;
@@ -610,6 +644,8 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
         struct bb__client *c = w->clients[i];
         if (c && c->lingering && bb__session_unread(c->sock) <= 0)
             bb__session_unlinger(c);
+        if (c && c->lingering && c->adm_pid > 0 && exited(c->pidfd))
+            forget_pid(b, c);
         if (!c || c->dead)
             continue;
         /* Neither a connection that never says HELLO nor a silent operator
@@ -620,7 +656,7 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
             bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
         else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
             bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");
-        else if (c->pid_gone && !bb__control_held_elsewhere(c))
+        else if (c->pid_gone && !held_elsewhere(c))
             bb__session_kill(w, c, "process exited");
     }
 }

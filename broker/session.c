@@ -71,6 +71,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->pid = cr->pid;
     c->uid = cr->uid;
     c->gid = cr->gid;
+    c->adm_pid = cr->pid;
     c->refs = 1;
     c->accepted_ns = c->last_msg_ns = c->sq_empty_ns = bb__now_ns();
     table_insert(w, c);
@@ -208,9 +209,11 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         c->lingering = true;
         c->refs++;
     }
-    /* io_uring holds its own file references until the cancels land. */
-    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
-    for (size_t i = c->lingering ? 1 : 0; i < sizeof fds / sizeof fds[0]; i++)
+    /* io_uring holds its own file references until the cancels land. A
+     * lingering session keeps its pidfd too: the heartbeat sees its
+     * process exit (bb__control_expire). */
+    int *fds[] = {&c->doorbell, &c->notify, &c->memfd, &c->sock, &c->pidfd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0] - (c->lingering ? 2 : 0); i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
             *fds[i] = -1;
@@ -249,11 +252,15 @@ void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
         close(c->sock);
         c->sock = -1;
     }
+    if (c->pidfd >= 0) {
+        close(c->pidfd);
+        c->pidfd = -1;
+    }
     for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
         free(c->req_chunks[i]);
     free(c->req_chunks);
     free(c->cm);
-    bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
+    bb__admission_release(&b->adm, c->uid, c->adm_pid, c->adm_slots, c->adm_bytes);
     table_remove(w, c);
     if (c->placed) /* sessions move only at HELLO: w is where it was placed */
         atomic_fetch_sub_explicit(&w->placed, 1, memory_order_relaxed);

@@ -45,6 +45,7 @@ struct bb__client {
     uint64_t ctl_pass;             /* the worker's pass that ctl_spent counts */
     uint32_t ctl_spent;            /* of its control budget in that pass */
     bool pid_gone;                 /* its process exited, another holds the socket */
+    pid_t adm_pid;                 /* the process admission charged it to; 0 once that exited */
     bool lingering;                /* ended with replies unread: socket and a reference kept */
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */

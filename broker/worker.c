@@ -106,14 +106,7 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
         c->notify_busy = false; /* done, or failed: the next flush writes again */
         return;
     case BB__UD_PIDFD:
-        if (bb__control_held_elsewhere(c)) {
-            bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
-                            "process holds: kept until they are read or the socket closes",
-                            c->id, (int)c->pid);
-            c->pid_gone = true; /* the heartbeat looks again (bb__control_expire) */
-            return;
-        }
-        bb__session_kill(w, c, "process exited");
+        bb__control_pid_exited(w, c);
         return;
     }
 }
