@@ -203,9 +203,19 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
      * bb__session_unlinger). Dropped at once, a loop of peers that say
      * HELLO, then something the broker ends them for, pinned descriptors
      * and memory that no limit counted. The peer sees the end of the
-     * session after those replies all the same (shutdown). */
+     * session after those replies all the same (shutdown). What it sent
+     * and we did not read goes: a message there may carry the peer's own
+     * socket, which would otherwise outlive the peer's close, and the
+     * replies on it with it, for as long as the broker runs. Read until
+     * EAGAIN first (an empty message reads as 0, and so does a peer that
+     * shut its end: hence the bound), then once shut, until 0. */
     if (!w->exiting && c->sock >= 0 && bb__session_unread(c->sock) > 0) {
+        char discard[64];
+        for (int i = 0; i < 1024 && recv(c->sock, discard, sizeof discard, MSG_DONTWAIT) >= 0; i++)
+            ;
         shutdown(c->sock, SHUT_RDWR);
+        while (recv(c->sock, discard, sizeof discard, MSG_DONTWAIT) > 0)
+            ;
         c->lingering = true;
         c->refs++;
     }

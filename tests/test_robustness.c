@@ -880,6 +880,47 @@ Test(robust, a_dropped_session_with_its_reply_unread_still_counts)
     cr_assert(broker_alive(&B));
 }
 
+/* A lingering session (above) whose peer left its own socket in a message
+ * the broker had not read when it ended the session: the socket the peer
+ * closes lives on in the broker's queue, and so do the replies on it, the
+ * session's reason to linger. The broker discards what it has not read when
+ * it ends a session, and the place comes free once the peer has closed. */
+Test(robust, a_peer_that_sent_its_own_socket_still_lets_go)
+{
+    START(&B, "broker.max_clients_per_uid=2");
+    int fd = hello_reply_unread(B.sock);
+    cr_assert_geq(fd, 0, "the peer was never admitted");
+    /* Both messages queued before the broker reads either. */
+    cr_assert_eq(kill(B.pid, SIGSTOP), 0);
+    const struct bb_msg_hdr junk = {.type = 0x7777};
+    cr_assert_eq(send(fd, &junk, sizeof junk, MSG_NOSIGNAL), (ssize_t)sizeof junk);
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec io = {.iov_base = (void *)&junk, .iov_len = sizeof junk};
+    struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof cbuf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    cr_assert_eq(kill(B.pid, SIGCONT), 0);
+    cr_assert_eq(n, (ssize_t)sizeof junk);
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP}; /* the reply stays unread */
+    for (int i = 0; i < 50 && !(p.revents & (POLLRDHUP | POLLHUP)); i++)
+        poll(&p, 1, 100);
+    cr_assert(p.revents & (POLLRDHUP | POLLHUP), "the session was not ended");
+    close(fd);
+    bb_client *a = NULL, *b = NULL;
+    int rc = connect_when_free(&a);
+    cr_assert_eq(rc, 0, "%s", bb_errname(rc));
+    rc = connect_when_free(&b);
+    cr_assert_eq(rc, 0, "the session lingers after its peer closed: %s", bb_errname(rc));
+    bb_disconnect(b);
+    bb_disconnect(a);
+    cr_assert(broker_alive(&B));
+}
+
 /* ---- Churn ---- */
 
 /* Clients that come and go (cleanly, or abandoning requests) leave nothing
