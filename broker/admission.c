@@ -166,6 +166,16 @@ int bb__admission_attach(struct bb__admission *a, const struct bb__broker_config
     return rc;
 }
 
+void bb__admission_forget_pid(struct bb__admission *a, pid_t pid)
+{
+    pthread_mutex_lock(&a->mu);
+    struct bb__adm_entry *p = entry(a, BB__ADM_PID | (uint32_t)pid, 0);
+    bb_assert(p && p->sessions > 0, "a process forgotten holds a session");
+    p->sessions--;
+    drop_if_idle(a, p);
+    pthread_mutex_unlock(&a->mu);
+}
+
 void bb__admission_release(struct bb__admission *a, uint32_t uid, pid_t pid, uint32_t nslots,
                            uint64_t bytes)
 {

@@ -58,6 +58,12 @@ int bb__admission_connect(struct bb__admission *a, const struct bb__broker_confi
 int bb__admission_attach(struct bb__admission *a, const struct bb__broker_config *cfg,
                          uint32_t uid, uint32_t nslots, uint64_t bytes, const char **why);
 
+/* The process pid exited while one of its sessions lives on (another
+ * process holds its socket): that session no longer counts against pid,
+ * which the next process to get it may use. Once per session; the session's
+ * release then passes pid 0. */
+void bb__admission_forget_pid(struct bb__admission *a, pid_t pid);
+
 /* The session ended: give back its place and whatever attach charged. */
 void bb__admission_release(struct bb__admission *a, uint32_t uid, pid_t pid, uint32_t nslots,
                            uint64_t bytes);

@@ -6,18 +6,16 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <linux/sockios.h>
 
 #include "control.h"
 
@@ -112,6 +110,16 @@ static void send_status(int fd, uint32_t type, int status)
     (void)n;
 }
 
+/* A session that outlives its process counts against its uid, not against
+ * a pid that the next process to get it would find taken. */
+static void forget_pid(struct bb__broker *b, struct bb__client *c)
+{
+    if (c->adm_pid > 0) {
+        bb__admission_forget_pid(&b->adm, c->adm_pid);
+        c->adm_pid = 0;
+    }
+}
+
 void bb__control_accept(struct bb__worker *w, int fd)
 {
     struct bb__broker *b = w->b;
@@ -144,8 +152,11 @@ void bb__control_accept(struct bb__worker *w, int fd)
     bb__session_arm(w, c, BB__UD_SOCK);
     /* pidfd: a forked child may keep the socket open after the client dies. */
     c->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
-    if (c->pidfd >= 0)
+    if (c->pidfd >= 0) {
         bb__session_arm(w, c, BB__UD_PIDFD);
+    } else if (errno == ESRCH) { /* gone already: its pid is free */
+        forget_pid(b, c);
+    }
     bb_debug_limited("client %u (pid %d uid %u) connected", c->id, (int)cr.pid, (unsigned)cr.uid);
 }
 
@@ -164,23 +175,28 @@ void bb__control_accept(struct bb__worker *w, int fd)
 #define CTL_PER_PASS 16
 #define CTL_METRICS_COST 8
 
-/* Bytes of replies sent on sock that its peer has not read yet; -1 if the
- * kernel does not say. */
-static int unread_bytes(int sock)
-{
-    int unread = 0;
-    return ioctl(sock, SIOCOUTQ, &unread) < 0 ? -1 : unread;
-}
-
 /* A process that forks, lets the child keep the socket and exits before
  * reading its HELLO reply would otherwise leave that reply's descriptors
  * (and the segment's pages) referenced from a socket the broker no longer
  * counts: in a loop, unbounded memory, and descriptors in flight charged to
  * the broker's uid until the kernel refuses every HELLO reply
  * (ETOOMANYREFS). Kept, the session counts against max_clients_per_uid. */
-bool bb__control_held_elsewhere(const struct bb__client *c)
+static bool held_elsewhere(const struct bb__client *c)
 {
-    return unread_bytes(c->sock) > 0;
+    return bb__session_unread(c->sock) > 0;
+}
+
+void bb__control_pid_exited(struct bb__worker *w, struct bb__client *c)
+{
+    if (!held_elsewhere(c)) {
+        bb__session_kill(w, c, "process exited");
+        return;
+    }
+    bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
+                    "process holds: kept until they are read or the socket closes",
+                    c->id, (int)c->pid);
+    c->pid_gone = true; /* the heartbeat looks again (bb__control_expire) */
+    forget_pid(w->b, c);
 }
 
 /* One message with descriptors attached (SCM_RIGHTS). */
@@ -367,7 +383,7 @@ static int memfd_of(const void *data, size_t len, int *out)
  * memfd, so that a reader that takes its time costs the dispatcher nothing. */
 static void handle_metrics(struct bb__worker *w, struct bb__client *c, const struct bb_msg_metrics *req)
 {
-    int unread = unread_bytes(c->sock);
+    int unread = bb__session_unread(c->sock);
     if (unread < 0 || unread > UNREAD_MAX) {
         bb__session_kill(w, c, "replies left unread");
         return;
@@ -612,6 +628,13 @@ int bb__control_backlog(struct bb__worker *w)
     return served;
 }
 
+/* Whether the process of pidfd has exited (-1: unknown, taken as not). */
+static bool exited(int pidfd)
+{
+    struct pollfd p = {.fd = pidfd, .events = POLLIN};
+    return pidfd >= 0 && poll(&p, 1, 0) == 1;
+}
+
 void bb__control_expire(struct bb__worker *w, uint64_t now)
 {
     struct bb__broker *b = w->b;
@@ -619,6 +642,10 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
     uint64_t idle_ns = (uint64_t)b->cfg->operator_idle_timeout_ms * 1000000ull;
     for (uint32_t i = 0; i < b->cfg->max_clients; i++) {
         struct bb__client *c = w->clients[i];
+        if (c && c->lingering && bb__session_unread(c->sock) <= 0)
+            bb__session_unlinger(c);
+        if (c && c->lingering && c->adm_pid > 0 && exited(c->pidfd))
+            forget_pid(b, c);
         if (!c || c->dead)
             continue;
         /* Neither a connection that never says HELLO nor a silent operator
@@ -629,7 +656,7 @@ void bb__control_expire(struct bb__worker *w, uint64_t now)
             bb__session_kill(w, c, "no HELLO within hello_timeout_ms");
         else if (c->is_operator && idle_ns && now - c->last_msg_ns > idle_ns)
             bb__session_kill(w, c, "operator session idle for operator_idle_timeout_ms");
-        else if (c->pid_gone && !bb__control_held_elsewhere(c))
+        else if (c->pid_gone && !held_elsewhere(c))
             bb__session_kill(w, c, "process exited");
     }
 }

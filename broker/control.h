@@ -24,12 +24,13 @@ void bb__control_registered(struct bb__worker *w, struct bb__client *c);
 void bb__control_readable(struct bb__worker *w, struct bb__client *c);
 /* Read on for the sessions of the backlog, once a pass; returns how many. */
 int bb__control_backlog(struct bb__worker *w);
-/* The process that connected has exited (pidfd) but replies to it lie
- * unread on its socket, which therefore another process holds (the dead
- * one's descriptors are closed before its pidfd fires): the session lives
- * on, and counts against its uid, until they are read or the socket
- * closes (bb__control_expire looks at every heartbeat). */
-bool bb__control_held_elsewhere(const struct bb__client *c);
+/* The process that connected has exited (its pidfd polled readable): the
+ * session ends, unless replies to it lie unread on its socket, which
+ * therefore another process holds (the dead one's descriptors are closed
+ * before its pidfd fires): then it lives on, and counts against its uid
+ * (no longer against the pid, which is free), until they are read or the
+ * socket closes (bb__control_expire looks at every heartbeat). */
+void bb__control_pid_exited(struct bb__worker *w, struct bb__client *c);
 /* Drop the worker's sessions past hello_timeout_ms without a HELLO, its
  * operator sessions idle past operator_idle_timeout_ms, and those of exited
  * processes whose replies have been read since (heartbeat). */

@@ -13,8 +13,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "batchbroker/client.h"
 #include "admission.h"
@@ -68,6 +71,7 @@ struct bb__client *bb__session_add(struct bb__worker *w, int fd, const struct uc
     c->pid = cr->pid;
     c->uid = cr->uid;
     c->gid = cr->gid;
+    c->adm_pid = cr->pid;
     c->refs = 1;
     c->accepted_ns = c->last_msg_ns = c->sq_empty_ns = bb__now_ns();
     table_insert(w, c);
@@ -191,9 +195,35 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_PIDFD, c->idx, c->gen));
     if (c->notify_busy) /* a write its client keeps from completing */
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_NOTIFY, c->idx, c->gen));
-    /* io_uring holds its own file references until the cancels land. */
-    int *fds[] = {&c->sock, &c->doorbell, &c->notify, &c->pidfd, &c->memfd};
-    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+    /* Replies the peer has not read (a HELLO reply: the segment, the worker
+     * page and eventfds) stay in its socket after ours closes, their
+     * descriptors charged to the broker's uid (RLIMIT_NOFILE) and their
+     * memory referenced: the session keeps its place, segment and charge
+     * to its uid until the peer reads them or closes (the heartbeat looks,
+     * bb__session_unlinger). Dropped at once, a loop of peers that say
+     * HELLO, then something the broker ends them for, pinned descriptors
+     * and memory that no limit counted. The peer sees the end of the
+     * session after those replies all the same (shutdown). What it sent
+     * and we did not read goes: a message there may carry the peer's own
+     * socket, which would otherwise outlive the peer's close, and the
+     * replies on it with it, for as long as the broker runs. Read until
+     * EAGAIN first (an empty message reads as 0, and so does a peer that
+     * shut its end: hence the bound), then once shut, until 0. */
+    if (!w->exiting && c->sock >= 0 && bb__session_unread(c->sock) > 0) {
+        char discard[64];
+        for (int i = 0; i < 1024 && recv(c->sock, discard, sizeof discard, MSG_DONTWAIT) >= 0; i++)
+            ;
+        shutdown(c->sock, SHUT_RDWR);
+        while (recv(c->sock, discard, sizeof discard, MSG_DONTWAIT) > 0)
+            ;
+        c->lingering = true;
+        c->refs++;
+    }
+    /* io_uring holds its own file references until the cancels land. A
+     * lingering session keeps its pidfd too: the heartbeat sees its
+     * process exit (bb__control_expire). */
+    int *fds[] = {&c->doorbell, &c->notify, &c->memfd, &c->sock, &c->pidfd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0] - (c->lingering ? 2 : 0); i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);
             *fds[i] = -1;
@@ -213,14 +243,34 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     bb__session_put(c);
 }
 
+int bb__session_unread(int sock)
+{
+    int unread = 0;
+    return ioctl(sock, SIOCOUTQ, &unread) < 0 ? -1 : unread;
+}
+
+void bb__session_unlinger(struct bb__client *c)
+{
+    c->lingering = false;
+    bb__session_put(c); /* the socket closes with the session */
+}
+
 void bb__session_destroy(struct bb__worker *w, struct bb__client *c)
 {
     struct bb__broker *b = w->b;
+    if (c->sock >= 0) { /* a lingering session's (or at broker exit) */
+        close(c->sock);
+        c->sock = -1;
+    }
+    if (c->pidfd >= 0) {
+        close(c->pidfd);
+        c->pidfd = -1;
+    }
     for (uint32_t i = 0; c->req_chunks && i < (c->nslots + BB__REQ_CHUNK - 1) / BB__REQ_CHUNK; i++)
         free(c->req_chunks[i]);
     free(c->req_chunks);
     free(c->cm);
-    bb__admission_release(&b->adm, c->uid, c->pid, c->adm_slots, c->adm_bytes);
+    bb__admission_release(&b->adm, c->uid, c->adm_pid, c->adm_slots, c->adm_bytes);
     table_remove(w, c);
     if (c->placed) /* sessions move only at HELLO: w is where it was placed */
         atomic_fetch_sub_explicit(&w->placed, 1, memory_order_relaxed);

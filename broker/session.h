@@ -45,6 +45,8 @@ struct bb__client {
     uint64_t ctl_pass;             /* the worker's pass that ctl_spent counts */
     uint32_t ctl_spent;            /* of its control budget in that pass */
     bool pid_gone;                 /* its process exited, another holds the socket */
+    pid_t adm_pid;                 /* the process admission charged it to; 0 once that exited */
+    bool lingering;                /* ended with replies unread: socket and a reference kept */
     bool is_operator;              /* attached without a segment (bbctl) */
     struct bb_msg_hello hello;     /* a HELLO that arrived before the session moved */
     uint64_t accepted_ns;          /* a peer that sends no HELLO is dropped */
@@ -110,8 +112,18 @@ void bb__session_register(struct bb__worker *w, struct bb__client *c, int memfd)
 void bb__session_go_live(struct bb__worker *w, struct bb__client *c);
 
 /* End a session: close its descriptors, drop its queued requests. Running
- * requests keep it (and its segment) until they complete. Idempotent. */
+ * requests keep it (and its segment) until they complete; replies its peer
+ * has not read keep it counted too (`lingering`, see bb__session_unlinger).
+ * Idempotent. */
 void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *why);
+
+/* Bytes of replies sent on sock that its peer has not read yet (SIOCOUTQ);
+ * -1 if the kernel does not say. */
+int bb__session_unread(int sock);
+
+/* A lingering session whose peer has read its replies or closed the socket
+ * lets go: its socket closes with it. Called at the heartbeat. */
+void bb__session_unlinger(struct bb__client *c);
 
 /* Destroy the dead sessions nothing references any more. */
 void bb__session_sweep(struct bb__worker *w);

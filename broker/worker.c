@@ -106,14 +106,7 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
         c->notify_busy = false; /* done, or failed: the next flush writes again */
         return;
     case BB__UD_PIDFD:
-        if (bb__control_held_elsewhere(c)) {
-            bb_info_limited("client %u (pid %d) exited with replies unread on a socket another "
-                            "process holds: kept until they are read or the socket closes",
-                            c->id, (int)c->pid);
-            c->pid_gone = true; /* the heartbeat looks again (bb__control_expire) */
-            return;
-        }
-        bb__session_kill(w, c, "process exited");
+        bb__control_pid_exited(w, c);
         return;
     }
 }
@@ -358,10 +351,10 @@ static void heartbeat(struct bb__worker *w, uint64_t now)
     for (uint32_t i = 0; i < w->nlive; i++)
         bb__completion_tell_drops(w->live[i]);
     bb__log_limit_flush(now);
-    /* Connections still in their handshake and operator sessions are not
-     * live: only then is there anything to expire. */
-    if (w->nclients != w->nlive)
-        bb__control_expire(w, now);
+    /* Handshakes, operators, sessions that outlived their process or
+     * linger with replies unread: a look at the table ten times a second
+     * (attached sessions are among them: nclients == nlive says nothing). */
+    bb__control_expire(w, now);
 }
 
 /* The spin rule (bb__spin_credit) over idle episodes, timed from the last

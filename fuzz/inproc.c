@@ -204,17 +204,23 @@ void bbf_pass(void)
 
 void bbf_session_close(struct bbf_session *s)
 {
+    /* The peer goes first: a session ended with replies unread on its
+     * socket lingers until they are read or the peer closes (session.c),
+     * which the heartbeat's look (bb__control_expire) then sees. */
+    if (s->peer >= 0)
+        close(s->peer);
+    s->peer = -1;
     struct bb__client *c = client_of(s);
     if (c && !c->dead)
         bb__session_kill(worker(), c, "fuzz input done");
+    if (c && c->lingering)
+        bb__control_expire(worker(), bb__now_ns());
     for (int i = 0; i < 100 && client_of(s); i++)
         bbf_pass();
     if (client_of(s))
         DIE("a killed session was never swept (references left: %u)", client_of(s)->refs);
     if (s->seg)
         munmap(s->seg, s->seg_size);
-    if (s->peer >= 0)
-        close(s->peer);
     memset(s, 0, sizeof *s);
     s->peer = -1;
 }

@@ -215,6 +215,84 @@ Test(admission, sessions_per_process_are_bounded)
     close_all(fds, held);
 }
 
+/* A child that forks pid `want` (root, through ns_last_pid) and runs
+ * bb_connect there: the child's pid, or -1 when another process took that
+ * pid first every time. The exit status says 0 for attached, else 10 - rc. */
+static pid_t fork_as_pid(pid_t want)
+{
+    for (int i = 0; i < 50; i++) {
+        FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "w");
+        if (!f)
+            return -1;
+        fprintf(f, "%d", (int)want - 1);
+        fclose(f);
+        pid_t pid = fork_child();
+        if (pid == 0) {
+            if (getpid() != want)
+                _exit(99);
+            bb_client *c;
+            int rc = bb_connect(B.sock, NULL, &c);
+            _exit(rc == 0 ? 0 : 10 - rc);
+        }
+        if (pid == want)
+            return pid;
+        bbt_waitpid_bounded(pid, 5000);
+    }
+    return -1;
+}
+
+/* A process that said HELLO twice, left both sockets to a child and exited
+ * before reading the replies keeps both sessions (robustness.c says why),
+ * charged to its uid. Not to its pid any more: the pid is free, and the next
+ * process that gets it (here made so through ns_last_pid) is a stranger
+ * that used to be refused with max_clients_per_pid reached. */
+Test(admission, an_exited_process_leaves_its_pid_to_the_next)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to choose a pid (ns_last_pid)");
+    BBT_START_OK(&B, "broker.max_clients_per_pid=2");
+    int release[2], ready[2];
+    cr_assert_eq(pipe(release), 0);
+    cr_assert_eq(pipe(ready), 0);
+    pid_t p = fork_child();
+    if (p == 0) {
+        close(release[1]);
+        close(ready[0]);
+        for (int k = 0; k < 2; k++) {
+            int fd = bbt_raw_connect(B.sock);
+            struct bb_msg_hello h = {.h = {.type = BB_MSG_HELLO}, .magic = BB_SHM_MAGIC,
+                                     .version = BB_SHM_VERSION, .cpu = -1, .max_inflight = 1};
+            struct bb_msg_hdr rep;
+            if (fd < 0 || send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h ||
+                recv(fd, &rep, sizeof rep, MSG_PEEK) != (ssize_t)sizeof rep || rep.status != 0)
+                _exit(1); /* the reply is there, unread */
+        }
+        if (fork() == 0) { /* holds both sockets until the test closes the pipe */
+            char x;
+            prctl(PR_SET_PDEATHSIG, 0);
+            ssize_t n = write(ready[1], "x", 1);
+            n = read(release[0], &x, 1);
+            _exit(n < 0);
+        }
+        _exit(0);
+    }
+    close(ready[1]);
+    char x;
+    cr_assert_eq(read(ready[0], &x, 1), 1, "the holder never started");
+    close(ready[0]);
+    cr_assert_eq(child_status(p), 0, "the first process could not attach twice");
+    bbt_msleep(300); /* the broker sees the exit */
+    pid_t q = fork_as_pid(p);
+    if (q < 0) {
+        close(release[1]);
+        cr_skip_test("pid %d was taken by another process each time", (int)p);
+    }
+    int code = child_status(q);
+    close(release[1]);
+    cr_assert_eq(code, 0, "the process that got pid %d was refused: %s", (int)p,
+                 bb_errname(10 - code));
+}
+
 /* One uid may hold max_clients_per_uid sessions; by default that leaves an
  * eighth of max_clients (here 2 of 16) to other uids. */
 Test(admission, one_uid_cannot_take_every_place)
