@@ -38,8 +38,12 @@ static void on_signal(int sig)
     errno = saved;
 }
 
-/* Every client holds four descriptors (socket, pidfd, doorbell, notify):
- * take the hard limit, and say so if max_clients still cannot fit. */
+/* Every client holds four descriptors (socket, pidfd, doorbell, notify),
+ * and may have up to about nine more of ours in flight, sent and not read
+ * yet (a HELLO reply's three or four, METRICS replies under the unread
+ * cap), which the kernel checks against the same limit, separately, for a
+ * broker without CAP_SYS_RESOURCE: take the hard limit, and say so if
+ * max_clients still cannot fit. */
 static void raise_fd_limit(uint32_t max_clients)
 {
     struct rlimit rl;
@@ -50,7 +54,7 @@ static void raise_fd_limit(uint32_t max_clients)
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
-    rlim_t need = (rlim_t)max_clients * 4 + 64;
+    rlim_t need = (rlim_t)max_clients * 9 + 64;
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         bb_warn("open-file limit %llu is below the %llu that max_clients = %u needs; "
                 "raise it (ulimit -n, LimitNOFILE=) or lower max_clients",
