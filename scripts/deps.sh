@@ -80,8 +80,14 @@ bb_install_deps() {
     # A package that ships a service (prometheus) must not start it here: it
     # would take port 9090 and scrape on a CI machine. policy-rc.d answers
     # "not now" to invoke-rc.d and deb-systemd-invoke for the install only.
+    # Interrupted (Ctrl-C), the script must not leave it behind either: every
+    # later install on the machine would keep its services stopped. (Callers
+    # set their own traps after this returns.)
     local policy=/usr/sbin/policy-rc.d own_policy=
     if [ ! -e "$policy" ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
     fi
     local rc=0
@@ -89,6 +95,7 @@ bb_install_deps() {
         --no-install-recommends "${missing[@]}" || rc=$?
     if [ -n "$own_policy" ]; then
         rm -f "$policy"
+        trap - EXIT INT TERM
     fi
     return "$rc"
 }
