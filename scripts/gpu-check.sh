@@ -260,6 +260,12 @@ if [ -n "$PACK" ]; then
           "$bdir/tests/test_backend_cuda" "$bdir/tests/cuda_probe" "$stage/bin/"
     cp -a "$bdir"/backends/bb_backend_echo.so "$bdir"/backends/bb_backend_cuda.so "$stage/bin/"
     "$bundle" "$stage" "$PACK"
+    # The bundle tool leaves out libc, libm, libdl, libpthread, librt and the
+    # loader, but copies glibc's other libraries (libresolv: Kerberos, under
+    # Criterion, under test_backend_cuda). They call into libc.so.6 through
+    # GLIBC_PRIVATE symbols, which only the glibc they came with has: the GPU
+    # machine brings its own C library, all of it (as DEB_SKIP says for --debs).
+    rm -f "$PACK"/lib/{libresolv,libanl,libutil,libBrokenLocale,libmvec,libthread_db,libnss_*,libc_malloc_debug}.so*
     mkdir -p "$PACK/models" "$PACK/data"
     cp "$bdir"/models/fmnist.bbdense "$bdir"/models/fmnist.pt "$PACK/models/" ||
         die "no trained model in $bdir/models"
