@@ -366,6 +366,13 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         return 2;
     }
     if (!conc_given && o->rate > 0) o->concurrency = 256;
+    /* inproc-all keeps every request of the run in flight in one thread: the
+     * product must fit its uint32 count (it wrapped to 0: a run of nothing). */
+    if ((uint64_t)o->clients * o->threads * o->concurrency > UINT32_MAX) {
+        fprintf(stderr, "bb-bench: --clients x --threads x --concurrency is more than %u requests "
+                        "in flight\n", UINT32_MAX);
+        return 2;
+    }
     if (!o->pmax && !o->pmin && o->out_cap == 0) o->out_cap = 1;
     if (!o->out_cap) o->out_cap = o->pmax;
     return 0;

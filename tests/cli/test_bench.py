@@ -43,6 +43,13 @@ def test_nonsense_numbers_are_refused(args):
         (args, r.returncode, r.stderr)
 
 
+def test_requests_in_flight_that_overflow_are_refused():
+    # 4 x 2^30 in flight for inproc-all wrapped to 0: a run of no request, exit 0.
+    r = run([BENCH, "--no-broker", "--baseline", "inproc-all", "--threads", "4",
+             "--concurrency", str(1 << 30), "--warmup", "0", "--duration", "0.1"], timeout=20)
+    assert r.returncode == 2 and "requests in flight" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_spawned_broker_leaves_no_log_file(brokers):
     d = brokers.tmpdir
     sock = os.path.join(d, "bench.sock")
