@@ -30,6 +30,9 @@ while getopts b:o:r:q opt; do
     *) sed -n '2,15p' "$0"; exit 2 ;;
     esac
 done
+case $rounds in
+'' | *[!0-9]* | 0) echo "light_load.sh: -r $rounds: expected a positive number" >&2; exit 2 ;;
+esac
 out=${out:-$build/bench-light}
 bench=$build/bench/bb-bench
 broker=$build/broker/batchbroker

@@ -3,6 +3,7 @@
  * docs/performance.md for what it measures and how. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,11 +114,14 @@ static int parse_u32(const char *s, uint32_t min, uint32_t *out)
     return 0;
 }
 
+/* Seconds and rates: at most 1e9, so that seconds still fit the uint64
+ * nanoseconds of the run's clock (inf made a run that measured nothing and
+ * an open loop that never ended). */
 static int parse_pos(const char *s, double *out)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end || !(v >= 0)) return -1;
+    if (end == s || *end || !(v >= 0 && v <= 1e9)) return -1;
     *out = v;
     return 0;
 }
@@ -219,7 +223,7 @@ static int bad(const char *opt, const char *arg)
 static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_flags *mf)
 {
     const char *model = "echo";
-    int conc_given = 0, c, idx;
+    int conc_given = 0, c, idx, used;
     unsigned long long ull;
     char *end;
     while ((c = getopt_long(argc, argv, "h", long_opts, &idx)) != -1) {
@@ -232,7 +236,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         case OPT_BROKER_BIN: o->broker_bin = optarg; break;
         case OPT_BROKER_PID:
             ull = strtoull(optarg, &end, 10);
-            if (*end || !ull) return bad(name, optarg);
+            if (*end || optarg[0] == '-' || !ull || ull > INT_MAX) return bad(name, optarg);
             o->broker_pid = (pid_t)ull;
             break;
         case OPT_NO_BROKER: o->no_broker = 1; break;
@@ -258,13 +262,16 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             break;
         case OPT_OUT:
             mf->has_out = 1;
+            /* The payload's bound: buffers are slots x capacity. */
             ull = strtoull(optarg, &end, 10);
-            if (*end || end == optarg) return bad(name, optarg);
+            if (*end || end == optarg || optarg[0] == '-' || ull > (1ull << 30))
+                return bad(name, optarg);
             o->out_cap = (size_t)ull;
             break;
         case OPT_PRIO:
-            if (sscanf(optarg, "%lf:%lf:%lf:%lf", &o->prio_weight[0], &o->prio_weight[1],
-                       &o->prio_weight[2], &o->prio_weight[3]) != 4)
+            used = 0;
+            if (sscanf(optarg, "%lf:%lf:%lf:%lf%n", &o->prio_weight[0], &o->prio_weight[1],
+                       &o->prio_weight[2], &o->prio_weight[3], &used) != 4 || optarg[used])
                 return bad(name, optarg);
             for (int i = 0; i < 4; i++)
                 if (!(o->prio_weight[i] >= 0)) return bad(name, optarg);
@@ -276,7 +283,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             break;
         case OPT_SPIN:
             o->spin_ns = strtoll(optarg, &end, 10);
-            if (*end || o->spin_ns < 0) return bad(name, optarg);
+            if (*end || end == optarg || o->spin_ns < 0) return bad(name, optarg);
             break;
         case OPT_CPUS:
             if ((o->ncpus = bench_parse_cpus(optarg, o->cpus, BENCH_MAX_CPUS)) <= 0)
@@ -286,7 +293,11 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
             if ((o->nserver_cpus = bench_parse_cpus(optarg, o->server_cpus, BENCH_MAX_CPUS)) <= 0)
                 return bad(name, optarg);
             break;
-        case OPT_SEED: o->seed = strtoull(optarg, NULL, 0); break;
+        case OPT_SEED:
+            errno = 0;
+            o->seed = strtoull(optarg, &end, 0);
+            if (errno || *end || end == optarg || optarg[0] == '-') return bad(name, optarg);
+            break;
         case OPT_NO_VERIFY: o->verify = 0; break;
         case OPT_CLIENT_PER_THREAD: o->client_per_thread = 1; break;
         case OPT_LANES: if (parse_u32(optarg, 1, &o->lanes) || o->lanes > BB_MAX_LANES) return bad(name, optarg); break;
@@ -355,6 +366,13 @@ static int parse_args(int argc, char **argv, struct bench_opts *o, struct model_
         return 2;
     }
     if (!conc_given && o->rate > 0) o->concurrency = 256;
+    /* inproc-all keeps every request of the run in flight in one thread: the
+     * product must fit its uint32 count (it wrapped to 0: a run of nothing). */
+    if ((uint64_t)o->clients * o->threads * o->concurrency > UINT32_MAX) {
+        fprintf(stderr, "bb-bench: --clients x --threads x --concurrency is more than %u requests "
+                        "in flight\n", UINT32_MAX);
+        return 2;
+    }
     if (!o->pmax && !o->pmin && o->out_cap == 0) o->out_cap = 1;
     if (!o->out_cap) o->out_cap = o->pmax;
     return 0;

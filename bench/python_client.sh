@@ -36,7 +36,8 @@ echo "| client | requests/s | p50 µs | p99 µs | avg batch | client CPU µs/req
 echo "|---|---:|---:|---:|---:|---:|"
 for wait in sleep spin; do
     "$build/bench/bb-bench" --socket "$sock" --concurrency "$inflight" --wait "$wait" \
-        --duration "$duration" --warmup 1 --json "$work/c.json" >/dev/null 2>&1
+        --duration "$duration" --warmup 1 --json "$work/c.json" >"$work/c.txt" 2>&1 ||
+        { cat "$work/c.txt" >&2; exit 1; }
     /usr/bin/python3 - "$work/c.json" "$wait" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -14,6 +14,7 @@
  * Exit status: 0 if every image got an answer, 1 if any request failed (or a
  * process died), 2 on bad usage or a missing dataset.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -147,6 +148,16 @@ static void usage(FILE *f)
             bb_default_socket(def, sizeof def) >= 0 ? def : "none");
 }
 
+/* A whole number in [min, max], or -1: "4x", "abc" and 2^32 + 5 are not 4, 0 (all
+ * images) and 5. */
+static long parse_num(const char *s, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    return errno || end == s || *end || v < min || v > max ? -1 : v;
+}
+
 int main(int argc, char **argv)
 {
     const char *sock = NULL, *model = "fmnist";
@@ -156,15 +167,14 @@ int main(int argc, char **argv)
         switch (c) {
         case 's': sock = optarg; break;
         case 'm': model = optarg; break;
-        case 'p': procs = atoi(optarg); break;
-        case 'k': inflight = atoi(optarg); break;
-        case 'n': limit = atol(optarg); break;
+        case 'p': procs = (int)parse_num(optarg, 1, 1024); break;
+        case 'k': inflight = (int)parse_num(optarg, 1, MAX_INFLIGHT); break;
+        case 'n': limit = parse_num(optarg, 0, UINT32_MAX); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc || procs < 1 || procs > 1024 || inflight < 1 || inflight > MAX_INFLIGHT ||
-        limit < 0) {
+    if (optind < argc || procs < 0 || inflight < 0 || limit < 0) {
         usage(stderr);
         return 2;
     }

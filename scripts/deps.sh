@@ -39,6 +39,25 @@ bb_missing_deps() {
     done
 }
 
+# apt-get update. DPkg::Lock::Timeout waits for dpkg's lock only: the lists
+# lock, held by another update (apt-daily on a fresh machine, or another
+# engineer), fails at once with "Could not get lock". Wait for that one here,
+# up to 300 s as for dpkg's.
+bb__apt_update() {
+    local i out rc
+    for i in $(seq 60); do
+        rc=0
+        out=$(LC_ALL=C apt-get -o DPkg::Lock::Timeout=300 update 2>&1) || rc=$?
+        printf '%s\n' "$out"
+        if [ "$rc" -eq 0 ] || ! grep -q 'Could not get lock' <<<"$out"; then
+            return "$rc"
+        fi
+        echo "deps: the package lists are locked by another apt; retrying in 5 s ($i of 60)" >&2
+        sleep 5
+    done
+    return 1
+}
+
 bb_install_deps() {
     if ! command -v dpkg-query >/dev/null 2>&1; then
         echo "deps: dpkg-query not found; this script supports Debian 12." >&2
@@ -57,12 +76,18 @@ bb_install_deps() {
         return 1
     fi
     echo "deps: installing ${missing[*]}"
-    apt-get -o DPkg::Lock::Timeout=300 update
+    bb__apt_update
     # A package that ships a service (prometheus) must not start it here: it
     # would take port 9090 and scrape on a CI machine. policy-rc.d answers
     # "not now" to invoke-rc.d and deb-systemd-invoke for the install only.
+    # Interrupted (Ctrl-C), the script must not leave it behind either: every
+    # later install on the machine would keep its services stopped. (Callers
+    # set their own traps after this returns.)
     local policy=/usr/sbin/policy-rc.d own_policy=
     if [ ! -e "$policy" ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
     fi
     local rc=0
@@ -70,6 +95,7 @@ bb_install_deps() {
         --no-install-recommends "${missing[@]}" || rc=$?
     if [ -n "$own_policy" ]; then
         rm -f "$policy"
+        trap - EXIT INT TERM
     fi
     return "$rc"
 }

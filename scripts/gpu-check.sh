@@ -13,7 +13,7 @@
 #    configures with BB_BUILD_CUDA=ON (blas and torch off), builds what it
 #    needs, trains the demo model with that machine's PyTorch, runs. With
 #    --debs, the build dependencies (cmake, pkg-config, liburing, libnuma,
-#    inih, xxhash, zlib, Criterion) and the dataset come from a directory of
+#    inih, xxhash, zlib, libmicrohttpd, Criterion) and the dataset come from a directory of
 #    Debian packages unpacked beside it, made on a machine with network
 #    access (Debian 12, or any machine with apt and Debian 12 sources) by:
 #      scripts/gpu-check.sh --prepare-debs DIR
@@ -48,7 +48,7 @@ die() {
 
 # --- packages for a machine without an archive --------------------------------
 DEB_PKGS=(cmake pkg-config liburing-dev libnuma-dev libinih-dev libxxhash-dev zlib1g-dev
-          libcriterion-dev dataset-fashion-mnist)
+          libmicrohttpd-dev libcriterion-dev dataset-fashion-mnist)
 # What the GPU machine brings itself: the C library, the compiler and
 # binutils, and Debian's essential base.
 DEB_SKIP='^(libc6|libc6-dev|libc-dev-bin|libc-bin|linux-libc-dev|libcrypt1|libcrypt-dev|libgcc-s1|libstdc\+\+6|gcc-[0-9]+-base|libnsl2|libnsl-dev|libtirpc[0-9a-z-]*|gcc|gcc-[0-9]+|g\+\+|g\+\+-[0-9]+|cpp|cpp-[0-9]+|binutils|binutils-[a-z0-9-]+|libbinutils|libgcc-[0-9]+-dev|libstdc\+\+-[0-9]+-dev|debconf|dpkg|perl-base|base-files|libselinux1|tar|install-info|sensible-utils)$'
@@ -260,6 +260,12 @@ if [ -n "$PACK" ]; then
           "$bdir/tests/test_backend_cuda" "$bdir/tests/cuda_probe" "$stage/bin/"
     cp -a "$bdir"/backends/bb_backend_echo.so "$bdir"/backends/bb_backend_cuda.so "$stage/bin/"
     "$bundle" "$stage" "$PACK"
+    # The bundle tool leaves out libc, libm, libdl, libpthread, librt and the
+    # loader, but copies glibc's other libraries (libresolv: Kerberos, under
+    # Criterion, under test_backend_cuda). They call into libc.so.6 through
+    # GLIBC_PRIVATE symbols, which only the glibc they came with has: the GPU
+    # machine brings its own C library, all of it (as DEB_SKIP says for --debs).
+    rm -f "$PACK"/lib/{libresolv,libanl,libutil,libBrokenLocale,libmvec,libthread_db,libnss_*,libc_malloc_debug}.so*
     mkdir -p "$PACK/models" "$PACK/data"
     cp "$bdir"/models/fmnist.bbdense "$bdir"/models/fmnist.pt "$PACK/models/" ||
         die "no trained model in $bdir/models"

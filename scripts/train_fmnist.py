@@ -84,6 +84,10 @@ def main():
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
+    # 0 epochs wrote an untrained model (10% accuracy) as if trained; batch 0
+    # died in range().
+    if args.epochs < 1 or args.batch < 1:
+        ap.error("--epochs and --batch must be at least 1")
     try:
         import torch
     except ImportError:

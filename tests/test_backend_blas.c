@@ -447,6 +447,22 @@ Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
     free(b);
 }
 
+/* Its numbers are whole numbers in range: atoi/atol took "4x" as 4, "abc" as
+ * 0 (all images) and 2^32 + 5 as 5 images. */
+Test(blas, the_demo_refuses_bad_numbers)
+{
+    const char *bad[][2] = {{"-p", "4x"}, {"-n", "abc"}, {"-n", "4294967301"}, {"-k", "0"},
+                            {"-k", "257"}, {"-p", "-1"}};
+    char out[4096], err[4096];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *argv[] = {BB_CLASSIFY_BIN, "-s", "/nonexistent/bb.sock", bad[i][0], bad[i][1],
+                              NULL};
+        int st = bbt_run(argv, out, sizeof out, err, sizeof err, 30000);
+        cr_expect(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2 && strstr(err, "usage:"),
+                  "bb-classify %s %s: status %#x\n%s%s", bad[i][0], bad[i][1], st, out, err);
+    }
+}
+
 /* The demo of scripts/run.sh, end to end: bb-classify against a broker
  * serving the demo model with this backend. */
 Test(blas, the_demo_classifies_through_the_broker)

@@ -1,7 +1,7 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
 log file behind, the broker's batch histogram in the JSON, its threads' CPU,
 the accuracy of several rounds merged, the inproc-eager baseline, a client
-per thread and a client of several lanes."""
+per thread and a client of several lanes; nonsense numbers refused."""
 
 import glob
 import json
@@ -23,6 +23,31 @@ def test_h_and_version(project_version):
     assert r.returncode == 0 and r.stdout.startswith(f"bb-bench {project_version} "), r.stdout
     r = run([BENCH, "--bogus"])
     assert r.returncode == 2 and "bb-bench --help" in r.stderr and len(r.stderr) < 200
+
+
+@pytest.mark.parametrize("args", [
+    ["--duration", "inf"],       # was taken: a run that measured nothing, exit 0
+    ["--warmup", "1e400"],
+    ["--rate", "inf"],           # was taken: an open loop that never ended
+    ["--out-bytes", "-1"],       # was taken: SIZE_MAX, buffers of slots x capacity
+    ["--out-bytes", str(1 << 63)],  # was taken: a client process died of SIGSEGV
+    ["--broker-pid", "-5"],
+    ["--seed", "abc"],           # was taken as seed 0
+    ["--spin-ns", ""],
+    ["--priority-mix", "1:1:1:1junk"],
+])
+def test_nonsense_numbers_are_refused(args):
+    r = run([BENCH, "--no-broker", "--baseline", "inproc", "--warmup", "0", "--duration", "0.1"]
+            + args, timeout=20)
+    assert r.returncode == 2 and f"--{args[0][2:]} {args[1]}: invalid value" in r.stderr, \
+        (args, r.returncode, r.stderr)
+
+
+def test_requests_in_flight_that_overflow_are_refused():
+    # 4 x 2^30 in flight for inproc-all wrapped to 0: a run of no request, exit 0.
+    r = run([BENCH, "--no-broker", "--baseline", "inproc-all", "--threads", "4",
+             "--concurrency", str(1 << 30), "--warmup", "0", "--duration", "0.1"], timeout=20)
+    assert r.returncode == 2 and "requests in flight" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_spawned_broker_leaves_no_log_file(brokers):
