@@ -100,6 +100,15 @@ static void on_client_cqe(struct bb__worker *w, int type, uint32_t idx, uint32_t
             bb__session_kill(w, c, "doorbell error");
             return;
         }
+        if (cqe->res == -EAGAIN) {
+            /* The client made its doorbell non-blocking (it shares the open
+             * file description), and this kernel's io_uring then fails the
+             * read at once instead of waiting (6.1 does; 6.18 waits): read
+             * again only once it is readable, or the loop would spin on it.
+             * The poll's mask comes back here like a read's count. */
+            bb__uring_poll(&w->ring, c->doorbell, POLLIN, 0, bb__ud_make(BB__UD_DOORBELL, c->idx, c->gen));
+            return;
+        }
         bb__session_arm(w, c, BB__UD_DOORBELL);
         return;
     case BB__UD_NOTIFY:
