@@ -41,12 +41,18 @@ struct bb_model_stats bbt_stats_of(bb_model *m)
 
 struct bb_model_stats bbt_settled_stats(bb_model *m)
 {
-    struct bb_model_stats st = bbt_stats_of(m);
+    /* Served by another worker than the model's home, STATS reads counters
+     * the home is still writing: a batch's completions can show before its
+     * batch count. Settled means everything is accounted for and two reads
+     * in a row agree. */
+    struct bb_model_stats st = bbt_stats_of(m), prev = {0};
     for (int i = 0; i < 1000; i++) {
-        if (st.queued == 0 &&
-            st.completed + st.failed + st.rejected + st.timed_out + st.cancelled >= st.submitted)
+        if (i > 0 && st.queued == 0 &&
+            st.completed + st.failed + st.rejected + st.timed_out + st.cancelled >= st.submitted &&
+            st.completed == prev.completed && st.batches == prev.batches)
             break;
         bbt_msleep(2);
+        prev = st;
         st = bbt_stats_of(m);
     }
     return st;

@@ -38,7 +38,9 @@ struct bb_model_stats bbt_stats_of(bb_model *m);
 
 /* Statistics once every submission is accounted for. The broker updates its
  * figures when it reaps a batch, just after the clients can see the
- * completions, so a read right after the last bb_wait may lag by a batch.
+ * completions, so a read right after the last bb_wait may lag by a batch;
+ * read from another worker, one batch's completions may show before its
+ * count: settled is accounted for and the same in two reads in a row.
  * Bounded (about 2 s); returns the last figures read either way. */
 struct bb_model_stats bbt_settled_stats(bb_model *m);
 
