@@ -182,6 +182,12 @@ static const struct bb__config_key bb__keys[] = {
      NULL, 1,
      "With executors: a synchronous batch expected to take at most this runs in the dispatcher "
      "while every executor is idle, saving the hand-off; 0 = always hand batches over."},
+    {BB__SEC_MODEL, "inline_quiet_max_us", BB__CT_UINT, BB__MODEL(inline_quiet_max_us), 0,
+     1000000, "1000", NULL, NULL, 1,
+     "With executors: a synchronous batch that takes every queued request of a model whose "
+     "last 8 batches ran with nothing arriving meanwhile (a closed loop that the batch holds "
+     "whole) runs in the dispatcher if expected to take at most this, saving the hand-off; "
+     "0 = never."},
     {BB__SEC_MODEL, "max_queue", BB__CT_UINT, BB__MODEL(max_queue), 1, 1048576, "4096", NULL, NULL,
      1, "Queued requests beyond which submissions fail at once with BB_EBUSY."},
     {BB__SEC_MODEL, "default_priority", BB__CT_ENUM, BB__MODEL(default_priority),

@@ -29,6 +29,7 @@ struct bb__model_config {
     uint32_t max_wait_us;
     uint32_t instances;         /* executor threads; 0 = run in the dispatcher */
     uint32_t inline_max_us;     /* with executors: a shorter batch runs in the dispatcher */
+    uint32_t inline_quiet_max_us; /* and a batch nothing would overlap, up to this long */
     uint32_t max_queue;
     uint32_t default_priority;  /* BB_PRIORITY_CRITICAL..LOW */
     uint32_t default_timeout_us;/* 0 = none */

@@ -58,6 +58,8 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
         return;
     }
     bb__adaptive_arrival(&m->adapt, 1);
+    if (r->submit_ns < m->first_arrival_ns)
+        m->first_arrival_ns = r->submit_ns; /* the quiet rule (executor.c) */
     r->level = (uint8_t)level;
     uint64_t t_us = r->timeout_us ? r->timeout_us : m->cfg.default_timeout_us;
     r->deadline_ns = t_us ? now + t_us * 1000ull : UINT64_MAX;

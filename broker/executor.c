@@ -39,6 +39,8 @@
 #include "worker.h"
 
 #define WAKE_NOW_NS 20000u
+/* The quiet rule (where_to_run): batches in a row with nothing arriving. */
+#define QUIET_BATCHES 8
 
 /* The batch as the backend sees it. */
 static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__batch *b)
@@ -114,8 +116,8 @@ static void publish(struct bb__batch *b, int rc)
     b->ts.done = b->profile ? bb__now_ns() : b->ts.end;
 }
 
-void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b,
-                   bool clock_start)
+/* process(), timed; the caller publishes. */
+static int run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b, bool clock_start)
 {
     prepare(m, in, b);
     if (m->lock_process)
@@ -125,7 +127,13 @@ void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batc
     b->ts.end = bb__now_ns();
     if (m->lock_process)
         pthread_mutex_unlock(&in->mu);
-    publish(b, rc);
+    return rc;
+}
+
+void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b,
+                   bool clock_start)
+{
+    publish(b, run(m, in, b, clock_start));
 }
 
 /* Back to the home worker: push, fence, wake it if it sleeps (the same
@@ -214,6 +222,11 @@ void bb__batch_reap(struct bb__batch *b)
      * CPU that an executor may meet on a crowded host is no part of that,
      * and it varied the samples enough to keep restarting the fit. The
      * hand-off apart, for the expected time from cut to end. */
+    /* The quiet rule: a batch that nothing waited behind, that no other
+     * batch of the model was handed out beside, and that no request arrived
+     * during (stamped before its end: those woken by it come after). */
+    bool overlapped = b->overlapped || b->seq != m->handoffs || m->first_arrival_ns < b->ts.end;
+    m->quiet = overlapped ? 0 : m->quiet + (m->quiet < QUIET_BATCHES);
     uint64_t ran = b->ts.end - b->ts.start, handoff = b->ts.start - b->ts.cut;
     bool first = m->run_ns == 0 && m->handoff_ns == 0;
     m->run_ns = first ? ran : (m->run_ns * 7 + ran) / 8;
@@ -243,27 +256,72 @@ void bb__batch_put(struct bb__model *m, struct bb__batch *b)
     m->free_batches = b;
 }
 
-/* Whether the dispatcher runs a synchronous batch itself: with
- * instances = 0, and where the model's executors are all idle (none holds a
- * batch, none is queued, so no state is in use) and its batches are
- * expected (run_ns) to take at most inline_max_us: handing one over and
- * back costs more, two context switches where the executor shares this
- * CPU (docs/performance.md). Never where process() takes the instance's
- * lock (ABI 1 register_memory: the registration thread may hold it for
- * milliseconds). */
+/* Whether another model of this worker has work queued or out. */
+static bool others_busy(const struct bb__model *m)
+{
+    const struct bb__worker *w = m->w;
+    for (uint32_t i = 0; i < w->b->nmodels; i++) {
+        const struct bb__model *o = w->route[i];
+        if (o != m && o->w == w && (o->q.queued || o->q.grouped || o->running))
+            return true;
+    }
+    return false;
+}
+
+/* Whether a submission or a message for this worker came while it ran a
+ * batch itself (the quiet rule). */
+static bool arrivals_waiting(const struct bb__worker *w)
+{
+    if (atomic_load_explicit(&w->mb.pending, memory_order_relaxed))
+        return true;
+    for (uint32_t i = 0; i < w->nlive; i++)
+        if (bb__sq_ready(&w->live[i]->sq, 1))
+            return true;
+    return false;
+}
+
+enum where { ON_EXECUTOR, HERE_QUICK, HERE_QUIET };
+
+/* Where a synchronous batch just cut runs. On the dispatcher, with
+ * instances = 0; else only where the model's executors are all idle (none
+ * holds a batch, none is queued, so no state is in use), and never where
+ * process() takes the instance's lock (ABI 1 register_memory: the
+ * registration thread may hold it for milliseconds):
+ *   - quick batches, expected (run_ns) to take at most inline_max_us:
+ *     handing one over and back costs more, two context switches where the
+ *     executor shares this CPU (docs/performance.md);
+ *   - quiet ones (inline_quiet_max_us): the batch takes every queued
+ *     request, no other model of this worker has work, and the model's last
+ *     QUIET_BATCHES batches ran with nothing arriving meanwhile. An executor
+ *     lets the dispatcher take in and cut the next batch while one runs;
+ *     where nothing comes until the batch's own clients are answered (a
+ *     closed loop that one batch holds whole: a GPU's clients, say), the
+ *     dispatcher would only sleep meanwhile, and the hand-off (a futex wake
+ *     of the executor, its wake of this worker, each a sleep and a wake-up)
+ *     is all it adds. One arrival during such a batch hands the next
+ *     QUIET_BATCHES over again. */
+static enum where where_to_run(const struct bb__model *m)
+{
+    if (m->ninstances == 0)
+        return HERE_QUICK;
+    if (m->running || m->lock_process || !m->run_ns)
+        return ON_EXECUTOR;
+    if (m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000)
+        return HERE_QUICK;
+    if (m->quiet >= QUIET_BATCHES && m->run_ns <= (uint64_t)m->cfg.inline_quiet_max_us * 1000 &&
+        !m->q.queued && !m->q.grouped && !others_busy(m))
+        return HERE_QUIET;
+    return ON_EXECUTOR;
+}
+
 bool bb__executor_runs_here(const struct bb__model *m)
 {
-    if (m->plugin.ops->submit)
-        return false;
-    if (m->ninstances == 0)
-        return true;
-    return m->running == 0 && !m->lock_process && m->run_ns &&
-           m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000;
+    return !m->plugin.ops->submit && where_to_run(m) != ON_EXECUTOR;
 }
 
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
-    bool here = bb__executor_runs_here(m);
+    enum where where = m->plugin.ops->submit ? ON_EXECUTOR : where_to_run(m);
     if (m->max_running)
         m->running++; /* reap counts it out the same way */
     if (m->ninstances == 0 && m->plugin.ops->submit) {
@@ -272,8 +330,17 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
         submit_async(m, &m->inst[0], b);
         return false;
     }
-    if (here) {
-        bb__batch_run(m, &m->inst[0], b, false);
+    /* The quiet rule, for the reap: requests left behind, and from now on
+     * the arrivals, are work that this batch held up or overlapped. */
+    b->overlapped = m->q.queued || m->q.grouped;
+    b->seq = ++m->handoffs;
+    m->first_arrival_ns = UINT64_MAX;
+    if (where != ON_EXECUTOR) {
+        int rc = run(m, &m->inst[0], b, false);
+        /* Nothing is taken in while it runs: what came shows in the rings. */
+        if (where == HERE_QUIET && arrivals_waiting(m->w))
+            b->overlapped = true;
+        publish(b, rc);
         bb__batch_reap(b);
         return true;
     }
@@ -456,6 +523,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
 {
     const struct bb_backend_ops *ops = m->plugin.ops;
     pthread_mutex_init(&m->q_mu, NULL);
+    m->first_arrival_ns = UINT64_MAX;
     m->ninstances = m->cfg.instances;
     m->ninst = m->ninstances ? m->ninstances : 1;
     uint32_t per = ops->submit ? ops->max_inflight : 1;

@@ -15,12 +15,12 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen);
 /* Stop the threads after their current batch; fini every instance. */
 void bb__executor_stop(struct bb__model *m);
 
-/* Hand a formed batch to a free executor; with instances = 0 run and reap it
- * here and return true. */
+/* Hand a formed batch to a free executor, or run and reap it here and return
+ * true (instances = 0, inline_max_us, inline_quiet_max_us). */
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b);
 /* Whether bb__executor_submit would run a synchronous batch on the
- * dispatcher now (instances = 0, or a quick one while every executor
- * idles: inline_max_us). */
+ * dispatcher now (instances = 0, or while every executor idles a quick one,
+ * inline_max_us, or one that nothing would overlap, inline_quiet_max_us). */
 bool bb__executor_runs_here(const struct bb__model *m);
 /* Run a batch on an instance and publish its completions to the clients;
  * clock_start: read the clock when process() starts even if the batch is not

@@ -75,6 +75,12 @@ struct bb__model {
      * (inline_max_us, the adaptive fit) and from its cut to that start (the
      * hand-off); their sum, bb__model_batch_ns, from cut to end. */
     uint64_t run_ns, handoff_ns;
+    /* The quiet rule (executor.c): the earliest submit stamp of a request
+     * queued since the last hand-off, the hand-offs so far, and how many
+     * batches in a row ran with nothing arriving meanwhile. */
+    uint64_t first_arrival_ns;
+    uint32_t handoffs;
+    uint8_t quiet;
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
     _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets
                                     * it; the first replica's holds for every replica) */

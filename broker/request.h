@@ -86,6 +86,8 @@ struct bb__batch {
     uint32_t n;
     int rc;
     bool profile;             /* take start and done (two clock reads a batch) */
+    bool overlapped;          /* work waited while it ran (executor.c, the quiet rule) */
+    uint32_t seq;             /* its model's hand-off count when it was handed out */
     struct bb__stamps ts;
     struct bb__entry *ents;
     struct bb_view *inputs;

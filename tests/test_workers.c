@@ -244,7 +244,9 @@ static void recorder_config(char *cfg, size_t cap, const char *before, const cha
 
 /* formation = per_worker: each worker forms the batches of its own clients
  * with an executor of its own, so no batch mixes the two clients, their
- * batches run on different threads, and STATS counts both replicas. */
+ * batches run on different threads, and STATS counts both replicas. (Each
+ * client's closed loop would run on its worker's thread by the quiet rule,
+ * another thread than its executor's: off.) */
 Test(workers, per_worker_formation_batches_each_workers_clients_apart)
 {
     int cpus[2];
@@ -253,7 +255,7 @@ Test(workers, per_worker_formation_batches_each_workers_clients_apart)
     char cfg[1024];
     recorder_config(cfg, sizeof cfg, "[broker]\nworkers = 2\nnuma_fake_nodes = 2\n",
                     "formation = per_worker\ninstances = 1\nmax_batch_size = 16\n"
-                    "max_wait_us = 200000\nadaptive = off\n");
+                    "max_wait_us = 200000\nadaptive = off\ninline_quiet_max_us = 0\n");
     two_clients_on_two_workers(cfg, cpus, 0);
 
     /* Batch by batch (the two logs line up): whose requests, which thread. */
@@ -364,16 +366,16 @@ Test(workers, a_burst_of_clients_is_shared_among_the_workers_of_a_node)
     munmap(sh, sizeof *sh);
 }
 
-/* Runs n requests one at a time through a recorder model with one executor
- * and these settings; returns how many batches ran on the broker's main
- * thread, its one dispatcher (worker 0 is the main thread). */
-static int batches_on_the_dispatcher(unsigned inline_max_us, unsigned batch_us, int n)
+/* Runs requests through a recorder model with one executor, batches of
+ * one and these further model lines, in phases: phases[k] requests kept
+ * `inflight[k]` at a time by one client. Fills on_main[i] with whether batch
+ * i ran on the broker's main thread, its one dispatcher (worker 0 is the
+ * main thread), and returns how many did. */
+static int batches_on_the_dispatcher_by_phase(const char *lines, const int *phases,
+                                              const int *inflight, int nphases, bool *on_main)
 {
-    char cfg[1024], more[256];
-    snprintf(more, sizeof more,
-             "param.batch_us = %u\ninstances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n"
-             "inline_max_us = %u\n",
-             batch_us, inline_max_us);
+    char cfg[1024], more[512];
+    snprintf(more, sizeof more, "instances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n%s", lines);
     recorder_config(cfg, sizeof cfg, "", more);
     /* One worker whatever $BBT_BROKER_OVERRIDES says: a test's own
      * overrides win. */
@@ -382,29 +384,63 @@ static int batches_on_the_dispatcher(unsigned inline_max_us, unsigned batch_us, 
     bb_client *c;
     cr_assert_eq(bbt_connect(&B, &c), 0);
     bb_model *m = bbt_open_ok(c, "rec");
-    for (int i = 0; i < n; i++) {
-        char in[64], out[64];
-        size_t len = 0;
-        bbt_fill(in, sizeof in, (uint64_t)i);
-        cr_assert_eq(bb_infer(m, in, sizeof in, out, sizeof out, &len, NULL, 10000000000ll), 0);
-        cr_assert(len == sizeof in && bbt_check(out, sizeof out, (uint64_t)i), "request %d", i);
+    bb_request *r[2];
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(bb_request_new(m, 64, 64, &r[k]), 0);
+    uint64_t tag[2];
+    int n = 0;
+    for (int p = 0; p < nphases; p++) {
+        cr_assert(inflight[p] >= 1 && inflight[p] <= 2);
+        int sent = 0, done = 0;
+        for (; sent < inflight[p] && sent < phases[p]; sent++) {
+            tag[sent] = (uint64_t)(n + sent);
+            bbt_fill(bb_request_input(r[sent]), 64, tag[sent]);
+            cr_assert_eq(bb_submit(r[sent], NULL), 0);
+        }
+        /* Oldest first: the one waited for is the one resubmitted. */
+        for (int k = 0; done < phases[p]; k = (k + 1) % inflight[p]) {
+            cr_assert_eq(bb_wait(r[k], 10000000000ll), 0);
+            size_t len = 0;
+            const void *out = bb_request_output(r[k], &len);
+            cr_assert(bb_request_status(r[k]) == 0 && len == 64 && bbt_check(out, 64, tag[k]),
+                      "request %llu", (unsigned long long)tag[k]);
+            done++;
+            if (sent < phases[p]) {
+                tag[k] = (uint64_t)(n + sent++);
+                bbt_fill(bb_request_input(r[k]), 64, tag[k]);
+                cr_assert_eq(bb_submit(r[k], NULL), 0);
+            }
+        }
+        n += phases[p];
     }
+    for (int k = 0; k < 2; k++)
+        bb_request_free(r[k]);
     bb_disconnect(c);
     pid_t pid = B.pid;
     cr_assert_eq(bbt_broker_stop(&B), 0);
     FILE *f = fopen(tid_log, "r");
     cr_assert_not_null(f, "the backend ran no batch");
     long tid;
-    int total = 0, on_main = 0;
+    int total = 0, here = 0;
     while (fscanf(f, "%ld", &tid) == 1) {
-        total++;
-        on_main += tid == (long)pid;
+        cr_assert_lt(total, n, "more batches than requests");
+        on_main[total] = tid == (long)pid;
+        here += on_main[total++];
     }
     fclose(f);
     cr_assert_eq(total, n, "%d batches for %d requests", total, n);
     unlink(rec_log);
     unlink(tid_log);
-    return on_main;
+    return here;
+}
+
+/* n requests one at a time. */
+static int batches_on_the_dispatcher(const char *lines, int n)
+{
+    bool on_main[256];
+    cr_assert_leq(n, 256);
+    int inflight = 1;
+    return batches_on_the_dispatcher_by_phase(lines, &n, &inflight, 1, on_main);
 }
 
 /* The recorder takes some tens of microseconds a batch (it opens and
@@ -413,23 +449,63 @@ static int batches_on_the_dispatcher(unsigned inline_max_us, unsigned batch_us, 
  * idles; the first batch has no measurement yet and goes to the executor. */
 Test(workers, quick_batches_skip_the_hand_off)
 {
-    int n = 200, on_main = batches_on_the_dispatcher(1000, 0, n);
+    int n = 200, on_main = batches_on_the_dispatcher("inline_max_us = 1000\n", n);
     /* Not all: a batch preempted on a busy machine can take a millisecond,
      * and the model then hands a few over until its average comes back. */
     cr_assert_gt(on_main, n / 4, "only %d of %d quick batches ran on the dispatcher", on_main, n);
     cr_assert_lt(on_main, n, "the first batch, with nothing measured, ran on the dispatcher");
 }
 
-Test(workers, inline_max_us_0_hands_every_batch_over)
+/* Requests one at a time are a closed loop that each batch holds whole:
+ * nothing arrives while a batch runs. */
+Test(workers, inline_max_us_0_and_inline_quiet_max_us_0_hand_every_batch_over)
 {
-    int on_main = batches_on_the_dispatcher(0, 0, 50);
+    int on_main = batches_on_the_dispatcher("inline_max_us = 0\ninline_quiet_max_us = 0\n", 50);
     cr_assert_eq(on_main, 0, "%d batches ran on the dispatcher", on_main);
 }
 
+/* Beyond both bounds (the quiet one 1 ms by default). */
 Test(workers, slow_batches_go_to_the_executor)
 {
-    int on_main = batches_on_the_dispatcher(1000, 3000, 20);
+    int on_main = batches_on_the_dispatcher("param.batch_us = 3000\ninline_max_us = 1000\n", 20);
     cr_assert_eq(on_main, 0, "%d batches of 3 ms ran on the dispatcher", on_main);
+}
+
+/* The quiet rule: batches of 100 us, far above inline_max_us, one request
+ * at a time. After eight batches on the executor with nothing arriving
+ * meanwhile, the dispatcher runs them itself. */
+Test(workers, a_closed_loop_that_each_batch_holds_skips_the_hand_off)
+{
+    int n = 40, on_main = batches_on_the_dispatcher("param.batch_us = 100\ninline_max_us = 0\n", n);
+    cr_assert_leq(on_main, n - 8, "fewer than the first 8 batches went to the executor");
+    /* Not all the rest: a batch preempted for a millisecond on a busy
+     * machine raises the expected time above the bound for a while. */
+    cr_assert_gt(on_main, (n - 8) / 2, "only %d of %d batches ran on the dispatcher", on_main, n);
+}
+
+/* Two requests in flight and batches of one: while a batch runs the other
+ * request waits, queued or in the ring, so every batch goes to the executor
+ * and the dispatcher takes in the next meanwhile. After a quiet phase
+ * (batches on the dispatcher), the first batch with the other request
+ * behind it hands the next ones over again. */
+Test(workers, a_batch_that_work_waits_behind_goes_to_the_executor)
+{
+    /* 20 ms a batch: the client answers a completion with its next request
+     * well within a batch, on a loaded machine too. */
+    const int phases[] = {20, 16}, inflight[] = {1, 2};
+    bool on_main[36];
+    batches_on_the_dispatcher_by_phase(
+        "param.batch_us = 20000\ninline_max_us = 0\ninline_quiet_max_us = 100000\n", phases,
+        inflight, 2, on_main);
+    int quiet = 0, busy = 0;
+    for (int i = 0; i < 20; i++)
+        quiet += on_main[i];
+    for (int i = 20; i < 36; i++)
+        busy += on_main[i];
+    cr_assert_gt(quiet, 0, "no batch of the quiet phase ran on the dispatcher");
+    /* The first may: its companion may have come only once it ran. */
+    cr_assert_leq(busy, 1, "%d batches with another request waiting ran on the dispatcher", busy);
+    cr_assert(!on_main[21], "the batch after one that a request waited behind ran on the dispatcher");
 }
 
 /* A burst of 16 on a model of two idle executors, the recorder taking
