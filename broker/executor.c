@@ -215,6 +215,11 @@ void bb__batch_reap(struct bb__batch *b)
     }
     bb__completion_return_batch(m->w, b->ents, b->n);
     bb__metrics_batch(&m->metrics, b); /* reads e->group as a flag only: the groups are gone */
+    /* The quiet rule: a batch that nothing waited behind, that no other
+     * batch of the model was handed out beside, and that no request arrived
+     * during (stamped before its end: those woken by it come after). */
+    bool overlapped = b->overlapped || b->seq != m->handoffs || m->first_arrival_ns < b->ts.end;
+    m->quiet = overlapped ? 0 : m->quiet + (m->quiet < QUIET_BATCHES);
     /* The backend's own time, for inline_max_us and the adaptive fit: an
      * executor's batch is timed from its start, so no hand-off or wake-up
      * counts (an inline one from its cut unless profiled: formation is part
@@ -222,11 +227,6 @@ void bb__batch_reap(struct bb__batch *b)
      * CPU that an executor may meet on a crowded host is no part of that,
      * and it varied the samples enough to keep restarting the fit. The
      * hand-off apart, for the expected time from cut to end. */
-    /* The quiet rule: a batch that nothing waited behind, that no other
-     * batch of the model was handed out beside, and that no request arrived
-     * during (stamped before its end: those woken by it come after). */
-    bool overlapped = b->overlapped || b->seq != m->handoffs || m->first_arrival_ns < b->ts.end;
-    m->quiet = overlapped ? 0 : m->quiet + (m->quiet < QUIET_BATCHES);
     uint64_t ran = b->ts.end - b->ts.start, handoff = b->ts.start - b->ts.cut;
     bool first = m->run_ns == 0 && m->handoff_ns == 0;
     m->run_ns = first ? ran : (m->run_ns * 7 + ran) / 8;
@@ -324,17 +324,17 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     enum where where = m->plugin.ops->submit ? ON_EXECUTOR : where_to_run(m);
     if (m->max_running)
         m->running++; /* reap counts it out the same way */
+    /* The quiet rule, for the reap: requests left behind, and from now on
+     * the arrivals, are work that this batch held up or overlapped. */
+    b->overlapped = m->q.queued || m->q.grouped;
+    b->seq = ++m->handoffs;
+    m->first_arrival_ns = UINT64_MAX;
     if (m->ninstances == 0 && m->plugin.ops->submit) {
         /* The dispatcher submits; the completion comes back through the
          * done stack like an executor's. */
         submit_async(m, &m->inst[0], b);
         return false;
     }
-    /* The quiet rule, for the reap: requests left behind, and from now on
-     * the arrivals, are work that this batch held up or overlapped. */
-    b->overlapped = m->q.queued || m->q.grouped;
-    b->seq = ++m->handoffs;
-    m->first_arrival_ns = UINT64_MAX;
     if (where != ON_EXECUTOR) {
         int rc = run(m, &m->inst[0], b, false);
         /* Nothing is taken in while it runs: what came shows in the rings. */
