@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "batchbroker/client.h"
 #include "bench.h"
 
 #define READY_TIMEOUT_NS 60000000000ull
@@ -269,6 +270,14 @@ reap:
     }
     if (x->server_stop) x->server_stop(&env);
     if (rc == 0) merge(o, &env, r);
+    if (rc == 0 && r->completed == 0) {
+        /* Every request failed (or none was answered in the window): a row
+         * of zeros and an exit status of 0 would pass for a measurement. */
+        bench_fail(sh, "no request completed in the measured window (%llu failed%s%s)",
+                   (unsigned long long)r->failed, r->first_error ? ", the first with " : "",
+                   r->first_error ? bb_errname(r->first_error) : "");
+        rc = -1;
+    }
 out:
     if (rc < 0) snprintf(r->error, sizeof r->error, "%s", sh->error[0] ? sh->error : "failed");
     r->ok = rc == 0;

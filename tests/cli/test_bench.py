@@ -1,7 +1,8 @@
 """bb-bench's command line: -h, --version, a spawned broker that leaves no
-log file behind, the broker's batch histogram in the JSON, its threads' CPU,
-the accuracy of several rounds merged, the inproc-eager baseline, a client
-per thread and a client of several lanes; nonsense numbers refused."""
+log file behind, a run where every request fails exits 1, the broker's batch
+histogram in the JSON, its threads' CPU, the accuracy of several rounds
+merged, the inproc-eager baseline, a client per thread and a client of
+several lanes; nonsense numbers refused."""
 
 import glob
 import json
@@ -77,6 +78,21 @@ def test_a_broker_that_fails_to_start_is_shown(brokers):
     r = run([BENCH, "--spawn-broker", cfg, "--duration", "0.2", "--warmup", "0"], timeout=60)
     assert r.returncode != 0
     assert "spin_us" in r.stderr, r.stderr  # the broker's own message, from memory
+
+
+def test_a_run_where_every_request_fails_exits_non_zero(brokers):
+    # Was a row of zeros, the failures in its errors column, and exit 0.
+    plugin = os.path.join(os.environ["BB_BUILD_DIR"], "tests", "plugins",
+                          "bb_backend_asyncecho.so")
+    d = brokers.tmpdir
+    cfg = os.path.join(d, "fails.ini")
+    with open(cfg, "w") as f:
+        f.write(f"[broker]\nsocket = {d}/fails.sock\n"
+                f"[model.echo]\nbackend = {plugin}\nparam.fail_complete = 1\n")
+    r = run([BENCH, "--spawn-broker", cfg, "--duration", "0.3", "--warmup", "0"], timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "no request completed in the measured window" in r.stdout, r.stdout
+    assert "BB_EBACKEND" in r.stdout, r.stdout
 
 
 def spawned_run(brokers, name, echo_keys, *args):
