@@ -230,6 +230,7 @@ void bb__batch_reap(struct bb__batch *b)
     uint64_t ran = b->ts.end - b->ts.start, handoff = b->ts.start - b->ts.cut;
     bool first = m->run_ns == 0 && m->handoff_ns == 0;
     m->run_ns = first ? ran : (m->run_ns * 7 + ran) / 8;
+    m->run_n = first ? (uint64_t)b->n << 8 : (m->run_n * 7 + ((uint64_t)b->n << 8)) / 8;
     m->handoff_ns = first ? handoff : (m->handoff_ns * 7 + handoff) / 8;
     if (bb__adaptive_batch(&m->adapt, b->n, ran))
         bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
@@ -291,8 +292,11 @@ enum where { ON_EXECUTOR, HERE_QUICK, HERE_QUIET };
  *     handing one over and back costs more, two context switches where the
  *     executor shares this CPU (docs/performance.md);
  *   - quiet ones (inline_quiet_max_us): the batch takes every queued
- *     request, no other model of this worker has work, and the model's last
- *     QUIET_BATCHES batches ran with nothing arriving meanwhile. An executor
+ *     request, no other model of this worker has work, the model's last
+ *     QUIET_BATCHES batches ran with nothing arriving meanwhile, and its
+ *     time per request (run_ns / run_n) times n is at most the bound: a
+ *     batch larger than the loop's (a client that joined with a burst)
+ *     would hold the dispatcher that many times longer. An executor
  *     lets the dispatcher take in and cut the next batch while one runs;
  *     where nothing comes until the batch's own clients are answered (a
  *     closed loop that one batch holds whole: a GPU's clients, say), the
@@ -300,7 +304,7 @@ enum where { ON_EXECUTOR, HERE_QUICK, HERE_QUIET };
  *     of the executor, its wake of this worker, each a sleep and a wake-up)
  *     is all it adds. One arrival during such a batch hands the next
  *     QUIET_BATCHES over again. */
-static enum where where_to_run(const struct bb__model *m)
+static enum where where_to_run(const struct bb__model *m, uint32_t n)
 {
     if (m->ninstances == 0)
         return HERE_QUICK;
@@ -308,20 +312,22 @@ static enum where where_to_run(const struct bb__model *m)
         return ON_EXECUTOR;
     if (m->run_ns <= (uint64_t)m->cfg.inline_max_us * 1000)
         return HERE_QUICK;
-    if (m->quiet >= QUIET_BATCHES && m->run_ns <= (uint64_t)m->cfg.inline_quiet_max_us * 1000 &&
-        !m->q.queued && !m->q.grouped && !others_busy(m))
+    uint64_t quiet_max = (uint64_t)m->cfg.inline_quiet_max_us * 1000;
+    if (m->quiet >= QUIET_BATCHES && m->run_ns <= quiet_max &&
+        m->run_ns * ((uint64_t)n << 8) <= quiet_max * m->run_n && !m->q.queued && !m->q.grouped &&
+        !others_busy(m))
         return HERE_QUIET;
     return ON_EXECUTOR;
 }
 
 bool bb__executor_runs_here(const struct bb__model *m)
 {
-    return !m->plugin.ops->submit && where_to_run(m) != ON_EXECUTOR;
+    return !m->plugin.ops->submit && where_to_run(m, m->q.queued) != ON_EXECUTOR;
 }
 
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
 {
-    enum where where = m->plugin.ops->submit ? ON_EXECUTOR : where_to_run(m);
+    enum where where = m->plugin.ops->submit ? ON_EXECUTOR : where_to_run(m, b->n);
     if (m->max_running)
         m->running++; /* reap counts it out the same way */
     /* The quiet rule, for the reap: requests left behind, and from now on

@@ -75,6 +75,9 @@ struct bb__model {
      * (inline_max_us, the adaptive fit) and from its cut to that start (the
      * hand-off); their sum, bb__model_batch_ns, from cut to end. */
     uint64_t run_ns, handoff_ns;
+    /* The size of those batches (same average), in 1/256ths of a request:
+     * the quiet rule's expected time is for the batch at hand. */
+    uint64_t run_n;
     /* The quiet rule (executor.c): the earliest submit stamp of a request
      * queued since the last hand-off, the hand-offs so far, and how many
      * batches in a row ran with nothing arriving meanwhile. */

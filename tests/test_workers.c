@@ -508,6 +508,69 @@ Test(workers, a_batch_that_work_waits_behind_goes_to_the_executor)
     cr_assert(!on_main[21], "the batch after one that a request waited behind ran on the dispatcher");
 }
 
+/* The thread id on the last line of tid_log, or 0. */
+static long last_batch_thread(void)
+{
+    FILE *f = fopen(tid_log, "r");
+    long tid, last = 0;
+    while (f && fscanf(f, "%ld", &tid) == 1)
+        last = tid;
+    if (f)
+        fclose(f);
+    return last;
+}
+
+/* The quiet rule's expected time is for the batch at hand: after a quiet
+ * closed loop of batches of one (300 us each, under the 1 ms bound), a
+ * batch of 32 of them (about 10 ms: a client that joined with a burst, here
+ * made whole by a pin) is no batch of that loop, and goes to the executor
+ * rather than hold the dispatcher. */
+Test(workers, a_quiet_model_hands_a_batch_larger_than_its_loop_over)
+{
+    char cfg[1024];
+    recorder_config(cfg, sizeof cfg, "",
+                    "param.item_us = 300\ninstances = 1\nmax_batch_size = 32\n"
+                    "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n");
+    const char *ov[] = {"broker.workers=1", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0);
+    bb_model *m = bbt_open_ok(c, "rec");
+    cr_assert_eq(bb_model_pin(m, 1), 0);
+    /* One at a time until the quiet rule holds: a batch on the dispatcher. */
+    int i = 0;
+    for (; i < 200 && last_batch_thread() != (long)B.pid; i++) {
+        char in[64], out[64];
+        size_t len = 0;
+        bbt_fill(in, sizeof in, (uint64_t)i);
+        cr_assert_eq(bb_infer(m, in, sizeof in, out, sizeof out, &len, NULL, 10000000000ll), 0);
+    }
+    cr_assert_eq(last_batch_thread(), (long)B.pid, "no batch of one ran on the dispatcher");
+    cr_assert_eq(bb_model_pin(m, 32), 0);
+    bb_request *r[32];
+    for (int k = 0; k < 32; k++) {
+        cr_assert_eq(bb_request_new(m, 64, 64, &r[k]), 0);
+        bbt_fill(bb_request_input(r[k]), 64, (uint64_t)(i + k));
+        cr_assert_eq(bb_submit(r[k], NULL), 0);
+    }
+    for (int k = 0; k < 32; k++) {
+        cr_assert_eq(bb_wait(r[k], 10000000000ll), 0);
+        cr_assert_eq(bb_request_status(r[k]), 0);
+        bb_request_free(r[k]);
+    }
+    bb_disconnect(c);
+    pid_t pid = B.pid;
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+    FILE *f = fopen(rec_log, "r");
+    cr_assert_not_null(f);
+    char line[8192], last[8192] = "";
+    while (fgets(line, sizeof line, f))
+        memcpy(last, line, sizeof last);
+    fclose(f);
+    cr_assert(strncmp(last, "n=32 ", 5) == 0, "the burst did not run as one batch: %s", last);
+    cr_assert_neq(last_batch_thread(), (long)pid, "the batch of 32 ran on the dispatcher");
+}
+
 /* A burst of 16 on a model of two idle executors, the recorder taking
  * item_us a request (max_batch_size 16, adaptive off: the burst is cut when
  * all of it is queued), with these further model lines. Returns how many of
