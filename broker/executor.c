@@ -335,6 +335,7 @@ bool bb__executor_submit(struct bb__model *m, struct bb__batch *b)
     b->overlapped = m->q.queued || m->q.grouped;
     b->seq = ++m->handoffs;
     m->first_arrival_ns = UINT64_MAX;
+    m->ran_quiet = where == HERE_QUIET;
     if (m->ninstances == 0 && m->plugin.ops->submit) {
         /* The dispatcher submits; the completion comes back through the
          * done stack like an executor's. */

@@ -84,6 +84,7 @@ struct bb__model {
     uint64_t first_arrival_ns;
     uint32_t handoffs;
     uint8_t quiet;
+    bool ran_quiet;                /* its last batch ran on the dispatcher by that rule */
     struct bb__adaptive adapt;     /* adaptive.c: always fed, obeyed if cfg.adaptive */
     _Atomic uint32_t pinned;       /* operator pin of the batch target; 0 = none (any worker sets
                                     * it; the first replica's holds for every replica) */

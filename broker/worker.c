@@ -387,6 +387,24 @@ static int awaiting_batch(const struct bb__worker *w)
     return running;
 }
 
+/* Whether a model of this worker fills its next batch from the returns of a
+ * closed loop whose last batch ran here by the quiet rule (executor.c): the
+ * dispatcher then sleeps with its doorbell instead of spinning. No arrival
+ * but the last that fills the batch makes progress worth a spin, and
+ * spinning through the returns (tens of microseconds on two CPUs, where
+ * the clients need the CPU it takes) cost more than the doorbells they
+ * ring (performance.md). */
+static bool quiet_loop_filling(const struct bb__worker *w)
+{
+    const struct bb__broker *b = w->b;
+    for (uint32_t i = 0; i < b->nmodels; i++) {
+        const struct bb__model *m = w->route[i];
+        if (m->w == w && m->filling && m->ran_quiet)
+            return true;
+    }
+    return false;
+}
+
 /* How long the dispatcher may sleep without being rung, or 0: the shortest
  * window any model allows (its home publishes it each pass, batcher.c). While
  * every model either has all its executors busy (a finishing batch wakes its
@@ -614,7 +632,9 @@ int bb__worker_run(struct bb__worker *w)
             kind = awaiting_batch(w);
             episode = idle_since;
         }
-        if (credit[kind] && now - idle_since < w->spin_ns && bb__spin_calm(&w->spin_guard, now)) {
+        bool bell = w->spin_ns && quiet_loop_filling(w);
+        if (!bell && credit[kind] && now - idle_since < w->spin_ns &&
+            bb__spin_calm(&w->spin_guard, now)) {
             /* Yield now and then: a client sharing this core needs it to
              * make the progress we spin for. Not too often: where more
              * threads spin than there are CPUs, a spinner that yields at
@@ -626,7 +646,7 @@ int bb__worker_run(struct bb__worker *w)
             continue;
         }
         now = bb__now_ns();
-        uint64_t window = coalesce_window(w);
+        uint64_t window = bell ? 0 : coalesce_window(w);
         if (!window)
             set_need_wake(w, 1);
         atomic_store_explicit(&w->sleeping, 1, memory_order_relaxed);

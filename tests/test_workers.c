@@ -525,6 +525,62 @@ static long last_batch_thread(void)
  * batch of 32 of them (about 10 ms: a client that joined with a burst, here
  * made whole by a pin) is no batch of that loop, and goes to the executor
  * rather than hold the dispatcher. */
+/* A closed loop that fills its batches: four requests in flight, batches of
+ * four that wait (10 s) until whole. Once the quiet rule holds, the batches
+ * run on the dispatcher, which, while the next one fills from the loop's
+ * returns, sleeps with its doorbell on instead of spinning: every batch
+ * still holds all four, and the rounds go on (a fill seen only by a timer
+ * would take 10 s a round). */
+Test(workers, a_quiet_loop_that_fills_its_batches_keeps_them_whole)
+{
+    char cfg[1024];
+    recorder_config(cfg, sizeof cfg, "",
+                    "param.batch_us = 100\ninstances = 1\nmax_batch_size = 4\n"
+                    "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n");
+    const char *ov[] = {"broker.workers=1", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0);
+    bb_model *m = bbt_open_ok(c, "rec");
+    bb_request *r[4];
+    for (int k = 0; k < 4; k++)
+        cr_assert_eq(bb_request_new(m, 64, 64, &r[k]), 0);
+    int rounds = 30;
+    for (int i = 0; i < rounds; i++) {
+        for (int k = 0; k < 4; k++) {
+            bbt_fill(bb_request_input(r[k]), 64, (uint64_t)(4 * i + k));
+            cr_assert_eq(bb_submit(r[k], NULL), 0);
+        }
+        for (int k = 0; k < 4; k++) {
+            cr_assert_eq(bb_wait(r[k], 30000000000ll), 0, "round %d", i);
+            size_t len = 0;
+            const void *out = bb_request_output(r[k], &len);
+            cr_assert(bb_request_status(r[k]) == 0 && len == 64 &&
+                          bbt_check(out, 64, (uint64_t)(4 * i + k)),
+                      "round %d, request %d", i, k);
+        }
+    }
+    for (int k = 0; k < 4; k++)
+        bb_request_free(r[k]);
+    bb_disconnect(c);
+    pid_t pid = B.pid;
+    cr_assert_eq(bbt_broker_stop(&B), 0);
+    FILE *f = fopen(rec_log, "r"), *t = fopen(tid_log, "r");
+    cr_assert(f && t, "the backend ran no batch");
+    char line[8192], tl[64];
+    int batches = 0, here = 0;
+    while (fgets(line, sizeof line, f)) {
+        cr_assert(strncmp(line, "n=4 ", 4) == 0, "batch %d was not whole: %s", batches, line);
+        cr_assert_not_null(fgets(tl, sizeof tl, t), "a batch without its thread line");
+        here += atol(tl) == (long)pid;
+        batches++;
+    }
+    fclose(f);
+    fclose(t);
+    cr_assert_eq(batches, rounds);
+    cr_assert_gt(here, 0, "no batch ran on the dispatcher");
+}
+
 Test(workers, a_quiet_model_hands_a_batch_larger_than_its_loop_over)
 {
     char cfg[1024];
