@@ -242,6 +242,19 @@ static void recorder_config(char *cfg, size_t cap, const char *before, const cha
              before, BB_SCHED_RECORDER, rec_log, tid_log, after);
 }
 
+/* A broker of one worker (whatever $BBT_BROKER_OVERRIDES says: a test's own
+ * overrides win) serving the recorder model with these lines, a client of
+ * it in *c, and the model opened. */
+static bb_model *one_worker_recorder(const char *lines, bb_client **c)
+{
+    char cfg[1024];
+    recorder_config(cfg, sizeof cfg, "", lines);
+    const char *ov[] = {"broker.workers=1", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    cr_assert_eq(bbt_connect(&B, c), 0);
+    return bbt_open_ok(*c, "rec");
+}
+
 /* formation = per_worker: each worker forms the batches of its own clients
  * with an executor of its own, so no batch mixes the two clients, their
  * batches run on different threads, and STATS counts both replicas. (Each
@@ -374,16 +387,10 @@ Test(workers, a_burst_of_clients_is_shared_among_the_workers_of_a_node)
 static int batches_on_the_dispatcher_by_phase(const char *lines, const int *phases,
                                               const int *inflight, int nphases, bool *on_main)
 {
-    char cfg[1024], more[512];
+    char more[512];
     snprintf(more, sizeof more, "instances = 1\nmax_batch_size = 1\nmax_wait_us = 0\n%s", lines);
-    recorder_config(cfg, sizeof cfg, "", more);
-    /* One worker whatever $BBT_BROKER_OVERRIDES says: a test's own
-     * overrides win. */
-    const char *ov[] = {"broker.workers=1", NULL};
-    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
     bb_client *c;
-    cr_assert_eq(bbt_connect(&B, &c), 0);
-    bb_model *m = bbt_open_ok(c, "rec");
+    bb_model *m = one_worker_recorder(more, &c);
     bb_request *r[2];
     for (int k = 0; k < 2; k++)
         cr_assert_eq(bb_request_new(m, 64, 64, &r[k]), 0);
@@ -533,15 +540,10 @@ static long last_batch_thread(void)
  * would take 10 s a round). */
 Test(workers, a_quiet_loop_that_fills_its_batches_keeps_them_whole)
 {
-    char cfg[1024];
-    recorder_config(cfg, sizeof cfg, "",
-                    "param.batch_us = 100\ninstances = 1\nmax_batch_size = 4\n"
-                    "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n");
-    const char *ov[] = {"broker.workers=1", NULL};
-    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
     bb_client *c;
-    cr_assert_eq(bbt_connect(&B, &c), 0);
-    bb_model *m = bbt_open_ok(c, "rec");
+    bb_model *m = one_worker_recorder("param.batch_us = 100\ninstances = 1\nmax_batch_size = 4\n"
+                                      "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n",
+                                      &c);
     bb_request *r[4];
     for (int k = 0; k < 4; k++)
         cr_assert_eq(bb_request_new(m, 64, 64, &r[k]), 0);
@@ -583,15 +585,10 @@ Test(workers, a_quiet_loop_that_fills_its_batches_keeps_them_whole)
 
 Test(workers, a_quiet_model_hands_a_batch_larger_than_its_loop_over)
 {
-    char cfg[1024];
-    recorder_config(cfg, sizeof cfg, "",
-                    "param.item_us = 300\ninstances = 1\nmax_batch_size = 32\n"
-                    "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n");
-    const char *ov[] = {"broker.workers=1", NULL};
-    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
     bb_client *c;
-    cr_assert_eq(bbt_connect(&B, &c), 0);
-    bb_model *m = bbt_open_ok(c, "rec");
+    bb_model *m = one_worker_recorder("param.item_us = 300\ninstances = 1\nmax_batch_size = 32\n"
+                                      "max_wait_us = 10000000\nadaptive = off\ninline_max_us = 0\n",
+                                      &c);
     cr_assert_eq(bb_model_pin(m, 1), 0);
     /* One at a time until the quiet rule holds: a batch on the dispatcher. */
     int i = 0;
