@@ -115,12 +115,13 @@ static struct bb__req *req(int k, uint32_t s, char fill, uint32_t out_cap, int l
     return r;
 }
 
-/* File r as the intake and bb__enqueue (enqueue.c) do around dedup_submit:
- * a reference for every submission, given back when it is answered. */
-static int file(struct bb__req *r)
+/* File r at time now as the intake and bb__enqueue (enqueue.c) do around
+ * dedup_submit: a reference for every submission, given back when it is
+ * answered. */
+static int file_at(struct bb__req *r, uint64_t now)
 {
     r->cl->refs++;
-    int rc = bb__dedup_submit(&m, r, bb__now_ns());
+    int rc = bb__dedup_submit(&m, r, now);
     if (rc == 1 || rc == 0 || rc == 3) {
         r->cl->cm[0].inflight++;
         m.bytes += r->bytes;
@@ -131,6 +132,11 @@ static int file(struct bb__req *r)
         bb__deadline_push(&m.q, r);
     }
     return rc;
+}
+
+static int file(struct bb__req *r)
+{
+    return file_at(r, bb__now_ns());
 }
 
 /* The representative runs: out gets the echo of in, the group completes. */
@@ -206,6 +212,26 @@ Test(dedup, cache_serves_within_the_ttl, .init = setup, .fini = teardown)
     bb__dedup_expire_cache(&m, bb__now_ns() + 2000000000ull);
     cr_assert_eq(file(req(0, 3, 'c', BUF, 2)), 0, "computed again");
     run_group(bb__queue_top(&m.q, 2));
+}
+
+/* dedup_ttl_ms is reloadable: after a reload shortens it, a result cached
+ * since is served for the new TTL only, though results cached before it
+ * (with the old, longer TTL) are still in the cache. */
+Test(dedup, cache_honours_a_shortened_ttl, .init = setup, .fini = teardown)
+{
+    m.cfg.dedup_ttl_ms = 86400000; /* a day */
+    struct bb__req *a = req(0, 0, 'l', BUF, 2);
+    cr_assert_eq(file(a), 0);
+    run_group(a);
+    m.cfg.dedup_ttl_ms = 1; /* the reload */
+    struct bb__req *b = req(0, 1, 's', BUF, 2);
+    cr_assert_eq(file(b), 0);
+    run_group(b);
+    uint64_t later = bb__now_ns() + 1000000000ull; /* a second on: only 's' is stale */
+    cr_assert_eq(file_at(req(0, 2, 's', BUF, 2), later), 0,
+                 "a result past its TTL was served from the cache");
+    run_group(bb__queue_top(&m.q, 2));
+    cr_assert_eq(file_at(req(0, 3, 'l', BUF, 2), later), 2, "within its TTL: served");
 }
 
 /* dedup_scope = uid: another user neither joins a group nor hits the cache. */
