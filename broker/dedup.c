@@ -175,7 +175,7 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
                 cache_unlink(d, e);
                 continue;
             }
-            bb__metrics_deduplicated(&m->metrics);
+            bb__metrics_deduplicated(&m->metrics, 1);
             const struct bb__stamps at_intake = {now, now, now, now};
             answer(m, r, 0, e->out, e->out_len, &at_intake,
                    bb__metrics_time_answer(&m->metrics, m->w->profile));
@@ -193,7 +193,6 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
         r->group_next = g->members;
         g->members = r;
         g->nmembers++;
-        bb__metrics_deduplicated(&m->metrics);
         if (g->running) {
             atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
         } else if (g->rep && r->level < g->rep->level) {
@@ -320,6 +319,10 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
 {
     uint64_t end_ns = t->end;
     struct bb__dedup *d = m->dedup;
+    /* One member's computation answers them all: the others are what
+     * deduplication saved (counted now, not when they joined: a member
+     * may leave before the batch, or be promoted and compute itself). */
+    bb__metrics_deduplicated(&m->metrics, g->nmembers - 1);
     for (struct bb__req *r = g->members, *next; r; r = next) {
         next = r->group_next;
         r->group = NULL;

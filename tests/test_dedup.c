@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "completion.h"
 #include "dedup.h"
 #include "model.h"
 #include "session.h"
@@ -174,10 +175,10 @@ Test(dedup, identical_requests_share_one_computation, .init = setup, .fini = tea
     cr_assert_eq(atomic_load(&b->state), BB__REQ_GROUPED);
     cr_assert_eq(m.q.queued, 1);
     cr_assert_eq(m.q.grouped, 1);
-    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 1);
     /* The client scribbles on the representative's input: nothing changes. */
     memset(fc[0].seg + OFF_HEAP, 'z', BUF);
     run_group(a);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 1);
     expect_answer(0, 0, 0, 'x', BUF);
     expect_answer(0, 1, 0, 'x', BUF);
     cr_assert_eq(m.q.grouped, 0);
@@ -303,6 +304,36 @@ Test(dedup, leaving_representative_promotes_the_most_urgent, .init = setup, .fin
     run_group(mid);
     expect_answer(0, 0, 0, 'p', BUF);
     expect_answer(0, 2, 0, 'p', BUF);
+}
+
+/* deduplicated counts the computations saved: members answered by another
+ * member's computation, and cache hits. Not a member that left before the
+ * batch (timed out, canceled), nor one promoted that computed by itself. */
+Test(dedup, deduplicated_counts_only_answers_from_another_computation, .init = setup,
+     .fini = teardown)
+{
+    struct bb__req *a = req(0, 0, 'd', BUF, 2), *b = req(0, 1, 'd', BUF, 2);
+    struct bb__req *c = req(0, 2, 'd', BUF, 2);
+    cr_assert_eq(file(a), 0);
+    cr_assert_eq(file(b), 1);
+    cr_assert_eq(file(c), 1);
+    bb__deadline_remove(&m.q, b); /* b times out */
+    bb__dedup_leave(&m, b);
+    bb__complete_one(&m, b, BB_ETIMEDOUT);
+    bb__deadline_remove(&m.q, a); /* a is canceled: c takes its place */
+    bb__queue_remove(&m.q, a);
+    bb__dedup_leave(&m, a);
+    bb__complete_one(&m, a, BB_ECANCELED);
+    run_group(c);
+    expect_answer(0, 2, 0, 'd', BUF);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 0, "c computed its own result");
+    struct bb__req *x = req(1, 0, 'e', BUF, 2), *y = req(1, 1, 'e', BUF, 2);
+    cr_assert_eq(file(x), 0);
+    cr_assert_eq(file(y), 1);
+    run_group(x);
+    cr_assert_eq(file(req(1, 2, 'e', BUF, 2)), 2, "a cache hit");
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 2, "y rode on x, and the cache hit");
+    cr_assert_eq(m.bytes, 0);
 }
 
 static void collide(struct bb__model_config *c)
