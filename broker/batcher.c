@@ -350,7 +350,12 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             m->strategy->select(m->strategy_state, &qs, &qo, c.max - b->n);
         }
         if (b->n == 0) {
-            /* The strategy asked for a batch and then took nothing. */
+            /* The strategy asked for a batch and then took nothing (no
+             * built-in does). The queue waits for its next answer: a custom
+             * strategy that always does this serves nothing, so say so. */
+            bb_warn_limited("model %s: strategy %s asked for a batch and took none of %u queued "
+                            "requests; they wait for its next answer",
+                            m->cfg.name, m->strategy->name, m->q.queued);
             bb__batch_put(m, b);
             break;
         }

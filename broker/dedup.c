@@ -12,7 +12,8 @@
  * dedup_max_request_bytes are never deduplicated, so that no client can make
  * the broker allocate or hash without bound. When the
  * cache is full the oldest entry goes (insertion order, which is also expiry
- * order since every entry gets the same TTL).
+ * order while dedup_ttl_ms stays the same; after a reload shortens it, a
+ * lookup drops a stale entry that the expiry from the oldest end missed).
  *
  * Identity is the input (xxh3 hash *and* a byte-for-byte comparison) and the
  * output capacity, so that one outcome is right for every member; the test hook
@@ -134,7 +135,9 @@ void bb__dedup_fini(struct bb__model *m)
 void bb__dedup_expire_cache(struct bb__model *m, uint64_t now)
 {
     struct bb__dedup *d = m->dedup;
-    /* Entries are inserted with one TTL, so the oldest expire first. */
+    /* Entries are inserted with one TTL, so the oldest expire first (a
+     * reload that shortens it leaves stale entries behind older ones: the
+     * lookup in bb__dedup_submit drops those). */
     while (d && d->lru && d->lru->expires_ns <= now)
         cache_unlink(d, d->lru);
 }
@@ -161,11 +164,18 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
 
     if (m->cfg.dedup_cache_entries) {
         bb__dedup_expire_cache(m, now);
-        for (struct bb__cache_ent *e = d->cache[h & d->cmask]; e; e = e->hnext) {
+        for (struct bb__cache_ent *e = d->cache[h & d->cmask], *next; e; e = next) {
+            next = e->hnext;
             if (e->hash != h || (!any_uid && e->uid != uid) || e->in_len != r->in_len ||
                 memcmp(e->in, r->in, r->in_len) != 0)
                 continue;
-            bb__metrics_deduplicated(&m->metrics);
+            if (e->expires_ns <= now) {
+                /* Stale behind an older entry with a longer TTL (a reload
+                 * shortened dedup_ttl_ms): the expiry above did not reach it. */
+                cache_unlink(d, e);
+                continue;
+            }
+            bb__metrics_deduplicated(&m->metrics, 1);
             const struct bb__stamps at_intake = {now, now, now, now};
             answer(m, r, 0, e->out, e->out_len, &at_intake,
                    bb__metrics_time_answer(&m->metrics, m->w->profile));
@@ -183,7 +193,6 @@ int bb__dedup_submit(struct bb__model *m, struct bb__req *r, uint64_t now)
         r->group_next = g->members;
         g->members = r;
         g->nmembers++;
-        bb__metrics_deduplicated(&m->metrics);
         if (g->running) {
             atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
         } else if (g->rep && r->level < g->rep->level) {
@@ -310,6 +319,10 @@ void bb__dedup_complete(struct bb__model *m, struct bb__group *g, int status, si
 {
     uint64_t end_ns = t->end;
     struct bb__dedup *d = m->dedup;
+    /* One member's computation answers them all: the others are what
+     * deduplication saved (counted now, not when they joined: a member
+     * may leave before the batch, or be promoted and compute itself). */
+    bb__metrics_deduplicated(&m->metrics, g->nmembers - 1);
     for (struct bb__req *r = g->members, *next; r; r = next) {
         next = r->group_next;
         r->group = NULL;

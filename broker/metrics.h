@@ -145,9 +145,10 @@ static inline void bb__metrics_submitted(struct bb__metrics *m)
     bb__ctr_add(&m->submitted, 1);
 }
 
-static inline void bb__metrics_deduplicated(struct bb__metrics *m)
+/* n requests answered by another request's computation. */
+static inline void bb__metrics_deduplicated(struct bb__metrics *m, uint64_t n)
 {
-    bb__ctr_add(&m->deduplicated, 1);
+    bb__ctr_add(&m->deduplicated, n);
 }
 
 /* A request that ended with a non-zero status (rejected, expired, canceled,

@@ -16,6 +16,7 @@ endfunction()
 bb_sched_plugin(bb_test_sched_recorder ${CMAKE_CURRENT_LIST_DIR}/plugins/sched_recorder.c)
 bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_lowfirst.c)
 bb_sched_plugin(bb_test_strategy_badabi ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_badabi.c)
+bb_sched_plugin(bb_test_strategy_takenone ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_takenone.c)
 
 # One suite per subsystem, with the helpers they share (sched_util.c).
 set(BB_SCHED_SUITES priority starvation deadline backpressure fairness dedup batch_bytes strategy
@@ -27,9 +28,10 @@ foreach(suite ${BB_SCHED_SUITES})
   target_compile_definitions(${t} PRIVATE
     BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>"
     BB_STRATEGY_LOWFIRST="$<TARGET_FILE:bb_test_strategy_lowfirst>"
-    BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>")
+    BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>"
+    BB_STRATEGY_TAKENONE="$<TARGET_FILE:bb_test_strategy_takenone>")
   add_dependencies(${t} bb_backend_synthetic bb_test_sched_recorder bb_test_strategy_lowfirst
-                   bb_test_strategy_badabi)
+                   bb_test_strategy_badabi bb_test_strategy_takenone)
 endforeach()
 
 # Dispatcher workers (issue 8): clients of two fake nodes on two workers, one

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "batchbroker/client.h"
+#include "completion.h"
 #include "dedup.h"
 #include "model.h"
 #include "session.h"
@@ -115,12 +116,13 @@ static struct bb__req *req(int k, uint32_t s, char fill, uint32_t out_cap, int l
     return r;
 }
 
-/* File r as the intake and bb__enqueue (enqueue.c) do around dedup_submit:
- * a reference for every submission, given back when it is answered. */
-static int file(struct bb__req *r)
+/* File r at time now as the intake and bb__enqueue (enqueue.c) do around
+ * dedup_submit: a reference for every submission, given back when it is
+ * answered. */
+static int file_at(struct bb__req *r, uint64_t now)
 {
     r->cl->refs++;
-    int rc = bb__dedup_submit(&m, r, bb__now_ns());
+    int rc = bb__dedup_submit(&m, r, now);
     if (rc == 1 || rc == 0 || rc == 3) {
         r->cl->cm[0].inflight++;
         m.bytes += r->bytes;
@@ -131,6 +133,11 @@ static int file(struct bb__req *r)
         bb__deadline_push(&m.q, r);
     }
     return rc;
+}
+
+static int file(struct bb__req *r)
+{
+    return file_at(r, bb__now_ns());
 }
 
 /* The representative runs: out gets the echo of in, the group completes. */
@@ -168,10 +175,10 @@ Test(dedup, identical_requests_share_one_computation, .init = setup, .fini = tea
     cr_assert_eq(atomic_load(&b->state), BB__REQ_GROUPED);
     cr_assert_eq(m.q.queued, 1);
     cr_assert_eq(m.q.grouped, 1);
-    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 1);
     /* The client scribbles on the representative's input: nothing changes. */
     memset(fc[0].seg + OFF_HEAP, 'z', BUF);
     run_group(a);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 1);
     expect_answer(0, 0, 0, 'x', BUF);
     expect_answer(0, 1, 0, 'x', BUF);
     cr_assert_eq(m.q.grouped, 0);
@@ -206,6 +213,26 @@ Test(dedup, cache_serves_within_the_ttl, .init = setup, .fini = teardown)
     bb__dedup_expire_cache(&m, bb__now_ns() + 2000000000ull);
     cr_assert_eq(file(req(0, 3, 'c', BUF, 2)), 0, "computed again");
     run_group(bb__queue_top(&m.q, 2));
+}
+
+/* dedup_ttl_ms is reloadable: after a reload shortens it, a result cached
+ * since is served for the new TTL only, though results cached before it
+ * (with the old, longer TTL) are still in the cache. */
+Test(dedup, cache_honours_a_shortened_ttl, .init = setup, .fini = teardown)
+{
+    m.cfg.dedup_ttl_ms = 86400000; /* a day */
+    struct bb__req *a = req(0, 0, 'l', BUF, 2);
+    cr_assert_eq(file(a), 0);
+    run_group(a);
+    m.cfg.dedup_ttl_ms = 1; /* the reload */
+    struct bb__req *b = req(0, 1, 's', BUF, 2);
+    cr_assert_eq(file(b), 0);
+    run_group(b);
+    uint64_t later = bb__now_ns() + 1000000000ull; /* a second on: only 's' is stale */
+    cr_assert_eq(file_at(req(0, 2, 's', BUF, 2), later), 0,
+                 "a result past its TTL was served from the cache");
+    run_group(bb__queue_top(&m.q, 2));
+    cr_assert_eq(file_at(req(0, 3, 'l', BUF, 2), later), 2, "within its TTL: served");
 }
 
 /* dedup_scope = uid: another user neither joins a group nor hits the cache. */
@@ -277,6 +304,36 @@ Test(dedup, leaving_representative_promotes_the_most_urgent, .init = setup, .fin
     run_group(mid);
     expect_answer(0, 0, 0, 'p', BUF);
     expect_answer(0, 2, 0, 'p', BUF);
+}
+
+/* deduplicated counts the computations saved: members answered by another
+ * member's computation, and cache hits. Not a member that left before the
+ * batch (timed out, canceled), nor one promoted that computed by itself. */
+Test(dedup, deduplicated_counts_only_answers_from_another_computation, .init = setup,
+     .fini = teardown)
+{
+    struct bb__req *a = req(0, 0, 'd', BUF, 2), *b = req(0, 1, 'd', BUF, 2);
+    struct bb__req *c = req(0, 2, 'd', BUF, 2);
+    cr_assert_eq(file(a), 0);
+    cr_assert_eq(file(b), 1);
+    cr_assert_eq(file(c), 1);
+    bb__deadline_remove(&m.q, b); /* b times out */
+    bb__dedup_leave(&m, b);
+    bb__complete_one(&m, b, BB_ETIMEDOUT);
+    bb__deadline_remove(&m.q, a); /* a is canceled: c takes its place */
+    bb__queue_remove(&m.q, a);
+    bb__dedup_leave(&m, a);
+    bb__complete_one(&m, a, BB_ECANCELED);
+    run_group(c);
+    expect_answer(0, 2, 0, 'd', BUF);
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 0, "c computed its own result");
+    struct bb__req *x = req(1, 0, 'e', BUF, 2), *y = req(1, 1, 'e', BUF, 2);
+    cr_assert_eq(file(x), 0);
+    cr_assert_eq(file(y), 1);
+    run_group(x);
+    cr_assert_eq(file(req(1, 2, 'e', BUF, 2)), 2, "a cache hit");
+    cr_assert_eq(bb__ctr_get(&m.metrics.deduplicated), 2, "y rode on x, and the cache hit");
+    cr_assert_eq(m.bytes, 0);
 }
 
 static void collide(struct bb__model_config *c)

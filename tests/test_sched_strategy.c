@@ -111,6 +111,27 @@ Test(sched_strategy, deadline_strategy_orders_across_rounds_the_default_does_not
                  "strategy = deadline did not take the earliest deadline first");
 }
 
+/* A strategy that asks for a batch and then takes nothing (no built-in
+ * does) stalls its model: the broker says so in its log, naming the
+ * strategy, instead of leaving the requests to wait without a word. */
+Test(sched_strategy, a_strategy_that_takes_nothing_is_reported)
+{
+    struct bbt_start so = {.config_text = "[model.t]\nbackend = synthetic\nstrategy = "
+                                          BB_STRATEGY_TAKENONE "\n",
+                           .log = true};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0);
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "t");
+    bb_request *r = sch_req_new(m, 64, 64, 1);
+    sch_submit(r, 0, 0, 0, 1);
+    cr_assert_geq(bbt_log_wait(&B, "strategy takenone asked for a batch and took none", 1, 10000),
+                  1, "no word of the stalled strategy in %s", B.log);
+    cr_assert_eq(bb_request_status(r), BB_EPENDING);
+    cr_assert_eq(bb_cancel(r), 0);
+    cr_assert_eq(sch_finish(r, 5000), BB_ECANCELED, "the request still waits, cancelable");
+    bb_disconnect(c);
+}
+
 /* The broker refuses a strategy it cannot trust, and the plugin's own
  * refusal of its strategy.* keys, instead of serving with something else. */
 static void start_must_fail(const char *text)

@@ -96,7 +96,9 @@ struct bb_strategy_ops {
     int (*should_dispatch)(void *state, const struct bb_queue_state *qs, uint64_t *recheck_ns);
 
     /* Fill the batch with up to max more requests through qo. Returns how
-     * many were taken; a batch left empty is not run. Required. */
+     * many were taken; a batch left empty is not run, and the broker logs a
+     * warning (rate-limited): after should_dispatch said 1, taking nothing
+     * leaves the queue waiting for the next answer. Required. */
     uint32_t (*select)(void *state, const struct bb_queue_state *qs, const struct bb_queue_ops *qo,
                        uint32_t max);
 
