@@ -18,9 +18,14 @@ endfunction()
 
 if(BB_HAVE_BLAS)
   bb_backend_test(test_backend_blas blas ${CMAKE_CURRENT_LIST_DIR}/test_backend_blas.c)
-  # The demo (examples/classify.c) runs in one of its tests.
-  target_compile_definitions(test_backend_blas PRIVATE BB_CLASSIFY_BIN="$<TARGET_FILE:bb-classify>")
-  add_dependencies(test_backend_blas bb-classify)
+  # The demo (examples/classify.c) runs in two of its tests, which skip
+  # without it (BB_BUILD_EXAMPLES=OFF).
+  if(TARGET bb-classify)
+    target_compile_definitions(test_backend_blas PRIVATE BB_CLASSIFY_BIN="$<TARGET_FILE:bb-classify>")
+    add_dependencies(test_backend_blas bb-classify)
+  else()
+    target_compile_definitions(test_backend_blas PRIVATE BB_CLASSIFY_BIN="")
+  endif()
 endif()
 
 if(BB_HAVE_TORCH)

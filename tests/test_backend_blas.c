@@ -449,8 +449,15 @@ Test(blas, check_refuses_bad_weight_files_with_a_clear_message)
 
 /* Its numbers are whole numbers in range: atoi/atol took "4x" as 4, "abc" as
  * 0 (all images) and 2^32 + 5 as 5 images. */
+static void need_the_demo(void)
+{
+    if (!BB_CLASSIFY_BIN[0])
+        cr_skip_test("bb-classify is not built (BB_BUILD_EXAMPLES=OFF)");
+}
+
 Test(blas, the_demo_refuses_bad_numbers)
 {
+    need_the_demo();
     const char *bad[][2] = {{"-p", "4x"}, {"-n", "abc"}, {"-n", "4294967301"}, {"-k", "0"},
                             {"-k", "257"}, {"-p", "-1"}};
     char out[4096], err[4096];
@@ -467,6 +474,7 @@ Test(blas, the_demo_refuses_bad_numbers)
  * serving the demo model with this backend. */
 Test(blas, the_demo_classifies_through_the_broker)
 {
+    need_the_demo();
     struct bb__fmnist d;
     bbt_need_fmnist(&d, "fmnist.bbdense");
     bb__fmnist_free(&d);
