@@ -842,18 +842,38 @@ static void bb__begin_section(struct bb__parse *ps, const char *name)
     ps->model = m;
 }
 
+/* fgets that returns the length read: after a NUL byte, strlen would take
+ * the line for shorter than it is. 0 at the end of the file. */
+static size_t bb__get_line(FILE *f, char *str, int num)
+{
+    size_t len = 0;
+    int ch;
+    while (len + 1 < (size_t)num && (ch = getc(f)) != EOF) {
+        str[len++] = (char)ch;
+        if (ch == '\n')
+            break;
+    }
+    str[len] = '\0';
+    return len;
+}
+
 /* Handles "[...]" itself (see the top of the file) and hands inih an empty
  * line instead. Strips leading blanks too, so that an indented key is a key
  * and not, as inih would take it, a continuation of the previous value. */
 static char *bb__read_line(char *str, int num, void *user)
 {
     struct bb__parse *ps = user;
-    if (ps->err_line || !fgets(str, num, ps->file))
+    size_t len = ps->err_line ? 0 : bb__get_line(ps->file, str, num);
+    if (len == 0)
         return NULL;
     ps->lineno++;
     ps->line_max = num - 2;
-    size_t len = strlen(str);
-    if (len && str[len - 1] != '\n' && !feof(ps->file)) {
+    const char *nul = memchr(str, '\0', len);
+    if (nul) {
+        bb__fail(ps, ps->lineno, "NUL byte at column %d (not a text file?)", (int)(nul - str) + 1);
+        return NULL;
+    }
+    if (str[len - 1] != '\n' && !feof(ps->file)) {
         bb__fail(ps, ps->lineno, "line too long (at most %d characters)", num - 2);
         return NULL;
     }

@@ -18,15 +18,20 @@
 #define BB_SOURCE_DIR "."
 #endif
 
-/* Criterion runs tests in parallel processes: each file gets its own name. */
-static void write_tmp(const char *text, char *path, size_t len)
+/* Criterion runs tests in parallel processes: each file gets its own name.
+ * n bytes of text, NUL bytes included. */
+static void write_tmp_bytes(const char *text, size_t n, char *path, size_t len)
 {
     snprintf(path, len, "/tmp/bb_test_config_XXXXXX");
     int fd = mkstemp(path);
     cr_assert(fd >= 0, "mkstemp");
-    size_t n = strlen(text);
     cr_assert_eq(write(fd, text, n), (ssize_t)n);
     close(fd);
+}
+
+static void write_tmp(const char *text, char *path, size_t len)
+{
+    write_tmp_bytes(text, strlen(text), path, len);
 }
 
 static struct bb__broker_config *new_cfg(void)
@@ -48,11 +53,11 @@ static struct bb__broker_config *load_ok(const char *text)
     return cfg;
 }
 
-/* The load must fail with "PATH:LINE: ..." and mention what. */
-static void expect_error(const char *text, int line, const char *what)
+/* The load of n bytes must fail with "PATH:LINE: ..." and mention what. */
+static void expect_error_bytes(const char *text, size_t n, int line, const char *what)
 {
     char path[64], err[512] = "", where[96];
-    write_tmp(text, path, sizeof path);
+    write_tmp_bytes(text, n, path, sizeof path);
     struct bb__broker_config *cfg = new_cfg();
     int rc = bb__config_load(cfg, path, err, sizeof err);
     unlink(path);
@@ -61,6 +66,11 @@ static void expect_error(const char *text, int line, const char *what)
     cr_assert(strncmp(err, where, strlen(where)) == 0, "expected '%s...' got '%s'", where, err);
     cr_assert(strstr(err, what), "expected '%s' in '%s'", what, err);
     free(cfg);
+}
+
+static void expect_error(const char *text, int line, const char *what)
+{
+    expect_error_bytes(text, strlen(text), line, what);
 }
 
 Test(config, defaults)
@@ -276,6 +286,20 @@ Test(config, line_too_long)
     char text[1024];
     snprintf(text, sizeof text, "[model.a]\nbackend = echo\nparam.x = %0300d\n", 0);
     expect_error(text, 3, "line too long");
+}
+
+/* A NUL byte ends the line for every string function after fgets: the
+ * rest of the line would go unread, silently on a last line without '\n'
+ * (max_batch_size = 12 from "12\0" "345"), and elsewhere reported as a line
+ * too long. */
+Test(config, nul_byte)
+{
+    static const char last[] = "[model.a]\nbackend = echo\nmax_batch_size = 12\0" "345";
+    expect_error_bytes(last, sizeof last - 1, 3, "NUL byte");
+    static const char mid[] = "[model.a]\nbackend = echo\0/x.so\nmax_queue = 8\n";
+    expect_error_bytes(mid, sizeof mid - 1, 2, "NUL byte");
+    static const char header[] = "[model.a\0]\nbackend = echo\n";
+    expect_error_bytes(header, sizeof header - 1, 1, "NUL byte");
 }
 
 Test(config, syntax_error)
