@@ -547,6 +547,25 @@ static int bb__listen_ok(const char *value, char *msg, size_t msglen)
     return bb__config_listen_addr(value, &sa, &salen, msg, msglen);
 }
 
+/* Why s would not read back as itself from the "key = value" line the dump
+ * writes, or NULL. A file's lines never hold these (inih strips the blanks
+ * and the comment, and a line ends at its break); -o can. is_key: nor '='
+ * or ':', where inih splits the line. */
+static const char *bb__unreadable(const char *s, bool is_key)
+{
+    size_t len = strlen(s);
+    if (strchr(s, '\n'))
+        return "contains a line break";
+    if (len && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[len - 1])))
+        return "begins or ends with a blank";
+    for (size_t i = 1; i < len; i++)
+        if (s[i] == ';' && isspace((unsigned char)s[i - 1]))
+            return "contains a blank and ';', where a comment begins";
+    if (is_key && strpbrk(s, "=:"))
+        return "contains '=' or ':'";
+    return NULL;
+}
+
 /* Validate value for key k and store it in base (the broker or model
  * struct). Nothing is written unless the whole value is valid. msg gets
  * "KEY: problem". */
@@ -559,6 +578,15 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
         /* inih keeps it right after the '=', but the dump writes
          * "key = value", where it would read back as a comment. */
         snprintf(msg, msglen, "%s: a value cannot begin with ';' (a comment)", key);
+        return -1;
+    }
+    const char *why = k->type == BB__CT_PARAM ? bb__unreadable(key, true) : NULL;
+    if (why) {
+        snprintf(msg, msglen, "%s: the name %s (a file could not hold it)", key, why);
+        return -1;
+    }
+    if ((why = bb__unreadable(value, false))) {
+        snprintf(msg, msglen, "%s: the value %s (a file could not hold it)", key, why);
         return -1;
     }
     switch (k->type) {

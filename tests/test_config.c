@@ -505,6 +505,42 @@ Test(config, value_may_not_begin_with_a_semicolon)
     free(cfg);
 }
 
+/* An override holds what no line of a file could: the dump of the
+ * configuration would not read back as it (a line break would even start a
+ * section of its own). Refused, saying why; the file cannot produce them. */
+Test(config, override_that_its_dump_would_not_read_back)
+{
+    static const struct {
+        const char *arg, *why;
+    } bad[] = {
+        {"model.echo.param.x=a\n[model.evil]\nbackend=/tmp/evil.so", "line break"},
+        {"model.echo.param.x= a", "blank"},
+        {"model.echo.param.x=a ", "blank"},
+        {"broker.plugin_dir=/x\t", "blank"},
+        {"model.echo.param.x=a ;b", "comment"},
+        {"model.echo.param.x=a\t;b", "comment"},
+        {"model.echo.param. =1", "blank"},
+        {"model.echo.param.a:b=1", "':'"},
+        {"model.echo.param.a ;b=1", "comment"},
+        {"model.echo.strategy.a\nb=1", "line break"},
+    };
+    struct bb__broker_config *cfg = new_cfg(), *ref = new_cfg();
+    char err[512];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(bb__config_set_arg(cfg, bad[i].arg, err, sizeof err), -1, "accepted '%s'",
+                     bad[i].arg);
+        cr_assert(strstr(err, bad[i].why), "'%s': %s", bad[i].arg, err);
+    }
+    cr_assert(memcmp(cfg, ref, sizeof *cfg) == 0, "a refused override changed nothing");
+    /* What a line can hold: inner blanks, tabs, a ';' after no blank. */
+    cr_assert_eq(bb__config_set_arg(cfg, "model.echo.param.x=a b\tc;d", err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_eq(bb__config_set_arg(cfg, "model.echo.param.a b=1", err, sizeof err), 0, "%s", err);
+    assert_dump_reloads(cfg, NULL);
+    free(cfg);
+    free(ref);
+}
+
 Test(config, set_overrides)
 {
     struct bb__broker_config *cfg = new_cfg();
