@@ -40,6 +40,7 @@ enum bb__ctype {
     BB__CT_GIDS,    /* comma-separated gids or group names */
     BB__CT_PARAM,   /* "param.*": any key, kept for the backend */
     BB__CT_LISTEN,  /* a string: empty, PORT or HOST:PORT (bb__config_listen_addr) */
+    BB__CT_WEIGHTS, /* a string: uid:weight pairs (bb__config_weights) */
 };
 
 enum bb__csect { BB__SEC_NONE, BB__SEC_BROKER, BB__SEC_MODEL };
@@ -231,7 +232,7 @@ static const struct bb__config_key bb__keys[] = {
      NULL, 1,
      "Fair queueing serves up to this many consecutive requests of a client per round: a "
      "batch then holds fewer clients, each woken once."},
-    {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
+    {BB__SEC_MODEL, "client_weights", BB__CT_WEIGHTS, BB__MODEL(client_weights), 0, 255, "", NULL,
      NULL, 0,
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
     {BB__SEC_MODEL, "dedup", BB__CT_ENUM, BB__MODEL(dedup), 0, 1, "off", NULL, bb__onoff_names, 1,
@@ -443,6 +444,42 @@ static int bb__parse_ids(const struct bb__config_key *k, const char *s, uint32_t
     return 0;
 }
 
+int bb__config_weights(const char *s, struct bb__weight *w, uint32_t *n, char *msg,
+                       size_t msglen)
+{
+    const char *p = s;
+    *n = 0;
+    while (*p) {
+        char *end;
+        unsigned long uid = strtoul(p, &end, 10);
+        unsigned long wt = 0;
+        bool ok = end != p && *end == ':';
+        if (ok) {
+            const char *q = end + 1;
+            wt = strtoul(q, &end, 10);
+            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
+                 uid <= UINT32_MAX && *n < BB_MAX_WEIGHTS;
+        }
+        if (!ok) {
+            snprintf(msg, msglen, "client_weights: expected uid:weight pairs (weight 1..1000, "
+                     "at most %d) near '%s'", BB_MAX_WEIGHTS, p);
+            return -1;
+        }
+        w[*n].uid = (uint32_t)uid;
+        w[*n].weight = (uint32_t)wt;
+        (*n)++;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int bb__weights_ok(const char *value, char *msg, size_t msglen)
+{
+    struct bb__weight w[BB_MAX_WEIGHTS];
+    uint32_t n;
+    return bb__config_weights(value, w, &n, msg, msglen);
+}
+
 static int bb__set_param(struct bb__model_config *m, const char *key, const char *value, char *msg,
                          size_t msglen)
 {
@@ -607,7 +644,10 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
         bb__store_uint(p, k->size, v);
         return 0;
     case BB__CT_LISTEN:
-        if (bb__listen_ok(value, msg, msglen) < 0)
+    case BB__CT_WEIGHTS:
+        /* Checked here, not first at the start: a reload refuses it too. */
+        if ((k->type == BB__CT_LISTEN ? bb__listen_ok(value, msg, msglen)
+                                      : bb__weights_ok(value, msg, msglen)) < 0)
             return -1;
         __attribute__((fallthrough)); /* stored as the string it is */
     case BB__CT_STRING: {
@@ -677,6 +717,7 @@ static void bb__format_value(const struct bb__config_key *k, const void *base, c
         return;
     case BB__CT_STRING:
     case BB__CT_LISTEN:
+    case BB__CT_WEIGHTS:
         snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);
         return;
     case BB__CT_ENUM: {
@@ -770,8 +811,14 @@ int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errl
         return -1;
     }
     for (size_t i = 0; i < cfg->nmodels; i++) {
-        if (cfg->models[i].backend[0] == '\0') {
-            snprintf(err, errlen, "[model.%s] has no backend", cfg->models[i].name);
+        const struct bb__model_config *m = &cfg->models[i];
+        if (m->backend[0] == '\0') {
+            snprintf(err, errlen, "[model.%s] has no backend", m->name);
+            return -1;
+        }
+        if (m->nsparams && !strchr(m->strategy, '/')) {
+            snprintf(err, errlen, "[model.%s]: strategy.* keys apply to a custom strategy only "
+                     "(strategy = a path to a .so), not to strategy = %s", m->name, m->strategy);
             return -1;
         }
     }
@@ -1156,7 +1203,7 @@ static const char *bb__type_name(enum bb__ctype t)
     static const char *const names[] = {
         [BB__CT_UINT] = "integer", [BB__CT_BYTES] = "bytes",    [BB__CT_STRING] = "string",
         [BB__CT_ENUM] = "enum",    [BB__CT_UIDS] = "uid list", [BB__CT_GIDS] = "gid list",
-        [BB__CT_PARAM] = "string", [BB__CT_LISTEN] = "address",
+        [BB__CT_PARAM] = "string", [BB__CT_LISTEN] = "address", [BB__CT_WEIGHTS] = "string",
     };
     return names[t];
 }
@@ -1190,6 +1237,7 @@ static void bb__format_range(const struct bb__config_key *k, char *buf, size_t l
         return;
     case BB__CT_STRING:
     case BB__CT_PARAM:
+    case BB__CT_WEIGHTS:
         snprintf(buf, len, "%" PRIu64 "..%" PRIu64 " bytes", k->min, k->max);
         return;
     case BB__CT_ENUM:

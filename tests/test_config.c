@@ -302,6 +302,36 @@ Test(config, nul_byte)
     expect_error_bytes(header, sizeof header - 1, 1, "NUL byte");
 }
 
+/* What the broker would refuse at its start is refused with the file:
+ * else a reload takes the file, logs that the key "needs a restart", and
+ * the restart fails (exit 2, which the unit does not restart on). */
+Test(config, start_time_checks_are_load_errors)
+{
+    expect_error("[model.a]\nbackend = echo\nclient_weights = 1000:5,bogus\n", 3,
+                 "client_weights: expected uid:weight pairs");
+    expect_error("[model.a]\nbackend = echo\nclient_weights = 1000:1001\n", 3, "near '1000:1001'");
+    char *text = malloc(4096), *p = text;
+    p += sprintf(p, "[model.a]\nbackend = echo\nclient_weights = ");
+    for (int i = 0; i <= 32; i++)
+        p += sprintf(p, "%s%d:2", i ? "," : "", i);
+    expect_error(text, 3, "at most 32");
+    free(text);
+    struct bb__broker_config *cfg =
+        load_ok("[model.a]\nbackend = echo\nclient_weights = 1000:5,1001:1000\n");
+    free(cfg);
+    /* A check across keys, which -o may also change: the file, no line. */
+    char path[64], err[512] = "";
+    write_tmp("[model.a]\nbackend = echo\nstrategy.x = 1\n", path, sizeof path);
+    cfg = new_cfg();
+    cr_assert_eq(bb__config_load(cfg, path, err, sizeof err), -1, "strategy.x was taken");
+    unlink(path);
+    cr_assert(strncmp(err, path, strlen(path)) == 0 && strstr(err, "[model.a]") &&
+              strstr(err, "custom strategy only"), "%s", err);
+    free(cfg);
+    cfg = load_ok("[model.a]\nbackend = echo\nstrategy = /x/s.so\nstrategy.x = 1\n");
+    free(cfg);
+}
+
 Test(config, syntax_error)
 {
     expect_error("[broker]\nspin_us 5\n", 2, "syntax error");
