@@ -603,6 +603,29 @@ static const char *bb__unreadable(const char *s, bool is_key)
     return NULL;
 }
 
+/* inih hands its reader a buffer of the library's INI_MAX_LINE, which its
+ * header need not tell right: ask the library. */
+static char *bb__probe_reader(char *str, int num, void *user)
+{
+    (void)str;
+    *(int *)user = num;
+    return NULL;
+}
+
+static int bb__probe_key(void *user, const char *section, const char *name, const char *value)
+{
+    (void)user, (void)section, (void)name, (void)value;
+    return 1;
+}
+
+/* Characters a line may have: inih's buffer less '\n' and NUL. */
+static int bb__line_max(void)
+{
+    int num = 0;
+    ini_parse_stream(bb__probe_reader, &num, bb__probe_key, NULL);
+    return num - 2;
+}
+
 /* Validate value for key k and store it in base (the broker or model
  * struct). Nothing is written unless the whole value is valid. msg gets
  * "KEY: problem". */
@@ -624,6 +647,17 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
     }
     if ((why = bb__unreadable(value, false))) {
         snprintf(msg, msglen, "%s: the value %s (a file could not hold it)", key, why);
+        return -1;
+    }
+    /* bb__config_dump writes the key back as "name = value": that line must
+     * fit the reader too, or the dump of an accepted configuration would not
+     * load (fuzz_config found a value that filled its line after "name=",
+     * with no blanks around the '='; -o has no line at all). */
+    size_t dumped = strlen(key) + 3 + strlen(value);
+    int line_max = bb__line_max();
+    if (dumped > (size_t)line_max) {
+        snprintf(msg, msglen, "%s: line too long: '%s = VALUE' is %zu characters (at most %d)",
+                 key, key, dumped, line_max);
         return -1;
     }
     switch (k->type) {
@@ -843,7 +877,6 @@ struct bb__parse {
     FILE *file;
     const char *path;
     int lineno;          /* of the line inih is working on: we count reader calls */
-    int line_max;        /* characters a line may have: inih's buffer less '\n' and NUL */
     int err_line;        /* 0 until the first error */
     char err[512];
     enum bb__csect section;
@@ -942,7 +975,6 @@ static char *bb__read_line(char *str, int num, void *user)
     if (len == 0)
         return NULL;
     ps->lineno++;
-    ps->line_max = num - 2;
     const char *nul = memchr(str, '\0', len);
     if (nul) {
         bb__fail(ps, ps->lineno, "NUL byte at column %d (not a text file?)", (int)(nul - str) + 1);
@@ -1000,16 +1032,6 @@ static int bb__on_key(void *user, const char *section, const char *name, const c
             bb__fail(ps, ps->lineno, "unknown key '%s' in [broker]", name);
         else
             bb__fail(ps, ps->lineno, "unknown key '%s' in [model.%s]", name, ps->model->name);
-        return 0;
-    }
-    /* bb__config_dump writes the key back as "name = value": that line must
-     * fit the reader too, or the dump of an accepted file would not load
-     * (fuzz_config found a value that filled its line after "name=", with
-     * no blanks around the '='). */
-    size_t dumped = strlen(name) + 3 + strlen(value);
-    if (dumped > (size_t)ps->line_max) {
-        bb__fail(ps, ps->lineno, "line too long: '%s = VALUE' is %zu characters (at most %d)",
-                 name, dumped, ps->line_max);
         return 0;
     }
     char msg[384];

@@ -561,7 +561,17 @@ Test(config, override_that_its_dump_would_not_read_back)
                      bad[i].arg);
         cr_assert(strstr(err, bad[i].why), "'%s': %s", bad[i].arg, err);
     }
+    /* Nor a line longer than a file's: "key = value" must fit in one. */
+    char arg[512], value[256];
+    memset(value, 'v', 188);
+    value[188] = '\0';
+    snprintf(arg, sizeof arg, "model.echo.param.x=%sv", value);
+    cr_assert_eq(bb__config_set_arg(cfg, arg, err, sizeof err), -1, "accepted a 199-character line");
+    cr_assert(strstr(err, "line too long: 'param.x = VALUE' is 199 characters (at most 198)"), "%s",
+              err);
     cr_assert(memcmp(cfg, ref, sizeof *cfg) == 0, "a refused override changed nothing");
+    snprintf(arg, sizeof arg, "model.echo.param.y=%s", value);
+    cr_assert_eq(bb__config_set_arg(cfg, arg, err, sizeof err), 0, "%s", err);
     /* What a line can hold: inner blanks, tabs, a ';' after no blank. */
     cr_assert_eq(bb__config_set_arg(cfg, "model.echo.param.x=a b\tc;d", err, sizeof err), 0,
                  "%s", err);
