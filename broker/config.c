@@ -40,6 +40,7 @@ enum bb__ctype {
     BB__CT_GIDS,    /* comma-separated gids or group names */
     BB__CT_PARAM,   /* "param.*": any key, kept for the backend */
     BB__CT_LISTEN,  /* a string: empty, PORT or HOST:PORT (bb__config_listen_addr) */
+    BB__CT_WEIGHTS, /* a string: uid:weight pairs (bb__config_weights) */
 };
 
 enum bb__csect { BB__SEC_NONE, BB__SEC_BROKER, BB__SEC_MODEL };
@@ -231,7 +232,7 @@ static const struct bb__config_key bb__keys[] = {
      NULL, 1,
      "Fair queueing serves up to this many consecutive requests of a client per round: a "
      "batch then holds fewer clients, each woken once."},
-    {BB__SEC_MODEL, "client_weights", BB__CT_STRING, BB__MODEL(client_weights), 0, 255, "", NULL,
+    {BB__SEC_MODEL, "client_weights", BB__CT_WEIGHTS, BB__MODEL(client_weights), 0, 255, "", NULL,
      NULL, 0,
      "Weighted round-robin: uid:weight pairs, comma-separated (weight 1..1000, default 1)."},
     {BB__SEC_MODEL, "dedup", BB__CT_ENUM, BB__MODEL(dedup), 0, 1, "off", NULL, bb__onoff_names, 1,
@@ -443,6 +444,42 @@ static int bb__parse_ids(const struct bb__config_key *k, const char *s, uint32_t
     return 0;
 }
 
+int bb__config_weights(const char *s, struct bb__weight *w, uint32_t *n, char *msg,
+                       size_t msglen)
+{
+    const char *p = s;
+    *n = 0;
+    while (*p) {
+        char *end;
+        unsigned long uid = strtoul(p, &end, 10);
+        unsigned long wt = 0;
+        bool ok = end != p && *end == ':';
+        if (ok) {
+            const char *q = end + 1;
+            wt = strtoul(q, &end, 10);
+            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
+                 uid <= UINT32_MAX && *n < BB_MAX_WEIGHTS;
+        }
+        if (!ok) {
+            snprintf(msg, msglen, "client_weights: expected uid:weight pairs (weight 1..1000, "
+                     "at most %d) near '%s'", BB_MAX_WEIGHTS, p);
+            return -1;
+        }
+        w[*n].uid = (uint32_t)uid;
+        w[*n].weight = (uint32_t)wt;
+        (*n)++;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int bb__weights_ok(const char *value, char *msg, size_t msglen)
+{
+    struct bb__weight w[BB_MAX_WEIGHTS];
+    uint32_t n;
+    return bb__config_weights(value, w, &n, msg, msglen);
+}
+
 static int bb__set_param(struct bb__model_config *m, const char *key, const char *value, char *msg,
                          size_t msglen)
 {
@@ -547,6 +584,48 @@ static int bb__listen_ok(const char *value, char *msg, size_t msglen)
     return bb__config_listen_addr(value, &sa, &salen, msg, msglen);
 }
 
+/* Why s would not read back as itself from the "key = value" line the dump
+ * writes, or NULL. A file's lines never hold these (inih strips the blanks
+ * and the comment, and a line ends at its break); -o can. is_key: nor '='
+ * or ':', where inih splits the line. */
+static const char *bb__unreadable(const char *s, bool is_key)
+{
+    size_t len = strlen(s);
+    if (strchr(s, '\n'))
+        return "contains a line break";
+    if (len && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[len - 1])))
+        return "begins or ends with a blank";
+    for (size_t i = 1; i < len; i++)
+        if (s[i] == ';' && isspace((unsigned char)s[i - 1]))
+            return "contains a blank and ';', where a comment begins";
+    if (is_key && strpbrk(s, "=:"))
+        return "contains '=' or ':'";
+    return NULL;
+}
+
+/* inih hands its reader a buffer of the library's INI_MAX_LINE, which its
+ * header need not tell right: ask the library. */
+static char *bb__probe_reader(char *str, int num, void *user)
+{
+    (void)str;
+    *(int *)user = num;
+    return NULL;
+}
+
+static int bb__probe_key(void *user, const char *section, const char *name, const char *value)
+{
+    (void)user, (void)section, (void)name, (void)value;
+    return 1;
+}
+
+/* Characters a line may have: inih's buffer less '\n' and NUL. */
+static int bb__line_max(void)
+{
+    int num = 0;
+    ini_parse_stream(bb__probe_reader, &num, bb__probe_key, NULL);
+    return num - 2;
+}
+
 /* Validate value for key k and store it in base (the broker or model
  * struct). Nothing is written unless the whole value is valid. msg gets
  * "KEY: problem". */
@@ -559,6 +638,26 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
         /* inih keeps it right after the '=', but the dump writes
          * "key = value", where it would read back as a comment. */
         snprintf(msg, msglen, "%s: a value cannot begin with ';' (a comment)", key);
+        return -1;
+    }
+    const char *why = k->type == BB__CT_PARAM ? bb__unreadable(key, true) : NULL;
+    if (why) {
+        snprintf(msg, msglen, "%s: the name %s (a file could not hold it)", key, why);
+        return -1;
+    }
+    if ((why = bb__unreadable(value, false))) {
+        snprintf(msg, msglen, "%s: the value %s (a file could not hold it)", key, why);
+        return -1;
+    }
+    /* bb__config_dump writes the key back as "name = value": that line must
+     * fit the reader too, or the dump of an accepted configuration would not
+     * load (fuzz_config found a value that filled its line after "name=",
+     * with no blanks around the '='; -o has no line at all). */
+    size_t dumped = strlen(key) + 3 + strlen(value);
+    int line_max = bb__line_max();
+    if (dumped > (size_t)line_max) {
+        snprintf(msg, msglen, "%s: line too long: '%s = VALUE' is %zu characters (at most %d)",
+                 key, key, dumped, line_max);
         return -1;
     }
     switch (k->type) {
@@ -579,7 +678,10 @@ static int bb__set_value(const struct bb__config_key *k, void *base, const char 
         bb__store_uint(p, k->size, v);
         return 0;
     case BB__CT_LISTEN:
-        if (bb__listen_ok(value, msg, msglen) < 0)
+    case BB__CT_WEIGHTS:
+        /* Checked here, not first at the start: a reload refuses it too. */
+        if ((k->type == BB__CT_LISTEN ? bb__listen_ok(value, msg, msglen)
+                                      : bb__weights_ok(value, msg, msglen)) < 0)
             return -1;
         __attribute__((fallthrough)); /* stored as the string it is */
     case BB__CT_STRING: {
@@ -649,6 +751,7 @@ static void bb__format_value(const struct bb__config_key *k, const void *base, c
         return;
     case BB__CT_STRING:
     case BB__CT_LISTEN:
+    case BB__CT_WEIGHTS:
         snprintf(buf, len, "%.*s", (int)k->size, (const char *)p);
         return;
     case BB__CT_ENUM: {
@@ -742,8 +845,14 @@ int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errl
         return -1;
     }
     for (size_t i = 0; i < cfg->nmodels; i++) {
-        if (cfg->models[i].backend[0] == '\0') {
-            snprintf(err, errlen, "[model.%s] has no backend", cfg->models[i].name);
+        const struct bb__model_config *m = &cfg->models[i];
+        if (m->backend[0] == '\0') {
+            snprintf(err, errlen, "[model.%s] has no backend", m->name);
+            return -1;
+        }
+        if (m->nsparams && !strchr(m->strategy, '/')) {
+            snprintf(err, errlen, "[model.%s]: strategy.* keys apply to a custom strategy only "
+                     "(strategy = a path to a .so), not to strategy = %s", m->name, m->strategy);
             return -1;
         }
     }
@@ -768,7 +877,6 @@ struct bb__parse {
     FILE *file;
     const char *path;
     int lineno;          /* of the line inih is working on: we count reader calls */
-    int line_max;        /* characters a line may have: inih's buffer less '\n' and NUL */
     int err_line;        /* 0 until the first error */
     char err[512];
     enum bb__csect section;
@@ -842,18 +950,37 @@ static void bb__begin_section(struct bb__parse *ps, const char *name)
     ps->model = m;
 }
 
+/* fgets that returns the length read: after a NUL byte, strlen would take
+ * the line for shorter than it is. 0 at the end of the file. */
+static size_t bb__get_line(FILE *f, char *str, int num)
+{
+    size_t len = 0;
+    int ch;
+    while (len + 1 < (size_t)num && (ch = getc(f)) != EOF) {
+        str[len++] = (char)ch;
+        if (ch == '\n')
+            break;
+    }
+    str[len] = '\0';
+    return len;
+}
+
 /* Handles "[...]" itself (see the top of the file) and hands inih an empty
  * line instead. Strips leading blanks too, so that an indented key is a key
  * and not, as inih would take it, a continuation of the previous value. */
 static char *bb__read_line(char *str, int num, void *user)
 {
     struct bb__parse *ps = user;
-    if (ps->err_line || !fgets(str, num, ps->file))
+    size_t len = ps->err_line ? 0 : bb__get_line(ps->file, str, num);
+    if (len == 0)
         return NULL;
     ps->lineno++;
-    ps->line_max = num - 2;
-    size_t len = strlen(str);
-    if (len && str[len - 1] != '\n' && !feof(ps->file)) {
+    const char *nul = memchr(str, '\0', len);
+    if (nul) {
+        bb__fail(ps, ps->lineno, "NUL byte at column %d (not a text file?)", (int)(nul - str) + 1);
+        return NULL;
+    }
+    if (str[len - 1] != '\n' && !feof(ps->file)) {
         bb__fail(ps, ps->lineno, "line too long (at most %d characters)", num - 2);
         return NULL;
     }
@@ -905,16 +1032,6 @@ static int bb__on_key(void *user, const char *section, const char *name, const c
             bb__fail(ps, ps->lineno, "unknown key '%s' in [broker]", name);
         else
             bb__fail(ps, ps->lineno, "unknown key '%s' in [model.%s]", name, ps->model->name);
-        return 0;
-    }
-    /* bb__config_dump writes the key back as "name = value": that line must
-     * fit the reader too, or the dump of an accepted file would not load
-     * (fuzz_config found a value that filled its line after "name=", with
-     * no blanks around the '='). */
-    size_t dumped = strlen(name) + 3 + strlen(value);
-    if (dumped > (size_t)ps->line_max) {
-        bb__fail(ps, ps->lineno, "line too long: '%s = VALUE' is %zu characters (at most %d)",
-                 name, dumped, ps->line_max);
         return 0;
     }
     char msg[384];
@@ -1108,7 +1225,7 @@ static const char *bb__type_name(enum bb__ctype t)
     static const char *const names[] = {
         [BB__CT_UINT] = "integer", [BB__CT_BYTES] = "bytes",    [BB__CT_STRING] = "string",
         [BB__CT_ENUM] = "enum",    [BB__CT_UIDS] = "uid list", [BB__CT_GIDS] = "gid list",
-        [BB__CT_PARAM] = "string", [BB__CT_LISTEN] = "address",
+        [BB__CT_PARAM] = "string", [BB__CT_LISTEN] = "address", [BB__CT_WEIGHTS] = "string",
     };
     return names[t];
 }
@@ -1142,6 +1259,7 @@ static void bb__format_range(const struct bb__config_key *k, char *buf, size_t l
         return;
     case BB__CT_STRING:
     case BB__CT_PARAM:
+    case BB__CT_WEIGHTS:
         snprintf(buf, len, "%" PRIu64 "..%" PRIu64 " bytes", k->min, k->max);
         return;
     case BB__CT_ENUM:

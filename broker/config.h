@@ -21,6 +21,12 @@ struct bb__kv {
 
 enum { BB__FORMATION_SHARED, BB__FORMATION_PER_WORKER };
 
+#define BB_MAX_WEIGHTS 32
+
+struct bb__weight {
+    uint32_t uid, weight;
+};
+
 struct bb__model_config {
     char name[64];
     char backend[256];          /* built-in plugin name or path to a .so */
@@ -106,6 +112,12 @@ void bb__config_defaults(struct bb__broker_config *cfg);
  * soon as the file defines a model). On error returns -1 and writes
  * "FILE:LINE: message" to err. */
 int bb__config_load(struct bb__broker_config *cfg, const char *path, char *err, size_t errlen);
+
+/* client_weights = "uid:weight,uid:weight" (weight 1..1000): the pairs, at
+ * most BB_MAX_WEIGHTS, into w and *n. Returns 0, or -1 with msg
+ * ("client_weights: ..."). */
+int bb__config_weights(const char *s, struct bb__weight *w, uint32_t *n, char *msg,
+                       size_t msglen);
 
 /* Apply "section.key=value" overrides from the command line (same validation). */
 int bb__config_set(struct bb__broker_config *cfg, const char *section, const char *key,

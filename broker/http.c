@@ -175,9 +175,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
-    (void)req_cls;
+    static int headers_seen;
     struct bb__http *h = cls;
+    /* The first call brings the headers only: an answer queued then would
+     * make the library close the connection after it (the body might not be
+     * over), and a scraper reconnect for every scrape. Answer once the
+     * request is whole; a body, which no method here takes, is dropped. Until
+     * then the watchdog still counts, so a trickled body is no way around it. */
+    if (!*req_cls) {
+        *req_cls = &headers_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     owed_since(h, conn, 0);
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return answer(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n", "GET, HEAD");

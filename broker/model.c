@@ -15,30 +15,12 @@
 #include "util_internal.h"
 #include "worker.h"
 
-/* client_weights = "uid:weight,uid:weight" */
 static int parse_weights(struct bb__model *m, char *err, size_t errlen)
 {
-    const char *p = m->cfg.client_weights;
-    while (*p) {
-        char *end;
-        unsigned long uid = strtoul(p, &end, 10);
-        unsigned long wt = 0;
-        bool ok = end != p && *end == ':';
-        if (ok) {
-            const char *q = end + 1;
-            wt = strtoul(q, &end, 10);
-            ok = end != q && wt >= 1 && wt <= 1000 && (*end == ',' || *end == 0) &&
-                 uid <= UINT32_MAX && m->nweights < 32;
-        }
-        if (!ok) {
-            snprintf(err, errlen, "model %s: client_weights: expected uid:weight pairs (weight "
-                     "1..1000, at most 32) near '%s'", m->cfg.name, p);
-            return -1;
-        }
-        m->weights[m->nweights].uid = (uint32_t)uid;
-        m->weights[m->nweights].weight = (uint32_t)wt;
-        m->nweights++;
-        p = *end ? end + 1 : end;
+    char msg[256];
+    if (bb__config_weights(m->cfg.client_weights, m->weights, &m->nweights, msg, sizeof msg) < 0) {
+        snprintf(err, errlen, "model %s: %s", m->cfg.name, msg);
+        return -1;
     }
     return 0;
 }
@@ -81,11 +63,6 @@ int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugi
     bb__metrics_init(&m->metrics, m->cfg.name, m->cfg.max_batch_size, bb__now_ns());
     if (parse_weights(m, err, errlen) < 0)
         return -1;
-    if (m->cfg.nsparams && !strchr(m->cfg.strategy, '/')) {
-        snprintf(err, errlen, "model %s: strategy.* keys apply to a custom strategy only",
-                 m->cfg.name);
-        return -1;
-    }
     if (bb__strategy_load(m, err, errlen) < 0)
         return -1;
     if (bb__plugin_load_model(&m->cfg, plugin_dir, &m->plugin, err, errlen) < 0)

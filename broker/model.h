@@ -65,7 +65,7 @@ struct bb__model {
     uint64_t memory_limit;         /* bytes, 0 = none */
     uint64_t request_bytes_max;    /* the least of the three size limits (UINT64_MAX: none) */
     uint32_t nweights;
-    struct { uint32_t uid, weight; } weights[32];
+    struct bb__weight weights[BB_MAX_WEIGHTS];
 
     /* Strategy (strategy.c). */
     const struct bb_strategy_ops *strategy;

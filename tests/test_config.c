@@ -18,15 +18,20 @@
 #define BB_SOURCE_DIR "."
 #endif
 
-/* Criterion runs tests in parallel processes: each file gets its own name. */
-static void write_tmp(const char *text, char *path, size_t len)
+/* Criterion runs tests in parallel processes: each file gets its own name.
+ * n bytes of text, NUL bytes included. */
+static void write_tmp_bytes(const char *text, size_t n, char *path, size_t len)
 {
     snprintf(path, len, "/tmp/bb_test_config_XXXXXX");
     int fd = mkstemp(path);
     cr_assert(fd >= 0, "mkstemp");
-    size_t n = strlen(text);
     cr_assert_eq(write(fd, text, n), (ssize_t)n);
     close(fd);
+}
+
+static void write_tmp(const char *text, char *path, size_t len)
+{
+    write_tmp_bytes(text, strlen(text), path, len);
 }
 
 static struct bb__broker_config *new_cfg(void)
@@ -48,11 +53,11 @@ static struct bb__broker_config *load_ok(const char *text)
     return cfg;
 }
 
-/* The load must fail with "PATH:LINE: ..." and mention what. */
-static void expect_error(const char *text, int line, const char *what)
+/* The load of n bytes must fail with "PATH:LINE: ..." and mention what. */
+static void expect_error_bytes(const char *text, size_t n, int line, const char *what)
 {
     char path[64], err[512] = "", where[96];
-    write_tmp(text, path, sizeof path);
+    write_tmp_bytes(text, n, path, sizeof path);
     struct bb__broker_config *cfg = new_cfg();
     int rc = bb__config_load(cfg, path, err, sizeof err);
     unlink(path);
@@ -61,6 +66,11 @@ static void expect_error(const char *text, int line, const char *what)
     cr_assert(strncmp(err, where, strlen(where)) == 0, "expected '%s...' got '%s'", where, err);
     cr_assert(strstr(err, what), "expected '%s' in '%s'", what, err);
     free(cfg);
+}
+
+static void expect_error(const char *text, int line, const char *what)
+{
+    expect_error_bytes(text, strlen(text), line, what);
 }
 
 Test(config, defaults)
@@ -278,6 +288,50 @@ Test(config, line_too_long)
     expect_error(text, 3, "line too long");
 }
 
+/* A NUL byte ends the line for every string function after fgets: the
+ * rest of the line would go unread, silently on a last line without '\n'
+ * (max_batch_size = 12 from "12\0" "345"), and elsewhere reported as a line
+ * too long. */
+Test(config, nul_byte)
+{
+    static const char last[] = "[model.a]\nbackend = echo\nmax_batch_size = 12\0" "345";
+    expect_error_bytes(last, sizeof last - 1, 3, "NUL byte");
+    static const char mid[] = "[model.a]\nbackend = echo\0/x.so\nmax_queue = 8\n";
+    expect_error_bytes(mid, sizeof mid - 1, 2, "NUL byte");
+    static const char header[] = "[model.a\0]\nbackend = echo\n";
+    expect_error_bytes(header, sizeof header - 1, 1, "NUL byte");
+}
+
+/* What the broker would refuse at its start is refused with the file:
+ * else a reload takes the file, logs that the key "needs a restart", and
+ * the restart fails (exit 2, which the unit does not restart on). */
+Test(config, start_time_checks_are_load_errors)
+{
+    expect_error("[model.a]\nbackend = echo\nclient_weights = 1000:5,bogus\n", 3,
+                 "client_weights: expected uid:weight pairs");
+    expect_error("[model.a]\nbackend = echo\nclient_weights = 1000:1001\n", 3, "near '1000:1001'");
+    char *text = malloc(4096), *p = text;
+    p += sprintf(p, "[model.a]\nbackend = echo\nclient_weights = ");
+    for (int i = 0; i <= 32; i++)
+        p += sprintf(p, "%s%d:2", i ? "," : "", i);
+    expect_error(text, 3, "at most 32");
+    free(text);
+    struct bb__broker_config *cfg =
+        load_ok("[model.a]\nbackend = echo\nclient_weights = 1000:5,1001:1000\n");
+    free(cfg);
+    /* A check across keys, which -o may also change: the file, no line. */
+    char path[64], err[512] = "";
+    write_tmp("[model.a]\nbackend = echo\nstrategy.x = 1\n", path, sizeof path);
+    cfg = new_cfg();
+    cr_assert_eq(bb__config_load(cfg, path, err, sizeof err), -1, "strategy.x was taken");
+    unlink(path);
+    cr_assert(strncmp(err, path, strlen(path)) == 0 && strstr(err, "[model.a]") &&
+              strstr(err, "custom strategy only"), "%s", err);
+    free(cfg);
+    cfg = load_ok("[model.a]\nbackend = echo\nstrategy = /x/s.so\nstrategy.x = 1\n");
+    free(cfg);
+}
+
 Test(config, syntax_error)
 {
     expect_error("[broker]\nspin_us 5\n", 2, "syntax error");
@@ -479,6 +533,52 @@ Test(config, value_may_not_begin_with_a_semicolon)
     /* Inside a value it is only a character. */
     cr_assert_eq(bb__config_set_arg(cfg, "model.a.param.x=y;z", err, sizeof err), 0, "%s", err);
     free(cfg);
+}
+
+/* An override holds what no line of a file could: the dump of the
+ * configuration would not read back as it (a line break would even start a
+ * section of its own). Refused, saying why; the file cannot produce them. */
+Test(config, override_that_its_dump_would_not_read_back)
+{
+    static const struct {
+        const char *arg, *why;
+    } bad[] = {
+        {"model.echo.param.x=a\n[model.evil]\nbackend=/tmp/evil.so", "line break"},
+        {"model.echo.param.x= a", "blank"},
+        {"model.echo.param.x=a ", "blank"},
+        {"broker.plugin_dir=/x\t", "blank"},
+        {"model.echo.param.x=a ;b", "comment"},
+        {"model.echo.param.x=a\t;b", "comment"},
+        {"model.echo.param. =1", "blank"},
+        {"model.echo.param.a:b=1", "':'"},
+        {"model.echo.param.a ;b=1", "comment"},
+        {"model.echo.strategy.a\nb=1", "line break"},
+    };
+    struct bb__broker_config *cfg = new_cfg(), *ref = new_cfg();
+    char err[512];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(bb__config_set_arg(cfg, bad[i].arg, err, sizeof err), -1, "accepted '%s'",
+                     bad[i].arg);
+        cr_assert(strstr(err, bad[i].why), "'%s': %s", bad[i].arg, err);
+    }
+    /* Nor a line longer than a file's: "key = value" must fit in one. */
+    char arg[512], value[256];
+    memset(value, 'v', 188);
+    value[188] = '\0';
+    snprintf(arg, sizeof arg, "model.echo.param.x=%sv", value);
+    cr_assert_eq(bb__config_set_arg(cfg, arg, err, sizeof err), -1, "accepted a 199-character line");
+    cr_assert(strstr(err, "line too long: 'param.x = VALUE' is 199 characters (at most 198)"), "%s",
+              err);
+    cr_assert(memcmp(cfg, ref, sizeof *cfg) == 0, "a refused override changed nothing");
+    snprintf(arg, sizeof arg, "model.echo.param.y=%s", value);
+    cr_assert_eq(bb__config_set_arg(cfg, arg, err, sizeof err), 0, "%s", err);
+    /* What a line can hold: inner blanks, tabs, a ';' after no blank. */
+    cr_assert_eq(bb__config_set_arg(cfg, "model.echo.param.x=a b\tc;d", err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_eq(bb__config_set_arg(cfg, "model.echo.param.a b=1", err, sizeof err), 0, "%s", err);
+    assert_dump_reloads(cfg, NULL);
+    free(cfg);
+    free(ref);
 }
 
 Test(config, set_overrides)

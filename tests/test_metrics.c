@@ -615,6 +615,71 @@ Test(metrics, a_slowloris_is_closed_and_scrapes_get_through, .timeout = 120)
                  atomic_load(&sl.nclosed), SLOW_N);
 }
 
+/* One response off fd: its head (status, headers) into head, and its body
+ * read to the end that Content-Length gives. Returns the status. */
+static int read_response(int fd, char *head, size_t cap)
+{
+    size_t got = 0;
+    char *end = NULL;
+    while (!end && got < cap - 1) {
+        ssize_t r = recv(fd, head + got, 1, 0); /* byte by byte: nothing of the body */
+        cr_assert_eq(r, 1, "the connection ended in a response's head");
+        head[++got] = '\0';
+        end = strstr(head, "\r\n\r\n");
+    }
+    cr_assert(end, "a response head longer than %zu bytes", cap);
+    const char *cl = strstr(head, "Content-Length: ");
+    cr_assert(cl, "no Content-Length in %s", head);
+    size_t left = strtoull(cl + 16, NULL, 10);
+    char buf[4096];
+    while (left) {
+        ssize_t r = recv(fd, buf, left < sizeof buf ? left : sizeof buf, 0);
+        cr_assert_gt(r, 0, "the connection ended in a response's body");
+        left -= (size_t)r;
+    }
+    int status = -1;
+    sscanf(head, "HTTP/1.%*d %d", &status);
+    return status;
+}
+
+/* A scraper keeps its connection from one scrape to the next (Prometheus
+ * does): the answer must not close it. libmicrohttpd closes a connection
+ * whose answer was queued before the whole request had come. */
+Test(metrics, a_scrape_keeps_its_connection)
+{
+    unsigned port = free_port_ok();
+    start_with_metrics(port, NULL);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&dst, sizeof dst), 0, "%s", strerror(errno));
+    static const char get[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char other[] = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char with_body[] = "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                    "\r\nhello";
+    const struct {
+        const char *req;
+        size_t len;
+        int status;
+    } reqs[] = {{get, sizeof get - 1, 200},
+                {other, sizeof other - 1, 404},
+                {with_body, sizeof with_body - 1, 200},
+                {get, sizeof get - 1, 200}};
+    char head[4096];
+    for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
+        cr_assert_eq(send(fd, reqs[i].req, reqs[i].len, MSG_NOSIGNAL), (ssize_t)reqs[i].len,
+                     "request %zu: %s", i, strerror(errno));
+        cr_assert_eq(read_response(fd, head, sizeof head), reqs[i].status, "request %zu: %s", i,
+                     head);
+        cr_assert(!strstr(head, "Connection: close"), "request %zu closed the connection: %s", i,
+                  head);
+    }
+    close(fd);
+}
+
 /* ---- bb_model_stats ---- */
 
 Test(metrics, stats_phases_add_up)
