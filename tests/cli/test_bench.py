@@ -2,12 +2,13 @@
 log file behind, a run where every request fails exits 1, the broker's batch
 histogram in the JSON, its threads' CPU, the accuracy of several rounds
 merged, the inproc-eager baseline, a client per thread and a client of
-several lanes; nonsense numbers refused."""
+several lanes; nonsense numbers refused; bench/targets.py runs through."""
 
 import glob
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -227,3 +228,17 @@ def test_lanes_are_passed_to_the_client(brokers):
     _, res = spawned_run(brokers, "lanes2", "", "--threads", "2", "--lanes", "2")
     assert res["config"]["lanes"] == 2, res["config"]
     assert res["completed"] > 0 and res["failed"] == 0, res
+
+
+def test_the_targets_script_runs_through(brokers):
+    # bench/targets.py, as a lent machine would run it, in brief: every row.
+    out = os.path.join(brokers.tmpdir, "targets.json")
+    script = os.path.join(os.environ["BB_SOURCE_DIR"], "bench", "targets.py")
+    r = run([sys.executable, script, "-b", os.environ["BB_BUILD_DIR"], "--duration", "0.2",
+             "--warmup", "0", "--rounds", "1", "--json", out], timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        rows = json.load(f)["rows"]
+    assert len(rows) == 6, rows
+    assert all(row["value"] > 0 and isinstance(row["met"], bool) for row in rows), rows
+    assert "machine:" in r.stdout and "synthetic backend" in r.stdout, r.stdout
