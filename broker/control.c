@@ -64,7 +64,7 @@ static int prepare_default_dir(const char *path)
     return 0;
 }
 
-int bb__control_listen(const char *path)
+int bb__control_listen(const char *path, struct bb__sockfile *f)
 {
     char def[108];
     if (bb__default_socket_path(geteuid(), def, sizeof def) >= 0 && strcmp(path, def) == 0 &&
@@ -99,6 +99,7 @@ int bb__control_listen(const char *path)
     }
     /* Admission is decided by the uid/gid allow-lists, not file modes. */
     chmod(path, 0666);
+    bb__sockpath_note(path, f);
     return fd;
 }
 

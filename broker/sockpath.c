@@ -102,3 +102,19 @@ int bb__sockpath_claim(const char *path)
                  type ? strerror(err) : "no socket type connects");
     return -1;
 }
+
+void bb__sockpath_note(const char *path, struct bb__sockfile *f)
+{
+    struct stat st = {0};
+    f->noted = lstat(path, &st) == 0;
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+}
+
+void bb__sockpath_remove(const char *path, struct bb__sockfile *f)
+{
+    struct stat st;
+    if (f->noted && lstat(path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+        unlink(path);
+    f->noted = false;
+}

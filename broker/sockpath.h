@@ -2,11 +2,30 @@
 #ifndef BB_BROKER_SOCKPATH_H
 #define BB_BROKER_SOCKPATH_H
 
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* The socket file this broker bound, as bb__sockpath_note found it. */
+struct bb__sockfile {
+    dev_t dev;
+    ino_t ino;
+    bool noted;
+};
+
 /* Make path ready for bind(): nothing there, or a stale socket file (one
  * nobody listens on, e.g. left by a killed broker), which is removed.
  * Returns 0, or -1 after logging why: the path is not a socket, something
  * (a broker or any other program, of any socket type) still listens on it,
  * or it cannot be probed. */
 int bb__sockpath_claim(const char *path);
+
+/* Note the file at path, the socket just bound there. */
+void bb__sockpath_note(const char *path, struct bb__sockfile *f);
+
+/* Remove path if it is still the file noted: by the time the broker stops,
+ * the path may be another broker's (its file removed by hand and a new
+ * broker started, or one that found ours stale once we stopped listening).
+ * Then forget it. */
+void bb__sockpath_remove(const char *path, struct bb__sockfile *f);
 
 #endif

@@ -198,3 +198,26 @@ Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
     cr_assert(S_ISDIR(st.st_mode) && st.st_uid == NOBODY && (st.st_mode & 022) == 0,
               "uid %u mode %o", (unsigned)st.st_uid, (unsigned)st.st_mode);
 }
+
+/* ---- The socket file, at start and stop ---- */
+
+/* A broker removes only its own socket when it stops: the path may hold
+ * another's by then (its file removed by hand and a new broker started
+ * there, or one that found it stale in the moment between the close of the
+ * listening socket and the unlink), and unlinking that one would leave a
+ * live broker that no client can reach. */
+Test(daemon, a_stopping_broker_leaves_the_socket_of_the_one_after_it)
+{
+    static struct bbt_broker next;
+    cr_assert_eq(bbt_broker_start(&B, NULL, NULL), 0);
+    cr_assert_eq(unlink(B.sock), 0);
+    cr_assert_eq(bbt_broker_start_at(&next, B.sock, NULL, NULL), 0, "status %#x",
+                 next.exit_status);
+    int ws = bbt_broker_kill(&B, SIGTERM); /* not _stop: it removes the path itself */
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %#x", ws);
+    bb_client *c;
+    int rc = bb_connect(next.sock, NULL, &c);
+    cr_assert_eq(rc, 0, "the broker that stopped removed the socket of the one after it (%s)",
+                 bb_errname(rc));
+    bb_disconnect(c);
+}
