@@ -97,9 +97,10 @@ int bb__control_listen(const char *path, struct bb__sockfile *f)
         close(fd);
         return -1;
     }
-    /* Admission is decided by the uid/gid allow-lists, not file modes. */
-    chmod(path, 0666);
-    bb__sockpath_note(path, f);
+    if (bb__sockpath_publish(path, f) < 0) {
+        close(fd);
+        return -1;
+    }
     return fd;
 }
 

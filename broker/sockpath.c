@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -103,12 +104,31 @@ int bb__sockpath_claim(const char *path)
     return -1;
 }
 
-void bb__sockpath_note(const char *path, struct bb__sockfile *f)
+/* Through a descriptor of the file at path, opened without following a
+ * symlink: chmod(path) would follow one that replaced the socket meanwhile
+ * (whoever may write to the directory can do that) and open its target,
+ * any file for a broker run as root, to every user. */
+int bb__sockpath_publish(const char *path, struct bb__sockfile *f)
 {
-    struct stat st = {0};
-    f->noted = lstat(path, &st) == 0;
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        bb_error("%s is not the socket just bound there any more (%s); not serving a socket "
+                 "nobody can reach", path, fd < 0 ? strerror(errno) : "replaced");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (chmod(proc, 0666) < 0)
+        bb_warn("cannot make %s mode 0666 (%s): only its owner's clients may connect", path,
+                strerror(errno));
+    close(fd);
     f->dev = st.st_dev;
     f->ino = st.st_ino;
+    f->noted = true;
+    return 0;
 }
 
 void bb__sockpath_remove(const char *path, struct bb__sockfile *f)

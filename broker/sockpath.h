@@ -19,8 +19,10 @@ struct bb__sockfile {
  * or it cannot be probed. */
 int bb__sockpath_claim(const char *path);
 
-/* Note the file at path, the socket just bound there. */
-void bb__sockpath_note(const char *path, struct bb__sockfile *f);
+/* Open the socket just bound at path to every user (mode 0666: admission
+ * is by credentials, not file modes) and note it in f. Returns 0, or -1
+ * after logging that path no longer holds a socket (someone replaced it). */
+int bb__sockpath_publish(const char *path, struct bb__sockfile *f);
 
 /* Remove path if it is still the file noted: by the time the broker stops,
  * the path may be another broker's (its file removed by hand and a new

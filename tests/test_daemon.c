@@ -221,3 +221,58 @@ Test(daemon, a_stopping_broker_leaves_the_socket_of_the_one_after_it)
                  bb_errname(rc));
     bb_disconnect(c);
 }
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+/* Start a broker on path that stops in `call` on it (tests/hold_shim.c),
+ * and wait until it does; mark is the file to remove to let it go on. */
+static void start_held(struct bbt_broker *b, const char *path, const char *call, char *mark,
+                       size_t len)
+{
+    if (access(BBT_HOLD_SO, R_OK) != 0)
+        cr_skip_test("no %s here", BBT_HOLD_SO);
+    static char env[4][4200];
+    const char *asan = getenv("ASAN_OPTIONS");
+    snprintf(env[0], sizeof env[0], "LD_PRELOAD=%s", BBT_HOLD_SO);
+    snprintf(env[1], sizeof env[1], "BBT_HOLD_CALL=%s", call);
+    snprintf(env[2], sizeof env[2], "BBT_HOLD_PATH=%s", path);
+    /* A sanitizer build wants its runtime first among the libraries. */
+    snprintf(env[3], sizeof env[3], "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             asan ? asan : "", asan ? ":" : "");
+    const char *const envp[] = {env[0], env[1], env[2], env[3], NULL};
+    struct bbt_start so = {.sock = path, .no_wait = true, .log = true, .env = envp};
+    cr_assert_eq(bbt_broker_start_ex(b, &so), 0);
+    snprintf(mark, len, "%s.held", path);
+    for (int i = 0; i < 1000 && access(mark, F_OK) != 0; i++)
+        bbt_msleep(10);
+    cr_assert_eq(access(mark, F_OK), 0, "the broker never reached %s on %s", call, path);
+}
+
+/* Whoever may write to the socket's directory can put a symlink in place of
+ * the socket just bound, before the broker opens its mode to every user:
+ * that must not change the mode of the symlink's target (any file, for a
+ * broker run as root). The broker finds its socket gone, and exits with
+ * status 1. */
+Test(daemon, a_symlink_put_in_place_of_the_new_socket_is_not_followed)
+{
+    char path[64], mark[80], victim[64];
+    cr_assert_eq(bbt_write_file(victim, sizeof victim, ".victim", "private\n"), 0);
+    cr_assert_eq(chmod(victim, 0600), 0);
+    bbt_unique_path(path, sizeof path, ".sock");
+    start_held(&B, path, "listen", mark, sizeof mark);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(symlink(victim, path), 0);
+    unlink(mark);
+    int ws = bbt_broker_wait(&B, 10000);
+    int said = bbt_log_count(&B, "is not the socket just bound there");
+    struct stat st;
+    int have = stat(victim, &st);
+    unlink(path);
+    unlink(victim);
+    cr_assert_eq(have, 0);
+    cr_assert_eq(st.st_mode & 07777, 0600, "the broker made %s mode %04o through the symlink",
+                 victim, (unsigned)(st.st_mode & 07777));
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "status %#x", ws);
+    cr_assert_eq(said, 1, "the broker did not say why it stopped");
+}
