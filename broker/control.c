@@ -64,6 +64,26 @@ static int prepare_default_dir(const char *path)
     return 0;
 }
 
+/* Claim the path, bind, listen and publish the socket file. */
+static int take_path(int fd, const char *path, const struct sockaddr_un *sa,
+                     struct bb__sockfile *f)
+{
+    /* A stale socket file from a dead broker is replaced; a live socket (a
+     * broker's or another program's), or anything that is not a socket, is
+     * left alone. */
+    if (bb__sockpath_claim(path) < 0)
+        return -1;
+    /* A short backlog: behind a peer that connects in a loop, a new client
+     * waits for every connection queued ahead of it to be refused, so a long
+     * queue only lengthens that wait (4096 entries: up to 0.5 s measured,
+     * 128: a few ms). Waiters in connect() take free places in turn. */
+    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) < 0 || listen(fd, 128) < 0) {
+        bb_error("cannot listen on %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return bb__sockpath_publish(path, f);
+}
+
 int bb__control_listen(const char *path, struct bb__sockfile *f)
 {
     char def[108];
@@ -81,23 +101,11 @@ int bb__control_listen(const char *path, struct bb__sockfile *f)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live socket (a
-     * broker's or another program's), or anything that is not a socket, is
-     * left alone. */
-    if (bb__sockpath_claim(path) < 0) {
-        close(fd);
-        return -1;
-    }
-    /* A short backlog: behind a peer that connects in a loop, a new client
-     * waits for every connection queued ahead of it to be refused, so a long
-     * queue only lengthens that wait (4096 entries: up to 0.5 s measured,
-     * 128: a few ms). Waiters in connect() take free places in turn. */
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
-        bb_error("cannot listen on %s: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (bb__sockpath_publish(path, f) < 0) {
+    int lock = bb__sockpath_lock(path);
+    int rc = lock < 0 ? -1 : take_path(fd, path, &sa, f);
+    if (lock >= 0)
+        bb__sockpath_unlock(path, lock);
+    if (rc < 0) {
         close(fd);
         return -1;
     }

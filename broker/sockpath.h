@@ -12,6 +12,16 @@ struct bb__sockfile {
     bool noted;
 };
 
+/* Two brokers started at once on one path could both find a stale socket
+ * there, and the later one's unlink remove the socket the other had just
+ * bound. So a broker takes the path (claim, bind, publish) holding an
+ * exclusive lock of PATH.lock, a file it removes once done: returns the
+ * lock's descriptor, or -1 after logging why (another broker holds it:
+ * it is starting on the path). */
+int bb__sockpath_lock(const char *path);
+/* Remove PATH.lock and release it. */
+void bb__sockpath_unlock(const char *path, int lock);
+
 /* Make path ready for bind(): nothing there, or a stale socket file (one
  * nobody listens on, e.g. left by a killed broker), which is removed.
  * Returns 0, or -1 after logging why: the path is not a socket, something

@@ -276,3 +276,36 @@ Test(daemon, a_symlink_put_in_place_of_the_new_socket_is_not_followed)
     cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "status %#x", ws);
     cr_assert_eq(said, 1, "the broker did not say why it stopped");
 }
+/* A socket file nobody listens on, as a killed broker leaves one. */
+static void make_stale_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "bind %s", path);
+    close(fd);
+}
+
+/* Two brokers started at once on a path that holds a stale socket may both
+ * find it stale; the later one's unlink would then remove the socket the
+ * other has just bound, and leave that one serving, unreachable. One
+ * listens, the other exits with status 1. Here the first is held between
+ * its look at the stale socket and its unlink while the second starts. */
+Test(daemon, two_brokers_starting_at_once_on_a_stale_socket_do_not_both_listen)
+{
+    static struct bbt_broker second;
+    char path[64], mark[80];
+    bbt_unique_path(path, sizeof path, ".sock");
+    make_stale_socket(path);
+    start_held(&B, path, "unlink", mark, sizeof mark);
+    int rc = bbt_broker_start_at(&second, path, NULL, NULL);
+    unlink(mark);
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0, "nobody listens on %s", path);
+    bb_disconnect(c);
+    cr_assert_neq(rc, 0, "both brokers started: the first removed the second's socket");
+    cr_assert(WIFEXITED(second.exit_status) && WEXITSTATUS(second.exit_status) == 1,
+              "status %#x", second.exit_status);
+}
+
