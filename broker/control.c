@@ -46,7 +46,12 @@ static int prepare_default_dir(const char *path)
         return 0;
     *slash = '\0';
     bool ours = strcmp(dir, BB__ROOT_SOCKET_DIR) == 0 || strncmp(dir, "/tmp/batchbroker-", 17) == 0;
-    if (ours && mkdir(dir, 0755) < 0 && errno != EEXIST) {
+    if (ours && mkdir(dir, 0755) == 0) {
+        /* 0755 whatever the umask: the clients of other users that the
+         * broker admits search it. Made just now, in /run (root's) or /tmp
+         * (sticky): nobody else can have put something in its place. */
+        chmod(dir, 0755);
+    } else if (ours && errno != EEXIST) {
         bb_error("cannot create %s: %s", dir, strerror(errno));
         return -1;
     }

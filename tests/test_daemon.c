@@ -164,18 +164,39 @@ Test(daemon, default_socket_is_in_the_runtime_dir)
     rmdir(dir);
 }
 
+/* dir is /tmp/batchbroker-UID, the default socket's directory of a broker
+ * of uid (not root, no XDG_RUNTIME_DIR), and B.sock the socket in it;
+ * neither exists. */
+static void fresh_default_dir(char *dir, size_t len, uid_t uid)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the broker as another uid");
+    unsetenv("XDG_RUNTIME_DIR");
+    snprintf(dir, len, "/tmp/batchbroker-%u", (unsigned)uid);
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    unlink(B.sock);
+    rmdir(dir);
+}
+
+/* Start B as uid on its default socket in dir, stat dir (stat's result in
+ * *have), stop B and remove dir. Returns what bbt_broker_start_ex did. */
+static int run_in_default_dir(const char *dir, uid_t uid, struct stat *st, int *have)
+{
+    struct bbt_start so = {.no_socket_arg = true, .uid = uid};
+    int rc = bbt_broker_start_ex(&B, &so);
+    *have = stat(dir, st);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+    return rc;
+}
+
 /* Without XDG_RUNTIME_DIR a broker that is not root listens in
  * /tmp/batchbroker-UID, a directory it creates for itself: one that another
  * user made first (and could put a socket in) makes it refuse to start. */
 Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root to run the broker as another uid");
-    unsetenv("XDG_RUNTIME_DIR");
-    static const char dir[] = "/tmp/batchbroker-65534";
-    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
-    unlink(B.sock);
-    rmdir(dir);
+    char dir[64];
+    fresh_default_dir(dir, sizeof dir, NOBODY);
     cr_assert_eq(mkdir(dir, 0777), 0, "mkdir %s", dir);
     chmod(dir, 0777); /* as a squatter would leave it */
     struct bbt_start so = {.no_socket_arg = true, .uid = NOBODY, .log = true};
@@ -188,15 +209,33 @@ Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
               B.exit_status);
     cr_assert_eq(refused, 1, "the broker did not say why");
     /* With the directory gone it makes its own. */
-    rc = bbt_broker_start_ex(&B, &so);
     struct stat st;
-    int have = stat(dir, &st);
-    bbt_broker_stop(&B);
-    rmdir(dir);
+    int have;
+    rc = run_in_default_dir(dir, NOBODY, &st, &have);
     cr_assert_eq(rc, 0, "status %#x", B.exit_status);
     cr_assert_eq(have, 0);
     cr_assert(S_ISDIR(st.st_mode) && st.st_uid == NOBODY && (st.st_mode & 022) == 0,
               "uid %u mode %o", (unsigned)st.st_uid, (unsigned)st.st_mode);
+}
+
+/* The default socket's directory is made mode 0755 whatever the broker's
+ * umask: the clients of other users it admits must reach the socket in it
+ * (a umask of 077, such as systemd's UMask=0077 or a hardened shell's, made
+ * it 0700). Another uid than the test above's, which runs at the same time
+ * and uses nobody's directory. */
+Test(daemon, default_socket_dir_is_open_to_search_whatever_the_umask)
+{
+    char dir[64];
+    fresh_default_dir(dir, sizeof dir, 65533);
+    mode_t was = umask(077);
+    struct stat st;
+    int have;
+    int rc = run_in_default_dir(dir, 65533, &st, &have);
+    umask(was);
+    cr_assert_eq(rc, 0, "status %#x", B.exit_status);
+    cr_assert_eq(have, 0);
+    cr_assert_eq(st.st_mode & 07777, 0755, "%s has mode %04o", dir,
+                 (unsigned)(st.st_mode & 07777));
 }
 
 /* ---- The socket file, at start and stop ---- */
