@@ -6,12 +6,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -261,9 +264,6 @@ Test(daemon, a_stopping_broker_leaves_the_socket_of_the_one_after_it)
     bb_disconnect(c);
 }
 
-#include <sys/socket.h>
-#include <sys/un.h>
-
 /* Start a broker on path that stops in `call` on it (tests/hold_shim.c),
  * and wait until it does; mark is the file to remove to let it go on. */
 static void start_held(struct bbt_broker *b, const char *path, const char *call, char *mark,
@@ -348,3 +348,36 @@ Test(daemon, two_brokers_starting_at_once_on_a_stale_socket_do_not_both_listen)
               "status %#x", second.exit_status);
 }
 
+
+/* ---- The service manager ---- */
+
+/* Under systemd (Type=notify) the broker says READY=1 on $NOTIFY_SOCKET
+ * once its socket listens: a unit ordered after it starts when its clients
+ * can connect, not when the broker's process starts (backends may load for
+ * seconds before). */
+Test(daemon, readiness_is_notified_once_the_socket_listens)
+{
+    char path[64], env[100];
+    bbt_unique_path(path, sizeof path, ".notify");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    snprintf(env, sizeof env, "NOTIFY_SOCKET=%s", path);
+    struct bbt_start so = {.env = (const char *const[]){env, NULL}, .no_wait = true};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int ready = poll(&p, 1, 10000);
+    char msg[256] = "";
+    ssize_t n = ready == 1 ? recv(fd, msg, sizeof msg - 1, 0) : -1;
+    close(fd);
+    unlink(path);
+    cr_assert_eq(ready, 1, "no notification within 10 s");
+    cr_assert_gt(n, 0);
+    msg[n] = '\0';
+    cr_assert_not_null(strstr(msg, "READY=1"), "the notification: \"%s\"", msg);
+    int c = bbt_raw_connect(B.sock);
+    cr_assert_geq(c, 0, "READY=1 came before the socket listened");
+    close(c);
+}
