@@ -100,7 +100,7 @@ int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
     }
     if (!listen)
         return 0;
-    b->listen_fd = bb__control_listen(cfg->socket_path);
+    b->listen_fd = bb__control_listen(cfg->socket_path, &b->sockfile);
     if (b->listen_fd < 0)
         return -1;
     return bb__http_start(b, &b->http);
@@ -166,7 +166,7 @@ void bb__broker_fini(struct bb__broker *b)
             bb__worker_fini(&b->workers[i]);
     if (b->listen_fd >= 0) {
         close(b->listen_fd);
-        unlink(b->cfg->socket_path);
+        bb__sockpath_remove(b->cfg->socket_path, &b->sockfile);
     }
     free(b->workers);
     free(b->models);

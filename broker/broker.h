@@ -12,6 +12,7 @@
 #include "admission.h"
 #include "config.h"
 #include "registrar.h"
+#include "sockpath.h"
 #include "topology.h"
 
 struct bb__model;
@@ -28,6 +29,7 @@ struct bb__broker {
     struct bb__worker *workers;     /* workers[0] accepts and handles reloads */
     uint32_t nworkers;
     int listen_fd;
+    struct bb__sockfile sockfile;   /* listen_fd's file, removed at the stop */
     struct bb__http *http;         /* the metrics endpoint, or NULL */
 
     _Atomic uint32_t nclients;      /* sessions on every worker: max_clients */

@@ -46,7 +46,12 @@ static int prepare_default_dir(const char *path)
         return 0;
     *slash = '\0';
     bool ours = strcmp(dir, BB__ROOT_SOCKET_DIR) == 0 || strncmp(dir, "/tmp/batchbroker-", 17) == 0;
-    if (ours && mkdir(dir, 0755) < 0 && errno != EEXIST) {
+    if (ours && mkdir(dir, 0755) == 0) {
+        /* 0755 whatever the umask: the clients of other users that the
+         * broker admits search it. Made just now, in /run (root's) or /tmp
+         * (sticky): nobody else can have put something in its place. */
+        chmod(dir, 0755);
+    } else if (ours && errno != EEXIST) {
         bb_error("cannot create %s: %s", dir, strerror(errno));
         return -1;
     }
@@ -64,7 +69,27 @@ static int prepare_default_dir(const char *path)
     return 0;
 }
 
-int bb__control_listen(const char *path)
+/* Claim the path, bind, listen and publish the socket file. */
+static int take_path(int fd, const char *path, const struct sockaddr_un *sa,
+                     struct bb__sockfile *f)
+{
+    /* A stale socket file from a dead broker is replaced; a live socket (a
+     * broker's or another program's), or anything that is not a socket, is
+     * left alone. */
+    if (bb__sockpath_claim(path) < 0)
+        return -1;
+    /* A short backlog: behind a peer that connects in a loop, a new client
+     * waits for every connection queued ahead of it to be refused, so a long
+     * queue only lengthens that wait (4096 entries: up to 0.5 s measured,
+     * 128: a few ms). Waiters in connect() take free places in turn. */
+    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) < 0 || listen(fd, 128) < 0) {
+        bb_error("cannot listen on %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return bb__sockpath_publish(path, f);
+}
+
+int bb__control_listen(const char *path, struct bb__sockfile *f)
 {
     char def[108];
     if (bb__default_socket_path(geteuid(), def, sizeof def) >= 0 && strcmp(path, def) == 0 &&
@@ -81,24 +106,14 @@ int bb__control_listen(const char *path)
         bb_error("socket: %s", strerror(errno));
         return -1;
     }
-    /* A stale socket file from a dead broker is replaced; a live socket (a
-     * broker's or another program's), or anything that is not a socket, is
-     * left alone. */
-    if (bb__sockpath_claim(path) < 0) {
+    int lock = bb__sockpath_lock(path);
+    int rc = lock < 0 ? -1 : take_path(fd, path, &sa, f);
+    if (lock >= 0)
+        bb__sockpath_unlock(path, lock);
+    if (rc < 0) {
         close(fd);
         return -1;
     }
-    /* A short backlog: behind a peer that connects in a loop, a new client
-     * waits for every connection queued ahead of it to be refused, so a long
-     * queue only lengthens that wait (4096 entries: up to 0.5 s measured,
-     * 128: a few ms). Waiters in connect() take free places in turn. */
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
-        bb_error("cannot listen on %s: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    /* Admission is decided by the uid/gid allow-lists, not file modes. */
-    chmod(path, 0666);
     return fd;
 }
 

@@ -9,8 +9,11 @@
 struct bb__client;
 struct bb__worker;
 
-/* Bind and listen on path; returns the fd or -1 (logged). */
-int bb__control_listen(const char *path);
+struct bb__sockfile;
+
+/* Bind and listen on path, noting the socket file in f; returns the fd or
+ * -1 (logged). */
+int bb__control_listen(const char *path, struct bb__sockfile *f);
 /* A connection was accepted: admission, then a session. */
 void bb__control_accept(struct bb__worker *w, int fd);
 /* Give a client that said HELLO its segment, on the worker that serves it

@@ -1,12 +1,15 @@
 /* batchbroker: command line, configuration, signals; the broker does the rest. */
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "batchbroker/backend.h"
@@ -59,6 +62,30 @@ static void raise_fd_limit(uint32_t max_clients)
         bb_warn("open-file limit %llu is below the %llu that max_clients = %u needs; "
                 "raise it (ulimit -n, LimitNOFILE=) or lower max_clients",
                 (unsigned long long)rl.rlim_cur, (unsigned long long)need, max_clients);
+}
+
+/* Tell the service manager that the broker serves: sd_notify's protocol, a
+ * datagram to $NOTIFY_SOCKET ("@" for the abstract namespace). With
+ * Type=notify, units ordered after the broker start once its clients can
+ * connect, not when its process starts (backends may load for seconds). */
+static void notify_ready(void)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = path ? strlen(path) : 0;
+    if (!len || (path[0] != '/' && path[0] != '@') || len >= sizeof sa.sun_path)
+        return;
+    memcpy(sa.sun_path, path, len);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    static const char msg[] = "READY=1";
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || sendto(fd, msg, sizeof msg - 1, MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                         (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+        bb_warn("cannot tell the service manager at %s that the broker is ready: %s", path,
+                strerror(errno));
+    if (fd >= 0)
+        close(fd);
 }
 
 static void usage(FILE *out)
@@ -191,6 +218,7 @@ int main(int argc, char **argv)
     b.overrides = overrides;
     b.noverrides = noverrides;
     bb_info("listening on %s (pid %d)", cfg.socket_path, (int)getpid());
+    notify_ready();
     rc = bb__broker_run(&b);
     wake_fd_for_signals = -1;
     bb__broker_fini(&b);

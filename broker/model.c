@@ -53,6 +53,10 @@ void bb__model_apply(struct bb__model *m, const struct bb__model_config *cfg)
     a->optimize = cfg->optimize;
     a->slo_us = cfg->latency_slo_us;
     a->interval_ns = (uint64_t)cfg->adaptation_interval_ms * 1000000ull;
+    /* The controller takes a lowered max_wait_us at its next decision, and
+     * makes none before the model's first batch: bound its wait now. */
+    if (m->adapt.wait_us > cfg->max_wait_us)
+        m->adapt.wait_us = cfg->max_wait_us;
 }
 
 int bb__model_start(struct bb__model *m, struct bb__worker *w, const char *plugin_dir, char *err,

@@ -7,7 +7,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -51,6 +54,67 @@ static enum probe_result probe_types(const struct sockaddr_un *sa, const char **
     }
     *type = NULL;
     return PATH_UNKNOWN;
+}
+
+static void lock_path(const char *path, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s.lock", path);
+}
+
+/* Open and lock PATH.lock as it is now: 0 and the descriptor in *lock, 1 if
+ * another broker removed the file meanwhile (lock the new one), -1. */
+static int lock_once(const char *path, const char *name, int *lock)
+{
+    int fd = open(name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        bb_error("cannot open the lock %s of the socket path: %s", name, strerror(errno));
+        return -1;
+    }
+    struct stat st, now;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        /* Another user's file is not ours to lock and remove. */
+        bb_error("%s is not a file of uid %u; not using it as the lock of %s", name,
+                 (unsigned)geteuid(), path);
+        close(fd);
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            bb_error("another broker is taking %s (it holds %s)", path, name);
+        else
+            bb_error("cannot lock %s: %s", name, strerror(e));
+        return -1;
+    }
+    /* Locked: but the file at name may be another one now. */
+    if (lstat(name, &now) < 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+        close(fd);
+        return 1;
+    }
+    *lock = fd;
+    return 0;
+}
+
+int bb__sockpath_lock(const char *path)
+{
+    char name[PATH_MAX];
+    lock_path(path, name, sizeof name);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = -1, rc = lock_once(path, name, &fd);
+        if (rc <= 0)
+            return rc < 0 ? -1 : fd;
+    }
+    bb_error("cannot lock %s: it keeps being replaced", name);
+    return -1;
+}
+
+void bb__sockpath_unlock(const char *path, int lock)
+{
+    char name[PATH_MAX];
+    lock_path(path, name, sizeof name);
+    unlink(name); /* before the release: whoever locks it next finds it gone */
+    close(lock);
 }
 
 int bb__sockpath_claim(const char *path)
@@ -101,4 +165,39 @@ int bb__sockpath_claim(const char *path)
         bb_error("cannot tell whether %s is in use (connect: %s); remove it if it is stale", path,
                  type ? strerror(err) : "no socket type connects");
     return -1;
+}
+
+/* Through a descriptor of the file at path, opened without following a
+ * symlink: chmod(path) would follow one that replaced the socket meanwhile
+ * (whoever may write to the directory can do that) and open its target,
+ * any file for a broker run as root, to every user. */
+int bb__sockpath_publish(const char *path, struct bb__sockfile *f)
+{
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        bb_error("%s is not the socket just bound there any more (%s); not serving a socket "
+                 "nobody can reach", path, fd < 0 ? strerror(errno) : "replaced");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (chmod(proc, 0666) < 0)
+        bb_warn("cannot make %s mode 0666 (%s): only its owner's clients may connect", path,
+                strerror(errno));
+    close(fd);
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->noted = true;
+    return 0;
+}
+
+void bb__sockpath_remove(const char *path, struct bb__sockfile *f)
+{
+    struct stat st;
+    if (f->noted && lstat(path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+        unlink(path);
+    f->noted = false;
 }

@@ -509,7 +509,7 @@ static void begin_shutdown(struct bb__worker *w)
         bb__uring_cancel(&w->ring, bb__ud_make(BB__UD_ACCEPT, 0, 0));
         close(b->listen_fd);
         b->listen_fd = -1;
-        unlink(b->cfg->socket_path);
+        bb__sockpath_remove(b->cfg->socket_path, &b->sockfile);
     }
     atomic_store_explicit(&w->page->shm_broker_state, BB_BROKER_SHUTDOWN, memory_order_release);
     for (uint32_t i = 0; i < b->nmodels; i++)

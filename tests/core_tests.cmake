@@ -26,7 +26,11 @@ bb_criterion_test(test_admission ${CMAKE_CURRENT_LIST_DIR}/test_admission.c
 add_dependencies(test_admission bb_backend_echo bb_backend_synthetic)
 bb_criterion_test(test_daemon ${CMAKE_CURRENT_LIST_DIR}/test_daemon.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
-add_dependencies(test_daemon bb_backend_echo)
+add_dependencies(test_daemon bb_backend_echo bbt_hold)
+# Holds the broker in one call, for the tests of races on the socket path.
+add_library(bbt_hold MODULE ${CMAKE_CURRENT_LIST_DIR}/hold_shim.c)
+target_link_libraries(bbt_hold PRIVATE ${CMAKE_DL_LIBS})
+target_compile_definitions(test_daemon PRIVATE BBT_HOLD_SO="$<TARGET_FILE:bbt_hold>")
 bb_criterion_test(test_hostile ${CMAKE_CURRENT_LIST_DIR}/test_hostile.c
                   ${CMAKE_CURRENT_LIST_DIR}/harness.c ${CMAKE_CURRENT_LIST_DIR}/test_util.c)
 add_dependencies(test_hostile bb_backend_echo)

@@ -317,6 +317,8 @@ static int start(struct bbt_broker *b, const struct bbt_start *o)
      * broker's to replace (tests rely on that). */
     if (spawn(b, o) < 0)
         return -1;
+    if (o->no_wait)
+        return 0;
     uint64_t end = bbt_now_ns() + 10000000000ull;
     while (bbt_now_ns() < end) {
         int st;
@@ -359,6 +361,8 @@ int bbt_broker_start_ex(struct bbt_broker *b, const struct bbt_start *o)
     char sock[108];
     if (o->no_socket_arg)
         snprintf(sock, sizeof sock, "%s", b->sock);
+    else if (o->sock)
+        snprintf(sock, sizeof sock, "%s", o->sock);
     else
         bbt_unique_path(sock, sizeof sock, ".sock");
     memset(b, 0, sizeof *b);

@@ -45,6 +45,8 @@ struct bbt_start {
     bool no_socket_arg;             /* no -s: the broker takes its default socket, which the
                                      * caller writes into b->sock first */
     const char *const *env;         /* NULL-terminated "NAME=VALUE" list to set, or NULL */
+    const char *sock;               /* the socket path; NULL: a unique one (or no_socket_arg) */
+    bool no_wait;                   /* return once started, without waiting for it to listen */
 };
 
 /* The broker binary and plugin directory the build compiled in, unless

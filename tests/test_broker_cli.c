@@ -373,3 +373,33 @@ Test(cli, sighup_reloads_reloadable_keys)
     cr_assert_eq(bb_request_status(r[1]), 0);
     bb_disconnect(c);
 }
+
+/* A reload that lowers max_wait_us bounds the adaptive wait at once: the
+ * controller takes the new bound at its next decision, and a model that
+ * has run no batch yet has none to take. */
+Test(cli, reload_lowering_max_wait_bounds_the_adaptive_wait)
+{
+    start_logged("[model.echo]\nbackend = echo\nadaptive = on\nmax_wait_us = 2000000\n");
+    bb_client *c;
+    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(c, "echo", &m), 0);
+    struct bb_model_tuning st;
+    cr_assert_eq(bb_model_tuning(m, &st), 0);
+    cr_assert_eq(st.wait_us, 2000000);
+    FILE *f = fopen(B.cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "[model.echo]\nbackend = echo\nadaptive = on\nmax_wait_us = 1000\n");
+    fclose(f);
+    reload_and_wait("configuration reloaded", 1);
+    /* Served by another worker than the model's home, the figure is the
+     * home's as published each adaptation interval (100 ms). */
+    for (int i = 0; i < 1000; i++) {
+        cr_assert_eq(bb_model_tuning(m, &st), 0);
+        if (st.wait_us <= 1000)
+            break;
+        bbt_msleep(10);
+    }
+    cr_assert_leq(st.wait_us, 1000, "the wait is %u us with max_wait_us = 1000", st.wait_us);
+    bb_disconnect(c);
+}

@@ -6,12 +6,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,18 +167,39 @@ Test(daemon, default_socket_is_in_the_runtime_dir)
     rmdir(dir);
 }
 
+/* dir is /tmp/batchbroker-UID, the default socket's directory of a broker
+ * of uid (not root, no XDG_RUNTIME_DIR), and B.sock the socket in it;
+ * neither exists. */
+static void fresh_default_dir(char *dir, size_t len, uid_t uid)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the broker as another uid");
+    unsetenv("XDG_RUNTIME_DIR");
+    snprintf(dir, len, "/tmp/batchbroker-%u", (unsigned)uid);
+    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
+    unlink(B.sock);
+    rmdir(dir);
+}
+
+/* Start B as uid on its default socket in dir, stat dir (stat's result in
+ * *have), stop B and remove dir. Returns what bbt_broker_start_ex did. */
+static int run_in_default_dir(const char *dir, uid_t uid, struct stat *st, int *have)
+{
+    struct bbt_start so = {.no_socket_arg = true, .uid = uid};
+    int rc = bbt_broker_start_ex(&B, &so);
+    *have = stat(dir, st);
+    bbt_broker_stop(&B);
+    rmdir(dir);
+    return rc;
+}
+
 /* Without XDG_RUNTIME_DIR a broker that is not root listens in
  * /tmp/batchbroker-UID, a directory it creates for itself: one that another
  * user made first (and could put a socket in) makes it refuse to start. */
 Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root to run the broker as another uid");
-    unsetenv("XDG_RUNTIME_DIR");
-    static const char dir[] = "/tmp/batchbroker-65534";
-    snprintf(B.sock, sizeof B.sock, "%s/batchbroker.sock", dir);
-    unlink(B.sock);
-    rmdir(dir);
+    char dir[64];
+    fresh_default_dir(dir, sizeof dir, NOBODY);
     cr_assert_eq(mkdir(dir, 0777), 0, "mkdir %s", dir);
     chmod(dir, 0777); /* as a squatter would leave it */
     struct bbt_start so = {.no_socket_arg = true, .uid = NOBODY, .log = true};
@@ -188,13 +212,172 @@ Test(daemon, default_socket_dir_taken_by_another_user_is_refused)
               B.exit_status);
     cr_assert_eq(refused, 1, "the broker did not say why");
     /* With the directory gone it makes its own. */
-    rc = bbt_broker_start_ex(&B, &so);
     struct stat st;
-    int have = stat(dir, &st);
-    bbt_broker_stop(&B);
-    rmdir(dir);
+    int have;
+    rc = run_in_default_dir(dir, NOBODY, &st, &have);
     cr_assert_eq(rc, 0, "status %#x", B.exit_status);
     cr_assert_eq(have, 0);
     cr_assert(S_ISDIR(st.st_mode) && st.st_uid == NOBODY && (st.st_mode & 022) == 0,
               "uid %u mode %o", (unsigned)st.st_uid, (unsigned)st.st_mode);
+}
+
+/* The default socket's directory is made mode 0755 whatever the broker's
+ * umask: the clients of other users it admits must reach the socket in it
+ * (a umask of 077, such as systemd's UMask=0077 or a hardened shell's, made
+ * it 0700). Another uid than the test above's, which runs at the same time
+ * and uses nobody's directory. */
+Test(daemon, default_socket_dir_is_open_to_search_whatever_the_umask)
+{
+    char dir[64];
+    fresh_default_dir(dir, sizeof dir, 65533);
+    mode_t was = umask(077);
+    struct stat st;
+    int have;
+    int rc = run_in_default_dir(dir, 65533, &st, &have);
+    umask(was);
+    cr_assert_eq(rc, 0, "status %#x", B.exit_status);
+    cr_assert_eq(have, 0);
+    cr_assert_eq(st.st_mode & 07777, 0755, "%s has mode %04o", dir,
+                 (unsigned)(st.st_mode & 07777));
+}
+
+/* ---- The socket file, at start and stop ---- */
+
+/* A broker removes only its own socket when it stops: the path may hold
+ * another's by then (its file removed by hand and a new broker started
+ * there, or one that found it stale in the moment between the close of the
+ * listening socket and the unlink), and unlinking that one would leave a
+ * live broker that no client can reach. */
+Test(daemon, a_stopping_broker_leaves_the_socket_of_the_one_after_it)
+{
+    static struct bbt_broker next;
+    cr_assert_eq(bbt_broker_start(&B, NULL, NULL), 0);
+    cr_assert_eq(unlink(B.sock), 0);
+    cr_assert_eq(bbt_broker_start_at(&next, B.sock, NULL, NULL), 0, "status %#x",
+                 next.exit_status);
+    int ws = bbt_broker_kill(&B, SIGTERM); /* not _stop: it removes the path itself */
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %#x", ws);
+    bb_client *c;
+    int rc = bb_connect(next.sock, NULL, &c);
+    cr_assert_eq(rc, 0, "the broker that stopped removed the socket of the one after it (%s)",
+                 bb_errname(rc));
+    bb_disconnect(c);
+}
+
+/* Start a broker on path that stops in `call` on it (tests/hold_shim.c),
+ * and wait until it does; mark is the file to remove to let it go on. */
+static void start_held(struct bbt_broker *b, const char *path, const char *call, char *mark,
+                       size_t len)
+{
+    if (access(BBT_HOLD_SO, R_OK) != 0)
+        cr_skip_test("no %s here", BBT_HOLD_SO);
+    static char env[4][4200];
+    const char *asan = getenv("ASAN_OPTIONS");
+    snprintf(env[0], sizeof env[0], "LD_PRELOAD=%s", BBT_HOLD_SO);
+    snprintf(env[1], sizeof env[1], "BBT_HOLD_CALL=%s", call);
+    snprintf(env[2], sizeof env[2], "BBT_HOLD_PATH=%s", path);
+    /* A sanitizer build wants its runtime first among the libraries. */
+    snprintf(env[3], sizeof env[3], "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             asan ? asan : "", asan ? ":" : "");
+    const char *const envp[] = {env[0], env[1], env[2], env[3], NULL};
+    struct bbt_start so = {.sock = path, .no_wait = true, .log = true, .env = envp};
+    cr_assert_eq(bbt_broker_start_ex(b, &so), 0);
+    snprintf(mark, len, "%s.held", path);
+    for (int i = 0; i < 1000 && access(mark, F_OK) != 0; i++)
+        bbt_msleep(10);
+    cr_assert_eq(access(mark, F_OK), 0, "the broker never reached %s on %s", call, path);
+}
+
+/* Whoever may write to the socket's directory can put a symlink in place of
+ * the socket just bound, before the broker opens its mode to every user:
+ * that must not change the mode of the symlink's target (any file, for a
+ * broker run as root). The broker finds its socket gone, and exits with
+ * status 1. */
+Test(daemon, a_symlink_put_in_place_of_the_new_socket_is_not_followed)
+{
+    char path[64], mark[80], victim[64];
+    cr_assert_eq(bbt_write_file(victim, sizeof victim, ".victim", "private\n"), 0);
+    cr_assert_eq(chmod(victim, 0600), 0);
+    bbt_unique_path(path, sizeof path, ".sock");
+    start_held(&B, path, "listen", mark, sizeof mark);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(symlink(victim, path), 0);
+    unlink(mark);
+    int ws = bbt_broker_wait(&B, 10000);
+    int said = bbt_log_count(&B, "is not the socket just bound there");
+    struct stat st;
+    int have = stat(victim, &st);
+    unlink(path);
+    unlink(victim);
+    cr_assert_eq(have, 0);
+    cr_assert_eq(st.st_mode & 07777, 0600, "the broker made %s mode %04o through the symlink",
+                 victim, (unsigned)(st.st_mode & 07777));
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 1, "status %#x", ws);
+    cr_assert_eq(said, 1, "the broker did not say why it stopped");
+}
+/* A socket file nobody listens on, as a killed broker leaves one. */
+static void make_stale_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "bind %s", path);
+    close(fd);
+}
+
+/* Two brokers started at once on a path that holds a stale socket may both
+ * find it stale; the later one's unlink would then remove the socket the
+ * other has just bound, and leave that one serving, unreachable. One
+ * listens, the other exits with status 1. Here the first is held between
+ * its look at the stale socket and its unlink while the second starts. */
+Test(daemon, two_brokers_starting_at_once_on_a_stale_socket_do_not_both_listen)
+{
+    static struct bbt_broker second;
+    char path[64], mark[80];
+    bbt_unique_path(path, sizeof path, ".sock");
+    make_stale_socket(path);
+    start_held(&B, path, "unlink", mark, sizeof mark);
+    int rc = bbt_broker_start_at(&second, path, NULL, NULL);
+    unlink(mark);
+    bb_client *c;
+    cr_assert_eq(bbt_connect(&B, &c), 0, "nobody listens on %s", path);
+    bb_disconnect(c);
+    cr_assert_neq(rc, 0, "both brokers started: the first removed the second's socket");
+    cr_assert(WIFEXITED(second.exit_status) && WEXITSTATUS(second.exit_status) == 1,
+              "status %#x", second.exit_status);
+}
+
+
+/* ---- The service manager ---- */
+
+/* Under systemd (Type=notify) the broker says READY=1 on $NOTIFY_SOCKET
+ * once its socket listens: a unit ordered after it starts when its clients
+ * can connect, not when the broker's process starts (backends may load for
+ * seconds before). */
+Test(daemon, readiness_is_notified_once_the_socket_listens)
+{
+    char path[64], env[100];
+    bbt_unique_path(path, sizeof path, ".notify");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    snprintf(env, sizeof env, "NOTIFY_SOCKET=%s", path);
+    struct bbt_start so = {.env = (const char *const[]){env, NULL}, .no_wait = true};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int ready = poll(&p, 1, 10000);
+    char msg[256] = "";
+    ssize_t n = ready == 1 ? recv(fd, msg, sizeof msg - 1, 0) : -1;
+    close(fd);
+    unlink(path);
+    cr_assert_eq(ready, 1, "no notification within 10 s");
+    cr_assert_gt(n, 0);
+    msg[n] = '\0';
+    cr_assert_not_null(strstr(msg, "READY=1"), "the notification: \"%s\"", msg);
+    int c = bbt_raw_connect(B.sock);
+    cr_assert_geq(c, 0, "READY=1 came before the socket listened");
+    close(c);
 }
