@@ -114,10 +114,12 @@ static void *worker_main(void *arg)
 
 int bb__broker_run(struct bb__broker *b)
 {
+    bool failed = false;
     for (uint32_t i = 1; i < b->nworkers; i++) {
         int rc = pthread_create(&b->workers[i].thread, NULL, worker_main, &b->workers[i]);
         if (rc) {
             bb_error("cannot start worker %u: %s", i, strerror(rc));
+            failed = true; /* the exit status says so: a service manager restarts it */
             atomic_store(&b->stopping, true);
             /* Those that never ran have nothing to drain: the shutdown waits
              * for every worker to count itself drained. */
@@ -131,7 +133,7 @@ int bb__broker_run(struct bb__broker *b)
     for (uint32_t i = 1; i < b->nworkers; i++)
         if (b->workers[i].started)
             pthread_join(b->workers[i].thread, NULL);
-    return rc;
+    return failed ? -1 : rc;
 }
 
 void bb__broker_fini(struct bb__broker *b)

@@ -63,7 +63,8 @@ struct bb__broker {
 int bb__broker_init(struct bb__broker *b, struct bb__broker_config *cfg,
                     _Atomic int *stop_flag, bool listen);
 /* Serve until a stop is requested and everything drained: workers[0] on the
- * calling thread, the others on threads of their own. */
+ * calling thread, the others on threads of their own. Returns -1 where a
+ * worker's thread could not start (the broker then stopped at once), else 0. */
 int bb__broker_run(struct bb__broker *b);
 void bb__broker_fini(struct bb__broker *b);
 

@@ -233,7 +233,7 @@ void bb__batch_reap(struct bb__batch *b)
     m->run_n = first ? (uint64_t)b->n << 8 : (m->run_n * 7 + ((uint64_t)b->n << 8)) / 8;
     m->handoff_ns = first ? handoff : (m->handoff_ns * 7 + handoff) / 8;
     if (bb__adaptive_batch(&m->adapt, b->n, ran))
-        bb_info("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
+        bb_info_limited("model %s: backend speed changed; adaptive model restarted", m->cfg.name);
     if (m->max_running)
         m->running--;
     bb__batch_put(m, b);

@@ -23,7 +23,7 @@
 
 /* Lock-free atomics: safe in a signal handler, and read by every worker. */
 static _Atomic int stop_requested, reload_requested;
-static int wake_fd_for_signals = -1;
+static _Atomic int wake_fd_for_signals = -1; /* the handler runs on any thread */
 
 /* Set a flag and wake the loop; the loop does the work. */
 static void on_signal(int sig)
