@@ -30,9 +30,15 @@
 #      DIR/gpu-check.sh
 #    which builds nothing.
 #
+# Then, since such a machine is also the one with CPUs to spare, the
+# scale-out targets of issue 8 with their candidate settings
+# (bench/targets.py --candidates, about 3 minutes; docs/performance.md), into
+# targets.json and targets.txt beside the other results.
+#
 # Environment: SECONDS_PER_RUN (default 5), PROCS (client processes, 16),
 # PYTHON (python3: the one with CUDA PyTorch), GPU_BUNDLE (path of
-# gpu-bundle.sh), JOBS.
+# gpu-bundle.sh), JOBS, TARGETS (1: the GPU checks, then the targets, the
+# default; 0: the GPU checks alone; only: the targets alone).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -110,7 +116,7 @@ build() { # $1 build dir; rest: extra cmake args
         -DBB_BUILD_TORCH=OFF -DBB_BUILD_BLAS=OFF -DBB_TSAN_TEST=OFF \
         ${BB_FMNIST_DIR:+-DBB_FMNIST_DIR="$BB_FMNIST_DIR"} "$@"
     cmake --build "$bdir" --parallel "$JOBS" --target batchbroker bb_backend_echo bb_backend_cuda \
-        test_backend_cuda cuda_probe bb-bench bb-cuda-alone
+        test_backend_cuda cuda_probe bb-bench bb-cuda-alone bb_backend_synthetic
     # The demo model: needs a Python with PyTorch and the dataset.
     local targets
     targets=$(cmake --build "$bdir" --target help)
@@ -190,6 +196,17 @@ EOF
     return "$failed"
 }
 
+# Issue 8's scale-out targets, and the settings that might meet those one
+# dispatcher misses, on this machine's CPUs (bench/targets.py).
+targets() {
+    mkdir -p "$OUT"
+    local py=$HERE/targets.py
+    [ -e "$py" ] || py=$HERE/../bench/targets.py
+    echo "== the scale-out targets of issue 8 (bench/targets.py --candidates)"
+    "$PYTHON" "$py" --bench "$BIN/bb-bench" --broker-bin "$BIN/batchbroker" --plugin-dir "$PLUGINS" \
+        --candidates --json "$OUT/targets.json" </dev/null | tee "$OUT/targets.txt"
+}
+
 # The acceptance ratios of issue 12 from the files above (needs python3).
 summary() {
     "$PYTHON" - "$OUT" <<'PY'
@@ -234,7 +251,7 @@ while [ $# -gt 0 ]; do
     --debs) DEBS=${2:?--debs DIR}; shift 2 ;;
     --build) BUILD=${2:?--build DIR}; shift 2 ;;
     --pack) PACK=${2:?--pack DIR}; shift 2 ;;
-    -h | --help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -258,7 +275,8 @@ if [ -n "$PACK" ]; then
     mkdir -p "$stage/bin"
     cp -a "$bdir/broker/batchbroker" "$bdir/bench/bb-bench" "$bdir/bench/bb-cuda-alone" \
           "$bdir/tests/test_backend_cuda" "$bdir/tests/cuda_probe" "$stage/bin/"
-    cp -a "$bdir"/backends/bb_backend_echo.so "$bdir"/backends/bb_backend_cuda.so "$stage/bin/"
+    cp -a "$bdir"/backends/bb_backend_echo.so "$bdir"/backends/bb_backend_cuda.so \
+          "$bdir"/backends/bb_backend_synthetic.so "$stage/bin/"
     "$bundle" "$stage" "$PACK"
     # The bundle tool leaves out libc, libm, libdl, libpthread, librt and the
     # loader, but copies glibc's other libraries (libresolv: Kerberos, under
@@ -271,7 +289,8 @@ if [ -n "$PACK" ]; then
         die "no trained model in $bdir/models"
     ds=${BB_FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
     cp "$ds"/t10k-images-idx3-ubyte.gz "$ds"/t10k-labels-idx1-ubyte.gz "$PACK/data/"
-    cp "$HERE/gpu-check.sh" "$root/bench/gpu_per_process.py" "$PACK/"
+    cp "$HERE/gpu-check.sh" "$root/bench/gpu_per_process.py" "$root/bench/targets.py" "$PACK/"
+    cp -r "$root/bench/scenarios" "$PACK/"
     du -sh "$PACK" | awk '{print "gpu-check: bundle " $1}'
     echo "gpu-check: carry $PACK to the GPU machine and run $PACK/gpu-check.sh"
     exit 0
@@ -298,4 +317,9 @@ else
     done
     BIN=$bdir/gpu-bin
 fi
-check
+case ${TARGETS:-1} in
+0) check ;;
+only) targets ;;
+1) rc=0; check || rc=$?; targets || rc=1; exit "$rc" ;;
+*) die "TARGETS is 0, 1 or only, not ${TARGETS}" ;;
+esac

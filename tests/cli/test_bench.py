@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from brokerproc import build_path, run
+from brokerproc import BROKER_BIN, build_path, run
 
 BENCH = build_path("bench", "bb-bench")
 
@@ -231,14 +231,21 @@ def test_lanes_are_passed_to_the_client(brokers):
 
 
 def test_the_targets_script_runs_through(brokers):
-    # bench/targets.py, as a lent machine would run it, in brief: every row.
+    # bench/targets.py, as a lent machine would run it from a bundle, in brief:
+    # every row, and every candidate setting, with the programs named.
     out = os.path.join(brokers.tmpdir, "targets.json")
     script = os.path.join(os.environ["BB_SOURCE_DIR"], "bench", "targets.py")
-    r = run([sys.executable, script, "-b", os.environ["BB_BUILD_DIR"], "--duration", "0.2",
-             "--warmup", "0", "--rounds", "1", "--json", out], timeout=300)
+    build = os.environ["BB_BUILD_DIR"]
+    r = run([sys.executable, script, "--bench", BENCH, "--broker-bin", BROKER_BIN,
+             "--plugin-dir", os.path.join(build, "backends"), "--candidates",
+             "--duration", "0.2", "--warmup", "0", "--rounds", "1", "--json", out], timeout=600)
     assert r.returncode == 0, r.stderr
     with open(out) as f:
         rows = json.load(f)["rows"]
-    assert len(rows) == 6, rows
     assert all(row["value"] > 0 and isinstance(row["met"], bool) for row in rows), rows
+    assert len([row for row in rows if row["setting"] is None]) == 6, rows
+    settings = [row["setting"] for row in rows if row["setting"]]
+    assert "broker.wake_offload_ms=1" in settings and "--lanes 4" in settings, settings
+    assert len(settings) == 9, settings
     assert "machine:" in r.stdout and "synthetic backend" in r.stdout, r.stdout
+    assert "with broker.workers=4,model.echo.formation=per_worker" in r.stdout, r.stdout
