@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -62,8 +63,9 @@ static void lock_path(const char *path, char *buf, size_t len)
 }
 
 /* Open and lock PATH.lock as it is now: 0 and the descriptor in *lock, 1 if
- * another broker removed the file meanwhile (lock the new one), -1. */
-static int lock_once(const char *path, const char *name, int *lock)
+ * another broker removed the file meanwhile (lock the new one), -1 (*busy
+ * set where another holds it). */
+static int lock_once(const char *path, const char *name, int *lock, bool *busy)
 {
     int fd = open(name, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -81,7 +83,8 @@ static int lock_once(const char *path, const char *name, int *lock)
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         int e = errno;
         close(fd);
-        if (e == EWOULDBLOCK)
+        *busy = e == EWOULDBLOCK;
+        if (*busy)
             bb_error("another broker is taking %s (it holds %s)", path, name);
         else
             bb_error("cannot lock %s: %s", name, strerror(e));
@@ -96,17 +99,24 @@ static int lock_once(const char *path, const char *name, int *lock)
     return 0;
 }
 
-int bb__sockpath_lock(const char *path)
+static int lock_path_file(const char *path, bool *busy)
 {
     char name[PATH_MAX];
     lock_path(path, name, sizeof name);
+    *busy = false;
     for (int attempt = 0; attempt < 100; attempt++) {
-        int fd = -1, rc = lock_once(path, name, &fd);
+        int fd = -1, rc = lock_once(path, name, &fd, busy);
         if (rc <= 0)
             return rc < 0 ? -1 : fd;
     }
     bb_error("cannot lock %s: it keeps being replaced", name);
     return -1;
+}
+
+int bb__sockpath_lock(const char *path)
+{
+    bool busy;
+    return lock_path_file(path, &busy);
 }
 
 void bb__sockpath_unlock(const char *path, int lock)
@@ -194,10 +204,23 @@ int bb__sockpath_publish(const char *path, struct bb__sockfile *f)
     return 0;
 }
 
+/* Under the path's lock, which a starting broker takes before it looks at
+ * the path: without it, one that found this socket stale (it listens no
+ * more) between the look below and the unlink would have its own removed. */
 void bb__sockpath_remove(const char *path, struct bb__sockfile *f)
 {
-    struct stat st;
-    if (f->noted && lstat(path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
-        unlink(path);
+    if (!f->noted)
+        return;
     f->noted = false;
+    bool busy;
+    int lock = lock_path_file(path, &busy);
+    if (lock < 0 && busy) {
+        bb_info("leaving %s to the broker taking it", path);
+        return;
+    }
+    struct stat st;
+    if (lstat(path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino)
+        unlink(path);
+    if (lock >= 0)
+        bb__sockpath_unlock(path, lock);
 }

@@ -264,10 +264,10 @@ Test(daemon, a_stopping_broker_leaves_the_socket_of_the_one_after_it)
     bb_disconnect(c);
 }
 
-/* Start a broker on path that stops in `call` on it (tests/hold_shim.c),
- * and wait until it does; mark is the file to remove to let it go on. */
-static void start_held(struct bbt_broker *b, const char *path, const char *call, char *mark,
-                       size_t len)
+/* Start a broker on path that will stop in `call` on it (tests/hold_shim.c);
+ * mark is the file to remove to let it go on once it does. */
+static void start_shimmed(struct bbt_broker *b, const char *path, const char *call, char *mark,
+                          size_t len)
 {
     if (access(BBT_HOLD_SO, R_OK) != 0)
         cr_skip_test("no %s here", BBT_HOLD_SO);
@@ -283,9 +283,21 @@ static void start_held(struct bbt_broker *b, const char *path, const char *call,
     struct bbt_start so = {.sock = path, .no_wait = true, .log = true, .env = envp};
     cr_assert_eq(bbt_broker_start_ex(b, &so), 0);
     snprintf(mark, len, "%s.held", path);
+}
+
+static void wait_held(const char *mark, const char *call)
+{
     for (int i = 0; i < 1000 && access(mark, F_OK) != 0; i++)
         bbt_msleep(10);
-    cr_assert_eq(access(mark, F_OK), 0, "the broker never reached %s on %s", call, path);
+    cr_assert_eq(access(mark, F_OK), 0, "the broker never reached %s (no %s)", call, mark);
+}
+
+/* Start a broker on path that stops in `call` on it, and wait until it does. */
+static void start_held(struct bbt_broker *b, const char *path, const char *call, char *mark,
+                       size_t len)
+{
+    start_shimmed(b, path, call, mark, len);
+    wait_held(mark, call);
 }
 
 /* Whoever may write to the socket's directory can put a symlink in place of
@@ -348,6 +360,44 @@ Test(daemon, two_brokers_starting_at_once_on_a_stale_socket_do_not_both_listen)
               "status %#x", second.exit_status);
 }
 
+
+/* The same in the moment between the stopping broker's look at the path
+ * (its own socket, listening no more) and its unlink: a broker that starts
+ * then finds that socket stale and binds its own, which the unlink would
+ * remove. The stopping broker removes the file under the path's lock, so
+ * the new one either waits for nothing (it exits 1: another broker is taking
+ * the path) or keeps its socket. Here the first is held in that unlink while
+ * the second starts. */
+Test(daemon, a_broker_starting_while_another_removes_its_socket_keeps_its_own)
+{
+    static struct bbt_broker next;
+    char path[64], mark[80];
+    bbt_unique_path(path, sizeof path, ".sock");
+    /* No stale socket there: the broker's first unlink of the path is the
+     * one at its stop. */
+    start_shimmed(&B, path, "unlink", mark, sizeof mark);
+    int fd = -1;
+    for (int i = 0; i < 1000 && (fd = bbt_raw_connect(path)) < 0; i++)
+        bbt_msleep(10);
+    cr_assert_geq(fd, 0, "the broker never listened on %s", path);
+    close(fd);
+    cr_assert_eq(kill(B.pid, SIGTERM), 0);
+    wait_held(mark, "unlink");
+    int rc = bbt_broker_start_at(&next, path, NULL, NULL);
+    unlink(mark);
+    int ws = bbt_broker_wait(&B, 10000);
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %#x", ws);
+    if (rc != 0) {
+        cr_assert(WIFEXITED(next.exit_status) && WEXITSTATUS(next.exit_status) == 1,
+                  "status %#x", next.exit_status);
+        return;
+    }
+    bb_client *c;
+    rc = bb_connect(path, NULL, &c);
+    cr_assert_eq(rc, 0, "the stopping broker removed the socket of the one that started (%s)",
+                 bb_errname(rc));
+    bb_disconnect(c);
+}
 
 /* ---- The service manager ---- */
 
