@@ -1159,8 +1159,11 @@ int bb__config_set(struct bb__broker_config *cfg, const char *section, const cha
     return 0;
 }
 
-/* Model names may contain '.', and so may keys (param.x): take the first
- * split after "model." whose right-hand side is a model key. */
+/* Model names may contain '.', and so may keys (param.x): split after
+ * "model." where the right-hand side is a model key. Where several splits
+ * are, the one that names a model already configured; one that would name
+ * none or several is refused (model.a.param.b.max_wait_us: param
+ * "b.max_wait_us" of model a, or max_wait_us of model a.param.b). */
 int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err, size_t errlen)
 {
     char buf[512];
@@ -1176,11 +1179,27 @@ int bb__config_set_arg(struct bb__broker_config *cfg, const char *arg, char *err
     if (strncmp(buf, "broker.", 7) == 0) {
         dot = buf + 6;
     } else if (strncmp(buf, "model.", 6) == 0) {
+        int splits = 0, known = 0;
+        char *first = NULL;
         for (char *d = strchr(buf + 6, '.'); d; d = strchr(d + 1, '.')) {
-            if (bb__key_find(BB__SEC_MODEL, d + 1)) {
+            if (!bb__key_find(BB__SEC_MODEL, d + 1))
+                continue;
+            first = first ? first : d;
+            splits++;
+            *d = '\0';
+            if (bb__config_model(cfg, buf + 6)) {
                 dot = d;
-                break;
+                known++;
             }
+            *d = '.';
+        }
+        if (known == 0 && splits == 1)
+            dot = first;
+        else if (known != 1 && splits > 1) {
+            snprintf(err, errlen,
+                     "'%s': ambiguous: names %s model.NAME.KEY; set it in the configuration file",
+                     arg, known ? "several" : "no configured");
+            return -1;
         }
     }
     if (!dot) {

@@ -613,6 +613,18 @@ Test(config, set_overrides)
     cr_assert_str_eq(m->params[0].key, "layers");
     cr_assert_eq(bb__config_set_arg(cfg, "model.v1.2.max_wait_us=5", err, sizeof err), 0, "%s", err);
     cr_assert_eq(m->max_wait_us, 5);
+    /* Where the model's name holds ".param.", the split that names it. */
+    cr_assert_eq(bb__config_set(cfg, "model.p.param.q", "backend", "echo", err, sizeof err), 0);
+    cr_assert_eq(bb__config_set_arg(cfg, "model.p.param.q.max_wait_us=9", err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_null(bb__config_model(cfg, "p"), "-o made a model 'p' with a param");
+    cr_assert_eq(bb__config_model(cfg, "p.param.q")->max_wait_us, 9);
+    /* Neither model configured, or both: refused, not guessed. */
+    cr_assert_eq(bb__config_set_arg(cfg, "model.u.param.v.max_wait_us=9", err, sizeof err), -1);
+    cr_assert(strstr(err, "ambiguous"), "%s", err);
+    cr_assert_eq(bb__config_set(cfg, "model.p", "backend", "echo", err, sizeof err), 0);
+    cr_assert_eq(bb__config_set_arg(cfg, "model.p.param.q.max_wait_us=9", err, sizeof err), -1);
+    cr_assert(strstr(err, "ambiguous"), "%s", err);
     cr_assert_eq(bb__config_set_arg(cfg, "broker.log_level=warn", err, sizeof err), 0, "%s", err);
     cr_assert_eq(cfg->log_level, 1);
     cr_assert_eq(bb__config_set_arg(cfg, "broker.spin_us", err, sizeof err), -1);
