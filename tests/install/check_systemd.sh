@@ -11,7 +11,7 @@ UNIT="$PREFIX/lib/systemd/system/batchbroker.service"
 [ -f "$UNIT" ] || fail "no unit at $UNIT"
 command -v systemd-analyze >/dev/null || fail "systemd-analyze missing (Debian package systemd)"
 
-grep -qx "ExecStart=$PREFIX/sbin/batchbroker --config $PREFIX/etc/batchbroker.ini" "$UNIT" \
+grep -qx "ExecStart=\"$PREFIX/sbin/batchbroker\" --config \"$PREFIX/etc/batchbroker.ini\"" "$UNIT" \
     || fail "ExecStart does not name this install: $(grep ExecStart= "$UNIT")"
 grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$UNIT" || fail "ExecReload"
 grep -qx 'RuntimeDirectory=batchbroker' "$UNIT" || fail "RuntimeDirectory"
@@ -22,6 +22,24 @@ MANPATH="$PREFIX/share/man" systemd-analyze verify "$UNIT" 2>"$WORK/verify.err" 
 # verify passes some findings as warnings on stderr only: none are expected.
 [ ! -s "$WORK/verify.err" ] || { cat "$WORK/verify.err" >&2; fail "systemd-analyze verify warned"; }
 echo "ok: systemd-analyze verify"
+
+# The prefix is the install's, not the configure's. --prefix /usr keeps the
+# configuration in /etc, as GNUInstallDirs does for a configure-time /usr
+# (it went to /usr/etc); and a prefix with a space, a % and a $ in it gives
+# a unit that runs what it installed (ExecStart split the path at the space).
+DEST="$WORK/dest"
+DESTDIR="$DEST" cmake --install "$BUILD" --prefix /usr --component runtime >/dev/null
+[ -f "$DEST/etc/batchbroker.ini" ] && [ ! -e "$DEST/usr/etc" ] \
+    || fail "--prefix /usr put the configuration in $(cd "$DEST" && find . -name batchbroker.ini)"
+grep -qx 'ExecStart="/usr/sbin/batchbroker" --config "/etc/batchbroker.ini"' \
+    "$DEST/usr/lib/systemd/system/batchbroker.service" \
+    || fail "--prefix /usr: $(grep ExecStart= "$DEST/usr/lib/systemd/system/batchbroker.service")"
+ODD="$WORK/odd prefix %i \$HOME"
+cmake --install "$BUILD" --prefix "$ODD" >/dev/null
+MANPATH="$ODD/share/man" systemd-analyze verify "$ODD/lib/systemd/system/batchbroker.service" \
+    2>"$WORK/verify.err" || { cat "$WORK/verify.err" >&2; fail "verify, prefix '$ODD'"; }
+[ ! -s "$WORK/verify.err" ] || { cat "$WORK/verify.err" >&2; fail "verify warned, prefix '$ODD'"; }
+echo "ok: the unit of --prefix /usr and of a prefix with a space, % and \$"
 
 # The calls the unit allows: its SystemCallFilter groups, expanded.
 filter=$(sed -n 's/^SystemCallFilter=//p' "$UNIT")
