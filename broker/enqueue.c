@@ -62,7 +62,9 @@ void bb__enqueue(struct bb__model *m, struct bb__req *r, uint64_t now)
         m->first_arrival_ns = r->submit_ns; /* the quiet rule (executor.c) */
     r->level = (uint8_t)level;
     uint64_t t_us = r->timeout_us ? r->timeout_us : m->cfg.default_timeout_us;
-    r->deadline_ns = t_us ? now + t_us * 1000ull : UINT64_MAX;
+    /* From the intake's stamp, not now: a request of another worker's
+     * client may have waited in this worker's mailbox (an inline batch). */
+    r->deadline_ns = t_us ? r->enq_ns + t_us * 1000ull : UINT64_MAX;
     r->own_deadline = r->timeout_us != 0;
     r->group = NULL;
     /* Start-time fair queueing: a client's tags advance by 1/weight per

@@ -1069,3 +1069,37 @@ Test(workers, a_submission_during_shutdown_does_not_hang_it)
             bb_disconnect(c[k]);
     }
 }
+
+/* ---- Deadlines of requests that travel to another worker ---- */
+
+/* A deadline counts from when the broker reads the submission
+ * (scheduling.md), on whichever worker reads it. A request for a model of
+ * the other worker, read there while that worker runs a long inline batch,
+ * is past its deadline by the time its home takes it from the mailbox: it
+ * times out, as it would have in the queue, instead of running. */
+Test(workers, a_deadline_counts_from_the_intake_not_the_homes_mail)
+{
+    const char *slow = "backend = synthetic\nparam.batch_us = 2000000\nparam.mode = sleep\n"
+                       "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n";
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "[model.s0]\n%s[model.s1]\n%s", slow, slow);
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    /* Model i lives on worker i mod 2: the other worker's. */
+    bb_model *m = bbt_open_ok(c, c->wpage->worker_id == 0 ? "s1" : "s0");
+    bb_request *busy, *late;
+    cr_assert_eq(bb_request_new(m, 8, 8, &busy), 0);
+    cr_assert_eq(bb_request_new(m, 8, 8, &late), 0);
+    cr_assert_eq(bb_submit(busy, NULL), 0); /* its home runs it for 2 s */
+    bbt_msleep(200);
+    struct bb_submit_opts o = {.timeout_us = 20000};
+    cr_assert_eq(bb_submit(late, &o), 0);
+    cr_assert_eq(bb_wait(late, 20000000000ll), 0);
+    cr_assert_eq(bb_request_status(late), BB_ETIMEDOUT,
+                 "read 20 ms before its deadline, 1.8 s before its home took it: %s",
+                 bb_errname(bb_request_status(late)));
+    cr_assert_eq(bb_wait(busy, 20000000000ll), 0);
+    cr_assert_eq(bb_request_status(busy), 0);
+    bb_disconnect(c);
+}
