@@ -366,6 +366,11 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
             /* Deadlines passed while it ran: those fail, not run next. */
             progress += (int)expire(m, now);
+            /* So does what is queued if a shutdown came meanwhile: the next
+             * pass begins it, and only running batches finish. */
+            struct bb__broker *br = m->w->b;
+            if (atomic_load(br->stop_flag) || atomic_load(&br->stopping))
+                break;
         }
     }
     bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
