@@ -366,10 +366,13 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
             now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
             /* Deadlines passed while it ran: those fail, not run next. */
             progress += (int)expire(m, now);
-            /* So does what is queued if a shutdown came meanwhile: the next
-             * pass begins it, and only running batches finish. */
+            /* A shutdown or a reload that came meanwhile goes first, at the
+             * top of the next pass: a shutdown fails what is queued (only
+             * running batches finish), and a reload's first worker, every
+             * client of it, waits until this one parks. */
             struct bb__broker *br = m->w->b;
-            if (atomic_load(br->stop_flag) || atomic_load(&br->stopping))
+            if (atomic_load(br->stop_flag) || atomic_load(&br->stopping) ||
+                atomic_load(&br->quiesce))
                 break;
         }
     }
