@@ -362,8 +362,19 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
         if (b->n < c.max)
             parts = 0; /* it held requests back: the rest waits for should_dispatch */
         progress += (int)b->n;
-        if (bb__executor_submit(m, b))
+        if (bb__executor_submit(m, b)) {
             now = b->ts.done; /* it ran inline: a fresh clock, and a read saved */
+            /* Deadlines passed while it ran: those fail, not run next. */
+            progress += (int)expire(m, now);
+            /* A shutdown or a reload that came meanwhile goes first, at the
+             * top of the next pass: a shutdown fails what is queued (only
+             * running batches finish), and a reload's first worker, every
+             * client of it, waits until this one parks. */
+            struct bb__broker *br = m->w->b;
+            if (atomic_load(br->stop_flag) || atomic_load(&br->stopping) ||
+                atomic_load(&br->quiesce))
+                break;
+        }
     }
     bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
     struct bb__req *d = bb__deadline_top(&m->q);

@@ -218,24 +218,36 @@ Test(cli, second_broker_on_live_socket_refused)
     bb_disconnect(c);
 }
 
+/* A broker whose model "slow" sleeps batch_us a batch of one, on
+ * `instances` executors; n requests of 8 bytes, request i filled with 'a' + i. */
+static bb_model *start_slow(const char *batch_us, const char *instances, bb_client **c,
+                            bb_request **r, int n)
+{
+    char us[64], inst[64];
+    snprintf(us, sizeof us, "model.slow.param.batch_us=%s", batch_us);
+    snprintf(inst, sizeof inst, "model.slow.instances=%s", instances);
+    const char *ov[] = {"model.slow.backend=synthetic", us, "model.slow.param.mode=sleep", inst,
+                        "model.slow.max_batch_size=1", "model.slow.max_wait_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0);
+    cr_assert_eq(bb_connect(B.sock, NULL, c), 0);
+    bb_model *m;
+    cr_assert_eq(bb_model_open(*c, "slow", &m), 0);
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(bb_request_new(m, 8, 8, &r[i]), 0);
+        memset(bb_request_input(r[i]), 'a' + i, 8);
+    }
+    return m;
+}
+
 /* SIGTERM: stop intake, finish what runs, fail what is queued with
  * BB_ESHUTDOWN, remove the socket, exit 0. */
 Test(cli, sigterm_graceful_shutdown)
 {
-    const char *ov[] = {"model.slow.backend=synthetic", "model.slow.param.batch_us=400000",
-                        "model.slow.param.mode=sleep", "model.slow.instances=1",
-                        "model.slow.max_batch_size=1", "model.slow.max_wait_us=0", NULL};
-    cr_assert_eq(bbt_broker_start(&B, NULL, ov), 0);
-    bb_client *c;
-    cr_assert_eq(bb_connect(B.sock, NULL, &c), 0);
-    bb_model *m;
-    cr_assert_eq(bb_model_open(c, "slow", &m), 0);
     bb_request *r[3];
-    for (int i = 0; i < 3; i++) {
-        cr_assert_eq(bb_request_new(m, 8, 8, &r[i]), 0);
-        memset(bb_request_input(r[i]), 'a' + i, 8);
+    bb_client *c;
+    bb_model *m = start_slow("400000", "1", &c, r, 3);
+    for (int i = 0; i < 3; i++)
         cr_assert_eq(bb_submit(r[i], NULL), 0);
-    }
     struct bb_model_stats st;
     for (int i = 0; i < 200; i++) {
         cr_assert_eq(bb_model_stats(m, &st), 0);
@@ -258,6 +270,35 @@ Test(cli, sigterm_graceful_shutdown)
     int ws = bbt_broker_wait(&B, 10000);
     cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %#x", ws);
     cr_assert_neq(access(B.sock, F_OK), 0, "the socket file is still there");
+    bb_disconnect(c);
+}
+
+/* SIGTERM with instances = 0: the batch running on the dispatcher finishes,
+ * and what is queued behind it fails with BB_ESHUTDOWN rather than running
+ * first. Four requests queue together while a first batch runs; SIGTERM
+ * comes while the first of them runs. The dispatcher used to go on cutting
+ * and running the rest, one 300 ms batch after the other, before it looked
+ * at the signal. */
+Test(cli, sigterm_with_batches_on_the_dispatcher_fails_what_is_queued)
+{
+    bb_request *r[5];
+    bb_client *c;
+    start_slow("300000", "0", &c, r, 5);
+    cr_assert_eq(bb_submit(r[0], NULL), 0);
+    bbt_msleep(50); /* r[0] runs on the dispatcher: the others wait in the ring */
+    for (int i = 1; i < 5; i++)
+        cr_assert_eq(bb_submit(r[i], NULL), 0);
+    cr_assert_eq(bb_wait(r[0], 10000000000ll), 0);
+    bbt_msleep(50); /* r[1] runs now, the other three are queued */
+    cr_assert_eq(kill(B.pid, SIGTERM), 0);
+    for (int i = 1; i < 5; i++)
+        cr_assert_eq(bb_wait(r[i], 10000000000ll), 0, "request %d has no outcome", i);
+    for (int i = 2; i < 5; i++)
+        cr_assert_eq(bb_request_status(r[i]), BB_ESHUTDOWN,
+                     "request %d, queued at SIGTERM, got %s", i,
+                     bb_errname(bb_request_status(r[i])));
+    int ws = bbt_broker_wait(&B, 10000);
+    cr_assert(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %#x", ws);
     bb_disconnect(c);
 }
 

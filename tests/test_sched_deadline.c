@@ -79,3 +79,30 @@ Test(sched_deadline, drop_late_fails_hopeless_requests_early)
     cr_assert_eq(bbt_settled_stats(late).timed_out, 1);
     bb_disconnect(c);
 }
+
+/* instances = 0: deadlines fire only once the dispatcher gets back to the
+ * queue (scheduling.md), but then they must. r1 and r2 queue together while
+ * a batch runs on the dispatcher; r1 (critical) runs next for 100 ms, during
+ * which r2's 10 ms deadline passes: r2 then fails with BB_ETIMEDOUT, without
+ * running. The dispatcher used to cut r2's batch right after r1's ran inline,
+ * in the same pass, without looking at the deadlines again. */
+Test(sched_deadline, a_deadline_that_passes_during_an_inline_batch_is_not_run)
+{
+    sch_start_cfg("[model.d]\nbackend = synthetic\nparam.batch_us = 100000\nparam.mode = sleep\n"
+                  "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\n");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "d");
+    bb_request *blocker = sch_req_new(m, 64, 64, 1);
+    bb_request *r1 = sch_req_new(m, 64, 64, 2), *r2 = sch_req_new(m, 64, 64, 3);
+    sch_submit(blocker, BB_PRIORITY_CRITICAL, 0, 0, 1);
+    bbt_msleep(20); /* the blocker runs on the dispatcher; the next two queue together */
+    sch_submit(r1, BB_PRIORITY_CRITICAL, 0, 0, 2);
+    sch_submit(r2, BB_PRIORITY_LOW, 10000, 0, 3);
+    cr_assert_eq(sch_finish(blocker, 5000), 0);
+    cr_assert_eq(sch_finish(r1, 5000), 0);
+    cr_assert_eq(sch_finish(r2, 5000), BB_ETIMEDOUT,
+                 "a request whose deadline passed while another batch ran inline ran: %s",
+                 bb_errname(bb_request_status(r2)));
+    cr_assert_eq(bbt_settled_stats(m).timed_out, 1);
+    bb_disconnect(c);
+}

@@ -1027,30 +1027,44 @@ static void *submit_late(void *p)
     return NULL;
 }
 
+/* Every CPU this process may use, and the first two of them one each
+ * (skips the test where there are fewer). */
+static void cpu_sets(cpu_set_t *all, cpu_set_t on[2])
+{
+    int cpus[2];
+    two_cpus(cpus);
+    cr_assert_eq(sched_getaffinity(0, sizeof *all, all), 0);
+    for (int k = 0; k < 2; k++) {
+        CPU_ZERO(&on[k]);
+        CPU_SET(cpus[k], &on[k]);
+    }
+}
+
+/* A client of worker 0 and one of worker 1 (start_two_workers), each
+ * connected from its worker's CPU. */
+static void connect_one_per_worker(bb_client *c[2], const cpu_set_t *all, const cpu_set_t on[2])
+{
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(sched_setaffinity(0, sizeof on[k], &on[k]), 0);
+        c[k] = bbt_connect_ok(&B, NULL);
+        cr_assert_eq(c[k]->wpage->worker_id, (uint32_t)k);
+    }
+    cr_assert_eq(sched_setaffinity(0, sizeof *all, all), 0);
+}
+
 /* A submission that reaches worker 0 after it drained, for a model of worker
  * 1, which had drained too and left: it used to travel to worker 1 and wait
  * there for ever, and so did the broker's exit. */
 Test(workers, a_submission_during_shutdown_does_not_hang_it)
 {
-    int cpus[2];
-    two_cpus(cpus);
     cpu_set_t all, on[2];
-    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
-    for (int k = 0; k < 2; k++) {
-        CPU_ZERO(&on[k]);
-        CPU_SET(cpus[k], &on[k]);
-    }
+    cpu_sets(&all, on);
     const char *cfg = "[model.e0]\nbackend = echo\n[model.e1]\nbackend = echo\n"
                       "[model.s2]\nbackend = echo\n[model.s3]\n" SLOW_20MS;
     for (int round = 0; round < 40; round++) {
         start_two_workers(cfg, &all);
         bb_client *c[2];
-        for (int k = 0; k < 2; k++) {
-            cr_assert_eq(sched_setaffinity(0, sizeof on[k], &on[k]), 0);
-            c[k] = bbt_connect_ok(&B, NULL);
-            cr_assert_eq(c[k]->wpage->worker_id, (uint32_t)k);
-        }
-        cr_assert_eq(sched_setaffinity(0, sizeof all, &all), 0);
+        connect_one_per_worker(c, &all, on);
         bb_model *e1 = bbt_open_ok(c[0], "e1"), *s3 = bbt_open_ok(c[1], "s3");
         struct late_submitter ls = {.c = c[0], .model = e1->id};
         bb_request *busy;
@@ -1102,4 +1116,46 @@ Test(workers, a_deadline_counts_from_the_intake_not_the_homes_mail)
     cr_assert_eq(bb_wait(busy, 20000000000ll), 0);
     cr_assert_eq(bb_request_status(busy), 0);
     bb_disconnect(c);
+}
+
+/* A reload parks every worker but the first while it applies; a worker
+ * running batches on its own thread (instances = 0) parks after the batch
+ * under way, not after every batch queued behind it. Worker 1 holds four
+ * 300 ms requests queued behind a running one when SIGHUP comes; worker 0's
+ * echo client must be served before the last of them ends. The worker used
+ * to run its whole queue first, and worker 0, waiting for it to park, served
+ * nobody meanwhile. */
+Test(workers, a_reload_waits_for_one_inline_batch_not_a_queue_of_them)
+{
+    cpu_set_t all, on[2];
+    cpu_sets(&all, on);
+    start_two_workers("[model.e0]\nbackend = echo\n[model.s1]\nbackend = synthetic\n"
+                      "param.batch_us = 300000\nparam.mode = sleep\ninstances = 0\n"
+                      "max_batch_size = 1\nmax_wait_us = 0\n",
+                      &all);
+    bb_client *c[2];
+    connect_one_per_worker(c, &all, on);
+    bb_model *e0 = bbt_open_ok(c[0], "e0"), *s1 = bbt_open_ok(c[1], "s1");
+    bb_request *r[5];
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(bb_request_new(s1, 8, 8, &r[i]), 0);
+    cr_assert_eq(bb_submit(r[0], NULL), 0);
+    bbt_msleep(50); /* r[0] runs on worker 1: the others wait in its ring */
+    for (int i = 1; i < 5; i++)
+        cr_assert_eq(bb_submit(r[i], NULL), 0);
+    cr_assert_eq(bb_wait(r[0], 10000000000ll), 0);
+    bbt_msleep(50); /* r[1] runs, three are queued */
+    cr_assert_eq(kill(B.pid, SIGHUP), 0);
+    bbt_msleep(20); /* worker 0 waits for worker 1 to park */
+    char out[8];
+    size_t len;
+    cr_assert_eq(bb_infer(e0, "hi", 2, out, sizeof out, &len, NULL, 10000000000ll), 0);
+    cr_assert_eq(bb_request_status(r[4]), BB_EPENDING,
+                 "worker 0 served nobody until worker 1 had run its whole queue");
+    for (int i = 1; i < 5; i++) {
+        cr_assert_eq(bb_wait(r[i], 10000000000ll), 0);
+        cr_assert_eq(bb_request_status(r[i]), 0);
+    }
+    for (int k = 0; k < 2; k++)
+        bb_disconnect(c[k]);
 }
