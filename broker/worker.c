@@ -589,6 +589,9 @@ int bb__worker_run(struct bb__worker *w)
         uint64_t now = bb__now_ns();
         progress += handle_mail(w, now);
         progress += drain_all(w, now);
+        /* What was read for other workers goes before this one runs a batch
+         * on its own thread: its deadline counts already. */
+        bb__mailbox_flush(w, b->workers);
         uint64_t next = now + IDLE_WAIT_NS;
         for (uint32_t i = 0; i < b->nmodels; i++)
             if (w->route[i]->w == w)

@@ -909,48 +909,60 @@ static void await_done(bb_request *r, uint32_t gen)
     cr_assert_fail("slot %u: generation %u never completed", r->index, gen);
 }
 
-/* A client cancels slot S, queued for model A on the other worker; the
- * cancel waits in its worker's outbox while that worker runs a long inline
- * batch, S times out at A's home meanwhile, and the client submits S again,
- * with the same generation, to model B on its own worker. The late cancel
- * must leave the new submission alone: it belongs to another model, which
- * another thread owns (it used to cancel it, from the wrong thread). */
+/* A client cancels slot S, queued for model A on the other worker (the
+ * home), while the home runs a long batch on its own thread; S times out
+ * there after that batch, and while the home runs the next one the client
+ * submits S again, with the same generation, to model B on its own worker,
+ * where it stays queued (max_wait_us 2 s). The cancel, taken from the home's
+ * mailbox only after that, must leave the new submission alone: it belongs to
+ * another model, which another thread owns (it used to cancel it, from the
+ * wrong thread). The home polls its models in order: the slow one, then A,
+ * then the second slow one. */
 Test(workers, a_late_cancel_leaves_the_next_submission_alone)
 {
-    const char *echo = "backend = echo\nmax_batch_size = 64\nmax_wait_us = 500000\nadaptive = off\n";
+    const char *echo = "backend = echo\nmax_batch_size = 64\nmax_wait_us = 2000000\n"
+                       "adaptive = off\n";
     const char *slow = "backend = synthetic\nparam.batch_us = 1000000\nparam.mode = sleep\n"
                        "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n";
-    char cfg[1024];
-    snprintf(cfg, sizeof cfg, "[model.e0]\n%s[model.e1]\n%s[model.s2]\n%s[model.s3]\n%s", echo,
-             echo, slow, slow);
+    char cfg[1536];
+    /* Model i lives on worker i mod 2. */
+    snprintf(cfg, sizeof cfg,
+             "[model.s0]\n%s[model.s1]\n%s[model.e2]\n%s[model.e3]\n%s[model.t4]\n%s"
+             "[model.t5]\n%s",
+             slow, slow, echo, echo, slow, slow);
     const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", "broker.spin_us=0", NULL};
     cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
     bb_client *c = bbt_connect_ok(&B, NULL);
-    /* Model i lives on worker i mod 2: A on the other worker, B and the
-     * slow model on the client's own. */
-    bool on0 = c->wpage->worker_id == 0;
-    bb_model *a = bbt_open_ok(c, on0 ? "e1" : "e0"), *b = bbt_open_ok(c, on0 ? "e0" : "e1"),
-             *slowm = bbt_open_ok(c, on0 ? "s2" : "s3");
-    bb_request *s, *x;
+    bool on0 = c->wpage->worker_id == 0; /* the home is the other worker */
+    bb_model *a = bbt_open_ok(c, on0 ? "e3" : "e2"), *b = bbt_open_ok(c, on0 ? "e2" : "e3"),
+             *first = bbt_open_ok(c, on0 ? "s1" : "s0"), *last = bbt_open_ok(c, on0 ? "t5" : "t4");
+    bb_request *s, *y[3];
     cr_assert_eq(bb_request_new(a, 8, 8, &s), 0);
-    cr_assert_eq(bb_request_new(slowm, 8, 8, &x), 0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(bb_request_new(i < 2 ? first : last, 8, 8, &y[i]), 0);
+    cr_assert_eq(bb_submit(y[0], NULL), 0);
+    bbt_msleep(50); /* y0 runs at the home */
     const uint32_t gen = 100;
-    describe(s, a->id, gen, 50000); /* queued at A's home for 50 ms, then BB_ETIMEDOUT */
+    describe(s, a->id, gen, 50000); /* past its deadline once the home takes it */
     push_entries(c, &s->index, 1);
-    bbt_msleep(10);
-    describe(x, slowm->id, gen, 0);
-    uint32_t both[2] = {x->index, s->index | BB_SQE_CANCEL};
-    push_entries(c, both, 2);
-    await_done(s, gen);
+    cr_assert_eq(bb_submit(y[1], NULL), 0);
+    cr_assert_eq(bb_submit(y[2], NULL), 0);
+    cr_assert_eq(bb_wait(y[0], 20000000000ll), 0);
+    bbt_msleep(100); /* the home queued S and runs y1 */
+    uint32_t cancel = s->index | BB_SQE_CANCEL;
+    push_entries(c, &cancel, 1);
+    await_done(s, gen); /* after y1: the cancel waits in the home's mailbox */
     cr_assert_eq(s->slot->status, BB_ETIMEDOUT, "S should time out while the cancel waits: %s",
                  bb_errname(s->slot->status));
+    cr_assert_eq(bb_request_status(y[2]), BB_EPENDING, "y2 ended before S was resubmitted");
     describe(s, b->id, gen, 0);
     atomic_store_explicit(&s->slot->shm_done_gen, 0, memory_order_relaxed);
     push_entries(c, &s->index, 1);
     await_done(s, gen);
     cr_assert_eq(s->slot->status, 0, "the new submission came back %s",
                  bb_errname(s->slot->status));
-    await_done(x, gen);
+    for (int i = 1; i < 3; i++)
+        cr_assert_eq(bb_wait(y[i], 20000000000ll), 0);
     cr_assert_eq(bbt_broker_stop(&B), 0);
 }
 
@@ -1115,6 +1127,42 @@ Test(workers, a_deadline_counts_from_the_intake_not_the_homes_mail)
                  bb_errname(bb_request_status(late)));
     cr_assert_eq(bb_wait(busy, 20000000000ll), 0);
     cr_assert_eq(bb_request_status(busy), 0);
+    bb_disconnect(c);
+}
+
+/* A request read for the other worker's model goes there before this
+ * worker runs a batch of its own on its thread: it waited in the outbox
+ * until the end of that batch (2 s here), past its deadline, though its own
+ * model was idle. The client submits it, then a request of the slow model
+ * of its own worker, so that one pass reads both. */
+Test(workers, a_request_for_the_other_worker_does_not_wait_behind_an_inline_batch)
+{
+    const char *slow = "backend = synthetic\nparam.batch_us = 2000000\nparam.mode = sleep\n"
+                       "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n"
+                       "inline_max_us = 0\ninline_quiet_max_us = 0\n";
+    char cfg[768];
+    /* Homes: s0 and e0 on worker 0, s1 and e1 on worker 1. */
+    snprintf(cfg, sizeof cfg,
+             "[model.s0]\n%s[model.s1]\n%s[model.e0]\nbackend = echo\n[model.e1]\nbackend = echo\n",
+             slow, slow);
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bool on0 = c->wpage->worker_id == 0;
+    bb_model *there = bbt_open_ok(c, on0 ? "e1" : "e0"), *here = bbt_open_ok(c, on0 ? "s0" : "s1");
+    bb_request *x, *slow_one;
+    cr_assert_eq(bb_request_new(there, 8, 8, &x), 0);
+    cr_assert_eq(bb_request_new(here, 8, 8, &slow_one), 0);
+    struct bb_submit_opts o = {.timeout_us = 500000};
+    cr_assert_eq(bb_submit(x, &o), 0);
+    cr_assert_eq(bb_submit(slow_one, NULL), 0);
+    cr_assert_eq(bb_wait(x, 20000000000ll), 0);
+    cr_assert_eq(bb_request_status(x), 0, "the other worker's request: %s",
+                 bb_errname(bb_request_status(x)));
+    cr_assert_eq(bb_request_status(slow_one), BB_EPENDING,
+                 "answered only after this worker's 2 s batch");
+    cr_assert_eq(bb_wait(slow_one, 20000000000ll), 0);
+    cr_assert_eq(bb_request_status(slow_one), 0);
     bb_disconnect(c);
 }
 
