@@ -56,6 +56,30 @@ static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__bat
                                .segments = b->segs};
 }
 
+/* The per-request codes backend.h lets a backend give: what it can know of
+ * a request. The others are the broker's or the client's own (BB_EPENDING
+ * would read as "not answered yet", BB_EDISCONNECTED as "the broker is
+ * gone"), and a code outside the list means nothing to a client. */
+static bool backend_may_give(int st)
+{
+    return st == BB_EINVAL || st == BB_ENOMEM || st == BB_ETOOBIG || st == BB_EBACKEND;
+}
+
+/* A row's status as its client gets it: 0 with a length within the buffer,
+ * or a code the backend may give; anything else fails the row with
+ * BB_EBACKEND, and the batch keeps the first such row for the reap's log. */
+static int row_status(struct bb__batch *b, const struct bb_outbuf *o)
+{
+    if (o->status == 0 ? o->len <= o->cap : backend_may_give(o->status))
+        return o->status;
+    if (b->nbreach++ == 0) {
+        b->breach_status = o->status;
+        b->breach_len = o->len;
+        b->breach_cap = o->cap;
+    }
+    return BB_EBACKEND;
+}
+
 /* Every request's completion to its client, and one wake-up per client:
  * on the executor, or on an asynchronous backend's thread. Reads only the
  * batch; of a request record it writes only the state that frees it (the
@@ -66,11 +90,7 @@ static void publish(struct bb__batch *b, int rc)
     b->errmsg[sizeof b->errmsg - 1] = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb_outbuf *o = &b->outputs[i];
-        int st = rc < 0 ? BB_EBACKEND : o->status;
-        if (st > 0)
-            st = BB_EBACKEND;
-        if (st == 0 && o->len > o->cap)
-            st = BB_EBACKEND; /* a backend that overran its buffer: do not trust len */
+        int st = rc < 0 ? BB_EBACKEND : row_status(b, o);
         o->status = st;
         size_t len = st == 0 ? o->len : 0;
         struct bb__entry *e = &b->ents[i];
@@ -196,12 +216,30 @@ static void submit_async(struct bb__model *m, struct bb__instance *in, struct bb
     }
 }
 
+/* What publish found of the contract broken (the first such row). */
+static void log_breach(const struct bb__model *m, const struct bb__batch *b)
+{
+    if (b->breach_status)
+        bb_warn_limited("model %s: backend %s gave status %d (%s), which is not a request's "
+                        "status (0, BB_EINVAL, BB_ENOMEM, BB_ETOOBIG or BB_EBACKEND: backend.h); "
+                        "%u requests of a batch of %u broke the contract and were answered "
+                        "BB_EBACKEND", m->cfg.name, m->plugin.ops->name, b->breach_status,
+                        bb_errname(b->breach_status), b->nbreach, b->n);
+    else
+        bb_warn_limited("model %s: backend %s gave output length %zu for a buffer of %zu; %u "
+                        "requests of a batch of %u broke the contract and were answered "
+                        "BB_EBACKEND", m->cfg.name, m->plugin.ops->name, b->breach_len,
+                        b->breach_cap, b->nbreach, b->n);
+}
+
 void bb__batch_reap(struct bb__batch *b)
 {
     struct bb__model *m = b->model;
     if (b->rc < 0)
         bb_warn_limited("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
+    if (b->nbreach)
+        log_breach(m, b);
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];
         if (e->group) {
@@ -247,6 +285,7 @@ struct bb__batch *bb__batch_get(struct bb__model *m)
     b->next = NULL;
     b->n = 0;
     b->rc = 0;
+    b->nbreach = 0;
     b->errmsg[0] = 0;
     return b;
 }

@@ -95,6 +95,11 @@ struct bb__batch {
     uint8_t *prios;
     uint32_t *segs;           /* segment id per request, 0 = broker memory (backend.h) */
     char errmsg[256];
+    /* Rows whose answer broke backend.h's contract (executor.c, publish),
+     * for one line at the reap: how many, and what the first one gave. */
+    uint32_t nbreach;
+    int breach_status;
+    size_t breach_len, breach_cap;
     /* What the backend gets: the arrays above; an asynchronous backend keeps
      * it until it calls api.complete (executor.c). */
     struct bb_batch api;

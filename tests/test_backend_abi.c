@@ -397,3 +397,76 @@ Test(abi, unregistration_waits_for_running_batches)
     assert_clean();
     cr_assert_geq(SUM("registers"), 3);
 }
+
+/* A broker with the asynchronous plugin on one instance whose stderr is
+ * kept (b->log); extra: one more -o. */
+static void start_async_logged(struct bbt_broker *b, const char *extra)
+{
+    if (stats_path[0])
+        unlink(stats_path);
+    bbt_unique_path(stats_path, sizeof stats_path, ".stats");
+    char stats[160];
+    snprintf(stats, sizeof stats, "model.a.param.stats=%s", stats_path);
+    const char *ov[] = {"model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so",
+                        "model.a.max_batch_size=8", "model.a.max_wait_us=200",
+                        "model.a.adaptive=off", "model.a.instances=1", stats, extra, NULL};
+    struct bbt_start so = {.log = true, .overrides = ov};
+    cr_assert_eq(bbt_broker_start_ex(b, &so), 0, "broker did not start (status %#x)",
+                 b->exit_status);
+}
+
+/* 8 rounds of 8 requests; every one must end (bb_wait) with status `want`. */
+static void every_answer_is(bb_model *m, int want, const char *what)
+{
+    for (int k = 0; k < 8; k++) {
+        bb_request *r[8];
+        for (int i = 0; i < 8; i++) {
+            cr_assert_eq(bb_request_new(m, 32, 32, &r[i]), 0);
+            bbt_fill(bb_request_input(r[i]), 32, (uint64_t)(k * 8 + i));
+            cr_assert_eq(bb_submit(r[i], NULL), 0);
+        }
+        for (int i = 0; i < 8; i++) {
+            int rc = bb_wait(r[i], 5000000000ll);
+            cr_assert_eq(rc, 0, "%s: request %d of round %d unanswered: %s", what, i, k,
+                         bb_strerror(rc));
+            int st = bb_request_status(r[i]);
+            cr_assert_eq(st, want, "%s: status %d (%s), want %d", what, st, bb_strerror(st),
+                         want);
+            bb_request_free(r[i]);
+        }
+    }
+}
+
+/* A row status that is neither 0 nor one of the per-request codes backend.h
+ * allows (BB_EPENDING reads as "still pending" to a client that waited for
+ * it; a code outside the BB_E* list has no meaning at all; BB_EDISCONNECTED
+ * says the broker is gone) reaches the client as BB_EBACKEND, and the log
+ * names the backend and what it gave. An allowed code reaches it as it is. */
+Test(abi, a_row_status_outside_the_contract_becomes_backend_failure)
+{
+    static const struct {
+        int given, want;
+    } cases[] = {{BB_EPENDING, BB_EBACKEND},
+                 {-1000, BB_EBACKEND},
+                 {BB_EDISCONNECTED, BB_EBACKEND},
+                 {BB_ETOOBIG, BB_ETOOBIG},
+                 {BB_EINVAL, BB_EINVAL}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        struct bbt_broker b;
+        char param[64], needle[96];
+        snprintf(param, sizeof param, "model.a.param.row_status=%d", cases[k].given);
+        start_async_logged(&b, param);
+        bb_client *c = bbt_connect_ok(&b, NULL);
+        bb_model *m = bbt_open_ok(c, "a");
+        every_answer_is(m, cases[k].want, param);
+        bbt_settled_stats(m); /* every batch reaped: its line is out */
+        snprintf(needle, sizeof needle, "backend asyncecho gave status %d", cases[k].given);
+        if (cases[k].want == BB_EBACKEND)
+            cr_assert_gt(bbt_log_count(&b, needle), 0, "%s: no \"%s\" in the log", param, needle);
+        else
+            cr_assert_eq(bbt_log_count(&b, "backend asyncecho gave"), 0, "%s: logged", param);
+        bb_disconnect(c);
+        stop(&b);
+        assert_clean();
+    }
+}

@@ -74,8 +74,13 @@ struct bb_view {
 };
 
 /* One request's output buffer. The backend writes at most cap bytes at ptr,
- * sets len, and may set status to a negative BB_E* code (e.g. BB_ETOOBIG) to
- * fail that request alone. Both start at 0. */
+ * sets len, and may set status to fail that request alone: BB_EINVAL (not an
+ * input the model takes), BB_ETOOBIG (the output does not fit cap),
+ * BB_ENOMEM or BB_EBACKEND. Both start at 0. Any other status (BB_EPENDING,
+ * a code of the broker's or the client's own, a value outside the BB_E*
+ * list), or a len over cap with status 0, breaks the contract: the broker
+ * answers that request BB_EBACKEND and logs the backend's name and what it
+ * gave. */
 struct bb_outbuf {
     void *ptr;
     size_t cap;

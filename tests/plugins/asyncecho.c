@@ -22,10 +22,14 @@
  *   register_us     time each register_segment takes, default 0
  *   fail_submit     N > 0: every Nth submit is refused (returns BB_EBACKEND)
  *   fail_complete   N > 0: every Nth batch completes with BB_EBACKEND
+ *   row_status      N (may be negative): every row of every batch is answered
+ *                   with status N, whatever it is (a backend that breaks the
+ *                   status contract)
  *   stats           PATH: at fini, append one line of counters
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -51,6 +55,7 @@ struct seg {
 struct ae_state {
     /* Params. */
     uint64_t delay_us, register_us, fail_submit, fail_complete;
+    int row_status;
     bool pair;
     char hold[512], stats[512];
     /* From init2. */
@@ -130,6 +135,7 @@ static void *completer(void *arg)
             if (len) memcpy(out->ptr, in->ptr, len);
             out->len = len;
             if (in->len > out->cap) out->status = BB_ETOOBIG;
+            if (st->row_status) out->status = st->row_status;
         }
 
         pthread_mutex_lock(&st->mu);
@@ -156,6 +162,16 @@ static int parse_u64(const char *v, uint64_t *out)
     return 0;
 }
 
+static int parse_int(const char *v, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < INT_MIN || x > INT_MAX) return -1;
+    *out = (int)x;
+    return 0;
+}
+
 static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_t errlen)
 {
     struct ae_state *st = calloc(1, sizeof *st);
@@ -167,6 +183,7 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "register_us")) bad = parse_u64(v, &st->register_us);
         else if (!strcmp(k, "fail_submit")) bad = parse_u64(v, &st->fail_submit);
         else if (!strcmp(k, "fail_complete")) bad = parse_u64(v, &st->fail_complete);
+        else if (!strcmp(k, "row_status")) bad = parse_int(v, &st->row_status);
         else if (!strcmp(k, "pair")) st->pair = !strcmp(v, "on");
         else if (!strcmp(k, "hold")) snprintf(st->hold, sizeof st->hold, "%s", v);
         else if (!strcmp(k, "stats")) snprintf(st->stats, sizeof st->stats, "%s", v);
