@@ -170,14 +170,13 @@ static void push_done(struct bb__worker *w, struct bb__batch *b)
         bb__worker_wake(w);
 }
 
-/* bb_batch.complete of an asynchronous backend, on whatever thread it
- * calls from: publish, free the instance's place (the executor may submit
+/* An asynchronous batch's completion, once the caller has ended its life
+ * (b->life): publish, free the instance's place (the executor may submit
  * the next batch at once), hand the batch to the home. Neither the batch
  * nor the instance is touched after that: the home reuses the one, and a
  * stopping model frees the other once its count reaches zero. */
-static void on_complete(struct bb_batch *api, int rc)
+static void finish_async(struct bb__batch *b, int rc)
 {
-    struct bb__batch *b = (struct bb__batch *)(void *)((char *)api - offsetof(struct bb__batch, api));
     struct bb__model *m = b->model;
     struct bb__instance *in = b->inst;
     b->ts.end = bb__now_ns();
@@ -187,6 +186,33 @@ static void on_complete(struct bb_batch *api, int rc)
     pthread_cond_broadcast(&in->slot_cv);
     pthread_mutex_unlock(&in->slot_mu);
     push_done(m->w, b);
+}
+
+/* End the batch's life `life` (odd: held by the backend); false if it has
+ * ended already. Of two calls for one life, however they race, one wins. */
+static bool end_life(struct bb__batch *b, uint32_t life)
+{
+    return (life & 1) && atomic_compare_exchange_strong_explicit(
+                             &b->life, &life, life + 1, memory_order_acq_rel, memory_order_relaxed);
+}
+
+/* bb_batch.complete of an asynchronous backend, on whatever thread it
+ * calls from. A call for a batch the backend does not hold (a second one,
+ * or one after submit refused it) would answer requests twice and hand the
+ * home a batch it may have reused: refused, and logged. A batch's memory
+ * lives as long as its model, so reading b->life is safe even then; a
+ * call that comes once the batch was handed out again is indistinguishable
+ * from that submission's own (backend.h). */
+static void on_complete(struct bb_batch *api, int rc)
+{
+    struct bb__batch *b = (struct bb__batch *)(void *)((char *)api - offsetof(struct bb__batch, api));
+    if (!end_life(b, atomic_load_explicit(&b->life, memory_order_acquire))) {
+        bb_warn_limited("model %s: backend %s completed a batch that was not in flight (a "
+                        "second time, or after its submit refused it): ignored",
+                        b->model->cfg.name, b->model->plugin.ops->name);
+        return;
+    }
+    finish_async(b, rc);
 }
 
 /* Wait until the instance has fewer than `below` batches in flight. */
@@ -208,12 +234,22 @@ static void submit_async(struct bb__model *m, struct bb__instance *in, struct bb
     in->inflight++;
     pthread_mutex_unlock(&in->slot_mu);
     b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
+    /* The backend learns of the batch through submit, which orders this. */
+    uint32_t life = atomic_load_explicit(&b->life, memory_order_relaxed) + 1;
+    atomic_store_explicit(&b->life, life, memory_order_relaxed);
     int rc = m->plugin.ops->submit(in->state, &b->api);
-    if (rc < 0) {
-        if (!b->errmsg[0])
-            snprintf(b->errmsg, sizeof b->errmsg, "submit: %s", bb_strerror(rc));
-        on_complete(&b->api, rc);
+    if (rc >= 0)
+        return;
+    if (!end_life(b, life)) {
+        /* Completed already, and perhaps handed out again since: not ours. */
+        bb_warn_limited("model %s: backend %s refused a batch (submit returned %d) that it "
+                        "had completed: its completion stands", m->cfg.name,
+                        m->plugin.ops->name, rc);
+        return;
     }
+    if (!b->errmsg[0])
+        snprintf(b->errmsg, sizeof b->errmsg, "submit: %s", bb_strerror(rc));
+    finish_async(b, rc);
 }
 
 /* What publish found of the contract broken (the first such row). */

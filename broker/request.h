@@ -103,6 +103,10 @@ struct bb__batch {
     /* What the backend gets: the arrays above; an asynchronous backend keeps
      * it until it calls api.complete (executor.c). */
     struct bb_batch api;
+    /* Asynchronous backends: odd while the backend holds the batch. The
+     * submit makes it odd, the one completion that counts even (executor.c):
+     * a second call finds it even and is refused. */
+    _Atomic uint32_t life;
     struct bb__instance *inst; /* the instance it runs on */
     struct bb__batch *next;   /* free list, executor queue, done stack */
 };

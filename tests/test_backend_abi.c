@@ -398,21 +398,28 @@ Test(abi, unregistration_waits_for_running_batches)
     cr_assert_geq(SUM("registers"), 3);
 }
 
-/* A broker with the asynchronous plugin on one instance whose stderr is
- * kept (b->log); extra: one more -o. */
-static void start_async_logged(struct bbt_broker *b, const char *extra)
+/* A broker with the asynchronous plugin whose stderr is kept (b->log);
+ * extra: one more -o. */
+static void start_async_logged_on(struct bbt_broker *b, const char *instances, const char *extra)
 {
     if (stats_path[0])
         unlink(stats_path);
     bbt_unique_path(stats_path, sizeof stats_path, ".stats");
     char stats[160];
     snprintf(stats, sizeof stats, "model.a.param.stats=%s", stats_path);
+    char inst[64];
+    snprintf(inst, sizeof inst, "model.a.instances=%s", instances);
     const char *ov[] = {"model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so",
                         "model.a.max_batch_size=8", "model.a.max_wait_us=200",
-                        "model.a.adaptive=off", "model.a.instances=1", stats, extra, NULL};
+                        "model.a.adaptive=off", inst, stats, extra, NULL};
     struct bbt_start so = {.log = true, .overrides = ov};
     cr_assert_eq(bbt_broker_start_ex(b, &so), 0, "broker did not start (status %#x)",
                  b->exit_status);
+}
+
+static void start_async_logged(struct bbt_broker *b, const char *extra)
+{
+    start_async_logged_on(b, "1", extra);
 }
 
 /* 8 rounds of 8 requests; every one must end (bb_wait) with status `want`. */
@@ -469,4 +476,37 @@ Test(abi, a_row_status_outside_the_contract_becomes_backend_failure)
         stop(&b);
         assert_clean();
     }
+}
+
+/* A backend that completes a batch it no longer holds: each batch twice
+ * (complete_twice), or one that it then refuses (refuse_completed: submit
+ * returns an error after complete). The call that does not count is refused
+ * and logged, every request is answered once and rightly, and the broker
+ * goes on serving and stops cleanly; on an executor (instances = 1) and on
+ * the dispatcher (0). */
+static void completes_a_batch_it_no_longer_holds(const char *instances, const char *param,
+                                                 const char *logged)
+{
+    struct bbt_broker b;
+    start_async_logged_on(&b, instances, param);
+    bb_client *c = bbt_connect_ok(&b, NULL);
+    bb_model *m = bbt_open_ok(c, "a");
+    every_answer_is(m, 0, param);
+    cr_assert_eq(round_trips(m, 20, 16, 64, 11, NULL), 0, "%s", param);
+    struct bb_model_stats s = bbt_settled_stats(m);
+    cr_assert_eq(s.completed, 8 * 8 + 20 * 16, "%s: each request counted once", param);
+    cr_assert_gt(bbt_log_count(&b, logged), 0, "%s: no \"%s\" in the log", param, logged);
+    bb_disconnect(c);
+    stop(&b);
+    assert_clean();
+}
+
+Test(abi, a_completion_of_a_batch_not_in_flight_is_refused)
+{
+    static const char twice[] = "completed a batch that was not in flight";
+    static const char refused[] = "that it had completed: its completion stands";
+    completes_a_batch_it_no_longer_holds("1", "model.a.param.complete_twice=on", twice);
+    completes_a_batch_it_no_longer_holds("0", "model.a.param.complete_twice=on", twice);
+    completes_a_batch_it_no_longer_holds("1", "model.a.param.refuse_completed=on", refused);
+    completes_a_batch_it_no_longer_holds("0", "model.a.param.refuse_completed=on", refused);
 }

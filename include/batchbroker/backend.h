@@ -111,7 +111,13 @@ struct bb_batch {
      * of the batch (with errmsg). The batch, its arrays and the memory its
      * views point to stay valid until then, and must not be touched after:
      * the call hands every output to its client. It does not block (a few
-     * stores and wake-ups per request). NULL for process(). */
+     * stores and wake-ups per request). NULL for process(). A call for a
+     * batch the backend does not hold (a second one, or one for a batch
+     * whose submit then returned an error) is refused and logged, and the
+     * first completion stands; but once the broker has handed the batch out
+     * again, such a call cannot be told from the new submission's own, and
+     * a call for a struct the broker never handed out, or after fini, is
+     * undefined. */
     void (*complete)(struct bb_batch *batch, int rc);
 };
 
@@ -210,7 +216,8 @@ struct bb_backend_ops {
     /* Start one batch and return at once: 0 when the backend took it (it then
      * calls batch->complete exactly once, possibly before submit returns), or
      * a negative BB_E* code when it did not (complete is then never called,
-     * and the broker fails the batch with errmsg). At most max_inflight
+     * and the broker fails the batch with errmsg; where complete was called
+     * all the same, that completion stands and the error is logged). At most max_inflight
      * batches of one state are in flight; submit is never called concurrently
      * on one state. NULL: synchronous (process). */
     int (*submit)(void *state, struct bb_batch *batch);

@@ -25,6 +25,11 @@
  *   row_status      N (may be negative): every row of every batch is answered
  *                   with status N, whatever it is (a backend that breaks the
  *                   status contract)
+ *   complete_twice  on: every batch is completed twice, both calls under the
+ *                   state's lock, so that no batch is submitted again between
+ *                   them (a backend that breaks "exactly once")
+ *   refuse_completed on: submit echoes the batch and completes it, then
+ *                   returns BB_EBACKEND as if it had not taken it
  *   stats           PATH: at fini, append one line of counters
  */
 #include <errno.h>
@@ -56,7 +61,7 @@ struct ae_state {
     /* Params. */
     uint64_t delay_us, register_us, fail_submit, fail_complete;
     int row_status;
-    bool pair;
+    bool pair, complete_twice, refuse_completed;
     char hold[512], stats[512];
     /* From init2. */
     uint32_t instance, instances, max_batch_size;
@@ -104,6 +109,20 @@ static void hold_rows(struct ae_state *st, const struct bb_batch *b, int dir)
     }
 }
 
+static void echo(const struct ae_state *st, struct bb_batch *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) {
+        const struct bb_view *in = &b->inputs[i];
+        struct bb_outbuf *out = &b->outputs[i];
+        if (out->status) continue; /* failed at submit */
+        size_t len = in->len <= out->cap ? in->len : out->cap;
+        if (len) memcpy(out->ptr, in->ptr, len);
+        out->len = len;
+        if (in->len > out->cap) out->status = BB_ETOOBIG;
+        if (st->row_status) out->status = st->row_status;
+    }
+}
+
 static void *completer(void *arg)
 {
     struct ae_state *st = arg;
@@ -127,24 +146,22 @@ static void *completer(void *arg)
         pthread_mutex_unlock(&st->mu);
 
         if (st->delay_us) sleep_us(st->delay_us);
-        for (uint32_t i = 0; i < b->n; i++) {
-            const struct bb_view *in = &b->inputs[i];
-            struct bb_outbuf *out = &b->outputs[i];
-            if (out->status) continue; /* failed at submit */
-            size_t len = in->len <= out->cap ? in->len : out->cap;
-            if (len) memcpy(out->ptr, in->ptr, len);
-            out->len = len;
-            if (in->len > out->cap) out->status = BB_ETOOBIG;
-            if (st->row_status) out->status = st->row_status;
-        }
+        echo(st, b);
 
         pthread_mutex_lock(&st->mu);
         st->completes++;
         int rc = st->fail_complete && st->completes % st->fail_complete == 0 ? BB_EBACKEND : 0;
         hold_rows(st, b, -1);
         st->inflight--;
-        pthread_mutex_unlock(&st->mu);
         if (rc) snprintf(b->errmsg, b->errmsg_cap, "asyncecho: batch %lu failed", st->completes);
+        if (st->complete_twice) {
+            /* The lock keeps the next submit out: the second call finds the
+             * batch answered, not handed out again. */
+            b->complete(b, rc);
+            b->complete(b, rc);
+            continue;
+        }
+        pthread_mutex_unlock(&st->mu);
         b->complete(b, rc); /* b is the broker's again */
         pthread_mutex_lock(&st->mu);
     }
@@ -185,6 +202,8 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "fail_complete")) bad = parse_u64(v, &st->fail_complete);
         else if (!strcmp(k, "row_status")) bad = parse_int(v, &st->row_status);
         else if (!strcmp(k, "pair")) st->pair = !strcmp(v, "on");
+        else if (!strcmp(k, "complete_twice")) st->complete_twice = !strcmp(v, "on");
+        else if (!strcmp(k, "refuse_completed")) st->refuse_completed = !strcmp(v, "on");
         else if (!strcmp(k, "hold")) snprintf(st->hold, sizeof st->hold, "%s", v);
         else if (!strcmp(k, "stats")) snprintf(st->stats, sizeof st->stats, "%s", v);
         else bad = 1;
@@ -222,6 +241,14 @@ static int ae_submit(void *state, struct bb_batch *b)
         st->refused++;
         pthread_mutex_unlock(&st->mu);
         snprintf(b->errmsg, b->errmsg_cap, "asyncecho: refused batch %lu", st->submits);
+        return BB_EBACKEND;
+    }
+    if (st->refuse_completed) {
+        /* Answered, then refused: complete() came, so the refusal is a lie. */
+        st->completes++;
+        echo(st, b);
+        b->complete(b, 0);
+        pthread_mutex_unlock(&st->mu);
         return BB_EBACKEND;
     }
     if (++st->inflight > MAX_INFLIGHT || st->qlen == QCAP) st->over++;
