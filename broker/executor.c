@@ -65,17 +65,18 @@ static bool backend_may_give(int st)
     return st == BB_EINVAL || st == BB_ENOMEM || st == BB_ETOOBIG || st == BB_EBACKEND;
 }
 
-/* A row's status as its client gets it: 0 with a length within the buffer,
+/* A row's status as its client gets it: 0 with a length within the buffer
+ * it was given (cap: the broker's copy, as the backend may write the row's),
  * or a code the backend may give; anything else fails the row with
  * BB_EBACKEND, and the batch keeps the first such row for the reap's log. */
-static int row_status(struct bb__batch *b, const struct bb_outbuf *o)
+static int row_status(struct bb__batch *b, const struct bb_outbuf *o, uint32_t cap)
 {
-    if (o->status == 0 ? o->len <= o->cap : backend_may_give(o->status))
+    if (o->status == 0 ? o->len <= cap : backend_may_give(o->status))
         return o->status;
     if (b->nbreach++ == 0) {
         b->breach_status = o->status;
         b->breach_len = o->len;
-        b->breach_cap = o->cap;
+        b->breach_cap = cap;
     }
     return BB_EBACKEND;
 }
@@ -90,10 +91,10 @@ static void publish(struct bb__batch *b, int rc)
     b->errmsg[sizeof b->errmsg - 1] = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb_outbuf *o = &b->outputs[i];
-        int st = rc < 0 ? BB_EBACKEND : row_status(b, o);
+        struct bb__entry *e = &b->ents[i];
+        int st = rc < 0 ? BB_EBACKEND : row_status(b, o, e->out_cap);
         o->status = st;
         size_t len = st == 0 ? o->len : 0;
-        struct bb__entry *e = &b->ents[i];
         if (e->group)
             continue; /* shared result: the dispatcher answers every member */
         /* Result, then idle, then done: the slot is resubmittable the moment

@@ -67,6 +67,7 @@ struct bb__entry {
     struct bb__req *req;      /* its record, for the store that frees it: nothing else */
     uint32_t slot, gen;
     uint8_t prio;
+    uint32_t out_cap;         /* outputs[i].cap as given: the backend may write that one */
     uint64_t submit_ns, bytes;
     struct bb__group *group;  /* completed by the dispatcher for every member */
 };

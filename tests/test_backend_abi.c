@@ -478,6 +478,25 @@ Test(abi, a_row_status_outside_the_contract_becomes_backend_failure)
     }
 }
 
+/* A row's len over its buffer is answered BB_EBACKEND and logged, also
+ * where the backend wrote the len into the row's cap too (the broker checks
+ * against the cap it gave, which the backend cannot change): a client that
+ * trusts the slot's out_len would read past its buffer. */
+Test(abi, an_output_length_over_the_buffer_becomes_backend_failure)
+{
+    struct bbt_broker b;
+    start_async_logged(&b, "model.a.param.grow_len=100"); /* buffers of 32 */
+    bb_client *c = bbt_connect_ok(&b, NULL);
+    bb_model *m = bbt_open_ok(c, "a");
+    every_answer_is(m, BB_EBACKEND, "grow_len=100");
+    bbt_settled_stats(m);
+    cr_assert_gt(bbt_log_count(&b, "backend asyncecho gave output length 100 for a buffer of 32"),
+                 0);
+    bb_disconnect(c);
+    stop(&b);
+    assert_clean();
+}
+
 /* A backend that completes a batch it no longer holds: each batch twice
  * (complete_twice), or one that it then refuses (refuse_completed: submit
  * returns an error after complete). The call that does not count is refused

@@ -78,7 +78,8 @@ struct bb_view {
  * input the model takes), BB_ETOOBIG (the output does not fit cap),
  * BB_ENOMEM or BB_EBACKEND. Both start at 0. Any other status (BB_EPENDING,
  * a code of the broker's or the client's own, a value outside the BB_E*
- * list), or a len over cap with status 0, breaks the contract: the broker
+ * list), or a len over cap with status 0 (the cap the broker gave: writing
+ * cap changes nothing), breaks the contract: the broker
  * answers that request BB_EBACKEND and logs the backend's name and what it
  * gave. */
 struct bb_outbuf {

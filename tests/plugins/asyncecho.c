@@ -25,6 +25,8 @@
  *   row_status      N (may be negative): every row of every batch is answered
  *                   with status N, whatever it is (a backend that breaks the
  *                   status contract)
+ *   grow_len        N > 0: every row's len is set to N, and its cap with it
+ *                   (a backend that writes what it should only read)
  *   complete_twice  on: every batch is completed twice, both calls under the
  *                   state's lock, so that no batch is submitted again between
  *                   them (a backend that breaks "exactly once")
@@ -59,7 +61,7 @@ struct seg {
 
 struct ae_state {
     /* Params. */
-    uint64_t delay_us, register_us, fail_submit, fail_complete;
+    uint64_t delay_us, register_us, fail_submit, fail_complete, grow_len;
     int row_status;
     bool pair, complete_twice, refuse_completed;
     char hold[512], stats[512];
@@ -120,6 +122,7 @@ static void echo(const struct ae_state *st, struct bb_batch *b)
         out->len = len;
         if (in->len > out->cap) out->status = BB_ETOOBIG;
         if (st->row_status) out->status = st->row_status;
+        if (st->grow_len) out->len = out->cap = st->grow_len;
     }
 }
 
@@ -200,6 +203,7 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "register_us")) bad = parse_u64(v, &st->register_us);
         else if (!strcmp(k, "fail_submit")) bad = parse_u64(v, &st->fail_submit);
         else if (!strcmp(k, "fail_complete")) bad = parse_u64(v, &st->fail_complete);
+        else if (!strcmp(k, "grow_len")) bad = parse_u64(v, &st->grow_len);
         else if (!strcmp(k, "row_status")) bad = parse_int(v, &st->row_status);
         else if (!strcmp(k, "pair")) st->pair = !strcmp(v, "on");
         else if (!strcmp(k, "complete_twice")) st->complete_twice = !strcmp(v, "on");
