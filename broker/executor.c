@@ -630,6 +630,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
         pthread_cond_init(&in->slot_cv, NULL);
         char berr[256] = "";
         int rc = init_instance(m, in, params, berr, sizeof berr);
+        berr[sizeof berr - 1] = 0; /* a backend that filled it, strncpy's way */
         if (rc < 0) {
             snprintf(err, errlen, "model %s: backend %s refused its parameters: %s", m->cfg.name,
                      ops->name, berr[0] ? berr : bb_strerror(rc));

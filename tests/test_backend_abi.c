@@ -529,3 +529,27 @@ Test(abi, a_completion_of_a_batch_not_in_flight_is_refused)
     completes_a_batch_it_no_longer_holds("1", "model.a.param.refuse_completed=on", refused);
     completes_a_batch_it_no_longer_holds("0", "model.a.param.refuse_completed=on", refused);
 }
+
+/* An init2 that fails and fills err to errlen without a NUL (as strncpy
+ * does with a long message): the broker's line ends with what fits of it,
+ * 255 bytes of the 256, and nothing read past the buffer. */
+Test(abi, an_init_message_without_a_nul_is_cut_at_its_buffer)
+{
+    struct bbt_broker b;
+    const char *ov[] = {"model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so",
+                        "model.a.param.init_err_fill=on", NULL};
+    struct bbt_start so = {.log = true, .overrides = ov};
+    cr_assert_eq(bbt_broker_start_ex(&b, &so), -1, "the broker started");
+    FILE *f = fopen(b.log, "r");
+    cr_assert_not_null(f);
+    char line[2048];
+    const char *msg = NULL;
+    while (!msg && fgets(line, sizeof line, f))
+        if ((msg = strstr(line, "refused its parameters: ")))
+            msg += strlen("refused its parameters: ");
+    fclose(f);
+    cr_assert_not_null(msg, "no \"refused its parameters\" line");
+    size_t xs = strspn(msg, "x");
+    cr_assert(xs == 255 && msg[xs] == '\n', "%zu bytes of the message, then byte %#x", xs,
+              (unsigned)(unsigned char)msg[xs]);
+}

@@ -170,7 +170,8 @@ struct bb_backend_ops {
 
     /* Create one instance. params are the model's param.* keys (valid only
      * during the call). On failure return a negative BB_E* code and write a
-     * message to err. Version 1: required. Version 2: exactly one of init
+     * message to err (the broker reads at most errlen - 1 bytes of it, NUL
+     * or not). Version 1: required. Version 2: exactly one of init
      * and init2. */
     int (*init)(const struct bb_param *params, size_t nparams, void **state,
                 char *err, size_t errlen);

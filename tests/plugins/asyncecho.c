@@ -32,6 +32,7 @@
  *                   them (a backend that breaks "exactly once")
  *   refuse_completed on: submit echoes the batch and completes it, then
  *                   returns BB_EBACKEND as if it had not taken it
+ *   init_err_fill   on: init2 fails, filling err to errlen without a NUL
  *   stats           PATH: at fini, append one line of counters
  */
 #include <errno.h>
@@ -63,7 +64,7 @@ struct ae_state {
     /* Params. */
     uint64_t delay_us, register_us, fail_submit, fail_complete, grow_len;
     int row_status;
-    bool pair, complete_twice, refuse_completed;
+    bool pair, complete_twice, refuse_completed, init_err_fill;
     char hold[512], stats[512];
     /* From init2. */
     uint32_t instance, instances, max_batch_size;
@@ -208,6 +209,7 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "pair")) st->pair = !strcmp(v, "on");
         else if (!strcmp(k, "complete_twice")) st->complete_twice = !strcmp(v, "on");
         else if (!strcmp(k, "refuse_completed")) st->refuse_completed = !strcmp(v, "on");
+        else if (!strcmp(k, "init_err_fill")) st->init_err_fill = !strcmp(v, "on");
         else if (!strcmp(k, "hold")) snprintf(st->hold, sizeof st->hold, "%s", v);
         else if (!strcmp(k, "stats")) snprintf(st->stats, sizeof st->stats, "%s", v);
         else bad = 1;
@@ -216,6 +218,11 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
             free(st);
             return BB_EINVAL;
         }
+    }
+    if (st->init_err_fill) {
+        memset(err, 'x', errlen); /* strncpy's way: no NUL where it does not fit */
+        free(st);
+        return BB_EINVAL;
     }
     st->instance = a->instance;
     st->instances = a->instances;
