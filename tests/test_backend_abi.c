@@ -553,3 +553,23 @@ Test(abi, an_init_message_without_a_nul_is_cut_at_its_buffer)
     cr_assert(xs == 255 && msg[xs] == '\n', "%zu bytes of the message, then byte %#x", xs,
               (unsigned)(unsigned char)msg[xs]);
 }
+
+/* A backend whose register_segment always fails: one line a client is
+ * logged, rate-limited as the broker's other per-client lines are (at most
+ * 10 per 5 s window), not one line per client that connects. */
+Test(abi, failed_registrations_are_logged_at_a_bounded_rate)
+{
+    struct bbt_broker b;
+    start_async_logged(&b, "model.a.param.fail_register=on");
+    static const char what[] = "could not register the segment";
+    uint64_t t0 = bbt_now_ns();
+    for (int i = 0; i < 100; i++)
+        bb_disconnect(bbt_connect_ok(&b, NULL)); /* answered once registered */
+    uint64_t windows = (bbt_now_ns() - t0) / 5000000000ull + 2; /* and the probe's */
+    int lines = bbt_log_count(&b, what);
+    cr_assert_geq(lines, 1, "the failures were not logged at all");
+    cr_assert_leq((uint64_t)lines, 10 * windows, "%d lines for 100 failed registrations in %llu "
+                  "window(s)", lines, (unsigned long long)windows);
+    stop(&b);
+    assert_clean();
+}

@@ -206,9 +206,9 @@ struct bb_backend_ops {
      * and completions of the same state (the backend locks what they share),
      * never concurrently with each other. The client attaches once every
      * register_segment of its segment returned, so no batch holds a row of a
-     * segment before its registration ended; a negative return is logged,
-     * and the segment's rows still come (the backend must cope, e.g. by
-     * copying them). unregister_segment comes for every segment that was
+     * segment before its registration ended; a negative return is logged
+     * (rate-limited), and the segment's rows still come (the backend must
+     * cope, e.g. by copying them). unregister_segment comes for every segment that was
      * registered (whatever its return), after every batch holding one of its
      * rows completed, and before the memory is unmapped. Both may take
      * milliseconds: no batch waits for them. May be NULL (both or neither). */

@@ -32,6 +32,7 @@
  *                   them (a backend that breaks "exactly once")
  *   refuse_completed on: submit echoes the batch and completes it, then
  *                   returns BB_EBACKEND as if it had not taken it
+ *   fail_register   on: every register_segment fails (BB_ESYS)
  *   init_err_fill   on: init2 fails, filling err to errlen without a NUL
  *   stats           PATH: at fini, append one line of counters
  */
@@ -64,7 +65,7 @@ struct ae_state {
     /* Params. */
     uint64_t delay_us, register_us, fail_submit, fail_complete, grow_len;
     int row_status;
-    bool pair, complete_twice, refuse_completed, init_err_fill;
+    bool pair, complete_twice, refuse_completed, init_err_fill, fail_register;
     char hold[512], stats[512];
     /* From init2. */
     uint32_t instance, instances, max_batch_size;
@@ -210,6 +211,7 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "complete_twice")) st->complete_twice = !strcmp(v, "on");
         else if (!strcmp(k, "refuse_completed")) st->refuse_completed = !strcmp(v, "on");
         else if (!strcmp(k, "init_err_fill")) st->init_err_fill = !strcmp(v, "on");
+        else if (!strcmp(k, "fail_register")) st->fail_register = !strcmp(v, "on");
         else if (!strcmp(k, "hold")) snprintf(st->hold, sizeof st->hold, "%s", v);
         else if (!strcmp(k, "stats")) snprintf(st->stats, sizeof st->stats, "%s", v);
         else bad = 1;
@@ -291,6 +293,7 @@ static int ae_register(void *state, const struct bb_segment *seg)
     for (int waited = 0; st->hold[0] && access(st->hold, F_OK) == 0 && waited < 60000; waited++)
         sleep_us(1000);
     if (st->register_us) sleep_us(st->register_us);
+    if (st->fail_register) return BB_ESYS; /* rows of it come all the same */
     pthread_mutex_lock(&st->mu);
     int rc = 0;
     if (seg->size < sizeof *seg || seg->id == 0 || find(st, seg->id)) {
