@@ -121,8 +121,8 @@ static void add_taken(struct cut *c, struct bb__req *r)
     atomic_store_explicit(&r->state, BB__REQ_RUNNING, memory_order_relaxed);
     uint32_t i = b->n++;
     b->ents[i] = (struct bb__entry){.cl = r->cl, .req = r, .slot = r->slot, .gen = r->gen,
-                                    .prio = r->prio, .submit_ns = r->submit_ns, .bytes = bytes,
-                                    .group = r->group};
+                                    .prio = r->prio, .out_cap = r->out_cap,
+                                    .submit_ns = r->submit_ns, .bytes = bytes, .group = r->group};
     b->inputs[i] = (struct bb_view){.ptr = r->in, .len = r->in_len};
     b->outputs[i] = (struct bb_outbuf){.ptr = r->out, .cap = r->out_cap};
     b->prios[i] = r->prio;

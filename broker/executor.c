@@ -56,6 +56,31 @@ static void prepare(struct bb__model *m, struct bb__instance *in, struct bb__bat
                                .segments = b->segs};
 }
 
+/* The per-request codes backend.h lets a backend give: what it can know of
+ * a request. The others are the broker's or the client's own (BB_EPENDING
+ * would read as "not answered yet", BB_EDISCONNECTED as "the broker is
+ * gone"), and a code outside the list means nothing to a client. */
+static bool backend_may_give(int st)
+{
+    return st == BB_EINVAL || st == BB_ENOMEM || st == BB_ETOOBIG || st == BB_EBACKEND;
+}
+
+/* A row's status as its client gets it: 0 with a length within the buffer
+ * it was given (cap: the broker's copy, as the backend may write the row's),
+ * or a code the backend may give; anything else fails the row with
+ * BB_EBACKEND, and the batch keeps the first such row for the reap's log. */
+static int row_status(struct bb__batch *b, const struct bb_outbuf *o, uint32_t cap)
+{
+    if (o->status == 0 ? o->len <= cap : backend_may_give(o->status))
+        return o->status;
+    if (b->nbreach++ == 0) {
+        b->breach_status = o->status;
+        b->breach_len = o->len;
+        b->breach_cap = cap;
+    }
+    return BB_EBACKEND;
+}
+
 /* Every request's completion to its client, and one wake-up per client:
  * on the executor, or on an asynchronous backend's thread. Reads only the
  * batch; of a request record it writes only the state that frees it (the
@@ -66,14 +91,10 @@ static void publish(struct bb__batch *b, int rc)
     b->errmsg[sizeof b->errmsg - 1] = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb_outbuf *o = &b->outputs[i];
-        int st = rc < 0 ? BB_EBACKEND : o->status;
-        if (st > 0)
-            st = BB_EBACKEND;
-        if (st == 0 && o->len > o->cap)
-            st = BB_EBACKEND; /* a backend that overran its buffer: do not trust len */
+        struct bb__entry *e = &b->ents[i];
+        int st = rc < 0 ? BB_EBACKEND : row_status(b, o, e->out_cap);
         o->status = st;
         size_t len = st == 0 ? o->len : 0;
-        struct bb__entry *e = &b->ents[i];
         if (e->group)
             continue; /* shared result: the dispatcher answers every member */
         /* Result, then idle, then done: the slot is resubmittable the moment
@@ -150,14 +171,13 @@ static void push_done(struct bb__worker *w, struct bb__batch *b)
         bb__worker_wake(w);
 }
 
-/* bb_batch.complete of an asynchronous backend, on whatever thread it
- * calls from: publish, free the instance's place (the executor may submit
+/* An asynchronous batch's completion, once the caller has ended its life
+ * (b->life): publish, free the instance's place (the executor may submit
  * the next batch at once), hand the batch to the home. Neither the batch
  * nor the instance is touched after that: the home reuses the one, and a
  * stopping model frees the other once its count reaches zero. */
-static void on_complete(struct bb_batch *api, int rc)
+static void finish_async(struct bb__batch *b, int rc)
 {
-    struct bb__batch *b = (struct bb__batch *)(void *)((char *)api - offsetof(struct bb__batch, api));
     struct bb__model *m = b->model;
     struct bb__instance *in = b->inst;
     b->ts.end = bb__now_ns();
@@ -167,6 +187,33 @@ static void on_complete(struct bb_batch *api, int rc)
     pthread_cond_broadcast(&in->slot_cv);
     pthread_mutex_unlock(&in->slot_mu);
     push_done(m->w, b);
+}
+
+/* End the batch's life `life` (odd: held by the backend); false if it has
+ * ended already. Of two calls for one life, however they race, one wins. */
+static bool end_life(struct bb__batch *b, uint32_t life)
+{
+    return (life & 1) && atomic_compare_exchange_strong_explicit(
+                             &b->life, &life, life + 1, memory_order_acq_rel, memory_order_relaxed);
+}
+
+/* bb_batch.complete of an asynchronous backend, on whatever thread it
+ * calls from. A call for a batch the backend does not hold (a second one,
+ * or one after submit refused it) would answer requests twice and hand the
+ * home a batch it may have reused: refused, and logged. A batch's memory
+ * lives as long as its model, so reading b->life is safe even then; a
+ * call that comes once the batch was handed out again is indistinguishable
+ * from that submission's own (backend.h). */
+static void on_complete(struct bb_batch *api, int rc)
+{
+    struct bb__batch *b = (struct bb__batch *)(void *)((char *)api - offsetof(struct bb__batch, api));
+    if (!end_life(b, atomic_load_explicit(&b->life, memory_order_acquire))) {
+        bb_warn_limited("model %s: backend %s completed a batch that was not in flight (a "
+                        "second time, or after its submit refused it): ignored",
+                        b->model->cfg.name, b->model->plugin.ops->name);
+        return;
+    }
+    finish_async(b, rc);
 }
 
 /* Wait until the instance has fewer than `below` batches in flight. */
@@ -188,12 +235,38 @@ static void submit_async(struct bb__model *m, struct bb__instance *in, struct bb
     in->inflight++;
     pthread_mutex_unlock(&in->slot_mu);
     b->ts.start = b->profile ? bb__now_ns() : b->ts.cut;
+    /* The backend learns of the batch through submit, which orders this. */
+    uint32_t life = atomic_load_explicit(&b->life, memory_order_relaxed) + 1;
+    atomic_store_explicit(&b->life, life, memory_order_relaxed);
     int rc = m->plugin.ops->submit(in->state, &b->api);
-    if (rc < 0) {
-        if (!b->errmsg[0])
-            snprintf(b->errmsg, sizeof b->errmsg, "submit: %s", bb_strerror(rc));
-        on_complete(&b->api, rc);
+    if (rc >= 0)
+        return;
+    if (!end_life(b, life)) {
+        /* Completed already, and perhaps handed out again since: not ours. */
+        bb_warn_limited("model %s: backend %s refused a batch (submit returned %d) that it "
+                        "had completed: its completion stands", m->cfg.name,
+                        m->plugin.ops->name, rc);
+        return;
     }
+    if (!b->errmsg[0])
+        snprintf(b->errmsg, sizeof b->errmsg, "submit: %s", bb_strerror(rc));
+    finish_async(b, rc);
+}
+
+/* What publish found of the contract broken (the first such row). */
+static void log_breach(const struct bb__model *m, const struct bb__batch *b)
+{
+    if (b->breach_status)
+        bb_warn_limited("model %s: backend %s gave status %d (%s), which is not a request's "
+                        "status (0, BB_EINVAL, BB_ENOMEM, BB_ETOOBIG or BB_EBACKEND: backend.h); "
+                        "%u requests of a batch of %u broke the contract and were answered "
+                        "BB_EBACKEND", m->cfg.name, m->plugin.ops->name, b->breach_status,
+                        bb_errname(b->breach_status), b->nbreach, b->n);
+    else
+        bb_warn_limited("model %s: backend %s gave output length %zu for a buffer of %zu; %u "
+                        "requests of a batch of %u broke the contract and were answered "
+                        "BB_EBACKEND", m->cfg.name, m->plugin.ops->name, b->breach_len,
+                        b->breach_cap, b->nbreach, b->n);
 }
 
 void bb__batch_reap(struct bb__batch *b)
@@ -202,6 +275,8 @@ void bb__batch_reap(struct bb__batch *b)
     if (b->rc < 0)
         bb_warn_limited("model %s: backend failed a batch of %u: %s (%s)", m->cfg.name, b->n,
                 b->errmsg[0] ? b->errmsg : "no message", bb_errname(b->rc));
+    if (b->nbreach)
+        log_breach(m, b);
     for (uint32_t i = 0; i < b->n; i++) {
         struct bb__entry *e = &b->ents[i];
         if (e->group) {
@@ -247,6 +322,7 @@ struct bb__batch *bb__batch_get(struct bb__model *m)
     b->next = NULL;
     b->n = 0;
     b->rc = 0;
+    b->nbreach = 0;
     b->errmsg[0] = 0;
     return b;
 }
@@ -554,6 +630,7 @@ int bb__executor_start(struct bb__model *m, char *err, size_t errlen)
         pthread_cond_init(&in->slot_cv, NULL);
         char berr[256] = "";
         int rc = init_instance(m, in, params, berr, sizeof berr);
+        berr[sizeof berr - 1] = 0; /* a backend that filled it, strncpy's way */
         if (rc < 0) {
             snprintf(err, errlen, "model %s: backend %s refused its parameters: %s", m->cfg.name,
                      ops->name, berr[0] ? berr : bb_strerror(rc));

@@ -133,9 +133,9 @@ void bb__model_register(struct bb__model *m, const struct bb_segment *seg)
             r = ops->register_memory(in->state, seg->base, seg->len);
             pthread_mutex_unlock(&in->mu);
         }
-        if (r < 0)
-            bb_warn("model %s: backend could not register the segment of client %u: %s", m->name,
-                    seg->id, bb_strerror(r));
+        if (r < 0) /* one a client: limited, as the broker's other per-client lines */
+            bb_warn_limited("model %s: backend %s could not register the segment of client %u: "
+                            "%s", m->name, ops->name, seg->id, bb_strerror(r));
     }
 }
 

@@ -67,6 +67,7 @@ struct bb__entry {
     struct bb__req *req;      /* its record, for the store that frees it: nothing else */
     uint32_t slot, gen;
     uint8_t prio;
+    uint32_t out_cap;         /* outputs[i].cap as given: the backend may write that one */
     uint64_t submit_ns, bytes;
     struct bb__group *group;  /* completed by the dispatcher for every member */
 };
@@ -95,9 +96,18 @@ struct bb__batch {
     uint8_t *prios;
     uint32_t *segs;           /* segment id per request, 0 = broker memory (backend.h) */
     char errmsg[256];
+    /* Rows whose answer broke backend.h's contract (executor.c, publish),
+     * for one line at the reap: how many, and what the first one gave. */
+    uint32_t nbreach;
+    int breach_status;
+    size_t breach_len, breach_cap;
     /* What the backend gets: the arrays above; an asynchronous backend keeps
      * it until it calls api.complete (executor.c). */
     struct bb_batch api;
+    /* Asynchronous backends: odd while the backend holds the batch. The
+     * submit makes it odd, the one completion that counts even (executor.c):
+     * a second call finds it even and is refused. */
+    _Atomic uint32_t life;
     struct bb__instance *inst; /* the instance it runs on */
     struct bb__batch *next;   /* free list, executor queue, done stack */
 };

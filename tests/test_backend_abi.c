@@ -397,3 +397,179 @@ Test(abi, unregistration_waits_for_running_batches)
     assert_clean();
     cr_assert_geq(SUM("registers"), 3);
 }
+
+/* A broker with the asynchronous plugin whose stderr is kept (b->log);
+ * extra: one more -o. */
+static void start_async_logged_on(struct bbt_broker *b, const char *instances, const char *extra)
+{
+    if (stats_path[0])
+        unlink(stats_path);
+    bbt_unique_path(stats_path, sizeof stats_path, ".stats");
+    char stats[160];
+    snprintf(stats, sizeof stats, "model.a.param.stats=%s", stats_path);
+    char inst[64];
+    snprintf(inst, sizeof inst, "model.a.instances=%s", instances);
+    const char *ov[] = {"model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so",
+                        "model.a.max_batch_size=8", "model.a.max_wait_us=200",
+                        "model.a.adaptive=off", inst, stats, extra, NULL};
+    struct bbt_start so = {.log = true, .overrides = ov};
+    cr_assert_eq(bbt_broker_start_ex(b, &so), 0, "broker did not start (status %#x)",
+                 b->exit_status);
+}
+
+static void start_async_logged(struct bbt_broker *b, const char *extra)
+{
+    start_async_logged_on(b, "1", extra);
+}
+
+/* 8 rounds of 8 requests; every one must end (bb_wait) with status `want`. */
+static void every_answer_is(bb_model *m, int want, const char *what)
+{
+    for (int k = 0; k < 8; k++) {
+        bb_request *r[8];
+        for (int i = 0; i < 8; i++) {
+            cr_assert_eq(bb_request_new(m, 32, 32, &r[i]), 0);
+            bbt_fill(bb_request_input(r[i]), 32, (uint64_t)(k * 8 + i));
+            cr_assert_eq(bb_submit(r[i], NULL), 0);
+        }
+        for (int i = 0; i < 8; i++) {
+            int rc = bb_wait(r[i], 5000000000ll);
+            cr_assert_eq(rc, 0, "%s: request %d of round %d unanswered: %s", what, i, k,
+                         bb_strerror(rc));
+            int st = bb_request_status(r[i]);
+            cr_assert_eq(st, want, "%s: status %d (%s), want %d", what, st, bb_strerror(st),
+                         want);
+            bb_request_free(r[i]);
+        }
+    }
+}
+
+/* A row status that is neither 0 nor one of the per-request codes backend.h
+ * allows (BB_EPENDING reads as "still pending" to a client that waited for
+ * it; a code outside the BB_E* list has no meaning at all; BB_EDISCONNECTED
+ * says the broker is gone) reaches the client as BB_EBACKEND, and the log
+ * names the backend and what it gave. An allowed code reaches it as it is. */
+Test(abi, a_row_status_outside_the_contract_becomes_backend_failure)
+{
+    static const struct {
+        int given, want;
+    } cases[] = {{BB_EPENDING, BB_EBACKEND},
+                 {-1000, BB_EBACKEND},
+                 {BB_EDISCONNECTED, BB_EBACKEND},
+                 {BB_ETOOBIG, BB_ETOOBIG},
+                 {BB_EINVAL, BB_EINVAL}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        struct bbt_broker b;
+        char param[64], needle[96];
+        snprintf(param, sizeof param, "model.a.param.row_status=%d", cases[k].given);
+        start_async_logged(&b, param);
+        bb_client *c = bbt_connect_ok(&b, NULL);
+        bb_model *m = bbt_open_ok(c, "a");
+        every_answer_is(m, cases[k].want, param);
+        bbt_settled_stats(m); /* every batch reaped: its line is out */
+        snprintf(needle, sizeof needle, "backend asyncecho gave status %d", cases[k].given);
+        if (cases[k].want == BB_EBACKEND)
+            cr_assert_gt(bbt_log_count(&b, needle), 0, "%s: no \"%s\" in the log", param, needle);
+        else
+            cr_assert_eq(bbt_log_count(&b, "backend asyncecho gave"), 0, "%s: logged", param);
+        bb_disconnect(c);
+        stop(&b);
+        assert_clean();
+    }
+}
+
+/* A row's len over its buffer is answered BB_EBACKEND and logged, also
+ * where the backend wrote the len into the row's cap too (the broker checks
+ * against the cap it gave, which the backend cannot change): a client that
+ * trusts the slot's out_len would read past its buffer. */
+Test(abi, an_output_length_over_the_buffer_becomes_backend_failure)
+{
+    struct bbt_broker b;
+    start_async_logged(&b, "model.a.param.grow_len=100"); /* buffers of 32 */
+    bb_client *c = bbt_connect_ok(&b, NULL);
+    bb_model *m = bbt_open_ok(c, "a");
+    every_answer_is(m, BB_EBACKEND, "grow_len=100");
+    bbt_settled_stats(m);
+    cr_assert_gt(bbt_log_count(&b, "backend asyncecho gave output length 100 for a buffer of 32"),
+                 0);
+    bb_disconnect(c);
+    stop(&b);
+    assert_clean();
+}
+
+/* A backend that completes a batch it no longer holds: each batch twice
+ * (complete_twice), or one that it then refuses (refuse_completed: submit
+ * returns an error after complete). The call that does not count is refused
+ * and logged, every request is answered once and rightly, and the broker
+ * goes on serving and stops cleanly; on an executor (instances = 1) and on
+ * the dispatcher (0). */
+static void completes_a_batch_it_no_longer_holds(const char *instances, const char *param,
+                                                 const char *logged)
+{
+    struct bbt_broker b;
+    start_async_logged_on(&b, instances, param);
+    bb_client *c = bbt_connect_ok(&b, NULL);
+    bb_model *m = bbt_open_ok(c, "a");
+    every_answer_is(m, 0, param);
+    cr_assert_eq(round_trips(m, 20, 16, 64, 11, NULL), 0, "%s", param);
+    struct bb_model_stats s = bbt_settled_stats(m);
+    cr_assert_eq(s.completed, 8 * 8 + 20 * 16, "%s: each request counted once", param);
+    cr_assert_gt(bbt_log_count(&b, logged), 0, "%s: no \"%s\" in the log", param, logged);
+    bb_disconnect(c);
+    stop(&b);
+    assert_clean();
+}
+
+Test(abi, a_completion_of_a_batch_not_in_flight_is_refused)
+{
+    static const char twice[] = "completed a batch that was not in flight";
+    static const char refused[] = "that it had completed: its completion stands";
+    completes_a_batch_it_no_longer_holds("1", "model.a.param.complete_twice=on", twice);
+    completes_a_batch_it_no_longer_holds("0", "model.a.param.complete_twice=on", twice);
+    completes_a_batch_it_no_longer_holds("1", "model.a.param.refuse_completed=on", refused);
+    completes_a_batch_it_no_longer_holds("0", "model.a.param.refuse_completed=on", refused);
+}
+
+/* An init2 that fails and fills err to errlen without a NUL (as strncpy
+ * does with a long message): the broker's line ends with what fits of it,
+ * 255 bytes of the 256, and nothing read past the buffer. */
+Test(abi, an_init_message_without_a_nul_is_cut_at_its_buffer)
+{
+    struct bbt_broker b;
+    const char *ov[] = {"model.a.backend=" BB_TEST_PLUGIN_DIR "/bb_backend_asyncecho.so",
+                        "model.a.param.init_err_fill=on", NULL};
+    struct bbt_start so = {.log = true, .overrides = ov};
+    cr_assert_eq(bbt_broker_start_ex(&b, &so), -1, "the broker started");
+    FILE *f = fopen(b.log, "r");
+    cr_assert_not_null(f);
+    char line[2048];
+    const char *msg = NULL;
+    while (!msg && fgets(line, sizeof line, f))
+        if ((msg = strstr(line, "refused its parameters: ")))
+            msg += strlen("refused its parameters: ");
+    fclose(f);
+    cr_assert_not_null(msg, "no \"refused its parameters\" line");
+    size_t xs = strspn(msg, "x");
+    cr_assert(xs == 255 && msg[xs] == '\n', "%zu bytes of the message, then byte %#x", xs,
+              (unsigned)(unsigned char)msg[xs]);
+}
+
+/* A backend whose register_segment always fails: one line a client is
+ * logged, rate-limited as the broker's other per-client lines are (at most
+ * 10 per 5 s window), not one line per client that connects. */
+Test(abi, failed_registrations_are_logged_at_a_bounded_rate)
+{
+    struct bbt_broker b;
+    start_async_logged(&b, "model.a.param.fail_register=on");
+    static const char what[] = "could not register the segment";
+    uint64_t t0 = bbt_now_ns();
+    for (int i = 0; i < 100; i++)
+        bb_disconnect(bbt_connect_ok(&b, NULL)); /* answered once registered */
+    uint64_t windows = (bbt_now_ns() - t0) / 5000000000ull + 2; /* and the probe's */
+    int lines = bbt_log_count(&b, what);
+    cr_assert_geq(lines, 1, "the failures were not logged at all");
+    cr_assert_leq((uint64_t)lines, 10 * windows, "%d lines for 100 failed registrations in %llu "
+                  "window(s)", lines, (unsigned long long)windows);
+    stop(&b);
+    assert_clean();
+}

@@ -74,8 +74,14 @@ struct bb_view {
 };
 
 /* One request's output buffer. The backend writes at most cap bytes at ptr,
- * sets len, and may set status to a negative BB_E* code (e.g. BB_ETOOBIG) to
- * fail that request alone. Both start at 0. */
+ * sets len, and may set status to fail that request alone: BB_EINVAL (not an
+ * input the model takes), BB_ETOOBIG (the output does not fit cap),
+ * BB_ENOMEM or BB_EBACKEND. Both start at 0. Any other status (BB_EPENDING,
+ * a code of the broker's or the client's own, a value outside the BB_E*
+ * list), or a len over cap with status 0 (the cap the broker gave: writing
+ * cap changes nothing), breaks the contract: the broker
+ * answers that request BB_EBACKEND and logs the backend's name and what it
+ * gave. */
 struct bb_outbuf {
     void *ptr;
     size_t cap;
@@ -106,7 +112,13 @@ struct bb_batch {
      * of the batch (with errmsg). The batch, its arrays and the memory its
      * views point to stay valid until then, and must not be touched after:
      * the call hands every output to its client. It does not block (a few
-     * stores and wake-ups per request). NULL for process(). */
+     * stores and wake-ups per request). NULL for process(). A call for a
+     * batch the backend does not hold (a second one, or one for a batch
+     * whose submit then returned an error) is refused and logged, and the
+     * first completion stands; but once the broker has handed the batch out
+     * again, such a call cannot be told from the new submission's own, and
+     * a call for a struct the broker never handed out, or after fini, is
+     * undefined. */
     void (*complete)(struct bb_batch *batch, int rc);
 };
 
@@ -158,7 +170,8 @@ struct bb_backend_ops {
 
     /* Create one instance. params are the model's param.* keys (valid only
      * during the call). On failure return a negative BB_E* code and write a
-     * message to err. Version 1: required. Version 2: exactly one of init
+     * message to err (the broker reads at most errlen - 1 bytes of it, NUL
+     * or not). Version 1: required. Version 2: exactly one of init
      * and init2. */
     int (*init)(const struct bb_param *params, size_t nparams, void **state,
                 char *err, size_t errlen);
@@ -193,9 +206,9 @@ struct bb_backend_ops {
      * and completions of the same state (the backend locks what they share),
      * never concurrently with each other. The client attaches once every
      * register_segment of its segment returned, so no batch holds a row of a
-     * segment before its registration ended; a negative return is logged,
-     * and the segment's rows still come (the backend must cope, e.g. by
-     * copying them). unregister_segment comes for every segment that was
+     * segment before its registration ended; a negative return is logged
+     * (rate-limited), and the segment's rows still come (the backend must
+     * cope, e.g. by copying them). unregister_segment comes for every segment that was
      * registered (whatever its return), after every batch holding one of its
      * rows completed, and before the memory is unmapped. Both may take
      * milliseconds: no batch waits for them. May be NULL (both or neither). */
@@ -205,7 +218,8 @@ struct bb_backend_ops {
     /* Start one batch and return at once: 0 when the backend took it (it then
      * calls batch->complete exactly once, possibly before submit returns), or
      * a negative BB_E* code when it did not (complete is then never called,
-     * and the broker fails the batch with errmsg). At most max_inflight
+     * and the broker fails the batch with errmsg; where complete was called
+     * all the same, that completion stands and the error is logged). At most max_inflight
      * batches of one state are in flight; submit is never called concurrently
      * on one state. NULL: synchronous (process). */
     int (*submit)(void *state, struct bb_batch *batch);

@@ -22,10 +22,22 @@
  *   register_us     time each register_segment takes, default 0
  *   fail_submit     N > 0: every Nth submit is refused (returns BB_EBACKEND)
  *   fail_complete   N > 0: every Nth batch completes with BB_EBACKEND
+ *   row_status      N (may be negative): every row of every batch is answered
+ *                   with status N, whatever it is (a backend that breaks the
+ *                   status contract)
+ *   grow_len        N > 0: every row's len is set to N, and its cap with it
+ *                   (a backend that writes what it should only read)
+ *   complete_twice  on: submit echoes the batch and completes it twice (a
+ *                   backend that breaks "exactly once")
+ *   refuse_completed on: submit echoes the batch and completes it, then
+ *                   returns BB_EBACKEND as if it had not taken it
+ *   fail_register   on: every register_segment fails (BB_ESYS)
+ *   init_err_fill   on: init2 fails, filling err to errlen without a NUL
  *   stats           PATH: at fini, append one line of counters
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -50,8 +62,9 @@ struct seg {
 
 struct ae_state {
     /* Params. */
-    uint64_t delay_us, register_us, fail_submit, fail_complete;
-    bool pair;
+    uint64_t delay_us, register_us, fail_submit, fail_complete, grow_len;
+    int row_status;
+    bool pair, complete_twice, refuse_completed, init_err_fill, fail_register;
     char hold[512], stats[512];
     /* From init2. */
     uint32_t instance, instances, max_batch_size;
@@ -99,6 +112,21 @@ static void hold_rows(struct ae_state *st, const struct bb_batch *b, int dir)
     }
 }
 
+static void echo(const struct ae_state *st, struct bb_batch *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) {
+        const struct bb_view *in = &b->inputs[i];
+        struct bb_outbuf *out = &b->outputs[i];
+        if (out->status) continue; /* failed at submit */
+        size_t len = in->len <= out->cap ? in->len : out->cap;
+        if (len) memcpy(out->ptr, in->ptr, len);
+        out->len = len;
+        if (in->len > out->cap) out->status = BB_ETOOBIG;
+        if (st->row_status) out->status = st->row_status;
+        if (st->grow_len) out->len = out->cap = st->grow_len;
+    }
+}
+
 static void *completer(void *arg)
 {
     struct ae_state *st = arg;
@@ -122,15 +150,7 @@ static void *completer(void *arg)
         pthread_mutex_unlock(&st->mu);
 
         if (st->delay_us) sleep_us(st->delay_us);
-        for (uint32_t i = 0; i < b->n; i++) {
-            const struct bb_view *in = &b->inputs[i];
-            struct bb_outbuf *out = &b->outputs[i];
-            if (out->status) continue; /* failed at submit */
-            size_t len = in->len <= out->cap ? in->len : out->cap;
-            if (len) memcpy(out->ptr, in->ptr, len);
-            out->len = len;
-            if (in->len > out->cap) out->status = BB_ETOOBIG;
-        }
+        echo(st, b);
 
         pthread_mutex_lock(&st->mu);
         st->completes++;
@@ -156,6 +176,16 @@ static int parse_u64(const char *v, uint64_t *out)
     return 0;
 }
 
+static int parse_int(const char *v, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || errno || x < INT_MIN || x > INT_MAX) return -1;
+    *out = (int)x;
+    return 0;
+}
+
 static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_t errlen)
 {
     struct ae_state *st = calloc(1, sizeof *st);
@@ -167,7 +197,13 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
         else if (!strcmp(k, "register_us")) bad = parse_u64(v, &st->register_us);
         else if (!strcmp(k, "fail_submit")) bad = parse_u64(v, &st->fail_submit);
         else if (!strcmp(k, "fail_complete")) bad = parse_u64(v, &st->fail_complete);
+        else if (!strcmp(k, "grow_len")) bad = parse_u64(v, &st->grow_len);
+        else if (!strcmp(k, "row_status")) bad = parse_int(v, &st->row_status);
         else if (!strcmp(k, "pair")) st->pair = !strcmp(v, "on");
+        else if (!strcmp(k, "complete_twice")) st->complete_twice = !strcmp(v, "on");
+        else if (!strcmp(k, "refuse_completed")) st->refuse_completed = !strcmp(v, "on");
+        else if (!strcmp(k, "init_err_fill")) st->init_err_fill = !strcmp(v, "on");
+        else if (!strcmp(k, "fail_register")) st->fail_register = !strcmp(v, "on");
         else if (!strcmp(k, "hold")) snprintf(st->hold, sizeof st->hold, "%s", v);
         else if (!strcmp(k, "stats")) snprintf(st->stats, sizeof st->stats, "%s", v);
         else bad = 1;
@@ -176,6 +212,11 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
             free(st);
             return BB_EINVAL;
         }
+    }
+    if (st->init_err_fill) {
+        memset(err, 'x', errlen); /* strncpy's way: no NUL where it does not fit */
+        free(st);
+        return BB_EINVAL;
     }
     st->instance = a->instance;
     st->instances = a->instances;
@@ -207,6 +248,19 @@ static int ae_submit(void *state, struct bb_batch *b)
         snprintf(b->errmsg, b->errmsg_cap, "asyncecho: refused batch %lu", st->submits);
         return BB_EBACKEND;
     }
+    if (st->complete_twice || st->refuse_completed) {
+        /* Answered within submit, where no batch can be handed out again
+         * before it returns (the tests run one executor, or the dispatcher,
+         * which is this thread): the call that breaks the contract always
+         * finds this batch answered, never a new submission. */
+        st->completes++;
+        echo(st, b);
+        b->complete(b, 0);
+        if (st->complete_twice)
+            b->complete(b, 0);
+        pthread_mutex_unlock(&st->mu);
+        return st->complete_twice ? 0 : BB_EBACKEND;
+    }
     if (++st->inflight > MAX_INFLIGHT || st->qlen == QCAP) st->over++;
     if (st->inflight > st->max_seen) st->max_seen = st->inflight;
     for (uint32_t i = 0; i < b->n; i++) {
@@ -236,6 +290,7 @@ static int ae_register(void *state, const struct bb_segment *seg)
     for (int waited = 0; st->hold[0] && access(st->hold, F_OK) == 0 && waited < 60000; waited++)
         sleep_us(1000);
     if (st->register_us) sleep_us(st->register_us);
+    if (st->fail_register) return BB_ESYS; /* rows of it come all the same */
     pthread_mutex_lock(&st->mu);
     int rc = 0;
     if (seg->size < sizeof *seg || seg->id == 0 || find(st, seg->id)) {
