@@ -152,6 +152,9 @@ static void answer(struct bb__model *m, struct bb__req *r, int st, const void *o
         st = BB_ETOOBIG;
     if (st == 0 && len)
         memcpy(r->cl_out, out, len);
+    /* Counted for the adaptive SLO and score as a batch entry is
+     * (executor.c): the group's representative is no entry of its own. */
+    bb__adaptive_done(&m->adapt, t->done > r->submit_ns ? t->done - r->submit_ns : 0);
     bb__finish(m, r, st, st == 0 ? len : 0, t, profile);
 }
 
