@@ -243,6 +243,9 @@ static void queue_state(struct bb__model *m, uint64_t now, struct bb_queue_state
 }
 
 #define COALESCE_MAX_NS 1000000ull
+/* How soon a queue whose backend a registration holds (bb__executor_inline_lock)
+ * is looked at again: a registration takes milliseconds. */
+#define INLINE_LOCK_RETRY_NS 100000ull
 
 /* The sleep this model lets workers take without their doorbells. All
  * executors busy (the finishing batch wakes the home) with requests already
@@ -319,7 +322,10 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
     }
     progress += (int)expire(m, now);
     uint32_t parts = 0; /* batches still to cut of a shared queue */
-    while (m->q.queued > 0) {
+    bool locked = bb__executor_inline_lock(m);
+    if (!locked && now + INLINE_LOCK_RETRY_NS < *next_ns)
+        *next_ns = now + INLINE_LOCK_RETRY_NS;
+    while (locked && m->q.queued > 0) {
         bool free_exec = m->max_running == 0 || m->running < m->max_running;
         if (!free_exec)
             break;
@@ -376,6 +382,8 @@ static int poll_model(struct bb__model *m, uint64_t now, uint64_t *next_ns)
                 break;
         }
     }
+    if (locked)
+        bb__executor_inline_unlock(m);
     bb__metrics_depth(&m->metrics, m->q.queued + m->q.grouped, m->running);
     struct bb__req *d = bb__deadline_top(&m->q);
     if (d) {

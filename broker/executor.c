@@ -141,14 +141,37 @@ static void publish(struct bb__batch *b, int rc)
 static int run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b, bool clock_start)
 {
     prepare(m, in, b);
-    if (m->lock_process)
+    bool lock = m->lock_process && m->ninstances; /* instances = 0: the batcher holds it */
+    if (lock)
         pthread_mutex_lock(&in->mu);
     b->ts.start = b->profile || clock_start ? bb__now_ns() : b->ts.cut;
     int rc = m->plugin.ops->process(in->state, &b->api);
     b->ts.end = bb__now_ns();
-    if (m->lock_process)
+    if (lock)
         pthread_mutex_unlock(&in->mu);
     return rc;
+}
+
+/* instances = 0 with an ABI 1 backend that registers memory: the dispatcher
+ * runs process() on instance 0 under its lock, which the registration thread
+ * holds for as long as register_memory takes (milliseconds). Waiting for it
+ * would stall every client and model of the worker: the batcher tries the
+ * lock before it cuts, and leaves the queue for a later pass where it is
+ * held. */
+static bool inline_locks(const struct bb__model *m)
+{
+    return m->lock_process && m->ninstances == 0;
+}
+
+bool bb__executor_inline_lock(struct bb__model *m)
+{
+    return !inline_locks(m) || pthread_mutex_trylock(&m->inst[0].mu) == 0;
+}
+
+void bb__executor_inline_unlock(struct bb__model *m)
+{
+    if (inline_locks(m))
+        pthread_mutex_unlock(&m->inst[0].mu);
 }
 
 void bb__batch_run(struct bb__model *m, struct bb__instance *in, struct bb__batch *b,

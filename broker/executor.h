@@ -18,6 +18,12 @@ void bb__executor_stop(struct bb__model *m);
 /* Hand a formed batch to a free executor, or run and reap it here and return
  * true (instances = 0, inline_max_us, inline_quiet_max_us). */
 bool bb__executor_submit(struct bb__model *m, struct bb__batch *b);
+/* Around the batcher's cuts, which may run batches on the dispatcher: false
+ * where the registration thread holds what they need (instances = 0 with an
+ * ABI 1 register_memory: instance 0's lock); cut nothing then, and try again
+ * soon. Unlock after a true. */
+bool bb__executor_inline_lock(struct bb__model *m);
+void bb__executor_inline_unlock(struct bb__model *m);
 /* Whether bb__executor_submit would run a synchronous batch on the
  * dispatcher now (instances = 0, or while every executor idles a quick one,
  * inline_max_us, or one that nothing would overlap, inline_quiet_max_us). */

@@ -59,10 +59,16 @@ static void run_job(struct bb__registrar *r, struct bb__client *c)
 {
     struct bb__broker *b = r->b;
     if (c->reg_job == JOB_REGISTER) {
-        for (uint32_t i = 0; i < b->nmodels; i++) /* the models its worker files with */
+        /* A session that ended while it waited here (a client that connects
+         * and hangs up in a loop) is worth neither a registration nor its
+         * unregistration, which the clients queued behind it would wait
+         * for: the worker unmaps it as a segment never registered. */
+        if (atomic_load_explicit(&c->reg_cancel, memory_order_relaxed))
+            c->registered = false;
+        for (uint32_t i = 0; c->registered && i < b->nmodels; i++) /* its worker's models */
             if (bb__model_registers(c->w->route[i]))
                 bb__model_register(c->w->route[i], &c->seg);
-        hand_back(c); /* c is the worker's again */
+        hand_back(c); /* c is the worker's again (with `registered`: the push releases it) */
         return;
     }
     for (uint32_t i = 0; i < b->nmodels; i++)

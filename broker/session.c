@@ -177,6 +177,8 @@ void bb__session_kill(struct bb__worker *w, struct bb__client *c, const char *wh
     if (c->dead)
         return;
     c->dead = true;
+    if (c->registering)
+        atomic_store_explicit(&c->reg_cancel, true, memory_order_relaxed);
     if (c->live_idx < w->nlive && w->live[c->live_idx] == c) {
         struct bb__client *last = w->live[--w->nlive];
         w->live[c->live_idx] = last;

@@ -3,6 +3,7 @@
 #ifndef BB_BROKER_SESSION_H
 #define BB_BROKER_SESSION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -79,9 +80,12 @@ struct bb__client {
      * the registration thread has the session (`registering`, holding a
      * reference); the memfd waits in `memfd` to be sent. A registered
      * segment (`registered`) is unregistered and unmapped by that thread
-     * when the session is destroyed. */
+     * when the session is destroyed. `reg_cancel`: the session ended while
+     * its registration waited in the queue; the thread skips it then and
+     * clears `registered` before handing it back. */
     int memfd;
     bool registering, registered;
+    atomic_bool reg_cancel;        /* the worker's store, the thread's load: a hint */
     struct bb_segment seg;         /* written before the thread sees it, then read only */
     int reg_job;
     struct bb__client *reg_next;   /* the thread's queue, then the worker's stack */

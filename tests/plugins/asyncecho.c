@@ -16,9 +16,10 @@
  *   pair            on: until two batches were in flight at once, hold a batch
  *                   until a second one arrives (at most 5 s), so that a test
  *                   sees two in flight for certain
- *   hold            PATH: register_segment waits while this file exists (at
- *                   most 60 s): a registration that takes as long as a test
- *                   wants
+ *   hold            PATH: register_segment appends a line to this file (the
+ *                   segment's id) where it exists and waits while it exists
+ *                   (at most 60 s): a registration that takes as long as a
+ *                   test wants, and that the test sees begin
  *   register_us     time each register_segment takes, default 0
  *   fail_submit     N > 0: every Nth submit is refused (returns BB_EBACKEND)
  *   fail_complete   N > 0: every Nth batch completes with BB_EBACKEND
@@ -287,6 +288,11 @@ static int ae_submit(void *state, struct bb_batch *b)
 static int ae_register(void *state, const struct bb_segment *seg)
 {
     struct ae_state *st = state;
+    int fd = st->hold[0] ? open(st->hold, O_WRONLY | O_APPEND) : -1;
+    if (fd >= 0) {
+        dprintf(fd, "%u\n", seg->id);
+        close(fd);
+    }
     for (int waited = 0; st->hold[0] && access(st->hold, F_OK) == 0 && waited < 60000; waited++)
         sleep_us(1000);
     if (st->register_us) sleep_us(st->register_us);

@@ -7,12 +7,17 @@
  *     range counts as `outside` (and fails with BB_EINVAL);
  *   - neither is ever called while process() runs on the same state
  *     (`overlaps`).
- * Params: stats = PATH: at fini, append one line of counters to PATH. */
+ * Params:
+ *   stats = PATH: at fini, append one line of counters to PATH;
+ *   hold = PATH: register_memory appends a line to this file where it exists
+ *   and waits while it exists (at most 60 s): a registration as long as a
+ *   test wants, which the test sees begin. */
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend_v1.h"
@@ -21,7 +26,7 @@
 #define MAX_RANGES 256
 
 struct v1_state {
-    char stats[512];
+    char stats[512], hold[512];
     atomic_int busy; /* process() or a registration runs */
     struct {
         const char *base;
@@ -50,6 +55,8 @@ static int v1_init(const struct bb_param *params, size_t nparams, void **state, 
     for (size_t i = 0; i < nparams; i++) {
         if (strcmp(params[i].key, "stats") == 0) {
             snprintf(st->stats, sizeof st->stats, "%s", params[i].value);
+        } else if (strcmp(params[i].key, "hold") == 0) {
+            snprintf(st->hold, sizeof st->hold, "%s", params[i].value);
         } else {
             snprintf(err, errlen, "v1echo: unknown param \"%s\"", params[i].key);
             free(st);
@@ -96,10 +103,22 @@ static int v1_process(void *state, struct bb_batch *batch)
     return 0;
 }
 
+static void hold(const struct v1_state *st)
+{
+    int fd = st->hold[0] ? open(st->hold, O_WRONLY | O_APPEND) : -1;
+    if (fd < 0) return;
+    dprintf(fd, "held\n");
+    close(fd);
+    struct timespec ms = {.tv_nsec = 1000000};
+    for (int waited = 0; access(st->hold, F_OK) == 0 && waited < 60000; waited++)
+        nanosleep(&ms, NULL);
+}
+
 static int v1_register(void *state, void *base, size_t len)
 {
     struct v1_state *st = state;
     enter(st);
+    hold(st);
     int rc = 0;
     if (st->nranges < MAX_RANGES) {
         st->ranges[st->nranges].base = base;
