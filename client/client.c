@@ -157,18 +157,28 @@ out:
     return rc;
 }
 
-/* The broker is gone once its end of the control socket hangs up. */
+/* The broker is gone once its end of the control socket hangs up. A client
+ * of several lanes looks at every lane's socket, in one poll(): a thread
+ * that waits on one lane must learn that another lane's session ended, or
+ * it would go on as if the client were whole. */
 static bool broker_gone(bb_client *c)
 {
     if (atomic_load_explicit(&c->dead, memory_order_relaxed))
         return true;
-    struct pollfd p = {.fd = c->sock, .events = POLLRDHUP};
-    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
-        atomic_store(&c->dead, 1);
-        if (c->head)
-            lanes_gone(c->head);
-        return true;
-    }
+    bb_client *head = c->head ? c->head : c;
+    struct pollfd p[BB_MAX_LANES];
+    uint32_t n = head->nmore + 1;
+    for (uint32_t k = 0; k < n; k++)
+        p[k] = (struct pollfd){.fd = k ? head->more[k - 1]->sock : head->sock, .events = POLLRDHUP};
+    if (poll(p, n, 0) <= 0)
+        return false;
+    for (uint32_t k = 0; k < n; k++)
+        if (p[k].revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+            atomic_store(&c->dead, 1);
+            if (c->head)
+                lanes_gone(c->head);
+            return true;
+        }
     return false;
 }
 

@@ -661,6 +661,30 @@ Test(client, a_lane_gone_ends_the_whole_client)
     bbt_broker_stop(&B);
 }
 
+/* A thread that only waits on its own lane learns that another lane's
+ * session ended: its wait says BB_EDISCONNECTED, not BB_ETIMEDOUT for ever
+ * (only the lane that ended used to look at its own socket; its request, on
+ * a lane still served, would run on as if nothing had happened). */
+Test(client, a_wait_on_one_lane_sees_another_lane_gone)
+{
+    START(SLOW_MODEL(5000000));
+    bb_client *c;
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, 2, &c), 0);
+    bb_model *m = bbt_open_ok(c, "slow");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    bb_client *other = r->c == c ? c->more[0] : c;
+    shutdown(other->sock, SHUT_RDWR);
+    int rc = BB_ETIMEDOUT;
+    for (int i = 0; i < 20 && rc == BB_ETIMEDOUT; i++)
+        rc = bb_wait(r, 200000000);
+    cr_assert_eq(rc, BB_EDISCONNECTED, "20 waits of 200 ms: %s", bb_errname(rc));
+    cr_assert_eq(bb_request_status(r), BB_EDISCONNECTED);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
 /* A thread whose lane is full takes a slot of another lane; when every lane
  * is full, BB_ENOMEM. */
 Test(client, a_full_lane_lends_the_others)
