@@ -917,12 +917,13 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     /* A broker already known dead answers nothing more: say so at once, as
      * every return on a timeout below does (a caller that waits in slices
      * shorter than the liveness check would otherwise never learn it). */
-    if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
-        return BB_EDISCONNECTED;
-    if (timeout_ns == 0)
-        return BB_ETIMEDOUT;
     bb_client *c = r->c;
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
     uint64_t start = bb__now_ns();
+    /* A poll too: a caller that polls in a loop learns of a dead broker. */
+    if (timeout_ns == 0)
+        return broker_gone_now_and_then(c, start) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
     uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
     int64_t spin = atomic_load_explicit(&c->spin_ns, memory_order_relaxed);
     uint64_t spin_end = start + (uint64_t)(spin > 0 ? spin : 0);
