@@ -157,18 +157,28 @@ out:
     return rc;
 }
 
-/* The broker is gone once its end of the control socket hangs up. */
+/* The broker is gone once its end of the control socket hangs up. A client
+ * of several lanes looks at every lane's socket, in one poll(): a thread
+ * that waits on one lane must learn that another lane's session ended, or
+ * it would go on as if the client were whole. */
 static bool broker_gone(bb_client *c)
 {
     if (atomic_load_explicit(&c->dead, memory_order_relaxed))
         return true;
-    struct pollfd p = {.fd = c->sock, .events = POLLRDHUP};
-    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR))) {
-        atomic_store(&c->dead, 1);
-        if (c->head)
-            lanes_gone(c->head);
-        return true;
-    }
+    bb_client *head = c->head ? c->head : c;
+    struct pollfd p[BB_MAX_LANES];
+    uint32_t n = head->nmore + 1;
+    for (uint32_t k = 0; k < n; k++)
+        p[k] = (struct pollfd){.fd = k ? head->more[k - 1]->sock : head->sock, .events = POLLRDHUP};
+    if (poll(p, n, 0) <= 0)
+        return false;
+    for (uint32_t k = 0; k < n; k++)
+        if (p[k].revents & (POLLHUP | POLLRDHUP | POLLERR)) {
+            atomic_store(&c->dead, 1);
+            if (c->head)
+                lanes_gone(c->head);
+            return true;
+        }
     return false;
 }
 
@@ -907,12 +917,13 @@ int bb_wait(bb_request *r, int64_t timeout_ns)
     /* A broker already known dead answers nothing more: say so at once, as
      * every return on a timeout below does (a caller that waits in slices
      * shorter than the liveness check would otherwise never learn it). */
-    if (atomic_load_explicit(&r->c->dead, memory_order_relaxed))
-        return BB_EDISCONNECTED;
-    if (timeout_ns == 0)
-        return BB_ETIMEDOUT;
     bb_client *c = r->c;
+    if (atomic_load_explicit(&c->dead, memory_order_relaxed))
+        return BB_EDISCONNECTED;
     uint64_t start = bb__now_ns();
+    /* A poll too: a caller that polls in a loop learns of a dead broker. */
+    if (timeout_ns == 0)
+        return broker_gone_now_and_then(c, start) ? BB_EDISCONNECTED : BB_ETIMEDOUT;
     uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
     int64_t spin = atomic_load_explicit(&c->spin_ns, memory_order_relaxed);
     uint64_t spin_end = start + (uint64_t)(spin > 0 ? spin : 0);

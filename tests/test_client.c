@@ -661,6 +661,30 @@ Test(client, a_lane_gone_ends_the_whole_client)
     bbt_broker_stop(&B);
 }
 
+/* A thread that only waits on its own lane learns that another lane's
+ * session ended: its wait says BB_EDISCONNECTED, not BB_ETIMEDOUT for ever
+ * (only the lane that ended used to look at its own socket; its request, on
+ * a lane still served, would run on as if nothing had happened). */
+Test(client, a_wait_on_one_lane_sees_another_lane_gone)
+{
+    START(SLOW_MODEL(5000000));
+    bb_client *c;
+    cr_assert_eq(bb_connect_lanes(B.sock, NULL, 2, &c), 0);
+    bb_model *m = bbt_open_ok(c, "slow");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    bb_client *other = r->c == c ? c->more[0] : c;
+    shutdown(other->sock, SHUT_RDWR);
+    int rc = BB_ETIMEDOUT;
+    for (int i = 0; i < 20 && rc == BB_ETIMEDOUT; i++)
+        rc = bb_wait(r, 200000000);
+    cr_assert_eq(rc, BB_EDISCONNECTED, "20 waits of 200 ms: %s", bb_errname(rc));
+    cr_assert_eq(bb_request_status(r), BB_EDISCONNECTED);
+    bb_disconnect(c);
+    bbt_broker_stop(&B);
+}
+
 /* A thread whose lane is full takes a slot of another lane; when every lane
  * is full, BB_ENOMEM. */
 Test(client, a_full_lane_lends_the_others)
@@ -795,24 +819,50 @@ Test(client, client_fd_reports_broker_death)
     bb_disconnect(c);
 }
 
+/* A request pending on a slow model whose broker is then killed; the
+ * client is *out. */
+static bb_request *pending_on_a_dead_broker(bb_client **out)
+{
+    START("model.slow.backend=synthetic", "model.slow.param.batch_us=5000000",
+          "model.slow.param.mode=sleep", "model.slow.max_wait_us=0");
+    *out = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(*out, "slow");
+    bb_request *r;
+    cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
+    cr_assert_eq(bb_submit(r, NULL), 0);
+    bbt_broker_kill(&B, SIGKILL);
+    return r;
+}
+
 /* A caller that waits in slices shorter than the library's liveness check
  * (100 ms) still learns of the broker's death: every slice used to end in
  * BB_ETIMEDOUT for ever (Python's wait() loops on such slices). */
 Test(client, short_waits_report_broker_death)
 {
-    START("model.slow.backend=synthetic", "model.slow.param.batch_us=5000000",
-          "model.slow.param.mode=sleep", "model.slow.max_wait_us=0");
-    bb_client *c = bbt_connect_ok(&B, NULL);
-    bb_model *m = bbt_open_ok(c, "slow");
-    bb_request *r;
-    cr_assert_eq(bb_request_new(m, 8, 8, &r), 0);
-    cr_assert_eq(bb_submit(r, NULL), 0);
-    bbt_broker_kill(&B, SIGKILL);
+    bb_client *c;
+    bb_request *r = pending_on_a_dead_broker(&c);
     int rc = BB_ETIMEDOUT;
     for (int i = 0; i < 200 && rc == BB_ETIMEDOUT; i++)
         rc = bb_wait(r, 50000000);
     cr_assert_eq(rc, BB_EDISCONNECTED, "200 waits of 50 ms: %s", bb_errname(rc));
     cr_assert_eq(bb_wait(r, 1000000), BB_EDISCONNECTED, "known dead: at once, at every wait");
+    cr_assert_eq(bb_request_status(r), BB_EDISCONNECTED);
+    bb_disconnect(c);
+}
+
+/* The same for a caller that polls with bb_wait(r, 0) between other work
+ * (what bb_client_poll's comment tells callers to do): each poll used to
+ * say BB_ETIMEDOUT for ever once the broker had died. */
+Test(client, zero_waits_report_broker_death)
+{
+    bb_client *c;
+    bb_request *r = pending_on_a_dead_broker(&c);
+    int rc = BB_ETIMEDOUT;
+    for (int i = 0; i < 200 && rc == BB_ETIMEDOUT; i++) {
+        rc = bb_wait(r, 0);
+        bbt_msleep(10);
+    }
+    cr_assert_eq(rc, BB_EDISCONNECTED, "200 polls 10 ms apart: %s", bb_errname(rc));
     cr_assert_eq(bb_request_status(r), BB_EDISCONNECTED);
     bb_disconnect(c);
 }
