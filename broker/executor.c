@@ -588,13 +588,26 @@ static int alloc_batches(struct bb__model *m, uint32_t count)
     return 0;
 }
 
-/* bb_init_args.log: the backend's lines in the broker's log, named. */
+/* Set while this thread runs a backend's init (init_instance). */
+static _Thread_local bool in_init;
+
+/* bb_init_args.log: the backend's lines in the broker's log, named. What it
+ * logs from init, once an instance at start, goes whole; any other line
+ * (from a batch, a client's segment registration: the cuda backend logs
+ * each that fails) a peer can make it repeat at will, so it is rate-limited
+ * as the broker's own per-client lines are. */
 static void backend_log(void *ctx, int level, const char *msg)
 {
     const struct bb__instance *in = ctx;
     level = level < BB_LOG_ERROR ? BB_LOG_ERROR : level > BB_LOG_DEBUG ? BB_LOG_DEBUG : level;
-    bb_log(level, "model %s, instance %u: %s", in->model->name,
-           bb__instance_number(in->model, in->index), msg ? msg : "");
+    const char *name = in->model->name, *text = msg ? msg : "";
+    uint32_t n = bb__instance_number(in->model, in->index);
+    static struct bb__log_limit limits[BB_LOG_DEBUG + 1]; /* a site a level */
+    if (in_init)
+        bb_log(level, "model %s, instance %u: %s", name, n, text);
+    else if (level <= atomic_load_explicit(&bb__log_level, memory_order_relaxed) &&
+             bb__log_limit_take(&limits[level], level, __FILE__, __LINE__))
+        bb__log(level, __FILE__, __LINE__, "model %s, instance %u: %s", name, n, text);
 }
 
 /* The model's instances over all its replicas (formation = per_worker: one
@@ -622,7 +635,10 @@ static int init_instance(struct bb__model *m, struct bb__instance *in,
                              .nparams = m->cfg.nparams,
                              .log = backend_log,
                              .log_ctx = in};
-    return ops->init2(&a, &in->state, err, errlen);
+    in_init = true;
+    int rc = ops->init2(&a, &in->state, err, errlen);
+    in_init = false;
+    return rc;
 }
 
 int bb__executor_start(struct bb__model *m, char *err, size_t errlen)

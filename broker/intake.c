@@ -134,10 +134,16 @@ static void cancel_req(struct bb__worker *w, struct bb__client *c, uint32_t slot
         return; /* running (finishes normally) or already complete */
     struct bb__model *m = w->route[r->model];
     uint32_t sub = atomic_load_explicit(&r->sub, memory_order_relaxed);
-    if (m->w == w)
+    if (m->w == w) {
         bb__batcher_cancel(m, r, sub);
-    else /* the model travels with it: by the time it arrives r may be another's */
+    } else if (r->cancel_sub != sub) {
+        /* One message a submission: a client that repeats the cancel while
+         * its home is busy (a batch on its dispatcher) grew that home's
+         * mailbox by a message each, without bound. The model travels with
+         * it: by the time it arrives r may be another's. */
+        r->cancel_sub = sub;
         bb__mailbox_post(w, m->w, BB__MSG_CANCEL, r, sub, (uint16_t)m->id);
+    }
 }
 
 int bb__intake_drain(struct bb__worker *w, struct bb__client *c, uint64_t now)

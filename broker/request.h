@@ -34,6 +34,9 @@ struct bb__req {
      * (intake.c): a cancel names the submission it is for by this, never by
      * the client's gen, which the client may use again. */
     _Atomic uint32_t sub;
+    /* The submission a cancel was last sent home for (intake.c), by the same
+     * worker: the home needs one, and each repeat was a mailbox message. */
+    uint32_t cancel_sub;
     /* As the client asked, for the model's home to interpret (enqueue.c). */
     uint32_t timeout_us, flags;
     int32_t status;           /* < 0: the intake refused it, the home answers */

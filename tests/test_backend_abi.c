@@ -559,7 +559,8 @@ Test(abi, an_init_message_without_a_nul_is_cut_at_its_buffer)
 
 /* A backend whose register_segment always fails: one line a client is
  * logged, rate-limited as the broker's other per-client lines are (at most
- * 10 per 5 s window), not one line per client that connects. */
+ * 10 per 5 s window), not one line per client that connects; and so is the
+ * line the backend itself logs for each (the cuda backend does). */
 Test(abi, failed_registrations_are_logged_at_a_bounded_rate)
 {
     struct bbt_broker b;
@@ -573,6 +574,10 @@ Test(abi, failed_registrations_are_logged_at_a_bounded_rate)
     cr_assert_geq(lines, 1, "the failures were not logged at all");
     cr_assert_leq((uint64_t)lines, 10 * windows, "%d lines for 100 failed registrations in %llu "
                   "window(s)", lines, (unsigned long long)windows);
+    int own = bbt_log_count(&b, "not registered: its rows are staged");
+    cr_assert_geq(own, 1, "the backend's own lines were not logged at all");
+    cr_assert_leq((uint64_t)own, 10 * windows, "%d lines of the backend's for 100 failed "
+                  "registrations in %llu window(s)", own, (unsigned long long)windows);
     stop(&b);
     assert_clean();
 }

@@ -912,6 +912,14 @@ static void await_done(bb_request *r, uint32_t gen)
     cr_assert_fail("slot %u: generation %u never completed", r->index, gen);
 }
 
+/* Models for the tests of a home that is busy: an echo that holds its
+ * requests (max_wait_us 2 s), and a model whose one-request batches of us
+ * microseconds run on its home's dispatcher (instances = 0). */
+#define HOME_ECHO "backend = echo\nmax_batch_size = 64\nmax_wait_us = 2000000\nadaptive = off\n"
+#define HOME_SLOW(us)                                                                       \
+    "backend = synthetic\nparam.batch_us = " us "\nparam.mode = sleep\ninstances = 0\n"     \
+    "max_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n"
+
 /* A client cancels slot S, queued for model A on the other worker (the
  * home), while the home runs a long batch on its own thread; S times out
  * there after that batch, and while the home runs the next one the client
@@ -923,10 +931,7 @@ static void await_done(bb_request *r, uint32_t gen)
  * then the second slow one. */
 Test(workers, a_late_cancel_leaves_the_next_submission_alone)
 {
-    const char *echo = "backend = echo\nmax_batch_size = 64\nmax_wait_us = 2000000\n"
-                       "adaptive = off\n";
-    const char *slow = "backend = synthetic\nparam.batch_us = 1000000\nparam.mode = sleep\n"
-                       "instances = 0\nmax_batch_size = 1\nmax_wait_us = 0\nadaptive = off\n";
+    const char *echo = HOME_ECHO, *slow = HOME_SLOW("1000000");
     char cfg[1536];
     /* Model i lives on worker i mod 2. */
     snprintf(cfg, sizeof cfg,
@@ -967,6 +972,54 @@ Test(workers, a_late_cancel_leaves_the_next_submission_alone)
     for (int i = 1; i < 3; i++)
         cr_assert_eq(bb_wait(y[i], 20000000000ll), 0);
     cr_assert_eq(bbt_broker_stop(&B), 0);
+}
+
+/* A hostile client repeats the cancel of one request (bb_cancel sends one)
+ * while the request's SUBMIT waits in the mailbox of its home, which runs a
+ * 10 s batch on its own thread: every repeat used to be another mailbox
+ * message (16 bytes), so the mailbox grew for as long as the home was busy,
+ * about as fast as the client could write its ring. */
+Test(workers, repeated_cancels_of_one_request_cost_the_mailbox_nothing)
+{
+    const char *echo = HOME_ECHO, *slow = HOME_SLOW("10000000");
+    char cfg[1024];
+    /* Model i lives on worker i mod 2. */
+    snprintf(cfg, sizeof cfg, "[model.s0]\n%s[model.s1]\n%s[model.e2]\n%s[model.e3]\n%s", slow,
+             slow, echo, echo);
+    const char *ov[] = {"broker.workers=2", "broker.numa_fake_nodes=2", "broker.spin_us=0", NULL};
+    cr_assert_eq(bbt_broker_start(&B, cfg, ov), 0, "broker did not start");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bool on0 = c->wpage->worker_id == 0; /* the home is the other worker */
+    bb_model *a = bbt_open_ok(c, on0 ? "e3" : "e2"), *slow_m = bbt_open_ok(c, on0 ? "s1" : "s0");
+    bb_request *s, *y;
+    cr_assert_eq(bb_request_new(a, 8, 8, &s), 0);
+    cr_assert_eq(bb_request_new(slow_m, 8, 8, &y), 0);
+    cr_assert_eq(bb_submit(y, NULL), 0);
+    bbt_msleep(50); /* y runs at the home, on its dispatcher */
+    describe(s, a->id, 100, 0);
+    push_entries(c, &s->index, 1);
+    long before = bb__proc_status_kb(B.pid, "RssAnon");
+    enum { N = 1 << 22, CHUNK = 256 };
+    uint32_t cancels[CHUNK];
+    for (int i = 0; i < CHUNK; i++)
+        cancels[i] = s->index | BB_SQE_CANCEL;
+    for (uint32_t sent = 0; sent < N; sent += CHUNK) {
+        /* Room for the chunk (the ring holds far more than CHUNK). */
+        while (atomic_load(&c->sq_reserve) + CHUNK -
+                   atomic_load_explicit(&c->sq->shm_head, memory_order_acquire) >
+               c->sq_mask + 1)
+            sched_yield();
+        push_entries(c, cancels, CHUNK);
+    }
+    while (atomic_load(&c->sq_reserve) != atomic_load(&c->sq->shm_head))
+        sched_yield(); /* all taken */
+    long after = bb__proc_status_kb(B.pid, "RssAnon");
+    if (bb_request_status(y) != BB_EPENDING)
+        cr_skip_test("the 10 s batch ended before the cancels were all sent (a slow machine)");
+    cr_assert_lt(after - before, 16 * 1024,
+                 "%d cancels of one request grew the broker by %ld KiB (a message each)", N,
+                 after - before);
+    bbt_broker_kill(&B, SIGKILL); /* not 10 s for the batch */
 }
 
 /* ---- Shutdown ---- */

@@ -32,7 +32,8 @@
  *                   backend that breaks "exactly once")
  *   refuse_completed on: submit echoes the batch and completes it, then
  *                   returns BB_EBACKEND as if it had not taken it
- *   fail_register   on: every register_segment fails (BB_ESYS)
+ *   fail_register   on: every register_segment fails (BB_ESYS) and says so in
+ *                   the broker's log, as the cuda backend does
  *   init_err_fill   on: init2 fails, filling err to errlen without a NUL
  *   stats           PATH: at fini, append one line of counters
  */
@@ -70,6 +71,8 @@ struct ae_state {
     /* From init2. */
     uint32_t instance, instances, max_batch_size;
     int32_t node;
+    void (*log)(void *, int, const char *);
+    void *log_ctx;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -234,6 +237,8 @@ static int ae_init2(const struct bb_init_args *a, void **state, char *err, size_
     snprintf(msg, sizeof msg, "asyncecho: instance %u of %u, max_batch_size %u, node %d",
              a->instance, a->instances, a->max_batch_size, (int)a->numa_node);
     a->log(a->log_ctx, BB_BACKEND_LOG_INFO, msg);
+    st->log = a->log;
+    st->log_ctx = a->log_ctx;
     *state = st;
     return 0;
 }
@@ -296,7 +301,13 @@ static int ae_register(void *state, const struct bb_segment *seg)
     for (int waited = 0; st->hold[0] && access(st->hold, F_OK) == 0 && waited < 60000; waited++)
         sleep_us(1000);
     if (st->register_us) sleep_us(st->register_us);
-    if (st->fail_register) return BB_ESYS; /* rows of it come all the same */
+    if (st->fail_register) { /* rows of it come all the same */
+        char msg[96];
+        snprintf(msg, sizeof msg, "asyncecho: segment %u not registered: its rows are staged",
+                 seg->id);
+        st->log(st->log_ctx, BB_BACKEND_LOG_WARN, msg);
+        return BB_ESYS;
+    }
     pthread_mutex_lock(&st->mu);
     int rc = 0;
     if (seg->size < sizeof *seg || seg->id == 0 || find(st, seg->id)) {
