@@ -3,6 +3,7 @@
  * Each test starts its own broker (sched_util.h). */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <sys/wait.h>
@@ -213,4 +214,20 @@ Test(sched_strategy, deadlines_fire_under_a_strategy_that_never_cuts)
     cr_assert_eq(bb_cancel(open_ended), 0);
     cr_assert_eq(sch_finish(open_ended, 5000), BB_ECANCELED);
     bb_disconnect(c);
+}
+
+/* A strategy whose init fills err to the last byte without a NUL: the
+ * broker's message stops at the buffer's end (255 bytes of it), instead of
+ * reading on through the stack. */
+Test(sched_strategy, an_unterminated_init_error_is_cut_at_its_buffer)
+{
+    struct bbt_start so = {.config_text = "[model.e]\nbackend = synthetic\nstrategy = "
+                                          BB_STRATEGY_ROGUE "\nstrategy.mode = errfill\n",
+                           .log = true};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), -1, "the broker started");
+    char x[257];
+    memset(x, 'X', sizeof x - 1);
+    x[sizeof x - 1] = '\0';
+    cr_assert_eq(bbt_log_count(&B, x + 1), 1, "no message of 255 bytes of err in %s", B.log);
+    cr_assert_eq(bbt_log_count(&B, x), 0, "the message read past err's 256 bytes (%s)", B.log);
 }

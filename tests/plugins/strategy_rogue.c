@@ -3,10 +3,13 @@
  *   greedy: always cut; select peeks and takes at levels that do not exist,
  *           asks take_many for UINT32_MAX, keeps calling take() after the
  *           batch is full, and returns a count it did not take;
- *   never:  never cut, and ask to be rechecked in the past.
+ *   never:  never cut, and ask to be rechecked in the past;
+ *   errfill: init refuses, filling all of err with 'X' and no NUL (strncpy's
+ *           way).
  *
  * The broker must contain it: batches within max_batch_size, every request
- * answered exactly once, deadlines still firing. */
+ * answered exactly once, deadlines still firing, and read no further than
+ * the err buffer it gave. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +29,10 @@ static int rogue_init(const struct bb_param *params, size_t nparams, void **stat
             *state = (void *)&modes[GREEDY];
         else if (strcmp(params[i].key, "mode") == 0 && strcmp(params[i].value, "never") == 0)
             *state = (void *)&modes[NEVER];
-        else {
+        else if (strcmp(params[i].key, "mode") == 0 && strcmp(params[i].value, "errfill") == 0) {
+            memset(err, 'X', errlen);
+            return BB_EINVAL;
+        } else {
             snprintf(err, errlen, "rogue: strategy.%s = %s?", params[i].key, params[i].value);
             return BB_EINVAL;
         }
