@@ -850,6 +850,15 @@ int bb__config_check(const struct bb__broker_config *cfg, char *err, size_t errl
             snprintf(err, errlen, "[model.%s] has no backend", m->name);
             return -1;
         }
+        /* The names bb__strategy_load knows, here so that a reload refuses a
+         * typo the restart would (a path is for the start to open). */
+        bool builtin = strcmp(m->strategy, "throughput") == 0 ||
+                       strcmp(m->strategy, "latency") == 0 || strcmp(m->strategy, "deadline") == 0;
+        if (!builtin && !strchr(m->strategy, '/')) {
+            snprintf(err, errlen, "[model.%s]: unknown strategy '%s' (throughput, latency, "
+                     "deadline, or a path to a .so)", m->name, m->strategy);
+            return -1;
+        }
         if (m->nsparams && !strchr(m->strategy, '/')) {
             snprintf(err, errlen, "[model.%s]: strategy.* keys apply to a custom strategy only "
                      "(strategy = a path to a .so), not to strategy = %s", m->name, m->strategy);

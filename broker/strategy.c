@@ -158,6 +158,7 @@ int bb__strategy_load(struct bb__model *m, char *err, size_t errlen)
             params[i] = (struct bb_param){m->cfg.sparams[i].key, m->cfg.sparams[i].value};
         char serr[256] = "";
         int rc = o->init(params, m->cfg.nsparams, &m->strategy_state, serr, sizeof serr);
+        serr[sizeof serr - 1] = '\0'; /* a strategy that filled it, strncpy's way */
         if (rc < 0) {
             snprintf(err, errlen, "model %s: strategy %s refused its parameters: %s", m->cfg.name,
                      o->name, serr[0] ? serr : bb_strerror(rc));

@@ -17,6 +17,7 @@ bb_sched_plugin(bb_test_sched_recorder ${CMAKE_CURRENT_LIST_DIR}/plugins/sched_r
 bb_sched_plugin(bb_test_strategy_lowfirst ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_lowfirst.c)
 bb_sched_plugin(bb_test_strategy_badabi ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_badabi.c)
 bb_sched_plugin(bb_test_strategy_takenone ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_takenone.c)
+bb_sched_plugin(bb_test_strategy_rogue ${CMAKE_CURRENT_LIST_DIR}/plugins/strategy_rogue.c)
 
 # One suite per subsystem, with the helpers they share (sched_util.c).
 set(BB_SCHED_SUITES priority starvation deadline backpressure fairness dedup batch_bytes strategy
@@ -29,9 +30,10 @@ foreach(suite ${BB_SCHED_SUITES})
     BB_SCHED_RECORDER="$<TARGET_FILE:bb_test_sched_recorder>"
     BB_STRATEGY_LOWFIRST="$<TARGET_FILE:bb_test_strategy_lowfirst>"
     BB_STRATEGY_BADABI="$<TARGET_FILE:bb_test_strategy_badabi>"
-    BB_STRATEGY_TAKENONE="$<TARGET_FILE:bb_test_strategy_takenone>")
+    BB_STRATEGY_TAKENONE="$<TARGET_FILE:bb_test_strategy_takenone>"
+    BB_STRATEGY_ROGUE="$<TARGET_FILE:bb_test_strategy_rogue>")
   add_dependencies(${t} bb_backend_synthetic bb_test_sched_recorder bb_test_strategy_lowfirst
-                   bb_test_strategy_badabi bb_test_strategy_takenone)
+                   bb_test_strategy_badabi bb_test_strategy_takenone bb_test_strategy_rogue)
 endforeach()
 
 # Dispatcher workers (issue 8): clients of two fake nodes on two workers, one

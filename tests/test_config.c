@@ -328,6 +328,14 @@ Test(config, start_time_checks_are_load_errors)
     cr_assert(strncmp(err, path, strlen(path)) == 0 && strstr(err, "[model.a]") &&
               strstr(err, "custom strategy only"), "%s", err);
     free(cfg);
+    /* A strategy name that is no built-in and no path: the start would not
+     * find it (bb__strategy_load), so the file is refused now. */
+    write_tmp("[model.a]\nbackend = echo\nstrategy = thruput\n", path, sizeof path);
+    cfg = new_cfg();
+    cr_assert_eq(bb__config_load(cfg, path, err, sizeof err), -1, "strategy = thruput was taken");
+    unlink(path);
+    cr_assert(strstr(err, "[model.a]") && strstr(err, "unknown strategy 'thruput'"), "%s", err);
+    free(cfg);
     cfg = load_ok("[model.a]\nbackend = echo\nstrategy = /x/s.so\nstrategy.x = 1\n");
     free(cfg);
 }

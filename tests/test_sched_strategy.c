@@ -3,6 +3,7 @@
  * Each test starts its own broker (sched_util.h). */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <sys/wait.h>
@@ -151,4 +152,82 @@ Test(sched_strategy, bad_strategies_are_refused)
     start_must_fail("[model.x]\nbackend = synthetic\nstrategy = latency\n"
                     "strategy.min_queued = 3\n");
     start_must_fail("[model.x]\nbackend = synthetic\nstrategy = /nonexistent/strategy.so\n");
+}
+
+/* A strategy that oversteps every bound of the ABI (levels that do not
+ * exist, more than `max`, take() on a full batch, a count it did not take)
+ * still gets batches within max_batch_size and max_batch_bytes, and every
+ * request runs exactly once. */
+static void greedy_is_contained(const char *limits, unsigned most)
+{
+    const char *log = sch_rec_path(), *gate = sch_rec_path();
+    sch_start_cfg(REC_MODEL("g", 0, "%sparam.gate = %s\nstrategy = " BB_STRATEGY_ROGUE
+                                    "\nstrategy.mode = greedy\n"),
+                  log, limits, gate);
+    bb_client *c;
+    bb_model *m;
+    bb_request *blocker = sch_blocked("g", 32, &c, &m);
+    enum { N = 13 };
+    bb_request *rs[N];
+    for (int i = 0; i < N; i++) {
+        rs[i] = sch_req_new(m, 32, 32, 10 + (uint64_t)i);
+        sch_submit(rs[i], 1 + i % 4, 0, 0, 10 + (uint64_t)i);
+    }
+    sch_wait_queued(m, N);
+    int fd = open(gate, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    cr_assert(fd >= 0);
+    close(fd);
+    cr_assert_eq(sch_finish(blocker, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(sch_finish(rs[i], 5000), 0);
+        cr_assert(sch_echo_ok(rs[i], 10 + (uint64_t)i));
+    }
+    int nb = sch_rec_read(log);
+    for (int b = 0; b < nb; b++)
+        cr_assert_leq(sch_recs[b].n, most, "batch %d of %u requests (%s)", b, sch_recs[b].n, limits);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(sch_rec_count(nb, 10 + (uint64_t)i), 1, "request %d ran %d times", i,
+                     sch_rec_count(nb, 10 + (uint64_t)i));
+    bb_disconnect(c);
+    sch_fini();
+}
+
+Test(sched_strategy, a_greedy_strategy_is_held_to_the_limits)
+{
+    greedy_is_contained("max_batch_size = 4\n", 4);
+    greedy_is_contained("max_batch_size = 16\nmax_batch_bytes = 200\n", 3);
+}
+
+/* A strategy that never cuts, asking to be rechecked in the past: deadlines
+ * still fire, and what has none waits, cancelable. */
+Test(sched_strategy, deadlines_fire_under_a_strategy_that_never_cuts)
+{
+    sch_start_cfg("[model.n]\nbackend = synthetic\nstrategy = " BB_STRATEGY_ROGUE
+                  "\nstrategy.mode = never\n%s", "");
+    bb_client *c = bbt_connect_ok(&B, NULL);
+    bb_model *m = bbt_open_ok(c, "n");
+    bb_request *timed = sch_req_new(m, 64, 64, 1), *open_ended = sch_req_new(m, 64, 64, 2);
+    sch_submit(timed, 0, 50000, 0, 1);
+    sch_submit(open_ended, 0, 0, 0, 2);
+    cr_assert_eq(sch_finish(timed, 5000), BB_ETIMEDOUT);
+    cr_assert_eq(bb_request_status(open_ended), BB_EPENDING);
+    cr_assert_eq(bb_cancel(open_ended), 0);
+    cr_assert_eq(sch_finish(open_ended, 5000), BB_ECANCELED);
+    bb_disconnect(c);
+}
+
+/* A strategy whose init fills err to the last byte without a NUL: the
+ * broker's message stops at the buffer's end (255 bytes of it), instead of
+ * reading on through the stack. */
+Test(sched_strategy, an_unterminated_init_error_is_cut_at_its_buffer)
+{
+    struct bbt_start so = {.config_text = "[model.e]\nbackend = synthetic\nstrategy = "
+                                          BB_STRATEGY_ROGUE "\nstrategy.mode = errfill\n",
+                           .log = true};
+    cr_assert_eq(bbt_broker_start_ex(&B, &so), -1, "the broker started");
+    char x[257];
+    memset(x, 'X', sizeof x - 1);
+    x[sizeof x - 1] = '\0';
+    cr_assert_eq(bbt_log_count(&B, x + 1), 1, "no message of 255 bytes of err in %s", B.log);
+    cr_assert_eq(bbt_log_count(&B, x), 0, "the message read past err's 256 bytes (%s)", B.log);
 }
