@@ -605,9 +605,8 @@ static void backend_log(void *ctx, int level, const char *msg)
     static struct bb__log_limit limits[BB_LOG_DEBUG + 1]; /* a site a level */
     if (in_init)
         bb_log(level, "model %s, instance %u: %s", name, n, text);
-    else if (level <= atomic_load_explicit(&bb__log_level, memory_order_relaxed) &&
-             bb__log_limit_take(&limits[level], level, __FILE__, __LINE__))
-        bb__log(level, __FILE__, __LINE__, "model %s, instance %u: %s", name, n, text);
+    else
+        bb_log_limited_by(&limits[level], level, "model %s, instance %u: %s", name, n, text);
 }
 
 /* The model's instances over all its replicas (formation = per_worker: one

@@ -47,12 +47,18 @@ bool bb__log_limit_take(struct bb__log_limit *l, int level, const char *file, in
 /* Report what each site held back in a window that has ended by now_ns. */
 void bb__log_limit_flush(uint64_t now_ns);
 
+/* The same with a limit of the caller's (lim: a struct bb__log_limit *),
+ * for a site whose level varies: one limit a level. */
+#define bb_log_limited_by(lim, level, ...)                                          \
+    do {                                                                              \
+        if ((level) <= atomic_load_explicit(&bb__log_level, memory_order_relaxed) && \
+            bb__log_limit_take((lim), (level), __FILE__, __LINE__))                   \
+            bb__log((level), __FILE__, __LINE__, __VA_ARGS__);                        \
+    } while (0)
 #define bb_log_limited(level, ...)                                                   \
     do {                                                                              \
         static struct bb__log_limit bb__lim_;                                         \
-        if ((level) <= atomic_load_explicit(&bb__log_level, memory_order_relaxed) &&                                               \
-            bb__log_limit_take(&bb__lim_, (level), __FILE__, __LINE__))               \
-            bb__log((level), __FILE__, __LINE__, __VA_ARGS__);                        \
+        bb_log_limited_by(&bb__lim_, (level), __VA_ARGS__);                           \
     } while (0)
 #define bb_warn_limited(...) bb_log_limited(BB_LOG_WARN, __VA_ARGS__)
 #define bb_info_limited(...) bb_log_limited(BB_LOG_INFO, __VA_ARGS__)
